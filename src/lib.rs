@@ -5,7 +5,12 @@
 //!
 //! | module | crate | what it gives |
 //! |---|---|---|
-//! | [`core`] | `staunch-core` | outcomes and classifiers (errors, HTTP, gRPC), backoff with jitter, configuration errors |
+//! | [`core`] | `staunch-core` | outcomes and classifiers (errors, HTTP, gRPC), backoff with jitter, rejections, configuration errors |
+//! | `circuit_breaker` | `staunch-circuit-breaker` | feature `circuit-breaker`: fail fast while a dependency is down |
+//! | `bulkhead` | `staunch-bulkhead` | feature `bulkhead`: cap concurrent calls so one slow dependency cannot take every task |
+//! | `timeout` | `staunch-timeout` | feature `timeout`: per-call limits and propagated deadlines |
+//! | `retry` | `staunch-retry` | feature `retry`: backoff, retry budgets, server hints, hedging |
+//! | `saga` | `staunch-saga` | feature `saga`: multi-service transactions with compensations and a durable log |
 //!
 //! The shared vocabulary is also available at the root: [`Outcome`], [`Classify`],
 //! [`Backoff`], [`Jitter`], [`ConfigError`].
@@ -26,15 +31,27 @@
 //!
 //! - `reqwest`: classify `reqwest::Response` by status.
 //! - `tonic`: classify gRPC calls by status code.
+//! - `circuit-breaker`, `bulkhead`, `timeout`, `retry`, `saga`: the member crates.
 //! - `full`: everything.
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub use staunch_core as core;
 
+#[cfg(feature = "bulkhead")]
+pub use staunch_bulkhead as bulkhead;
+#[cfg(feature = "circuit-breaker")]
+pub use staunch_circuit_breaker as circuit_breaker;
+#[cfg(feature = "retry")]
+pub use staunch_retry as retry;
+#[cfg(feature = "saga")]
+pub use staunch_saga as saga;
+#[cfg(feature = "timeout")]
+pub use staunch_timeout as timeout;
+
 #[cfg(feature = "tonic")]
 pub use staunch_core::GrpcStatus;
 pub use staunch_core::{
-    AnyError, Backoff, BackoffSchedule, Classify, ConfigError, HttpStatus, Jitter, Outcome,
-    classify_fn,
+    AnyError, Backoff, BackoffSchedule, BreakerOpen, BulkheadFull, Classify, ConfigError,
+    HttpStatus, Jitter, Outcome, classify_fn, rejection_of,
 };

@@ -53,6 +53,12 @@
 //! # Ok::<(), staunch_core::ConfigError>(())
 //! ```
 //!
+//! # Rejections
+//!
+//! [`BreakerOpen`] and [`BulkheadFull`] are the cheap errors a circuit breaker and a bulkhead
+//! return when they refuse a call. They live here so that any layer (retry above all, which
+//! must never retry them) can recognise them with [`rejection_of`], even inside a boxed error.
+//!
 //! # Features
 //!
 //! - `reqwest`: [`HttpStatus`] classifies `reqwest::Response`.
@@ -66,6 +72,7 @@ mod config;
 #[cfg(feature = "tonic")]
 mod grpc;
 mod http;
+mod rejection;
 
 pub use crate::backoff::{Backoff, BackoffBuilder, BackoffSchedule, Jitter, Strategy};
 pub use crate::classify::{AnyError, Classify, FnClassifier, Outcome, classify_fn};
@@ -73,6 +80,9 @@ pub use crate::config::ConfigError;
 #[cfg(feature = "tonic")]
 pub use crate::grpc::GrpcStatus;
 pub use crate::http::HttpStatus;
+pub use crate::rejection::{
+    BreakerOpen, BulkheadFull, BulkheadFullReason, Rejection, rejection_of,
+};
 
 #[cfg(test)]
 mod tests {
@@ -88,6 +98,8 @@ mod tests {
         assert_send_sync_unpin::<Backoff>();
         assert_send_sync_unpin::<BackoffSchedule>();
         assert_send_sync_unpin::<ConfigError>();
+        assert_send_sync_unpin::<BreakerOpen>();
+        assert_send_sync_unpin::<BulkheadFull>();
         #[cfg(feature = "tonic")]
         assert_send_sync_unpin::<GrpcStatus>();
     }

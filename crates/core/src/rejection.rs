@@ -1,0 +1,222 @@
+//! Rejections: calls a resilience layer refused to run, and how to recognise them anywhere.
+//!
+//! A rejection means "back off": the circuit is open or the bulkhead is full. Retrying one
+//! defeats the layer that produced it, so a retry policy must recognise it even after it was
+//! boxed into a `tower::BoxError` and wrapped by other errors. The types live here, in the
+//! crate every other staunch crate shares, so that the retry layer can recognise them without
+//! depending on the circuit-breaker or bulkhead crates ([`rejection_of`]).
+
+use std::error::Error;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The circuit breaker is open (or its half-open probes are all taken) and refused the call
+/// without running it.
+///
+/// A cheap value: cloning it bumps a reference count, it allocates nothing and captures no
+/// backtrace. [`retry_after`](Self::retry_after) says when the breaker will next let a call
+/// through, when known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerOpen {
+    name: Arc<str>,
+    retry_after: Option<Duration>,
+}
+
+impl BreakerOpen {
+    /// A rejection by the breaker called `name`, which expects to admit calls again after
+    /// `retry_after` (if known).
+    pub fn new(name: Arc<str>, retry_after: Option<Duration>) -> Self {
+        Self { name, retry_after }
+    }
+
+    /// The name of the breaker that rejected the call.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How long until the breaker lets a (probe) call through, when known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+}
+
+impl fmt::Display for BreakerOpen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "circuit breaker `{}` is open", self.name)?;
+        match self.retry_after {
+            Some(d) => write!(f, "; calls are rejected for another {d:?}")?,
+            None => f.write_str("; calls are rejected until it closes")?,
+        }
+        f.write_str(" (the dependency is failing: fail fast, serve a fallback, do not retry)")
+    }
+}
+
+impl Error for BreakerOpen {}
+
+/// Why a bulkhead turned a call away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BulkheadFullReason {
+    /// Every permit was taken and the bulkhead does not wait (`max_wait` is zero).
+    NoPermit,
+    /// The call waited `max_wait` for a permit and none came free.
+    WaitTimedOut(Duration),
+    /// The queue of waiting calls was at its cap.
+    QueueFull,
+}
+
+/// The bulkhead had no free permit for the call and did not run it.
+///
+/// A cheap value like [`BreakerOpen`]. It carries the bulkhead's name, its limit at the time of
+/// the rejection, and why the call could not wait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BulkheadFull {
+    name: Arc<str>,
+    max_concurrent: usize,
+    reason: BulkheadFullReason,
+}
+
+impl BulkheadFull {
+    /// A rejection by the bulkhead called `name`, whose limit was `max_concurrent`.
+    pub fn new(name: Arc<str>, max_concurrent: usize, reason: BulkheadFullReason) -> Self {
+        Self {
+            name,
+            max_concurrent,
+            reason,
+        }
+    }
+
+    /// The name of the bulkhead that rejected the call.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The bulkhead's concurrency limit when it rejected the call.
+    pub fn max_concurrent(&self) -> usize {
+        self.max_concurrent
+    }
+
+    /// Why the call could not wait for a permit.
+    pub fn reason(&self) -> BulkheadFullReason {
+        self.reason
+    }
+}
+
+impl fmt::Display for BulkheadFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "bulkhead `{}` is full ({} calls in flight",
+            self.name, self.max_concurrent
+        )?;
+        match self.reason {
+            BulkheadFullReason::NoPermit => f.write_str(", no waiting allowed)")?,
+            BulkheadFullReason::WaitTimedOut(d) => write!(f, ", waited {d:?} for a permit)")?,
+            BulkheadFullReason::QueueFull => f.write_str(", wait queue full)")?,
+        }
+        f.write_str(" (the dependency is saturated: shed load or raise the limit, do not retry)")
+    }
+}
+
+impl Error for BulkheadFull {}
+
+/// A rejection found by [`rejection_of`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection<'a> {
+    /// A circuit breaker refused the call.
+    BreakerOpen(&'a BreakerOpen),
+    /// A bulkhead refused the call.
+    BulkheadFull(&'a BulkheadFull),
+}
+
+impl Rejection<'_> {
+    /// When the rejecting layer expects to accept calls again, if it knows.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Rejection::BreakerOpen(e) => e.retry_after(),
+            Rejection::BulkheadFull(_) => None,
+        }
+    }
+}
+
+/// Finds a staunch rejection in `err` or anywhere in its `source()` chain.
+///
+/// ```
+/// use std::sync::Arc;
+/// use staunch_core::{rejection_of, BreakerOpen, Rejection};
+///
+/// let boxed: Box<dyn std::error::Error + Send + Sync> =
+///     Box::new(BreakerOpen::new(Arc::from("payment"), None));
+/// assert!(matches!(rejection_of(&*boxed), Some(Rejection::BreakerOpen(e)) if e.name() == "payment"));
+///
+/// let other = std::io::Error::other("connection reset");
+/// assert!(rejection_of(&other).is_none());
+/// ```
+pub fn rejection_of<'a>(err: &'a (dyn Error + 'static)) -> Option<Rejection<'a>> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(open) = e.downcast_ref::<BreakerOpen>() {
+            return Some(Rejection::BreakerOpen(open));
+        }
+        if let Some(full) = e.downcast_ref::<BulkheadFull>() {
+            return Some(Rejection::BulkheadFull(full));
+        }
+        current = e.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Wrapper(Box<dyn Error + Send + Sync>);
+    impl fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("wrapped")
+        }
+    }
+    impl Error for Wrapper {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    #[test]
+    fn rejections_are_found_through_the_source_chain() {
+        let full = BulkheadFull::new(Arc::from("inventory"), 8, BulkheadFullReason::QueueFull);
+        let wrapped = Wrapper(Box::new(full.clone()));
+        assert_eq!(rejection_of(&wrapped), Some(Rejection::BulkheadFull(&full)));
+        let twice = Wrapper(Box::new(wrapped));
+        assert!(matches!(
+            rejection_of(&twice),
+            Some(Rejection::BulkheadFull(_))
+        ));
+        let plain = Wrapper(Box::new(std::io::Error::other("x")));
+        assert_eq!(rejection_of(&plain), None);
+    }
+
+    #[test]
+    fn messages_say_what_happened_and_what_to_do() {
+        let open = BreakerOpen::new(Arc::from("payment"), Some(Duration::from_secs(5)));
+        let text = open.to_string();
+        assert!(text.contains("`payment` is open"), "{text}");
+        assert!(text.contains("5s"), "{text}");
+        assert_eq!(
+            Rejection::BreakerOpen(&open).retry_after(),
+            Some(Duration::from_secs(5))
+        );
+        let full = BulkheadFull::new(
+            Arc::from("payment"),
+            4,
+            BulkheadFullReason::WaitTimedOut(Duration::from_millis(100)),
+        );
+        let text = full.to_string();
+        assert!(
+            text.contains("`payment` is full (4 calls in flight, waited 100ms"),
+            "{text}"
+        );
+    }
+}
