@@ -1,7 +1,124 @@
-//! The staunch timeout: per-call limits and deadlines propagated over HTTP and gRPC.
+//! Per-call time limits and deadlines that propagate across services, as tower layers.
+//!
+//! A service that waits forever for a dependency is only as available as that dependency.
+//! `staunch-timeout` bounds every wait in two complementary ways:
+//!
+//! - a **time limit** per call ([`TimeoutLayer`], or [`TimeLimit`] on any future): "this call
+//!   may take at most 2 s";
+//! - a **deadline** per request ([`Deadline`]): "the user stops waiting at 12:00:03.250".
+//!   Deadlines travel: a [`DeadlineLayer`] on the server sets it from the caller's remaining
+//!   time (`grpc-timeout`, or an HTTP header, [`DEFAULT_HEADER`] by default) and an optional
+//!   budget; the handler copies it onto its downstream requests; a [`PropagateDeadlineLayer`]
+//!   on the client writes what is left of it into the outgoing headers; and a [`Timeout`]
+//!   never waits past it. Every hop therefore gives up no later than its caller, instead of
+//!   doing work nobody is waiting for.
+//!
+//! A call never waits past the earliest bound in effect: the limit (or the request's
+//! [`TimeoutOverride`]) and the deadline. The [`Elapsed`] error says which limit applied, so
+//! a log line reads "timed out after 180ms" when only 180 ms of the deadline was left.
+//!
+//! # The fast path is free
+//!
+//! Most calls finish on their first poll (a cache hit, a ready channel) or long before their
+//! limit. tower's `Timeout` creates a timer entry for every call; here the inner future is
+//! polled first and a timer is armed, and the clock read, only when it returns `Pending`. A
+//! call that completes at once costs a branch or two, and no call allocates. The relative limit
+//! therefore counts from the first `Pending`, not from `call`; deadlines are absolute.
+//!
+//! # Example: a client call that honours the caller's deadline
+//!
+//! ```
+//! use std::time::Duration;
+//! use staunch_timeout::{Deadline, Elapsed, PropagateDeadlineLayer, TimeoutLayer};
+//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! // A downstream client: a slow one, to show the deadline winning over the 2 s limit.
+//! let mut client = ServiceBuilder::new()
+//!     .layer(PropagateDeadlineLayer::http())
+//!     .layer(TimeoutLayer::new(Duration::from_secs(2))?)
+//!     .service(service_fn(|req: http::Request<()>| async move {
+//!         assert_eq!(req.headers()["x-request-timeout"], "300000u");
+//!         tokio::time::sleep(Duration::from_secs(10)).await;
+//!         Ok::<_, std::io::Error>(http::Response::new(()))
+//!     }));
+//!
+//! // In a handler, the incoming request's deadline goes onto the outgoing request.
+//! let mut request = http::Request::new(());
+//! request.extensions_mut().insert(Deadline::after(Duration::from_millis(300)));
+//!
+//! let err = client.ready().await?.call(request).await.unwrap_err();
+//! let elapsed = err.downcast_ref::<Elapsed>().expect("a timeout");
+//! assert_eq!(elapsed.limit(), Duration::from_millis(300));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Without tower
+//!
+//! ```
+//! use std::time::Duration;
+//! use staunch_timeout::{Deadline, Elapsed, TimeLimit};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), staunch_core::ConfigError> {
+//! let limit = TimeLimit::new(Duration::from_secs(1))?;
+//! let deadline = Deadline::after(Duration::from_millis(100));
+//! let result = limit.run_until(deadline, std::future::pending::<()>()).await;
+//! assert_eq!(result, Err(Elapsed::new(Duration::from_millis(100))));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Request types
+//!
+//! [`TimeoutLayer`] reads a request's [`TimeoutOverride`] and [`Deadline`] from the extensions
+//! of an `http::Request` (so hyper, axum, tonic channels, and reqwest through
+//! `reqwest::Request::try_from`). For other request types use
+//! [`TimeoutLayer::ignore_request`] or implement [`ReadLimits`].
+//!
+//! # Wire formats
+//!
+//! `grpc-timeout` follows the gRPC spec: at most eight digits and a unit (`H M S m u n`).
+//! The HTTP header ([`DEFAULT_HEADER`], configurable) uses the same syntax by default, or
+//! whole milliseconds ([`HeaderFormat::Millis`]). Written values are rounded down so the
+//! callee never believes it has more time than the caller; malformed values are ignored with a
+//! `trace` event. See [`wire`].
+//!
+//! # Observability
+//!
+//! A `debug` event when a call times out; `trace` events when a request is refused because
+//! its deadline had passed and when a malformed header is ignored. A named [`TimeLimit`] keeps
+//! counters ([`TimeLimit::metrics`]) and, with the `metrics` feature, increments
+//! `staunch_timeout_elapsed_total{name}`.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+mod config;
+mod deadline;
 mod error;
+mod future;
+mod layer;
+mod limit;
+mod propagate;
+mod request;
+mod service;
+pub mod wire;
 
+pub use crate::config::{
+    DEFAULT_HEADER, DeadlineLayerBuilder, GRPC_TIMEOUT, PropagateDeadlineLayerBuilder,
+    TimeLimitBuilder,
+};
+pub use crate::deadline::{Deadline, TimeoutOverride};
 pub use crate::error::Elapsed;
+pub use crate::future::ResponseFuture;
+pub use crate::layer::TimeoutLayer;
+pub use crate::limit::{Limited, TimeLimit, TimeoutMetrics};
+pub use crate::propagate::{
+    DeadlineLayer, PropagateDeadline, PropagateDeadlineLayer, PropagateFuture, SetDeadline,
+};
+pub use crate::request::{FromExtensions, IgnoreRequest, ReadLimits, RequestLimits};
+pub use crate::service::{BoxError, Timeout};
+pub use crate::wire::HeaderFormat;

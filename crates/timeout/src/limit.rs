@@ -1,0 +1,278 @@
+//! The engine: a time limit applied to any future, with the timer armed only when needed.
+
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+use crate::config::TimeLimitBuilder;
+use crate::deadline::{Deadline, instant_after};
+use crate::error::Elapsed;
+use crate::request::RequestLimits;
+
+/// A time limit for calls: the engine behind [`Timeout`](crate::Timeout), usable on any future
+/// without tower.
+///
+/// [`run`](Self::run) wraps a future so it resolves to `Err(Elapsed)` once the limit passes;
+/// [`run_with`](Self::run_with) also honours a per-call override and a [`Deadline`], the
+/// earliest bound winning. The timer is armed lazily: a future that finishes on its first poll
+/// never creates one and never reads the clock, which is what makes the common fast call cost
+/// next to nothing.
+///
+/// The clock for the relative limit starts when the wrapped future first returns `Pending`
+/// (the first moment there is anything to wait for); a deadline is absolute and is honoured
+/// exactly.
+///
+/// Cloning is cheap and clones share the [metrics](Self::metrics) of a named limit.
+///
+/// ```
+/// use std::time::Duration;
+/// use staunch_timeout::{Elapsed, TimeLimit};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let limit = TimeLimit::new(Duration::from_millis(100))?;
+/// assert_eq!(limit.run(async { 7 }).await, Ok(7));
+///
+/// let slow = limit.run(tokio::time::sleep(Duration::from_secs(5)));
+/// assert_eq!(slow.await, Err(Elapsed::new(Duration::from_millis(100))));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct TimeLimit {
+    limit: Duration,
+    shared: Option<Arc<Shared>>,
+}
+
+/// State shared by the clones of a *named* [`TimeLimit`]; unnamed limits have none, so their
+/// calls touch no shared memory at all.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    name: Arc<str>,
+    armed: AtomicU64,
+    elapsed: AtomicU64,
+}
+
+/// A snapshot of a named [`TimeLimit`]'s counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct TimeoutMetrics {
+    /// Calls that did not finish on their first poll, so a timer was armed for them.
+    pub timers_armed: u64,
+    /// Calls cut off by their limit or deadline (including calls refused because their
+    /// deadline had already passed).
+    pub elapsed: u64,
+}
+
+impl TimeLimit {
+    /// A limit of `limit` per call.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`](staunch_core::ConfigError) for `limit` when it is zero.
+    pub fn new(limit: Duration) -> Result<Self, staunch_core::ConfigError> {
+        Self::builder().limit(limit).build()
+    }
+
+    /// A builder, for a named limit (metrics, events) or configuration read from a file.
+    pub fn builder() -> TimeLimitBuilder {
+        TimeLimitBuilder::default()
+    }
+
+    pub(crate) fn from_parts(limit: Duration, name: Option<Arc<str>>) -> Self {
+        Self {
+            limit,
+            shared: name.map(|name| {
+                Arc::new(Shared {
+                    name,
+                    armed: AtomicU64::new(0),
+                    elapsed: AtomicU64::new(0),
+                })
+            }),
+        }
+    }
+
+    /// The configured limit per call.
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
+
+    /// The name given at build time, if any.
+    pub fn name(&self) -> Option<&str> {
+        self.shared.as_deref().map(|s| &*s.name)
+    }
+
+    /// The counters of a named limit (shared by its clones); `None` for an unnamed one, which
+    /// keeps no counters so that its calls share no memory.
+    pub fn metrics(&self) -> Option<TimeoutMetrics> {
+        self.shared.as_deref().map(|s| TimeoutMetrics {
+            timers_armed: s.armed.load(Ordering::Relaxed),
+            elapsed: s.elapsed.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Runs `future` under the configured limit.
+    pub fn run<F: IntoFuture>(&self, future: F) -> Limited<F::IntoFuture> {
+        self.run_with(RequestLimits::NONE, future)
+    }
+
+    /// Runs `future` until `deadline` at the latest, and under the configured limit.
+    pub fn run_until<F: IntoFuture>(
+        &self,
+        deadline: Deadline,
+        future: F,
+    ) -> Limited<F::IntoFuture> {
+        self.run_with(RequestLimits::deadline(deadline), future)
+    }
+
+    /// Runs `future` under `limits.limit` (or the configured limit when `None`) and never past
+    /// `limits.deadline`.
+    #[inline]
+    pub fn run_with<F: IntoFuture>(
+        &self,
+        limits: RequestLimits,
+        future: F,
+    ) -> Limited<F::IntoFuture> {
+        Limited {
+            inner: future.into_future(),
+            sleep: None,
+            limit: limits.limit.unwrap_or(self.limit),
+            deadline: limits.deadline,
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Counts and reports a call refused because its deadline had passed before it started.
+    pub(crate) fn record_expired(&self) {
+        report_elapsed(self.shared.as_deref(), Duration::ZERO);
+    }
+}
+
+pin_project! {
+    /// A future limited in time by a [`TimeLimit`]: resolves to the inner output, or to
+    /// [`Elapsed`] (carrying the limit that applied) when time runs out first.
+    ///
+    /// The inner future is always polled before the timer, so an output that is ready at the
+    /// same moment the limit passes is returned rather than discarded.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it drops the inner future and its timer (if one was armed) and holds nothing
+    /// else.
+    ///
+    /// # Panics
+    ///
+    /// When the inner future returns `Pending`, arming the timer panics outside a tokio runtime
+    /// with the time driver enabled, as any `tokio::time::sleep` does. A future that finishes
+    /// on its first poll needs no runtime.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Limited<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: Option<Sleep>,
+        // The relative limit until the timer is armed; then the limit actually applied.
+        limit: Duration,
+        deadline: Option<Deadline>,
+        shared: Option<Arc<Shared>>,
+    }
+}
+
+impl<F> std::fmt::Debug for Limited<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limited")
+            .field("limit", &self.limit)
+            .field("deadline", &self.deadline)
+            .field("armed", &self.sleep.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Future> Future for Limited<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(output) = this.inner.poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        if this.sleep.is_none() {
+            // First `Pending`: only now is a timer worth its cost (clock read, timer entry).
+            let now = Instant::now();
+            let mut end = instant_after(now, *this.limit);
+            if let Some(deadline) = *this.deadline
+                && deadline.instant() < end
+            {
+                end = deadline.instant();
+                *this.limit = end.saturating_duration_since(now);
+            }
+            if let Some(shared) = this.shared.as_deref() {
+                shared.armed.fetch_add(1, Ordering::Relaxed);
+            }
+            this.sleep.set(Some(tokio::time::sleep_until(end)));
+        }
+        if let Some(sleep) = this.sleep.as_pin_mut() {
+            ready!(sleep.poll(cx));
+        }
+        report_elapsed(this.shared.as_deref(), *this.limit);
+        Poll::Ready(Err(Elapsed::new(*this.limit)))
+    }
+}
+
+fn report_elapsed(shared: Option<&Shared>, limit: Duration) {
+    if let Some(shared) = shared {
+        shared.elapsed.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(name = &*shared.name, ?limit, "call timed out");
+        #[cfg(feature = "metrics")]
+        metrics::counter!("staunch_timeout_elapsed_total", "name" => shared.name.to_string())
+            .increment(1);
+    } else {
+        tracing::debug!(?limit, "call timed out");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn named_limits_count_armed_timers_and_timeouts() {
+        let limit = TimeLimit::builder()
+            .limit(Duration::from_millis(10))
+            .name("payments")
+            .build()
+            .unwrap();
+        assert_eq!(limit.name(), Some("payments"));
+        assert_eq!(limit.run(async {}).await, Ok(()));
+        assert_eq!(limit.metrics(), Some(TimeoutMetrics::default()));
+
+        let clone = limit.clone();
+        let slow = clone.run(tokio::time::sleep(Duration::from_secs(1))).await;
+        assert_eq!(slow, Err(Elapsed::new(Duration::from_millis(10))));
+        let quick_but_pending = limit
+            .run(tokio::time::sleep(Duration::from_millis(1)))
+            .await;
+        assert_eq!(quick_but_pending, Ok(()));
+        assert_eq!(
+            limit.metrics(),
+            Some(TimeoutMetrics {
+                timers_armed: 2,
+                elapsed: 1
+            })
+        );
+    }
+
+    #[test]
+    fn unnamed_limits_keep_no_counters() {
+        let limit = TimeLimit::new(Duration::from_secs(1)).unwrap();
+        assert_eq!(limit.name(), None);
+        assert_eq!(limit.metrics(), None);
+    }
+}
