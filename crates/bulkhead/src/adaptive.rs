@@ -1,0 +1,397 @@
+//! Adaptive limits: algorithms that move the concurrency limit from observed latency and
+//! failures, so the limit follows what the dependency can actually take.
+//!
+//! A fixed limit is a guess. Too low and the bulkhead rejects calls the dependency could have
+//! served; too high and calls queue *inside* the dependency, where latency grows for everyone.
+//! An adaptive limit looks for the knee: the concurrency beyond which latency starts to grow.
+//!
+//! - [`Aimd`]: additive increase, multiplicative decrease (TCP-style). The limit grows by one
+//!   per successful, well-utilised call and is cut by `backoff_ratio` on a failure or a call
+//!   slower than `latency_threshold`. Simple and robust; needs a latency threshold to react to
+//!   slowness rather than only to failures.
+//! - [`Vegas`]: TCP Vegas / Netflix concurrency-limits style. It tracks the lowest latency seen
+//!   (the no-load latency) and estimates the queue inside the dependency as
+//!   `limit * (1 - no_load / latency)`. Below `alpha` queued calls it raises the limit, above
+//!   `beta` it lowers it, and failures cut it by `backoff_ratio`. It needs no threshold and
+//!   settles near the knee.
+//!
+//! Both keep the limit within `[min_limit, max_limit]` and ignore calls classified
+//! [`Outcome::Ignored`] (cancelled calls by default). Updates take a short mutex per finished
+//! call, so the adaptive option costs a clock read and a lock per call.
+
+use std::time::Duration;
+
+use staunch_core::{ConfigError, Outcome};
+
+use crate::state::MAX_LIMIT;
+
+/// An adaptive limit configuration: [`AdaptiveLimit::aimd`] or [`AdaptiveLimit::vegas`].
+///
+/// The bulkhead's `max_concurrent` is the initial limit; it must lie within the bounds.
+///
+/// ```
+/// use std::time::Duration;
+/// use staunch_bulkhead::{AdaptiveLimit, Bulkhead};
+///
+/// let bulkhead = Bulkhead::builder("payment")
+///     .max_concurrent(8)
+///     .adaptive(AdaptiveLimit::vegas().min_limit(2).max_limit(64))
+///     .build()?;
+/// assert_eq!(bulkhead.max_concurrent(), 8);
+/// # Ok::<(), staunch_core::ConfigError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub enum AdaptiveLimit {
+    /// Additive increase, multiplicative decrease.
+    Aimd(Aimd),
+    /// Latency-gradient (TCP Vegas style).
+    Vegas(Vegas),
+}
+
+impl AdaptiveLimit {
+    /// An AIMD limit with the defaults of [`Aimd`].
+    pub fn aimd() -> Aimd {
+        Aimd::default()
+    }
+
+    /// A Vegas-style limit with the defaults of [`Vegas`].
+    pub fn vegas() -> Vegas {
+        Vegas::default()
+    }
+
+    fn bounds(&self) -> (usize, usize) {
+        match self {
+            AdaptiveLimit::Aimd(a) => (a.min_limit, a.max_limit),
+            AdaptiveLimit::Vegas(v) => (v.min_limit, v.max_limit),
+        }
+    }
+
+    pub(crate) fn validate(&self, initial: usize) -> Result<(), ConfigError> {
+        let (min, max) = self.bounds();
+        if min == 0 {
+            return Err(ConfigError::new("min_limit", "must be at least 1"));
+        }
+        if max < min {
+            return Err(ConfigError::new(
+                "max_limit",
+                format!("must be at least min_limit ({min}) (got {max})"),
+            ));
+        }
+        if max > MAX_LIMIT {
+            return Err(ConfigError::new(
+                "max_limit",
+                format!("must be at most {MAX_LIMIT} (got {max})"),
+            ));
+        }
+        if !(min..=max).contains(&initial) {
+            return Err(ConfigError::new(
+                "max_concurrent",
+                format!(
+                    "is the initial adaptive limit and must lie within [{min}, {max}] (got {initial})"
+                ),
+            ));
+        }
+        let ratio = match self {
+            AdaptiveLimit::Aimd(a) => a.backoff_ratio,
+            AdaptiveLimit::Vegas(v) => v.backoff_ratio,
+        };
+        if !(ratio > 0.0 && ratio < 1.0) {
+            return Err(ConfigError::new(
+                "backoff_ratio",
+                format!("must be greater than 0 and less than 1 (got {ratio})"),
+            ));
+        }
+        match self {
+            AdaptiveLimit::Aimd(a) => {
+                if a.latency_threshold == Some(Duration::ZERO) {
+                    return Err(ConfigError::new(
+                        "latency_threshold",
+                        "must be greater than zero",
+                    ));
+                }
+            }
+            AdaptiveLimit::Vegas(v) => {
+                if v.beta <= v.alpha {
+                    return Err(ConfigError::new(
+                        "beta",
+                        format!("must be greater than alpha ({}) (got {})", v.alpha, v.beta),
+                    ));
+                }
+                if v.probe_every == 0 {
+                    return Err(ConfigError::new("probe_every", "must be at least 1"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl From<Aimd> for AdaptiveLimit {
+    fn from(a: Aimd) -> Self {
+        AdaptiveLimit::Aimd(a)
+    }
+}
+
+impl From<Vegas> for AdaptiveLimit {
+    fn from(v: Vegas) -> Self {
+        AdaptiveLimit::Vegas(v)
+    }
+}
+
+/// AIMD settings. Defaults: limits `[1, 1000]`, `backoff_ratio` 0.9, no latency threshold
+/// (only failures lower the limit until one is set).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Aimd {
+    min_limit: usize,
+    max_limit: usize,
+    backoff_ratio: f64,
+    latency_threshold: Option<Duration>,
+}
+
+impl Default for Aimd {
+    fn default() -> Self {
+        Self {
+            min_limit: 1,
+            max_limit: 1000,
+            backoff_ratio: 0.9,
+            latency_threshold: None,
+        }
+    }
+}
+
+impl Aimd {
+    /// The limit never goes below this (default 1).
+    pub fn min_limit(mut self, n: usize) -> Self {
+        self.min_limit = n;
+        self
+    }
+
+    /// The limit never goes above this (default 1000).
+    pub fn max_limit(mut self, n: usize) -> Self {
+        self.max_limit = n;
+        self
+    }
+
+    /// The factor the limit is multiplied by on a failure or a slow call (default 0.9; must
+    /// be in `(0, 1)`).
+    pub fn backoff_ratio(mut self, ratio: f64) -> Self {
+        self.backoff_ratio = ratio;
+        self
+    }
+
+    /// A successful call slower than this counts as a sign of overload (default: none).
+    pub fn latency_threshold(mut self, threshold: Duration) -> Self {
+        self.latency_threshold = Some(threshold);
+        self
+    }
+}
+
+/// Vegas settings. Defaults: limits `[1, 1000]`, `alpha` 3 and `beta` 6 queued calls,
+/// `backoff_ratio` 0.9 on failures, no-load latency re-probed every 1000 samples.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vegas {
+    min_limit: usize,
+    max_limit: usize,
+    alpha: f64,
+    beta: f64,
+    backoff_ratio: f64,
+    probe_every: u64,
+}
+
+impl Default for Vegas {
+    fn default() -> Self {
+        Self {
+            min_limit: 1,
+            max_limit: 1000,
+            alpha: 3.0,
+            beta: 6.0,
+            backoff_ratio: 0.9,
+            probe_every: 1000,
+        }
+    }
+}
+
+impl Vegas {
+    /// The limit never goes below this (default 1).
+    pub fn min_limit(mut self, n: usize) -> Self {
+        self.min_limit = n;
+        self
+    }
+
+    /// The limit never goes above this (default 1000).
+    pub fn max_limit(mut self, n: usize) -> Self {
+        self.max_limit = n;
+        self
+    }
+
+    /// Below this many estimated queued calls the limit grows (default 3).
+    pub fn alpha(mut self, alpha: f64) -> Self {
+        self.alpha = alpha;
+        self
+    }
+
+    /// Above this many estimated queued calls the limit shrinks (default 6; must exceed
+    /// `alpha`).
+    pub fn beta(mut self, beta: f64) -> Self {
+        self.beta = beta;
+        self
+    }
+
+    /// The factor the limit is multiplied by on a failure (default 0.9; must be in `(0, 1)`).
+    pub fn backoff_ratio(mut self, ratio: f64) -> Self {
+        self.backoff_ratio = ratio;
+        self
+    }
+
+    /// Forget the no-load latency every this many samples and measure it again, so a
+    /// dependency that got permanently slower (or faster) is re-learnt (default 1000).
+    pub fn probe_every(mut self, samples: u64) -> Self {
+        self.probe_every = samples;
+        self
+    }
+}
+
+/// The running state of an adaptive limit.
+#[derive(Debug)]
+pub(crate) struct Limiter {
+    config: AdaptiveLimit,
+    limit: f64,
+    no_load: Option<Duration>,
+    samples: u64,
+}
+
+impl Limiter {
+    pub(crate) fn new(config: AdaptiveLimit, initial: usize) -> Self {
+        Self {
+            config,
+            limit: initial as f64,
+            no_load: None,
+            samples: 0,
+        }
+    }
+
+    pub(crate) fn bounds(&self) -> (usize, usize) {
+        self.config.bounds()
+    }
+
+    /// Overrides the estimate (a manual resize).
+    pub(crate) fn reset(&mut self, limit: usize) {
+        self.limit = limit as f64;
+    }
+
+    /// Feeds one finished call; returns the new integer limit.
+    pub(crate) fn sample(
+        &mut self,
+        latency: Duration,
+        in_flight: usize,
+        outcome: Outcome,
+    ) -> usize {
+        let (min, max) = self.config.bounds();
+        let limit = self.limit;
+        // A limit that is not being used tells nothing about whether it could be higher.
+        let utilised = (in_flight as f64) * 2.0 >= limit;
+        let next = match (&self.config, outcome) {
+            (_, Outcome::Ignored) => limit,
+            (AdaptiveLimit::Aimd(a), Outcome::Failure) => limit * a.backoff_ratio,
+            (AdaptiveLimit::Aimd(a), Outcome::Success) => {
+                if a.latency_threshold.is_some_and(|t| latency > t) {
+                    limit * a.backoff_ratio
+                } else if utilised {
+                    limit + 1.0
+                } else {
+                    limit
+                }
+            }
+            (AdaptiveLimit::Vegas(v), Outcome::Failure) => limit * v.backoff_ratio,
+            (AdaptiveLimit::Vegas(v), Outcome::Success) => {
+                self.samples += 1;
+                if self.samples.is_multiple_of(v.probe_every) {
+                    self.no_load = None;
+                }
+                let no_load = self.no_load.map_or(latency, |n| n.min(latency));
+                self.no_load = Some(no_load);
+                let latency_s = latency.as_secs_f64();
+                let queue = if latency_s > 0.0 {
+                    limit * (1.0 - no_load.as_secs_f64() / latency_s)
+                } else {
+                    0.0
+                };
+                if queue > v.beta {
+                    limit - 1.0
+                } else if queue < v.alpha && utilised {
+                    limit + 1.0
+                } else {
+                    limit
+                }
+            }
+        };
+        self.limit = next.clamp(min as f64, max as f64);
+        self.limit as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn aimd_grows_when_used_and_backs_off_on_failure_and_slowness() {
+        let mut l = Limiter::new(
+            Aimd::default()
+                .min_limit(2)
+                .max_limit(12)
+                .latency_threshold(50 * MS)
+                .into(),
+            10,
+        );
+        assert_eq!(l.sample(10 * MS, 10, Outcome::Success), 11);
+        assert_eq!(l.sample(10 * MS, 1, Outcome::Success), 11, "not utilised");
+        assert_eq!(l.sample(10 * MS, 11, Outcome::Success), 12);
+        assert_eq!(l.sample(10 * MS, 12, Outcome::Success), 12, "max bound");
+        assert_eq!(l.sample(10 * MS, 12, Outcome::Failure), 10);
+        assert_eq!(l.sample(80 * MS, 12, Outcome::Success), 9, "slow call");
+        assert_eq!(l.sample(80 * MS, 12, Outcome::Ignored), 9);
+        for _ in 0..100 {
+            l.sample(10 * MS, 12, Outcome::Failure);
+        }
+        assert_eq!(l.sample(10 * MS, 12, Outcome::Failure), 2, "min bound");
+    }
+
+    #[test]
+    fn vegas_grows_at_no_load_latency_and_shrinks_when_latency_queues() {
+        let mut l = Limiter::new(Vegas::default().max_limit(100).into(), 10);
+        assert_eq!(l.sample(10 * MS, 10, Outcome::Success), 11);
+        assert_eq!(l.sample(10 * MS, 11, Outcome::Success), 12);
+        // Latency tripled: two thirds of the limit are queueing in the dependency.
+        assert_eq!(l.sample(30 * MS, 12, Outcome::Success), 11);
+        // A little queueing (between alpha and beta): hold.
+        let held = l.sample(15 * MS, 11, Outcome::Success);
+        assert_eq!(held, 11);
+    }
+
+    #[test]
+    fn invalid_bounds_are_rejected_naming_the_field() {
+        let e = AdaptiveLimit::from(Aimd::default().min_limit(5).max_limit(4))
+            .validate(4)
+            .unwrap_err();
+        assert_eq!(e.field(), "max_limit");
+        let e = AdaptiveLimit::from(Aimd::default().min_limit(0))
+            .validate(4)
+            .unwrap_err();
+        assert_eq!(e.field(), "min_limit");
+        let e = AdaptiveLimit::from(Vegas::default().max_limit(8))
+            .validate(9)
+            .unwrap_err();
+        assert_eq!(e.field(), "max_concurrent");
+        let e = AdaptiveLimit::from(Vegas::default().alpha(4.0).beta(4.0))
+            .validate(4)
+            .unwrap_err();
+        assert_eq!(e.field(), "beta");
+        let e = AdaptiveLimit::from(Aimd::default().backoff_ratio(1.0))
+            .validate(4)
+            .unwrap_err();
+        assert_eq!(e.field(), "backoff_ratio");
+    }
+}

@@ -1,0 +1,361 @@
+//! The bulkhead engine: a named, shareable concurrency limit with bounded FIFO waiting.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use staunch_core::{BulkheadFull, BulkheadFullReason, ConfigError, Outcome};
+use tokio::time::Instant;
+
+use crate::acquire::{Acquire, Run};
+use crate::adaptive::Limiter;
+use crate::config::BulkheadBuilder;
+use crate::layer::BulkheadLayer;
+use crate::metrics::BulkheadMetrics;
+use crate::state::{MAX_LIMIT, Permits};
+
+/// A concurrency limit shared by every clone: at most `max_concurrent` calls run at once,
+/// others wait in FIFO order for at most `max_wait`, and at most `max_queued` may wait.
+///
+/// Cloning is cheap (a reference count) and every clone is the same bulkhead. Build one with
+/// [`Bulkhead::builder`]; use it directly ([`run`](Self::run), [`acquire`](Self::acquire),
+/// [`try_acquire`](Self::try_acquire)) or as a tower layer ([`layer`](Self::layer)).
+///
+/// ```
+/// use std::time::Duration;
+/// use staunch_bulkhead::Bulkhead;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bulkhead = Bulkhead::builder("inventory")
+///     .max_concurrent(2)
+///     .max_wait(Duration::from_millis(50))
+///     .build()?;
+/// let stock = bulkhead.run(async { 42 }).await?;
+/// assert_eq!(stock, 42);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Bulkhead {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) permits: Permits,
+    pub(crate) name: Arc<str>,
+    pub(crate) max_wait: Duration,
+    pub(crate) max_queued: usize,
+    adaptive: Option<Mutex<Limiter>>,
+    stats: Stats,
+}
+
+/// Counters only touched on the slow path and on rejections.
+#[derive(Default)]
+struct Stats {
+    rejected_no_permit: AtomicU64,
+    rejected_wait_timed_out: AtomicU64,
+    rejected_queue_full: AtomicU64,
+    waited: AtomicU64,
+    wait_nanos: AtomicU64,
+}
+
+impl fmt::Debug for Bulkhead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bulkhead")
+            .field("name", &self.inner.name)
+            .field("max_concurrent", &self.max_concurrent())
+            .field("in_flight", &self.in_flight())
+            .field("max_wait", &self.inner.max_wait)
+            .field("max_queued", &self.inner.max_queued)
+            .field("adaptive", &self.is_adaptive())
+            .finish()
+    }
+}
+
+impl Bulkhead {
+    /// Starts configuring a bulkhead called `name` (the name appears in rejections, logs and
+    /// metrics: name it after the dependency it protects).
+    pub fn builder(name: impl Into<Arc<str>>) -> BulkheadBuilder {
+        BulkheadBuilder::new(name.into())
+    }
+
+    pub(crate) fn from_parts(
+        name: Arc<str>,
+        max_concurrent: usize,
+        max_wait: Duration,
+        max_queued: usize,
+        adaptive: Option<Limiter>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                permits: Permits::new(max_concurrent),
+                name,
+                max_wait,
+                max_queued,
+                adaptive: adaptive.map(Mutex::new),
+                stats: Stats::default(),
+            }),
+        }
+    }
+
+    /// The bulkhead's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The current limit on concurrent calls (it moves when adaptive or resized).
+    pub fn max_concurrent(&self) -> usize {
+        self.inner.permits.limit()
+    }
+
+    /// How long a call may wait for a permit (zero: callers never wait).
+    pub fn max_wait(&self) -> Duration {
+        self.inner.max_wait
+    }
+
+    /// How many calls may wait for a permit at once.
+    pub fn max_queued(&self) -> usize {
+        self.inner.max_queued
+    }
+
+    /// Calls holding a permit right now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.permits.in_flight()
+    }
+
+    /// `true` when the limit is driven by an [`AdaptiveLimit`](crate::AdaptiveLimit).
+    pub fn is_adaptive(&self) -> bool {
+        self.inner.adaptive.is_some()
+    }
+
+    /// Takes a permit if one is free and nobody is waiting; never waits.
+    ///
+    /// Lock-free and allocation-free. It does not overtake queued callers: while anyone
+    /// waits it fails with [`BulkheadFullReason::NoPermit`].
+    pub fn try_acquire(&self) -> Result<Permit, BulkheadFull> {
+        if self.inner.permits.try_acquire() {
+            Ok(Permit::new(self.clone()))
+        } else {
+            Err(self.inner.reject(BulkheadFullReason::NoPermit))
+        }
+    }
+
+    /// Waits for a permit, in FIFO order, for at most `max_wait`.
+    ///
+    /// Resolves at once when a permit is free. Fails with `NoPermit` when `max_wait` is zero,
+    /// `QueueFull` when `max_queued` callers already wait, and `WaitTimedOut` at the deadline.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future gives up the place in the queue; a permit granted to it in the
+    /// meantime is passed on to the next waiter. No permit is ever lost.
+    pub fn acquire(&self) -> Acquire {
+        Acquire::new(self.clone(), None)
+    }
+
+    /// Runs `future` under a permit: waits like [`acquire`](Self::acquire), then polls
+    /// `future` to completion and releases the permit.
+    ///
+    /// `future` is not polled at all when the call is rejected. When the bulkhead is adaptive,
+    /// a completed run counts as a success with its latency; use
+    /// [`acquire`](Self::acquire) and [`Permit::record`] to classify results yourself.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the returned future at any point releases the permit (or the place in the
+    /// queue) and drops `future`.
+    pub fn run<F: Future>(&self, future: F) -> Run<F> {
+        Run::new(self.acquire(), future)
+    }
+
+    /// Changes the limit at runtime.
+    ///
+    /// Growing it admits queued callers at once. Shrinking it never cancels a call in flight:
+    /// they finish, and nobody is admitted until fewer than `max_concurrent` are in flight.
+    /// For an adaptive bulkhead this resets the estimate, and `max_concurrent` must lie within
+    /// the adaptive bounds.
+    pub fn set_max_concurrent(&self, max_concurrent: usize) -> Result<(), ConfigError> {
+        if max_concurrent == 0 {
+            return Err(ConfigError::new("max_concurrent", "must be at least 1"));
+        }
+        if max_concurrent > MAX_LIMIT {
+            return Err(ConfigError::new(
+                "max_concurrent",
+                format!("must be at most {MAX_LIMIT} (got {max_concurrent})"),
+            ));
+        }
+        if let Some(limiter) = &self.inner.adaptive {
+            let mut limiter = limiter.lock().unwrap_or_else(PoisonError::into_inner);
+            let (min, max) = limiter.bounds();
+            if !(min..=max).contains(&max_concurrent) {
+                return Err(ConfigError::new(
+                    "max_concurrent",
+                    format!(
+                        "must lie within the adaptive bounds [{min}, {max}] (got {max_concurrent})"
+                    ),
+                ));
+            }
+            limiter.reset(max_concurrent);
+            self.inner.set_limit(max_concurrent, "resized");
+        } else {
+            self.inner.set_limit(max_concurrent, "resized");
+        }
+        Ok(())
+    }
+
+    /// A tower layer that puts this bulkhead in front of a service.
+    pub fn layer(&self) -> BulkheadLayer {
+        BulkheadLayer::new(self.clone())
+    }
+
+    /// A cheap snapshot of the bulkhead's state and counters.
+    pub fn metrics(&self) -> BulkheadMetrics {
+        let s = &self.inner.stats;
+        BulkheadMetrics {
+            in_flight: self.in_flight(),
+            queued: self.inner.permits.queued(),
+            max_concurrent: self.max_concurrent(),
+            rejected_no_permit: s.rejected_no_permit.load(Ordering::Relaxed),
+            rejected_wait_timed_out: s.rejected_wait_timed_out.load(Ordering::Relaxed),
+            rejected_queue_full: s.rejected_queue_full.load(Ordering::Relaxed),
+            waited: s.waited.load(Ordering::Relaxed),
+            total_wait: Duration::from_nanos(s.wait_nanos.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Publishes [`metrics`](Self::metrics) as gauges through the `metrics` crate, labelled
+    /// with the bulkhead's `name`: `staunch_bulkhead_in_flight`, `staunch_bulkhead_queued`
+    /// and `staunch_bulkhead_limit`. Call it from a periodic task; the request path never
+    /// touches the metrics recorder except on rejections, waits and limit changes.
+    #[cfg(feature = "metrics")]
+    pub fn emit_metrics(&self) {
+        let m = self.metrics();
+        let name = metrics::SharedString::from_shared(Arc::clone(&self.inner.name));
+        metrics::gauge!("staunch_bulkhead_in_flight", "name" => name.clone())
+            .set(m.in_flight as f64);
+        metrics::gauge!("staunch_bulkhead_queued", "name" => name.clone()).set(m.queued as f64);
+        metrics::gauge!("staunch_bulkhead_limit", "name" => name).set(m.max_concurrent as f64);
+    }
+}
+
+impl Inner {
+    /// Counts and reports a rejection, and builds the error.
+    #[cold]
+    pub(crate) fn reject(&self, reason: BulkheadFullReason) -> BulkheadFull {
+        let (counter, label) = match reason {
+            BulkheadFullReason::WaitTimedOut(_) => {
+                (&self.stats.rejected_wait_timed_out, "wait_timed_out")
+            }
+            BulkheadFullReason::QueueFull => (&self.stats.rejected_queue_full, "queue_full"),
+            _ => (&self.stats.rejected_no_permit, "no_permit"),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let limit = self.permits.limit();
+        tracing::trace!(bulkhead = %self.name, reason = label, max_concurrent = limit, "bulkhead rejected a call");
+        #[cfg(feature = "metrics")]
+        metrics::counter!(
+            "staunch_bulkhead_rejections_total",
+            "name" => metrics::SharedString::from_shared(Arc::clone(&self.name)),
+            "reason" => label
+        )
+        .increment(1);
+        BulkheadFull::new(Arc::clone(&self.name), limit, reason)
+    }
+
+    /// Records how long an admitted (or timed-out) caller waited.
+    #[cold]
+    pub(crate) fn record_wait(&self, waited: Duration, admitted: bool) {
+        if admitted {
+            self.stats.waited.fetch_add(1, Ordering::Relaxed);
+        }
+        let nanos = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        self.stats.wait_nanos.fetch_add(nanos, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::histogram!(
+            "staunch_bulkhead_wait_seconds",
+            "name" => metrics::SharedString::from_shared(Arc::clone(&self.name))
+        )
+        .record(waited.as_secs_f64());
+    }
+
+    fn set_limit(&self, limit: usize, why: &'static str) {
+        let old = self.permits.set_limit(limit);
+        if old != limit {
+            tracing::debug!(bulkhead = %self.name, old, new = limit, why, "bulkhead limit changed");
+            #[cfg(feature = "metrics")]
+            metrics::gauge!(
+                "staunch_bulkhead_limit",
+                "name" => metrics::SharedString::from_shared(Arc::clone(&self.name))
+            )
+            .set(limit as f64);
+        }
+    }
+
+    fn sample(&self, latency: Duration, outcome: Outcome) {
+        let Some(limiter) = &self.adaptive else {
+            return;
+        };
+        let in_flight = self.permits.in_flight();
+        let mut limiter = limiter.lock().unwrap_or_else(PoisonError::into_inner);
+        let next = limiter.sample(latency, in_flight, outcome);
+        if next != self.permits.limit() {
+            self.set_limit(next, "adaptive");
+        }
+    }
+}
+
+/// A permit to run one call; the permit goes back to the bulkhead when dropped.
+///
+/// Holding it is what counts as "in flight". For an adaptive bulkhead, finish with
+/// [`record`](Self::record) so the call's latency and outcome feed the limit; a permit that
+/// is simply dropped records nothing (as for a cancelled call).
+#[must_use = "the permit is released as soon as it is dropped"]
+pub struct Permit {
+    bulkhead: Bulkhead,
+    started: Option<Instant>,
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("bulkhead", &self.bulkhead.inner.name)
+            .finish()
+    }
+}
+
+impl Permit {
+    /// Wraps a permit already counted in `bulkhead`'s `in_flight`.
+    #[inline]
+    pub(crate) fn new(bulkhead: Bulkhead) -> Self {
+        let started = bulkhead.inner.adaptive.is_some().then(Instant::now);
+        Self { bulkhead, started }
+    }
+
+    /// The bulkhead this permit belongs to.
+    pub fn bulkhead(&self) -> &Bulkhead {
+        &self.bulkhead
+    }
+
+    /// Releases the permit and reports the call's outcome to an adaptive limit (the latency
+    /// is measured from when the permit was granted). Without an adaptive limit this is the
+    /// same as dropping the permit.
+    pub fn record(mut self, outcome: Outcome) {
+        if let Some(started) = self.started.take() {
+            self.bulkhead.inner.sample(started.elapsed(), outcome);
+        }
+    }
+
+    pub(crate) fn wants_outcome(&self) -> bool {
+        self.started.is_some()
+    }
+}
+
+impl Drop for Permit {
+    #[inline]
+    fn drop(&mut self) {
+        self.bulkhead.inner.permits.release();
+    }
+}

@@ -1,0 +1,204 @@
+//! The bulkhead as a tower service.
+//!
+//! # How waiting maps onto tower
+//!
+//! Like tower's `ConcurrencyLimit`, the permit is reserved in `poll_ready` and moves into the
+//! response future in `call`; dropping the service or the future gives it back. Unlike
+//! `ConcurrencyLimit`, readiness never waits forever: `poll_ready` waits at most `max_wait`
+//! (in FIFO order, within the queue cap). When no permit comes, `poll_ready` still returns
+//! `Ready(Ok(()))` and the following `call` returns a future that fails at once with
+//! [`BulkheadFull`], without calling the inner service. `poll_ready` errors are terminal in
+//! tower, so a full bulkhead must never be one: rejecting from `call` (as `load_shed` does)
+//! lets the caller shed that one request and keep using the service.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use staunch_core::{BulkheadFull, Classify};
+use tower_service::Service;
+
+use crate::BoxError;
+use crate::acquire::Acquire;
+use crate::bulkhead::{Bulkhead, Permit};
+use crate::future::ResponseFuture;
+
+/// Reservation state of one service handle: the bounded wait of `poll_ready`.
+pub(crate) struct Gate {
+    bulkhead: Bulkhead,
+    state: GateState,
+}
+
+enum GateState {
+    Idle,
+    Waiting(Acquire),
+    Reserved(Permit),
+    Rejected(BulkheadFull),
+}
+
+impl fmt::Debug for Gate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            GateState::Idle => "idle",
+            GateState::Waiting(_) => "waiting",
+            GateState::Reserved(_) => "reserved",
+            GateState::Rejected(_) => "rejected",
+        };
+        f.debug_struct("Gate")
+            .field("bulkhead", &self.bulkhead.name())
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl Gate {
+    pub(crate) fn new(bulkhead: Bulkhead) -> Self {
+        Self {
+            bulkhead,
+            state: GateState::Idle,
+        }
+    }
+
+    pub(crate) fn bulkhead(&self) -> &Bulkhead {
+        &self.bulkhead
+    }
+
+    /// Ready with `true` when a permit is reserved (poll the inner service next), with
+    /// `false` when the next call is to be rejected.
+    #[inline]
+    pub(crate) fn poll_reserve(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        loop {
+            match &mut self.state {
+                GateState::Reserved(_) => return Poll::Ready(true),
+                GateState::Rejected(_) => return Poll::Ready(false),
+                GateState::Idle => {
+                    self.state = if self.bulkhead.inner.permits.try_acquire() {
+                        GateState::Reserved(Permit::new(self.bulkhead.clone()))
+                    } else {
+                        GateState::Waiting(self.bulkhead.acquire())
+                    };
+                }
+                GateState::Waiting(acquire) => match Pin::new(acquire).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(permit)) => self.state = GateState::Reserved(permit),
+                    Poll::Ready(Err(full)) => self.state = GateState::Rejected(full),
+                },
+            }
+        }
+    }
+
+    /// Takes the reservation for a call.
+    ///
+    /// # Panics
+    ///
+    /// When `poll_reserve` did not return `Ready` first (the tower contract).
+    #[inline]
+    pub(crate) fn take(&mut self) -> Result<Permit, BulkheadFull> {
+        match std::mem::replace(&mut self.state, GateState::Idle) {
+            GateState::Reserved(permit) => Ok(permit),
+            GateState::Rejected(full) => Err(full),
+            _ => panic!("bulkhead service called before `poll_ready` returned `Ready`"),
+        }
+    }
+}
+
+/// A service behind a [`Bulkhead`]; made by [`BulkheadLayer`](crate::BulkheadLayer).
+///
+/// Errors are boxed (`tower::BoxError`): the inner service's error, or [`BulkheadFull`] when
+/// the bulkhead turned the call away (test with `err.is::<BulkheadFull>()`, or find it in a
+/// chain with `staunch_core::rejection_of`).
+///
+/// # Panics
+///
+/// `call` panics if `poll_ready` did not return `Ready` first, as tower requires.
+pub struct BulkheadService<S, C> {
+    inner: S,
+    classifier: C,
+    gate: Gate,
+}
+
+impl<S, C> BulkheadService<S, C> {
+    /// Wraps `inner` in `bulkhead`, classifying results with `classifier`.
+    pub fn new(inner: S, bulkhead: Bulkhead, classifier: C) -> Self {
+        Self {
+            inner,
+            classifier,
+            gate: Gate::new(bulkhead),
+        }
+    }
+
+    /// The bulkhead this service shares.
+    pub fn bulkhead(&self) -> &Bulkhead {
+        self.gate.bulkhead()
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the service (a reserved permit is released).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug, C> fmt::Debug for BulkheadService<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BulkheadService")
+            .field("inner", &self.inner)
+            .field("gate", &self.gate)
+            .finish()
+    }
+}
+
+// Written by hand: a handle may hold a permit reserved by its `poll_ready` for the one call it
+// is about to make. A clone must start without it (deriving would not compile for `Permit`,
+// and copying the reservation would let two calls run on one permit).
+impl<S: Clone, C: Clone> Clone for BulkheadService<S, C> {
+    fn clone(&self) -> Self {
+        Self::new(
+            self.inner.clone(),
+            self.gate.bulkhead().clone(),
+            self.classifier.clone(),
+        )
+    }
+}
+
+impl<S, C, Req> Service<Req> for BulkheadService<S, C>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, C>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self.gate.poll_reserve(cx) {
+            Poll::Pending => Poll::Pending,
+            // The call will be rejected: the inner service's readiness does not matter.
+            Poll::Ready(false) => Poll::Ready(Ok(())),
+            Poll::Ready(true) => self.inner.poll_ready(cx).map_err(Into::into),
+        }
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        match self.gate.take() {
+            Ok(permit) => {
+                let classifier = permit.wants_outcome().then(|| self.classifier.clone());
+                ResponseFuture::running(self.inner.call(req), permit, classifier)
+            }
+            Err(full) => ResponseFuture::rejected(full),
+        }
+    }
+}
