@@ -1,3 +1,121 @@
-//! The staunch saga engine: compensations, a durable log in SQLite or Postgres, crash recovery.
+//! A durable orchestration saga engine for tokio services: ordered steps with compensations,
+//! an append-only log in SQLite (or memory), crash recovery and an operator API.
+//!
+//! # The model
+//!
+//! A [`SagaDefinition`] is a name, a version and ordered [`Step`]s over a state `S` (any
+//! serde type). Each step has an action and, optionally, a compensation; both are async
+//! functions that receive the current state and a [`StepContext`] and return the updated
+//! state. The [`SagaEngine`] runs the actions in order. When one fails for good, it runs the
+//! compensations of the completed steps in reverse order and the saga ends
+//! [`Compensated`](SagaOutcome::Compensated); when a compensation fails for good the saga is
+//! [`Stuck`](SagaOutcome::Stuck) and waits for an operator ([`SagaEngine::retry_stuck`],
+//! [`SagaEngine::skip_stuck`], [`SagaEngine::resolve`]); never a silent log line.
+//!
+//! - **Errors** are [`StepError::retryable`] (retried with the step's [`RetryPolicy`]: a
+//!   `staunch-core` [`Backoff`](staunch_core::Backoff), attempt limit, per-attempt timeout) or
+//!   [`StepError::fail`] (a business failure: compensate now). A panic in a step is caught
+//!   and counts as a business failure of that step.
+//! - **Step kinds**: [`StepKind::Compensatable`] (the default), [`StepKind::Pivot`] (the point
+//!   of no return: afterwards the saga only moves forward) and [`StepKind::Retriable`] (retried
+//!   until it succeeds; every step after the pivot must be retriable).
+//! - **Durability**: every transition is appended to a [`SagaStore`] before the next call
+//!   starts. [`SqliteStore`] (the default feature) is one file, WAL, `synchronous=FULL`, with
+//!   group commit so many concurrent sagas share each fsync. [`MemoryStore`] is for tests.
+//! - **Idempotency**: each call carries [`StepContext::idempotency_key`],
+//!   `{saga_id}:{step}:{action|compensate}`, identical on every attempt and after recovery.
+//! - **Recovery**: [`SagaEngine::recover`] resumes every unfinished saga from its log. An
+//!   attempt that started with no recorded result is run again with the same key
+//!   (**at-least-once**: participants must deduplicate by key), unless the step says
+//!   [`OnInterrupted::Compensate`] or [`OnInterrupted::Stuck`]. A saga whose definition is not
+//!   registered, or whose log does not decode, is quarantined; nothing is deleted.
+//!
+//! # Example
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use staunch_saga::{MemoryStore, SagaDefinition, SagaEngine, SagaOutcome, Step, StepError};
+//!
+//! #[derive(Clone, Debug, Serialize, Deserialize)]
+//! struct Order { id: u64, charged: bool }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let order = SagaDefinition::<Order>::builder("order", 1)
+//!     .step(Step::new("reserve", |o, _ctx| async move { Ok(o) })
+//!         .compensate(|o, _ctx| async move { Ok(o) }))
+//!     .step(Step::new("charge", |mut o: Order, ctx| async move {
+//!         // send ctx.idempotency_key() to the payment service
+//!         assert_eq!(ctx.idempotency_key(), "order-7:charge:action");
+//!         o.charged = true;
+//!         Ok(o)
+//!     }).compensate(|mut o: Order, _ctx| async move { o.charged = false; Ok(o) }))
+//!     .step(Step::new("ship", |_o: Order, _ctx| async move {
+//!         Err::<Order, _>(StepError::fail("address rejected"))
+//!     }))
+//!     .build()?;
+//!
+//! let engine = SagaEngine::new(MemoryStore::new());
+//! let handle = engine.start(&order, "order-7", Order { id: 7, charged: false }).await?;
+//! match handle.outcome().await? {
+//!     SagaOutcome::Compensated { failed_step, state, .. } => {
+//!         assert_eq!(failed_step, "ship");
+//!         assert!(!state.charged);
+//!     }
+//!     other => panic!("unexpected {other:?}"),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Defaults and why
+//!
+//! - Action retry: 3 attempts, exponential backoff from 100 ms with full jitter, no timeout:
+//!   enough to ride out a blip without holding a saga for long. Retriable steps: unlimited.
+//! - Compensation retry: 5 attempts: compensations matter more than actions (money may be
+//!   held), but a compensation that keeps failing needs a human, not an endless loop.
+//! - SQLite `synchronous=FULL`: an acknowledged transition survives power loss; group commit
+//!   pays for it.
+//!
+//! # Observability
+//!
+//! A `tracing` span `saga` per saga run and `saga_step` per attempt; debug events on
+//! transitions, a warning when a saga gets stuck. [`SagaEngine::metrics`] gives counters
+//! (started, completed, compensated, stuck, step attempts and latency); the `metrics` feature
+//! emits them through the `metrics` crate with a `name` label (the definition).
+//! [`SagaEngine::inspect`] returns a saga's timeline; [`SagaEngine::list`] filters by status
+//! and definition.
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod context;
+mod definition;
+mod engine;
+mod error;
+mod event;
+mod metrics;
+mod outcome;
+mod replay;
+mod runner;
+mod store;
+
+pub use context::{Phase, StepContext, idempotency_key};
+pub use definition::{
+    OnInterrupted, RetryPolicy, SagaDefinition, SagaDefinitionBuilder, SagaState, Step, StepKind,
+};
+pub use engine::{RecoveryReport, SagaEngine, SagaTimeline, TimelineEntry};
+pub use error::{LoadError, SagaError, StepError, StepErrorKind, StoreError};
+pub use event::{LOG_FORMAT_VERSION, SagaEvent};
+pub use metrics::SagaMetrics;
+pub use outcome::{SagaHandle, SagaOutcome};
+#[cfg(feature = "sqlite")]
+pub use store::{SqliteStore, SqliteStoreBuilder, SqliteSynchronous};
+pub use store::{
+    Append, Created, ListFilter, MemoryStore, NewSaga, SagaLog, SagaStatus, SagaStore,
+    SagaSummary, StoredEvent,
+};
+
+/// The `sqlx` this crate was built with, for opening the SQLite file directly (e.g. to
+/// inspect it, or in benchmarks).
+#[cfg(feature = "sqlite")]
+pub use sqlx;

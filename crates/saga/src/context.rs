@@ -1,0 +1,76 @@
+//! What a step's action or compensation is told about the call it is making.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Whether a step call is the action or its compensation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// The forward action.
+    Action,
+    /// The compensation undoing the action.
+    Compensate,
+}
+
+impl Phase {
+    /// `action` or `compensate`, as used in idempotency keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Action => "action",
+            Self::Compensate => "compensate",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Passed to every action and compensation: who is calling, and the key to deduplicate on.
+///
+/// Send [`idempotency_key`](Self::idempotency_key) to the participant (e.g. as an
+/// `Idempotency-Key` header). It is the same on every attempt and after a crash and recovery,
+/// so a participant that remembers keys applies each action and each compensation once, even
+/// though the engine delivers them at least once.
+#[derive(Debug, Clone)]
+pub struct StepContext {
+    pub(crate) saga_id: Arc<str>,
+    pub(crate) step: Arc<str>,
+    pub(crate) phase: Phase,
+    pub(crate) attempt: u32,
+}
+
+impl StepContext {
+    /// The saga's id.
+    pub fn saga_id(&self) -> &str {
+        &self.saga_id
+    }
+
+    /// The step's name.
+    pub fn step(&self) -> &str {
+        &self.step
+    }
+
+    /// Action or compensation.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The attempt number, from 1, counted over the saga's whole log (recovery continues it).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// `{saga_id}:{step}:{action|compensate}`: stable across attempts and recoveries.
+    pub fn idempotency_key(&self) -> String {
+        idempotency_key(&self.saga_id, &self.step, self.phase)
+    }
+}
+
+/// The idempotency key of a step call: `{saga_id}:{step}:{action|compensate}`.
+pub fn idempotency_key(saga_id: &str, step: &str, phase: Phase) -> String {
+    format!("{saga_id}:{step}:{}", phase.as_str())
+}

@@ -1,0 +1,389 @@
+//! Saga definitions: a name, a version and ordered steps, each an action and a compensation.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use staunch_core::{Backoff, ConfigError};
+
+use crate::context::StepContext;
+use crate::error::StepError;
+
+/// A saga state: any serde type the steps pass along and update.
+pub trait SagaState: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
+impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> SagaState for T {}
+
+pub(crate) type StepFn<S> =
+    Arc<dyn Fn(S, StepContext) -> BoxFuture<'static, Result<S, StepError>> + Send + Sync>;
+
+/// How a step takes part in rollback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum StepKind {
+    /// Undone by its compensation (if it has one) when a later step fails. The default.
+    #[default]
+    Compensatable,
+    /// The point of no return: once it succeeds, the saga only moves forward. Every step after
+    /// a pivot must be [`Retriable`](Self::Retriable). A pivot has no compensation.
+    Pivot,
+    /// Must eventually succeed: every error is retried (no attempt limit unless one is set)
+    /// until it succeeds or an operator steps in.
+    Retriable,
+}
+
+/// What recovery does with an attempt that started but has no recorded result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum OnInterrupted {
+    /// Run the step again with the same idempotency key (at-least-once). The default.
+    #[default]
+    Rerun,
+    /// Treat the step as failed and compensate (the step itself included: its effect is
+    /// unknown). Only before a pivot; after one, the saga goes stuck instead.
+    Compensate,
+    /// Stop and let an operator decide.
+    Stuck,
+}
+
+/// Attempts, backoff and per-attempt timeout for an action or a compensation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    pub(crate) max_attempts: Option<u32>,
+    pub(crate) backoff: Backoff,
+    pub(crate) timeout: Option<Duration>,
+}
+
+impl Default for RetryPolicy {
+    /// 3 attempts, the default [`Backoff`] (exponential from 100 ms, full jitter), no timeout.
+    fn default() -> Self {
+        Self {
+            max_attempts: Some(3),
+            backoff: Backoff::default(),
+            timeout: None,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// A policy with `max_attempts` attempts (the first included) and the default backoff.
+    pub fn new(max_attempts: u32) -> Self {
+        Self {
+            max_attempts: Some(max_attempts),
+            ..Self::default()
+        }
+    }
+
+    /// No attempt limit: retry until success, an operator, or the backoff's `max_elapsed`.
+    pub fn unlimited() -> Self {
+        Self {
+            max_attempts: None,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the delays between attempts.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Cancels an attempt that runs longer than `timeout` (a retryable, in-doubt failure).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The attempt limit, `None` for unlimited.
+    pub fn max_attempts(&self) -> Option<u32> {
+        self.max_attempts
+    }
+
+    fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        if self.max_attempts == Some(0) {
+            return Err(ConfigError::new("max_attempts", "must be at least 1 (got 0)").within(section));
+        }
+        if self.timeout == Some(Duration::ZERO) {
+            return Err(ConfigError::new("timeout", "must be greater than zero").within(section));
+        }
+        Ok(())
+    }
+}
+
+/// One step of a saga: an action, an optional compensation, a kind and retry policies.
+pub struct Step<S> {
+    pub(crate) name: Arc<str>,
+    pub(crate) kind: StepKind,
+    pub(crate) action: StepFn<S>,
+    pub(crate) compensation: Option<StepFn<S>>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) compensation_retry: RetryPolicy,
+    pub(crate) on_interrupted: OnInterrupted,
+    retry_set: bool,
+}
+
+impl<S> fmt::Debug for Step<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Step")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("compensation", &self.compensation.is_some())
+            .field("retry", &self.retry)
+            .field("compensation_retry", &self.compensation_retry)
+            .field("on_interrupted", &self.on_interrupted)
+            .finish()
+    }
+}
+
+fn boxed<S, F, Fut>(f: F) -> StepFn<S>
+where
+    S: SagaState,
+    F: Fn(S, StepContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<S, StepError>> + Send + 'static,
+{
+    Arc::new(move |state, ctx| Box::pin(f(state, ctx)))
+}
+
+impl<S: SagaState> Step<S> {
+    /// A compensatable step named `name` running `action`, which returns the updated state.
+    pub fn new<F, Fut>(name: impl Into<Arc<str>>, action: F) -> Self
+    where
+        F: Fn(S, StepContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<S, StepError>> + Send + 'static,
+    {
+        Self {
+            name: name.into(),
+            kind: StepKind::Compensatable,
+            action: boxed(action),
+            compensation: None,
+            retry: RetryPolicy::default(),
+            compensation_retry: RetryPolicy::unlimited_default_compensation(),
+            on_interrupted: OnInterrupted::Rerun,
+            retry_set: false,
+        }
+    }
+
+    /// Undoes the action when a later step fails; receives the current state.
+    pub fn compensate<F, Fut>(mut self, compensation: F) -> Self
+    where
+        F: Fn(S, StepContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<S, StepError>> + Send + 'static,
+    {
+        self.compensation = Some(boxed(compensation));
+        self
+    }
+
+    /// Sets the step's kind.
+    pub fn kind(mut self, kind: StepKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Marks the step as the pivot.
+    pub fn pivot(self) -> Self {
+        self.kind(StepKind::Pivot)
+    }
+
+    /// Marks the step as retriable (retried until it succeeds).
+    pub fn retriable(self) -> Self {
+        self.kind(StepKind::Retriable)
+    }
+
+    /// The action's retry policy (default: 3 attempts; retriable steps: unlimited).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self.retry_set = true;
+        self
+    }
+
+    /// The compensation's retry policy (default: 5 attempts, default backoff).
+    pub fn compensation_retry(mut self, policy: RetryPolicy) -> Self {
+        self.compensation_retry = policy;
+        self
+    }
+
+    /// What recovery does when the process stopped during this step's action.
+    pub fn on_interrupted(mut self, on_interrupted: OnInterrupted) -> Self {
+        self.on_interrupted = on_interrupted;
+        self
+    }
+}
+
+impl RetryPolicy {
+    fn unlimited_default_compensation() -> Self {
+        Self::new(5)
+    }
+}
+
+/// A named, versioned, ordered list of steps over a state `S`. Cheap to clone.
+///
+/// The name and version are written to the log; recovery finds the definition by them, so
+/// bump the version when steps change in a way old logs must not be replayed against.
+pub struct SagaDefinition<S> {
+    pub(crate) inner: Arc<DefinitionInner<S>>,
+}
+
+pub(crate) struct DefinitionInner<S> {
+    pub(crate) name: Arc<str>,
+    pub(crate) version: u32,
+    pub(crate) steps: Vec<Step<S>>,
+    pub(crate) deadline: Option<Duration>,
+}
+
+impl<S> Clone for SagaDefinition<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<S> fmt::Debug for SagaDefinition<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SagaDefinition")
+            .field("name", &self.inner.name)
+            .field("version", &self.inner.version)
+            .field("steps", &self.inner.steps)
+            .field("deadline", &self.inner.deadline)
+            .finish()
+    }
+}
+
+impl<S: SagaState> SagaDefinition<S> {
+    /// Starts a definition named `name` at `version`.
+    pub fn builder(name: impl Into<Arc<str>>, version: u32) -> SagaDefinitionBuilder<S> {
+        SagaDefinitionBuilder {
+            name: name.into(),
+            version,
+            steps: Vec::new(),
+            deadline: None,
+        }
+    }
+
+    /// The definition's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The definition's version.
+    pub fn version(&self) -> u32 {
+        self.inner.version
+    }
+
+    /// The step names, in order.
+    pub fn step_names(&self) -> impl Iterator<Item = &str> {
+        self.inner.steps.iter().map(|s| &*s.name)
+    }
+}
+
+/// Builds a [`SagaDefinition`]; [`build`](Self::build) validates it.
+pub struct SagaDefinitionBuilder<S> {
+    name: Arc<str>,
+    version: u32,
+    steps: Vec<Step<S>>,
+    deadline: Option<Duration>,
+}
+
+impl<S> fmt::Debug for SagaDefinitionBuilder<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SagaDefinitionBuilder")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("steps", &self.steps)
+            .finish()
+    }
+}
+
+impl<S: SagaState> SagaDefinitionBuilder<S> {
+    /// Appends a step.
+    pub fn step(mut self, step: Step<S>) -> Self {
+        self.steps.push(step);
+        self
+    }
+
+    /// Starts compensating when the saga has not completed `deadline` after it started
+    /// (measured across restarts with the wall clock of the start). Ignored after a pivot.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Validates and builds the definition.
+    ///
+    /// Errors: no steps; an empty or duplicate step name, or one containing `:` (it would
+    /// make idempotency keys ambiguous); a pivot with a compensation; more than one pivot; a
+    /// non-retriable step after the pivot; an invalid retry policy; a zero deadline.
+    pub fn build(mut self) -> Result<SagaDefinition<S>, ConfigError> {
+        let section = format!("saga.{}", self.name);
+        if self.name.is_empty() {
+            return Err(ConfigError::new("name", "must not be empty"));
+        }
+        if self.steps.is_empty() {
+            return Err(ConfigError::new("steps", "must contain at least one step").within(&section));
+        }
+        if self.deadline == Some(Duration::ZERO) {
+            return Err(ConfigError::new("deadline", "must be greater than zero").within(&section));
+        }
+        let mut pivot_seen = false;
+        for (i, step) in self.steps.iter_mut().enumerate() {
+            let field = format!("steps[{i}]");
+            if step.name.is_empty() || step.name.contains(':') {
+                return Err(ConfigError::new(
+                    format!("{field}.name"),
+                    "must be non-empty and must not contain `:`",
+                )
+                .within(&section));
+            }
+            if step.kind == StepKind::Retriable && !step.retry_set {
+                step.retry.max_attempts = None;
+            }
+            step.retry
+                .validate(&format!("{section}.{field}.retry"))?;
+            step.compensation_retry
+                .validate(&format!("{section}.{field}.compensation_retry"))?;
+            match step.kind {
+                StepKind::Pivot if pivot_seen => {
+                    return Err(ConfigError::new(
+                        format!("{field}.kind"),
+                        "must not be a second pivot: a saga has at most one",
+                    )
+                    .within(&section));
+                }
+                StepKind::Pivot if step.compensation.is_some() => {
+                    return Err(ConfigError::new(
+                        format!("{field}.compensation"),
+                        "must not be set on a pivot: a pivot is never undone",
+                    )
+                    .within(&section));
+                }
+                StepKind::Pivot => pivot_seen = true,
+                StepKind::Compensatable if pivot_seen => {
+                    return Err(ConfigError::new(
+                        format!("{field}.kind"),
+                        "must be retriable: steps after the pivot only move forward",
+                    )
+                    .within(&section));
+                }
+                _ => {}
+            }
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            if self.steps[..i].iter().any(|s| s.name == step.name) {
+                return Err(ConfigError::new(
+                    format!("steps[{i}].name"),
+                    format!("must be unique (`{}` is used twice)", step.name),
+                )
+                .within(&section));
+            }
+        }
+        Ok(SagaDefinition {
+            inner: Arc::new(DefinitionInner {
+                name: self.name,
+                version: self.version,
+                steps: self.steps,
+                deadline: self.deadline,
+            }),
+        })
+    }
+}

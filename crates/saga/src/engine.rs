@@ -1,0 +1,590 @@
+//! The engine: starts sagas, runs them on tokio tasks, recovers them, and the operator API.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::definition::{DefinitionInner, SagaDefinition, SagaState};
+use crate::error::{LoadError, SagaError};
+use crate::event::SagaEvent;
+use crate::metrics::{Count, Counters, SagaMetrics};
+use crate::outcome::{Published, RawOutcome, SagaHandle};
+use crate::replay::{Progress, Stage};
+use crate::runner::Runner;
+use crate::store::{Append, Created, ListFilter, NewSaga, SagaLog, SagaStatus, SagaStore, SagaSummary};
+
+/// Runs sagas against a [`SagaStore`]. Cheap to clone; clones share everything.
+///
+/// Each saga runs on its own tokio task (so the engine must be used inside a tokio runtime).
+/// Register every definition before calling [`recover`](Self::recover).
+#[derive(Clone)]
+pub struct SagaEngine {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for SagaEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SagaEngine")
+            .field("store", &self.shared.store)
+            .field("metrics", &self.shared.counters.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn SagaStore>,
+    pub(crate) counters: Counters,
+    registry: RwLock<Registry>,
+    live: Mutex<HashMap<Arc<str>, Live>>,
+}
+
+/// Registered definitions by name and version.
+type Registry = HashMap<(Arc<str>, u32), Arc<dyn Resume>>;
+
+struct Live {
+    tx: watch::Sender<Published>,
+    running: bool,
+}
+
+/// A registered definition with its state type erased, so recovery can resume any saga.
+trait Resume: Send + Sync {
+    fn step_count(&self) -> usize;
+    fn resume(&self, shared: &Arc<Shared>, id: Arc<str>, progress: Progress) -> Result<(), LoadError>;
+}
+
+impl<S: SagaState> Resume for Arc<DefinitionInner<S>> {
+    fn step_count(&self) -> usize {
+        self.steps.len()
+    }
+
+    fn resume(&self, shared: &Arc<Shared>, id: Arc<str>, progress: Progress) -> Result<(), LoadError> {
+        let runner = Runner::resume(Arc::clone(shared), Arc::clone(self), id, progress)
+            .map_err(LoadError::Inconsistent)?;
+        spawn(runner);
+        Ok(())
+    }
+}
+
+fn spawn<S: SagaState>(mut runner: Runner<S>) {
+    let span = tracing::info_span!("saga", saga_id = %runner.id, definition = %runner.def.name);
+    tokio::spawn(
+        async move {
+            let result = runner.drive().await;
+            runner.shared.publish(&runner.id, &runner.def.name, result);
+        }
+        .instrument(span),
+    );
+}
+
+impl Shared {
+    fn live(&self) -> MutexGuard<'_, HashMap<Arc<str>, Live>> {
+        // Held only for map operations that cannot panic half-way.
+        self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn publish(&self, id: &Arc<str>, definition: &str, result: Result<RawOutcome, SagaError>) {
+        let what = match &result {
+            Ok(RawOutcome::Completed(_)) => Some(Count::Completed),
+            Ok(RawOutcome::Compensated { .. }) => Some(Count::Compensated),
+            Ok(RawOutcome::Stuck { .. }) => Some(Count::Stuck),
+            Ok(RawOutcome::Resolved { .. }) => Some(Count::Resolved),
+            Err(_) => None,
+        };
+        if let Some(what) = what {
+            self.counters.count(what, definition);
+        }
+        match &result {
+            Ok(RawOutcome::Stuck { step, error, .. }) => {
+                tracing::warn!(saga_id = %id, step, error, "saga is stuck and needs an operator");
+            }
+            Ok(_) => tracing::debug!(saga_id = %id, "saga finished"),
+            Err(e) => tracing::error!(saga_id = %id, error = %e, "saga runner stopped"),
+        }
+        let published = result.map_err(|e| e.to_string());
+        if let Some(live) = self.live().remove(id) {
+            live.tx.send_replace(Some(published));
+        }
+    }
+
+    fn definition(&self, name: &str, version: u32) -> Option<Arc<dyn Resume>> {
+        let registry = self.registry.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        registry.get(&(Arc::from(name), version)).cloned()
+    }
+
+    /// Marks a saga as driven by a runner of this process; false if one already drives it.
+    fn claim(&self, id: &Arc<str>) -> bool {
+        let mut live = self.live();
+        match live.get_mut(id) {
+            Some(l) if l.running => false,
+            Some(l) => {
+                l.running = true;
+                true
+            }
+            None => {
+                let (tx, _) = watch::channel(None);
+                live.insert(Arc::clone(id), Live { tx, running: true });
+                true
+            }
+        }
+    }
+
+    fn unclaim(&self, id: &str) {
+        let mut live = self.live();
+        if let Some(l) = live.get_mut(id) {
+            l.running = false;
+        }
+    }
+}
+
+/// Removes a claim made by `start` when the call is cancelled or fails before a runner
+/// takes it over.
+struct ClaimGuard<'a> {
+    shared: &'a Shared,
+    id: Arc<str>,
+    armed: bool,
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.live().remove(&self.id);
+        }
+    }
+}
+
+/// What [`SagaEngine::recover`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveryReport {
+    /// Sagas resumed.
+    pub resumed: Vec<String>,
+    /// Sagas that could not be loaded, now quarantined, with why.
+    pub quarantined: Vec<(String, LoadError)>,
+    /// Sagas skipped because this engine already runs them.
+    pub already_running: Vec<String>,
+}
+
+/// One row of a saga's timeline, as returned by [`SagaEngine::inspect`].
+#[derive(Debug, Clone)]
+pub struct TimelineEntry {
+    /// Position in the log.
+    pub seq: u64,
+    /// The decoded event, or why the row does not decode.
+    pub event: Result<SagaEvent, LoadError>,
+}
+
+/// A saga's summary and decoded log.
+#[derive(Debug, Clone)]
+pub struct SagaTimeline {
+    /// The summary row.
+    pub summary: SagaSummary,
+    /// Every log row, in order.
+    pub entries: Vec<TimelineEntry>,
+}
+
+fn decode_log(log: &SagaLog) -> Result<Vec<SagaEvent>, LoadError> {
+    log.events
+        .iter()
+        .map(|row| SagaEvent::decode(row.seq, &row.payload))
+        .collect()
+}
+
+impl SagaEngine {
+    /// An engine over `store`.
+    pub fn new(store: impl SagaStore) -> Self {
+        Self::from_arc(Arc::new(store))
+    }
+
+    /// An engine over a shared store.
+    pub fn from_arc(store: Arc<dyn SagaStore>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                store,
+                counters: Counters::default(),
+                registry: RwLock::new(HashMap::new()),
+                live: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn SagaStore> {
+        &self.shared.store
+    }
+
+    /// Makes a definition known for recovery and operator actions. Registering the same
+    /// name and version again replaces it.
+    pub fn register<S: SagaState>(&self, definition: &SagaDefinition<S>) {
+        let mut registry = self
+            .shared
+            .registry
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        registry.insert(
+            (Arc::clone(&definition.inner.name), definition.inner.version),
+            Arc::new(Arc::clone(&definition.inner)),
+        );
+    }
+
+    fn register_if_absent<S: SagaState>(&self, definition: &SagaDefinition<S>) {
+        let key = (Arc::clone(&definition.inner.name), definition.inner.version);
+        let known = self
+            .shared
+            .registry
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(&key);
+        if !known {
+            self.register(definition);
+        }
+    }
+
+    /// Starts a saga, or returns the existing one with this id (start is idempotent).
+    ///
+    /// The `started` event and the first step's first attempt are durably appended before
+    /// this returns; the saga then runs on its own task. Also registers the definition.
+    ///
+    /// Errors: the id belongs to a saga of another definition, or is quarantined; the store
+    /// failed; the input does not serialize.
+    ///
+    /// # Cancel safety
+    /// If the future is dropped before it finishes, the saga may or may not have been
+    /// created; calling `start` again with the same id settles it either way.
+    pub async fn start<S: SagaState>(
+        &self,
+        definition: &SagaDefinition<S>,
+        saga_id: impl Into<Arc<str>>,
+        input: S,
+    ) -> Result<SagaHandle<S>, SagaError> {
+        let id: Arc<str> = saga_id.into();
+        self.register_if_absent(definition);
+        let rx = {
+            let mut live = self.shared.live();
+            if let Some(l) = live.get(&id) {
+                return Ok(SagaHandle::new(id, l.tx.subscribe()));
+            }
+            let (tx, rx) = watch::channel(None);
+            live.insert(Arc::clone(&id), Live { tx, running: true });
+            rx
+        };
+        let mut guard = ClaimGuard {
+            shared: &self.shared,
+            id: Arc::clone(&id),
+            armed: true,
+        };
+        let mut runner = Runner::new(
+            Arc::clone(&self.shared),
+            Arc::clone(&definition.inner),
+            Arc::clone(&id),
+            input,
+        )?;
+        let events = std::mem::take(&mut runner.pending);
+        runner.flushed = runner.progress.next_seq;
+        let new = NewSaga::new(
+            Arc::clone(&id),
+            Arc::clone(&definition.inner.name),
+            definition.inner.version,
+            SagaStatus::Running,
+            events,
+        );
+        match self.shared.store.create(new).await? {
+            Created::New => {
+                guard.armed = false;
+                self.shared.counters.count(Count::Started, &definition.inner.name);
+                spawn(runner);
+                Ok(SagaHandle::new(id, rx))
+            }
+            Created::Exists => {
+                let log = self
+                    .shared
+                    .store
+                    .load(&id)
+                    .await?
+                    .ok_or_else(|| SagaError::NotFound(id.to_string()))?;
+                let summary = &log.summary;
+                if summary.definition != *definition.inner.name
+                    || summary.version != definition.inner.version
+                {
+                    return Err(SagaError::DefinitionMismatch {
+                        saga_id: id.to_string(),
+                        definition: summary.definition.clone(),
+                        version: summary.version,
+                    });
+                }
+                if summary.status == SagaStatus::Quarantined {
+                    return Err(SagaError::Quarantined {
+                        saga_id: id.to_string(),
+                        reason: summary.note.clone().unwrap_or_default(),
+                    });
+                }
+                if summary.status.is_resumable() {
+                    // Not driven here yet: the handle waits for recovery to resume it.
+                    guard.armed = false;
+                    self.shared.unclaim(&id);
+                    return Ok(SagaHandle::new(id, rx));
+                }
+                let outcome = settled_outcome(&log, &definition.inner)
+                    .map_err(|error| SagaError::Load {
+                        saga_id: id.to_string(),
+                        error,
+                    })?;
+                drop(guard);
+                let (tx, rx) = watch::channel(Some(Ok(outcome)));
+                drop(tx);
+                Ok(SagaHandle::new(id, rx))
+            }
+        }
+    }
+
+    /// Resumes every saga whose log says it is running or compensating and that this engine
+    /// does not already run.
+    ///
+    /// A step whose attempt started without a recorded result is handled by its
+    /// [`OnInterrupted`](crate::OnInterrupted) setting: by default it runs again with the
+    /// same idempotency key, so delivery is at-least-once. A saga whose definition is not
+    /// registered, or whose log does not decode, is quarantined (status `Quarantined`, the
+    /// reason in its note, nothing deleted) and reported; the others are resumed.
+    pub async fn recover(&self) -> Result<RecoveryReport, SagaError> {
+        let filter = ListFilter {
+            statuses: vec![SagaStatus::Running, SagaStatus::Compensating],
+            ..ListFilter::default()
+        };
+        let mut report = RecoveryReport::default();
+        for summary in self.shared.store.list(&filter).await? {
+            let id: Arc<str> = Arc::from(summary.saga_id.as_str());
+            if !self.shared.claim(&id) {
+                report.already_running.push(summary.saga_id);
+                continue;
+            }
+            match self.resume(&id).await {
+                Ok(()) => {
+                    self.shared.counters.count(Count::Resumed, &summary.definition);
+                    report.resumed.push(summary.saga_id);
+                }
+                Err(ResumeError::Store(e)) => {
+                    self.shared.unclaim(&id);
+                    return Err(e.into());
+                }
+                Err(ResumeError::Load(error)) => {
+                    tracing::error!(saga_id = %id, %error, "saga quarantined: cannot be loaded");
+                    self.shared.store.quarantine(&id, &error.to_string()).await?;
+                    self.shared.counters.count(Count::Quarantined, &summary.definition);
+                    self.shared.publish_failure(&id, &error);
+                    report.quarantined.push((summary.saga_id, error));
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn resume(&self, id: &Arc<str>) -> Result<(), ResumeError> {
+        let log = self
+            .shared
+            .store
+            .load(id)
+            .await
+            .map_err(ResumeError::Store)?
+            .ok_or_else(|| ResumeError::Load(LoadError::Inconsistent("the saga vanished".into())))?;
+        let events = decode_log(&log).map_err(ResumeError::Load)?;
+        let progress = Progress::replay(&events).map_err(ResumeError::Load)?;
+        let def = self
+            .shared
+            .definition(&progress.definition, progress.version)
+            .ok_or_else(|| {
+                ResumeError::Load(LoadError::UnknownDefinition {
+                    name: progress.definition.clone(),
+                    version: progress.version,
+                })
+            })?;
+        if progress.step_count_seen() > def.step_count() {
+            return Err(ResumeError::Load(LoadError::Inconsistent(format!(
+                "the log mentions step {} but the definition has {} steps",
+                progress.step_count_seen() - 1,
+                def.step_count()
+            ))));
+        }
+        def.resume(&self.shared, Arc::clone(id), progress)
+            .map_err(ResumeError::Load)
+    }
+
+    /// Sagas waiting for an operator.
+    pub async fn stuck(&self) -> Result<Vec<SagaSummary>, SagaError> {
+        self.list(&ListFilter::status(SagaStatus::Stuck)).await
+    }
+
+    /// Sagas matching `filter` (status and definition), in id order.
+    pub async fn list(&self, filter: &ListFilter) -> Result<Vec<SagaSummary>, SagaError> {
+        Ok(self.shared.store.list(filter).await?)
+    }
+
+    /// A saga's summary and timeline; rows that do not decode are shown with their error.
+    pub async fn inspect(&self, saga_id: &str) -> Result<Option<SagaTimeline>, SagaError> {
+        let Some(log) = self.shared.store.load(saga_id).await? else {
+            return Ok(None);
+        };
+        let entries = log
+            .events
+            .iter()
+            .map(|row| TimelineEntry {
+                seq: row.seq,
+                event: SagaEvent::decode(row.seq, &row.payload),
+            })
+            .collect();
+        Ok(Some(SagaTimeline {
+            summary: log.summary,
+            entries,
+        }))
+    }
+
+    /// A snapshot of the engine's counters.
+    pub fn metrics(&self) -> SagaMetrics {
+        self.shared.counters.snapshot()
+    }
+
+    /// Operator: runs the stuck step (action or compensation) again with a fresh attempt
+    /// budget; the saga continues from there. Returns a handle for the new outcome.
+    pub async fn retry_stuck<S: SagaState>(&self, saga_id: &str) -> Result<SagaHandle<S>, SagaError> {
+        self.operator(saga_id, |step| SagaEvent::OperatorRetried { step }, true)
+            .await
+    }
+
+    /// Operator: skips the stuck step (a skipped action counts as done, a skipped
+    /// compensation as done) and continues. Returns a handle for the new outcome.
+    pub async fn skip_stuck<S: SagaState>(&self, saga_id: &str) -> Result<SagaHandle<S>, SagaError> {
+        self.operator(saga_id, |step| SagaEvent::OperatorSkipped { step }, true)
+            .await
+    }
+
+    /// Operator: marks a stuck saga resolved (terminal), with a note for the log.
+    pub async fn resolve(&self, saga_id: &str, note: impl Into<String>) -> Result<(), SagaError> {
+        let note = note.into();
+        let _: SagaHandle<()> = self
+            .operator(saga_id, move |_| SagaEvent::OperatorResolved { note: note.clone() }, false)
+            .await?;
+        Ok(())
+    }
+
+    async fn operator<S: SagaState>(
+        &self,
+        saga_id: &str,
+        event: impl Fn(u32) -> SagaEvent,
+        resume: bool,
+    ) -> Result<SagaHandle<S>, SagaError> {
+        let load_err = |error| SagaError::Load {
+            saga_id: saga_id.to_owned(),
+            error,
+        };
+        let log = self
+            .shared
+            .store
+            .load(saga_id)
+            .await?
+            .ok_or_else(|| SagaError::NotFound(saga_id.to_owned()))?;
+        let events = decode_log(&log).map_err(load_err)?;
+        let mut progress = Progress::replay(&events).map_err(load_err)?;
+        let Stage::Stuck { step, .. } = progress.stage else {
+            return Err(SagaError::NotStuck {
+                saga_id: saga_id.to_owned(),
+                status: log.summary.status,
+            });
+        };
+        let event = event(step);
+        tracing::info!(saga_id, ?event, "operator action");
+        let first_seq = progress.next_seq;
+        progress.apply(&event).map_err(load_err)?;
+        let (status, note) = progress.status();
+        let id: Arc<str> = Arc::from(saga_id);
+        let (tx, rx) = watch::channel(None);
+        if resume {
+            let mut live = self.shared.live();
+            if live.get(&id).is_some_and(|l| l.running) {
+                return Err(SagaError::NotStuck {
+                    saga_id: saga_id.to_owned(),
+                    status: SagaStatus::Running,
+                });
+            }
+            live.insert(Arc::clone(&id), Live { tx, running: true });
+        }
+        let append = Append::new(Arc::clone(&id), first_seq, vec![event.encode()], status)
+            .with_note(note);
+        if let Err(e) = self.shared.store.append(append).await {
+            if resume {
+                self.shared.live().remove(&id);
+            }
+            return Err(e.into());
+        }
+        if !resume {
+            self.shared.counters.count(Count::Resolved, &log.summary.definition);
+            return Ok(SagaHandle::new(id, rx));
+        }
+        let def = self
+            .shared
+            .definition(&progress.definition, progress.version)
+            .ok_or_else(|| {
+                load_err(LoadError::UnknownDefinition {
+                    name: progress.definition.clone(),
+                    version: progress.version,
+                })
+            });
+        let resumed = def.and_then(|def| def.resume(&self.shared, Arc::clone(&id), progress).map_err(load_err));
+        if let Err(e) = resumed {
+            self.shared.unclaim(&id);
+            return Err(e);
+        }
+        self.shared.counters.count(Count::Resumed, &log.summary.definition);
+        Ok(SagaHandle::new(id, rx))
+    }
+}
+
+impl Shared {
+    fn publish_failure(&self, id: &Arc<str>, error: &LoadError) {
+        if let Some(live) = self.live().remove(id) {
+            live.tx.send_replace(Some(Err(format!("quarantined: {error}"))));
+        }
+    }
+}
+
+enum ResumeError {
+    Store(crate::error::StoreError),
+    Load(LoadError),
+}
+
+/// The outcome of a saga that is stuck or terminal, from its log.
+fn settled_outcome<S: SagaState>(
+    log: &SagaLog,
+    def: &DefinitionInner<S>,
+) -> Result<RawOutcome, LoadError> {
+    let events = decode_log(log)?;
+    let progress = Progress::replay(&events)?;
+    let name = |i: u32| {
+        def.steps
+            .get(i as usize)
+            .map_or_else(|| format!("#{i}"), |s| s.name.to_string())
+    };
+    let state = || Arc::from(progress.state.clone());
+    Ok(match progress.stage {
+        Stage::Completed => RawOutcome::Completed(state()),
+        Stage::Compensated => {
+            let (failed, error) = progress.compensation.clone().unwrap_or_default();
+            RawOutcome::Compensated {
+                failed_step: name(failed),
+                error,
+                state: state(),
+            }
+        }
+        Stage::Stuck { step, phase, ref error } => RawOutcome::Stuck {
+            step: name(step),
+            phase,
+            error: error.clone(),
+        },
+        Stage::Resolved { ref note } => RawOutcome::Resolved { note: note.clone() },
+        Stage::Forward | Stage::Compensating => {
+            return Err(LoadError::Inconsistent(
+                "the summary says settled but the log does not".into(),
+            ));
+        }
+    })
+}

@@ -1,0 +1,201 @@
+//! Errors: what a step returns, what the engine and the stores report.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// The error a step's action or compensation returns: retryable or a business failure.
+///
+/// A retryable error (a timeout, a 503, a dropped connection) is retried with the step's
+/// [`RetryPolicy`](crate::RetryPolicy). A business failure (card declined, out of stock) is
+/// final: the saga starts compensating at once. Only the message is kept: it is written to
+/// the durable log, so it must make sense after a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepError {
+    kind: StepErrorKind,
+    message: Cow<'static, str>,
+}
+
+/// Whether a [`StepError`] may be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum StepErrorKind {
+    /// Worth another attempt with the step's retry policy.
+    Retryable,
+    /// Final: compensate now (for a compensation: the saga is stuck).
+    Business,
+    /// The attempt passed the step's per-attempt timeout (retryable; its effect is unknown).
+    Timeout,
+    /// The step panicked (final, like a business failure).
+    Panicked,
+    /// The saga's deadline passed while the attempt ran (its effect is unknown).
+    Deadline,
+    /// The process stopped while the attempt ran; found by recovery (its effect is unknown).
+    Interrupted,
+}
+
+impl StepErrorKind {
+    /// Whether the retry policy may try again after this error.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Self::Retryable | Self::Timeout)
+    }
+
+    /// Whether the participant may or may not have applied the attempt (timeouts, deadline,
+    /// interruption). Such a step is compensated too when the saga rolls back, so its
+    /// compensation must accept an idempotency key whose action never took effect.
+    pub fn is_in_doubt(self) -> bool {
+        matches!(self, Self::Timeout | Self::Deadline | Self::Interrupted)
+    }
+}
+
+impl StepError {
+    /// A transient error: the step is retried according to its retry policy.
+    pub fn retryable(error: impl fmt::Display) -> Self {
+        Self::new(StepErrorKind::Retryable, error.to_string())
+    }
+
+    /// A business failure: no retry, the saga compensates what it completed.
+    pub fn fail(error: impl fmt::Display) -> Self {
+        Self::new(StepErrorKind::Business, error.to_string())
+    }
+
+    /// An error of the given kind with a message.
+    pub fn new(kind: StepErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> StepErrorKind {
+        self.kind
+    }
+
+    /// The message, as written to the log.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            StepErrorKind::Retryable => "retryable",
+            StepErrorKind::Business => "business failure",
+            StepErrorKind::Timeout => "timed out",
+            StepErrorKind::Panicked => "panicked",
+            StepErrorKind::Deadline => "saga deadline passed",
+            StepErrorKind::Interrupted => "interrupted",
+        };
+        write!(f, "{kind}: {}", self.message)
+    }
+}
+
+impl std::error::Error for StepError {}
+
+/// A failure of a [`SagaStore`](crate::SagaStore).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// An append did not start at the saga's next sequence number: another writer appended
+    /// first (or the saga does not exist).
+    #[error("append conflict for saga `{saga_id}`: expected next sequence {expected}, store has {actual:?}")]
+    Conflict {
+        /// The saga.
+        saga_id: String,
+        /// The sequence number the append started at.
+        expected: u64,
+        /// The store's next sequence number, `None` when the saga does not exist.
+        actual: Option<u64>,
+    },
+    /// The store has shut down (its writer task ended).
+    #[error("the saga store is closed")]
+    Closed,
+    /// The database reported an error.
+    #[error("saga store database error: {0}")]
+    Database(String),
+}
+
+/// Why a saga's log could not be turned back into a running saga.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The definition named in the log is not registered with the engine.
+    #[error("definition `{name}` version {version} is not registered")]
+    UnknownDefinition {
+        /// Definition name from the log.
+        name: String,
+        /// Definition version from the log.
+        version: u32,
+    },
+    /// A row of the log could not be decoded.
+    #[error("log row {seq} cannot be decoded: {reason}")]
+    Corrupt {
+        /// Sequence number of the row.
+        seq: u64,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The events are decodable but do not form a valid history for the definition.
+    #[error("log is inconsistent: {0}")]
+    Inconsistent(String),
+}
+
+/// An error of the [`SagaEngine`](crate::SagaEngine) API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SagaError {
+    /// The store failed; the saga keeps its last durable state and resumes on recovery.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The saga's log could not be loaded.
+    #[error("saga `{saga_id}`: {error}")]
+    Load {
+        /// The saga.
+        saga_id: String,
+        /// What was wrong.
+        error: LoadError,
+    },
+    /// The saga id is taken by a saga of another definition.
+    #[error("saga `{saga_id}` exists with definition `{definition}` version {version}")]
+    DefinitionMismatch {
+        /// The saga.
+        saga_id: String,
+        /// Its definition.
+        definition: String,
+        /// Its definition version.
+        version: u32,
+    },
+    /// No saga has this id.
+    #[error("no saga `{0}`")]
+    NotFound(String),
+    /// An operator action needs a stuck saga.
+    #[error("saga `{saga_id}` is not stuck (status {status})")]
+    NotStuck {
+        /// The saga.
+        saga_id: String,
+        /// Its status.
+        status: crate::SagaStatus,
+    },
+    /// The saga is quarantined: its log could not be loaded earlier.
+    #[error("saga `{saga_id}` is quarantined: {reason}")]
+    Quarantined {
+        /// The saga.
+        saga_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// A state could not be encoded or decoded as JSON.
+    #[error("saga state cannot be (de)serialized: {0}")]
+    State(String),
+    /// The runner driving the saga stopped without an outcome (store failure or shutdown);
+    /// the saga resumes on the next recovery.
+    #[error("saga `{saga_id}` stopped without an outcome ({reason}); it resumes on recovery")]
+    Interrupted {
+        /// The saga.
+        saga_id: String,
+        /// Why the runner stopped.
+        reason: String,
+    },
+}

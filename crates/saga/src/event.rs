@@ -1,0 +1,169 @@
+//! The events of a saga's durable log and their JSON encoding.
+//!
+//! Each row holds one event encoded as `{"v":1,"e":{"step_started":{...}}}`: the `v` tag
+//! is the log format version, so a later format can still read (or clearly refuse) old rows.
+//! Steps are named by index and name; states are stored as the JSON the state type produces.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::context::Phase;
+use crate::error::{LoadError, StepErrorKind};
+
+/// The log format version written by this crate.
+pub const LOG_FORMAT_VERSION: u32 = 1;
+
+/// One transition of a saga, as appended to its log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SagaEvent {
+    /// The saga was created.
+    Started {
+        /// Definition name.
+        definition: String,
+        /// Definition version.
+        version: u32,
+        /// The input state, as JSON.
+        input: Box<RawValue>,
+        /// Wall-clock start, milliseconds since the Unix epoch (for the saga deadline).
+        started_at_ms: u64,
+    },
+    /// An attempt of a step's action is about to run.
+    StepStarted {
+        /// Step index.
+        step: u32,
+        /// Attempt number, from 1.
+        attempt: u32,
+    },
+    /// A step's action succeeded; `state` is the state it returned.
+    StepCompleted {
+        /// Step index.
+        step: u32,
+        /// The new state, as JSON.
+        state: Box<RawValue>,
+    },
+    /// An attempt of a step's action failed.
+    StepFailed {
+        /// Step index.
+        step: u32,
+        /// Attempt number.
+        attempt: u32,
+        /// Kind of failure.
+        kind: StepErrorKind,
+        /// Error message.
+        error: String,
+    },
+    /// The saga gave up moving forward and starts compensating.
+    CompensationBegan {
+        /// The step whose failure caused it.
+        failed_step: u32,
+        /// Its error.
+        error: String,
+    },
+    /// An attempt of a step's compensation is about to run.
+    CompensationStarted {
+        /// Step index.
+        step: u32,
+        /// Attempt number, from 1.
+        attempt: u32,
+    },
+    /// A compensation succeeded; `state` is the state it returned.
+    CompensationCompleted {
+        /// Step index.
+        step: u32,
+        /// The new state, as JSON.
+        state: Box<RawValue>,
+    },
+    /// An attempt of a compensation failed.
+    CompensationFailed {
+        /// Step index.
+        step: u32,
+        /// Attempt number.
+        attempt: u32,
+        /// Kind of failure.
+        kind: StepErrorKind,
+        /// Error message.
+        error: String,
+    },
+    /// The saga cannot go on without an operator.
+    Stuck {
+        /// The step it is stuck on.
+        step: u32,
+        /// Whether the action or the compensation is stuck.
+        phase: Phase,
+        /// The last error.
+        error: String,
+    },
+    /// An operator asked to try the stuck step again.
+    OperatorRetried {
+        /// The stuck step.
+        step: u32,
+    },
+    /// An operator skipped the stuck step (a skipped action counts as done, a skipped
+    /// compensation as undone).
+    OperatorSkipped {
+        /// The stuck step.
+        step: u32,
+    },
+    /// Terminal: an operator marked the saga resolved.
+    OperatorResolved {
+        /// The operator's note.
+        note: String,
+    },
+    /// Terminal: every step succeeded.
+    Completed,
+    /// Terminal: every completed step was compensated.
+    Compensated {
+        /// The step whose failure started compensation.
+        failed_step: u32,
+        /// Its error.
+        error: String,
+    },
+}
+
+#[derive(Serialize)]
+struct EnvelopeOut<'a> {
+    v: u32,
+    e: &'a SagaEvent,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeIn {
+    v: u32,
+    e: Box<RawValue>,
+}
+
+impl SagaEvent {
+    /// Encodes the event as a log row.
+    pub fn encode(&self) -> String {
+        // Serializing these plain enums cannot fail: every field is a string, a number or
+        // already-valid JSON.
+        serde_json::to_string(&EnvelopeOut {
+            v: LOG_FORMAT_VERSION,
+            e: self,
+        })
+        .unwrap_or_default()
+    }
+
+    /// Decodes a log row written by [`encode`](Self::encode).
+    pub fn decode(seq: u64, row: &str) -> Result<Self, LoadError> {
+        let corrupt = |reason: String| LoadError::Corrupt { seq, reason };
+        let envelope: EnvelopeIn = serde_json::from_str(row).map_err(|e| corrupt(e.to_string()))?;
+        if envelope.v != LOG_FORMAT_VERSION {
+            return Err(corrupt(format!(
+                "log format version {} is not supported (this build reads {LOG_FORMAT_VERSION})",
+                envelope.v
+            )));
+        }
+        serde_json::from_str(envelope.e.get()).map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// Whether the event ends the saga for good.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::Compensated { .. } | Self::OperatorResolved { .. }
+        )
+    }
+}

@@ -1,0 +1,129 @@
+//! Counters behind [`SagaMetrics`], and their export through the `metrics` crate.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// A snapshot of an engine's counters since it was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SagaMetrics {
+    /// Sagas started by this engine.
+    pub started: u64,
+    /// Sagas resumed by recovery or an operator.
+    pub resumed: u64,
+    /// Sagas that completed.
+    pub completed: u64,
+    /// Sagas that were compensated.
+    pub compensated: u64,
+    /// Times a saga became stuck.
+    pub stuck: u64,
+    /// Sagas an operator resolved.
+    pub resolved: u64,
+    /// Sagas quarantined by recovery.
+    pub quarantined: u64,
+    /// Action and compensation attempts run.
+    pub step_attempts: u64,
+    /// Attempts that failed (any kind).
+    pub step_failures: u64,
+    /// Total time spent in attempts.
+    pub step_time: Duration,
+}
+
+impl SagaMetrics {
+    /// Mean attempt latency, zero before the first attempt.
+    pub fn mean_step_latency(&self) -> Duration {
+        if self.step_attempts == 0 {
+            Duration::ZERO
+        } else {
+            self.step_time / u32::try_from(self.step_attempts).unwrap_or(u32::MAX)
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    started: AtomicU64,
+    resumed: AtomicU64,
+    completed: AtomicU64,
+    compensated: AtomicU64,
+    stuck: AtomicU64,
+    resolved: AtomicU64,
+    quarantined: AtomicU64,
+    step_attempts: AtomicU64,
+    step_failures: AtomicU64,
+    step_nanos: AtomicU64,
+}
+
+/// A counted saga event.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Count {
+    Started,
+    Resumed,
+    Completed,
+    Compensated,
+    Stuck,
+    Resolved,
+    Quarantined,
+}
+
+impl Counters {
+    pub(crate) fn count(&self, what: Count, definition: &str) {
+        let (counter, metric) = match what {
+            Count::Started => (&self.started, "staunch_saga_started_total"),
+            Count::Resumed => (&self.resumed, "staunch_saga_resumed_total"),
+            Count::Completed => (&self.completed, "staunch_saga_completed_total"),
+            Count::Compensated => (&self.compensated, "staunch_saga_compensated_total"),
+            Count::Stuck => (&self.stuck, "staunch_saga_stuck_total"),
+            Count::Resolved => (&self.resolved, "staunch_saga_resolved_total"),
+            Count::Quarantined => (&self.quarantined, "staunch_saga_quarantined_total"),
+        };
+        counter.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!(metric, "name" => definition.to_owned()).increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = (definition, metric);
+    }
+
+    pub(crate) fn attempt(&self, definition: &str, step: &str, elapsed: Duration, failed: bool) {
+        self.step_attempts.fetch_add(1, Relaxed);
+        self.step_nanos
+            .fetch_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        if failed {
+            self.step_failures.fetch_add(1, Relaxed);
+        }
+        #[cfg(feature = "metrics")]
+        {
+            metrics::histogram!(
+                "staunch_saga_step_duration_seconds",
+                "name" => definition.to_owned(),
+                "step" => step.to_owned()
+            )
+            .record(elapsed.as_secs_f64());
+            if failed {
+                metrics::counter!(
+                    "staunch_saga_step_failures_total",
+                    "name" => definition.to_owned(),
+                    "step" => step.to_owned()
+                )
+                .increment(1);
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (definition, step);
+    }
+
+    pub(crate) fn snapshot(&self) -> SagaMetrics {
+        SagaMetrics {
+            started: self.started.load(Relaxed),
+            resumed: self.resumed.load(Relaxed),
+            completed: self.completed.load(Relaxed),
+            compensated: self.compensated.load(Relaxed),
+            stuck: self.stuck.load(Relaxed),
+            resolved: self.resolved.load(Relaxed),
+            quarantined: self.quarantined.load(Relaxed),
+            step_attempts: self.step_attempts.load(Relaxed),
+            step_failures: self.step_failures.load(Relaxed),
+            step_time: Duration::from_nanos(self.step_nanos.load(Relaxed)),
+        }
+    }
+}

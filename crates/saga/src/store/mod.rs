@@ -1,0 +1,304 @@
+//! Durable storage: the [`SagaStore`] trait and its memory and SQLite implementations.
+//!
+//! A store keeps, per saga, an append-only log of encoded events (numbered from 0) and a
+//! summary row (definition, version, status, note) the engine updates with every append, so
+//! listing and recovery never scan logs. Appends carry the sequence number they start at and
+//! fail with [`StoreError::Conflict`] when it is not the saga's next one: that check is what
+//! keeps two writers of one saga from interleaving.
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use crate::error::StoreError;
+
+mod memory;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+pub use memory::MemoryStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteStore, SqliteStoreBuilder, SqliteSynchronous};
+
+/// Where a saga stands, as kept in its store's summary row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SagaStatus {
+    /// Moving forward.
+    Running,
+    /// Undoing completed steps.
+    Compensating,
+    /// Waiting for an operator.
+    Stuck,
+    /// Terminal: every step succeeded.
+    Completed,
+    /// Terminal: rolled back.
+    Compensated,
+    /// Terminal: an operator marked it resolved.
+    Resolved,
+    /// Its log could not be loaded (unknown definition, undecodable row); kept untouched.
+    Quarantined,
+}
+
+impl SagaStatus {
+    /// Every status.
+    pub const ALL: [Self; 7] = [
+        Self::Running,
+        Self::Compensating,
+        Self::Stuck,
+        Self::Completed,
+        Self::Compensated,
+        Self::Resolved,
+        Self::Quarantined,
+    ];
+
+    /// The name stored in databases.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Compensating => "compensating",
+            Self::Stuck => "stuck",
+            Self::Completed => "completed",
+            Self::Compensated => "compensated",
+            Self::Resolved => "resolved",
+            Self::Quarantined => "quarantined",
+        }
+    }
+
+    /// Parses [`as_str`](Self::as_str).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Whether no more transitions will happen without an operator or a code change.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Compensated | Self::Resolved)
+    }
+
+    /// Whether recovery resumes a saga in this status.
+    pub fn is_resumable(self) -> bool {
+        matches!(self, Self::Running | Self::Compensating)
+    }
+}
+
+impl fmt::Display for SagaStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A saga's summary row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaSummary {
+    /// The saga id.
+    pub saga_id: String,
+    /// Definition name.
+    pub definition: String,
+    /// Definition version.
+    pub version: u32,
+    /// Current status.
+    pub status: SagaStatus,
+    /// Why it is stuck or quarantined, when it is.
+    pub note: Option<String>,
+}
+
+/// One stored log row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Position in the saga's log, from 0.
+    pub seq: u64,
+    /// The encoded event.
+    pub payload: String,
+}
+
+/// A saga's summary and full log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SagaLog {
+    /// The summary row.
+    pub summary: SagaSummary,
+    /// The log rows in sequence order.
+    pub events: Vec<StoredEvent>,
+}
+
+/// A new saga: its summary row and first log rows (written at sequence 0, 1, ...).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NewSaga {
+    /// The saga id.
+    pub saga_id: Arc<str>,
+    /// Definition name.
+    pub definition: Arc<str>,
+    /// Definition version.
+    pub version: u32,
+    /// Initial status.
+    pub status: SagaStatus,
+    /// First log rows.
+    pub events: Vec<String>,
+}
+
+impl NewSaga {
+    /// A new saga row with its first events.
+    pub fn new(
+        saga_id: Arc<str>,
+        definition: Arc<str>,
+        version: u32,
+        status: SagaStatus,
+        events: Vec<String>,
+    ) -> Self {
+        Self {
+            saga_id,
+            definition,
+            version,
+            status,
+            events,
+        }
+    }
+}
+
+/// What [`SagaStore::create`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// The saga was new and is now stored.
+    New,
+    /// A saga with this id already existed; nothing was written.
+    Exists,
+}
+
+/// Rows appended to one saga's log, with its new status.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Append {
+    /// The saga id.
+    pub saga_id: Arc<str>,
+    /// Sequence number of the first row; must be the saga's next one.
+    pub first_seq: u64,
+    /// The rows.
+    pub events: Vec<String>,
+    /// The status after these rows.
+    pub status: SagaStatus,
+    /// The note after these rows (why stuck), `None` clears it.
+    pub note: Option<String>,
+}
+
+impl Append {
+    /// Rows for `saga_id` starting at `first_seq`, leaving the saga in `status`.
+    pub fn new(saga_id: Arc<str>, first_seq: u64, events: Vec<String>, status: SagaStatus) -> Self {
+        Self {
+            saga_id,
+            first_seq,
+            events,
+            status,
+            note: None,
+        }
+    }
+
+    /// Sets the summary note.
+    pub fn with_note(mut self, note: Option<String>) -> Self {
+        self.note = note;
+        self
+    }
+}
+
+/// Which sagas [`SagaStore::list`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Only sagas in one of these statuses (all when empty).
+    pub statuses: Vec<SagaStatus>,
+    /// Only sagas of this definition.
+    pub definition: Option<String>,
+    /// At most this many, in saga id order.
+    pub limit: Option<usize>,
+}
+
+impl ListFilter {
+    /// Every saga.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Sagas in `status`.
+    pub fn status(status: SagaStatus) -> Self {
+        Self {
+            statuses: vec![status],
+            ..Self::default()
+        }
+    }
+
+    /// Restricts to one definition.
+    pub fn definition(mut self, name: impl Into<String>) -> Self {
+        self.definition = Some(name.into());
+        self
+    }
+
+    /// Caps the number of results.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    pub(crate) fn matches(&self, s: &SagaSummary) -> bool {
+        (self.statuses.is_empty() || self.statuses.contains(&s.status))
+            && self.definition.as_deref().is_none_or(|d| d == s.definition)
+    }
+}
+
+/// Durable storage for saga logs.
+///
+/// Contract (checked by the crate's store contract tests, which every implementation should
+/// pass):
+/// - `create` is atomic and idempotent on the saga id: the first call writes the summary and
+///   rows and returns [`Created::New`]; later calls write nothing and return
+///   [`Created::Exists`].
+/// - `append` writes all its rows and the summary, or nothing; it fails with
+///   [`StoreError::Conflict`] unless `first_seq` is the saga's next sequence number. When it
+///   returns `Ok`, the rows are durable (to the store's durability setting).
+/// - `load` returns rows in sequence order, exactly as written; undecodable rows are the
+///   engine's problem, never the store's.
+/// - `quarantine` sets status and note and touches no row. Nothing is ever deleted.
+pub trait SagaStore: Send + Sync + fmt::Debug + 'static {
+    /// Creates a saga unless one with its id exists.
+    fn create(&self, saga: NewSaga) -> BoxFuture<'_, Result<Created, StoreError>>;
+
+    /// Appends rows to a saga's log and updates its summary.
+    fn append(&self, append: Append) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// A saga's summary and log, `None` if unknown.
+    fn load<'a>(&'a self, saga_id: &'a str) -> BoxFuture<'a, Result<Option<SagaLog>, StoreError>>;
+
+    /// Summaries matching `filter`, in saga id order.
+    fn list<'a>(&'a self, filter: &'a ListFilter)
+    -> BoxFuture<'a, Result<Vec<SagaSummary>, StoreError>>;
+
+    /// Marks a saga quarantined with a reason, leaving its log untouched.
+    fn quarantine<'a>(
+        &'a self,
+        saga_id: &'a str,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+}
+
+impl<T: SagaStore + ?Sized> SagaStore for Arc<T> {
+    fn create(&self, saga: NewSaga) -> BoxFuture<'_, Result<Created, StoreError>> {
+        (**self).create(saga)
+    }
+    fn append(&self, append: Append) -> BoxFuture<'_, Result<(), StoreError>> {
+        (**self).append(append)
+    }
+    fn load<'a>(&'a self, saga_id: &'a str) -> BoxFuture<'a, Result<Option<SagaLog>, StoreError>> {
+        (**self).load(saga_id)
+    }
+    fn list<'a>(
+        &'a self,
+        filter: &'a ListFilter,
+    ) -> BoxFuture<'a, Result<Vec<SagaSummary>, StoreError>> {
+        (**self).list(filter)
+    }
+    fn quarantine<'a>(
+        &'a self,
+        saga_id: &'a str,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        (**self).quarantine(saga_id, reason)
+    }
+}

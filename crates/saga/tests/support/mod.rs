@@ -1,0 +1,155 @@
+//! Helpers shared by the saga tests: a state that records what ran, scripted steps, and a
+//! call log.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use staunch_core::{Backoff, Jitter};
+use staunch_saga::{Phase, RetryPolicy, SagaDefinition, Step, StepContext, StepError};
+
+/// The saga state: what the steps did, in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trail {
+    pub done: Vec<String>,
+    /// Padding so states are not trivially small.
+    pub note: String,
+}
+
+/// One call of an action or compensation, as the participant saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    pub step: String,
+    pub phase: Phase,
+    pub key: String,
+    pub attempt: u32,
+    pub at: tokio::time::Instant,
+}
+
+pub type Calls = Arc<Mutex<Vec<Call>>>;
+
+pub fn calls() -> Calls {
+    Arc::new(Mutex::new(Vec::new()))
+}
+
+/// The calls so far as `step:phase` strings.
+pub fn seen(calls: &Calls) -> Vec<String> {
+    calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| format!("{}:{}", c.step, c.phase))
+        .collect()
+}
+
+/// What a scripted action or compensation does on each call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Script {
+    Ok,
+    /// A business failure every time.
+    Fail,
+    /// Retryable failures on the first `n` calls, then success.
+    RetryThen(u32),
+    /// A retryable failure every time.
+    AlwaysRetry,
+    /// Panics inside the future.
+    Panic,
+    /// Never finishes.
+    Hang,
+}
+
+pub fn fast_retry(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy::new(max_attempts).backoff(
+        Backoff::constant(Duration::from_millis(10))
+            .jitter(Jitter::None)
+            .build()
+            .unwrap(),
+    )
+}
+
+/// A scripted function for `step` in `phase`; its behaviour can be changed later through
+/// the returned switch (used to let a stuck compensation succeed on operator retry).
+pub fn scripted(
+    step: &str,
+    phase: Phase,
+    script: Script,
+    calls: &Calls,
+) -> (
+    impl Fn(Trail, StepContext) -> futures_util::future::BoxFuture<'static, Result<Trail, StepError>>
+    + Send
+    + Sync
+    + 'static,
+    Arc<Mutex<Script>>,
+) {
+    let switch = Arc::new(Mutex::new(script));
+    let count = Arc::new(AtomicU32::new(0));
+    let calls = Arc::clone(calls);
+    let name = step.to_owned();
+    let sw = Arc::clone(&switch);
+    let f = move |mut trail: Trail, ctx: StepContext| {
+        let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+        assert_eq!(ctx.step(), name);
+        assert_eq!(ctx.phase(), phase);
+        calls.lock().unwrap().push(Call {
+            step: name.clone(),
+            phase,
+            key: ctx.idempotency_key(),
+            attempt: ctx.attempt(),
+            at: tokio::time::Instant::now(),
+        });
+        let script = *sw.lock().unwrap();
+        let label = format!("{name}:{phase}");
+        let fut: futures_util::future::BoxFuture<'static, Result<Trail, StepError>> =
+            Box::pin(async move {
+                match script {
+                    Script::Ok => {}
+                    Script::Fail => return Err(StepError::fail(format!("{label} declined"))),
+                    Script::RetryThen(k) if n <= k => {
+                        return Err(StepError::retryable(format!("{label} unavailable")));
+                    }
+                    Script::RetryThen(_) => {}
+                    Script::AlwaysRetry => {
+                        return Err(StepError::retryable(format!("{label} unavailable")));
+                    }
+                    Script::Panic => panic!("{label} exploded"),
+                    Script::Hang => std::future::pending::<()>().await,
+                }
+                trail.done.push(label);
+                Ok(trail)
+            });
+        fut
+    };
+    (f, switch)
+}
+
+/// A step with a scripted action and (if given) a scripted compensation; fast retries.
+pub fn step(name: &str, action: Script, compensation: Option<Script>, calls: &Calls) -> Step<Trail> {
+    let (a, _) = scripted(name, Phase::Action, action, calls);
+    let mut step = Step::new(name, a)
+        .retry(fast_retry(3))
+        .compensation_retry(fast_retry(3));
+    if let Some(c) = compensation {
+        let (c, _) = scripted(name, Phase::Compensate, c, calls);
+        step = step.compensate(c);
+    }
+    step
+}
+
+/// A definition of compensatable steps `s0..sN` with the given action scripts, each with an
+/// `Ok` compensation.
+pub fn linear(name: &str, actions: &[Script], calls: &Calls) -> SagaDefinition<Trail> {
+    let mut b = SagaDefinition::builder(name, 1);
+    for (i, a) in actions.iter().enumerate() {
+        b = b.step(step(&format!("s{i}"), *a, Some(Script::Ok), calls));
+    }
+    b.build().unwrap()
+}
+
+pub fn trail() -> Trail {
+    Trail {
+        done: Vec::new(),
+        note: "x".repeat(64),
+    }
+}
