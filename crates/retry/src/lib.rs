@@ -1,3 +1,151 @@
-//! The staunch retry: backoff with jitter, retry budgets, Retry-After and gRPC pushback, hedging.
+//! Retries that cannot become a storm: backoff with jitter, an overall deadline, per-attempt
+//! timeouts, server hints, a retry budget and hedging, as tower layers and as a plain engine.
+//!
+//! Retries are the most dangerous resilience tool. During an outage a naive retry multiplies
+//! the load on the dependency that is already down; stacked services multiply it again. This
+//! crate is safe by default:
+//!
+//! - **A retry budget** ([`RetryBudget`], on by default): retries add at most 20% to the
+//!   request rate (plus 10 per second), however many requests fail. When the budget is
+//!   exhausted the original error or response is returned as it is.
+//! - **Only what a retry can fix** ([`RetryOn`]): connection errors and timeouts, HTTP 502,
+//!   503, 504 and 429, gRPC `UNAVAILABLE` and `RESOURCE_EXHAUSTED`; for HTTP only idempotent
+//!   methods or requests carrying an `Idempotency-Key` ([`RetryRequest`]); and **never** a
+//!   [`BreakerOpen`](staunch_core::BreakerOpen) or [`BulkheadFull`](staunch_core::BulkheadFull)
+//!   rejection from the layers below, whatever the classifier says: they mean "back off".
+//! - **Jittered exponential backoff** from [`staunch_core::Backoff`], so that clients that
+//!   failed together do not retry together.
+//! - **Server hints honoured, and capped**: `Retry-After` (seconds or HTTP-date) and
+//!   `grpc-retry-pushback-ms` set the wait, never beyond `max_retry_after` (30 s by
+//!   default); a negative pushback stops retrying.
+//! - **Deadlines**: `max_total_time` bounds the whole call, attempts and waits included (a
+//!   wait that would end past it is skipped); `attempt_timeout` cancels a slow attempt and
+//!   retries it. Timed-out attempts surface as [`Elapsed`].
+//!
+//! # The model
+//!
+//! A [`RetryPolicy`] holds the settings, the budget and the counters; clones share them. The
+//! tower layer [`RetryLayer`] wraps a service in [`Retry`], whose [`ResponseFuture`] is a
+//! small state machine: *running* an attempt, *waiting* the backoff, *readying* the inner
+//! service for the next attempt. Without tower, [`RetryPolicy::retry`] runs the same machine
+//! over a closure. [`HedgeLayer`] sends a second copy of a slow request instead of waiting for
+//! it to fail.
+//!
+//! The first attempt costs almost nothing: one relaxed atomic add (the budget deposit, on a
+//! counter of the calling thread), a copy of the request only when it could be retried, and
+//! no clock read, no timer and no shared state unless the attempt is still pending after its
+//! first poll (then a timer is armed if a timeout applies) or it failed in a retryable way.
+//!
+//! # Example
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! use std::sync::Arc;
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use std::time::Duration;
+//! use staunch_core::{Backoff, Jitter};
+//! use staunch_retry::{RetryLayer, RetryPolicy};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//!
+//! let policy = RetryPolicy::builder()
+//!     .max_attempts(3)
+//!     .backoff(Backoff::exponential(Duration::from_millis(100)).jitter(Jitter::Full).build().unwrap())
+//!     .max_total_time(Duration::from_secs(2))
+//!     .attempt_timeout(Duration::from_millis(500))
+//!     .build()
+//!     .unwrap();
+//!
+//! // A dependency that answers 503 once, then 200.
+//! let hits = Arc::new(AtomicU32::new(0));
+//! let counter = Arc::clone(&hits);
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(RetryLayer::new(policy.clone()))
+//!     .service_fn(move |_req: http::Request<String>| {
+//!         let status = if counter.fetch_add(1, Ordering::Relaxed) == 0 { 503 } else { 200 };
+//!         async move { Ok::<_, std::io::Error>(http::Response::builder().status(status).body(()).unwrap()) }
+//!     });
+//!
+//! let req = http::Request::get("http://127.0.0.1/stock").body(String::new()).unwrap();
+//! let res = svc.ready().await.unwrap().call(req).await.unwrap();
+//! assert_eq!(res.status(), 200);
+//! assert_eq!(hits.load(Ordering::Relaxed), 2);
+//! assert_eq!(policy.metrics().retries, 1);
+//! # }
+//! ```
+//!
+//! # Observability
+//!
+//! `tracing` debug events for every retry, give-up and hedge; [`RetryPolicy::metrics`] for a
+//! snapshot ([`RetryMetrics`]); hooks [`on_retry`](RetryPolicyBuilder::on_retry) and
+//! [`on_give_up`](RetryPolicyBuilder::on_give_up), whose [`GiveUpReason`] says, among
+//! others, when the budget refused a retry. With the `metrics` feature, counters
+//! `staunch_retry_retries_total`, `staunch_retry_gave_up_total` (label `reason`) and
+//! `staunch_retry_hedges_total`, labelled with the policy's `name`.
+//!
+//! # Features
+//!
+//! - `reqwest`: `reqwest::Request` is replayable (`try_clone`), `reqwest::Response` is
+//!   classified by status and headers, and `reqwest::Error`s that are connect errors or
+//!   timeouts are retried.
+//! - `metrics`: emit through the `metrics` facade.
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod body;
+pub mod budget;
+mod classify;
+mod config;
+mod engine;
+mod future;
+mod hedge;
+mod hints;
+mod layer;
+mod metrics;
+mod request;
+mod service;
+
+pub use crate::body::{DEFAULT_REPLAY_CAP, ReplayBody, buffer_request};
+pub use crate::budget::{RetryBudget, RetryBudgetBuilder};
+pub use crate::classify::{
+    RetryClassify, RetryFn, RetryOn, RetryResponse, Verdict, is_transient, retry_fn,
+};
+pub use crate::config::{RetryPolicy, RetryPolicyBuilder};
+pub use crate::future::{ResponseFuture, RetryCall};
+pub use crate::hedge::{Hedge, HedgeDelay, HedgeFuture, HedgeLayer};
+pub use crate::hints::{GRPC_RETRY_PUSHBACK_MS, Pushback, grpc_pushback, retry_after};
+pub use crate::layer::RetryLayer;
+pub use crate::metrics::{GiveUp, GiveUpReason, RetryMetrics, Retrying};
+pub use crate::request::{IDEMPOTENCY_KEY, RetryRequest, TryCloneBody, is_idempotent};
+pub use crate::service::Retry;
+pub use staunch_timeout::Elapsed;
+
+/// The error type of the retry and hedge services: any error, boxed (as `tower::BoxError`).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync_unpin<T: Send + Sync + Unpin + 'static>() {}
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    fn assert_send<T: Send + 'static>() {}
+
+    #[test]
+    fn public_types_are_send_sync() {
+        assert_send_sync_unpin::<RetryPolicy>();
+        assert_send_sync_unpin::<RetryBudget>();
+        assert_send_sync_unpin::<RetryLayer>();
+        assert_send_sync_unpin::<RetryOn>();
+        assert_send_sync_unpin::<RetryMetrics>();
+        assert_send_sync_unpin::<GiveUp>();
+        assert_send_sync_unpin::<Retrying>();
+        assert_send_sync_unpin::<HedgeLayer>();
+        assert_send_sync_unpin::<Retry<tower::util::BoxCloneSyncService<u64, u64, BoxError>>>();
+        assert_send_sync::<ReplayBody<String>>();
+        // A response future is as `Sync` as the inner service's future; it adds nothing that
+        // is not `Send`.
+        assert_send::<ResponseFuture<tower::util::BoxCloneService<u64, u64, BoxError>, u64, RetryOn>>(
+        );
+        assert_send::<HedgeFuture<tower::util::BoxCloneService<u64, u64, BoxError>, u64>>();
+    }
+}

@@ -1,0 +1,314 @@
+//! The retry state machine shared by the tower service and [`RetryPolicy::retry`].
+//!
+//! One attempt runs at a time. The machine is `Running` while an attempt's future is set,
+//! `Waiting` while the backoff timer runs, and `Readying` while it waits for the inner service
+//! to accept the next attempt. A single `Sleep` serves as the attempt timer and the backoff
+//! timer; it is created only when an attempt does not finish on its first poll or a retry is
+//! due, so a call that succeeds at once reads no clock and arms no timer.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use staunch_core::{BackoffSchedule, rejection_of};
+use staunch_timeout::Elapsed;
+use tokio::time::{Instant, Sleep};
+
+use crate::BoxError;
+use crate::classify::{RetryClassify, Verdict};
+use crate::config::{Limits, RetryPolicy};
+use crate::metrics::{GiveUp, GiveUpReason, Retrying};
+
+/// The source of attempts: a service and a copy of the request, or a closure.
+pub(crate) trait Attempts<Fut> {
+    /// Waits until another attempt can start.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>;
+
+    /// Whether another attempt can be made (the request could be copied).
+    fn can_replay(&self) -> bool;
+
+    /// Starts the next attempt; `keep_copy` says whether yet another may follow it.
+    fn next(&mut self, keep_copy: bool) -> Option<Fut>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// No timer is running.
+    Idle,
+    /// The running attempt must finish by the timer; `limit` is what `Elapsed` reports, and
+    /// `overall` says the overall deadline (not the attempt timeout) set it.
+    Attempt { limit: Duration, overall: bool },
+    /// Waiting before the next attempt.
+    Backoff,
+}
+
+/// The backoff schedule, drawn on the first retry only (seeding its RNG is not free).
+type Schedule = Option<Box<BackoffSchedule>>;
+
+pin_project! {
+    /// The retry state machine.
+    pub(crate) struct Machine<A, Fut, C> {
+        #[pin]
+        attempt: Option<Fut>,
+        #[pin]
+        sleep: Option<Sleep>,
+        timer: Timer,
+        attempts: A,
+        classify: C,
+        limits: Limits,
+        // `None` when the call cannot be retried (then no handle was cloned for it).
+        policy: Option<Arc<RetryPolicy>>,
+        started: Option<Instant>,
+        made: u32,
+        schedule: Schedule,
+    }
+}
+
+enum Next<T> {
+    Return(T),
+    Wait(Instant),
+}
+
+impl<A, Fut, C> std::fmt::Debug for Machine<A, Fut, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Machine")
+            .field("running", &self.attempt.is_some())
+            .field("timer", &self.timer)
+            .field("attempts_made", &self.made)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A, Fut, C> Machine<A, Fut, C> {
+    /// A machine whose first attempt is already running.
+    pub(crate) fn running(
+        first: Fut,
+        attempts: A,
+        classify: C,
+        limits: Limits,
+        policy: Option<Arc<RetryPolicy>>,
+    ) -> Self {
+        Self {
+            attempt: Some(first),
+            sleep: None,
+            timer: Timer::Idle,
+            attempts,
+            classify,
+            limits,
+            policy,
+            started: None,
+            made: 1,
+            schedule: None,
+        }
+    }
+
+    /// A machine that starts its first attempt when the attempts source is ready.
+    pub(crate) fn idle(attempts: A, classify: C, limits: Limits, policy: Arc<RetryPolicy>) -> Self {
+        Self {
+            attempt: None,
+            sleep: None,
+            timer: Timer::Idle,
+            attempts,
+            classify,
+            limits,
+            policy: Some(policy),
+            started: None,
+            made: 0,
+            schedule: None,
+        }
+    }
+}
+
+impl<A, Fut, C, T, E> Machine<A, Fut, C>
+where
+    A: Attempts<Fut>,
+    Fut: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    C: RetryClassify<T>,
+{
+    pub(crate) fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T, BoxError>> {
+        let mut this = self.project();
+        loop {
+            if let Some(fut) = this.attempt.as_mut().as_pin_mut() {
+                let (result, overall) = match fut.poll(cx) {
+                    Poll::Ready(result) => (result.map_err(Into::into), false),
+                    Poll::Pending => {
+                        if *this.timer == Timer::Idle {
+                            arm_attempt_timer(
+                                this.limits,
+                                this.started,
+                                this.timer,
+                                this.sleep.as_mut(),
+                            );
+                        }
+                        let Timer::Attempt { limit, overall } = *this.timer else {
+                            return Poll::Pending;
+                        };
+                        let Some(sleep) = this.sleep.as_mut().as_pin_mut() else {
+                            return Poll::Pending;
+                        };
+                        ready!(sleep.poll(cx));
+                        tracing::debug!(?limit, overall, attempt = *this.made, "attempt timed out");
+                        let err: BoxError = Box::new(Elapsed::new(limit));
+                        (Err(err), overall)
+                    }
+                };
+                // The attempt is over: drop it now (a response body, a connection) before
+                // any wait.
+                this.attempt.set(None);
+                *this.timer = Timer::Idle;
+                let next = decide::<A, Fut, C, T>(
+                    result,
+                    overall,
+                    *this.made,
+                    this.limits,
+                    this.policy.as_deref(),
+                    this.started,
+                    this.schedule,
+                    this.classify,
+                    this.attempts,
+                );
+                match next {
+                    Next::Return(result) => return Poll::Ready(result),
+                    Next::Wait(until) => {
+                        set_sleep(this.sleep.as_mut(), until);
+                        *this.timer = Timer::Backoff;
+                    }
+                }
+            } else if *this.timer == Timer::Backoff {
+                if let Some(sleep) = this.sleep.as_mut().as_pin_mut() {
+                    ready!(sleep.poll(cx));
+                }
+                *this.timer = Timer::Idle;
+            } else {
+                if let Err(e) = ready!(this.attempts.poll_ready(cx)) {
+                    return Poll::Ready(Err(e));
+                }
+                let keep_copy = *this.made + 1 < this.limits.max_attempts;
+                let Some(fut) = this.attempts.next(keep_copy) else {
+                    // Only reachable if `can_replay` lied; nothing to send.
+                    return Poll::Ready(Err("the request could not be replayed".into()));
+                };
+                *this.made += 1;
+                this.attempt.set(Some(fut));
+            }
+        }
+    }
+}
+
+fn set_sleep(mut sleep: Pin<&mut Option<Sleep>>, until: Instant) {
+    match sleep.as_mut().as_pin_mut() {
+        Some(s) => s.reset(until),
+        None => sleep.set(Some(tokio::time::sleep_until(until))),
+    }
+}
+
+/// Arms the timer for a running attempt that did not finish on its first poll.
+fn arm_attempt_timer(
+    limits: &Limits,
+    started: &mut Option<Instant>,
+    timer: &mut Timer,
+    sleep: Pin<&mut Option<Sleep>>,
+) {
+    if limits.attempt_timeout.is_none() && limits.max_total_time.is_none() {
+        return;
+    }
+    let now = Instant::now();
+    let start = *started.get_or_insert(now);
+    let mut deadline = None;
+    if let Some(limit) = limits.attempt_timeout {
+        deadline = Some((now + limit, limit, false));
+    }
+    if let Some(total) = limits.max_total_time {
+        let end = start + total;
+        if deadline.is_none_or(|(d, _, _)| end < d) {
+            deadline = Some((end, total, true));
+        }
+    }
+    if let Some((until, limit, overall)) = deadline {
+        set_sleep(sleep, until);
+        *timer = Timer::Attempt { limit, overall };
+    }
+}
+
+/// Decides what follows a finished attempt.
+#[allow(clippy::too_many_arguments)]
+fn decide<A: Attempts<Fut>, Fut, C: RetryClassify<T>, T>(
+    result: Result<T, BoxError>,
+    overall_elapsed: bool,
+    made: u32,
+    limits: &Limits,
+    policy: Option<&RetryPolicy>,
+    started: &mut Option<Instant>,
+    schedule: &mut Schedule,
+    classify: &C,
+    attempts: &A,
+) -> Next<Result<T, BoxError>> {
+    let verdict = if overall_elapsed {
+        None
+    } else {
+        Some(classify.classify(result.as_ref()))
+    };
+    if verdict == Some(Verdict::Done) {
+        return Next::Return(result);
+    }
+    // From here on the attempt failed in a retryable way (or was cut by the deadline, or the
+    // server said not to retry): the slow path.
+    let give_up = |result, reason| {
+        if let Some(policy) = policy {
+            policy.shared.gave_up(GiveUp {
+                attempts: made,
+                reason,
+            });
+        }
+        Next::Return(result)
+    };
+    if let Err(e) = &result
+        && let Some(rejection) = rejection_of(&**e)
+    {
+        tracing::trace!(?rejection, "not retrying a rejection");
+        return give_up(result, GiveUpReason::Rejected);
+    }
+    let verdict = match verdict {
+        None => return give_up(result, GiveUpReason::Deadline),
+        Some(Verdict::DoNotRetry) => return give_up(result, GiveUpReason::ServerPushback),
+        Some(v) => v,
+    };
+    if made >= limits.max_attempts {
+        return give_up(result, GiveUpReason::MaxAttempts);
+    }
+    let Some(policy) = policy.filter(|_| attempts.can_replay()) else {
+        return give_up(result, GiveUpReason::NotReplayable);
+    };
+    let shared = &policy.shared;
+    let now = Instant::now();
+    let start = *started.get_or_insert(now);
+    let elapsed = now.saturating_duration_since(start);
+    let (delay, server_hint) = if let Verdict::RetryAfter(hint) = verdict {
+        (hint.min(shared.max_retry_after), true)
+    } else {
+        let schedule = schedule.get_or_insert_with(|| Box::new(shared.backoff.schedule()));
+        match schedule.next_delay_after(elapsed) {
+            Some(d) => (d, false),
+            None => return give_up(result, GiveUpReason::BackoffEnded),
+        }
+    };
+    if let Some(total) = limits.max_total_time
+        && elapsed.saturating_add(delay) >= total
+    {
+        return give_up(result, GiveUpReason::Deadline);
+    }
+    if !shared.budget.try_withdraw() {
+        return give_up(result, GiveUpReason::BudgetExhausted);
+    }
+    shared.retried(&Retrying {
+        attempt: made,
+        delay,
+        server_hint,
+    });
+    drop(result);
+    Next::Wait(now + delay)
+}

@@ -1,0 +1,433 @@
+//! The retry layer with paused time: spacing, deadlines, timeouts, hints, idempotency,
+//! rejections, cancellation.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use staunch_core::{BreakerOpen, BulkheadFull, BulkheadFullReason};
+use staunch_retry::{Elapsed, GiveUpReason, RetryLayer, RetryPolicy, Verdict, retry_fn};
+use support::{BoxError, Calls, DropFlag, get, policy, reasons, response};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+/// A service answering `status` to every call, recording call times.
+fn always(
+    calls: &Calls,
+    status: u16,
+    headers: &'static [(&'static str, &'static str)],
+) -> impl Service<http::Request<String>, Response = http::Response<()>, Error = BoxError, Future: Send>
++ Clone {
+    let calls = calls.clone();
+    tower::service_fn(move |_req: http::Request<String>| {
+        calls.hit();
+        async move { Ok::<_, BoxError>(response(status, headers)) }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn attempts_are_spaced_by_the_backoff_schedule() {
+    let calls = Calls::new();
+    let r = reasons();
+    let backoff = staunch_core::Backoff::exponential(Duration::from_millis(100))
+        .jitter(staunch_core::Jitter::None)
+        .build()
+        .unwrap();
+    let policy = policy(&r).max_attempts(4).backoff(backoff).build().unwrap();
+    let svc = RetryLayer::new(policy.clone()).layer(always(&calls, 503, &[]));
+    let res = svc.oneshot(get()).await.unwrap();
+    assert_eq!(res.status(), 503, "the last response is returned as it is");
+    assert_eq!(calls.times_ms(), [0, 100, 300, 700]);
+    assert_eq!(*r.lock().unwrap(), [GiveUpReason::MaxAttempts]);
+    let m = policy.metrics();
+    assert_eq!((m.requests, m.retries, m.gave_up), (1, 3, 1));
+    assert_eq!(m.attempts(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn success_is_returned_without_retry() {
+    let calls = Calls::new();
+    let r = reasons();
+    let policy = policy(&r).build().unwrap();
+    let svc = RetryLayer::new(policy.clone()).layer(always(&calls, 200, &[]));
+    let res = svc.oneshot(get()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(calls.count(), 1);
+    assert_eq!(policy.metrics().retries, 0);
+    // 500 is not retried by default (a bug in the server, not a transient state).
+    let svc = RetryLayer::new(policy.clone()).layer(always(&calls, 500, &[]));
+    assert_eq!(svc.oneshot(get()).await.unwrap().status(), 500);
+    assert_eq!(calls.count(), 2);
+    assert!(r.lock().unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_overall_deadline_skips_a_wait_that_would_pass_it() {
+    let calls = Calls::new();
+    let r = reasons();
+    let policy = policy(&r)
+        .max_attempts(10)
+        .backoff(support::constant(400))
+        .max_total_time(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let svc = RetryLayer::new(policy).layer(always(&calls, 503, &[]));
+    let start = Instant::now();
+    let res = svc.oneshot(get()).await.unwrap();
+    assert_eq!(res.status(), 503);
+    // Attempts at 0, 400, 800; the next wait would end at 1200 > 1000: returned at 800.
+    assert_eq!(calls.times_ms(), [0, 400, 800]);
+    assert_eq!(start.elapsed(), Duration::from_millis(800));
+    assert_eq!(*r.lock().unwrap(), [GiveUpReason::Deadline]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_overall_deadline_cuts_a_running_attempt() {
+    let r = reasons();
+    let policy = policy(&r)
+        .max_attempts(5)
+        .max_total_time(Duration::from_millis(250))
+        .build()
+        .unwrap();
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&dropped);
+    let svc = RetryLayer::new(policy).layer(tower::service_fn(move |_: u32| {
+        let guard = DropFlag(Arc::clone(&flag));
+        async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            drop(guard);
+            Ok::<u32, BoxError>(1)
+        }
+    }));
+    let start = Instant::now();
+    let err = svc.oneshot(7).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<Elapsed>(),
+        Some(&Elapsed::new(Duration::from_millis(250)))
+    );
+    assert_eq!(start.elapsed(), Duration::from_millis(250));
+    assert!(dropped.load(Ordering::SeqCst), "the attempt was cancelled");
+    assert_eq!(*r.lock().unwrap(), [GiveUpReason::Deadline]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_attempt_is_cancelled_and_retried() {
+    let r = reasons();
+    let policy = policy(&r)
+        .attempt_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let calls = Calls::new();
+    let c = calls.clone();
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&dropped);
+    let svc = RetryLayer::new(policy).layer(tower::service_fn(move |x: u32| {
+        let n = c.hit();
+        let guard = DropFlag(Arc::clone(&flag));
+        async move {
+            if n == 1 {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+            drop(guard);
+            Ok::<u32, BoxError>(x * 2)
+        }
+    }));
+    assert_eq!(svc.oneshot(21).await.unwrap(), 42);
+    // Timed out at 100 ms, waited the 100 ms backoff, answered at once.
+    assert_eq!(calls.times_ms(), [0, 200]);
+    assert!(dropped.load(Ordering::SeqCst));
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_attempt_timing_out_returns_elapsed() {
+    let r = reasons();
+    let policy = policy(&r)
+        .max_attempts(2)
+        .attempt_timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let svc = RetryLayer::new(policy).layer(tower::service_fn(|_: u32| async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        Ok::<u32, BoxError>(0)
+    }));
+    let start = Instant::now();
+    let err = svc.oneshot(1).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<Elapsed>().map(Elapsed::limit),
+        Some(Duration::from_millis(50))
+    );
+    assert_eq!(start.elapsed(), Duration::from_millis(200));
+    assert_eq!(*r.lock().unwrap(), [GiveUpReason::MaxAttempts]);
+}
+
+/// Answers `first` once, then 200.
+fn once_then_ok(
+    calls: &Calls,
+    first: http::Response<()>,
+) -> impl Service<http::Request<String>, Response = http::Response<()>, Error = BoxError, Future: Send>
++ Clone {
+    let calls = calls.clone();
+    let first = Arc::new(std::sync::Mutex::new(Some(first)));
+    tower::service_fn(move |_req: http::Request<String>| {
+        calls.hit();
+        let res = first
+            .lock()
+            .unwrap()
+            .take()
+            .unwrap_or_else(|| response(200, &[]));
+        async move { Ok::<_, BoxError>(res) }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_sets_the_wait_and_a_huge_one_is_capped() {
+    let r = reasons();
+    let calls = Calls::new();
+    let policy = policy(&r)
+        .max_retry_after(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let svc = RetryLayer::new(policy.clone())
+        .layer(once_then_ok(&calls, response(503, &[("retry-after", "2")])));
+    assert_eq!(svc.oneshot(get()).await.unwrap().status(), 200);
+    assert_eq!(calls.times_ms(), [0, 2000]);
+
+    let calls = Calls::new();
+    let svc = RetryLayer::new(policy).layer(once_then_ok(
+        &calls,
+        response(429, &[("retry-after", "86400")]),
+    ));
+    assert_eq!(svc.oneshot(get()).await.unwrap().status(), 200);
+    assert_eq!(calls.times_ms(), [0, 5000], "capped at max_retry_after");
+}
+
+#[tokio::test(start_paused = true)]
+async fn grpc_pushback_sets_the_wait_or_stops_retrying() {
+    let r = reasons();
+    let calls = Calls::new();
+    let policy = policy(&r).build().unwrap();
+    let svc = RetryLayer::new(policy.clone()).layer(once_then_ok(
+        &calls,
+        response(
+            200,
+            &[("grpc-status", "14"), ("grpc-retry-pushback-ms", "750")],
+        ),
+    ));
+    svc.oneshot(get()).await.unwrap();
+    assert_eq!(calls.times_ms(), [0, 750]);
+
+    let calls = Calls::new();
+    let svc = RetryLayer::new(policy).layer(always(
+        &calls,
+        200,
+        &[("grpc-status", "14"), ("grpc-retry-pushback-ms", "-1")],
+    ));
+    let res = svc.oneshot(get()).await.unwrap();
+    assert_eq!(res.headers()["grpc-status"], "14");
+    assert_eq!(calls.count(), 1, "a negative pushback stops retrying");
+    assert_eq!(*r.lock().unwrap(), [GiveUpReason::ServerPushback]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn post_is_retried_only_with_an_idempotency_key() {
+    let r = reasons();
+    let policy = policy(&r).build().unwrap();
+    let post = |key: bool| {
+        let mut b = http::Request::post("http://127.0.0.1/orders");
+        if key {
+            b = b.header("Idempotency-Key", "order-42");
+        }
+        b.body(String::from("{}")).unwrap()
+    };
+    let calls = Calls::new();
+    let svc = RetryLayer::new(policy.clone()).layer(always(&calls, 503, &[]));
+    assert_eq!(
+        svc.clone().oneshot(post(false)).await.unwrap().status(),
+        503
+    );
+    assert_eq!(calls.count(), 1, "a POST without a key is sent once");
+    svc.oneshot(post(true)).await.unwrap();
+    assert_eq!(calls.count(), 4, "with a key it is retried (3 attempts)");
+
+    let calls = Calls::new();
+    let lenient = support::policy(&r)
+        .retry_non_idempotent(true)
+        .build()
+        .unwrap();
+    let svc = RetryLayer::new(lenient).layer(always(&calls, 503, &[]));
+    svc.oneshot(post(false)).await.unwrap();
+    assert_eq!(calls.count(), 3);
+}
+
+#[derive(Debug)]
+struct Wrapped(BoxError);
+impl std::fmt::Display for Wrapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("call failed")
+    }
+}
+impl std::error::Error for Wrapped {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejections_are_never_retried_whatever_the_classifier_says() {
+    let r = reasons();
+    let policy = policy(&r).max_attempts(5).build().unwrap();
+    let rejections: Vec<fn() -> BoxError> = vec![
+        || Box::new(BreakerOpen::new(Arc::from("payment"), None)),
+        || {
+            Box::new(Wrapped(Box::new(BreakerOpen::new(
+                Arc::from("payment"),
+                None,
+            ))))
+        },
+        || {
+            Box::new(Wrapped(Box::new(BulkheadFull::new(
+                Arc::from("payment"),
+                4,
+                BulkheadFullReason::NoPermit,
+            ))))
+        },
+    ];
+    for make in rejections {
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = Arc::clone(&calls);
+        let svc = RetryLayer::new(policy.clone())
+            .classify(retry_fn(|_: Result<&u32, &BoxError>| Verdict::Retry))
+            .layer(tower::service_fn(move |_: u32| {
+                c.fetch_add(1, Ordering::Relaxed);
+                async move { Err::<u32, BoxError>(make()) }
+            }));
+        let err = svc.oneshot(1).await.unwrap_err();
+        assert!(staunch_core::rejection_of(&*err).is_some());
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+    }
+    assert_eq!(*r.lock().unwrap(), [GiveUpReason::Rejected; 3]);
+    // The same classifier does retry an ordinary error.
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = Arc::clone(&calls);
+    let svc = RetryLayer::new(policy)
+        .classify(retry_fn(|_: Result<&u32, &BoxError>| Verdict::Retry))
+        .layer(tower::service_fn(move |_: u32| {
+            c.fetch_add(1, Ordering::Relaxed);
+            async move { Err::<u32, BoxError>("boom".into()) }
+        }));
+    svc.oneshot(1).await.unwrap_err();
+    assert_eq!(calls.load(Ordering::Relaxed), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn connection_errors_are_retried_other_errors_are_not() {
+    let r = reasons();
+    let policy = policy(&r).build().unwrap();
+    for (kind, expected) in [
+        (std::io::ErrorKind::ConnectionRefused, 3),
+        (std::io::ErrorKind::ConnectionReset, 3),
+        (std::io::ErrorKind::InvalidInput, 1),
+    ] {
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = Arc::clone(&calls);
+        let svc = RetryLayer::new(policy.clone()).layer(tower::service_fn(move |_: u32| {
+            c.fetch_add(1, Ordering::Relaxed);
+            async move { Err::<u32, _>(std::io::Error::from(kind)) }
+        }));
+        let err = svc.oneshot(1).await.unwrap_err();
+        assert_eq!(err.downcast_ref::<std::io::Error>().unwrap().kind(), kind);
+        assert_eq!(calls.load(Ordering::Relaxed), expected, "{kind:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_future_during_the_wait_stops_the_retries() {
+    let r = reasons();
+    let policy = policy(&r).backoff(support::constant(1000)).build().unwrap();
+    let calls = Calls::new();
+    let mut svc = RetryLayer::new(policy.clone()).layer(always(&calls, 503, &[]));
+    let fut = svc.ready().await.unwrap().call(get());
+    let outcome = tokio::time::timeout(Duration::from_millis(500), fut).await;
+    assert!(outcome.is_err(), "still waiting the backoff");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(calls.count(), 1, "no attempt after the drop");
+    assert_eq!(policy.metrics().retries, 1);
+    assert_eq!(policy.budget().withdrawn(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_engine_retries_closures_without_tower() {
+    let r = reasons();
+    let policy = policy(&r).build().unwrap();
+    let calls = AtomicU32::new(0);
+    let start = Instant::now();
+    let out = policy
+        .retry(|| async {
+            match calls.fetch_add(1, Ordering::Relaxed) {
+                0 | 1 => Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+                n => Ok(n),
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(out, 2);
+    assert_eq!(start.elapsed(), Duration::from_millis(200));
+    // A custom classifier: retry `Ok(0)` answers.
+    let calls = AtomicU32::new(0);
+    let out = policy
+        .retry_with(
+            retry_fn(|r: Result<&u32, &BoxError>| match r {
+                Ok(0) => Verdict::Retry,
+                _ => Verdict::Done,
+            }),
+            || async { Ok::<_, BoxError>(calls.fetch_add(1, Ordering::Relaxed)) },
+        )
+        .await
+        .unwrap();
+    assert_eq!(out, 1);
+}
+
+#[test]
+fn invalid_settings_are_config_errors_naming_the_field() {
+    let e = RetryPolicy::builder().max_attempts(0).build().unwrap_err();
+    assert_eq!(e.field(), "max_attempts");
+    let e = RetryPolicy::builder()
+        .attempt_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert_eq!(e.field(), "attempt_timeout");
+    let e = RetryPolicy::builder()
+        .max_total_time(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert_eq!(e.field(), "max_total_time");
+    let e = RetryPolicy::builder()
+        .max_retry_after(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert_eq!(e.field(), "max_retry_after");
+    assert!(e.to_string().contains("max_retry_after"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_attempt_never_copies_the_request() {
+    // A request whose copy would panic: with max_attempts 1 it must never be copied.
+    #[derive(Debug)]
+    struct NoCopy;
+    impl staunch_retry::RetryRequest for NoCopy {
+        fn try_replay(&self) -> Option<Self> {
+            panic!("copied a request that cannot be retried")
+        }
+    }
+    let r = reasons();
+    let policy = policy(&r).max_attempts(1).build().unwrap();
+    let svc = RetryLayer::new(policy).layer(tower::service_fn(|_: NoCopy| async {
+        Err::<u32, _>(std::io::Error::from(std::io::ErrorKind::ConnectionReset))
+    }));
+    let err = svc.oneshot(NoCopy).await.unwrap_err();
+    assert!(err.is::<std::io::Error>());
+    // A call that could never be retried holds no policy handle and reports no give-up.
+    assert!(r.lock().unwrap().is_empty());
+}
