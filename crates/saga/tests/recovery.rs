@@ -1,0 +1,285 @@
+//! Recovery from a log left by a process that stopped mid-saga: interrupted attempts,
+//! idempotency keys, unknown definitions and corrupt rows.
+//!
+//! A "crash" here drops the tokio runtime the first engine ran on, which cancels its tasks at
+//! whatever await point they were; the real process kill is in `tests/crash.rs`.
+
+mod support;
+
+use std::sync::Arc;
+
+use staunch_saga::{
+    ListFilter, LoadError, MemoryStore, OnInterrupted, Phase, SagaDefinition, SagaEngine,
+    SagaError, SagaEvent, SagaOutcome, SagaStatus, SagaStore, Step,
+};
+use support::{Calls, Script, Trail, calls, fast_retry, scripted, seen, step, trail};
+
+/// A real-time runtime: sqlx's pool timers must not be fast-forwarded by a paused clock.
+fn real_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
+/// A 3-step definition whose middle step's action and compensation scripts can be switched.
+struct Flow {
+    def: SagaDefinition<Trail>,
+    calls: Calls,
+    action: Arc<std::sync::Mutex<Script>>,
+    compensation: Arc<std::sync::Mutex<Script>>,
+}
+
+fn flow(name: &str, version: u32, on_interrupted: OnInterrupted, last: Script) -> Flow {
+    let calls = calls();
+    let (a, action) = scripted("charge", Phase::Action, Script::Ok, &calls);
+    let (c, compensation) = scripted("charge", Phase::Compensate, Script::Ok, &calls);
+    let def = SagaDefinition::builder(name, version)
+        .step(step("reserve", Script::Ok, Some(Script::Ok), &calls))
+        .step(
+            Step::new("charge", a)
+                .compensate(c)
+                .retry(fast_retry(3))
+                .compensation_retry(fast_retry(3))
+                .on_interrupted(on_interrupted),
+        )
+        .step(step("ship", last, None, &calls))
+        .build()
+        .unwrap();
+    Flow {
+        def,
+        calls,
+        action,
+        compensation,
+    }
+}
+
+/// Starts `id` on a runtime that is dropped once `calls` has `n` entries.
+fn crash_after(store: &MemoryStore, def: &SagaDefinition<Trail>, calls: &Calls, id: &str, n: usize) {
+    let rt = runtime();
+    rt.block_on(async {
+        let engine = SagaEngine::new(store.clone());
+        let _handle = engine.start(def, id, trail()).await.unwrap();
+        while calls.lock().unwrap().len() < n {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    });
+    drop(rt);
+}
+
+#[test]
+fn an_interrupted_action_reruns_with_the_same_idempotency_key() {
+    let store = MemoryStore::new();
+    let f = flow("rerun", 1, OnInterrupted::Rerun, Script::Ok);
+    *f.action.lock().unwrap() = Script::Hang;
+    crash_after(&store, &f.def, &f.calls, "r1", 2);
+    assert_eq!(seen(&f.calls), ["reserve:action", "charge:action"]);
+
+    *f.action.lock().unwrap() = Script::Ok;
+    runtime().block_on(async {
+        let engine = SagaEngine::new(store.clone());
+        engine.register(&f.def);
+        // A handle taken before recovery waits for it.
+        let handle = engine.start(&f.def, "r1", trail()).await.unwrap();
+        let report = engine.recover().await.unwrap();
+        assert_eq!(report.resumed, ["r1"]);
+        let outcome = handle.outcome().await.unwrap();
+        assert!(matches!(outcome, SagaOutcome::Completed(_)), "{outcome:?}");
+    });
+    assert_eq!(
+        seen(&f.calls),
+        ["reserve:action", "charge:action", "charge:action", "ship:action"]
+    );
+    let charges: Vec<_> = f
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.step == "charge")
+        .map(|c| (c.key.clone(), c.attempt))
+        .collect();
+    assert_eq!(
+        charges,
+        [("r1:charge:action".to_owned(), 1), ("r1:charge:action".to_owned(), 2)]
+    );
+}
+
+#[test]
+fn an_interrupted_action_configured_to_compensate_is_compensated_with_the_steps_before_it() {
+    let store = MemoryStore::new();
+    let f = flow("comp", 1, OnInterrupted::Compensate, Script::Ok);
+    *f.action.lock().unwrap() = Script::Hang;
+    crash_after(&store, &f.def, &f.calls, "c1", 2);
+    runtime().block_on(async {
+        let engine = SagaEngine::new(store.clone());
+        engine.register(&f.def);
+        engine.recover().await.unwrap();
+        let outcome = engine.start(&f.def, "c1", trail()).await.unwrap().outcome().await.unwrap();
+        let SagaOutcome::Compensated { failed_step, error, .. } = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(failed_step, "charge");
+        assert!(error.contains("stopped"), "{error}");
+    });
+    assert_eq!(
+        seen(&f.calls),
+        ["reserve:action", "charge:action", "charge:compensate", "reserve:compensate"]
+    );
+}
+
+#[test]
+fn an_interrupted_action_configured_to_go_stuck_waits_for_an_operator() {
+    let store = MemoryStore::new();
+    let f = flow("stuck", 1, OnInterrupted::Stuck, Script::Ok);
+    *f.action.lock().unwrap() = Script::Hang;
+    crash_after(&store, &f.def, &f.calls, "s1", 2);
+    *f.action.lock().unwrap() = Script::Ok;
+    runtime().block_on(async {
+        let engine = SagaEngine::new(store.clone());
+        engine.register(&f.def);
+        engine.recover().await.unwrap();
+        let outcome = engine.start(&f.def, "s1", trail()).await.unwrap().outcome().await.unwrap();
+        assert!(matches!(outcome, SagaOutcome::Stuck { ref step, phase: Phase::Action, .. } if step == "charge"));
+        assert_eq!(engine.stuck().await.unwrap()[0].saga_id, "s1");
+        let o = engine.retry_stuck::<Trail>("s1").await.unwrap().outcome().await.unwrap();
+        assert!(matches!(o, SagaOutcome::Completed(_)), "{o:?}");
+    });
+    let keys: Vec<_> = f.calls.lock().unwrap().iter().map(|c| (c.key.clone(), c.attempt)).collect();
+    assert_eq!(keys[1], ("s1:charge:action".to_owned(), 1));
+    assert_eq!(keys[2], ("s1:charge:action".to_owned(), 2));
+}
+
+#[test]
+fn an_interrupted_compensation_reruns_with_the_same_key() {
+    let store = MemoryStore::new();
+    let f = flow("comp-crash", 1, OnInterrupted::Rerun, Script::Fail);
+    *f.compensation.lock().unwrap() = Script::Hang;
+    // reserve, charge, ship (fails), charge:compensate (hangs)
+    crash_after(&store, &f.def, &f.calls, "cc", 4);
+    *f.compensation.lock().unwrap() = Script::Ok;
+    runtime().block_on(async {
+        let engine = SagaEngine::new(store.clone());
+        engine.register(&f.def);
+        assert_eq!(engine.recover().await.unwrap().resumed, ["cc"]);
+        let outcome = engine.start(&f.def, "cc", trail()).await.unwrap().outcome().await.unwrap();
+        assert!(matches!(outcome, SagaOutcome::Compensated { .. }), "{outcome:?}");
+    });
+    let comp: Vec<_> = f
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.phase == Phase::Compensate)
+        .map(|c| (c.step.clone(), c.key.clone(), c.attempt))
+        .collect();
+    assert_eq!(
+        comp,
+        [
+            ("charge".to_owned(), "cc:charge:compensate".to_owned(), 1),
+            ("charge".to_owned(), "cc:charge:compensate".to_owned(), 2),
+            ("reserve".to_owned(), "cc:reserve:compensate".to_owned(), 1),
+        ]
+    );
+}
+
+#[test]
+fn unknown_definitions_and_corrupt_rows_are_quarantined_and_the_rest_recovers() {
+    let store = MemoryStore::new();
+    let f = flow("quarantine", 1, OnInterrupted::Rerun, Script::Ok);
+    *f.action.lock().unwrap() = Script::Hang;
+    let old = flow("retired", 7, OnInterrupted::Rerun, Script::Ok);
+    *old.action.lock().unwrap() = Script::Hang;
+    crash_after(&store, &f.def, &f.calls, "good", 2);
+    crash_after(&store, &f.def, &f.calls, "corrupt", 4);
+    crash_after(&store, &old.def, &old.calls, "unknown", 2);
+    assert!(store.corrupt_row("corrupt", 2, "{not json"));
+    *f.action.lock().unwrap() = Script::Ok;
+
+    runtime().block_on(async {
+        let engine = SagaEngine::new(store.clone());
+        engine.register(&f.def);
+        let report = engine.recover().await.unwrap();
+        assert_eq!(report.resumed, ["good"]);
+        let mut q = report.quarantined.clone();
+        q.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(q[0].0, "corrupt");
+        assert!(matches!(q[0].1, LoadError::Corrupt { seq: 2, .. }), "{:?}", q[0].1);
+        assert_eq!(q[1].0, "unknown");
+        assert_eq!(
+            q[1].1,
+            LoadError::UnknownDefinition {
+                name: "retired".into(),
+                version: 7
+            }
+        );
+        let good = engine.start(&f.def, "good", trail()).await.unwrap().outcome().await.unwrap();
+        assert!(matches!(good, SagaOutcome::Completed(_)));
+
+        let quarantined = engine.list(&ListFilter::status(SagaStatus::Quarantined)).await.unwrap();
+        assert_eq!(quarantined.len(), 2);
+        assert!(quarantined[1].note.as_deref().unwrap().contains("not registered"));
+        // Nothing is deleted: the corrupt row is still there, shown with its error.
+        let timeline = engine.inspect("corrupt").await.unwrap().unwrap();
+        assert_eq!(timeline.entries.len(), 4);
+        assert!(timeline.entries[2].event.is_err());
+        assert!(matches!(timeline.entries[3].event, Ok(SagaEvent::StepStarted { step: 1, .. })));
+        assert!(matches!(
+            engine.start(&f.def, "corrupt", trail()).await,
+            Err(SagaError::Quarantined { .. })
+        ));
+        // A second recovery leaves quarantined sagas alone.
+        let again = engine.recover().await.unwrap();
+        assert!(again.resumed.is_empty() && again.quarantined.is_empty());
+        assert_eq!(engine.metrics().quarantined, 2);
+    });
+}
+
+#[test]
+fn sqlite_recovers_after_the_runtime_and_its_writer_die_mid_saga() {
+    let dir = support::TempDir::new("recovery");
+    let path = dir.file("sagas.db");
+    let f = flow("sqlite-crash", 1, OnInterrupted::Rerun, Script::Ok);
+    *f.action.lock().unwrap() = Script::Hang;
+    let rt = real_runtime();
+    rt.block_on(async {
+        let engine = SagaEngine::new(staunch_saga::SqliteStore::open(&path).await.unwrap());
+        for i in 0..5 {
+            let _ = engine.start(&f.def, format!("q{i}"), trail()).await.unwrap();
+        }
+        while f.calls.lock().unwrap().len() < 10 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    });
+    drop(rt);
+    *f.action.lock().unwrap() = Script::Ok;
+    real_runtime().block_on(async {
+        let store = staunch_saga::SqliteStore::open(&path).await.unwrap();
+        let engine = SagaEngine::new(store.clone());
+        engine.register(&f.def);
+        let report = engine.recover().await.unwrap();
+        assert_eq!(report.resumed.len(), 5);
+        for i in 0..5 {
+            let o = engine.start(&f.def, format!("q{i}"), trail()).await.unwrap().outcome().await.unwrap();
+            assert!(matches!(o, SagaOutcome::Completed(_)));
+        }
+        let log = store.load("q3").await.unwrap().unwrap();
+        assert_eq!(log.summary.status, SagaStatus::Completed);
+    });
+    let charge_keys: Vec<_> = f
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.step == "charge" && c.key == "q3:charge:action")
+        .map(|c| c.attempt)
+        .collect();
+    assert_eq!(charge_keys, [1, 2]);
+}

@@ -1,0 +1,130 @@
+//! SQLite specifics: settings, schema versioning, persistence across reopen, corrupt rows.
+
+mod support;
+
+use staunch_saga::sqlx::{self, Connection, Row};
+use staunch_saga::{
+    ListFilter, LoadError, SagaEngine, SagaOutcome, SagaStatus, SagaStore, SqliteStore,
+    SqliteSynchronous,
+};
+use support::{Script, calls, linear, trail};
+
+async fn raw(path: &std::path::Path) -> sqlx::SqliteConnection {
+    let url = format!("sqlite://{}", path.display());
+    sqlx::SqliteConnection::connect(&url).await.unwrap()
+}
+
+#[tokio::test]
+async fn opens_in_wal_mode_with_synchronous_full_and_records_the_schema_version() {
+    let dir = support::TempDir::new("settings");
+    let path = dir.file("s.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let mut conn = raw(&path).await;
+    let mode: String = sqlx::query("PRAGMA journal_mode").fetch_one(&mut conn).await.unwrap().get(0);
+    assert_eq!(mode, "wal");
+    let version: i64 = sqlx::query("SELECT MAX(version) FROM staunch_saga_schema")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 1);
+    drop(store);
+    // Reopening does not migrate twice.
+    let _store = SqliteStore::open(&path).await.unwrap();
+    let rows: i64 = sqlx::query("SELECT COUNT(*) FROM staunch_saga_schema")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1);
+    // The builder validates its settings.
+    let err = SqliteStore::builder(dir.file("x.db")).max_batch(0).open().await.unwrap_err();
+    assert!(err.to_string().contains("sqlite_store.max_batch"), "{err}");
+    let _off = SqliteStore::builder(dir.file("y.db"))
+        .synchronous(SqliteSynchronous::Off)
+        .open()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_file_with_a_newer_schema_is_refused() {
+    let dir = support::TempDir::new("newer");
+    let path = dir.file("s.db");
+    drop(SqliteStore::open(&path).await.unwrap());
+    let mut conn = raw(&path).await;
+    sqlx::query("INSERT INTO staunch_saga_schema (version) VALUES (99)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let err = SqliteStore::open(&path).await.unwrap_err();
+    assert!(err.to_string().contains("schema version 99"), "{err}");
+}
+
+#[tokio::test]
+async fn sagas_persist_across_reopen() {
+    let dir = support::TempDir::new("reopen");
+    let path = dir.file("s.db");
+    let calls = calls();
+    let def = linear("persist", &[Script::Ok, Script::Fail], &calls);
+    {
+        let engine = SagaEngine::new(SqliteStore::open(&path).await.unwrap());
+        let o = engine.start(&def, "p1", trail()).await.unwrap().outcome().await.unwrap();
+        assert!(matches!(o, SagaOutcome::Compensated { .. }));
+    }
+    let engine = SagaEngine::new(SqliteStore::open(&path).await.unwrap());
+    let list = engine.list(&ListFilter::status(SagaStatus::Compensated)).await.unwrap();
+    assert_eq!(list.len(), 1);
+    let timeline = engine.inspect("p1").await.unwrap().unwrap();
+    assert!(timeline.entries.iter().all(|e| e.event.is_ok()));
+    // Starting it again returns the stored outcome without running anything.
+    let before = calls.lock().unwrap().len();
+    let o = engine.start(&def, "p1", trail()).await.unwrap().outcome().await.unwrap();
+    assert!(matches!(o, SagaOutcome::Compensated { ref failed_step, .. } if failed_step == "s1"));
+    assert_eq!(calls.lock().unwrap().len(), before);
+}
+
+#[tokio::test]
+async fn a_corrupt_row_in_the_file_quarantines_only_its_saga() {
+    let dir = support::TempDir::new("corrupt");
+    let path = dir.file("s.db");
+    let calls = calls();
+    let def = linear("rows", &[Script::Ok, Script::Ok], &calls);
+    let store = SqliteStore::open(&path).await.unwrap();
+    // Two unfinished sagas, written as a crashed process would have left them.
+    for id in ["bad", "fine"] {
+        let engine = SagaEngine::new(store.clone());
+        let _ = engine.start(&def, id, trail()).await.unwrap().outcome().await.unwrap();
+    }
+    let mut conn = raw(&path).await;
+    sqlx::query("UPDATE staunch_sagas SET status = 'running'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM staunch_saga_events WHERE seq >= 4")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE staunch_sagas SET next_seq = 4")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE staunch_saga_events SET payload = X'FFFE00' WHERE saga_id = 'bad' AND seq = 1")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    drop(store);
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    let engine = SagaEngine::new(store.clone());
+    engine.register(&def);
+    let report = engine.recover().await.unwrap();
+    assert_eq!(report.resumed, ["fine"]);
+    assert_eq!(report.quarantined.len(), 1);
+    assert!(matches!(report.quarantined[0].1, LoadError::Corrupt { seq: 1, .. }));
+    let o = engine.start(&def, "fine", trail()).await.unwrap().outcome().await.unwrap();
+    assert!(matches!(o, SagaOutcome::Completed(_)));
+    let bad = store.load("bad").await.unwrap().unwrap();
+    assert_eq!(bad.summary.status, SagaStatus::Quarantined);
+    assert_eq!(bad.events.len(), 4, "nothing is deleted");
+}
