@@ -1,0 +1,181 @@
+//! Hedging with paused time: a slow first attempt loses to a fast hedge, and is cancelled.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use staunch_retry::{HedgeDelay, HedgeLayer, RetryBudget, RetryPolicy};
+use support::{BoxError, DropFlag};
+use tokio::time::Instant;
+use tower::{Layer, ServiceExt};
+
+#[tokio::test(start_paused = true)]
+async fn a_fast_hedge_wins_and_the_slow_first_attempt_is_cancelled() {
+    let policy = RetryPolicy::builder()
+        .budget(RetryBudget::unlimited())
+        .build()
+        .unwrap();
+    let layer = HedgeLayer::new(
+        policy.clone(),
+        HedgeDelay::Fixed(Duration::from_millis(100)),
+    )
+    .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let first_dropped = Arc::new(AtomicBool::new(false));
+    let (c, flag) = (Arc::clone(&calls), Arc::clone(&first_dropped));
+    let svc = layer.layer(tower::service_fn(move |_: u32| {
+        let n = c.fetch_add(1, Ordering::SeqCst);
+        let guard = (n == 0).then(|| DropFlag(Arc::clone(&flag)));
+        async move {
+            if n == 0 {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                drop(guard);
+                Ok::<_, BoxError>("first")
+            } else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Ok("hedge")
+            }
+        }
+    }));
+    let start = Instant::now();
+    assert_eq!(svc.oneshot(1).await.unwrap(), "hedge");
+    assert_eq!(start.elapsed(), Duration::from_millis(110));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert!(
+        first_dropped.load(Ordering::SeqCst),
+        "the loser was dropped"
+    );
+    assert_eq!(policy.metrics().hedges, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fast_first_attempt_sends_no_hedge() {
+    let policy = RetryPolicy::builder().build().unwrap();
+    let layer = HedgeLayer::new(
+        policy.clone(),
+        HedgeDelay::Fixed(Duration::from_millis(100)),
+    )
+    .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = Arc::clone(&calls);
+    let svc = layer.layer(tower::service_fn(move |x: u32| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok::<_, BoxError>(x)
+        }
+    }));
+    assert_eq!(svc.oneshot(7).await.unwrap(), 7);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(policy.metrics().hedges, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedges_draw_on_the_retry_budget() {
+    // No reserve and no ratio: the budget never allows a hedge.
+    let budget = RetryBudget::builder()
+        .ratio(0.0)
+        .min_per_sec(0)
+        .build()
+        .unwrap();
+    let policy = RetryPolicy::builder().budget(budget).build().unwrap();
+    let layer =
+        HedgeLayer::new(policy.clone(), HedgeDelay::Fixed(Duration::from_millis(10))).unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = Arc::clone(&calls);
+    let svc = layer.layer(tower::service_fn(move |x: u32| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok::<_, BoxError>(x)
+        }
+    }));
+    let start = Instant::now();
+    assert_eq!(svc.oneshot(3).await.unwrap(), 3);
+    assert_eq!(start.elapsed(), Duration::from_millis(500));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(policy.metrics().budget_exhausted, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_attempt_waits_for_the_other_and_both_failing_returns_an_error() {
+    let policy = RetryPolicy::builder()
+        .budget(RetryBudget::unlimited())
+        .build()
+        .unwrap();
+    let layer = HedgeLayer::new(policy, HedgeDelay::Fixed(Duration::from_millis(100))).unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = Arc::clone(&calls);
+    // The first attempt fails after 200 ms (the hedge is already out), the hedge succeeds at 400.
+    let svc = layer.layer(tower::service_fn(move |_: u32| {
+        let n = c.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Err::<&str, BoxError>("first failed".into())
+            } else {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Ok("hedge")
+            }
+        }
+    }));
+    let start = Instant::now();
+    assert_eq!(svc.clone().oneshot(1).await.unwrap(), "hedge");
+    assert_eq!(start.elapsed(), Duration::from_millis(400));
+
+    let failing = HedgeLayer::new(
+        RetryPolicy::builder()
+            .budget(RetryBudget::unlimited())
+            .build()
+            .unwrap(),
+        HedgeDelay::Fixed(Duration::from_millis(10)),
+    )
+    .unwrap()
+    .layer(tower::service_fn(|_: u32| async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Err::<u32, BoxError>("down".into())
+    }));
+    let err = failing.oneshot(1).await.unwrap_err();
+    assert_eq!(err.to_string(), "down");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_percentile_delay_follows_observed_latency() {
+    let policy = RetryPolicy::builder()
+        .budget(RetryBudget::unlimited())
+        .build()
+        .unwrap();
+    let layer = HedgeLayer::new(
+        policy.clone(),
+        HedgeDelay::Percentile {
+            percentile: 0.9,
+            fallback: Duration::from_secs(10),
+            min_samples: 32,
+        },
+    )
+    .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = Arc::clone(&calls);
+    let svc = layer.layer(tower::service_fn(move |slow: bool| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let d = if slow { 1000 } else { 20 };
+            tokio::time::sleep(Duration::from_millis(d)).await;
+            Ok::<_, BoxError>(d)
+        }
+    }));
+    // 64 fast calls teach it that p90 is about 20 ms; no hedge is sent for them.
+    for _ in 0..64 {
+        svc.clone().oneshot(false).await.unwrap();
+    }
+    assert_eq!(policy.metrics().hedges, 0);
+    // A slow call is hedged after ~20-25 ms, not after the 10 s fallback; the hedge (also
+    // slow here) does not beat it, but it was sent.
+    let before = calls.load(Ordering::SeqCst);
+    svc.clone().oneshot(true).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst) - before, 2);
+    assert_eq!(policy.metrics().hedges, 1);
+}
