@@ -45,6 +45,8 @@ pub struct Bulkhead {
 
 pub(crate) struct Inner {
     pub(crate) permits: Permits,
+    /// `adaptive.is_some()`, next to the counter so the fast path reads one cache line.
+    is_adaptive: bool,
     pub(crate) name: Arc<str>,
     pub(crate) max_wait: Duration,
     pub(crate) max_queued: usize,
@@ -92,6 +94,7 @@ impl Bulkhead {
         Self {
             inner: Arc::new(Inner {
                 permits: Permits::new(max_concurrent),
+                is_adaptive: adaptive.is_some(),
                 name,
                 max_wait,
                 max_queued,
@@ -330,7 +333,7 @@ impl Permit {
     /// Wraps a permit already counted in `bulkhead`'s `in_flight`.
     #[inline]
     pub(crate) fn new(bulkhead: Bulkhead) -> Self {
-        let started = bulkhead.inner.adaptive.is_some().then(Instant::now);
+        let started = bulkhead.inner.is_adaptive.then(Instant::now);
         Self { bulkhead, started }
     }
 

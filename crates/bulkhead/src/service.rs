@@ -32,7 +32,8 @@ pub(crate) struct Gate {
 
 enum GateState {
     Idle,
-    Waiting(Acquire),
+    // Boxed: only callers that wait pay for the bigger state.
+    Waiting(Box<Acquire>),
     Reserved(Permit),
     Rejected(BulkheadFull),
 }
@@ -73,13 +74,13 @@ impl Gate {
                 GateState::Reserved(_) => return Poll::Ready(true),
                 GateState::Rejected(_) => return Poll::Ready(false),
                 GateState::Idle => {
-                    self.state = if self.bulkhead.inner.permits.try_acquire() {
-                        GateState::Reserved(Permit::new(self.bulkhead.clone()))
-                    } else {
-                        GateState::Waiting(self.bulkhead.acquire())
-                    };
+                    if self.bulkhead.inner.permits.try_acquire() {
+                        self.state = GateState::Reserved(Permit::new(self.bulkhead.clone()));
+                        return Poll::Ready(true);
+                    }
+                    self.state = GateState::Waiting(Box::new(self.bulkhead.acquire()));
                 }
-                GateState::Waiting(acquire) => match Pin::new(acquire).poll(cx) {
+                GateState::Waiting(acquire) => match Pin::new(&mut **acquire).poll(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(permit)) => self.state = GateState::Reserved(permit),
                     Poll::Ready(Err(full)) => self.state = GateState::Rejected(full),
