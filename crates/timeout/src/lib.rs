@@ -55,6 +55,37 @@
 //! # }
 //! ```
 //!
+//! # Server side: enforce the caller's deadline
+//!
+//! Put the [`DeadlineLayer`] outermost so the handler (and a [`TimeoutLayer`] around it) sees
+//! the [`Deadline`]; with axum, turn [`Elapsed`] into a `504` with `HandleErrorLayer`:
+//!
+//! ```
+//! use std::time::Duration;
+//! use axum::{BoxError, Router, error_handling::HandleErrorLayer, http::StatusCode, routing::get};
+//! use staunch_timeout::{DeadlineLayer, Elapsed, TimeoutLayer};
+//! use tower::ServiceBuilder;
+//!
+//! # fn main() -> Result<(), staunch_core::ConfigError> {
+//! let app: Router = Router::new()
+//!     .route("/", get(|| async { "hello" }))
+//!     .layer(
+//!         ServiceBuilder::new()
+//!             .layer(DeadlineLayer::builder().budget(Duration::from_secs(10)).build()?)
+//!             .layer(HandleErrorLayer::new(|err: BoxError| async move {
+//!                 if err.is::<Elapsed>() {
+//!                     StatusCode::GATEWAY_TIMEOUT
+//!                 } else {
+//!                     StatusCode::INTERNAL_SERVER_ERROR
+//!                 }
+//!             }))
+//!             .layer(TimeoutLayer::new(Duration::from_secs(30))?),
+//!     );
+//! # let _ = app;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Without tower
 //!
 //! ```

@@ -131,9 +131,11 @@ where
 impl DeadlineLayer {
     /// The earliest bound in effect for `request`.
     fn deadline_for<B>(&self, request: &http::Request<B>) -> Option<Deadline> {
-        let now = Instant::now();
+        // The clock is read once, and only when some bound is found.
+        let mut now = None;
         let mut deadline = Deadline::of(request);
         let mut tighten = |budget: Duration| {
+            let now = *now.get_or_insert_with(Instant::now);
             let candidate = Deadline::at(instant_after(now, budget));
             deadline = Some(candidate.earliest(deadline));
         };

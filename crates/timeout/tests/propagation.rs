@@ -181,3 +181,54 @@ async fn as_caller_never_waits_past_its_deadline_when_b_hangs() {
         "{waited:?}"
     );
 }
+
+/// The server-side stack from the crate docs, driven in process so the clock can be paused:
+/// the handler is cut off when the caller's deadline passes and the caller gets a 504.
+#[tokio::test(start_paused = true)]
+async fn a_server_cuts_its_handler_off_at_the_callers_deadline() {
+    use axum::error_handling::HandleErrorLayer;
+
+    let app = axum::Router::new()
+        .route(
+            "/",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }),
+        )
+        .layer(
+            ServiceBuilder::new()
+                .layer(
+                    DeadlineLayer::builder()
+                        .budget(Duration::from_secs(10))
+                        .build()
+                        .unwrap(),
+                )
+                .layer(HandleErrorLayer::new(|err: axum::BoxError| async move {
+                    if err.is::<Elapsed>() {
+                        StatusCode::GATEWAY_TIMEOUT
+                    } else {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    }
+                }))
+                .layer(TimeoutLayer::new(Duration::from_secs(30)).unwrap()),
+        );
+    let request = |timeout: &str| {
+        http::Request::builder()
+            .uri("/")
+            .header("x-request-timeout", timeout)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+
+    let start = Instant::now();
+    let response = app.clone().oneshot(request("1200m")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(start.elapsed(), Duration::from_millis(1200));
+
+    // A caller with time to spare gets the answer.
+    let start = Instant::now();
+    let response = app.oneshot(request("6S")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+}
