@@ -15,13 +15,19 @@
 //!   `beta` it lowers it, and failures cut it by `backoff_ratio`. It needs no threshold and
 //!   settles near the knee.
 //!
+//! Both change the limit at most once per round trip: a call that started before the last
+//! change was admitted under the old limit and says nothing about the new one, so its sample
+//! is not acted on (TCP's "one adjustment per RTT" rule). Without it, the calls of one
+//! overloaded round all report slowness and would cut the limit many times over.
+//!
 //! Both keep the limit within `[min_limit, max_limit]` and ignore calls classified
 //! [`Outcome::Ignored`] (cancelled calls by default). Updates take a short mutex per finished
-//! call, so the adaptive option costs a clock read and a lock per call.
+//! call, so the adaptive option costs two clock reads and a lock per call.
 
 use std::time::Duration;
 
 use staunch_core::{ConfigError, Outcome};
+use tokio::time::Instant;
 
 use crate::state::MAX_LIMIT;
 
@@ -188,6 +194,11 @@ impl Aimd {
 
 /// Vegas settings. Defaults: limits `[1, 1000]`, `alpha` 3 and `beta` 6 queued calls,
 /// `backoff_ratio` 0.9 on failures, no-load latency re-probed every 1000 samples.
+///
+/// The no-load latency is the lowest latency seen. A dependency that got permanently slower
+/// would look permanently queued, so every `probe_every` samples the limit is halved for one
+/// round: queues inside the dependency drain, the lowest latency of that round becomes the
+/// new no-load latency, and the limit is restored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Vegas {
     min_limit: usize,
@@ -243,8 +254,9 @@ impl Vegas {
         self
     }
 
-    /// Forget the no-load latency every this many samples and measure it again, so a
-    /// dependency that got permanently slower (or faster) is re-learnt (default 1000).
+    /// Re-measure the no-load latency every this many samples, by halving the limit for one
+    /// round, so a dependency that got permanently slower (or faster) is re-learnt (default
+    /// 1000).
     pub fn probe_every(mut self, samples: u64) -> Self {
         self.probe_every = samples;
         self
@@ -258,6 +270,18 @@ pub(crate) struct Limiter {
     limit: f64,
     no_load: Option<Duration>,
     samples: u64,
+    last_change: Option<Instant>,
+    probe: Option<Probe>,
+}
+
+/// A Vegas no-load probe in progress: the limit is halved for one round so queues inside
+/// the dependency drain and the latency it then shows is its no-load latency.
+#[derive(Debug)]
+struct Probe {
+    restore: f64,
+    best: Option<Duration>,
+    samples: u64,
+    needed: u64,
 }
 
 impl Limiter {
@@ -267,6 +291,8 @@ impl Limiter {
             limit: initial as f64,
             no_load: None,
             samples: 0,
+            last_change: None,
+            probe: None,
         }
     }
 
@@ -275,19 +301,32 @@ impl Limiter {
     }
 
     /// Overrides the estimate (a manual resize).
-    pub(crate) fn reset(&mut self, limit: usize) {
+    pub(crate) fn reset(&mut self, limit: usize, now: Instant) {
         self.limit = limit as f64;
+        self.last_change = Some(now);
     }
 
-    /// Feeds one finished call; returns the new integer limit.
+    /// Feeds one finished call that started at `started` and ended `now`; returns the new
+    /// integer limit.
     pub(crate) fn sample(
         &mut self,
-        latency: Duration,
+        started: Instant,
+        now: Instant,
         in_flight: usize,
         outcome: Outcome,
     ) -> usize {
         let (min, max) = self.config.bounds();
         let limit = self.limit;
+        let latency = now.saturating_duration_since(started);
+        if let AdaptiveLimit::Vegas(_) = self.config
+            && outcome == Outcome::Success
+        {
+            self.no_load = Some(self.no_load.map_or(latency, |n| n.min(latency)));
+        }
+        if self.last_change.is_some_and(|t| started < t) {
+            // Admitted under an older limit: says nothing about the current one.
+            return limit as usize;
+        }
         // A limit that is not being used tells nothing about whether it could be higher.
         let utilised = (in_flight as f64) * 2.0 >= limit;
         let next = match (&self.config, outcome) {
@@ -302,31 +341,65 @@ impl Limiter {
                     limit
                 }
             }
-            (AdaptiveLimit::Vegas(v), Outcome::Failure) => limit * v.backoff_ratio,
-            (AdaptiveLimit::Vegas(v), Outcome::Success) => {
-                self.samples += 1;
-                if self.samples.is_multiple_of(v.probe_every) {
-                    self.no_load = None;
-                }
-                let no_load = self.no_load.map_or(latency, |n| n.min(latency));
-                self.no_load = Some(no_load);
-                let latency_s = latency.as_secs_f64();
-                let queue = if latency_s > 0.0 {
-                    limit * (1.0 - no_load.as_secs_f64() / latency_s)
-                } else {
-                    0.0
-                };
-                if queue > v.beta {
-                    limit - 1.0
-                } else if queue < v.alpha && utilised {
-                    limit + 1.0
-                } else {
+            (AdaptiveLimit::Vegas(v), Outcome::Failure) => match &mut self.probe {
+                Some(probe) => {
+                    probe.restore *= v.backoff_ratio;
                     limit
+                }
+                None => limit * v.backoff_ratio,
+            },
+            (AdaptiveLimit::Vegas(v), Outcome::Success) => {
+                if let Some(probe) = &mut self.probe {
+                    probe.best = Some(probe.best.map_or(latency, |b| b.min(latency)));
+                    probe.samples += 1;
+                    if probe.samples >= probe.needed {
+                        self.no_load = probe.best;
+                        let restore = probe.restore;
+                        self.probe = None;
+                        restore
+                    } else {
+                        limit
+                    }
+                } else {
+                    self.samples += 1;
+                    if self.samples.is_multiple_of(v.probe_every) {
+                        let probe_limit = (limit / 2.0).max(min as f64);
+                        self.probe = Some(Probe {
+                            restore: limit,
+                            best: None,
+                            samples: 0,
+                            needed: (probe_limit as u64).max(1),
+                        });
+                        probe_limit
+                    } else {
+                        vegas_step(v, limit, latency, self.no_load.unwrap_or(latency), utilised)
+                    }
                 }
             }
         };
-        self.limit = next.clamp(min as f64, max as f64);
+        let next = next.clamp(min as f64, max as f64);
+        if next as usize != limit as usize {
+            self.last_change = Some(now);
+        }
+        self.limit = next;
         self.limit as usize
+    }
+}
+
+/// One Vegas step: estimate the calls queued inside the dependency and move by one.
+fn vegas_step(v: &Vegas, limit: f64, latency: Duration, no_load: Duration, utilised: bool) -> f64 {
+    let latency_s = latency.as_secs_f64();
+    let queue = if latency_s > 0.0 {
+        limit * (1.0 - no_load.as_secs_f64() / latency_s)
+    } else {
+        0.0
+    };
+    if queue > v.beta {
+        limit - 1.0
+    } else if queue < v.alpha && utilised {
+        limit + 1.0
+    } else {
+        limit
     }
 }
 
@@ -335,6 +408,31 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    /// Samples of calls that each start after the previous one ended, so every one counts.
+    struct Clock {
+        now: Instant,
+    }
+
+    impl Clock {
+        fn new() -> Self {
+            Self {
+                now: Instant::now(),
+            }
+        }
+
+        fn call(
+            &mut self,
+            l: &mut Limiter,
+            latency: Duration,
+            in_flight: usize,
+            o: Outcome,
+        ) -> usize {
+            let started = self.now + MS;
+            self.now = started + latency;
+            l.sample(started, self.now, in_flight, o)
+        }
+    }
 
     #[test]
     fn aimd_grows_when_used_and_backs_off_on_failure_and_slowness() {
@@ -346,29 +444,73 @@ mod tests {
                 .into(),
             10,
         );
-        assert_eq!(l.sample(10 * MS, 10, Outcome::Success), 11);
-        assert_eq!(l.sample(10 * MS, 1, Outcome::Success), 11, "not utilised");
-        assert_eq!(l.sample(10 * MS, 11, Outcome::Success), 12);
-        assert_eq!(l.sample(10 * MS, 12, Outcome::Success), 12, "max bound");
-        assert_eq!(l.sample(10 * MS, 12, Outcome::Failure), 10);
-        assert_eq!(l.sample(80 * MS, 12, Outcome::Success), 9, "slow call");
-        assert_eq!(l.sample(80 * MS, 12, Outcome::Ignored), 9);
+        let mut c = Clock::new();
+        assert_eq!(c.call(&mut l, 10 * MS, 10, Outcome::Success), 11);
+        assert_eq!(
+            c.call(&mut l, 10 * MS, 1, Outcome::Success),
+            11,
+            "not utilised"
+        );
+        assert_eq!(c.call(&mut l, 10 * MS, 11, Outcome::Success), 12);
+        assert_eq!(
+            c.call(&mut l, 10 * MS, 12, Outcome::Success),
+            12,
+            "max bound"
+        );
+        assert_eq!(c.call(&mut l, 10 * MS, 12, Outcome::Failure), 10);
+        assert_eq!(
+            c.call(&mut l, 80 * MS, 12, Outcome::Success),
+            9,
+            "slow call"
+        );
+        assert_eq!(c.call(&mut l, 80 * MS, 12, Outcome::Ignored), 9);
         for _ in 0..100 {
-            l.sample(10 * MS, 12, Outcome::Failure);
+            c.call(&mut l, 10 * MS, 12, Outcome::Failure);
         }
-        assert_eq!(l.sample(10 * MS, 12, Outcome::Failure), 2, "min bound");
+        assert_eq!(
+            c.call(&mut l, 10 * MS, 12, Outcome::Failure),
+            2,
+            "min bound"
+        );
     }
 
     #[test]
     fn vegas_grows_at_no_load_latency_and_shrinks_when_latency_queues() {
         let mut l = Limiter::new(Vegas::default().max_limit(100).into(), 10);
-        assert_eq!(l.sample(10 * MS, 10, Outcome::Success), 11);
-        assert_eq!(l.sample(10 * MS, 11, Outcome::Success), 12);
+        let mut c = Clock::new();
+        assert_eq!(c.call(&mut l, 10 * MS, 10, Outcome::Success), 11);
+        assert_eq!(c.call(&mut l, 10 * MS, 11, Outcome::Success), 12);
         // Latency tripled: two thirds of the limit are queueing in the dependency.
-        assert_eq!(l.sample(30 * MS, 12, Outcome::Success), 11);
+        assert_eq!(c.call(&mut l, 30 * MS, 12, Outcome::Success), 11);
         // A little queueing (between alpha and beta): hold.
-        let held = l.sample(15 * MS, 11, Outcome::Success);
+        let held = c.call(&mut l, 15 * MS, 11, Outcome::Success);
         assert_eq!(held, 11);
+    }
+
+    #[test]
+    fn vegas_probe_halves_the_limit_for_a_round_and_relearns_no_load_latency() {
+        let mut l = Limiter::new(Vegas::default().probe_every(3).into(), 20);
+        let mut c = Clock::new();
+        // The no-load latency is 10ms; then the dependency gets permanently slower (30ms).
+        assert_eq!(c.call(&mut l, 10 * MS, 20, Outcome::Success), 21);
+        assert_eq!(
+            c.call(&mut l, 30 * MS, 21, Outcome::Success),
+            20,
+            "looks queued"
+        );
+        // Third sample: probe starts, the limit is halved.
+        assert_eq!(c.call(&mut l, 30 * MS, 20, Outcome::Success), 10);
+        // 10 samples under the probe limit, all at the new no-load latency of 30ms.
+        for _ in 0..9 {
+            assert_eq!(c.call(&mut l, 30 * MS, 10, Outcome::Success), 10);
+        }
+        assert_eq!(
+            c.call(&mut l, 30 * MS, 10, Outcome::Success),
+            20,
+            "restored"
+        );
+        // 30ms is now the no-load latency: no longer seen as queueing.
+        assert_eq!(c.call(&mut l, 30 * MS, 20, Outcome::Success), 21);
     }
 
     #[test]

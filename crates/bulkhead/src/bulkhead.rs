@@ -201,7 +201,7 @@ impl Bulkhead {
                     ),
                 ));
             }
-            limiter.reset(max_concurrent);
+            limiter.reset(max_concurrent, Instant::now());
             self.inner.set_limit(max_concurrent, "resized");
         } else {
             self.inner.set_limit(max_concurrent, "resized");
@@ -297,13 +297,17 @@ impl Inner {
         }
     }
 
-    fn sample(&self, latency: Duration, outcome: Outcome) {
+    fn sample(&self, started: Instant, outcome: Outcome) {
         let Some(limiter) = &self.adaptive else {
             return;
         };
+        if outcome == Outcome::Ignored {
+            return;
+        }
+        let now = Instant::now();
         let in_flight = self.permits.in_flight();
         let mut limiter = limiter.lock().unwrap_or_else(PoisonError::into_inner);
-        let next = limiter.sample(latency, in_flight, outcome);
+        let next = limiter.sample(started, now, in_flight, outcome);
         if next != self.permits.limit() {
             self.set_limit(next, "adaptive");
         }
@@ -347,7 +351,7 @@ impl Permit {
     /// same as dropping the permit.
     pub fn record(mut self, outcome: Outcome) {
         if let Some(started) = self.started.take() {
-            self.bulkhead.inner.sample(started.elapsed(), outcome);
+            self.bulkhead.inner.sample(started, outcome);
         }
     }
 
