@@ -104,6 +104,15 @@ fn benches(c: &mut Criterion) {
     group.bench_function(BenchmarkId::from_parameter("staunch timeout"), |b| {
         b.iter(|| support::call_now(&mut timed, http::Request::new(std::hint::black_box(1u64))));
     });
+    let mut blind = staunch.layer(bare_http());
+    group.bench_function(
+        BenchmarkId::from_parameter("staunch timeout (ignore_request)"),
+        |b| {
+            b.iter(|| {
+                support::call_now(&mut blind, http::Request::new(std::hint::black_box(1u64)))
+            });
+        },
+    );
     let mut tower_timed = tower_timeout.layer(bare_http());
     group.bench_function(BenchmarkId::from_parameter("tower timeout"), |b| {
         b.iter(|| {

@@ -24,6 +24,47 @@ impl Elapsed {
     pub const fn limit(&self) -> Duration {
         self.limit
     }
+
+    /// Finds an `Elapsed` in `err` or anywhere in its source chain (looking inside
+    /// `std::io::Error`s too), e.g. inside an error a layer above wrapped it in.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use staunch_timeout::Elapsed;
+    ///
+    /// #[derive(Debug)]
+    /// struct Wrapped(Elapsed);
+    /// impl std::fmt::Display for Wrapped {
+    ///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    ///         f.write_str("upstream failed")
+    ///     }
+    /// }
+    /// impl std::error::Error for Wrapped {
+    ///     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+    ///         Some(&self.0)
+    ///     }
+    /// }
+    ///
+    /// let err: tower::BoxError = Box::new(Wrapped(Elapsed::new(Duration::from_secs(1))));
+    /// assert_eq!(Elapsed::find(&*err).map(Elapsed::limit), Some(Duration::from_secs(1)));
+    /// ```
+    pub fn find<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a Self> {
+        let mut current = Some(err);
+        while let Some(err) = current {
+            if let Some(elapsed) = err.downcast_ref::<Self>() {
+                return Some(elapsed);
+            }
+            // `io::Error::source` skips the error it wraps (it returns that error's source),
+            // so look inside it explicitly: clients often wrap layer errors in `io::Error`.
+            current = match err.downcast_ref::<std::io::Error>() {
+                Some(io) => io
+                    .get_ref()
+                    .map(|inner| inner as &(dyn std::error::Error + 'static)),
+                None => err.source(),
+            };
+        }
+        None
+    }
 }
 
 impl fmt::Display for Elapsed {

@@ -363,3 +363,67 @@ async fn ignore_request_works_with_any_request_type_and_ignores_nothing_else() {
         .unwrap_err();
     assert_eq!(elapsed_of(&err).limit(), LIMIT);
 }
+
+#[tokio::test(start_paused = true)]
+async fn readiness_is_the_inner_services_and_never_fails_because_of_the_layer() {
+    use std::task::Poll;
+
+    // An inner service that is never ready: the layer does not time readiness (as tower's
+    // `Timeout` does not), so it stays pending rather than failing.
+    #[derive(Clone)]
+    struct NeverReady;
+    impl Service<http::Request<()>> for NeverReady {
+        type Response = ();
+        type Error = std::io::Error;
+        type Future = std::future::Ready<Result<(), std::io::Error>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Pending
+        }
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            ready(Ok(()))
+        }
+    }
+    let mut svc = TimeoutLayer::new(Duration::from_millis(1))
+        .unwrap()
+        .layer(NeverReady);
+    let waited = tokio::time::timeout(Duration::from_secs(1), svc.ready()).await;
+    assert!(waited.is_err(), "still pending after 1 s");
+
+    // An inner readiness error comes through boxed, unchanged.
+    #[derive(Clone, Debug)]
+    struct Broken;
+    impl Service<http::Request<()>> for Broken {
+        type Response = ();
+        type Error = std::io::Error;
+        type Future = std::future::Ready<Result<(), std::io::Error>>;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Err(std::io::Error::other("closed")))
+        }
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            ready(Ok(()))
+        }
+    }
+    let mut svc = TimeoutLayer::new(Duration::from_millis(1))
+        .unwrap()
+        .layer(Broken);
+    let err = svc.ready().await.unwrap_err();
+    assert_eq!(err.to_string(), "closed");
+    assert!(Elapsed::find(&*err).is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn elapsed_is_found_through_wrapping_errors() {
+    let probe = Probe::default();
+    let mut svc = TimeoutLayer::new(LIMIT)
+        .unwrap()
+        .layer(slow(&probe, Duration::from_mins(1)));
+    let err = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::new(()))
+        .await
+        .unwrap_err();
+    let wrapped = std::io::Error::other(err);
+    assert_eq!(Elapsed::find(&wrapped).map(Elapsed::limit), Some(LIMIT));
+}
