@@ -17,13 +17,14 @@
 //! [`TimeoutOverride`]) and the deadline. The [`Elapsed`] error says which limit applied, so
 //! a log line reads "timed out after 180ms" when only 180 ms of the deadline was left.
 //!
-//! # The fast path is free
+//! # The fast path costs almost nothing
 //!
-//! Most calls finish on their first poll (a cache hit, a ready channel) or long before their
-//! limit. tower's `Timeout` creates a timer entry for every call; here the inner future is
-//! polled first and a timer is armed, and the clock read, only when it returns `Pending`. A
-//! call that completes at once costs a branch or two, and no call allocates. The relative limit
-//! therefore counts from the first `Pending`, not from `call`; deadlines are absolute.
+//! Many calls finish on their first poll (a cache hit, an in-process service, a ready
+//! channel). tower's `Timeout` registers a timer for every call; here the inner future is
+//! polled first, and a timer is armed (and the clock read) only when it returns `Pending`. A
+//! call that completes at once costs a few nanoseconds and allocates nothing; a call that has
+//! to wait pays for one timer entry, held inline in the future. The relative limit therefore
+//! counts from the first `Pending`, not from `call`; a deadline is absolute.
 //!
 //! # Example: a client call that honours the caller's deadline
 //!

@@ -169,7 +169,8 @@ impl DeadlineLayer {
 /// configured HTTP header and/or `grpc-timeout`), so the service called stops working when the
 /// caller stops waiting. Put it on the client side, around the HTTP or gRPC client.
 ///
-/// The value is rounded down, never giving the callee more time than remains. A request whose
+/// The value is rounded down, never giving the callee more time than remains; a shorter value
+/// the request already carries (say, a timeout a gRPC client set) is kept. A request whose
 /// deadline has already passed is not sent: the call fails at once with [`Elapsed`] (limit
 /// zero). A request without a deadline is sent unchanged.
 ///
@@ -280,10 +281,10 @@ where
             }
             let headers = request.headers_mut();
             if self.headers.grpc {
-                headers.insert(GRPC_TIMEOUT, wire::format_grpc_timeout(remaining));
+                write_if_earlier(headers, GRPC_TIMEOUT, HeaderFormat::GrpcTimeout, remaining);
             }
             if let Some(name) = &self.headers.header {
-                headers.insert(name.clone(), self.headers.format.format(remaining));
+                write_if_earlier(headers, name.clone(), self.headers.format, remaining);
             }
         }
         PropagateFuture {
@@ -291,6 +292,23 @@ where
                 call: self.inner.call(request),
             },
         }
+    }
+}
+
+/// Writes `remaining` into header `name` unless the request already carries a shorter valid
+/// value there (e.g. a timeout a gRPC client set itself): deadlines only ever get earlier.
+fn write_if_earlier(
+    headers: &mut http::HeaderMap,
+    name: impl http::header::IntoHeaderName + http::header::AsHeaderName + Clone,
+    format: HeaderFormat,
+    remaining: Duration,
+) {
+    let shorter_already = headers
+        .get(name.clone())
+        .and_then(|value| format.parse(value.as_bytes()))
+        .is_some_and(|existing| existing <= remaining);
+    if !shorter_already {
+        headers.insert(name, format.format(remaining));
     }
 }
 

@@ -203,7 +203,8 @@ async fn propagation_writes_the_remaining_time_rounded_down() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn propagation_overwrites_a_stale_value_and_leaves_requests_without_deadline_alone() {
+async fn propagation_replaces_a_longer_value_keeps_a_shorter_one_and_leaves_requests_without_deadline_alone()
+ {
     let probe = Probe::default();
     let mut client = PropagateDeadlineLayer::grpc().layer(headers_sent(&probe));
     let mut req = request(&[("grpc-timeout", "99H")]);
@@ -213,6 +214,20 @@ async fn propagation_overwrites_a_stale_value_and_leaves_requests_without_deadli
     assert_eq!(sent.get_all("grpc-timeout").iter().count(), 1);
     assert_eq!(sent["grpc-timeout"], "2000000u");
     assert!(!sent.contains_key("x-request-timeout"));
+
+    // A shorter value already on the request (a client's own timeout) is kept.
+    let mut req = request(&[("grpc-timeout", "1S")]);
+    req.extensions_mut()
+        .insert(Deadline::after(Duration::from_secs(2)));
+    let sent = client.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(sent["grpc-timeout"], "1S");
+
+    // A malformed value is replaced.
+    let mut req = request(&[("grpc-timeout", "soon")]);
+    req.extensions_mut()
+        .insert(Deadline::after(Duration::from_secs(2)));
+    let sent = client.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(sent["grpc-timeout"], "2000000u");
 
     let sent = client
         .ready()
