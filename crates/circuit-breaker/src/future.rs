@@ -1,0 +1,86 @@
+//! The response future of a call through a breaker.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use staunch_core::{BreakerOpen, Classify};
+
+use crate::error::CircuitBreakerError;
+use crate::permit::Permit;
+
+pin_project! {
+    /// The future of a call through a [`CircuitBreaker`](crate::CircuitBreaker) or its layer:
+    /// the call itself, holding its permit, or a rejection that resolves at once.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it before it finishes reports the call as cancelled (the classifier's
+    /// `classify_cancelled`, ignored by default) and gives a half-open probe slot back.
+    ///
+    /// # Panics
+    ///
+    /// Polling it again after it returned `Ready` panics, as for most futures.
+    #[derive(Debug)]
+    #[must_use = "futures do nothing unless polled"]
+    pub struct ResponseFuture<F, C> {
+        #[pin]
+        kind: Kind<F>,
+        classifier: C,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    #[derive(Debug)]
+    enum Kind<F> {
+        Called {
+            #[pin]
+            future: F,
+            permit: Permit,
+        },
+        Rejected {
+            open: Option<BreakerOpen>,
+        },
+    }
+}
+
+impl<F, C> ResponseFuture<F, C> {
+    pub(crate) fn called(future: F, permit: Permit, classifier: C) -> Self {
+        Self {
+            kind: Kind::Called { future, permit },
+            classifier,
+        }
+    }
+
+    pub(crate) fn rejected(open: BreakerOpen, classifier: C) -> Self {
+        Self {
+            kind: Kind::Rejected { open: Some(open) },
+            classifier,
+        }
+    }
+}
+
+impl<F, C, T, E> Future for ResponseFuture<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    C: Classify<T, E>,
+{
+    type Output = Result<T, CircuitBreakerError<E>>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.kind.project() {
+            KindProj::Called { future, permit } => {
+                let result = ready!(future.poll(cx));
+                permit.report(this.classifier.classify(&result));
+                Poll::Ready(result.map_err(CircuitBreakerError::Inner))
+            }
+            KindProj::Rejected { open } => Poll::Ready(Err(CircuitBreakerError::Open(
+                open.take().expect("ResponseFuture polled after completion"),
+            ))),
+        }
+    }
+}

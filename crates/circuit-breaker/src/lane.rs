@@ -1,0 +1,145 @@
+//! Lanes: per-thread shards of the hot counters, so that concurrent successful calls never
+//! write to the same cache line.
+//!
+//! A successful call in the closed state is the overwhelmingly common case, and a success can
+//! never trip a breaker (it only lowers the failure rate). So a success only bumps a counter in
+//! the calling thread's lane; failures and slow calls take the slow path and read the sum of
+//! the lanes when they evaluate the window. Each lane is its own cache-line-aligned allocation
+//! whose reference count the call's permit bumps: that count, too, stays on the thread's own
+//! line instead of bouncing between cores like a single shared `Arc` would.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use crossbeam_utils::CachePadded;
+use tokio::time::Instant;
+
+use crate::core::Core;
+use crate::window::TimeGeometry;
+
+/// The breaker state every call reads; written only on transitions, so it stays shared in
+/// every core's cache while the breaker is steady.
+#[derive(Debug)]
+pub(crate) struct Hot {
+    /// The state [`Word`](crate::state::Word).
+    pub(crate) state: AtomicU64,
+    /// Failures in a row (reset by a success, read before writing so steady successes leave
+    /// the line clean).
+    pub(crate) consecutive: AtomicU64,
+    /// Open state: when the breaker may go half-open, in ns since `Core::base`.
+    pub(crate) open_until: AtomicU64,
+    /// Half-open: `generation << 32 | probes admitted`.
+    pub(crate) probes: AtomicU64,
+    /// Half-open: when the probes are given up on, in ns since `Core::base`.
+    pub(crate) half_open_until: AtomicU64,
+}
+
+/// One shard of the hot counters.
+#[derive(Debug)]
+pub(crate) struct Lane {
+    /// The breaker's core, for the slow path. Weak, so that lanes (held by in-flight permits)
+    /// never keep a dropped breaker alive or form a cycle with it.
+    pub(crate) core: Weak<Core>,
+    pub(crate) hot: Arc<CachePadded<Hot>>,
+    /// Successful calls recorded in a closed (or metrics-only) state, ever.
+    pub(crate) successes: AtomicU64,
+    /// Calls rejected, ever.
+    pub(crate) rejections: AtomicU64,
+    /// Time-window breakers: successes per bucket, tagged with generation and epoch.
+    pub(crate) buckets: Box<[TimeBucket]>,
+    pub(crate) time: Option<TimeGeometry>,
+    pub(crate) slow_nanos: Option<u64>,
+    /// Neither slow-call timing nor a time window: a success is one counter bump.
+    pub(crate) plain: bool,
+    /// The breaker's time origin (time windows count epochs from it).
+    pub(crate) base: Instant,
+}
+
+/// A bucket of successes in one lane of a time window.
+#[derive(Debug, Default)]
+pub(crate) struct TimeBucket {
+    /// [`TimeGeometry::tag`] of the bucket's generation and epoch, or `ROTATING`.
+    pub(crate) tag: AtomicU64,
+    pub(crate) count: AtomicU64,
+}
+
+const ROTATING: u64 = u64::MAX;
+
+impl TimeBucket {
+    /// Adds one success to the bucket of `tag`, taking the bucket over when it still holds an
+    /// older epoch. A stale tag (the bucket already moved past it) drops the count: the call
+    /// is older than the window.
+    pub(crate) fn add(&self, tag: u64) {
+        loop {
+            let current = self.tag.load(Ordering::Acquire);
+            if current == tag {
+                self.count.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            if current == ROTATING {
+                std::hint::spin_loop();
+                continue;
+            }
+            if TimeGeometry::is_newer(current, tag) {
+                return;
+            }
+            // Claim the bucket, zero it with our call in it, then publish the new tag: a
+            // writer that sees the new tag only ever adds to the fresh count.
+            if self
+                .tag
+                .compare_exchange(current, ROTATING, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.count.store(1, Ordering::Relaxed);
+                self.tag.store(tag, Ordering::Release);
+                return;
+            }
+        }
+    }
+
+    /// The count if the bucket holds `tag`'s generation and an epoch within the window.
+    pub(crate) fn read(&self, generation_tag: u64, oldest_epoch: u64, newest_epoch: u64) -> u64 {
+        let tag = self.tag.load(Ordering::Acquire);
+        if tag == ROTATING
+            || !TimeGeometry::in_window(tag, generation_tag, oldest_epoch, newest_epoch)
+        {
+            return 0;
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        // A rotation between the two loads would pair the old tag with the new count.
+        if self.tag.load(Ordering::Acquire) == tag {
+            count
+        } else {
+            0
+        }
+    }
+}
+
+/// How many lanes a breaker gets: two per core (so threads rarely share one), a power of
+/// two between 2 and 64.
+pub(crate) fn lane_count() -> usize {
+    let cores = std::thread::available_parallelism().map_or(4, std::num::NonZero::get);
+    (cores * 2).next_power_of_two().clamp(2, 64)
+}
+
+static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static THREAD_INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// A small number for the current thread, handed out round-robin on first use, so that
+/// threads spread evenly over the lanes.
+#[inline]
+pub(crate) fn thread_index() -> usize {
+    THREAD_INDEX.with(|cell| {
+        let index = cell.get();
+        if index != usize::MAX {
+            return index;
+        }
+        let index = NEXT_THREAD.fetch_add(1, Ordering::Relaxed) & (usize::MAX >> 1);
+        cell.set(index);
+        index
+    })
+}
