@@ -102,7 +102,9 @@ impl RetryPolicy {
 
     fn validate(&self, section: &str) -> Result<(), ConfigError> {
         if self.max_attempts == Some(0) {
-            return Err(ConfigError::new("max_attempts", "must be at least 1 (got 0)").within(section));
+            return Err(
+                ConfigError::new("max_attempts", "must be at least 1 (got 0)").within(section),
+            );
         }
         if self.timeout == Some(Duration::ZERO) {
             return Err(ConfigError::new("timeout", "must be greater than zero").within(section));
@@ -320,7 +322,9 @@ impl<S: SagaState> SagaDefinitionBuilder<S> {
             return Err(ConfigError::new("name", "must not be empty"));
         }
         if self.steps.is_empty() {
-            return Err(ConfigError::new("steps", "must contain at least one step").within(&section));
+            return Err(
+                ConfigError::new("steps", "must contain at least one step").within(&section)
+            );
         }
         if self.deadline == Some(Duration::ZERO) {
             return Err(ConfigError::new("deadline", "must be greater than zero").within(&section));
@@ -338,8 +342,7 @@ impl<S: SagaState> SagaDefinitionBuilder<S> {
             if step.kind == StepKind::Retriable && !step.retry_set {
                 step.retry.max_attempts = None;
             }
-            step.retry
-                .validate(&format!("{section}.{field}.retry"))?;
+            step.retry.validate(&format!("{section}.{field}.retry"))?;
             step.compensation_retry
                 .validate(&format!("{section}.{field}.compensation_retry"))?;
             match step.kind {

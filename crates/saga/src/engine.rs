@@ -14,7 +14,9 @@ use crate::metrics::{Count, Counters, SagaMetrics};
 use crate::outcome::{Published, RawOutcome, SagaHandle};
 use crate::replay::{Progress, Stage};
 use crate::runner::Runner;
-use crate::store::{Append, Created, ListFilter, NewSaga, SagaLog, SagaStatus, SagaStore, SagaSummary};
+use crate::store::{
+    Append, Created, ListFilter, NewSaga, SagaLog, SagaStatus, SagaStore, SagaSummary,
+};
 
 /// Runs sagas against a [`SagaStore`]. Cheap to clone; clones share everything.
 ///
@@ -52,7 +54,12 @@ struct Live {
 /// A registered definition with its state type erased, so recovery can resume any saga.
 trait Resume: Send + Sync {
     fn step_count(&self) -> usize;
-    fn resume(&self, shared: &Arc<Shared>, id: Arc<str>, progress: Progress) -> Result<(), LoadError>;
+    fn resume(
+        &self,
+        shared: &Arc<Shared>,
+        id: Arc<str>,
+        progress: Progress,
+    ) -> Result<(), LoadError>;
 }
 
 impl<S: SagaState> Resume for Arc<DefinitionInner<S>> {
@@ -60,7 +67,12 @@ impl<S: SagaState> Resume for Arc<DefinitionInner<S>> {
         self.steps.len()
     }
 
-    fn resume(&self, shared: &Arc<Shared>, id: Arc<str>, progress: Progress) -> Result<(), LoadError> {
+    fn resume(
+        &self,
+        shared: &Arc<Shared>,
+        id: Arc<str>,
+        progress: Progress,
+    ) -> Result<(), LoadError> {
         let runner = Runner::resume(Arc::clone(shared), Arc::clone(self), id, progress)
             .map_err(LoadError::Inconsistent)?;
         spawn(runner);
@@ -82,7 +94,9 @@ fn spawn<S: SagaState>(mut runner: Runner<S>) {
 impl Shared {
     fn live(&self) -> MutexGuard<'_, HashMap<Arc<str>, Live>> {
         // Held only for map operations that cannot panic half-way.
-        self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn publish(&self, id: &Arc<str>, definition: &str, result: Result<RawOutcome, SagaError>) {
@@ -110,7 +124,10 @@ impl Shared {
     }
 
     fn definition(&self, name: &str, version: u32) -> Option<Arc<dyn Resume>> {
-        let registry = self.registry.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let registry = self
+            .registry
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         registry.get(&(Arc::from(name), version)).cloned()
     }
 
@@ -293,7 +310,9 @@ impl SagaEngine {
         match self.shared.store.create(new).await? {
             Created::New => {
                 guard.armed = false;
-                self.shared.counters.count(Count::Started, &definition.inner.name);
+                self.shared
+                    .counters
+                    .count(Count::Started, &definition.inner.name);
                 spawn(runner);
                 Ok(SagaHandle::new(id, rx))
             }
@@ -326,8 +345,8 @@ impl SagaEngine {
                     self.shared.unclaim(&id);
                     return Ok(SagaHandle::new(id, rx));
                 }
-                let outcome = settled_outcome(&log, &definition.inner)
-                    .map_err(|error| SagaError::Load {
+                let outcome =
+                    settled_outcome(&log, &definition.inner).map_err(|error| SagaError::Load {
                         saga_id: id.to_string(),
                         error,
                     })?;
@@ -361,7 +380,9 @@ impl SagaEngine {
             }
             match self.resume(&id).await {
                 Ok(()) => {
-                    self.shared.counters.count(Count::Resumed, &summary.definition);
+                    self.shared
+                        .counters
+                        .count(Count::Resumed, &summary.definition);
                     report.resumed.push(summary.saga_id);
                 }
                 Err(ResumeError::Store(e)) => {
@@ -370,8 +391,13 @@ impl SagaEngine {
                 }
                 Err(ResumeError::Load(error)) => {
                     tracing::error!(saga_id = %id, %error, "saga quarantined: cannot be loaded");
-                    self.shared.store.quarantine(&id, &error.to_string()).await?;
-                    self.shared.counters.count(Count::Quarantined, &summary.definition);
+                    self.shared
+                        .store
+                        .quarantine(&id, &error.to_string())
+                        .await?;
+                    self.shared
+                        .counters
+                        .count(Count::Quarantined, &summary.definition);
                     self.shared.publish_failure(&id, &error);
                     report.quarantined.push((summary.saga_id, error));
                 }
@@ -387,7 +413,9 @@ impl SagaEngine {
             .load(id)
             .await
             .map_err(ResumeError::Store)?
-            .ok_or_else(|| ResumeError::Load(LoadError::Inconsistent("the saga vanished".into())))?;
+            .ok_or_else(|| {
+                ResumeError::Load(LoadError::Inconsistent("the saga vanished".into()))
+            })?;
         let events = decode_log(&log).map_err(ResumeError::Load)?;
         let progress = Progress::replay(&events).map_err(ResumeError::Load)?;
         let def = self
@@ -446,14 +474,20 @@ impl SagaEngine {
 
     /// Operator: runs the stuck step (action or compensation) again with a fresh attempt
     /// budget; the saga continues from there. Returns a handle for the new outcome.
-    pub async fn retry_stuck<S: SagaState>(&self, saga_id: &str) -> Result<SagaHandle<S>, SagaError> {
+    pub async fn retry_stuck<S: SagaState>(
+        &self,
+        saga_id: &str,
+    ) -> Result<SagaHandle<S>, SagaError> {
         self.operator(saga_id, |step| SagaEvent::OperatorRetried { step }, true)
             .await
     }
 
     /// Operator: skips the stuck step (a skipped action counts as done, a skipped
     /// compensation as done) and continues. Returns a handle for the new outcome.
-    pub async fn skip_stuck<S: SagaState>(&self, saga_id: &str) -> Result<SagaHandle<S>, SagaError> {
+    pub async fn skip_stuck<S: SagaState>(
+        &self,
+        saga_id: &str,
+    ) -> Result<SagaHandle<S>, SagaError> {
         self.operator(saga_id, |step| SagaEvent::OperatorSkipped { step }, true)
             .await
     }
@@ -462,7 +496,11 @@ impl SagaEngine {
     pub async fn resolve(&self, saga_id: &str, note: impl Into<String>) -> Result<(), SagaError> {
         let note = note.into();
         let _: SagaHandle<()> = self
-            .operator(saga_id, move |_| SagaEvent::OperatorResolved { note: note.clone() }, false)
+            .operator(
+                saga_id,
+                move |_| SagaEvent::OperatorResolved { note: note.clone() },
+                false,
+            )
             .await?;
         Ok(())
     }
@@ -508,8 +546,8 @@ impl SagaEngine {
             }
             live.insert(Arc::clone(&id), Live { tx, running: true });
         }
-        let append = Append::new(Arc::clone(&id), first_seq, vec![event.encode()], status)
-            .with_note(note);
+        let append =
+            Append::new(Arc::clone(&id), first_seq, vec![event.encode()], status).with_note(note);
         if let Err(e) = self.shared.store.append(append).await {
             if resume {
                 self.shared.live().remove(&id);
@@ -517,7 +555,9 @@ impl SagaEngine {
             return Err(e.into());
         }
         if !resume {
-            self.shared.counters.count(Count::Resolved, &log.summary.definition);
+            self.shared
+                .counters
+                .count(Count::Resolved, &log.summary.definition);
             return Ok(SagaHandle::new(id, rx));
         }
         let def = self
@@ -529,12 +569,17 @@ impl SagaEngine {
                     version: progress.version,
                 })
             });
-        let resumed = def.and_then(|def| def.resume(&self.shared, Arc::clone(&id), progress).map_err(load_err));
+        let resumed = def.and_then(|def| {
+            def.resume(&self.shared, Arc::clone(&id), progress)
+                .map_err(load_err)
+        });
         if let Err(e) = resumed {
             self.shared.unclaim(&id);
             return Err(e);
         }
-        self.shared.counters.count(Count::Resumed, &log.summary.definition);
+        self.shared
+            .counters
+            .count(Count::Resumed, &log.summary.definition);
         Ok(SagaHandle::new(id, rx))
     }
 }
@@ -542,7 +587,8 @@ impl SagaEngine {
 impl Shared {
     fn publish_failure(&self, id: &Arc<str>, error: &LoadError) {
         if let Some(live) = self.live().remove(id) {
-            live.tx.send_replace(Some(Err(format!("quarantined: {error}"))));
+            live.tx
+                .send_replace(Some(Err(format!("quarantined: {error}"))));
         }
     }
 }
@@ -575,7 +621,11 @@ fn settled_outcome<S: SagaState>(
                 state: state(),
             }
         }
-        Stage::Stuck { step, phase, ref error } => RawOutcome::Stuck {
+        Stage::Stuck {
+            step,
+            phase,
+            ref error,
+        } => RawOutcome::Stuck {
             step: name(step),
             phase,
             error: error.clone(),

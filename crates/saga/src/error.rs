@@ -100,7 +100,9 @@ impl std::error::Error for StepError {}
 pub enum StoreError {
     /// An append did not start at the saga's next sequence number: another writer appended
     /// first (or the saga does not exist).
-    #[error("append conflict for saga `{saga_id}`: expected next sequence {expected}, store has {actual:?}")]
+    #[error(
+        "append conflict for saga `{saga_id}`: expected next sequence {expected}, store has {actual:?}"
+    )]
     Conflict {
         /// The saga.
         saga_id: String,

@@ -108,12 +108,12 @@ pub use error::{LoadError, SagaError, StepError, StepErrorKind, StoreError};
 pub use event::{LOG_FORMAT_VERSION, SagaEvent};
 pub use metrics::SagaMetrics;
 pub use outcome::{SagaHandle, SagaOutcome};
+pub use store::{
+    Append, Created, ListFilter, MemoryStore, NewSaga, SagaLog, SagaStatus, SagaStore, SagaSummary,
+    StoredEvent,
+};
 #[cfg(feature = "sqlite")]
 pub use store::{SqliteStore, SqliteStoreBuilder, SqliteSynchronous};
-pub use store::{
-    Append, Created, ListFilter, MemoryStore, NewSaga, SagaLog, SagaStatus, SagaStore,
-    SagaSummary, StoredEvent,
-};
 
 /// The `sqlx` this crate was built with, for opening the SQLite file directly (e.g. to
 /// inspect it, or in benchmarks).

@@ -86,8 +86,10 @@ impl Counters {
 
     pub(crate) fn attempt(&self, definition: &str, step: &str, elapsed: Duration, failed: bool) {
         self.step_attempts.fetch_add(1, Relaxed);
-        self.step_nanos
-            .fetch_add(u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        self.step_nanos.fetch_add(
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+            Relaxed,
+        );
         if failed {
             self.step_failures.fetch_add(1, Relaxed);
         }

@@ -121,7 +121,8 @@ impl<S: SagaState> Runner<S> {
         }
         let (status, note) = self.progress.status();
         let events = std::mem::take(&mut self.pending);
-        let append = Append::new(Arc::clone(&self.id), self.flushed, events, status).with_note(note);
+        let append =
+            Append::new(Arc::clone(&self.id), self.flushed, events, status).with_note(note);
         self.shared.store.append(append).await?;
         self.flushed = self.progress.next_seq;
         Ok(())
@@ -223,9 +224,17 @@ impl<S: SagaState> Runner<S> {
     /// One forward step, retries included; leaves the progress at its next stage.
     async fn forward(&mut self, i: u32) -> Result<(), SagaError> {
         let step = &self.def.steps[i as usize];
-        let (kind, policy, action, on_interrupted) =
-            (step.kind, step.retry, Arc::clone(&step.action), step.on_interrupted);
-        let open = self.progress.steps.get(i as usize).is_some_and(|p| p.action_open);
+        let (kind, policy, action, on_interrupted) = (
+            step.kind,
+            step.retry,
+            Arc::clone(&step.action),
+            step.on_interrupted,
+        );
+        let open = self
+            .progress
+            .steps
+            .get(i as usize)
+            .is_some_and(|p| p.action_open);
         let mut reuse_open = self.prelogged.take() == Some(i) && open;
         if open && !reuse_open {
             // The process stopped during this attempt: its effect is unknown.
@@ -276,13 +285,22 @@ impl<S: SagaState> Runner<S> {
                 reuse_open = false;
                 self.progress.steps[i as usize].action_attempts
             } else {
-                let attempt = self.progress.steps.get(i as usize).map_or(0, |p| p.action_attempts) + 1;
+                let attempt = self
+                    .progress
+                    .steps
+                    .get(i as usize)
+                    .map_or(0, |p| p.action_attempts)
+                    + 1;
                 self.record(SagaEvent::StepStarted { step: i, attempt });
                 attempt
             };
             self.flush().await?;
             tries += 1;
-            let deadline = if self.pivot_done() { None } else { self.deadline };
+            let deadline = if self.pivot_done() {
+                None
+            } else {
+                self.deadline
+            };
             match self
                 .call(&action, i, Phase::Action, attempt, policy.timeout, deadline)
                 .await
@@ -290,7 +308,10 @@ impl<S: SagaState> Runner<S> {
                 Ok(new_state) => {
                     let raw = to_raw(&new_state)?;
                     self.state = new_state;
-                    self.record(SagaEvent::StepCompleted { step: i, state: raw });
+                    self.record(SagaEvent::StepCompleted {
+                        step: i,
+                        state: raw,
+                    });
                     return Ok(());
                 }
                 Err(error) => {
@@ -346,13 +367,23 @@ impl<S: SagaState> Runner<S> {
             self.flush().await?;
             tries += 1;
             match self
-                .call(&compensation, j, Phase::Compensate, attempt, policy.timeout, None)
+                .call(
+                    &compensation,
+                    j,
+                    Phase::Compensate,
+                    attempt,
+                    policy.timeout,
+                    None,
+                )
                 .await
             {
                 Ok(new_state) => {
                     let raw = to_raw(&new_state)?;
                     self.state = new_state;
-                    self.record(SagaEvent::CompensationCompleted { step: j, state: raw });
+                    self.record(SagaEvent::CompensationCompleted {
+                        step: j,
+                        state: raw,
+                    });
                     return Ok(());
                 }
                 Err(error) => {
@@ -401,7 +432,8 @@ impl<S: SagaState> Runner<S> {
             phase,
             attempt,
         };
-        let span = tracing::debug_span!("saga_step", saga_id = %self.id, step = %name, %phase, attempt);
+        let span =
+            tracing::debug_span!("saga_step", saga_id = %self.id, step = %name, %phase, attempt);
         let started = Instant::now();
         let state = self.state.clone();
         let attempt_fut = async move {

@@ -17,8 +17,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use staunch_saga::sqlx::{self, Row, SqlitePool, sqlite::SqliteConnectOptions};
 use staunch_saga::{
-    ListFilter, SagaDefinition, SagaEngine, SagaStatus, SagaStore, SqliteStore, Step,
-    StepContext, StepError,
+    ListFilter, SagaDefinition, SagaEngine, SagaStatus, SagaStore, SqliteStore, Step, StepContext,
+    StepError,
 };
 
 const SAGAS: usize = 600;
@@ -127,7 +127,7 @@ fn definition(pool: SqlitePool) -> SagaDefinition<Order> {
             Step::new("ship", move |o: Order, ctx| {
                 let p = p5.clone();
                 async move {
-                    if o.n % 5 == 0 {
+                    if o.n.is_multiple_of(5) {
                         return Err(StepError::fail("address rejected"));
                     }
                     apply(&p, &ctx, "ship").await.map(|()| o)
@@ -169,7 +169,10 @@ async fn crash_worker() {
             // Pace new sagas so the kills land while many are in flight.
             tokio::time::sleep(Duration::from_millis(4)).await;
         }
-        let order = Order { n, amount: 100 + n as u64 };
+        let order = Order {
+            n,
+            amount: 100 + n as u64,
+        };
         handles.push(engine.start(&def, id(n), order).await.unwrap());
     }
     for h in handles {
@@ -200,7 +203,11 @@ async fn sigkill_at_random_moments_then_recover_leaves_a_balanced_ledger() {
     let mut seed = 0x5EED_u64;
     let mut kills = 0;
     while kills < KILLS {
-        let mut child = worker(&dir.0).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child = worker(&dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         let wait = Duration::from_millis(60 + next(&mut seed) % 240);
         tokio::time::sleep(wait).await;
         if child.try_wait().unwrap().is_some() {
@@ -211,7 +218,10 @@ async fn sigkill_at_random_moments_then_recover_leaves_a_balanced_ledger() {
         child.wait().unwrap();
         kills += 1;
     }
-    assert!(kills >= 20, "only {kills} kill points landed before the work finished");
+    assert!(
+        kills >= 20,
+        "only {kills} kill points landed before the work finished"
+    );
     let out = worker(&dir.0).output().unwrap();
     assert!(
         out.status.success(),
@@ -230,7 +240,11 @@ async fn sigkill_at_random_moments_then_recover_leaves_a_balanced_ledger() {
 
     let pool = ledger(&dir.0).await;
     let mut effects: HashMap<String, HashSet<String>> = HashMap::new();
-    for row in sqlx::query("SELECT key, saga, kind FROM effects").fetch_all(&pool).await.unwrap() {
+    for row in sqlx::query("SELECT key, saga, kind FROM effects")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    {
         let key: String = row.get(0);
         let saga: String = row.get(1);
         let kind: String = row.get(2);

@@ -20,7 +20,13 @@ async fn happy_path_runs_every_step_in_order_and_completes() {
     let calls = calls();
     let def = linear("happy", &[Script::Ok, Script::Ok, Script::Ok], &calls);
     let engine = engine();
-    let outcome = engine.start(&def, "h-1", trail()).await.unwrap().outcome().await.unwrap();
+    let outcome = engine
+        .start(&def, "h-1", trail())
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
     let SagaOutcome::Completed(state) = outcome else {
         panic!("{outcome:?}")
     };
@@ -31,8 +37,14 @@ async fn happy_path_runs_every_step_in_order_and_completes() {
     assert_eq!(m.step_attempts, 3);
     let timeline = engine.inspect("h-1").await.unwrap().unwrap();
     assert_eq!(timeline.summary.status, SagaStatus::Completed);
-    assert!(matches!(timeline.entries[0].event, Ok(SagaEvent::Started { .. })));
-    assert!(matches!(timeline.entries.last().unwrap().event, Ok(SagaEvent::Completed)));
+    assert!(matches!(
+        timeline.entries[0].event,
+        Ok(SagaEvent::Started { .. })
+    ));
+    assert!(matches!(
+        timeline.entries.last().unwrap().event,
+        Ok(SagaEvent::Completed)
+    ));
     assert_eq!(timeline.entries.len(), 8);
 }
 
@@ -42,7 +54,13 @@ async fn failure_at_each_position_compensates_exactly_the_completed_steps_in_rev
         for fail_at in 0..n {
             let calls = calls();
             let actions: Vec<Script> = (0..n)
-                .map(|i| if i == fail_at { Script::Fail } else { Script::Ok })
+                .map(|i| {
+                    if i == fail_at {
+                        Script::Fail
+                    } else {
+                        Script::Ok
+                    }
+                })
                 .collect();
             let def = linear(&format!("pos-{n}-{fail_at}"), &actions, &calls);
             let engine = engine();
@@ -53,7 +71,12 @@ async fn failure_at_each_position_compensates_exactly_the_completed_steps_in_rev
                 .outcome()
                 .await
                 .unwrap();
-            let SagaOutcome::Compensated { failed_step, error, state } = outcome else {
+            let SagaOutcome::Compensated {
+                failed_step,
+                error,
+                state,
+            } = outcome
+            else {
                 panic!("{outcome:?}")
             };
             assert_eq!(failed_step, format!("s{fail_at}"));
@@ -76,24 +99,47 @@ async fn steps_without_compensation_are_skipped_during_rollback() {
         .step(step("c", Script::Fail, Some(Script::Ok), &calls))
         .build()
         .unwrap();
-    let outcome = engine().start(&def, "n", trail()).await.unwrap().outcome().await.unwrap();
+    let outcome = engine()
+        .start(&def, "n", trail())
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
     assert!(matches!(outcome, SagaOutcome::Compensated { .. }));
-    assert_eq!(seen(&calls), ["a:action", "b:action", "c:action", "a:compensate"]);
+    assert_eq!(
+        seen(&calls),
+        ["a:action", "b:action", "c:action", "a:compensate"]
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn retryable_errors_are_retried_with_the_backoff_delays() {
     let calls = calls();
     let def = SagaDefinition::builder("retry", 1)
-        .step(step("flaky", Script::RetryThen(2), Some(Script::Ok), &calls))
+        .step(step(
+            "flaky",
+            Script::RetryThen(2),
+            Some(Script::Ok),
+            &calls,
+        ))
         .build()
         .unwrap();
     let start = tokio::time::Instant::now();
-    let outcome = engine().start(&def, "r", trail()).await.unwrap().outcome().await.unwrap();
+    let outcome = engine()
+        .start(&def, "r", trail())
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
     assert!(matches!(outcome, SagaOutcome::Completed(_)));
     let calls = calls.lock().unwrap().clone();
     assert_eq!(calls.len(), 3);
-    assert_eq!(calls.iter().map(|c| c.attempt).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(
+        calls.iter().map(|c| c.attempt).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
     // Constant 10 ms backoff, no jitter, paused clock: attempts are exactly 10 ms apart.
     assert_eq!(calls[0].at - start, Duration::ZERO);
     assert_eq!(calls[1].at - calls[0].at, Duration::from_millis(10));
@@ -110,16 +156,36 @@ async fn retries_exhausted_compensate_and_business_failures_are_not_retried() {
         .step(step("b", Script::AlwaysRetry, Some(Script::Ok), &calls))
         .build()
         .unwrap();
-    let outcome = engine().start(&def, "e", trail()).await.unwrap().outcome().await.unwrap();
-    assert!(matches!(outcome, SagaOutcome::Compensated { ref failed_step, .. } if failed_step == "b"));
+    let outcome = engine()
+        .start(&def, "e", trail())
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, SagaOutcome::Compensated { ref failed_step, .. } if failed_step == "b")
+    );
     assert_eq!(
         seen(&calls),
-        ["a:action", "b:action", "b:action", "b:action", "a:compensate"]
+        [
+            "a:action",
+            "b:action",
+            "b:action",
+            "b:action",
+            "a:compensate"
+        ]
     );
 
     let calls2 = support::calls();
     let def = linear("biz", &[Script::Ok, Script::Fail], &calls2);
-    engine().start(&def, "b", trail()).await.unwrap().outcome().await.unwrap();
+    engine()
+        .start(&def, "b", trail())
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
     assert_eq!(seen(&calls2), ["s0:action", "s1:action", "s0:compensate"]);
 }
 
@@ -128,8 +194,17 @@ async fn a_panicking_step_is_a_failure_of_that_step_not_of_the_engine() {
     let calls = calls();
     let def = linear("panic", &[Script::Ok, Script::Panic, Script::Ok], &calls);
     let engine = engine();
-    let outcome = engine.start(&def, "pa", trail()).await.unwrap().outcome().await.unwrap();
-    let SagaOutcome::Compensated { failed_step, error, .. } = outcome else {
+    let outcome = engine
+        .start(&def, "pa", trail())
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
+    let SagaOutcome::Compensated {
+        failed_step, error, ..
+    } = outcome
+    else {
         panic!("{outcome:?}")
     };
     assert_eq!(failed_step, "s1");
@@ -138,11 +213,20 @@ async fn a_panicking_step_is_a_failure_of_that_step_not_of_the_engine() {
     let timeline = engine.inspect("pa").await.unwrap().unwrap();
     assert!(timeline.entries.iter().any(|e| matches!(
         e.event,
-        Ok(SagaEvent::StepFailed { kind: StepErrorKind::Panicked, .. })
+        Ok(SagaEvent::StepFailed {
+            kind: StepErrorKind::Panicked,
+            ..
+        })
     )));
     // The engine still runs other sagas.
     let ok = linear("after-panic", &[Script::Ok], &support::calls());
-    let o = engine.start(&ok, "pa-2", trail()).await.unwrap().outcome().await.unwrap();
+    let o = engine
+        .start(&ok, "pa-2", trail())
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
     assert!(matches!(o, SagaOutcome::Completed(_)));
 }
 
@@ -160,12 +244,26 @@ async fn per_attempt_timeout_cancels_a_hanging_attempt_and_compensates_it_as_in_
         )
         .build()
         .unwrap();
-    let outcome = engine().start(&def, "t", trail()).await.unwrap().outcome().await.unwrap();
-    assert!(matches!(outcome, SagaOutcome::Compensated { ref error, .. } if error.contains("timed out")));
+    let outcome = engine()
+        .start(&def, "t", trail())
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, SagaOutcome::Compensated { ref error, .. } if error.contains("timed out"))
+    );
     // The timed-out step's effect is unknown, so it is compensated too, before `a`.
     assert_eq!(
         seen(&calls),
-        ["a:action", "slow:action", "slow:action", "slow:compensate", "a:compensate"]
+        [
+            "a:action",
+            "slow:action",
+            "slow:action",
+            "slow:compensate",
+            "a:compensate"
+        ]
     );
 }
 
@@ -179,7 +277,13 @@ async fn after_the_pivot_the_saga_only_moves_forward() {
         .step(Step::new("ship", ship).retriable().retry(fast_retry(10)))
         .build()
         .unwrap();
-    let outcome = engine().start(&def, "pv", trail()).await.unwrap().outcome().await.unwrap();
+    let outcome = engine()
+        .start(&def, "pv", trail())
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
     assert!(matches!(outcome, SagaOutcome::Completed(_)), "{outcome:?}");
     let s = seen(&calls);
     assert_eq!(s.iter().filter(|c| *c == "ship:action").count(), 6);
@@ -195,9 +299,20 @@ async fn a_failing_pivot_compensates_the_steps_before_it() {
         .step(step("ship", Script::Ok, None, &calls).retriable())
         .build()
         .unwrap();
-    let outcome = engine().start(&def, "pf", trail()).await.unwrap().outcome().await.unwrap();
-    assert!(matches!(outcome, SagaOutcome::Compensated { ref failed_step, .. } if failed_step == "charge"));
-    assert_eq!(seen(&calls), ["reserve:action", "charge:action", "reserve:compensate"]);
+    let outcome = engine()
+        .start(&def, "pf", trail())
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, SagaOutcome::Compensated { ref failed_step, .. } if failed_step == "charge")
+    );
+    assert_eq!(
+        seen(&calls),
+        ["reserve:action", "charge:action", "reserve:compensate"]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -205,18 +320,37 @@ async fn a_retriable_step_retries_business_failures_and_goes_stuck_after_the_piv
     let calls = calls();
     let def = SagaDefinition::builder("retriable-stuck", 1)
         .step(step("charge", Script::Ok, None, &calls).pivot())
-        .step(step("ship", Script::Fail, None, &calls).retriable().retry(fast_retry(4)))
+        .step(
+            step("ship", Script::Fail, None, &calls)
+                .retriable()
+                .retry(fast_retry(4)),
+        )
         .build()
         .unwrap();
     let engine = engine();
-    let outcome = engine.start(&def, "rs", trail()).await.unwrap().outcome().await.unwrap();
+    let outcome = engine
+        .start(&def, "rs", trail())
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
     let SagaOutcome::Stuck { step, phase, .. } = outcome else {
         panic!("{outcome:?}")
     };
     assert_eq!((step.as_str(), phase), ("ship", Phase::Action));
-    assert_eq!(seen(&calls).iter().filter(|c| *c == "ship:action").count(), 4);
+    assert_eq!(
+        seen(&calls).iter().filter(|c| *c == "ship:action").count(),
+        4
+    );
     // Operator skips the forward step: the saga completes.
-    let o = engine.skip_stuck::<support::Trail>("rs").await.unwrap().outcome().await.unwrap();
+    let o = engine
+        .skip_stuck::<support::Trail>("rs")
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
     assert!(matches!(o, SagaOutcome::Completed(_)), "{o:?}");
 }
 
@@ -227,13 +361,23 @@ async fn compensation_failure_makes_the_saga_stuck_then_operator_retry_finishes_
     let (charge, _) = scripted("charge", Phase::Action, Script::Ok, &calls);
     let def = SagaDefinition::builder("refund", 1)
         .step(step("reserve", Script::Ok, Some(Script::Ok), &calls))
-        .step(Step::new("charge", charge).compensate(refund).compensation_retry(fast_retry(2)))
+        .step(
+            Step::new("charge", charge)
+                .compensate(refund)
+                .compensation_retry(fast_retry(2)),
+        )
         .step(step("ship", Script::Fail, None, &calls))
         .build()
         .unwrap();
     let engine = engine();
     engine.register(&def);
-    let outcome = engine.start(&def, "st", trail()).await.unwrap().outcome().await.unwrap();
+    let outcome = engine
+        .start(&def, "st", trail())
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
     let SagaOutcome::Stuck { step, phase, error } = outcome else {
         panic!("{outcome:?}")
     };
@@ -248,10 +392,19 @@ async fn compensation_failure_makes_the_saga_stuck_then_operator_retry_finishes_
     assert!(!seen(&calls).contains(&"reserve:compensate".to_owned()));
 
     *switch.lock().unwrap() = Script::Ok;
-    let o = engine.retry_stuck::<support::Trail>("st").await.unwrap().outcome().await.unwrap();
+    let o = engine
+        .retry_stuck::<support::Trail>("st")
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
     assert!(matches!(o, SagaOutcome::Compensated { ref failed_step, .. } if failed_step == "ship"));
     let s = seen(&calls);
-    assert_eq!(&s[s.len() - 2..], ["charge:compensate", "reserve:compensate"]);
+    assert_eq!(
+        &s[s.len() - 2..],
+        ["charge:compensate", "reserve:compensate"]
+    );
     let refund_calls: Vec<_> = calls
         .lock()
         .unwrap()
@@ -262,10 +415,19 @@ async fn compensation_failure_makes_the_saga_stuck_then_operator_retry_finishes_
     // Same key on every attempt, attempts keep counting across the operator retry.
     assert_eq!(
         refund_calls,
-        [("st:charge:compensate".to_owned(), 1), ("st:charge:compensate".to_owned(), 2), ("st:charge:compensate".to_owned(), 3)]
+        [
+            ("st:charge:compensate".to_owned(), 1),
+            ("st:charge:compensate".to_owned(), 2),
+            ("st:charge:compensate".to_owned(), 3)
+        ]
     );
     let timeline = engine.inspect("st").await.unwrap().unwrap();
-    assert!(timeline.entries.iter().any(|e| matches!(e.event, Ok(SagaEvent::OperatorRetried { step: 1 }))));
+    assert!(
+        timeline
+            .entries
+            .iter()
+            .any(|e| matches!(e.event, Ok(SagaEvent::OperatorRetried { step: 1 })))
+    );
     assert!(engine.stuck().await.unwrap().is_empty());
 }
 
@@ -279,26 +441,65 @@ async fn operator_skip_continues_compensation_and_resolve_ends_the_saga() {
         .build()
         .unwrap();
     let engine = engine();
-    let o = engine.start(&def, "sk", trail()).await.unwrap().outcome().await.unwrap();
+    let o = engine
+        .start(&def, "sk", trail())
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
     assert!(matches!(o, SagaOutcome::Stuck { .. }));
     // A business failure in a compensation is not retried.
-    assert_eq!(seen(&calls).iter().filter(|c| *c == "charge:compensate").count(), 1);
-    let o = engine.skip_stuck::<support::Trail>("sk").await.unwrap().outcome().await.unwrap();
+    assert_eq!(
+        seen(&calls)
+            .iter()
+            .filter(|c| *c == "charge:compensate")
+            .count(),
+        1
+    );
+    let o = engine
+        .skip_stuck::<support::Trail>("sk")
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
     assert!(matches!(o, SagaOutcome::Compensated { .. }));
     assert_eq!(seen(&calls).last().unwrap(), "reserve:compensate");
     assert!(matches!(
         engine.skip_stuck::<support::Trail>("sk").await,
-        Err(SagaError::NotStuck { status: SagaStatus::Compensated, .. })
+        Err(SagaError::NotStuck {
+            status: SagaStatus::Compensated,
+            ..
+        })
     ));
 
-    let o = engine.start(&def, "rv", trail()).await.unwrap().outcome().await.unwrap();
+    let o = engine
+        .start(&def, "rv", trail())
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
     assert!(matches!(o, SagaOutcome::Stuck { .. }));
-    engine.resolve("rv", "refunded by hand, ticket 42").await.unwrap();
-    let summary = &engine.list(&ListFilter::status(SagaStatus::Resolved)).await.unwrap()[0];
+    engine
+        .resolve("rv", "refunded by hand, ticket 42")
+        .await
+        .unwrap();
+    let summary = &engine
+        .list(&ListFilter::status(SagaStatus::Resolved))
+        .await
+        .unwrap()[0];
     assert_eq!(summary.saga_id, "rv");
     assert_eq!(summary.note.as_deref(), Some("refunded by hand, ticket 42"));
     // Starting a resolved saga again returns its outcome, it does not run again.
-    let o = engine.start(&def, "rv", trail()).await.unwrap().outcome().await.unwrap();
+    let o = engine
+        .start(&def, "rv", trail())
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
     assert!(matches!(o, SagaOutcome::Resolved { ref note } if note.contains("42")));
     assert_eq!(engine.metrics().resolved, 1);
 }
@@ -335,9 +536,18 @@ async fn the_saga_deadline_starts_compensation() {
         .unwrap();
     let engine = engine();
     let start = tokio::time::Instant::now();
-    let o = engine.start(&def, "d", trail()).await.unwrap().outcome().await.unwrap();
+    let o = engine
+        .start(&def, "d", trail())
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
     assert_eq!(start.elapsed(), Duration::from_secs(30));
-    let SagaOutcome::Compensated { failed_step, error, .. } = o else {
+    let SagaOutcome::Compensated {
+        failed_step, error, ..
+    } = o
+    else {
         panic!("{o:?}")
     };
     assert_eq!(failed_step, "wait");
@@ -352,21 +562,54 @@ async fn list_filters_by_status_and_definition() {
     let bad = linear("list-bad", &[Script::Fail], &calls);
     let engine = engine();
     for i in 0..3 {
-        engine.start(&ok, format!("ok-{i}"), trail()).await.unwrap().outcome().await.unwrap();
+        engine
+            .start(&ok, format!("ok-{i}"), trail())
+            .await
+            .unwrap()
+            .outcome()
+            .await
+            .unwrap();
     }
-    engine.start(&bad, "bad-0", trail()).await.unwrap().outcome().await.unwrap();
-    let completed = engine.list(&ListFilter::status(SagaStatus::Completed)).await.unwrap();
-    assert_eq!(completed.iter().map(|s| s.saga_id.as_str()).collect::<Vec<_>>(), ["ok-0", "ok-1", "ok-2"]);
-    let bad_list = engine.list(&ListFilter::all().definition("list-bad")).await.unwrap();
+    engine
+        .start(&bad, "bad-0", trail())
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
+    let completed = engine
+        .list(&ListFilter::status(SagaStatus::Completed))
+        .await
+        .unwrap();
+    assert_eq!(
+        completed
+            .iter()
+            .map(|s| s.saga_id.as_str())
+            .collect::<Vec<_>>(),
+        ["ok-0", "ok-1", "ok-2"]
+    );
+    let bad_list = engine
+        .list(&ListFilter::all().definition("list-bad"))
+        .await
+        .unwrap();
     assert_eq!(bad_list.len(), 1);
     assert_eq!(bad_list[0].status, SagaStatus::Compensated);
-    assert_eq!(engine.list(&ListFilter::all().limit(2)).await.unwrap().len(), 2);
+    assert_eq!(
+        engine
+            .list(&ListFilter::all().limit(2))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 #[test]
 fn invalid_definitions_are_config_errors_naming_the_field() {
     let c = calls();
-    let e = SagaDefinition::<support::Trail>::builder("empty", 1).build().unwrap_err();
+    let e = SagaDefinition::<support::Trail>::builder("empty", 1)
+        .build()
+        .unwrap_err();
     assert_eq!(e.field(), "saga.empty.steps");
     let e = SagaDefinition::builder("dup", 1)
         .step(step("a", Script::Ok, None, &c))

@@ -27,8 +27,12 @@ fn spec() -> impl Strategy<Value = (Vec<StepSpec>, Option<usize>)> {
     (1usize..=5).prop_flat_map(|n| {
         (
             proptest::collection::vec(
-                (script(), proptest::option::weighted(0.8, script()))
-                    .prop_map(|(action, compensation)| StepSpec { action, compensation }),
+                (script(), proptest::option::weighted(0.8, script())).prop_map(
+                    |(action, compensation)| StepSpec {
+                        action,
+                        compensation,
+                    },
+                ),
                 n,
             ),
             proptest::option::weighted(0.3, 0..n),

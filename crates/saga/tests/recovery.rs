@@ -63,7 +63,13 @@ fn flow(name: &str, version: u32, on_interrupted: OnInterrupted, last: Script) -
 }
 
 /// Starts `id` on a runtime that is dropped once `calls` has `n` entries.
-fn crash_after(store: &MemoryStore, def: &SagaDefinition<Trail>, calls: &Calls, id: &str, n: usize) {
+fn crash_after(
+    store: &MemoryStore,
+    def: &SagaDefinition<Trail>,
+    calls: &Calls,
+    id: &str,
+    n: usize,
+) {
     let rt = runtime();
     rt.block_on(async {
         let engine = SagaEngine::new(store.clone());
@@ -96,7 +102,12 @@ fn an_interrupted_action_reruns_with_the_same_idempotency_key() {
     });
     assert_eq!(
         seen(&f.calls),
-        ["reserve:action", "charge:action", "charge:action", "ship:action"]
+        [
+            "reserve:action",
+            "charge:action",
+            "charge:action",
+            "ship:action"
+        ]
     );
     let charges: Vec<_> = f
         .calls
@@ -108,7 +119,10 @@ fn an_interrupted_action_reruns_with_the_same_idempotency_key() {
         .collect();
     assert_eq!(
         charges,
-        [("r1:charge:action".to_owned(), 1), ("r1:charge:action".to_owned(), 2)]
+        [
+            ("r1:charge:action".to_owned(), 1),
+            ("r1:charge:action".to_owned(), 2)
+        ]
     );
 }
 
@@ -122,8 +136,17 @@ fn an_interrupted_action_configured_to_compensate_is_compensated_with_the_steps_
         let engine = SagaEngine::new(store.clone());
         engine.register(&f.def);
         engine.recover().await.unwrap();
-        let outcome = engine.start(&f.def, "c1", trail()).await.unwrap().outcome().await.unwrap();
-        let SagaOutcome::Compensated { failed_step, error, .. } = outcome else {
+        let outcome = engine
+            .start(&f.def, "c1", trail())
+            .await
+            .unwrap()
+            .outcome()
+            .await
+            .unwrap();
+        let SagaOutcome::Compensated {
+            failed_step, error, ..
+        } = outcome
+        else {
             panic!("{outcome:?}")
         };
         assert_eq!(failed_step, "charge");
@@ -131,7 +154,12 @@ fn an_interrupted_action_configured_to_compensate_is_compensated_with_the_steps_
     });
     assert_eq!(
         seen(&f.calls),
-        ["reserve:action", "charge:action", "charge:compensate", "reserve:compensate"]
+        [
+            "reserve:action",
+            "charge:action",
+            "charge:compensate",
+            "reserve:compensate"
+        ]
     );
 }
 
@@ -152,7 +180,13 @@ fn an_interrupted_action_configured_to_go_stuck_waits_for_an_operator() {
         let o = engine.retry_stuck::<Trail>("s1").await.unwrap().outcome().await.unwrap();
         assert!(matches!(o, SagaOutcome::Completed(_)), "{o:?}");
     });
-    let keys: Vec<_> = f.calls.lock().unwrap().iter().map(|c| (c.key.clone(), c.attempt)).collect();
+    let keys: Vec<_> = f
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| (c.key.clone(), c.attempt))
+        .collect();
     assert_eq!(keys[1], ("s1:charge:action".to_owned(), 1));
     assert_eq!(keys[2], ("s1:charge:action".to_owned(), 2));
 }
@@ -169,8 +203,17 @@ fn an_interrupted_compensation_reruns_with_the_same_key() {
         let engine = SagaEngine::new(store.clone());
         engine.register(&f.def);
         assert_eq!(engine.recover().await.unwrap().resumed, ["cc"]);
-        let outcome = engine.start(&f.def, "cc", trail()).await.unwrap().outcome().await.unwrap();
-        assert!(matches!(outcome, SagaOutcome::Compensated { .. }), "{outcome:?}");
+        let outcome = engine
+            .start(&f.def, "cc", trail())
+            .await
+            .unwrap()
+            .outcome()
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, SagaOutcome::Compensated { .. }),
+            "{outcome:?}"
+        );
     });
     let comp: Vec<_> = f
         .calls
@@ -211,7 +254,11 @@ fn unknown_definitions_and_corrupt_rows_are_quarantined_and_the_rest_recovers() 
         let mut q = report.quarantined.clone();
         q.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(q[0].0, "corrupt");
-        assert!(matches!(q[0].1, LoadError::Corrupt { seq: 2, .. }), "{:?}", q[0].1);
+        assert!(
+            matches!(q[0].1, LoadError::Corrupt { seq: 2, .. }),
+            "{:?}",
+            q[0].1
+        );
         assert_eq!(q[1].0, "unknown");
         assert_eq!(
             q[1].1,
@@ -220,17 +267,35 @@ fn unknown_definitions_and_corrupt_rows_are_quarantined_and_the_rest_recovers() 
                 version: 7
             }
         );
-        let good = engine.start(&f.def, "good", trail()).await.unwrap().outcome().await.unwrap();
+        let good = engine
+            .start(&f.def, "good", trail())
+            .await
+            .unwrap()
+            .outcome()
+            .await
+            .unwrap();
         assert!(matches!(good, SagaOutcome::Completed(_)));
 
-        let quarantined = engine.list(&ListFilter::status(SagaStatus::Quarantined)).await.unwrap();
+        let quarantined = engine
+            .list(&ListFilter::status(SagaStatus::Quarantined))
+            .await
+            .unwrap();
         assert_eq!(quarantined.len(), 2);
-        assert!(quarantined[1].note.as_deref().unwrap().contains("not registered"));
+        assert!(
+            quarantined[1]
+                .note
+                .as_deref()
+                .unwrap()
+                .contains("not registered")
+        );
         // Nothing is deleted: the corrupt row is still there, shown with its error.
         let timeline = engine.inspect("corrupt").await.unwrap().unwrap();
         assert_eq!(timeline.entries.len(), 4);
         assert!(timeline.entries[2].event.is_err());
-        assert!(matches!(timeline.entries[3].event, Ok(SagaEvent::StepStarted { step: 1, .. })));
+        assert!(matches!(
+            timeline.entries[3].event,
+            Ok(SagaEvent::StepStarted { step: 1, .. })
+        ));
         assert!(matches!(
             engine.start(&f.def, "corrupt", trail()).await,
             Err(SagaError::Quarantined { .. })
@@ -252,7 +317,10 @@ fn sqlite_recovers_after_the_runtime_and_its_writer_die_mid_saga() {
     rt.block_on(async {
         let engine = SagaEngine::new(staunch_saga::SqliteStore::open(&path).await.unwrap());
         for i in 0..5 {
-            let _ = engine.start(&f.def, format!("q{i}"), trail()).await.unwrap();
+            let _ = engine
+                .start(&f.def, format!("q{i}"), trail())
+                .await
+                .unwrap();
         }
         while f.calls.lock().unwrap().len() < 10 {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
@@ -267,7 +335,13 @@ fn sqlite_recovers_after_the_runtime_and_its_writer_die_mid_saga() {
         let report = engine.recover().await.unwrap();
         assert_eq!(report.resumed.len(), 5);
         for i in 0..5 {
-            let o = engine.start(&f.def, format!("q{i}"), trail()).await.unwrap().outcome().await.unwrap();
+            let o = engine
+                .start(&f.def, format!("q{i}"), trail())
+                .await
+                .unwrap()
+                .outcome()
+                .await
+                .unwrap();
             assert!(matches!(o, SagaOutcome::Completed(_)));
         }
         let log = store.load("q3").await.unwrap().unwrap();

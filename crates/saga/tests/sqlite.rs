@@ -20,7 +20,11 @@ async fn opens_in_wal_mode_with_synchronous_full_and_records_the_schema_version(
     let path = dir.file("s.db");
     let store = SqliteStore::open(&path).await.unwrap();
     let mut conn = raw(&path).await;
-    let mode: String = sqlx::query("PRAGMA journal_mode").fetch_one(&mut conn).await.unwrap().get(0);
+    let mode: String = sqlx::query("PRAGMA journal_mode")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(mode, "wal");
     let version: i64 = sqlx::query("SELECT MAX(version) FROM staunch_saga_schema")
         .fetch_one(&mut conn)
@@ -38,7 +42,11 @@ async fn opens_in_wal_mode_with_synchronous_full_and_records_the_schema_version(
         .get(0);
     assert_eq!(rows, 1);
     // The builder validates its settings.
-    let err = SqliteStore::builder(dir.file("x.db")).max_batch(0).open().await.unwrap_err();
+    let err = SqliteStore::builder(dir.file("x.db"))
+        .max_batch(0)
+        .open()
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("sqlite_store.max_batch"), "{err}");
     let _off = SqliteStore::builder(dir.file("y.db"))
         .synchronous(SqliteSynchronous::Off)
@@ -69,17 +77,32 @@ async fn sagas_persist_across_reopen() {
     let def = linear("persist", &[Script::Ok, Script::Fail], &calls);
     {
         let engine = SagaEngine::new(SqliteStore::open(&path).await.unwrap());
-        let o = engine.start(&def, "p1", trail()).await.unwrap().outcome().await.unwrap();
+        let o = engine
+            .start(&def, "p1", trail())
+            .await
+            .unwrap()
+            .outcome()
+            .await
+            .unwrap();
         assert!(matches!(o, SagaOutcome::Compensated { .. }));
     }
     let engine = SagaEngine::new(SqliteStore::open(&path).await.unwrap());
-    let list = engine.list(&ListFilter::status(SagaStatus::Compensated)).await.unwrap();
+    let list = engine
+        .list(&ListFilter::status(SagaStatus::Compensated))
+        .await
+        .unwrap();
     assert_eq!(list.len(), 1);
     let timeline = engine.inspect("p1").await.unwrap().unwrap();
     assert!(timeline.entries.iter().all(|e| e.event.is_ok()));
     // Starting it again returns the stored outcome without running anything.
     let before = calls.lock().unwrap().len();
-    let o = engine.start(&def, "p1", trail()).await.unwrap().outcome().await.unwrap();
+    let o = engine
+        .start(&def, "p1", trail())
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
     assert!(matches!(o, SagaOutcome::Compensated { ref failed_step, .. } if failed_step == "s1"));
     assert_eq!(calls.lock().unwrap().len(), before);
 }
@@ -94,7 +117,13 @@ async fn a_corrupt_row_in_the_file_quarantines_only_its_saga() {
     // Two unfinished sagas, written as a crashed process would have left them.
     for id in ["bad", "fine"] {
         let engine = SagaEngine::new(store.clone());
-        let _ = engine.start(&def, id, trail()).await.unwrap().outcome().await.unwrap();
+        let _ = engine
+            .start(&def, id, trail())
+            .await
+            .unwrap()
+            .outcome()
+            .await
+            .unwrap();
     }
     let mut conn = raw(&path).await;
     sqlx::query("UPDATE staunch_sagas SET status = 'running'")
@@ -105,14 +134,12 @@ async fn a_corrupt_row_in_the_file_quarantines_only_its_saga() {
         .execute(&mut conn)
         .await
         .unwrap();
-    sqlx::query("UPDATE staunch_sagas SET next_seq = 4")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE staunch_saga_events SET payload = X'FFFE00' WHERE saga_id = 'bad' AND seq = 1")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE staunch_saga_events SET payload = X'FFFE00' WHERE saga_id = 'bad' AND seq = 1",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
     drop(store);
 
     let store = SqliteStore::open(&path).await.unwrap();
@@ -121,8 +148,17 @@ async fn a_corrupt_row_in_the_file_quarantines_only_its_saga() {
     let report = engine.recover().await.unwrap();
     assert_eq!(report.resumed, ["fine"]);
     assert_eq!(report.quarantined.len(), 1);
-    assert!(matches!(report.quarantined[0].1, LoadError::Corrupt { seq: 1, .. }));
-    let o = engine.start(&def, "fine", trail()).await.unwrap().outcome().await.unwrap();
+    assert!(matches!(
+        report.quarantined[0].1,
+        LoadError::Corrupt { seq: 1, .. }
+    ));
+    let o = engine
+        .start(&def, "fine", trail())
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
     assert!(matches!(o, SagaOutcome::Completed(_)));
     let bad = store.load("bad").await.unwrap().unwrap();
     assert_eq!(bad.summary.status, SagaStatus::Quarantined);

@@ -39,6 +39,8 @@ contract_suite!(memory, (staunch_saga::MemoryStore::new(), ()));
 
 contract_suite!(sqlite, {
     let dir = support::TempDir::new("contract");
-    let store = staunch_saga::SqliteStore::open(dir.file("sagas.db")).await.unwrap();
+    let store = staunch_saga::SqliteStore::open(dir.file("sagas.db"))
+        .await
+        .unwrap();
     (store, dir)
 });

@@ -32,7 +32,9 @@ impl MemoryStore {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<Arc<str>, Entry>> {
         // A panic while holding the lock cannot leave an entry half-written (every mutation
         // is a single push or assignment after the checks), so the poison flag is ignored.
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Overwrites one row in place (for tests of corrupt-log handling).
@@ -40,7 +42,10 @@ impl MemoryStore {
     /// Returns whether the row existed.
     pub fn corrupt_row(&self, saga_id: &str, seq: u64, payload: impl Into<String>) -> bool {
         let mut map = self.lock();
-        match map.get_mut(saga_id).and_then(|e| e.events.get_mut(seq as usize)) {
+        match map
+            .get_mut(saga_id)
+            .and_then(|e| e.events.get_mut(seq as usize))
+        {
             Some(row) => {
                 *row = payload.into();
                 true

@@ -267,8 +267,10 @@ pub trait SagaStore: Send + Sync + fmt::Debug + 'static {
     fn load<'a>(&'a self, saga_id: &'a str) -> BoxFuture<'a, Result<Option<SagaLog>, StoreError>>;
 
     /// Summaries matching `filter`, in saga id order.
-    fn list<'a>(&'a self, filter: &'a ListFilter)
-    -> BoxFuture<'a, Result<Vec<SagaSummary>, StoreError>>;
+    fn list<'a>(
+        &'a self,
+        filter: &'a ListFilter,
+    ) -> BoxFuture<'a, Result<Vec<SagaSummary>, StoreError>>;
 
     /// Marks a saga quarantined with a reason, leaving its log untouched.
     fn quarantine<'a>(

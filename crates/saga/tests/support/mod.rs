@@ -62,6 +62,12 @@ pub enum Script {
     Hang,
 }
 
+/// What a scripted step returns.
+pub type StepFuture = futures_util::future::BoxFuture<'static, Result<Trail, StepError>>;
+
+/// Changes a scripted step's behaviour from the test.
+pub type Switch = Arc<Mutex<Script>>;
+
 pub fn fast_retry(max_attempts: u32) -> RetryPolicy {
     RetryPolicy::new(max_attempts).backoff(
         Backoff::constant(Duration::from_millis(10))
@@ -79,11 +85,8 @@ pub fn scripted(
     script: Script,
     calls: &Calls,
 ) -> (
-    impl Fn(Trail, StepContext) -> futures_util::future::BoxFuture<'static, Result<Trail, StepError>>
-    + Send
-    + Sync
-    + 'static,
-    Arc<Mutex<Script>>,
+    impl Fn(Trail, StepContext) -> StepFuture + Send + Sync + 'static,
+    Switch,
 ) {
     let switch = Arc::new(Mutex::new(script));
     let count = Arc::new(AtomicU32::new(0));
@@ -103,31 +106,36 @@ pub fn scripted(
         });
         let script = *sw.lock().unwrap();
         let label = format!("{name}:{phase}");
-        let fut: futures_util::future::BoxFuture<'static, Result<Trail, StepError>> =
-            Box::pin(async move {
-                match script {
-                    Script::Ok => {}
-                    Script::Fail => return Err(StepError::fail(format!("{label} declined"))),
-                    Script::RetryThen(k) if n <= k => {
-                        return Err(StepError::retryable(format!("{label} unavailable")));
-                    }
-                    Script::RetryThen(_) => {}
-                    Script::AlwaysRetry => {
-                        return Err(StepError::retryable(format!("{label} unavailable")));
-                    }
-                    Script::Panic => panic!("{label} exploded"),
-                    Script::Hang => std::future::pending::<()>().await,
+        let fut: StepFuture = Box::pin(async move {
+            let transient = match script {
+                Script::RetryThen(k) => n <= k,
+                Script::AlwaysRetry => true,
+                _ => false,
+            };
+            match script {
+                _ if transient => {
+                    return Err(StepError::retryable(format!("{label} unavailable")));
                 }
-                trail.done.push(label);
-                Ok(trail)
-            });
+                Script::Fail => return Err(StepError::fail(format!("{label} declined"))),
+                Script::Panic => panic!("{label} exploded"),
+                Script::Hang => std::future::pending::<()>().await,
+                Script::Ok | Script::RetryThen(_) | Script::AlwaysRetry => {}
+            }
+            trail.done.push(label);
+            Ok(trail)
+        });
         fut
     };
     (f, switch)
 }
 
 /// A step with a scripted action and (if given) a scripted compensation; fast retries.
-pub fn step(name: &str, action: Script, compensation: Option<Script>, calls: &Calls) -> Step<Trail> {
+pub fn step(
+    name: &str,
+    action: Script,
+    compensation: Option<Script>,
+    calls: &Calls,
+) -> Step<Trail> {
     let (a, _) = scripted(name, Phase::Action, action, calls);
     let mut step = Step::new(name, a)
         .retry(fast_retry(3))
@@ -164,10 +172,8 @@ impl TempDir {
     pub fn new(tag: &str) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
-        let dir = std::env::temp_dir().join(format!(
-            "staunch-saga-{tag}-{}-{n}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("staunch-saga-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)

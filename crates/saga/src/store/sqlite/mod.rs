@@ -5,9 +5,8 @@
 //! statements in one transaction, commits once (one fsync for the whole batch) and only then
 //! answers each appender. Reads use a separate small pool; WAL lets them run beside the
 //! writer. Sequence numbers are checked by the writer against a cache of each unfinished
-//! saga's next sequence number, so a store file must be opened by one process at a time.
+//! saga's next sequence number and status, so a store file must be opened by one process at a time.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,11 +21,14 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Append, Created, ListFilter, NewSaga, SagaLog, SagaStatus, SagaStore, SagaSummary,
-    StoredEvent,
+    Append, Created, ListFilter, NewSaga, SagaLog, SagaStatus, SagaStore, SagaSummary, StoredEvent,
 };
+
+mod writer;
+
 use crate::error::StoreError;
 use staunch_core::ConfigError;
+use writer::{Request, placeholders, writer};
 
 /// The schema version this build creates and reads.
 const SCHEMA_VERSION: i64 = 1;
@@ -41,7 +43,6 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             version INTEGER NOT NULL,
             status TEXT NOT NULL,
             note TEXT,
-            next_seq INTEGER NOT NULL,
             updated_at_ms INTEGER NOT NULL
         ) WITHOUT ROWID",
         "CREATE INDEX staunch_sagas_status ON staunch_sagas (status, saga_id)",
@@ -53,9 +54,6 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
         ) WITHOUT ROWID",
     ],
 )];
-
-/// Rows per multi-row statement (3 or 7 parameters each; well under SQLite's limit).
-const ROWS_PER_STATEMENT: usize = 500;
 
 /// How hard SQLite syncs on commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -115,7 +113,10 @@ impl SqliteStoreBuilder {
             return Err(config(ConfigError::new("max_batch", "must be at least 1")));
         }
         if self.read_connections == 0 {
-            return Err(config(ConfigError::new("read_connections", "must be at least 1")));
+            return Err(config(ConfigError::new(
+                "read_connections",
+                "must be at least 1",
+            )));
         }
         let sync = match self.synchronous {
             SqliteSynchronous::Full => SqlxSynchronous::Full,
@@ -244,7 +245,10 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {
     for (version, statements) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
         let mut tx = conn.begin().await.map_err(db)?;
         for statement in *statements {
-            sqlx::query(*statement).execute(&mut *tx).await.map_err(db)?;
+            sqlx::query(*statement)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
         }
         sqlx::query("INSERT INTO staunch_saga_schema (version) VALUES (?)")
             .bind(version)
@@ -255,268 +259,6 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {
         tracing::debug!(version, "saga store schema migrated");
     }
     Ok(())
-}
-
-enum Request {
-    Create(NewSaga, oneshot::Sender<Result<Created, StoreError>>),
-    Append(Append, oneshot::Sender<Result<(), StoreError>>),
-    Quarantine(String, String, oneshot::Sender<Result<(), StoreError>>),
-}
-
-impl Request {
-    fn saga_id(&self) -> &str {
-        match self {
-            Self::Create(n, _) => &n.saga_id,
-            Self::Append(a, _) => &a.saga_id,
-            Self::Quarantine(id, _, _) => id,
-        }
-    }
-}
-
-/// What one request turned into, before the commit says whether it happened.
-enum Planned {
-    Created(oneshot::Sender<Result<Created, StoreError>>),
-    Exists(oneshot::Sender<Result<Created, StoreError>>),
-    Appended(oneshot::Sender<Result<(), StoreError>>),
-    Refused(oneshot::Sender<Result<(), StoreError>>, StoreError),
-    Quarantined(oneshot::Sender<Result<(), StoreError>>),
-}
-
-/// The upserted summary of one saga in a batch.
-struct SummaryRow {
-    definition: String,
-    version: u32,
-    status: SagaStatus,
-    note: Option<String>,
-    next_seq: u64,
-}
-
-async fn writer(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Request>, max_batch: usize) {
-    // Next sequence number of sagas this writer has seen and that are not finished. `None`:
-    // the saga does not exist.
-    let mut seqs: HashMap<Arc<str>, Option<u64>> = HashMap::new();
-    let mut batch = Vec::with_capacity(max_batch);
-    while rx.recv_many(&mut batch, max_batch).await > 0 {
-        if let Err(e) = fill_cache(&mut conn, &mut seqs, &batch).await {
-            fail_all(batch.drain(..), &e);
-            continue;
-        }
-        let mut overlay: HashMap<Arc<str>, Option<u64>> = HashMap::new();
-        let mut summaries: HashMap<Arc<str>, SummaryRow> = HashMap::new();
-        let mut events: Vec<(Arc<str>, u64, String)> = Vec::new();
-        let mut quarantines: Vec<(String, String)> = Vec::new();
-        let mut planned = Vec::with_capacity(batch.len());
-        for request in batch.drain(..) {
-            let id: Arc<str> = Arc::from(request.saga_id());
-            let next = overlay
-                .get(&id)
-                .or_else(|| seqs.get(&id))
-                .copied()
-                .flatten();
-            match request {
-                Request::Create(new, reply) => {
-                    if next.is_some() {
-                        planned.push(Planned::Exists(reply));
-                        continue;
-                    }
-                    let n = new.events.len() as u64;
-                    for (i, payload) in new.events.into_iter().enumerate() {
-                        events.push((Arc::clone(&id), i as u64, payload));
-                    }
-                    summaries.insert(
-                        Arc::clone(&id),
-                        SummaryRow {
-                            definition: new.definition.to_string(),
-                            version: new.version,
-                            status: new.status,
-                            note: None,
-                            next_seq: n,
-                        },
-                    );
-                    overlay.insert(id, Some(n));
-                    planned.push(Planned::Created(reply));
-                }
-                Request::Append(append, reply) => {
-                    if next != Some(append.first_seq) {
-                        planned.push(Planned::Refused(
-                            reply,
-                            StoreError::Conflict {
-                                saga_id: id.to_string(),
-                                expected: append.first_seq,
-                                actual: next,
-                            },
-                        ));
-                        continue;
-                    }
-                    let n = append.first_seq + append.events.len() as u64;
-                    for (i, payload) in append.events.into_iter().enumerate() {
-                        events.push((Arc::clone(&id), append.first_seq + i as u64, payload));
-                    }
-                    let row = summaries.entry(Arc::clone(&id)).or_insert(SummaryRow {
-                        definition: String::new(),
-                        version: 0,
-                        status: append.status,
-                        note: None,
-                        next_seq: n,
-                    });
-                    row.status = append.status;
-                    row.note = append.note;
-                    row.next_seq = n;
-                    overlay.insert(id, Some(n));
-                    planned.push(Planned::Appended(reply));
-                }
-                Request::Quarantine(saga_id, reason, reply) => {
-                    quarantines.push((saga_id, reason));
-                    planned.push(Planned::Quarantined(reply));
-                }
-            }
-        }
-        let written = write_batch(&mut conn, &events, &summaries, &quarantines).await;
-        match written {
-            Ok(()) => {
-                for (id, next) in overlay {
-                    let finished = summaries
-                        .get(&id)
-                        .is_some_and(|s| s.status.is_terminal());
-                    if finished {
-                        seqs.remove(&id);
-                    } else {
-                        seqs.insert(id, next);
-                    }
-                }
-                for p in planned {
-                    match p {
-                        Planned::Created(r) => drop(r.send(Ok(Created::New))),
-                        Planned::Exists(r) => drop(r.send(Ok(Created::Exists))),
-                        Planned::Appended(r) | Planned::Quarantined(r) => drop(r.send(Ok(()))),
-                        Planned::Refused(r, e) => drop(r.send(Err(e))),
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "saga store batch failed");
-                for p in planned {
-                    let err = || StoreError::Database(e.to_string());
-                    match p {
-                        Planned::Created(r) | Planned::Exists(r) => drop(r.send(Err(err()))),
-                        Planned::Appended(r) | Planned::Quarantined(r) | Planned::Refused(r, _) => {
-                            drop(r.send(Err(err())));
-                        }
-                    }
-                }
-            }
-        }
-        if seqs.len() > 1_000_000 {
-            // Bounded memory: the cache is reloaded from the file on a miss.
-            seqs.clear();
-        }
-    }
-}
-
-fn fail_all(requests: impl Iterator<Item = Request>, e: &StoreError) {
-    for request in requests {
-        let err = StoreError::Database(e.to_string());
-        match request {
-            Request::Create(_, r) => drop(r.send(Err(err))),
-            Request::Append(_, r) | Request::Quarantine(_, _, r) => drop(r.send(Err(err))),
-        }
-    }
-}
-
-/// Loads the next sequence number of every saga in the batch that the cache does not know.
-async fn fill_cache(
-    conn: &mut SqliteConnection,
-    seqs: &mut HashMap<Arc<str>, Option<u64>>,
-    batch: &[Request],
-) -> Result<(), StoreError> {
-    let mut missing: Vec<&str> = batch
-        .iter()
-        .filter(|r| !matches!(r, Request::Quarantine(..)))
-        .map(Request::saga_id)
-        .filter(|id| !seqs.contains_key(*id))
-        .collect();
-    missing.sort_unstable();
-    missing.dedup();
-    for chunk in missing.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "SELECT saga_id, next_seq FROM staunch_sagas WHERE saga_id IN ({})",
-            placeholders(chunk.len(), 1)
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(false);
-        for id in chunk {
-            query = query.bind(*id);
-        }
-        let rows = query.fetch_all(&mut *conn).await.map_err(db)?;
-        for id in chunk {
-            seqs.insert(Arc::from(*id), None);
-        }
-        for row in rows {
-            let id: String = row.try_get(0).map_err(db)?;
-            let next: i64 = row.try_get(1).map_err(db)?;
-            seqs.insert(Arc::from(id), Some(next as u64));
-        }
-    }
-    Ok(())
-}
-
-fn placeholders(rows: usize, columns: usize) -> String {
-    let one = format!("({})", vec!["?"; columns].join(","));
-    if columns == 1 {
-        return vec!["?"; rows].join(",");
-    }
-    vec![one; rows].join(",")
-}
-
-async fn write_batch(
-    conn: &mut SqliteConnection,
-    events: &[(Arc<str>, u64, String)],
-    summaries: &HashMap<Arc<str>, SummaryRow>,
-    quarantines: &[(String, String)],
-) -> Result<(), sqlx::Error> {
-    let now = crate::runner::now_ms().cast_signed();
-    let mut tx = conn.begin().await?;
-    for chunk in events.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO staunch_saga_events (saga_id, seq, payload) VALUES {}",
-            placeholders(chunk.len(), 3)
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(chunk.len() == ROWS_PER_STATEMENT);
-        for (id, seq, payload) in chunk {
-            query = query.bind(&**id).bind((*seq).cast_signed()).bind(payload.as_str());
-        }
-        query.execute(&mut *tx).await?;
-    }
-    let rows: Vec<_> = summaries.iter().collect();
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO staunch_sagas (saga_id, definition, version, status, note, next_seq, updated_at_ms) VALUES {} \
-             ON CONFLICT (saga_id) DO UPDATE SET status = excluded.status, note = excluded.note, \
-             next_seq = excluded.next_seq, updated_at_ms = excluded.updated_at_ms",
-            placeholders(chunk.len(), 7)
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql)).persistent(chunk.len() == ROWS_PER_STATEMENT);
-        for (id, row) in chunk {
-            query = query
-                .bind(&***id)
-                .bind(row.definition.as_str())
-                .bind(i64::from(row.version))
-                .bind(row.status.as_str())
-                .bind(row.note.as_deref())
-                .bind(row.next_seq.cast_signed())
-                .bind(now);
-        }
-        query.execute(&mut *tx).await?;
-    }
-    for (id, reason) in quarantines {
-        sqlx::query("UPDATE staunch_sagas SET status = ?, note = ?, updated_at_ms = ? WHERE saga_id = ?")
-            .bind(SagaStatus::Quarantined.as_str())
-            .bind(reason.as_str())
-            .bind(now)
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await
 }
 
 fn summary_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<SagaSummary, StoreError> {
