@@ -22,6 +22,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// No timer is armed and the clock is not read when the inner future finishes on its first
 /// poll (requests carrying a deadline read the clock once, to refuse expired ones).
 ///
+/// Readiness is the inner service's: `poll_ready` passes its result through (boxed) and is not
+/// timed, as with tower's `Timeout`; bound the wait for capacity where it is queued (e.g. a
+/// bulkhead's maximum wait).
+///
 /// Built by [`TimeoutLayer`](crate::TimeoutLayer). Engine users who want the typed
 /// [`Elapsed`](crate::Elapsed) rather than a boxed error call [`TimeLimit::run_with`] directly.
 #[derive(Debug, Clone)]
