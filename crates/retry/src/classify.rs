@@ -63,11 +63,13 @@ pub trait RetryClassify<Res> {
 /// own response type in one line: `impl staunch_retry::RetryResponse for MyResponse {}`.
 pub trait RetryResponse {
     /// The HTTP status, if the response has one.
+    #[inline]
     fn status(&self) -> Option<StatusCode> {
         None
     }
 
     /// The headers (for `Retry-After`, `grpc-status`, `grpc-retry-pushback-ms`), if any.
+    #[inline]
     fn headers(&self) -> Option<&HeaderMap> {
         None
     }
@@ -237,9 +239,13 @@ impl RetryOn {
 }
 
 impl<Res: RetryResponse> RetryClassify<Res> for RetryOn {
+    #[inline]
     fn classify(&self, result: Result<&Res, &BoxError>) -> Verdict {
         match result {
-            Ok(res) => self.response(res.status(), res.headers()),
+            Ok(res) => match (res.status(), res.headers()) {
+                (None, None) => Verdict::Done,
+                (status, headers) => self.response(status, headers),
+            },
             Err(err) if (self.errors)(&**err) => Verdict::Retry,
             Err(_) => Verdict::Done,
         }

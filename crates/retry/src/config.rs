@@ -12,7 +12,7 @@ use std::future::Future;
 use crate::BoxError;
 use crate::budget::RetryBudget;
 use crate::classify::{RetryClassify, RetryOn, RetryResponse};
-use crate::engine::Machine;
+use crate::engine::{Handle, Machine};
 use crate::future::{FnAttempts, RetryCall};
 use crate::metrics::{GiveUp, RetryMetrics, Retrying};
 
@@ -183,12 +183,11 @@ impl RetryPolicy {
         E: Into<BoxError>,
     {
         self.shared.budget.deposit();
-        RetryCall::new(Machine::idle(
-            FnAttempts(f),
+        let handle = Arc::new(Handle {
+            policy: self.clone(),
             classify,
-            self.limits,
-            Arc::new(self.clone()),
-        ))
+        });
+        RetryCall::new(Machine::idle(FnAttempts(f), self.limits, handle))
     }
 }
 

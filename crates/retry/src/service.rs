@@ -7,9 +7,10 @@ use std::task::{Context, Poll};
 use tower_service::Service;
 
 use crate::BoxError;
+use crate::budget::RetryBudget;
 use crate::classify::{RetryClassify, RetryOn};
-use crate::config::RetryPolicy;
-use crate::engine::{Attempts, Machine};
+use crate::config::{Limits, RetryPolicy};
+use crate::engine::{Attempts, Handle, Machine};
 use crate::future::ResponseFuture;
 use crate::request::RetryRequest;
 
@@ -26,25 +27,31 @@ use crate::request::RetryRequest;
 /// future under the same condition, so that a retry can call it again.
 pub struct Retry<S, C = RetryOn> {
     inner: S,
-    policy: Arc<RetryPolicy>,
-    classify: C,
+    // The budget and the limits are also in the handle; kept here too so the success path
+    // reaches them without chasing pointers.
+    budget: RetryBudget,
+    limits: Limits,
+    handle: Arc<Handle<C>>,
 }
 
 impl<S: Clone, C: Clone> Clone for Retry<S, C> {
-    /// Clones the inner service and the classifier, and gives the clone a policy handle of
-    /// its own (one small allocation).
+    /// Clones the inner service, and gives the clone a handle of its own on the policy and
+    /// the classifier (one small allocation).
     ///
     /// Why not share the handle: each response future that may retry holds a reference to
-    /// the policy. With one shared `Arc`, every call on every thread would increment and
-    /// decrement the same counter, and that cache line would bounce between cores on every
-    /// call. With a handle per clone, as tower services are cloned per task or connection,
-    /// the counter stays with the thread that uses it. The policy itself (budget, counters)
-    /// is still shared.
+    /// it. With one shared `Arc`, every call on every thread would increment and decrement
+    /// the same counter, and that cache line would bounce between cores on every call. With
+    /// a handle per clone, as tower services are cloned per task or connection, the counter
+    /// stays with the thread that uses it. The policy itself (budget, counters) is shared.
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            policy: Arc::new(RetryPolicy::clone(&self.policy)),
-            classify: self.classify.clone(),
+            budget: self.budget.clone(),
+            limits: self.limits,
+            handle: Arc::new(Handle {
+                policy: self.handle.policy.clone(),
+                classify: self.handle.classify.clone(),
+            }),
         }
     }
 }
@@ -53,8 +60,8 @@ impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for Retry<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Retry")
             .field("inner", &self.inner)
-            .field("policy", &self.policy)
-            .field("classify", &self.classify)
+            .field("policy", &self.handle.policy)
+            .field("classify", &self.handle.classify)
             .finish()
     }
 }
@@ -64,14 +71,15 @@ impl<S, C> Retry<S, C> {
     pub fn new(inner: S, policy: RetryPolicy, classify: C) -> Self {
         Self {
             inner,
-            policy: Arc::new(policy),
-            classify,
+            budget: policy.shared.budget.clone(),
+            limits: policy.limits,
+            handle: Arc::new(Handle { policy, classify }),
         }
     }
 
     /// The policy (and through it the budget and the metrics).
     pub fn policy(&self) -> &RetryPolicy {
-        &self.policy
+        &self.handle.policy
     }
 
     /// The inner service.
@@ -90,7 +98,7 @@ where
     S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     Req: RetryRequest,
-    C: RetryClassify<S::Response> + Clone,
+    C: RetryClassify<S::Response>,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -103,26 +111,20 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        self.policy.shared.budget.deposit();
-        let limits = self.policy.limits;
+        self.budget.deposit();
+        let limits = self.limits;
         let backup = if limits.may_retry(req.is_idempotent()) {
             req.try_replay()
         } else {
             None
         };
         let first = self.inner.call(req);
-        let (service, policy) = match backup {
-            Some(_) => (Some(self.inner.clone()), Some(Arc::clone(&self.policy))),
+        let (service, handle) = match backup {
+            Some(_) => (Some(self.inner.clone()), Some(Arc::clone(&self.handle))),
             None => (None, None),
         };
         let attempts = ServiceAttempts { service, backup };
-        ResponseFuture::new(Machine::running(
-            first,
-            attempts,
-            self.classify.clone(),
-            limits,
-            policy,
-        ))
+        ResponseFuture::new(Machine::running(first, attempts, limits, handle))
     }
 }
 
