@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::config::{CircuitBreakerConfig, HalfOpenTransition, OpenDuration};
 use crate::events::Event;
-use crate::lane::{Hot, Lane, TimeBucket};
+use crate::lane::{Hot, Lane, TimeBucket, WARMING};
 use crate::state::{State, Word};
 use crate::window::{Counts, TimeGeometry, Window};
 
@@ -98,7 +98,7 @@ impl Core {
         let base = Instant::now();
         let hot = Arc::new(CachePadded::new(Hot {
             state: Word::new(0, State::Closed).0.into(),
-            consecutive: 0.into(),
+            consecutive: WARMING.into(),
             open_until: 0.into(),
             probes: 0.into(),
             half_open_until: 0.into(),
@@ -208,9 +208,9 @@ impl Core {
         slow.slow_calls += u64::from(is_slow);
         slow.other_successes += u64::from(!failure);
         let consecutive = if failure {
-            self.hot.consecutive.fetch_add(1, Ordering::Relaxed) + 1
+            (self.hot.consecutive.fetch_add(1, Ordering::Relaxed) & !WARMING) + 1
         } else {
-            self.hot.consecutive.store(0, Ordering::Relaxed);
+            self.hot.consecutive.fetch_and(WARMING, Ordering::Relaxed);
             0
         };
         let now = self.now_nanos();
@@ -219,6 +219,7 @@ impl Core {
         slow.window
             .record(failure, is_slow, lanes, word.generation(), epoch);
         let counts = slow.window.counts(lanes, word.generation(), epoch);
+        self.track_warming(counts);
         #[cfg(feature = "metrics")]
         self.metrics.window(&counts);
         if word.state() != State::Closed {
@@ -235,6 +236,32 @@ impl Core {
         };
         if let Some(reason) = reason {
             self.open(&mut slow, word, now, reason);
+        }
+    }
+
+    /// A success while the window was below `minimum_calls`: it may be the call that brings
+    /// the window to the minimum with the failure rate already over the threshold.
+    pub(crate) fn on_warming_success(&self, word: Word) {
+        let mut slow = self.lock();
+        if self.word() != word {
+            return;
+        }
+        let counts = self.counts(&mut slow, word);
+        self.track_warming(counts);
+        if word.state() == State::Closed
+            && let Some(reason) = self.rate_exceeded(counts)
+        {
+            let now = self.now_nanos();
+            self.open(&mut slow, word, now, reason);
+        }
+    }
+
+    /// Successes skip the window's evaluation unless the window is below `minimum_calls`.
+    fn track_warming(&self, counts: Counts) {
+        if counts.calls < u64::from(self.config.minimum_calls) {
+            self.hot.consecutive.fetch_or(WARMING, Ordering::Relaxed);
+        } else {
+            self.hot.consecutive.fetch_and(!WARMING, Ordering::Relaxed);
         }
     }
 
@@ -349,7 +376,7 @@ impl Core {
             schedule.reset();
         }
         slow.last_open = Duration::ZERO;
-        self.hot.consecutive.store(0, Ordering::Relaxed);
+        self.hot.consecutive.store(WARMING, Ordering::Relaxed);
         self.publish(slow, from, to, reason);
     }
 
@@ -438,8 +465,10 @@ impl Core {
             return;
         };
         let core = self.lanes[0].core.clone();
+        // The deadline is fixed now, not when the task first runs.
+        let deadline = Instant::now() + after;
         runtime.spawn(async move {
-            tokio::time::sleep(after).await;
+            tokio::time::sleep_until(deadline).await;
             if let Some(core) = core.upgrade() {
                 match timer {
                     Timer::HalfOpen => core.to_half_open(word),

@@ -24,8 +24,11 @@ use crate::window::TimeGeometry;
 pub(crate) struct Hot {
     /// The state [`Word`](crate::state::Word).
     pub(crate) state: AtomicU64,
-    /// Failures in a row (reset by a success, read before writing so steady successes leave
-    /// the line clean).
+    /// Failures in a row, plus the [`WARMING`] bit while the window holds fewer than
+    /// `minimum_calls` calls. Zero in the steady state, so a success only reads it; when it is
+    /// not zero the success takes the slow path (to reset the count, or because a success may
+    /// be the call that brings the window to `minimum_calls` with a failure rate over the
+    /// threshold).
     pub(crate) consecutive: AtomicU64,
     /// Open state: when the breaker may go half-open, in ns since `Core::base`.
     pub(crate) open_until: AtomicU64,
@@ -34,6 +37,9 @@ pub(crate) struct Hot {
     /// Half-open: when the probes are given up on, in ns since `Core::base`.
     pub(crate) half_open_until: AtomicU64,
 }
+
+/// The bit of [`Hot::consecutive`] set while the window is below `minimum_calls`.
+pub(crate) const WARMING: u64 = 1 << 63;
 
 /// One shard of the hot counters.
 #[derive(Debug)]

@@ -12,7 +12,7 @@ use staunch_core::Outcome;
 use tokio::time::Instant;
 
 use crate::core::{lane_epoch, nanos};
-use crate::lane::Lane;
+use crate::lane::{Lane, WARMING};
 use crate::state::Word;
 use crate::window::TimeGeometry;
 
@@ -147,13 +147,13 @@ impl Permit {
         // The common case inline: a closed-state success, no clock, count window.
         if outcome == Outcome::Success && self.kind() == Kind::Window && lane.plain {
             let hot = &*lane.hot;
-            if hot.state.load(Ordering::Acquire) == self.word.0 {
-                if hot.consecutive.load(Ordering::Relaxed) != 0 {
-                    hot.consecutive.store(0, Ordering::Relaxed);
-                }
-                lane.successes.fetch_add(1, Ordering::Relaxed);
+            if hot.state.load(Ordering::Acquire) != self.word.0 {
+                return; // from an older state: discarded
             }
-            return;
+            if hot.consecutive.load(Ordering::Relaxed) == 0 {
+                lane.successes.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         }
         self.finish_slow(&lane, outcome);
     }
@@ -172,8 +172,9 @@ impl Permit {
                 }
                 let (is_slow, now) = self.timing(lane);
                 if outcome == Outcome::Success && !is_slow {
-                    if hot.consecutive.load(Ordering::Relaxed) != 0 {
-                        hot.consecutive.store(0, Ordering::Relaxed);
+                    let consecutive = hot.consecutive.load(Ordering::Relaxed);
+                    if consecutive & !WARMING != 0 {
+                        hot.consecutive.fetch_and(WARMING, Ordering::Relaxed);
                     }
                     lane.successes.fetch_add(1, Ordering::Relaxed);
                     if let Some(geometry) = lane.time {
@@ -181,6 +182,11 @@ impl Permit {
                         let epoch = lane_epoch(geometry, lane, now);
                         lane.buckets[geometry.index(epoch)]
                             .add(TimeGeometry::tag(self.word.generation(), epoch));
+                    }
+                    if consecutive & WARMING != 0
+                        && let Some(core) = lane.core.upgrade()
+                    {
+                        core.on_warming_success(self.word);
                     }
                 } else if let Some(core) = lane.core.upgrade() {
                     core.on_event(self.word, outcome == Outcome::Failure, is_slow);
