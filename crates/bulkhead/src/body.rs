@@ -149,7 +149,7 @@ pin_project! {
         future: Option<F>,
         permit: Option<Permit>,
         classifier: Option<C>,
-        rejected: Option<BulkheadFull>,
+        rejected: Option<Box<BulkheadFull>>,
     }
 }
 
@@ -173,7 +173,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         if let Some(full) = this.rejected.take() {
-            return Poll::Ready(Err(full.into()));
+            return Poll::Ready(Err(full));
         }
         let Some(future) = this.future.as_mut().as_pin_mut() else {
             panic!("`HttpResponseFuture` polled after completion");

@@ -47,6 +47,8 @@ pub(crate) struct Inner {
     pub(crate) permits: Permits,
     /// `adaptive.is_some()`, next to the counter so the fast path reads one cache line.
     is_adaptive: bool,
+    /// Permits of an adaptive bulkhead record their start as nanoseconds since this instant.
+    epoch: Instant,
     pub(crate) name: Arc<str>,
     pub(crate) max_wait: Duration,
     pub(crate) max_queued: usize,
@@ -95,6 +97,7 @@ impl Bulkhead {
             inner: Arc::new(Inner {
                 permits: Permits::new(max_concurrent),
                 is_adaptive: adaptive.is_some(),
+                epoch: Instant::now(),
                 name,
                 max_wait,
                 max_queued,
@@ -322,7 +325,11 @@ impl Inner {
 #[must_use = "the permit is released as soon as it is dropped"]
 pub struct Permit {
     bulkhead: Bulkhead,
-    started: Option<Instant>,
+    /// When the permit was granted, as nanoseconds since `Inner::epoch` plus one; zero when
+    /// the bulkhead is not adaptive. A plain integer rather than `Option<Instant>`: it keeps
+    /// `Option<Permit>` the size of a pointer-tagged value and the fast path free of the
+    /// narrow stores an `Instant` niche would need.
+    started: u64,
 }
 
 impl fmt::Debug for Permit {
@@ -337,7 +344,14 @@ impl Permit {
     /// Wraps a permit already counted in `bulkhead`'s `in_flight`.
     #[inline]
     pub(crate) fn new(bulkhead: Bulkhead) -> Self {
-        let started = bulkhead.inner.is_adaptive.then(Instant::now);
+        let started = if bulkhead.inner.is_adaptive {
+            let since = Instant::now().saturating_duration_since(bulkhead.inner.epoch);
+            u64::try_from(since.as_nanos())
+                .unwrap_or(u64::MAX - 1)
+                .saturating_add(1)
+        } else {
+            0
+        };
         Self { bulkhead, started }
     }
 
@@ -350,13 +364,15 @@ impl Permit {
     /// is measured from when the permit was granted). Without an adaptive limit this is the
     /// same as dropping the permit.
     pub fn record(mut self, outcome: Outcome) {
-        if let Some(started) = self.started.take() {
-            self.bulkhead.inner.sample(started, outcome);
+        let started = std::mem::take(&mut self.started);
+        if started != 0 {
+            let inner = &self.bulkhead.inner;
+            inner.sample(inner.epoch + Duration::from_nanos(started - 1), outcome);
         }
     }
 
     pub(crate) fn wants_outcome(&self) -> bool {
-        self.started.is_some()
+        self.started != 0
     }
 }
 

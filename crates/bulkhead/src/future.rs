@@ -36,7 +36,8 @@ pin_project! {
             classifier: Option<C>,
         },
         Rejected {
-            full: Option<BulkheadFull>,
+            // Boxed once here; it becomes the `BoxError` without another allocation.
+            full: Option<Box<BulkheadFull>>,
         },
     }
 }
@@ -52,7 +53,7 @@ impl<F, C> ResponseFuture<F, C> {
         }
     }
 
-    pub(crate) fn rejected(full: BulkheadFull) -> Self {
+    pub(crate) fn rejected(full: Box<BulkheadFull>) -> Self {
         Self {
             kind: Kind::Rejected { full: Some(full) },
         }
@@ -100,7 +101,7 @@ where
                 let full = full
                     .take()
                     .expect("`ResponseFuture` polled after completion");
-                Poll::Ready(Err(full.into()))
+                Poll::Ready(Err(full))
             }
         }
     }

@@ -25,26 +25,29 @@ use crate::bulkhead::{Bulkhead, Permit};
 use crate::future::ResponseFuture;
 
 /// Reservation state of one service handle: the bounded wait of `poll_ready`.
+///
+/// The reserved permit has a field of its own, apart from the rarer states, so the fast path
+/// writes and reads it with full-width moves only.
 pub(crate) struct Gate {
     bulkhead: Bulkhead,
-    state: GateState,
+    permit: Option<Permit>,
+    slow: Slow,
 }
 
-enum GateState {
-    Idle,
-    // Boxed: only callers that wait pay for the bigger state.
+enum Slow {
+    None,
+    // Boxed: only callers that wait or are rejected pay for the bigger states.
     Waiting(Box<Acquire>),
-    Reserved(Permit),
-    Rejected(BulkheadFull),
+    Rejected(Box<BulkheadFull>),
 }
 
 impl fmt::Debug for Gate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match self.state {
-            GateState::Idle => "idle",
-            GateState::Waiting(_) => "waiting",
-            GateState::Reserved(_) => "reserved",
-            GateState::Rejected(_) => "rejected",
+        let state = match (&self.permit, &self.slow) {
+            (Some(_), _) => "reserved",
+            (None, Slow::None) => "idle",
+            (None, Slow::Waiting(_)) => "waiting",
+            (None, Slow::Rejected(_)) => "rejected",
         };
         f.debug_struct("Gate")
             .field("bulkhead", &self.bulkhead.name())
@@ -57,7 +60,8 @@ impl Gate {
     pub(crate) fn new(bulkhead: Bulkhead) -> Self {
         Self {
             bulkhead,
-            state: GateState::Idle,
+            permit: None,
+            slow: Slow::None,
         }
     }
 
@@ -69,21 +73,35 @@ impl Gate {
     /// `false` when the next call is to be rejected.
     #[inline]
     pub(crate) fn poll_reserve(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        if self.permit.is_some() {
+            return Poll::Ready(true);
+        }
+        if let Slow::None = self.slow
+            && self.bulkhead.inner.permits.try_acquire()
+        {
+            self.permit = Some(Permit::new(self.bulkhead.clone()));
+            return Poll::Ready(true);
+        }
+        self.poll_reserve_slow(cx)
+    }
+
+    #[cold]
+    fn poll_reserve_slow(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
         loop {
-            match &mut self.state {
-                GateState::Reserved(_) => return Poll::Ready(true),
-                GateState::Rejected(_) => return Poll::Ready(false),
-                GateState::Idle => {
-                    if self.bulkhead.inner.permits.try_acquire() {
-                        self.state = GateState::Reserved(Permit::new(self.bulkhead.clone()));
+            match &mut self.slow {
+                Slow::Rejected(_) => return Poll::Ready(false),
+                Slow::None => self.slow = Slow::Waiting(Box::new(self.bulkhead.acquire())),
+                Slow::Waiting(acquire) => match Pin::new(&mut **acquire).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(permit)) => {
+                        self.slow = Slow::None;
+                        self.permit = Some(permit);
                         return Poll::Ready(true);
                     }
-                    self.state = GateState::Waiting(Box::new(self.bulkhead.acquire()));
-                }
-                GateState::Waiting(acquire) => match Pin::new(&mut **acquire).poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Ok(permit)) => self.state = GateState::Reserved(permit),
-                    Poll::Ready(Err(full)) => self.state = GateState::Rejected(full),
+                    Poll::Ready(Err(full)) => {
+                        self.slow = Slow::Rejected(Box::new(full));
+                        return Poll::Ready(false);
+                    }
                 },
             }
         }
@@ -95,10 +113,12 @@ impl Gate {
     ///
     /// When `poll_reserve` did not return `Ready` first (the tower contract).
     #[inline]
-    pub(crate) fn take(&mut self) -> Result<Permit, BulkheadFull> {
-        match std::mem::replace(&mut self.state, GateState::Idle) {
-            GateState::Reserved(permit) => Ok(permit),
-            GateState::Rejected(full) => Err(full),
+    pub(crate) fn take(&mut self) -> Result<Permit, Box<BulkheadFull>> {
+        if let Some(permit) = self.permit.take() {
+            return Ok(permit);
+        }
+        match std::mem::replace(&mut self.slow, Slow::None) {
+            Slow::Rejected(full) => Err(full),
             _ => panic!("bulkhead service called before `poll_ready` returned `Ready`"),
         }
     }
