@@ -12,11 +12,10 @@ use crate::error::{LoadError, SagaError};
 use crate::event::SagaEvent;
 use crate::metrics::{Count, Counters, SagaMetrics};
 use crate::outcome::{Published, RawOutcome, SagaHandle};
-use crate::replay::{Progress, Stage};
+use crate::recovery::{SagaTimeline, TimelineEntry, settled_outcome};
+use crate::replay::Progress;
 use crate::runner::Runner;
-use crate::store::{
-    Append, Created, ListFilter, NewSaga, SagaLog, SagaStatus, SagaStore, SagaSummary,
-};
+use crate::store::{Created, ListFilter, NewSaga, SagaStatus, SagaStore, SagaSummary};
 
 /// Runs sagas against a [`SagaStore`]. Cheap to clone; clones share everything.
 ///
@@ -24,7 +23,7 @@ use crate::store::{
 /// Register every definition before calling [`recover`](Self::recover).
 #[derive(Clone)]
 pub struct SagaEngine {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl fmt::Debug for SagaEngine {
@@ -46,13 +45,13 @@ pub(crate) struct Shared {
 /// Registered definitions by name and version.
 type Registry = HashMap<(Arc<str>, u32), Arc<dyn Resume>>;
 
-struct Live {
-    tx: watch::Sender<Published>,
-    running: bool,
+pub(crate) struct Live {
+    pub(crate) tx: watch::Sender<Published>,
+    pub(crate) running: bool,
 }
 
 /// A registered definition with its state type erased, so recovery can resume any saga.
-trait Resume: Send + Sync {
+pub(crate) trait Resume: Send + Sync {
     fn step_count(&self) -> usize;
     fn resume(
         &self,
@@ -92,14 +91,19 @@ fn spawn<S: SagaState>(mut runner: Runner<S>) {
 }
 
 impl Shared {
-    fn live(&self) -> MutexGuard<'_, HashMap<Arc<str>, Live>> {
+    pub(crate) fn live(&self) -> MutexGuard<'_, HashMap<Arc<str>, Live>> {
         // Held only for map operations that cannot panic half-way.
         self.live
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn publish(&self, id: &Arc<str>, definition: &str, result: Result<RawOutcome, SagaError>) {
+    pub(crate) fn publish(
+        &self,
+        id: &Arc<str>,
+        definition: &str,
+        result: Result<RawOutcome, SagaError>,
+    ) {
         let what = match &result {
             Ok(RawOutcome::Completed(_)) => Some(Count::Completed),
             Ok(RawOutcome::Compensated { .. }) => Some(Count::Compensated),
@@ -123,7 +127,7 @@ impl Shared {
         }
     }
 
-    fn definition(&self, name: &str, version: u32) -> Option<Arc<dyn Resume>> {
+    pub(crate) fn definition(&self, name: &str, version: u32) -> Option<Arc<dyn Resume>> {
         let registry = self
             .registry
             .read()
@@ -132,7 +136,7 @@ impl Shared {
     }
 
     /// Marks a saga as driven by a runner of this process; false if one already drives it.
-    fn claim(&self, id: &Arc<str>) -> bool {
+    pub(crate) fn claim(&self, id: &Arc<str>) -> bool {
         let mut live = self.live();
         match live.get_mut(id) {
             Some(l) if l.running => false,
@@ -148,7 +152,7 @@ impl Shared {
         }
     }
 
-    fn unclaim(&self, id: &str) {
+    pub(crate) fn unclaim(&self, id: &str) {
         let mut live = self.live();
         if let Some(l) = live.get_mut(id) {
             l.running = false;
@@ -170,43 +174,6 @@ impl Drop for ClaimGuard<'_> {
             self.shared.live().remove(&self.id);
         }
     }
-}
-
-/// What [`SagaEngine::recover`] did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RecoveryReport {
-    /// Sagas resumed.
-    pub resumed: Vec<String>,
-    /// Sagas that could not be loaded, now quarantined, with why.
-    pub quarantined: Vec<(String, LoadError)>,
-    /// Sagas skipped because this engine already runs them.
-    pub already_running: Vec<String>,
-}
-
-/// One row of a saga's timeline, as returned by [`SagaEngine::inspect`].
-#[derive(Debug, Clone)]
-pub struct TimelineEntry {
-    /// Position in the log.
-    pub seq: u64,
-    /// The decoded event, or why the row does not decode.
-    pub event: Result<SagaEvent, LoadError>,
-}
-
-/// A saga's summary and decoded log.
-#[derive(Debug, Clone)]
-pub struct SagaTimeline {
-    /// The summary row.
-    pub summary: SagaSummary,
-    /// Every log row, in order.
-    pub entries: Vec<TimelineEntry>,
-}
-
-fn decode_log(log: &SagaLog) -> Result<Vec<SagaEvent>, LoadError> {
-    log.events
-        .iter()
-        .map(|row| SagaEvent::decode(row.seq, &row.payload))
-        .collect()
 }
 
 impl SagaEngine {
@@ -357,87 +324,6 @@ impl SagaEngine {
             }
         }
     }
-
-    /// Resumes every saga whose log says it is running or compensating and that this engine
-    /// does not already run.
-    ///
-    /// A step whose attempt started without a recorded result is handled by its
-    /// [`OnInterrupted`](crate::OnInterrupted) setting: by default it runs again with the
-    /// same idempotency key, so delivery is at-least-once. A saga whose definition is not
-    /// registered, or whose log does not decode, is quarantined (status `Quarantined`, the
-    /// reason in its note, nothing deleted) and reported; the others are resumed.
-    pub async fn recover(&self) -> Result<RecoveryReport, SagaError> {
-        let filter = ListFilter {
-            statuses: vec![SagaStatus::Running, SagaStatus::Compensating],
-            ..ListFilter::default()
-        };
-        let mut report = RecoveryReport::default();
-        for summary in self.shared.store.list(&filter).await? {
-            let id: Arc<str> = Arc::from(summary.saga_id.as_str());
-            if !self.shared.claim(&id) {
-                report.already_running.push(summary.saga_id);
-                continue;
-            }
-            match self.resume(&id).await {
-                Ok(()) => {
-                    self.shared
-                        .counters
-                        .count(Count::Resumed, &summary.definition);
-                    report.resumed.push(summary.saga_id);
-                }
-                Err(ResumeError::Store(e)) => {
-                    self.shared.unclaim(&id);
-                    return Err(e.into());
-                }
-                Err(ResumeError::Load(error)) => {
-                    tracing::error!(saga_id = %id, %error, "saga quarantined: cannot be loaded");
-                    self.shared
-                        .store
-                        .quarantine(&id, &error.to_string())
-                        .await?;
-                    self.shared
-                        .counters
-                        .count(Count::Quarantined, &summary.definition);
-                    self.shared.publish_failure(&id, &error);
-                    report.quarantined.push((summary.saga_id, error));
-                }
-            }
-        }
-        Ok(report)
-    }
-
-    async fn resume(&self, id: &Arc<str>) -> Result<(), ResumeError> {
-        let log = self
-            .shared
-            .store
-            .load(id)
-            .await
-            .map_err(ResumeError::Store)?
-            .ok_or_else(|| {
-                ResumeError::Load(LoadError::Inconsistent("the saga vanished".into()))
-            })?;
-        let events = decode_log(&log).map_err(ResumeError::Load)?;
-        let progress = Progress::replay(&events).map_err(ResumeError::Load)?;
-        let def = self
-            .shared
-            .definition(&progress.definition, progress.version)
-            .ok_or_else(|| {
-                ResumeError::Load(LoadError::UnknownDefinition {
-                    name: progress.definition.clone(),
-                    version: progress.version,
-                })
-            })?;
-        if progress.step_count_seen() > def.step_count() {
-            return Err(ResumeError::Load(LoadError::Inconsistent(format!(
-                "the log mentions step {} but the definition has {} steps",
-                progress.step_count_seen() - 1,
-                def.step_count()
-            ))));
-        }
-        def.resume(&self.shared, Arc::clone(id), progress)
-            .map_err(ResumeError::Load)
-    }
-
     /// Sagas waiting for an operator.
     pub async fn stuck(&self) -> Result<Vec<SagaSummary>, SagaError> {
         self.list(&ListFilter::status(SagaStatus::Stuck)).await
@@ -471,170 +357,4 @@ impl SagaEngine {
     pub fn metrics(&self) -> SagaMetrics {
         self.shared.counters.snapshot()
     }
-
-    /// Operator: runs the stuck step (action or compensation) again with a fresh attempt
-    /// budget; the saga continues from there. Returns a handle for the new outcome.
-    pub async fn retry_stuck<S: SagaState>(
-        &self,
-        saga_id: &str,
-    ) -> Result<SagaHandle<S>, SagaError> {
-        self.operator(saga_id, |step| SagaEvent::OperatorRetried { step }, true)
-            .await
-    }
-
-    /// Operator: skips the stuck step (a skipped action counts as done, a skipped
-    /// compensation as done) and continues. Returns a handle for the new outcome.
-    pub async fn skip_stuck<S: SagaState>(
-        &self,
-        saga_id: &str,
-    ) -> Result<SagaHandle<S>, SagaError> {
-        self.operator(saga_id, |step| SagaEvent::OperatorSkipped { step }, true)
-            .await
-    }
-
-    /// Operator: marks a stuck saga resolved (terminal), with a note for the log.
-    pub async fn resolve(&self, saga_id: &str, note: impl Into<String>) -> Result<(), SagaError> {
-        let note = note.into();
-        let _: SagaHandle<()> = self
-            .operator(
-                saga_id,
-                move |_| SagaEvent::OperatorResolved { note: note.clone() },
-                false,
-            )
-            .await?;
-        Ok(())
-    }
-
-    async fn operator<S: SagaState>(
-        &self,
-        saga_id: &str,
-        event: impl Fn(u32) -> SagaEvent,
-        resume: bool,
-    ) -> Result<SagaHandle<S>, SagaError> {
-        let load_err = |error| SagaError::Load {
-            saga_id: saga_id.to_owned(),
-            error,
-        };
-        let log = self
-            .shared
-            .store
-            .load(saga_id)
-            .await?
-            .ok_or_else(|| SagaError::NotFound(saga_id.to_owned()))?;
-        let events = decode_log(&log).map_err(load_err)?;
-        let mut progress = Progress::replay(&events).map_err(load_err)?;
-        let Stage::Stuck { step, .. } = progress.stage else {
-            return Err(SagaError::NotStuck {
-                saga_id: saga_id.to_owned(),
-                status: log.summary.status,
-            });
-        };
-        let event = event(step);
-        tracing::info!(saga_id, ?event, "operator action");
-        let first_seq = progress.next_seq;
-        progress.apply(&event).map_err(load_err)?;
-        let (status, note) = progress.status();
-        let id: Arc<str> = Arc::from(saga_id);
-        let (tx, rx) = watch::channel(None);
-        if resume {
-            let mut live = self.shared.live();
-            if live.get(&id).is_some_and(|l| l.running) {
-                return Err(SagaError::NotStuck {
-                    saga_id: saga_id.to_owned(),
-                    status: SagaStatus::Running,
-                });
-            }
-            live.insert(Arc::clone(&id), Live { tx, running: true });
-        }
-        let append =
-            Append::new(Arc::clone(&id), first_seq, vec![event.encode()], status).with_note(note);
-        if let Err(e) = self.shared.store.append(append).await {
-            if resume {
-                self.shared.live().remove(&id);
-            }
-            return Err(e.into());
-        }
-        if !resume {
-            self.shared
-                .counters
-                .count(Count::Resolved, &log.summary.definition);
-            return Ok(SagaHandle::new(id, rx));
-        }
-        let def = self
-            .shared
-            .definition(&progress.definition, progress.version)
-            .ok_or_else(|| {
-                load_err(LoadError::UnknownDefinition {
-                    name: progress.definition.clone(),
-                    version: progress.version,
-                })
-            });
-        let resumed = def.and_then(|def| {
-            def.resume(&self.shared, Arc::clone(&id), progress)
-                .map_err(load_err)
-        });
-        if let Err(e) = resumed {
-            self.shared.unclaim(&id);
-            return Err(e);
-        }
-        self.shared
-            .counters
-            .count(Count::Resumed, &log.summary.definition);
-        Ok(SagaHandle::new(id, rx))
-    }
-}
-
-impl Shared {
-    fn publish_failure(&self, id: &Arc<str>, error: &LoadError) {
-        if let Some(live) = self.live().remove(id) {
-            live.tx
-                .send_replace(Some(Err(format!("quarantined: {error}"))));
-        }
-    }
-}
-
-enum ResumeError {
-    Store(crate::error::StoreError),
-    Load(LoadError),
-}
-
-/// The outcome of a saga that is stuck or terminal, from its log.
-fn settled_outcome<S: SagaState>(
-    log: &SagaLog,
-    def: &DefinitionInner<S>,
-) -> Result<RawOutcome, LoadError> {
-    let events = decode_log(log)?;
-    let progress = Progress::replay(&events)?;
-    let name = |i: u32| {
-        def.steps
-            .get(i as usize)
-            .map_or_else(|| format!("#{i}"), |s| s.name.to_string())
-    };
-    let state = || Arc::from(progress.state.clone());
-    Ok(match progress.stage {
-        Stage::Completed => RawOutcome::Completed(state()),
-        Stage::Compensated => {
-            let (failed, error) = progress.compensation.clone().unwrap_or_default();
-            RawOutcome::Compensated {
-                failed_step: name(failed),
-                error,
-                state: state(),
-            }
-        }
-        Stage::Stuck {
-            step,
-            phase,
-            ref error,
-        } => RawOutcome::Stuck {
-            step: name(step),
-            phase,
-            error: error.clone(),
-        },
-        Stage::Resolved { ref note } => RawOutcome::Resolved { note: note.clone() },
-        Stage::Forward | Stage::Compensating => {
-            return Err(LoadError::Inconsistent(
-                "the summary says settled but the log does not".into(),
-            ));
-        }
-    })
 }

@@ -94,7 +94,9 @@ mod engine;
 mod error;
 mod event;
 mod metrics;
+mod operator;
 mod outcome;
+mod recovery;
 mod replay;
 mod runner;
 mod store;
@@ -103,11 +105,12 @@ pub use context::{Phase, StepContext, idempotency_key};
 pub use definition::{
     OnInterrupted, RetryPolicy, SagaDefinition, SagaDefinitionBuilder, SagaState, Step, StepKind,
 };
-pub use engine::{RecoveryReport, SagaEngine, SagaTimeline, TimelineEntry};
+pub use engine::SagaEngine;
 pub use error::{LoadError, SagaError, StepError, StepErrorKind, StoreError};
 pub use event::{LOG_FORMAT_VERSION, SagaEvent};
 pub use metrics::SagaMetrics;
 pub use outcome::{SagaHandle, SagaOutcome};
+pub use recovery::{RecoveryReport, SagaTimeline, TimelineEntry};
 pub use store::{
     Append, Created, ListFilter, MemoryStore, NewSaga, SagaLog, SagaStatus, SagaStore, SagaSummary,
     StoredEvent,

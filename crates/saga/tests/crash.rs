@@ -7,6 +7,7 @@
 //! (the worker calls `recover()` and re-starts every saga id, which is idempotent), and at the
 //! end checks that every saga ended as the participants' scripted behaviour demands and that
 //! the ledger balances.
+#![cfg(feature = "sqlite")]
 
 mod support;
 

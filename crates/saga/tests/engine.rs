@@ -647,8 +647,102 @@ fn public_types_are_send_and_sync() {
     check::<SagaDefinition<support::Trail>>();
     check::<staunch_saga::SagaHandle<support::Trail>>();
     check::<MemoryStore>();
+    #[cfg(feature = "sqlite")]
     check::<staunch_saga::SqliteStore>();
     check::<SagaError>();
     check::<staunch_saga::StepContext>();
     check::<SagaOutcome<support::Trail>>();
+}
+
+/// A memory store whose next `create` never finishes (a store stalled mid-write).
+#[derive(Debug, Clone, Default)]
+struct StallingStore {
+    inner: MemoryStore,
+    stall_next_create: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl staunch_saga::SagaStore for StallingStore {
+    fn create(
+        &self,
+        saga: staunch_saga::NewSaga,
+    ) -> futures_util::future::BoxFuture<'_, Result<staunch_saga::Created, staunch_saga::StoreError>>
+    {
+        if self
+            .stall_next_create
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Box::pin(std::future::pending());
+        }
+        self.inner.create(saga)
+    }
+    fn append(
+        &self,
+        append: staunch_saga::Append,
+    ) -> futures_util::future::BoxFuture<'_, Result<(), staunch_saga::StoreError>> {
+        self.inner.append(append)
+    }
+    fn load<'a>(
+        &'a self,
+        saga_id: &'a str,
+    ) -> futures_util::future::BoxFuture<
+        'a,
+        Result<Option<staunch_saga::SagaLog>, staunch_saga::StoreError>,
+    > {
+        self.inner.load(saga_id)
+    }
+    fn list<'a>(
+        &'a self,
+        filter: &'a ListFilter,
+    ) -> futures_util::future::BoxFuture<
+        'a,
+        Result<Vec<staunch_saga::SagaSummary>, staunch_saga::StoreError>,
+    > {
+        self.inner.list(filter)
+    }
+    fn quarantine<'a>(
+        &'a self,
+        saga_id: &'a str,
+        reason: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), staunch_saga::StoreError>> {
+        self.inner.quarantine(saga_id, reason)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_start_leaves_nothing_behind_and_can_be_repeated() {
+    let calls = calls();
+    let def = linear("cancel", &[Script::Ok], &calls);
+    let store = StallingStore::default();
+    store
+        .stall_next_create
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let engine = SagaEngine::new(store.clone());
+    let cancelled =
+        tokio::time::timeout(Duration::from_secs(1), engine.start(&def, "c", trail())).await;
+    assert!(cancelled.is_err(), "the stalled start should time out");
+    assert!(seen(&calls).is_empty());
+    // The dropped start released its claim on the id: a new start runs the saga.
+    let handle = engine.start(&def, "c", trail()).await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), handle.outcome())
+        .await
+        .expect("the saga runs instead of waiting on a stale claim")
+        .unwrap();
+    assert!(matches!(outcome, SagaOutcome::Completed(_)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_handle_does_not_stop_the_saga() {
+    let calls = calls();
+    let def = linear("detached", &[Script::RetryThen(1), Script::Ok], &calls);
+    let engine = engine();
+    drop(engine.start(&def, "dh", trail()).await.unwrap());
+    while engine
+        .list(&ListFilter::status(SagaStatus::Completed))
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(seen(&calls), ["s0:action", "s0:action", "s1:action"]);
 }

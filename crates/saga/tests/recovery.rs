@@ -10,10 +10,11 @@ use std::sync::Arc;
 
 use staunch_saga::{
     ListFilter, LoadError, MemoryStore, OnInterrupted, Phase, SagaDefinition, SagaEngine,
-    SagaError, SagaEvent, SagaOutcome, SagaStatus, SagaStore, Step,
+    SagaError, SagaEvent, SagaOutcome, SagaStatus, Step,
 };
 use support::{Calls, Script, Trail, calls, fast_retry, scripted, seen, step, trail};
 
+#[cfg(feature = "sqlite")]
 /// A real-time runtime: sqlx's pool timers must not be fast-forwarded by a paused clock.
 fn real_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -307,6 +308,7 @@ fn unknown_definitions_and_corrupt_rows_are_quarantined_and_the_rest_recovers() 
     });
 }
 
+#[cfg(feature = "sqlite")]
 #[test]
 fn sqlite_recovers_after_the_runtime_and_its_writer_die_mid_saga() {
     let dir = support::TempDir::new("recovery");
@@ -344,7 +346,10 @@ fn sqlite_recovers_after_the_runtime_and_its_writer_die_mid_saga() {
                 .unwrap();
             assert!(matches!(o, SagaOutcome::Completed(_)));
         }
-        let log = store.load("q3").await.unwrap().unwrap();
+        let log = staunch_saga::SagaStore::load(&store, "q3")
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(log.summary.status, SagaStatus::Completed);
     });
     let charge_keys: Vec<_> = f

@@ -1,4 +1,5 @@
 //! SQLite specifics: settings, schema versioning, persistence across reopen, corrupt rows.
+#![cfg(feature = "sqlite")]
 
 mod support;
 

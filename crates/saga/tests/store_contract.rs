@@ -37,6 +37,7 @@ macro_rules! contract_suite {
 
 contract_suite!(memory, (staunch_saga::MemoryStore::new(), ()));
 
+#[cfg(feature = "sqlite")]
 contract_suite!(sqlite, {
     let dir = support::TempDir::new("contract");
     let store = staunch_saga::SqliteStore::open(dir.file("sagas.db"))
