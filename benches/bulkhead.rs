@@ -5,6 +5,7 @@
 //! and giving back a free permit:
 //! - `staunch bulkhead`: fail fast (the default);
 //! - `staunch bulkhead, max_wait 10ms`: waiting enabled (the fast path must not touch a timer);
+//! - `staunch partitioned bulkhead`: one key, no global cap (a key lookup per call);
 //! - `staunch Bulkhead::try_acquire` (engine without tower, measured directly);
 //! - `tokio Semaphore try_acquire_owned`: the permit wrapped around the call as a service;
 //! - `tower ConcurrencyLimit`;
@@ -19,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use staunch::bulkhead::Bulkhead;
+use staunch::bulkhead::{Bulkhead, PartitionedBulkhead, PartitionedBulkheadLayer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
@@ -75,6 +76,14 @@ fn staunch_layer(max_wait: Duration) -> staunch::bulkhead::BulkheadLayer {
         .build()
         .expect("valid bulkhead")
         .layer()
+}
+
+fn staunch_partitioned() -> impl Service<u64, Error = support::BoxError> + Clone + Send + 'static {
+    let partitions = PartitionedBulkhead::builder("bench")
+        .default_limit(PERMITS)
+        .build()
+        .expect("valid partitioned bulkhead");
+    PartitionedBulkheadLayer::new(partitions, |_: &u64| 0u8).layer(support::bare())
 }
 
 fn semaphore() -> SemaphoreService<
@@ -143,6 +152,12 @@ fn benches(c: &mut Criterion) {
         support::uncontended(
             &mut group,
             &rt,
+            "staunch partitioned bulkhead",
+            staunch_partitioned(),
+        );
+        support::uncontended(
+            &mut group,
+            &rt,
             "tokio Semaphore try_acquire_owned",
             semaphore(),
         );
@@ -171,6 +186,12 @@ fn benches(c: &mut Criterion) {
             &rt,
             "staunch bulkhead, max_wait 10ms",
             staunch_layer(Duration::from_millis(10)).layer(support::bare()),
+        );
+        support::contended(
+            &mut group,
+            &rt,
+            "staunch partitioned bulkhead",
+            staunch_partitioned(),
         );
         support::contended(
             &mut group,
