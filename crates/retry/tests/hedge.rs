@@ -9,7 +9,7 @@ use std::time::Duration;
 use staunch_retry::{HedgeDelay, HedgeLayer, RetryBudget, RetryPolicy};
 use support::{BoxError, DropFlag};
 use tokio::time::Instant;
-use tower::{Layer, ServiceExt};
+use tower::{Layer, Service, ServiceExt};
 
 #[tokio::test(start_paused = true)]
 async fn a_fast_hedge_wins_and_the_slow_first_attempt_is_cancelled() {
@@ -178,4 +178,41 @@ async fn the_percentile_delay_follows_observed_latency() {
     svc.clone().oneshot(true).await.unwrap();
     assert_eq!(calls.load(Ordering::SeqCst) - before, 2);
     assert_eq!(policy.metrics().hedges, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_hedged_call_cancels_both_attempts() {
+    let policy = RetryPolicy::builder()
+        .budget(RetryBudget::unlimited())
+        .build()
+        .unwrap();
+    let layer = HedgeLayer::new(policy, HedgeDelay::Fixed(Duration::from_millis(10))).unwrap();
+    let live = Arc::new(AtomicU32::new(0));
+    let started = Arc::new(AtomicU32::new(0));
+    let (l, s) = (Arc::clone(&live), Arc::clone(&started));
+    let mut svc = layer.layer(tower::service_fn(move |_: u32| {
+        l.fetch_add(1, Ordering::SeqCst);
+        s.fetch_add(1, Ordering::SeqCst);
+        let l = Arc::clone(&l);
+        async move {
+            // Decrements `live` when this attempt is dropped, finished or not.
+            struct Done(Arc<AtomicU32>);
+            impl Drop for Done {
+                fn drop(&mut self) {
+                    self.0.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            let _done = Done(l);
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok::<u32, BoxError>(0)
+        }
+    }));
+    let fut = svc.ready().await.unwrap().call(1);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), fut)
+            .await
+            .is_err()
+    );
+    assert_eq!(started.load(Ordering::SeqCst), 2, "the hedge was sent");
+    assert_eq!(live.load(Ordering::SeqCst), 0, "both attempts were dropped");
 }

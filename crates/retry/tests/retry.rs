@@ -431,3 +431,74 @@ async fn one_attempt_never_copies_the_request() {
     // A call that could never be retried holds no policy handle and reports no give-up.
     assert!(r.lock().unwrap().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn on_retry_sees_every_retry_with_its_wait() {
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::clone(&events);
+    let r = reasons();
+    let policy = policy(&r)
+        .max_attempts(3)
+        .on_retry(move |e| log.lock().unwrap().push((e.attempt, e.delay, e.server_hint)))
+        .build()
+        .unwrap();
+    let calls = Calls::new();
+    let c = calls.clone();
+    let svc = RetryLayer::new(policy).layer(tower::service_fn(move |_: http::Request<String>| {
+        let res = match c.hit() {
+            1 => response(502, &[]),
+            2 => response(503, &[("retry-after", "2")]),
+            _ => response(200, &[]),
+        };
+        async move { Ok::<_, BoxError>(res) }
+    }));
+    assert_eq!(svc.oneshot(get()).await.unwrap().status(), 200);
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            (1, Duration::from_millis(100), false),
+            (2, Duration::from_secs(2), true)
+        ]
+    );
+    assert_eq!(calls.times_ms(), [0, 100, 2100]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_future_mid_attempt_cancels_the_attempt() {
+    let r = reasons();
+    let policy = policy(&r).build().unwrap();
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&dropped);
+    let mut svc = RetryLayer::new(policy.clone()).layer(tower::service_fn(move |_: u32| {
+        let guard = DropFlag(Arc::clone(&flag));
+        async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(guard);
+            Ok::<u32, BoxError>(0)
+        }
+    }));
+    let fut = svc.ready().await.unwrap().call(1);
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), fut)
+            .await
+            .is_err()
+    );
+    assert!(dropped.load(Ordering::SeqCst), "the inner future was dropped");
+    let m = policy.metrics();
+    assert_eq!((m.requests, m.retries, m.gave_up), (1, 0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_share_the_policy_counters() {
+    let r = reasons();
+    let policy = policy(&r).max_attempts(2).build().unwrap();
+    let calls = Calls::new();
+    let svc = RetryLayer::new(policy.clone()).layer(always(&calls, 503, &[]));
+    let (a, b) = (svc.clone(), svc.clone());
+    a.oneshot(get()).await.unwrap();
+    b.oneshot(get()).await.unwrap();
+    svc.oneshot(get()).await.unwrap();
+    let m = policy.metrics();
+    assert_eq!((m.requests, m.retries, m.gave_up), (3, 3, 3));
+    assert_eq!(calls.count(), 6);
+}
