@@ -322,6 +322,24 @@ impl Inner {
 /// Holding it is what counts as "in flight". For an adaptive bulkhead, finish with
 /// [`record`](Self::record) so the call's latency and outcome feed the limit; a permit that
 /// is simply dropped records nothing (as for a cancelled call).
+///
+/// ```
+/// use staunch_bulkhead::{AdaptiveLimit, Bulkhead};
+/// use staunch_core::{AnyError, Classify};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let search = Bulkhead::builder("search")
+///     .max_concurrent(4)
+///     .adaptive(AdaptiveLimit::aimd().max_limit(64))
+///     .build()?;
+/// let permit = search.acquire().await?;
+/// let result: Result<u32, std::io::Error> = Ok(3); // the call made under the permit
+/// permit.record(AnyError::new().classify(&result));
+/// assert_eq!(search.in_flight(), 0);
+/// # Ok(())
+/// # }
+/// ```
 #[must_use = "the permit is released as soon as it is dropped"]
 pub struct Permit {
     bulkhead: Bulkhead,

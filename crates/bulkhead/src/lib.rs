@@ -24,12 +24,15 @@
 //!   raises it while latency stays at its no-load level and lowers it when latency grows or
 //!   calls fail (as decided by a [`Classify`](staunch_core::Classify)er).
 //! - [`PartitionedBulkhead`] keeps one bulkhead per key (tenant, host) with an optional global
-//!   cap, so one noisy key cannot starve the others.
+//!   cap, so one noisy key cannot starve the others. Each partition is a plain [`Bulkhead`]
+//!   (resize one with `partition(&key).set_max_concurrent(n)`). Its tower layer waits in the
+//!   response future rather than in `poll_ready`, since the key comes from the request.
 //!
 //! # Speed and fairness
 //!
-//! Taking a free permit is one compare-and-swap on an atomic word and allocates nothing;
-//! releasing it is one atomic subtraction. The mutex-protected queue is only touched once
+//! Taking a free permit is one compare-and-swap on an atomic word, releasing it one atomic
+//! subtraction (plus the reference count that lets a permit outlive the service handle that
+//! took it); neither locks nor allocates. The mutex-protected queue is only touched once
 //! someone has to wait. Waiting callers are served strictly in FIFO order: while anyone is
 //! queued, the fast path is closed, newcomers queue behind, and every released permit is
 //! handed straight to the head of the queue, so a burst of fresh calls can never overtake a

@@ -128,6 +128,7 @@ where
             return b.clone();
         }
         if partitions.len() - inner.configured >= inner.max_partitions {
+            tracing::trace!(bulkhead = %inner.name, key = ?key, "partition limit reached; key shares the overflow partition");
             return inner.overflow.clone();
         }
         let bulkhead = make_partition(
@@ -138,6 +139,7 @@ where
             inner.max_queued,
         );
         partitions.insert(key.clone(), bulkhead.clone());
+        tracing::debug!(bulkhead = %bulkhead.name(), limit = inner.default_limit, "bulkhead partition created");
         bulkhead
     }
 
