@@ -81,13 +81,31 @@ impl<S: SagaState> Resume for Arc<DefinitionInner<S>> {
 
 fn spawn<S: SagaState>(mut runner: Runner<S>) {
     let span = tracing::info_span!("saga", saga_id = %runner.id, definition = %runner.def.name);
+    let in_flight = InFlight::enter(Arc::clone(&runner.shared), Arc::clone(&runner.def.name));
     tokio::spawn(
         async move {
+            let _in_flight = in_flight;
             let result = runner.drive().await;
             runner.shared.publish(&runner.id, &runner.def.name, result);
         }
         .instrument(span),
     );
+}
+
+/// Counts a running saga task; the count drops even if the task is cancelled.
+struct InFlight(Arc<Shared>, Arc<str>);
+
+impl InFlight {
+    fn enter(shared: Arc<Shared>, definition: Arc<str>) -> Self {
+        shared.counters.in_flight(&definition, 1);
+        Self(shared, definition)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.counters.in_flight(&self.1, -1);
+    }
 }
 
 impl Shared {

@@ -1,6 +1,6 @@
 //! Counters behind [`SagaMetrics`], and their export through the `metrics` crate.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 /// A snapshot of an engine's counters since it was created.
@@ -27,6 +27,8 @@ pub struct SagaMetrics {
     pub step_failures: u64,
     /// Total time spent in attempts.
     pub step_time: Duration,
+    /// Sagas whose runner is running now.
+    pub in_flight: u64,
 }
 
 impl SagaMetrics {
@@ -52,6 +54,7 @@ pub(crate) struct Counters {
     step_attempts: AtomicU64,
     step_failures: AtomicU64,
     step_nanos: AtomicU64,
+    in_flight: AtomicI64,
 }
 
 /// A counted saga event.
@@ -114,6 +117,15 @@ impl Counters {
         let _ = (definition, step);
     }
 
+    pub(crate) fn in_flight(&self, definition: &str, delta: i64) {
+        self.in_flight.fetch_add(delta, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("staunch_saga_in_flight", "name" => definition.to_owned())
+            .increment(delta as f64);
+        #[cfg(not(feature = "metrics"))]
+        let _ = definition;
+    }
+
     pub(crate) fn snapshot(&self) -> SagaMetrics {
         SagaMetrics {
             started: self.started.load(Relaxed),
@@ -126,6 +138,7 @@ impl Counters {
             step_attempts: self.step_attempts.load(Relaxed),
             step_failures: self.step_failures.load(Relaxed),
             step_time: Duration::from_nanos(self.step_nanos.load(Relaxed)),
+            in_flight: u64::try_from(self.in_flight.load(Relaxed)).unwrap_or(0),
         }
     }
 }

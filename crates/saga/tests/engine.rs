@@ -34,6 +34,8 @@ async fn happy_path_runs_every_step_in_order_and_completes() {
     assert_eq!(seen(&calls), ["s0:action", "s1:action", "s2:action"]);
     let m = engine.metrics();
     assert_eq!((m.started, m.completed, m.compensated), (1, 1, 0));
+    tokio::task::yield_now().await;
+    assert_eq!(engine.metrics().in_flight, 0);
     assert_eq!(m.step_attempts, 3);
     let timeline = engine.inspect("h-1").await.unwrap().unwrap();
     assert_eq!(timeline.summary.status, SagaStatus::Completed);
@@ -536,13 +538,10 @@ async fn the_saga_deadline_starts_compensation() {
         .unwrap();
     let engine = engine();
     let start = tokio::time::Instant::now();
-    let o = engine
-        .start(&def, "d", trail())
-        .await
-        .unwrap()
-        .outcome()
-        .await
-        .unwrap();
+    let handle = engine.start(&def, "d", trail()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(engine.metrics().in_flight, 1);
+    let o = handle.outcome().await.unwrap();
     assert_eq!(start.elapsed(), Duration::from_secs(30));
     let SagaOutcome::Compensated {
         failed_step, error, ..
