@@ -745,3 +745,53 @@ async fn dropping_the_handle_does_not_stop_the_saga() {
     }
     assert_eq!(seen(&calls), ["s0:action", "s0:action", "s1:action"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn every_transition_is_in_the_store_before_the_next_call_starts() {
+    use staunch_saga::SagaStore;
+    let store = MemoryStore::new();
+    let probe = |store: MemoryStore, step: u32| {
+        move |t: support::Trail, ctx: staunch_saga::StepContext| {
+            let store = store.clone();
+            async move {
+                let log = store.load(ctx.saga_id()).await.unwrap().unwrap();
+                let events: Vec<SagaEvent> = log
+                    .events
+                    .iter()
+                    .map(|e| SagaEvent::decode(e.seq, &e.payload).unwrap())
+                    .collect();
+                // This attempt's start is durable, and so is the previous step's result.
+                assert!(
+                    matches!(
+                        events.last(),
+                        Some(SagaEvent::StepStarted { step: s, attempt }) if *s == step && *attempt == ctx.attempt()
+                    ),
+                    "{events:?}"
+                );
+                if step > 0 {
+                    assert!(events.iter().any(
+                        |e| matches!(e, SagaEvent::StepCompleted { step: s, .. } if *s == step - 1)
+                    ));
+                }
+                Ok(t)
+            }
+        }
+    };
+    let def = SagaDefinition::builder("durable-order", 1)
+        .step(Step::new("a", probe(store.clone(), 0)))
+        .step(Step::new("b", probe(store.clone(), 1)))
+        .step(Step::new("c", probe(store.clone(), 2)))
+        .build()
+        .unwrap();
+    let engine = SagaEngine::new(store.clone());
+    let o = engine
+        .start(&def, "dur", trail())
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
+    assert!(matches!(o, SagaOutcome::Completed(_)), "{o:?}");
+    let log = store.load("dur").await.unwrap().unwrap();
+    assert_eq!(log.summary.status, SagaStatus::Completed);
+}
