@@ -345,4 +345,147 @@ mod tests {
         p.release();
         assert!(p.try_acquire());
     }
+
+    mod model {
+        //! Model-based test: the permit counter against an obviously correct reference.
+        use std::collections::VecDeque;
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            TryAcquire,
+            Enqueue(usize),
+            Release,
+            /// Withdraw the n-th outstanding waiter, keeping a granted permit or not.
+            Withdraw(usize, bool),
+            /// The n-th granted waiter notices its grant and becomes a holder.
+            Claim(usize),
+            SetLimit(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => Just(Op::TryAcquire),
+                3 => (0usize..4).prop_map(Op::Enqueue),
+                4 => Just(Op::Release),
+                2 => (0usize..8, any::<bool>()).prop_map(|(i, k)| Op::Withdraw(i, k)),
+                2 => (0usize..8).prop_map(Op::Claim),
+                1 => (1usize..6).prop_map(Op::SetLimit),
+            ]
+        }
+
+        #[derive(Default)]
+        struct Model {
+            in_flight: usize,
+            limit: usize,
+            holders: usize,
+            queue: VecDeque<usize>,
+            granted: Vec<usize>,
+        }
+
+        impl Model {
+            fn grant(&mut self) {
+                while self.in_flight < self.limit
+                    && let Some(w) = self.queue.pop_front()
+                {
+                    self.in_flight += 1;
+                    self.granted.push(w);
+                }
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn permits_behave_like_the_reference_model(
+                limit in 1usize..5,
+                ops in prop::collection::vec(op(), 1..80),
+            ) {
+                let real = Permits::new(limit);
+                let mut model = Model { limit, ..Model::default() };
+                let mut waiters: Vec<Arc<Waiter>> = Vec::new();
+                for op in ops {
+                    match op {
+                        Op::TryAcquire => {
+                            let expect = model.queue.is_empty() && model.in_flight < model.limit;
+                            prop_assert_eq!(real.try_acquire(), expect);
+                            if expect {
+                                model.in_flight += 1;
+                                model.holders += 1;
+                            }
+                        }
+                        Op::Enqueue(cap) => match real.enqueue(cap) {
+                            Enqueue::Acquired => {
+                                prop_assert!(model.queue.is_empty() && model.in_flight < model.limit);
+                                model.in_flight += 1;
+                                model.holders += 1;
+                            }
+                            Enqueue::QueueFull => {
+                                prop_assert!(model.in_flight >= model.limit || !model.queue.is_empty());
+                                prop_assert!(model.queue.len() >= cap);
+                            }
+                            Enqueue::Queued(w) => {
+                                prop_assert!(model.in_flight >= model.limit || !model.queue.is_empty());
+                                prop_assert!(model.queue.len() < cap);
+                                model.queue.push_back(waiters.len());
+                                waiters.push(w);
+                            }
+                        },
+                        Op::Release => {
+                            if model.holders > 0 {
+                                real.release();
+                                model.holders -= 1;
+                                model.in_flight -= 1;
+                                model.grant();
+                            }
+                        }
+                        Op::Withdraw(n, keep) => {
+                            let outstanding: Vec<usize> =
+                                model.queue.iter().chain(model.granted.iter()).copied().collect();
+                            if let Some(&w) = outstanding.get(n % outstanding.len().max(1)) {
+                                let was_granted = model.granted.contains(&w);
+                                prop_assert_eq!(real.withdraw(&waiters[w], keep), was_granted);
+                                if was_granted {
+                                    model.granted.retain(|g| *g != w);
+                                    if keep {
+                                        model.holders += 1;
+                                    } else {
+                                        model.in_flight -= 1;
+                                        model.grant();
+                                    }
+                                } else {
+                                    model.queue.retain(|q| *q != w);
+                                }
+                            }
+                        }
+                        Op::Claim(n) => {
+                            if !model.granted.is_empty() {
+                                let w = model.granted.remove(n % model.granted.len());
+                                prop_assert!(waiters[w].is_granted());
+                                model.holders += 1;
+                            }
+                        }
+                        Op::SetLimit(n) => {
+                            prop_assert_eq!(real.set_limit(n), model.limit);
+                            model.limit = n;
+                            model.grant();
+                        }
+                    }
+                    prop_assert_eq!(real.in_flight(), model.in_flight);
+                    prop_assert_eq!(real.limit(), model.limit);
+                    prop_assert_eq!(real.queued(), model.queue.len());
+                    for (i, w) in waiters.iter().enumerate() {
+                        let granted = model.granted.contains(&i);
+                        if granted || model.queue.contains(&i) {
+                            prop_assert_eq!(w.is_granted(), granted, "waiter {}", i);
+                        }
+                    }
+                    // The invariant: nobody waits while a permit is free.
+                    prop_assert!(model.queue.is_empty() || model.in_flight >= model.limit);
+                }
+            }
+        }
+    }
 }
