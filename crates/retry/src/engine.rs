@@ -43,6 +43,8 @@ enum Timer {
     Attempt { limit: Duration, overall: bool },
     /// Waiting before the next attempt.
     Backoff,
+    /// Waiting for the inner service to accept the next attempt, until the overall deadline.
+    Readying,
 }
 
 /// What a call that may be retried holds: the policy and the classifier.
@@ -193,9 +195,35 @@ where
                 }
                 *this.timer = Timer::Idle;
             } else {
-                if let Err(e) = ready!(this.attempts.poll_ready(cx)) {
-                    return Poll::Ready(Err(e));
+                match this.attempts.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {
+                        // The inner service is not ready (a full bulkhead below, a buffer):
+                        // the overall deadline still holds while we wait for it.
+                        let (Some(total), Some(start)) =
+                            (this.limits.max_total_time, *this.started)
+                        else {
+                            return Poll::Pending;
+                        };
+                        if *this.timer != Timer::Readying {
+                            set_sleep(this.sleep.as_mut(), start + total);
+                            *this.timer = Timer::Readying;
+                        }
+                        let Some(sleep) = this.sleep.as_mut().as_pin_mut() else {
+                            return Poll::Pending;
+                        };
+                        ready!(sleep.poll(cx));
+                        if let Some(handle) = this.handle.as_deref() {
+                            handle.policy.shared.gave_up(GiveUp {
+                                attempts: *this.made,
+                                reason: GiveUpReason::Deadline,
+                            });
+                        }
+                        return Poll::Ready(Err(Box::new(Elapsed::new(total))));
+                    }
                 }
+                *this.timer = Timer::Idle;
                 let keep_copy = *this.made + 1 < this.limits.max_attempts;
                 let Some(fut) = this.attempts.next(keep_copy) else {
                     // Only reachable if `can_replay` lied; nothing to send.

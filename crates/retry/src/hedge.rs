@@ -56,11 +56,19 @@ pub enum HedgeDelay {
 /// # let _ = layer;
 /// # Ok::<(), staunch_core::ConfigError>(())
 /// ```
+///
+/// Each call counts as one request in the policy's budget. When a [`RetryLayer`] drawing on
+/// the same budget sees the same requests (the two layers stacked), call
+/// [`count_requests(false)`](Self::count_requests) on the hedge layer so requests are not
+/// counted twice, which would double the share of retries and hedges the budget allows.
+///
+/// [`RetryLayer`]: crate::RetryLayer
 #[derive(Debug, Clone)]
 pub struct HedgeLayer {
     policy: RetryPolicy,
     delay: Duration,
     latency: Option<Arc<Latency>>,
+    count_requests: bool,
 }
 
 impl HedgeLayer {
@@ -106,7 +114,15 @@ impl HedgeLayer {
             policy,
             delay,
             latency,
+            count_requests: true,
         })
+    }
+
+    /// Whether each call is recorded as a request in the budget (default `true`; see the
+    /// type's docs for when to turn it off).
+    pub fn count_requests(mut self, yes: bool) -> Self {
+        self.count_requests = yes;
+        self
     }
 }
 
@@ -119,6 +135,7 @@ impl<S> Layer<S> for HedgeLayer {
             policy: Arc::new(self.policy.clone()),
             delay: self.delay,
             latency: self.latency.clone(),
+            count_requests: self.count_requests,
         }
     }
 }
@@ -130,6 +147,7 @@ pub struct Hedge<S> {
     policy: Arc<RetryPolicy>,
     delay: Duration,
     latency: Option<Arc<Latency>>,
+    count_requests: bool,
 }
 
 impl<S: Clone> Clone for Hedge<S> {
@@ -141,6 +159,7 @@ impl<S: Clone> Clone for Hedge<S> {
             policy: Arc::new(RetryPolicy::clone(&self.policy)),
             delay: self.delay,
             latency: self.latency.clone(),
+            count_requests: self.count_requests,
         }
     }
 }
@@ -170,7 +189,9 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        self.policy.shared.budget.deposit();
+        if self.count_requests {
+            self.policy.shared.budget.deposit();
+        }
         let backup = if self.policy.limits.may_retry(req.is_idempotent()) {
             req.try_replay()
         } else {

@@ -71,6 +71,19 @@ async fn a_fast_first_attempt_sends_no_hedge() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(policy.metrics().hedges, 0);
+    assert_eq!(policy.metrics().requests, 1);
+    // Stacked over a retry layer on the same budget, the hedge layer need not count requests.
+    let quiet = HedgeLayer::new(
+        policy.clone(),
+        HedgeDelay::Fixed(Duration::from_millis(100)),
+    )
+    .unwrap()
+    .count_requests(false)
+    .layer(tower::service_fn(
+        |x: u32| async move { Ok::<_, BoxError>(x) },
+    ));
+    quiet.oneshot(1).await.unwrap();
+    assert_eq!(policy.metrics().requests, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -203,7 +216,7 @@ async fn dropping_the_hedged_call_cancels_both_attempts() {
                 }
             }
             let _done = Done(l);
-            tokio::time::sleep(Duration::from_secs(60)).await;
+            tokio::time::sleep(Duration::from_mins(1)).await;
             Ok::<u32, BoxError>(0)
         }
     }));

@@ -439,7 +439,11 @@ async fn on_retry_sees_every_retry_with_its_wait() {
     let r = reasons();
     let policy = policy(&r)
         .max_attempts(3)
-        .on_retry(move |e| log.lock().unwrap().push((e.attempt, e.delay, e.server_hint)))
+        .on_retry(move |e| {
+            log.lock()
+                .unwrap()
+                .push((e.attempt, e.delay, e.server_hint));
+        })
         .build()
         .unwrap();
     let calls = Calls::new();
@@ -472,7 +476,7 @@ async fn dropping_the_future_mid_attempt_cancels_the_attempt() {
     let mut svc = RetryLayer::new(policy.clone()).layer(tower::service_fn(move |_: u32| {
         let guard = DropFlag(Arc::clone(&flag));
         async move {
-            tokio::time::sleep(Duration::from_secs(60)).await;
+            tokio::time::sleep(Duration::from_mins(1)).await;
             drop(guard);
             Ok::<u32, BoxError>(0)
         }
@@ -483,7 +487,10 @@ async fn dropping_the_future_mid_attempt_cancels_the_attempt() {
             .await
             .is_err()
     );
-    assert!(dropped.load(Ordering::SeqCst), "the inner future was dropped");
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the inner future was dropped"
+    );
     let m = policy.metrics();
     assert_eq!((m.requests, m.retries, m.gave_up), (1, 0, 0));
 }
@@ -501,4 +508,54 @@ async fn clones_share_the_policy_counters() {
     let m = policy.metrics();
     assert_eq!((m.requests, m.retries, m.gave_up), (3, 3, 3));
     assert_eq!(calls.count(), 6);
+}
+
+/// Ready for its first call only: afterwards it never becomes ready (a bulkhead that stays
+/// full).
+#[derive(Clone)]
+struct ReadyOnce(Arc<AtomicU32>);
+
+impl Service<u32> for ReadyOnce {
+    type Response = u32;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<u32, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        if self.0.load(Ordering::SeqCst) == 0 {
+            std::task::Poll::Ready(Ok(()))
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
+    fn call(&mut self, _: u32) -> Self::Future {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Err(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )
+        .into()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_overall_deadline_holds_while_the_inner_service_is_not_ready() {
+    let r = reasons();
+    let policy = policy(&r)
+        .max_total_time(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let svc = RetryLayer::new(policy).layer(ReadyOnce(Arc::clone(&calls)));
+    let start = Instant::now();
+    let err = svc.oneshot(1).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<Elapsed>(),
+        Some(&Elapsed::new(Duration::from_secs(1)))
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(*r.lock().unwrap(), [GiveUpReason::Deadline]);
 }
