@@ -99,6 +99,7 @@ mod engine;
 mod future;
 mod hedge;
 mod hints;
+mod latency;
 mod layer;
 mod metrics;
 mod request;

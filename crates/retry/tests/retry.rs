@@ -1,4 +1,4 @@
-//! The retry layer with paused time: spacing, deadlines, timeouts, hints, idempotency,
+//! The retry layer with paused time: spacing, server hints, idempotency,
 //! rejections, cancellation.
 
 mod support;
@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use staunch_core::{BreakerOpen, BulkheadFull, BulkheadFullReason};
-use staunch_retry::{Elapsed, GiveUpReason, RetryLayer, RetryPolicy, Verdict, retry_fn};
+use staunch_retry::{GiveUpReason, RetryLayer, RetryPolicy, Verdict, retry_fn};
 use support::{BoxError, Calls, DropFlag, get, policy, reasons, response};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
@@ -61,105 +61,6 @@ async fn success_is_returned_without_retry() {
     assert_eq!(svc.oneshot(get()).await.unwrap().status(), 500);
     assert_eq!(calls.count(), 2);
     assert!(r.lock().unwrap().is_empty());
-}
-
-#[tokio::test(start_paused = true)]
-async fn the_overall_deadline_skips_a_wait_that_would_pass_it() {
-    let calls = Calls::new();
-    let r = reasons();
-    let policy = policy(&r)
-        .max_attempts(10)
-        .backoff(support::constant(400))
-        .max_total_time(Duration::from_secs(1))
-        .build()
-        .unwrap();
-    let svc = RetryLayer::new(policy).layer(always(&calls, 503, &[]));
-    let start = Instant::now();
-    let res = svc.oneshot(get()).await.unwrap();
-    assert_eq!(res.status(), 503);
-    // Attempts at 0, 400, 800; the next wait would end at 1200 > 1000: returned at 800.
-    assert_eq!(calls.times_ms(), [0, 400, 800]);
-    assert_eq!(start.elapsed(), Duration::from_millis(800));
-    assert_eq!(*r.lock().unwrap(), [GiveUpReason::Deadline]);
-}
-
-#[tokio::test(start_paused = true)]
-async fn the_overall_deadline_cuts_a_running_attempt() {
-    let r = reasons();
-    let policy = policy(&r)
-        .max_attempts(5)
-        .max_total_time(Duration::from_millis(250))
-        .build()
-        .unwrap();
-    let dropped = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&dropped);
-    let svc = RetryLayer::new(policy).layer(tower::service_fn(move |_: u32| {
-        let guard = DropFlag(Arc::clone(&flag));
-        async move {
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            drop(guard);
-            Ok::<u32, BoxError>(1)
-        }
-    }));
-    let start = Instant::now();
-    let err = svc.oneshot(7).await.unwrap_err();
-    assert_eq!(
-        err.downcast_ref::<Elapsed>(),
-        Some(&Elapsed::new(Duration::from_millis(250)))
-    );
-    assert_eq!(start.elapsed(), Duration::from_millis(250));
-    assert!(dropped.load(Ordering::SeqCst), "the attempt was cancelled");
-    assert_eq!(*r.lock().unwrap(), [GiveUpReason::Deadline]);
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_timed_out_attempt_is_cancelled_and_retried() {
-    let r = reasons();
-    let policy = policy(&r)
-        .attempt_timeout(Duration::from_millis(100))
-        .build()
-        .unwrap();
-    let calls = Calls::new();
-    let c = calls.clone();
-    let dropped = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&dropped);
-    let svc = RetryLayer::new(policy).layer(tower::service_fn(move |x: u32| {
-        let n = c.hit();
-        let guard = DropFlag(Arc::clone(&flag));
-        async move {
-            if n == 1 {
-                tokio::time::sleep(Duration::from_secs(10)).await;
-            }
-            drop(guard);
-            Ok::<u32, BoxError>(x * 2)
-        }
-    }));
-    assert_eq!(svc.oneshot(21).await.unwrap(), 42);
-    // Timed out at 100 ms, waited the 100 ms backoff, answered at once.
-    assert_eq!(calls.times_ms(), [0, 200]);
-    assert!(dropped.load(Ordering::SeqCst));
-}
-
-#[tokio::test(start_paused = true)]
-async fn every_attempt_timing_out_returns_elapsed() {
-    let r = reasons();
-    let policy = policy(&r)
-        .max_attempts(2)
-        .attempt_timeout(Duration::from_millis(50))
-        .build()
-        .unwrap();
-    let svc = RetryLayer::new(policy).layer(tower::service_fn(|_: u32| async {
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        Ok::<u32, BoxError>(0)
-    }));
-    let start = Instant::now();
-    let err = svc.oneshot(1).await.unwrap_err();
-    assert_eq!(
-        err.downcast_ref::<Elapsed>().map(Elapsed::limit),
-        Some(Duration::from_millis(50))
-    );
-    assert_eq!(start.elapsed(), Duration::from_millis(200));
-    assert_eq!(*r.lock().unwrap(), [GiveUpReason::MaxAttempts]);
 }
 
 /// Answers `first` once, then 200.
@@ -508,54 +409,4 @@ async fn clones_share_the_policy_counters() {
     let m = policy.metrics();
     assert_eq!((m.requests, m.retries, m.gave_up), (3, 3, 3));
     assert_eq!(calls.count(), 6);
-}
-
-/// Ready for its first call only: afterwards it never becomes ready (a bulkhead that stays
-/// full).
-#[derive(Clone)]
-struct ReadyOnce(Arc<AtomicU32>);
-
-impl Service<u32> for ReadyOnce {
-    type Response = u32;
-    type Error = BoxError;
-    type Future = std::future::Ready<Result<u32, BoxError>>;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), BoxError>> {
-        if self.0.load(Ordering::SeqCst) == 0 {
-            std::task::Poll::Ready(Ok(()))
-        } else {
-            std::task::Poll::Pending
-        }
-    }
-
-    fn call(&mut self, _: u32) -> Self::Future {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        std::future::ready(Err(std::io::Error::from(
-            std::io::ErrorKind::ConnectionReset,
-        )
-        .into()))
-    }
-}
-
-#[tokio::test(start_paused = true)]
-async fn the_overall_deadline_holds_while_the_inner_service_is_not_ready() {
-    let r = reasons();
-    let policy = policy(&r)
-        .max_total_time(Duration::from_secs(1))
-        .build()
-        .unwrap();
-    let calls = Arc::new(AtomicU32::new(0));
-    let svc = RetryLayer::new(policy).layer(ReadyOnce(Arc::clone(&calls)));
-    let start = Instant::now();
-    let err = svc.oneshot(1).await.unwrap_err();
-    assert_eq!(
-        err.downcast_ref::<Elapsed>(),
-        Some(&Elapsed::new(Duration::from_secs(1)))
-    );
-    assert_eq!(start.elapsed(), Duration::from_secs(1));
-    assert_eq!(calls.load(Ordering::SeqCst), 1);
-    assert_eq!(*r.lock().unwrap(), [GiveUpReason::Deadline]);
 }
