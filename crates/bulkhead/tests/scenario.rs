@@ -75,7 +75,7 @@ async fn run_caller(
     for _ in 0..30 {
         // A caller whose every slot is stuck stops taking payment requests.
         let Ok(slot) = timeout(
-            Duration::from_millis(500),
+            Duration::from_secs(2),
             Arc::clone(&capacity).acquire_owned(),
         )
         .await
