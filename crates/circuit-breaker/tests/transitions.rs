@@ -205,7 +205,7 @@ async fn backoff_open_durations_grow_with_each_reopen_and_reset_after_closing() 
     fail(&breaker, 1);
     assert_eq!(retry_after(&breaker), Some(SECOND));
     for wait in [1, 2, 4] {
-        tokio::time::advance(wait * SECOND - Duration::from_millis(1)).await;
+        tokio::time::advance((wait * SECOND).saturating_sub(Duration::from_millis(1))).await;
         assert!(
             breaker.try_acquire().is_err(),
             "still open just before {wait}s"

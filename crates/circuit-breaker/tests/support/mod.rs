@@ -25,9 +25,9 @@ pub async fn timed_call(breaker: &CircuitBreaker, took: Duration, success: bool)
     let permit = breaker.try_acquire().expect("call admitted");
     tokio::time::advance(took).await;
     if success {
-        permit.success()
+        permit.success();
     } else {
-        permit.failure()
+        permit.failure();
     }
 }
 
