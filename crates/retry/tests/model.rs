@@ -1,0 +1,121 @@
+//! Model-based property test of the retry state machine: for any sequence of attempt
+//! outcomes, the layer makes exactly the attempts a tiny reference model makes, spaced by the
+//! backoff, and returns the outcome of the last one.
+
+mod support;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use staunch_core::BreakerOpen;
+use staunch_retry::RetryLayer;
+use support::{BoxError, policy, reasons};
+use tower::{Layer, ServiceExt};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Outcome {
+    Ok,
+    Unavailable,    // 503: retryable response
+    NotFound,       // 404: final response
+    ConnectRefused, // retryable error
+    BadInput,       // final error
+    Rejected,       // breaker open: never retried
+}
+
+impl Outcome {
+    fn retryable(self) -> bool {
+        matches!(self, Outcome::Unavailable | Outcome::ConnectRefused)
+    }
+}
+
+/// The reference model: attempts made before the call returns (the last scripted outcome
+/// repeats when the script runs out).
+fn model(outcomes: &[Outcome], max_attempts: usize) -> usize {
+    let last = outcomes[outcomes.len() - 1];
+    let mut made = 0;
+    for o in outcomes
+        .iter()
+        .chain(std::iter::repeat(&last))
+        .take(max_attempts)
+    {
+        made += 1;
+        if !o.retryable() {
+            break;
+        }
+    }
+    made
+}
+
+proptest! {
+    #[test]
+    fn attempts_match_the_model(
+        outcomes in proptest::collection::vec(
+            prop_oneof![
+                Just(Outcome::Ok),
+                Just(Outcome::Unavailable),
+                Just(Outcome::NotFound),
+                Just(Outcome::ConnectRefused),
+                Just(Outcome::BadInput),
+                Just(Outcome::Rejected),
+            ],
+            1..8,
+        ),
+        max_attempts in 1u32..6,
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let expected = model(&outcomes, max_attempts as usize);
+        // The last scripted outcome repeats when the script runs out.
+        let last = *outcomes.last().unwrap();
+        rt.block_on(async move {
+            let r = reasons();
+            let policy = policy(&r).max_attempts(max_attempts).build().unwrap();
+            let script = Arc::new(Mutex::new(outcomes.iter().copied().collect::<VecDeque<_>>()));
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let (s, log) = (Arc::clone(&script), Arc::clone(&seen));
+            let svc = RetryLayer::new(policy).layer(tower::service_fn(move |_: http::Request<String>| {
+                let o = s.lock().unwrap().pop_front().unwrap_or(last);
+                log.lock().unwrap().push(o);
+                async move {
+                    let status = match o {
+                        Outcome::Ok => 200,
+                        Outcome::Unavailable => 503,
+                        Outcome::NotFound => 404,
+                        Outcome::ConnectRefused => {
+                            return Err::<http::Response<()>, BoxError>(
+                                std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into(),
+                            );
+                        }
+                        Outcome::BadInput => return Err("bad input".into()),
+                        Outcome::Rejected => {
+                            return Err(Box::new(BreakerOpen::new(Arc::from("dep"), None)));
+                        }
+                    };
+                    Ok(support::response(status, &[]))
+                }
+            }));
+            let start = tokio::time::Instant::now();
+            let result = svc.oneshot(support::get()).await;
+            let seen = seen.lock().unwrap().clone();
+            prop_assert_eq!(seen.len(), expected);
+            // Constant 100 ms backoff between attempts.
+            prop_assert_eq!(start.elapsed(), Duration::from_millis(100) * (expected as u32 - 1));
+            let final_outcome = *seen.last().unwrap();
+            match (final_outcome, result) {
+                (Outcome::Ok, Ok(res)) => prop_assert_eq!(res.status(), 200),
+                (Outcome::Unavailable, Ok(res)) => prop_assert_eq!(res.status(), 503),
+                (Outcome::NotFound, Ok(res)) => prop_assert_eq!(res.status(), 404),
+                (Outcome::ConnectRefused, Err(e)) => prop_assert!(e.is::<std::io::Error>()),
+                (Outcome::BadInput, Err(e)) => prop_assert_eq!(e.to_string(), "bad input"),
+                (Outcome::Rejected, Err(e)) => prop_assert!(e.is::<BreakerOpen>()),
+                (o, r) => prop_assert!(false, "outcome {:?} returned {:?}", o, r.map(|r| r.status())),
+            }
+            Ok(())
+        })?;
+    }
+}
