@@ -427,3 +427,51 @@ async fn elapsed_is_found_through_wrapping_errors() {
     let wrapped = std::io::Error::other(err);
     assert_eq!(Elapsed::find(&wrapped).map(Elapsed::limit), Some(LIMIT));
 }
+
+#[tokio::test(start_paused = true)]
+async fn many_concurrent_calls_each_end_at_their_own_bound() {
+    // 100 calls through clones of one service, each with its own override; half of them
+    // would answer just in time, half just too late.
+    let probe = Probe::default();
+    let svc = TimeoutLayer::new(LIMIT).unwrap().layer(service_fn({
+        let probe = probe.clone();
+        move |req: http::Request<Duration>| {
+            let delay = *req.body();
+            probe.watch(async move {
+                sleep(delay).await;
+                Ok::<_, BoxError>(delay)
+            })
+        }
+    }));
+    let start = Instant::now();
+    let calls = (1..=100u64).map(|i| {
+        let mut svc = svc.clone();
+        async move {
+            let limit = Duration::from_millis(10 * i);
+            let delay = if i % 2 == 0 {
+                limit
+            } else {
+                limit + Duration::from_millis(1)
+            };
+            let mut req = http::Request::new(delay);
+            req.extensions_mut().insert(TimeoutOverride(limit));
+            let result = svc.ready().await.unwrap().call(req).await;
+            (
+                i,
+                limit,
+                result.map_err(|e| elapsed_of(&e)),
+                start.elapsed(),
+            )
+        }
+    });
+    for (i, limit, result, ended) in futures::future::join_all(calls).await {
+        if i % 2 == 0 {
+            assert_eq!(result.unwrap(), limit);
+            assert_eq!(ended, limit);
+        } else {
+            assert_eq!(result.unwrap_err().limit(), limit);
+            assert_eq!(ended, limit);
+        }
+    }
+    assert_eq!((probe.calls(), probe.dropped_unfinished()), (100, 50));
+}
