@@ -24,7 +24,8 @@ use crate::request::RetryRequest;
 /// The request is copied before the first attempt only when it could be retried (more than
 /// one attempt allowed, the request is idempotent or the policy allows it, and
 /// [`RetryRequest::try_replay`] gives a copy); the inner service is cloned into the response
-/// future under the same condition, so that a retry can call it again.
+/// future only when the request was copied, so that a retry can call it again. A call that
+/// succeeds on its first poll reads no clock and arms no timer.
 pub struct Retry<S, C = RetryOn> {
     inner: S,
     // The budget and the limits are also in the handle; kept here too so the success path
@@ -113,16 +114,13 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         self.budget.deposit();
         let limits = self.limits;
-        let backup = if limits.may_retry(req.is_idempotent()) {
-            req.try_replay()
-        } else {
-            None
-        };
+        let may_retry = limits.may_retry(req.is_idempotent());
+        let backup = if may_retry { req.try_replay() } else { None };
         let first = self.inner.call(req);
-        let (service, handle) = match backup {
-            Some(_) => (Some(self.inner.clone()), Some(Arc::clone(&self.handle))),
-            None => (None, None),
-        };
+        let service = backup.as_ref().map(|_| self.inner.clone());
+        // A request that may be retried but could not be copied (a body over the replay cap)
+        // still gets the handle, so that giving up on it is reported as `NotReplayable`.
+        let handle = may_retry.then(|| Arc::clone(&self.handle));
         let attempts = ServiceAttempts { service, backup };
         ResponseFuture::new(Machine::running(first, attempts, limits, handle))
     }

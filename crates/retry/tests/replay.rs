@@ -74,6 +74,10 @@ async fn a_body_over_the_cap_is_sent_once_and_whole() {
     assert_eq!(svc.oneshot(req).await.unwrap().status(), 503);
     let seen = seen.lock().unwrap();
     assert_eq!(*seen, [Bytes::from("0123456789abcdefghijtail")]);
+    assert_eq!(
+        *r.lock().unwrap(),
+        [staunch_retry::GiveUpReason::NotReplayable]
+    );
 }
 
 #[tokio::test]
