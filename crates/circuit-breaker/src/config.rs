@@ -222,9 +222,9 @@ impl CircuitBreakerBuilder {
     /// # Errors
     ///
     /// A [`ConfigError`] naming the field when: the name is empty; a rate threshold is outside
-    /// `(0, 100]`; the window has size 0, a zero duration, 0 buckets, or buckets narrower
-    /// than a microsecond; `minimum_calls` is 0 or larger than a count window;
-    /// `consecutive_failures` is 0; a duration is zero; `permitted_calls_in_half_open` is 0;
+    /// `(0, 100]`; the window has size 0, a zero duration, no buckets, more than 1024 buckets
+    /// or buckets narrower than a microsecond; `minimum_calls` is 0 or larger than a count
+    /// window; `consecutive_failures` is 0; a duration is zero; `permitted_calls_in_half_open` is 0;
     /// `event_capacity` is 0.
     pub fn build(self) -> Result<CircuitBreaker, ConfigError> {
         let config = self.build_config()?;
@@ -244,6 +244,9 @@ impl CircuitBreakerBuilder {
         Ok(c)
     }
 }
+
+/// Every lane keeps a counter per bucket: a finer window buys little and costs memory.
+const MAX_BUCKETS: u32 = 1024;
 
 fn percent(field: &'static str, value: f64) -> Result<(), ConfigError> {
     if value.is_finite() && value > 0.0 && value <= 100.0 {
@@ -293,10 +296,10 @@ fn validate(c: &CircuitBreakerConfig) -> Result<(), ConfigError> {
         }
         SlidingWindow::Time { duration, buckets } => {
             nonzero("sliding_window.duration", duration)?;
-            if buckets == 0 {
+            if buckets == 0 || buckets > MAX_BUCKETS {
                 return Err(ConfigError::new(
                     "sliding_window.buckets",
-                    "must be greater than zero",
+                    format!("must be between 1 and {MAX_BUCKETS} (got {buckets})"),
                 ));
             }
             if duration / buckets < Duration::from_micros(1) {

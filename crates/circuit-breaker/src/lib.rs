@@ -25,6 +25,12 @@
 //!   pass, record nothing) and [`State::MetricsOnly`] (always pass, still record), until
 //!   [`CircuitBreaker::reset`].
 //!
+//! The rules are checked whenever a failure or a slow call is recorded, and on every call while
+//! the window holds fewer than `minimum_calls` (the call that reaches the minimum may find the
+//! rate already over the threshold). A success on a full window cannot raise a rate, so it is
+//! not checked: that is what keeps the common path cheap. (In a time window, a rate that rises
+//! only because older successes expired is acted on at the next failure.)
+//!
 //! Every transition starts a new *generation*: a call remembers the generation it started in,
 //! and its result is discarded if the breaker has moved on (a slow call from before a trip
 //! must not count in the fresh window after the breaker closes again).

@@ -110,7 +110,8 @@ impl Window {
         match config {
             SlidingWindow::Count { size } => Window::Count {
                 size: u64::from(size),
-                events: VecDeque::with_capacity(size as usize),
+                // Grows (on the failure path only) up to the window's size at most.
+                events: VecDeque::with_capacity(size.min(4096) as usize),
                 base: 0,
                 recorded: 0,
                 failures: 0,

@@ -217,6 +217,10 @@ fn invalid_settings_fail_at_build_naming_the_field() {
         field(b().time_window(Duration::from_secs(1), 0)),
         "pay.sliding_window.buckets"
     );
+    assert_eq!(
+        field(b().time_window(Duration::from_secs(10), 5000)),
+        "pay.sliding_window.buckets"
+    );
     assert_eq!(field(b().minimum_calls(0)), "pay.minimum_calls");
     assert_eq!(
         field(b().count_window(10).minimum_calls(11)),
