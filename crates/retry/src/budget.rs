@@ -145,9 +145,13 @@ impl fmt::Debug for RetryBudget {
 impl Default for RetryBudget {
     /// 20% of requests plus 10 retries per second, over 10 seconds.
     fn default() -> Self {
-        RetryBudgetBuilder::default()
-            .build()
-            .unwrap_or_else(|_| unreachable!("the defaults are valid"))
+        let b = RetryBudgetBuilder::default();
+        Self::from_parts(
+            true,
+            b.ratio,
+            u64::from(b.min_per_sec) * b.ttl.as_secs(),
+            b.ttl,
+        )
     }
 }
 

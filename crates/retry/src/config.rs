@@ -93,9 +93,7 @@ impl fmt::Debug for RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicyBuilder::default()
-            .build()
-            .unwrap_or_else(|_| unreachable!("the defaults are valid"))
+        RetryPolicyBuilder::default().assemble()
     }
 }
 
@@ -370,6 +368,11 @@ impl RetryPolicyBuilder {
                 return Err(ConfigError::new(field, "must be greater than zero"));
             }
         }
+        Ok(self.assemble())
+    }
+
+    /// Builds the policy from settings known to be valid.
+    fn assemble(self) -> RetryPolicy {
         let shared = Arc::new(Shared {
             name: self.name,
             max_attempts: self.max_attempts,
@@ -391,6 +394,6 @@ impl RetryPolicyBuilder {
             max_total_time: shared.max_total_time,
             retry_non_idempotent: shared.retry_non_idempotent,
         };
-        Ok(RetryPolicy { shared, limits })
+        RetryPolicy { shared, limits }
     }
 }
