@@ -155,19 +155,20 @@ impl CircuitBreaker {
     /// `try_acquire` for the response futures: the permit goes straight into `called`, with no
     /// `Result` in between (moving the permit through one cost a store-forwarding stall).
     #[inline(always)]
-    pub(crate) fn acquire_into<R>(
+    pub(crate) fn acquire_into<S, R>(
         &self,
-        called: impl FnOnce(Permit) -> R,
-        rejected: impl FnOnce(BreakerOpen) -> R,
+        state: S,
+        called: impl FnOnce(S, Permit) -> R,
+        rejected: impl FnOnce(S, BreakerOpen) -> R,
     ) -> R {
         let word = Word(self.core.hot.state.load(Ordering::Acquire));
         let lane = self.lane();
         if word.state() == State::Closed {
-            return called(Permit::new(lane, word, Kind::Window));
+            return called(state, Permit::new(lane, word, Kind::Window));
         }
         match self.try_acquire_slow(lane, word) {
-            Ok(permit) => called(permit),
-            Err(open) => rejected(open),
+            Ok(permit) => called(state, permit),
+            Err(open) => rejected(state, open),
         }
     }
 
@@ -259,6 +260,7 @@ impl CircuitBreaker {
     ///
     /// Dropping the returned future before it finishes counts as a cancelled call (ignored),
     /// and gives a half-open probe slot back.
+    #[inline]
     pub fn call<F, T, E>(&self, future: F) -> ResponseFuture<F, AnyError>
     where
         F: Future<Output = Result<T, E>>,
@@ -272,18 +274,20 @@ impl CircuitBreaker {
     /// # Cancel safety
     ///
     /// As [`call`](Self::call), with the classifier's `classify_cancelled` outcome.
+    #[inline]
     pub fn call_with<F, C, T, E>(&self, classifier: C, future: F) -> ResponseFuture<F, C>
     where
         F: Future<Output = Result<T, E>>,
         C: Classify<T, E>,
     {
-        match self.try_acquire() {
-            Ok(permit) => {
-                let permit = permit.cancelled_as(classifier.classify_cancelled());
-                ResponseFuture::called(future, permit, classifier)
-            }
-            Err(open) => ResponseFuture::rejected(open, classifier),
-        }
+        let cancelled = classifier.classify_cancelled();
+        self.acquire_into(
+            (future, classifier),
+            |(future, classifier), permit| {
+                ResponseFuture::called(future, permit.cancelled_as(cancelled), classifier)
+            },
+            |(_, classifier), open| ResponseFuture::rejected(open, classifier),
+        )
     }
 
     /// Opens the breaker until [`reset`](Self::reset): every call is rejected.

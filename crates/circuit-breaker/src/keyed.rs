@@ -14,6 +14,7 @@ use crate::breaker::CircuitBreaker;
 use crate::config::CircuitBreakerConfig;
 use crate::error::CircuitBreakerError;
 use crate::future::ResponseFuture;
+use crate::permit::Permit;
 
 /// The breakers of a [`KeyedCircuitBreakerLayer`], created on first use of each key.
 ///
@@ -244,12 +245,17 @@ where
         let breaker = self.registry.breaker_for(&(self.key)(&req));
         let cancelled = self.classifier.classify_cancelled();
         let (inner, classifier) = (&mut self.inner, &self.classifier);
+        let call = move |permit: Permit| {
+            ResponseFuture::called(
+                inner.call(req),
+                permit.cancelled_as(cancelled),
+                classifier.clone(),
+            )
+        };
         breaker.acquire_into(
-            |permit| {
-                let permit = permit.cancelled_as(cancelled);
-                ResponseFuture::called(inner.call(req), permit, classifier.clone())
-            },
-            |open| ResponseFuture::rejected(open, classifier.clone()),
+            (),
+            |(), permit| call(permit),
+            |(), open| ResponseFuture::rejected(open, self.classifier.clone()),
         )
     }
 }

@@ -8,6 +8,7 @@ use tower_service::Service;
 use crate::breaker::CircuitBreaker;
 use crate::error::CircuitBreakerError;
 use crate::future::ResponseFuture;
+use crate::permit::Permit;
 
 /// A service behind a circuit breaker.
 ///
@@ -85,12 +86,17 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let cancelled = self.classifier.classify_cancelled();
         let (inner, classifier) = (&mut self.inner, &self.classifier);
+        let call = move |permit: Permit| {
+            ResponseFuture::called(
+                inner.call(req),
+                permit.cancelled_as(cancelled),
+                classifier.clone(),
+            )
+        };
         self.breaker.acquire_into(
-            |permit| {
-                let permit = permit.cancelled_as(cancelled);
-                ResponseFuture::called(inner.call(req), permit, classifier.clone())
-            },
-            |open| ResponseFuture::rejected(open, classifier.clone()),
+            (),
+            |(), permit| call(permit),
+            |(), open| ResponseFuture::rejected(open, self.classifier.clone()),
         )
     }
 }
