@@ -47,6 +47,12 @@ pub enum HedgeDelay {
 
 /// Sends a hedged attempt for slow calls; wraps services in [`Hedge`].
 ///
+/// At most one hedge is sent per call, and only for requests the retry layer could replay
+/// (idempotent, copyable). The first success wins and the other attempt is dropped. A
+/// failure that arrives before the hedge is sent is returned at once: hedging is not retrying
+/// (stack a [`RetryLayer`] for that); once the hedge is out, a failure of one attempt waits
+/// for the other, and if both fail the last error is returned.
+///
 /// ```
 /// use std::time::Duration;
 /// use staunch_retry::{HedgeDelay, HedgeLayer, RetryPolicy};
