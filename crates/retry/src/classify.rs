@@ -198,7 +198,8 @@ impl RetryOn {
         self
     }
 
-    /// Also retries responses whose `grpc-status` header is `code` (0 to 16).
+    /// Also retries responses whose `grpc-status` header is `code` (gRPC codes are 0 to 16;
+    /// values above 31 never match and are ignored).
     pub fn grpc_code(mut self, code: u8) -> Self {
         if code < 32 {
             self.grpc_codes |= 1 << code;

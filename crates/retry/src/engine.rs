@@ -230,6 +230,7 @@ where
                     return Poll::Ready(Err("the request could not be replayed".into()));
                 };
                 *this.made += 1;
+                tracing::trace!(attempt = *this.made, "starting attempt");
                 this.attempt.set(Some(fut));
             }
         }

@@ -99,3 +99,36 @@ async fn buffered_bodies_keep_trailers_and_report_their_size() {
     let full: ReplayBody<Full<Bytes>> = ReplayBody::from_bytes("x");
     assert!(full.is_replayable());
 }
+
+proptest::proptest! {
+    /// Whatever the chunking and the cap, the body sent is the body given, and it is
+    /// replayable exactly when it fits under the cap.
+    #[test]
+    fn buffering_preserves_the_body_and_replays_only_under_the_cap(
+        chunks in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..40), 0..8),
+        cap in 0usize..200,
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let whole: Vec<u8> = chunks.concat();
+        let frames: Vec<Result<_, std::io::Error>> = chunks
+            .into_iter()
+            .map(|c| Ok(http_body::Frame::data(Bytes::from(c))))
+            .collect();
+        let (replayable, sent, copy) = rt.block_on(async move {
+            let body = ReplayBody::buffer(StreamBody::new(futures::stream::iter(frames)), cap)
+                .await
+                .unwrap();
+            let replayable = body.is_replayable();
+            let copy = match body.try_clone() {
+                Some(c) => Some(c.collect().await.unwrap().to_bytes()),
+                None => None,
+            };
+            (replayable, body.collect().await.unwrap().to_bytes(), copy)
+        });
+        proptest::prop_assert_eq!(&sent[..], &whole[..]);
+        proptest::prop_assert_eq!(replayable, whole.len() <= cap);
+        if let Some(copy) = copy {
+            proptest::prop_assert_eq!(&copy[..], &whole[..]);
+        }
+    }
+}
