@@ -45,9 +45,13 @@ pub(crate) struct Shared {
 /// Registered definitions by name and version.
 type Registry = HashMap<(Arc<str>, u32), Arc<dyn Resume>>;
 
+/// A saga this engine runs or has handles waiting on.
 pub(crate) struct Live {
     pub(crate) tx: watch::Sender<Published>,
+    /// A runner of this process drives it.
     pub(crate) running: bool,
+    /// Its definition, once known (recovery claims before it loads the log).
+    pub(crate) definition: Option<(Arc<str>, u32)>,
 }
 
 /// A registered definition with its state type erased, so recovery can resume any saga.
@@ -164,7 +168,14 @@ impl Shared {
             }
             None => {
                 let (tx, _) = watch::channel(None);
-                live.insert(Arc::clone(id), Live { tx, running: true });
+                live.insert(
+                    Arc::clone(id),
+                    Live {
+                        tx,
+                        running: true,
+                        definition: None,
+                    },
+                );
                 true
             }
         }
@@ -266,10 +277,29 @@ impl SagaEngine {
         let rx = {
             let mut live = self.shared.live();
             if let Some(l) = live.get(&id) {
+                if let Some((name, version)) = &l.definition
+                    && (**name != *definition.inner.name || *version != definition.inner.version)
+                {
+                    return Err(SagaError::DefinitionMismatch {
+                        saga_id: id.to_string(),
+                        definition: name.to_string(),
+                        version: *version,
+                    });
+                }
                 return Ok(SagaHandle::new(id, l.tx.subscribe()));
             }
             let (tx, rx) = watch::channel(None);
-            live.insert(Arc::clone(&id), Live { tx, running: true });
+            live.insert(
+                Arc::clone(&id),
+                Live {
+                    tx,
+                    running: true,
+                    definition: Some((
+                        Arc::clone(&definition.inner.name),
+                        definition.inner.version,
+                    )),
+                },
+            );
             rx
         };
         let mut guard = ClaimGuard {

@@ -9,7 +9,7 @@ use crate::engine::{Live, SagaEngine};
 use crate::error::{LoadError, SagaError};
 use crate::event::SagaEvent;
 use crate::metrics::Count;
-use crate::outcome::SagaHandle;
+use crate::outcome::{RawOutcome, SagaHandle};
 use crate::recovery::decode_log;
 use crate::replay::{Progress, Stage};
 use crate::store::{Append, SagaStatus};
@@ -78,22 +78,41 @@ impl SagaEngine {
         progress.apply(&event).map_err(load_err)?;
         let (status, note) = progress.status();
         let id: Arc<str> = Arc::from(saga_id);
-        let (tx, rx) = watch::channel(None);
-        if resume {
+        let definition = (Arc::from(progress.definition.as_str()), progress.version);
+        let rx = if resume {
             let mut live = self.shared.live();
-            if live.get(&id).is_some_and(|l| l.running) {
-                return Err(SagaError::NotStuck {
-                    saga_id: saga_id.to_owned(),
-                    status: SagaStatus::Running,
-                });
+            match live.get_mut(&id) {
+                Some(l) if l.running => {
+                    return Err(SagaError::NotStuck {
+                        saga_id: saga_id.to_owned(),
+                        status: SagaStatus::Running,
+                    });
+                }
+                // Handles already waiting on this saga see the new outcome too.
+                Some(l) => {
+                    l.running = true;
+                    l.definition = Some(definition);
+                    l.tx.subscribe()
+                }
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    let entry = Live {
+                        tx,
+                        running: true,
+                        definition: Some(definition),
+                    };
+                    live.insert(Arc::clone(&id), entry);
+                    rx
+                }
             }
-            live.insert(Arc::clone(&id), Live { tx, running: true });
-        }
+        } else {
+            watch::channel(None).1
+        };
         let append =
             Append::new(Arc::clone(&id), first_seq, vec![event.encode()], status).with_note(note);
         if let Err(e) = self.shared.store.append(append).await {
             if resume {
-                self.shared.live().remove(&id);
+                self.shared.unclaim(&id);
             }
             return Err(e.into());
         }
@@ -101,6 +120,11 @@ impl SagaEngine {
             self.shared
                 .counters
                 .count(Count::Resolved, &log.summary.definition);
+            if let Stage::Resolved { note } = progress.stage
+                && let Some(l) = self.shared.live().remove(&id)
+            {
+                l.tx.send_replace(Some(Ok(RawOutcome::Resolved { note })));
+            }
             return Ok(SagaHandle::new(id, rx));
         }
         let def = self

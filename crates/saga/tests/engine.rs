@@ -795,3 +795,22 @@ async fn every_transition_is_in_the_store_before_the_next_call_starts() {
     let log = store.load("dur").await.unwrap().unwrap();
     assert_eq!(log.summary.status, SagaStatus::Completed);
 }
+
+#[tokio::test(start_paused = true)]
+async fn starting_a_running_id_with_another_definition_is_refused() {
+    let calls = calls();
+    let (hang, _) = scripted("slow", Phase::Action, Script::Hang, &calls);
+    let slow = SagaDefinition::builder("slow", 1)
+        .step(Step::new("slow", hang))
+        .build()
+        .unwrap();
+    let other = linear("other", &[Script::Ok], &calls);
+    let engine = engine();
+    let _running = engine.start(&slow, "busy", trail()).await.unwrap();
+    assert!(matches!(
+        engine.start(&other, "busy", trail()).await,
+        Err(SagaError::DefinitionMismatch { ref definition, version: 1, .. }) if definition == "slow"
+    ));
+    // The same definition gets the running saga's handle.
+    assert!(engine.start(&slow, "busy", trail()).await.is_ok());
+}

@@ -158,6 +158,10 @@ fn db(e: sqlx::Error) -> StoreError {
 
 /// The SQLite store. Cheap to clone; the writer task stops when the last clone is dropped.
 ///
+/// It does real file I/O on sqlx's worker threads, so use it under a real-time runtime: with
+/// tokio's paused clock (`start_paused`) the read pool's acquire timeout is fast-forwarded
+/// while a connection is still opening. Paused-time tests belong with [`MemoryStore`](crate::MemoryStore).
+///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
