@@ -21,13 +21,11 @@ impl tower::retry::Policy<u64, u64, BoxError> for TowerRetryErrors {
     type Future = Ready<()>;
 
     fn retry(&mut self, _: &mut u64, result: &mut Result<u64, BoxError>) -> Option<Ready<()>> {
-        match result {
-            Ok(_) => None,
-            Err(_) if self.0 > 0 => {
-                self.0 -= 1;
-                Some(ready(()))
-            }
-            Err(_) => None,
+        if result.is_err() && self.0 > 0 {
+            self.0 -= 1;
+            Some(ready(()))
+        } else {
+            None
         }
     }
 
