@@ -1,0 +1,102 @@
+//! The `metrics` feature: counters emitted through the `metrics` facade with a `name` label.
+#![cfg(feature = "metrics")]
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use metrics::{
+    Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+};
+use staunch_retry::RetryLayer;
+use support::{BoxError, policy, reasons};
+use tower::{Layer, ServiceExt};
+
+/// Records every counter increment as (name, labels, value).
+#[derive(Default)]
+struct Capture(Arc<Mutex<Vec<(String, Vec<(String, String)>, u64)>>>);
+
+struct Handle {
+    key: Key,
+    log: Arc<Mutex<Vec<(String, Vec<(String, String)>, u64)>>>,
+    total: AtomicU64,
+}
+
+impl CounterFn for Handle {
+    fn increment(&self, value: u64) {
+        self.total.fetch_add(value, Ordering::Relaxed);
+        let labels = self
+            .key
+            .labels()
+            .map(|l| (l.key().to_owned(), l.value().to_owned()))
+            .collect();
+        self.log
+            .lock()
+            .unwrap()
+            .push((self.key.name().to_owned(), labels, value));
+    }
+
+    fn absolute(&self, _: u64) {}
+}
+
+impl Recorder for Capture {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        Counter::from_arc(Arc::new(Handle {
+            key: key.clone(),
+            log: Arc::clone(&self.0),
+            total: AtomicU64::new(0),
+        }))
+    }
+
+    fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::noop()
+    }
+
+    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::noop()
+    }
+}
+
+#[test]
+fn retries_and_give_ups_are_counted_with_the_policy_name() {
+    let capture = Capture::default();
+    let log = Arc::clone(&capture.0);
+    metrics::with_local_recorder(&capture, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let r = reasons();
+            let policy = policy(&r).name("payment").build().unwrap();
+            let svc = RetryLayer::new(policy).layer(tower::service_fn(|_: u32| async {
+                Err::<u32, BoxError>(
+                    std::io::Error::from(std::io::ErrorKind::ConnectionReset).into(),
+                )
+            }));
+            svc.oneshot(1).await.unwrap_err();
+        });
+    });
+    let log = log.lock().unwrap();
+    let name = |n: &str| {
+        log.iter()
+            .filter(|(k, labels, _)| {
+                k == n && labels.contains(&("name".to_owned(), "payment".to_owned()))
+            })
+            .map(|(_, _, v)| v)
+            .sum::<u64>()
+    };
+    assert_eq!(name("staunch_retry_retries_total"), 2);
+    assert_eq!(name("staunch_retry_gave_up_total"), 1);
+    assert!(
+        log.iter()
+            .any(|(k, labels, _)| k == "staunch_retry_gave_up_total"
+                && labels.contains(&("reason".to_owned(), "max_attempts".to_owned())))
+    );
+}
