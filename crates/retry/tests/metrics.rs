@@ -13,13 +13,16 @@ use staunch_retry::RetryLayer;
 use support::{BoxError, policy, reasons};
 use tower::{Layer, ServiceExt};
 
-/// Records every counter increment as (name, labels, value).
+/// Every counter increment as (name, labels, value).
+type Log = Arc<Mutex<Vec<(String, Vec<(String, String)>, u64)>>>;
+
+/// Records every counter increment.
 #[derive(Default)]
-struct Capture(Arc<Mutex<Vec<(String, Vec<(String, String)>, u64)>>>);
+struct Capture(Log);
 
 struct Handle {
     key: Key,
-    log: Arc<Mutex<Vec<(String, Vec<(String, String)>, u64)>>>,
+    log: Log,
     total: AtomicU64,
 }
 
