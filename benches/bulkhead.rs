@@ -5,7 +5,7 @@
 //! and giving back a free permit:
 //! - `staunch bulkhead`: fail fast (the default);
 //! - `staunch bulkhead, max_wait 10ms`: waiting enabled (the fast path must not touch a timer);
-//! - `staunch partitioned bulkhead`: one key, no global cap (a key lookup per call);
+//! - `staunch partitioned bulkhead`: one configured key, no global cap (a key lookup per call);
 //! - `staunch Bulkhead::try_acquire` (engine without tower, measured directly);
 //! - `tokio Semaphore try_acquire_owned`: the permit wrapped around the call as a service;
 //! - `tower ConcurrencyLimit`;
@@ -80,7 +80,7 @@ fn staunch_layer(max_wait: Duration) -> staunch::bulkhead::BulkheadLayer {
 
 fn staunch_partitioned() -> impl Service<u64, Error = support::BoxError> + Clone + Send + 'static {
     let partitions = PartitionedBulkhead::builder("bench")
-        .default_limit(PERMITS)
+        .partition(0u8, PERMITS)
         .build()
         .expect("valid partitioned bulkhead");
     PartitionedBulkheadLayer::new(partitions, |_: &u64| 0u8).layer(support::bare())

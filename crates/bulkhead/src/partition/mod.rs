@@ -59,8 +59,10 @@ pub struct PartitionedBulkhead<K> {
 
 struct Inner<K> {
     name: Arc<str>,
-    partitions: RwLock<HashMap<K, Bulkhead>>,
-    configured: usize,
+    /// Keys with a configured limit: fixed at build, read without a lock.
+    configured: HashMap<K, Bulkhead>,
+    /// Partitions created on first use for other keys.
+    created: RwLock<HashMap<K, Bulkhead>>,
     max_partitions: usize,
     default_limit: usize,
     overflow: Bulkhead,
@@ -112,8 +114,11 @@ where
     /// The bulkhead of `key`, creating it with the default limit on first use.
     pub fn partition(&self, key: &K) -> Bulkhead {
         let inner = &*self.inner;
+        if let Some(b) = inner.configured.get(key) {
+            return b.clone();
+        }
         if let Some(b) = inner
-            .partitions
+            .created
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(key)
@@ -121,13 +126,13 @@ where
             return b.clone();
         }
         let mut partitions = inner
-            .partitions
+            .created
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(b) = partitions.get(key) {
             return b.clone();
         }
-        if partitions.len() - inner.configured >= inner.max_partitions {
+        if partitions.len() >= inner.max_partitions {
             tracing::trace!(bulkhead = %inner.name, key = ?key, "partition limit reached; key shares the overflow partition");
             return inner.overflow.clone();
         }
@@ -279,8 +284,8 @@ where
         }
         Ok(PartitionedBulkhead {
             inner: Arc::new(Inner {
-                configured: map.len(),
-                partitions: RwLock::new(map),
+                configured: map,
+                created: RwLock::new(HashMap::new()),
                 name,
                 max_partitions: self.max_partitions,
                 default_limit: self.default_limit,
