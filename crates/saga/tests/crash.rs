@@ -167,8 +167,9 @@ async fn crash_worker() {
     let mut handles = Vec::with_capacity(SAGAS);
     for n in 0..SAGAS {
         if !existing.contains(&id(n)) {
-            // Pace new sagas so the kills land while many are in flight.
-            tokio::time::sleep(Duration::from_millis(4)).await;
+            // Pace new sagas (600 x 10 ms = 6 s of work in all, more than the 24 kill points
+            // take) so every kill lands while sagas are in flight.
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let order = Order {
             n,
