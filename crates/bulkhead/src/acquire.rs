@@ -18,7 +18,7 @@ use crate::state::{Enqueue, Waiter};
 ///
 /// The first poll takes a free permit without locking. Otherwise the caller joins the FIFO
 /// queue (if `max_wait` is not zero and the queue is below `max_queued`) and waits until a
-/// permit is handed to it or `max_wait` has passed.
+/// permit is handed to it or `max_wait` has passed, counted from that first poll.
 ///
 /// # Panics
 ///
