@@ -16,48 +16,10 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::config::{CircuitBreakerConfig, HalfOpenTransition, OpenDuration};
-use crate::events::Event;
+use crate::events::{Event, TransitionReason};
 use crate::lane::{Hot, Lane, TimeBucket, WARMING};
 use crate::state::{State, Word};
 use crate::window::{Counts, TimeGeometry, Window};
-
-/// Why a breaker changed state; carried in events and logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum TransitionReason {
-    /// The failure rate over the window reached the threshold.
-    FailureRate,
-    /// The slow-call rate over the window reached the threshold.
-    SlowCallRate,
-    /// The configured number of failures in a row was reached.
-    ConsecutiveFailures,
-    /// The open duration passed.
-    OpenDurationElapsed,
-    /// Enough half-open probes succeeded.
-    ProbesSucceeded,
-    /// Too many half-open probes failed (or were slow).
-    ProbesFailed,
-    /// The half-open probes did not finish within `max_half_open_duration`.
-    HalfOpenTimedOut,
-    /// A manual command through the handle.
-    Manual,
-}
-
-impl TransitionReason {
-    /// A stable lower-case name for logs and metrics.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            TransitionReason::FailureRate => "failure_rate",
-            TransitionReason::SlowCallRate => "slow_call_rate",
-            TransitionReason::ConsecutiveFailures => "consecutive_failures",
-            TransitionReason::OpenDurationElapsed => "open_duration_elapsed",
-            TransitionReason::ProbesSucceeded => "probes_succeeded",
-            TransitionReason::ProbesFailed => "probes_failed",
-            TransitionReason::HalfOpenTimedOut => "half_open_timed_out",
-            TransitionReason::Manual => "manual",
-        }
-    }
-}
 
 /// State only the slow path touches.
 #[derive(Debug)]

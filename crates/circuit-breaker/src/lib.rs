@@ -93,6 +93,18 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A tonic `Channel` is a `tower::Service<http::Request<_>>` too; with the `tonic` feature of
+//! `staunch-core`, `GrpcStatus` reads the `grpc-status` header of its responses (how servers
+//! report most errors: a "trailers-only" response), and counts transport errors as failures:
+//!
+//! ```ignore
+//! let channel = tonic::transport::Channel::from_static("http://127.0.0.1:50051").connect_lazy();
+//! let channel = ServiceBuilder::new()
+//!     .layer(CircuitBreakerLayer::new(breaker).with_classifier(GrpcStatus::new()))
+//!     .service(channel);
+//! let mut client = PaymentClient::new(channel);
+//! ```
+//!
 //! Without tower, run a future through the breaker with [`CircuitBreaker::call`] /
 //! [`call_with`](CircuitBreaker::call_with), or take a [`Permit`] with
 //! [`try_acquire`](CircuitBreaker::try_acquire) and report the outcome yourself.
@@ -147,9 +159,8 @@ pub use crate::breaker::{CircuitBreaker, Snapshot};
 pub use crate::config::{
     CircuitBreakerBuilder, CircuitBreakerConfig, HalfOpenTransition, OpenDuration, SlidingWindow,
 };
-pub use crate::core::TransitionReason;
 pub use crate::error::{BreakerOpen, CircuitBreakerError};
-pub use crate::events::Event;
+pub use crate::events::{Event, TransitionReason};
 pub use crate::future::ResponseFuture;
 pub use crate::keyed::{BreakerRegistry, KeyedCircuitBreakerLayer, KeyedCircuitBreakerService};
 pub use crate::layer::CircuitBreakerLayer;
