@@ -118,6 +118,8 @@ plain_responses!(
     bytes::Bytes
 );
 impl<T> RetryResponse for Vec<T> {}
+#[cfg(feature = "tonic")]
+impl<T> RetryResponse for tonic::Response<T> {}
 impl<T> RetryResponse for Option<T> {}
 
 /// gRPC `UNAVAILABLE`.
@@ -138,6 +140,9 @@ const GRPC_RESOURCE_EXHAUSTED: u32 = 8;
 ///   (a negative or malformed value means "do not retry"). Only trailers-only responses carry
 ///   `grpc-status` in the headers, which is how servers send errors without a body; a status
 ///   that arrives in trailers after a body is not seen.
+/// - **gRPC errors** (feature `tonic`): a `tonic::Status` with one of those codes, anywhere in
+///   the error's source chain, honouring `grpc-retry-pushback-ms` in its metadata. This is the
+///   path of [`RetryPolicy::retry`](crate::RetryPolicy::retry) around a generated client.
 ///
 /// ```
 /// use http::StatusCode;
@@ -214,6 +219,32 @@ impl RetryOn {
         self
     }
 
+    fn error(&self, err: &(dyn Error + 'static)) -> Verdict {
+        #[cfg(feature = "tonic")]
+        if let Some(status) = find::<tonic::Status>(err) {
+            let code = status.code() as u32;
+            if code >= 32 || self.grpc_codes & (1 << code) == 0 {
+                return Verdict::Done;
+            }
+            let pushback = status
+                .metadata()
+                .get(hints::GRPC_RETRY_PUSHBACK_MS)
+                .map(|v| v.to_str().ok().and_then(|t| t.trim().parse::<i64>().ok()));
+            return match pushback {
+                None => Verdict::Retry,
+                Some(Some(ms)) if ms >= 0 => {
+                    Verdict::RetryAfter(Duration::from_millis(ms.unsigned_abs()))
+                }
+                Some(_) => Verdict::DoNotRetry,
+            };
+        }
+        if (self.errors)(err) {
+            Verdict::Retry
+        } else {
+            Verdict::Done
+        }
+    }
+
     fn response(&self, status: Option<StatusCode>, headers: Option<&HeaderMap>) -> Verdict {
         if let Some(status) = status
             && self.statuses.is_failure(status)
@@ -247,10 +278,22 @@ impl<Res: RetryResponse> RetryClassify<Res> for RetryOn {
                 (None, None) => Verdict::Done,
                 (status, headers) => self.response(status, headers),
             },
-            Err(err) if (self.errors)(&**err) => Verdict::Retry,
-            Err(_) => Verdict::Done,
+            Err(err) => self.error(&**err),
         }
     }
+}
+
+/// The first error of type `E` in `err`'s source chain.
+#[cfg(feature = "tonic")]
+fn find<'a, E: Error + 'static>(err: &'a (dyn Error + 'static)) -> Option<&'a E> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<E>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
 }
 
 /// The default error rule of [`RetryOn`]: is `err` (or anything in its source chain) a
@@ -411,5 +454,40 @@ mod tests {
         let e: BoxError = "anything".into();
         assert_eq!(RetryClassify::<()>::classify(&c, Err(&e)), Verdict::Retry);
         let _ = Arc::new(c);
+    }
+
+    #[cfg(feature = "tonic")]
+    #[test]
+    fn tonic_status_codes_and_pushback() {
+        let c = RetryOn::new();
+        let r = |e: BoxError| RetryClassify::<tonic::Response<()>>::classify(&c, Err(&e));
+        assert_eq!(
+            r(Box::new(tonic::Status::unavailable("down"))),
+            Verdict::Retry
+        );
+        assert_eq!(
+            r(Box::new(tonic::Status::resource_exhausted("quota"))),
+            Verdict::Retry
+        );
+        assert_eq!(r(Box::new(tonic::Status::internal("bug"))), Verdict::Done);
+        assert_eq!(
+            r(Box::new(tonic::Status::invalid_argument("bad"))),
+            Verdict::Done
+        );
+        let with_pushback = |v: &str| {
+            let mut s = tonic::Status::unavailable("busy");
+            s.metadata_mut()
+                .insert(crate::hints::GRPC_RETRY_PUSHBACK_MS, v.parse().unwrap());
+            Box::new(s) as BoxError
+        };
+        assert_eq!(
+            r(with_pushback("200")),
+            Verdict::RetryAfter(Duration::from_millis(200))
+        );
+        assert_eq!(r(with_pushback("-1")), Verdict::DoNotRetry);
+        assert_eq!(
+            RetryClassify::<tonic::Response<()>>::classify(&c, Ok(&tonic::Response::new(()))),
+            Verdict::Done
+        );
     }
 }

@@ -87,6 +87,9 @@
 //! - `reqwest`: `reqwest::Request` is replayable (`try_clone`), `reqwest::Response` is
 //!   classified by status and headers, and `reqwest::Error`s that are connect errors or
 //!   timeouts are retried.
+//! - `tonic`: `tonic::Status` errors with a retryable code are retried (honouring
+//!   `grpc-retry-pushback-ms` in their metadata) and `tonic::Response` is classified, so
+//!   [`RetryPolicy::retry`] works around generated gRPC clients.
 //! - `metrics`: emit through the `metrics` facade.
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]

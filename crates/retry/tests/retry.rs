@@ -410,3 +410,37 @@ async fn clones_share_the_policy_counters() {
     assert_eq!((m.requests, m.retries, m.gave_up), (3, 3, 3));
     assert_eq!(calls.count(), 6);
 }
+
+#[cfg(feature = "tonic")]
+#[tokio::test(start_paused = true)]
+async fn the_engine_retries_an_unavailable_grpc_call() {
+    let r = reasons();
+    let policy = policy(&r).build().unwrap();
+    let calls = AtomicU32::new(0);
+    let res = policy
+        .retry(|| async {
+            if calls.fetch_add(1, Ordering::Relaxed) == 0 {
+                Err(tonic::Status::unavailable("restarting"))
+            } else {
+                Ok(tonic::Response::new(7u32))
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(res.into_inner(), 7);
+    assert_eq!(calls.load(Ordering::Relaxed), 2);
+    // A business error is returned at once.
+    let calls = AtomicU32::new(0);
+    let err = policy
+        .retry(|| async {
+            calls.fetch_add(1, Ordering::Relaxed);
+            Err::<tonic::Response<u32>, _>(tonic::Status::not_found("no such order"))
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<tonic::Status>().unwrap().code(),
+        tonic::Code::NotFound
+    );
+    assert_eq!(calls.load(Ordering::Relaxed), 1);
+}
