@@ -269,8 +269,12 @@ impl<S: SagaState> Runner<S> {
         let mut tries = 0u32;
         loop {
             if self.deadline_passed() {
-                if reuse_open {
-                    let attempt = self.progress.steps[i as usize].action_attempts;
+                // An attempt logged as started (by this runner, or by a process that stopped)
+                // has an unknown effect: mark it so the step is compensated too.
+                if let Some(p) = self.progress.steps.get(i as usize)
+                    && p.action_open
+                {
+                    let attempt = p.action_attempts;
                     self.record(SagaEvent::StepFailed {
                         step: i,
                         attempt,

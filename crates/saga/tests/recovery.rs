@@ -362,3 +362,55 @@ fn sqlite_recovers_after_the_runtime_and_its_writer_die_mid_saga() {
         .collect();
     assert_eq!(charge_keys, [1, 2]);
 }
+
+#[test]
+fn a_saga_recovered_after_its_deadline_compensates_the_interrupted_step_too() {
+    let store = MemoryStore::new();
+    let calls = calls();
+    let (charge, charge_switch) = scripted("charge", Phase::Action, Script::Hang, &calls);
+    let (refund, _) = scripted("charge", Phase::Compensate, Script::Ok, &calls);
+    let charge = Arc::new(charge);
+    let refund = Arc::new(refund);
+    let build = |deadline: Option<std::time::Duration>| {
+        let (c, r) = (Arc::clone(&charge), Arc::clone(&refund));
+        let mut b = SagaDefinition::builder("late", 1)
+            .step(step("reserve", Script::Ok, Some(Script::Ok), &calls))
+            .step(Step::new("charge", move |t, ctx| c(t, ctx)).compensate(move |t, ctx| r(t, ctx)));
+        if let Some(d) = deadline {
+            b = b.deadline(d);
+        }
+        b.build().unwrap()
+    };
+    crash_after(&store, &build(None), &calls, "late-1", 2);
+    // The deadline is measured on the wall clock from the saga's start, across restarts.
+    #[allow(clippy::disallowed_methods)] // real time must pass; nothing async is running
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    *charge_switch.lock().unwrap() = Script::Ok;
+    let def = build(Some(std::time::Duration::from_millis(1)));
+    runtime().block_on(async {
+        let engine = SagaEngine::new(store.clone());
+        engine.register(&def);
+        engine.recover().await.unwrap();
+        let o = engine
+            .start(&def, "late-1", trail())
+            .await
+            .unwrap()
+            .outcome()
+            .await
+            .unwrap();
+        assert!(
+            matches!(o, SagaOutcome::Compensated { ref error, .. } if error.contains("deadline")),
+            "{o:?}"
+        );
+    });
+    // The interrupted charge may have happened: it is refunded, not re-run.
+    assert_eq!(
+        seen(&calls),
+        [
+            "reserve:action",
+            "charge:action",
+            "charge:compensate",
+            "reserve:compensate"
+        ]
+    );
+}
