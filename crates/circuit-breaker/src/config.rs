@@ -222,8 +222,8 @@ impl CircuitBreakerBuilder {
     /// # Errors
     ///
     /// A [`ConfigError`] naming the field when: the name is empty; a rate threshold is outside
-    /// `(0, 100]`; the window has size 0, a zero duration, no buckets, more than 1024 buckets
-    /// or buckets narrower than a microsecond; `minimum_calls` is 0 or larger than a count
+    /// `(0, 100]`; the window has size 0, a zero duration, no buckets, more than 128 buckets
+    /// or buckets narrower than a millisecond; `minimum_calls` is 0 or larger than a count
     /// window; `consecutive_failures` is 0; a duration is zero; `permitted_calls_in_half_open` is 0;
     /// `event_capacity` is 0.
     pub fn build(self) -> Result<CircuitBreaker, ConfigError> {
@@ -245,8 +245,9 @@ impl CircuitBreakerBuilder {
     }
 }
 
-/// Every lane keeps a counter per bucket: a finer window buys little and costs memory.
-const MAX_BUCKETS: u32 = 1024;
+/// Every lane keeps a counter per bucket, and evaluating the window (on a failure) reads them
+/// all: a finer window buys little and costs memory and time on the failure path.
+const MAX_BUCKETS: u32 = 128;
 
 fn percent(field: &'static str, value: f64) -> Result<(), ConfigError> {
     if value.is_finite() && value > 0.0 && value <= 100.0 {
@@ -302,11 +303,12 @@ fn validate(c: &CircuitBreakerConfig) -> Result<(), ConfigError> {
                     format!("must be between 1 and {MAX_BUCKETS} (got {buckets})"),
                 ));
             }
-            if duration / buckets < Duration::from_micros(1) {
+            // Bucket epochs are kept in 40 bits: 1 ms buckets last 34 years.
+            if duration / buckets < Duration::from_millis(1) {
                 return Err(ConfigError::new(
                     "sliding_window.buckets",
                     format!(
-                        "must leave buckets at least 1µs wide ({buckets} buckets over {duration:?})"
+                        "must leave buckets at least 1 ms wide ({buckets} buckets over {duration:?})"
                     ),
                 ));
             }

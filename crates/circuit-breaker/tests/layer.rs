@@ -218,7 +218,11 @@ fn invalid_settings_fail_at_build_naming_the_field() {
         "pay.sliding_window.buckets"
     );
     assert_eq!(
-        field(b().time_window(Duration::from_secs(10), 5000)),
+        field(b().time_window(Duration::from_secs(10), 129)),
+        "pay.sliding_window.buckets"
+    );
+    assert_eq!(
+        field(b().time_window(Duration::from_millis(100), 200)),
         "pay.sliding_window.buckets"
     );
     assert_eq!(field(b().minimum_calls(0)), "pay.minimum_calls");
