@@ -160,7 +160,7 @@ impl<S: SagaState> Step<S> {
             action: boxed(action),
             compensation: None,
             retry: RetryPolicy::default(),
-            compensation_retry: RetryPolicy::unlimited_default_compensation(),
+            compensation_retry: RetryPolicy::new(5),
             on_interrupted: OnInterrupted::Rerun,
             retry_set: false,
         }
@@ -209,12 +209,6 @@ impl<S: SagaState> Step<S> {
     pub fn on_interrupted(mut self, on_interrupted: OnInterrupted) -> Self {
         self.on_interrupted = on_interrupted;
         self
-    }
-}
-
-impl RetryPolicy {
-    fn unlimited_default_compensation() -> Self {
-        Self::new(5)
     }
 }
 

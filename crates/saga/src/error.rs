@@ -111,6 +111,9 @@ pub enum StoreError {
         /// The store's next sequence number, `None` when the saga does not exist.
         actual: Option<u64>,
     },
+    /// A store setting is invalid.
+    #[error(transparent)]
+    Config(#[from] staunch_core::ConfigError),
     /// The store has shut down (its writer task ended).
     #[error("the saga store is closed")]
     Closed,

@@ -48,7 +48,10 @@ async fn opens_in_wal_mode_with_synchronous_full_and_records_the_schema_version(
         .open()
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("sqlite_store.max_batch"), "{err}");
+    assert!(
+        matches!(&err, staunch_saga::StoreError::Config(c) if c.field() == "sqlite_store.max_batch"),
+        "{err}"
+    );
     let _off = SqliteStore::builder(dir.file("y.db"))
         .synchronous(SqliteSynchronous::Off)
         .open()

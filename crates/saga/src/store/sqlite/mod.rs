@@ -105,9 +105,8 @@ impl SqliteStoreBuilder {
 
     /// Opens (creating if needed) the file, migrates the schema and starts the writer task.
     ///
-    /// Errors: a [`ConfigError`] for a zero batch or pool size (as
-    /// [`StoreError::Database`] naming the field), a database error, or a file whose schema
-    /// is newer than this build.
+    /// Errors: [`StoreError::Config`] for a zero batch or pool size, a database error, or a
+    /// file whose schema is newer than this build.
     pub async fn open(self) -> Result<SqliteStore, StoreError> {
         if self.max_batch == 0 {
             return Err(config(ConfigError::new("max_batch", "must be at least 1")));
@@ -149,7 +148,7 @@ impl SqliteStoreBuilder {
 }
 
 fn config(e: ConfigError) -> StoreError {
-    StoreError::Database(e.within("sqlite_store").to_string())
+    StoreError::Config(e.within("sqlite_store"))
 }
 
 fn db(e: sqlx::Error) -> StoreError {
