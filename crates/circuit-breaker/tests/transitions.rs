@@ -227,6 +227,37 @@ async fn backoff_open_durations_grow_with_each_reopen_and_reset_after_closing() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn jittered_backoff_open_durations_stay_within_their_bounds() {
+    let backoff = Backoff::exponential(SECOND)
+        .jitter(Jitter::Equal)
+        .max_delay(8 * SECOND)
+        .seed(42)
+        .build()
+        .unwrap();
+    let breaker = tripping_on_first_failure()
+        .open_backoff(backoff)
+        .build()
+        .unwrap();
+    fail(&breaker, 1);
+    let mut waits = Vec::new();
+    for ceiling in [1u32, 2, 4, 8, 8] {
+        let wait = breaker.try_acquire().unwrap_err().retry_after().unwrap();
+        // Equal jitter: half fixed, half random.
+        assert!(
+            wait >= ceiling * SECOND / 2 && wait <= ceiling * SECOND,
+            "{wait:?} for {ceiling}s"
+        );
+        waits.push(wait);
+        tokio::time::advance(wait).await;
+        breaker.try_acquire().expect("probe").failure();
+    }
+    assert!(
+        waits.windows(2).any(|w| w[0] != w[1] / 2),
+        "jitter moved some wait: {waits:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn fixed_open_duration_and_lazy_half_open_on_the_first_call() {
     let breaker = tripping_on_first_failure()
         .open_duration(5 * SECOND)
