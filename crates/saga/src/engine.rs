@@ -21,6 +21,33 @@ use crate::store::{Created, ListFilter, NewSaga, SagaStatus, SagaStore, SagaSumm
 ///
 /// Each saga runs on its own tokio task (so the engine must be used inside a tokio runtime).
 /// Register every definition before calling [`recover`](Self::recover).
+///
+/// A compensation that keeps failing leaves the saga stuck until an operator acts:
+///
+/// ```
+/// use staunch_saga::{
+///     MemoryStore, RetryPolicy, SagaDefinition, SagaEngine, SagaOutcome, Step, StepError,
+/// };
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let def = SagaDefinition::<u32>::builder("transfer", 1)
+///     .step(Step::new("debit", |n, _| async move { Ok(n) })
+///         .compensate(|_n, _| async move { Err(StepError::fail("ledger locked")) })
+///         .compensation_retry(RetryPolicy::new(1)))
+///     .step(Step::new("credit", |_n, _| async move { Err(StepError::fail("account closed")) }))
+///     .build()?;
+/// let engine = SagaEngine::new(MemoryStore::new());
+/// let outcome = engine.start(&def, "t-1", 100).await?.outcome().await?;
+/// assert!(matches!(outcome, SagaOutcome::Stuck { ref step, .. } if step == "debit"));
+/// assert_eq!(engine.stuck().await?[0].saga_id, "t-1");
+///
+/// // Fixed by hand: record it and close the saga.
+/// engine.resolve("t-1", "debit reversed manually, ticket 981").await?;
+/// assert!(engine.stuck().await?.is_empty());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct SagaEngine {
     pub(crate) shared: Arc<Shared>,
