@@ -29,8 +29,11 @@ pub enum StepKind {
     /// The point of no return: once it succeeds, the saga only moves forward. Every step after
     /// a pivot must be [`Retriable`](Self::Retriable). A pivot has no compensation.
     Pivot,
-    /// Must eventually succeed: every error is retried (no attempt limit unless one is set)
-    /// until it succeeds or an operator steps in.
+    /// Must eventually succeed: every error (business failures and panics included) is
+    /// retried, with no attempt limit unless [`Step::retry`] sets one. To hand such a step to
+    /// an operator instead of retrying forever, set `max_attempts` or the backoff's
+    /// `max_elapsed`: once exhausted after the pivot the saga is stuck (before the pivot it
+    /// compensates).
     Retriable,
 }
 

@@ -814,3 +814,26 @@ async fn starting_a_running_id_with_another_definition_is_refused() {
     // The same definition gets the running saga's handle.
     assert!(engine.start(&slow, "busy", trail()).await.is_ok());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retriable_step_without_a_policy_has_no_attempt_limit() {
+    let calls = calls();
+    let (ship, _) = scripted("ship", Phase::Action, Script::RetryThen(25), &calls);
+    let def = SagaDefinition::builder("unlimited", 1)
+        .step(step("charge", Script::Ok, None, &calls).pivot())
+        .step(Step::new("ship", ship).retriable())
+        .build()
+        .unwrap();
+    let o = engine()
+        .start(&def, "u", trail())
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
+    assert!(matches!(o, SagaOutcome::Completed(_)), "{o:?}");
+    assert_eq!(
+        seen(&calls).iter().filter(|c| *c == "ship:action").count(),
+        26
+    );
+}
