@@ -125,35 +125,32 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let key = (self.key_fn)(&req);
         if let Some(permit) = self.bulkhead.try_acquire_quiet(&key) {
-            return PartitionedResponseFuture::new(
-                None,
-                None,
-                Some(permit),
-                Some(self.inner.call(req)),
-            );
+            return PartitionedResponseFuture::running(permit, self.inner.call(req));
         }
         if self.bulkhead.max_wait().is_zero() {
             // Counts the rejection and names the bulkhead that is full.
             return match self.bulkhead.try_acquire(&key) {
-                Ok(permit) => PartitionedResponseFuture::new(
-                    None,
-                    None,
-                    Some(permit),
-                    Some(self.inner.call(req)),
-                ),
-                Err(full) => PartitionedResponseFuture::rejected(full),
+                Ok(permit) => PartitionedResponseFuture::running(permit, self.inner.call(req)),
+                Err(full) => PartitionedResponseFuture::rejected(Box::new(full)),
             };
         }
         // Take the service that was driven ready; leave a fresh clone for the next call.
         let fresh = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, fresh);
-        PartitionedResponseFuture::new(
-            Some(self.bulkhead.acquire(&key)),
-            Some((ready, req)),
-            None,
-            None,
-        )
+        PartitionedResponseFuture::waiting(Box::new(Waiting {
+            acquire: self.bulkhead.acquire(&key),
+            svc: ready,
+            req: Some(req),
+        }))
     }
+}
+
+/// A call waiting for its permits, with the ready service it will be made on. Boxed: only
+/// calls that wait pay for it.
+struct Waiting<S, Req> {
+    acquire: PartitionAcquire,
+    svc: S,
+    req: Option<Req>,
 }
 
 pin_project! {
@@ -164,35 +161,36 @@ pin_project! {
     /// Dropping it releases its permits or its place in the queue.
     #[must_use = "futures do nothing unless polled"]
     pub struct PartitionedResponseFuture<S, Req, Fut> {
-        acquire: Option<PartitionAcquire>,
-        call: Option<(S, Req)>,
+        waiting: Option<Box<Waiting<S, Req>>>,
         permit: Option<PartitionPermit>,
-        rejected: Option<BulkheadFull>,
+        rejected: Option<Box<BulkheadFull>>,
         #[pin]
         future: Option<Fut>,
     }
 }
 
 impl<S, Req, Fut> PartitionedResponseFuture<S, Req, Fut> {
-    fn new(
-        acquire: Option<PartitionAcquire>,
-        call: Option<(S, Req)>,
-        permit: Option<PartitionPermit>,
-        future: Option<Fut>,
-    ) -> Self {
+    fn running(permit: PartitionPermit, future: Fut) -> Self {
         Self {
-            acquire,
-            call,
-            permit,
+            waiting: None,
+            permit: Some(permit),
             rejected: None,
-            future,
+            future: Some(future),
         }
     }
 
-    fn rejected(full: BulkheadFull) -> Self {
+    fn waiting(waiting: Box<Waiting<S, Req>>) -> Self {
         Self {
-            acquire: None,
-            call: None,
+            waiting: Some(waiting),
+            permit: None,
+            rejected: None,
+            future: None,
+        }
+    }
+
+    fn rejected(full: Box<BulkheadFull>) -> Self {
+        Self {
+            waiting: None,
             permit: None,
             rejected: Some(full),
             future: None,
@@ -203,7 +201,7 @@ impl<S, Req, Fut> PartitionedResponseFuture<S, Req, Fut> {
 impl<S, Req, Fut> fmt::Debug for PartitionedResponseFuture<S, Req, Fut> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PartitionedResponseFuture")
-            .field("waiting", &self.acquire.is_some())
+            .field("waiting", &self.waiting.is_some())
             .field("running", &self.future.is_some())
             .finish()
     }
@@ -220,20 +218,20 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         if let Some(full) = this.rejected.take() {
-            return Poll::Ready(Err(full.into()));
+            return Poll::Ready(Err(full));
         }
-        if let Some(acquire) = this.acquire.as_mut() {
-            let result = ready!(Pin::new(acquire).poll(cx));
-            *this.acquire = None;
+        if let Some(waiting) = this.waiting.as_mut() {
+            let result = ready!(Pin::new(&mut waiting.acquire).poll(cx));
             match result {
                 Ok(permit) => {
                     *this.permit = Some(permit);
-                    if let Some((mut svc, req)) = this.call.take() {
-                        this.future.set(Some(svc.call(req)));
+                    if let Some(req) = waiting.req.take() {
+                        this.future.set(Some(waiting.svc.call(req)));
                     }
+                    *this.waiting = None;
                 }
                 Err(full) => {
-                    *this.call = None;
+                    *this.waiting = None;
                     return Poll::Ready(Err(full.into()));
                 }
             }
