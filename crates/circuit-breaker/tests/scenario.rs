@@ -41,7 +41,8 @@ async fn serve(payment: Arc<Payment>) -> String {
 async fn breaker_opens_on_500s_fails_fast_and_closes_after_recovery() {
     let payment = Arc::new(Payment::default());
     let url = serve(payment.clone()).await;
-    let open_for = Duration::from_millis(200);
+    // Long enough that the 20 rejected calls below cannot outlast it, even on a loaded machine.
+    let open_for = Duration::from_millis(500);
     let breaker = CircuitBreaker::builder("payment")
         .count_window(10)
         .minimum_calls(5)
