@@ -10,7 +10,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 use crossbeam_utils::CachePadded;
 use tokio::time::Instant;
@@ -125,8 +125,12 @@ impl TimeBucket {
 /// How many lanes a breaker gets: two per core (so threads rarely share one), a power of
 /// two between 2 and 64.
 pub(crate) fn lane_count() -> usize {
-    let cores = std::thread::available_parallelism().map_or(4, std::num::NonZero::get);
-    (cores * 2).next_power_of_two().clamp(2, 64)
+    // Asking the OS reads cgroup files: once per process is enough.
+    static LANES: OnceLock<usize> = OnceLock::new();
+    *LANES.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(4, std::num::NonZero::get);
+        (cores * 2).next_power_of_two().clamp(2, 64)
+    })
 }
 
 static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
