@@ -174,6 +174,7 @@ impl DeadlineLayerBuilder {
 #[derive(Debug, Clone)]
 pub struct PropagateDeadlineLayerBuilder {
     headers: HeaderSettings,
+    margin: Duration,
 }
 
 impl Default for PropagateDeadlineLayerBuilder {
@@ -184,11 +185,20 @@ impl Default for PropagateDeadlineLayerBuilder {
                 format: HeaderFormat::GrpcTimeout,
                 grpc: false,
             },
+            margin: Duration::ZERO,
         }
     }
 }
 
 impl PropagateDeadlineLayerBuilder {
+    /// Time kept back from what is written: the callee is told `remaining - margin`, leaving
+    /// the caller that long to receive and handle the answer (network transit, decoding). A
+    /// request with no more than `margin` left is not sent. Default zero.
+    pub fn margin(mut self, margin: Duration) -> Self {
+        self.margin = margin;
+        self
+    }
+
     /// The HTTP header to write the remaining time to (default [`DEFAULT_HEADER`]).
     pub fn header(mut self, name: impl Into<String>) -> Self {
         self.headers.header = Some(name.into());
@@ -227,7 +237,7 @@ impl PropagateDeadlineLayerBuilder {
                 "must be set when `grpc` is disabled (nothing would be written)",
             ));
         }
-        Ok(PropagateDeadlineLayer::from_parts(headers))
+        Ok(PropagateDeadlineLayer::from_parts(headers, self.margin))
     }
 }
 

@@ -174,6 +174,11 @@ impl DeadlineLayer {
 /// deadline has already passed is not sent: the call fails at once with [`Elapsed`] (limit
 /// zero). A request without a deadline is sent unchanged.
 ///
+/// The callee computes its own deadline when the request arrives, so it ends up later than the
+/// caller's by the time the request spent in transit. A
+/// [margin](PropagateDeadlineLayerBuilder::margin) keeps time back for that trip and for
+/// handling the answer.
+///
 /// ```
 /// use std::time::Duration;
 /// use staunch_timeout::{Deadline, PropagateDeadlineLayer};
@@ -197,26 +202,33 @@ impl DeadlineLayer {
 #[derive(Debug, Clone)]
 pub struct PropagateDeadlineLayer {
     headers: Headers,
+    margin: Duration,
 }
 
 impl PropagateDeadlineLayer {
     /// Writes [`DEFAULT_HEADER`](crate::DEFAULT_HEADER) in the
     /// [`GrpcTimeout`](HeaderFormat::GrpcTimeout) syntax, for HTTP clients.
     pub fn http() -> Self {
-        Self::from_parts(Headers {
-            header: Some(HeaderName::from_static(crate::DEFAULT_HEADER)),
-            format: HeaderFormat::GrpcTimeout,
-            grpc: false,
-        })
+        Self::from_parts(
+            Headers {
+                header: Some(HeaderName::from_static(crate::DEFAULT_HEADER)),
+                format: HeaderFormat::GrpcTimeout,
+                grpc: false,
+            },
+            Duration::ZERO,
+        )
     }
 
     /// Writes `grpc-timeout` only, for gRPC clients (e.g. around a `tonic` channel).
     pub fn grpc() -> Self {
-        Self::from_parts(Headers {
-            header: None,
-            format: HeaderFormat::GrpcTimeout,
-            grpc: true,
-        })
+        Self::from_parts(
+            Headers {
+                header: None,
+                format: HeaderFormat::GrpcTimeout,
+                grpc: true,
+            },
+            Duration::ZERO,
+        )
     }
 
     /// A builder for another header name or format, or both headers.
@@ -224,8 +236,8 @@ impl PropagateDeadlineLayer {
         PropagateDeadlineLayerBuilder::default()
     }
 
-    pub(crate) fn from_parts(headers: Headers) -> Self {
-        Self { headers }
+    pub(crate) fn from_parts(headers: Headers, margin: Duration) -> Self {
+        Self { headers, margin }
     }
 }
 
@@ -236,6 +248,7 @@ impl<S> Layer<S> for PropagateDeadlineLayer {
         PropagateDeadline {
             inner,
             headers: self.headers.clone(),
+            margin: self.margin,
         }
     }
 }
@@ -245,6 +258,7 @@ impl<S> Layer<S> for PropagateDeadlineLayer {
 pub struct PropagateDeadline<S> {
     inner: S,
     headers: Headers,
+    margin: Duration,
 }
 
 impl<S> PropagateDeadline<S> {
@@ -269,7 +283,8 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         if let Some(deadline) = Deadline::of(&request) {
-            let remaining = deadline.remaining();
+            // Keep the margin back for the answer's trip home.
+            let remaining = deadline.remaining().saturating_sub(self.margin);
             if remaining.is_zero() {
                 tracing::trace!(
                     ?deadline,

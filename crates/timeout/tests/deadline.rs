@@ -282,3 +282,26 @@ async fn what_one_hop_writes_the_next_hop_reads_no_later() {
         assert!(remaining.saturating_sub(seen) < remaining / 100_000 + Duration::from_nanos(1));
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_margin_is_kept_back_and_a_request_within_it_is_not_sent() {
+    let probe = Probe::default();
+    let mut client = PropagateDeadlineLayer::builder()
+        .margin(Duration::from_millis(20))
+        .build()
+        .unwrap()
+        .layer(headers_sent(&probe));
+    let deadline = Deadline::after(Duration::from_millis(500));
+    let mut req = http::Request::new(());
+    req.extensions_mut().insert(deadline);
+    let sent = client.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(sent["x-request-timeout"], "480000u");
+
+    // 20 ms left: all of it is margin, so the request is not sent.
+    tokio::time::advance(Duration::from_millis(480)).await;
+    let mut req = http::Request::new(());
+    req.extensions_mut().insert(deadline);
+    let err = client.ready().await.unwrap().call(req).await.unwrap_err();
+    assert!(err.is::<Elapsed>());
+    assert_eq!(probe.calls(), 1);
+}
