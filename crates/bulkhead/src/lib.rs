@@ -152,6 +152,11 @@ mod tests {
                 staunch_core::AnyError,
             >,
         >();
+        assert_send_sync::<PartitionedBulkheadLayer<String, fn(&u8) -> String>>();
+        #[cfg(feature = "http")]
+        assert_send_sync::<HttpBulkheadLayer<staunch_core::AnyError>>();
+        #[cfg(feature = "http")]
+        assert_send_sync::<PermitBody<String>>();
         assert_unpin::<Bulkhead>();
         assert_unpin::<Permit>();
         assert_unpin::<Acquire>();
