@@ -24,7 +24,7 @@ use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 struct Seen {
     /// A: the time left of its own deadline just before it called B.
     a_remaining_before_call: Option<Duration>,
-    /// B: the `x-request-timeout` header it received, parsed.
+    /// B: the `x-request-timeout` (or `grpc-timeout`) header it received, parsed.
     b_header: Option<Duration>,
     /// B: the deadline its `DeadlineLayer` set, as time remaining when the handler ran.
     b_remaining: Option<Duration>,
@@ -35,6 +35,8 @@ struct AppState {
     seen: Arc<Mutex<Seen>>,
     b_url: String,
     b_delay: Duration,
+    /// A writes `grpc-timeout` rather than `x-request-timeout` towards B.
+    grpc: bool,
 }
 
 async fn serve(router: axum::Router) -> String {
@@ -52,8 +54,13 @@ async fn b_handler(
 ) -> &'static str {
     {
         let mut seen = state.seen.lock().unwrap();
+        let name = if state.grpc {
+            "grpc-timeout"
+        } else {
+            "x-request-timeout"
+        };
         seen.b_header = headers
-            .get("x-request-timeout")
+            .get(name)
             .and_then(|v| parse_grpc_timeout(v.as_bytes()));
         seen.b_remaining = Some(deadline.remaining());
     }
@@ -67,8 +74,13 @@ async fn a_handler(
     Extension(deadline): Extension<Deadline>,
 ) -> (StatusCode, String) {
     let client = reqwest::Client::new();
+    let propagate = if state.grpc {
+        PropagateDeadlineLayer::grpc()
+    } else {
+        PropagateDeadlineLayer::http()
+    };
     let mut b = ServiceBuilder::new()
-        .layer(PropagateDeadlineLayer::http())
+        .layer(propagate)
         .layer(TimeoutLayer::new(Duration::from_secs(30)).unwrap())
         .service(service_fn(move |req: http::Request<reqwest::Body>| {
             let client = client.clone();
@@ -97,12 +109,13 @@ async fn a_handler(
 }
 
 /// Starts B and A; returns A's URL and what they saw.
-async fn start(b_delay: Duration) -> (String, Arc<Mutex<Seen>>) {
+async fn start(b_delay: Duration, grpc: bool) -> (String, Arc<Mutex<Seen>>) {
     let seen = Arc::new(Mutex::new(Seen::default()));
     let mut state = AppState {
         seen: Arc::clone(&seen),
         b_url: String::new(),
         b_delay,
+        grpc,
     };
     let b = axum::Router::new()
         .route("/b", get(b_handler))
@@ -123,7 +136,16 @@ async fn start(b_delay: Duration) -> (String, Arc<Mutex<Seen>>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b_gets_a_deadline_no_later_than_as() {
-    let (a_url, seen) = start(Duration::ZERO).await;
+    b_gets_a_deadline_no_later_than_as_over(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b_gets_a_deadline_no_later_than_as_over_grpc_timeout() {
+    b_gets_a_deadline_no_later_than_as_over(true).await;
+}
+
+async fn b_gets_a_deadline_no_later_than_as_over(grpc: bool) {
+    let (a_url, seen) = start(Duration::ZERO, grpc).await;
     let caller_budget = Duration::from_secs(5);
     let response = reqwest::Client::new()
         .get(format!("{a_url}/a"))
@@ -152,7 +174,7 @@ async fn b_gets_a_deadline_no_later_than_as() {
 async fn as_caller_never_waits_past_its_deadline_when_b_hangs() {
     // B takes ten minutes; A's client limit is 30 s; the caller allows 300 ms. Without
     // propagation this call would hang for 30 s (the guard below fails the test at 20 s).
-    let (a_url, seen) = start(Duration::from_mins(10)).await;
+    let (a_url, seen) = start(Duration::from_mins(10), false).await;
     let caller_budget = Duration::from_millis(300);
     let start = Instant::now();
     let response = tokio::time::timeout(
