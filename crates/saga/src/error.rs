@@ -120,6 +120,14 @@ pub enum StoreError {
     /// The database reported an error.
     #[error("saga store database error: {0}")]
     Database(String),
+    /// This instance does not hold the saga's lease (it expired and another instance took the
+    /// saga over, or it was never taken): nothing was written. The engine stops driving the
+    /// saga without marking it failed; its new owner carries on.
+    #[error("lease lost for saga `{saga_id}`: another instance owns it now")]
+    LeaseLost {
+        /// The saga.
+        saga_id: String,
+    },
 }
 
 /// Why a saga's log could not be turned back into a running saga.
@@ -194,6 +202,13 @@ pub enum SagaError {
     /// A state could not be encoded or decoded as JSON.
     #[error("saga state cannot be (de)serialized: {0}")]
     State(String),
+    /// This instance lost the saga's lease (another instance took it over after the lease
+    /// expired); this engine stopped driving it and the new owner carries on.
+    #[error("saga `{saga_id}` is now driven by another instance (lease lost)")]
+    LeaseLost {
+        /// The saga.
+        saga_id: String,
+    },
     /// The runner driving the saga stopped without an outcome (store failure or shutdown);
     /// the saga resumes on the next recovery.
     #[error("saga `{saga_id}` stopped without an outcome ({reason}); it resumes on recovery")]

@@ -115,10 +115,12 @@ pub use store::{
     Append, Created, ListFilter, MemoryStore, NewSaga, SagaLog, SagaStatus, SagaStore, SagaSummary,
     StoredEvent,
 };
+#[cfg(feature = "postgres")]
+pub use store::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]
 pub use store::{SqliteStore, SqliteStoreBuilder, SqliteSynchronous};
 
-/// The `sqlx` this crate was built with, for opening the SQLite file directly (e.g. to
+/// The `sqlx` this crate was built with, for opening the database directly (e.g. to
 /// inspect it, or in benchmarks).
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use sqlx;

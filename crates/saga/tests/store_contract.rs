@@ -45,3 +45,12 @@ contract_suite!(sqlite, {
         .unwrap();
     (store, dir)
 });
+
+#[cfg(feature = "postgres")]
+contract_suite!(postgres, {
+    let Some(made) = support::pg::store("contract", std::time::Duration::from_secs(15)).await
+    else {
+        return;
+    };
+    made
+});

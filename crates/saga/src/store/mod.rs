@@ -1,4 +1,4 @@
-//! Durable storage: the [`SagaStore`] trait and its memory and SQLite implementations.
+//! Durable storage: the [`SagaStore`] trait and its memory, SQLite and Postgres implementations.
 //!
 //! A store keeps, per saga, an append-only log of encoded events (numbered from 0) and a
 //! summary row (definition, version, status, note) the engine updates with every append, so
@@ -8,16 +8,21 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, FutureExt, ready};
 
 use crate::error::StoreError;
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteStore, SqliteStoreBuilder, SqliteSynchronous};
 
@@ -256,6 +261,13 @@ impl ListFilter {
 /// - `load` returns rows in sequence order, exactly as written; undecodable rows are the
 ///   engine's problem, never the store's.
 /// - `quarantine` sets status and note and touches no row. Nothing is ever deleted.
+///
+/// Stores shared by several processes (like [`PostgresStore`](crate::PostgresStore) with the
+/// `postgres` feature) also own each unfinished saga through a **lease**: `create` and
+/// [`claim_resumable`](Self::claim_resumable) take it, every `append` checks it in the same
+/// transaction as its rows (failing with [`StoreError::LeaseLost`] once another instance
+/// took over), and [`release`](Self::release) lets it go. Single-process stores keep the
+/// default lease methods, which own everything.
 pub trait SagaStore: Send + Sync + fmt::Debug + 'static {
     /// Creates a saga unless one with its id exists.
     fn create(&self, saga: NewSaga) -> BoxFuture<'_, Result<Created, StoreError>>;
@@ -278,6 +290,40 @@ pub trait SagaStore: Send + Sync + fmt::Debug + 'static {
         saga_id: &'a str,
         reason: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Takes up to `limit` running or compensating sagas that nobody drives (for a leased
+    /// store: no owner, an expired lease, or a lease of this instance it no longer uses) and
+    /// returns their summaries; recovery resumes exactly these. The default lists every
+    /// running or compensating saga: a single-process store has no other owner.
+    fn claim_resumable(&self, limit: usize) -> BoxFuture<'_, Result<Vec<SagaSummary>, StoreError>> {
+        Box::pin(async move {
+            let filter = ListFilter {
+                statuses: vec![SagaStatus::Running, SagaStatus::Compensating],
+                definition: None,
+                limit: Some(limit),
+            };
+            self.list(&filter).await
+        })
+    }
+
+    /// Takes the lease of one saga that no runner drives (stuck, or with an expired lease)
+    /// before an operator action appends to it. Fails with [`StoreError::LeaseLost`] when
+    /// another instance holds a live lease. The default does nothing.
+    fn acquire<'a>(&'a self, saga_id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = saga_id;
+        ready(Ok(())).boxed()
+    }
+
+    /// This instance stops driving the saga: stop renewing its lease, so that it expires
+    /// and the saga can be claimed again. The default does nothing.
+    fn release(&self, saga_id: &str) {
+        let _ = saga_id;
+    }
+
+    /// How long a lease lasts without renewal, for leased stores; `None` otherwise.
+    fn lease_ttl(&self) -> Option<Duration> {
+        None
+    }
 }
 
 impl<T: SagaStore + ?Sized> SagaStore for Arc<T> {
@@ -302,5 +348,17 @@ impl<T: SagaStore + ?Sized> SagaStore for Arc<T> {
         reason: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         (**self).quarantine(saga_id, reason)
+    }
+    fn claim_resumable(&self, limit: usize) -> BoxFuture<'_, Result<Vec<SagaSummary>, StoreError>> {
+        (**self).claim_resumable(limit)
+    }
+    fn acquire<'a>(&'a self, saga_id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        (**self).acquire(saga_id)
+    }
+    fn release(&self, saga_id: &str) {
+        (**self).release(saga_id);
+    }
+    fn lease_ttl(&self) -> Option<Duration> {
+        (**self).lease_ttl()
     }
 }
