@@ -76,6 +76,7 @@ pub(crate) enum Enqueue {
 
 /// The counter and the queue.
 #[derive(Debug)]
+#[repr(C)] // the word first: see `Inner`.
 pub(crate) struct Permits {
     word: AtomicU64,
     queue: Mutex<VecDeque<Arc<Waiter>>>,
