@@ -8,10 +8,10 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::definition::{DefinitionInner, SagaDefinition, SagaState};
-use crate::error::{LoadError, SagaError};
+use crate::error::{LoadError, SagaError, StoreError};
 use crate::event::SagaEvent;
 use crate::metrics::{Count, Counters, SagaMetrics};
-use crate::outcome::{Published, RawOutcome, SagaHandle};
+use crate::outcome::{Published, RawOutcome, SagaHandle, Stopped};
 use crate::recovery::{SagaTimeline, TimelineEntry, settled_outcome};
 use crate::replay::Progress;
 use crate::runner::Runner;
@@ -117,6 +117,9 @@ fn spawn<S: SagaState>(mut runner: Runner<S>) {
         async move {
             let _in_flight = in_flight;
             let result = runner.drive().await;
+            // Whatever happened, this process stops driving it: a leased store lets the
+            // lease expire (terminal appends already released it).
+            runner.shared.store.release(&runner.id);
             runner.shared.publish(&runner.id, &runner.def.name, result);
         }
         .instrument(span),
@@ -168,9 +171,16 @@ impl Shared {
                 tracing::warn!(saga_id = %id, step, error, "saga is stuck and needs an operator");
             }
             Ok(_) => tracing::debug!(saga_id = %id, "saga finished"),
+            Err(SagaError::Store(StoreError::LeaseLost { .. })) => {
+                self.counters.count(Count::LeaseLost, definition);
+                tracing::warn!(saga_id = %id, "saga lease lost: another instance drives it now; stopping here");
+            }
             Err(e) => tracing::error!(saga_id = %id, error = %e, "saga runner stopped"),
         }
-        let published = result.map_err(|e| e.to_string());
+        let published = result.map_err(|e| match e {
+            SagaError::Store(StoreError::LeaseLost { .. }) => Stopped::LeaseLost,
+            e => Stopped::Other(e.to_string()),
+        });
         if let Some(live) = self.live().remove(id) {
             live.tx.send_replace(Some(published));
         }

@@ -110,7 +110,7 @@ pub use error::{LoadError, SagaError, StepError, StepErrorKind, StoreError};
 pub use event::{LOG_FORMAT_VERSION, SagaEvent};
 pub use metrics::SagaMetrics;
 pub use outcome::{SagaHandle, SagaOutcome};
-pub use recovery::{RecoveryReport, SagaTimeline, TimelineEntry};
+pub use recovery::{RecoveryLoop, RecoveryReport, SagaTimeline, TimelineEntry};
 pub use store::{
     Append, Created, ListFilter, MemoryStore, NewSaga, SagaLog, SagaStatus, SagaStore, SagaSummary,
     StoredEvent,

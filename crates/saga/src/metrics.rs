@@ -21,6 +21,8 @@ pub struct SagaMetrics {
     pub resolved: u64,
     /// Sagas quarantined by recovery.
     pub quarantined: u64,
+    /// Sagas this engine stopped driving because another instance took their lease over.
+    pub leases_lost: u64,
     /// Action and compensation attempts run.
     pub step_attempts: u64,
     /// Attempts that failed (any kind).
@@ -51,6 +53,7 @@ pub(crate) struct Counters {
     stuck: AtomicU64,
     resolved: AtomicU64,
     quarantined: AtomicU64,
+    leases_lost: AtomicU64,
     step_attempts: AtomicU64,
     step_failures: AtomicU64,
     step_nanos: AtomicU64,
@@ -67,6 +70,7 @@ pub(crate) enum Count {
     Stuck,
     Resolved,
     Quarantined,
+    LeaseLost,
 }
 
 impl Counters {
@@ -79,6 +83,7 @@ impl Counters {
             Count::Stuck => (&self.stuck, "staunch_saga_stuck_total"),
             Count::Resolved => (&self.resolved, "staunch_saga_resolved_total"),
             Count::Quarantined => (&self.quarantined, "staunch_saga_quarantined_total"),
+            Count::LeaseLost => (&self.leases_lost, "staunch_saga_leases_lost_total"),
         };
         counter.fetch_add(1, Relaxed);
         #[cfg(feature = "metrics")]
@@ -135,6 +140,7 @@ impl Counters {
             stuck: self.stuck.load(Relaxed),
             resolved: self.resolved.load(Relaxed),
             quarantined: self.quarantined.load(Relaxed),
+            leases_lost: self.leases_lost.load(Relaxed),
             step_attempts: self.step_attempts.load(Relaxed),
             step_failures: self.step_failures.load(Relaxed),
             step_time: Duration::from_nanos(self.step_nanos.load(Relaxed)),

@@ -110,7 +110,13 @@ impl SagaEngine {
         };
         let append =
             Append::new(Arc::clone(&id), first_seq, vec![event.encode()], status).with_note(note);
-        if let Err(e) = self.shared.store.append(append).await {
+        // A shared store: take the lease of the stuck saga first (no runner holds it).
+        let written = match self.shared.store.acquire(&id).await {
+            Ok(()) => self.shared.store.append(append).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            self.shared.store.release(&id);
             if resume {
                 self.shared.unclaim(&id);
             }

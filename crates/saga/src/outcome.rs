@@ -61,8 +61,17 @@ pub(crate) enum RawOutcome {
     },
 }
 
+/// Why a runner stopped without an outcome.
+#[derive(Debug, Clone)]
+pub(crate) enum Stopped {
+    /// Another instance owns the saga now.
+    LeaseLost,
+    /// Any other reason (store failure, quarantine).
+    Other(String),
+}
+
 /// What a live saga's watchers receive: an outcome, or why its runner stopped without one.
-pub(crate) type Published = Option<Result<RawOutcome, String>>;
+pub(crate) type Published = Option<Result<RawOutcome, Stopped>>;
 
 impl RawOutcome {
     pub(crate) fn decode<S: SagaState>(self) -> Result<SagaOutcome<S>, SagaError> {
@@ -117,8 +126,9 @@ impl<S: SagaState> SagaHandle<S> {
 
     /// Waits until the saga completes, is compensated, gets stuck or is resolved.
     ///
-    /// Errors: the runner stopped without an outcome (a store failure), or the final state
-    /// cannot be decoded as `S`. A saga that was not running in this process when the handle
+    /// Errors: the runner stopped without an outcome (a store failure:
+    /// [`SagaError::Interrupted`]; another instance took the saga over:
+    /// [`SagaError::LeaseLost`]), or the final state cannot be decoded as `S`. A saga that was not running in this process when the handle
     /// was made waits for [`recover`](crate::SagaEngine::recover) to resume it.
     ///
     /// # Cancel safety
@@ -142,10 +152,13 @@ impl<S: SagaState> SagaHandle<S> {
         }
     }
 
-    fn finish(&self, published: Result<RawOutcome, String>) -> Result<SagaOutcome<S>, SagaError> {
+    fn finish(&self, published: Result<RawOutcome, Stopped>) -> Result<SagaOutcome<S>, SagaError> {
         match published {
             Ok(raw) => raw.decode(),
-            Err(reason) => Err(SagaError::Interrupted {
+            Err(Stopped::LeaseLost) => Err(SagaError::LeaseLost {
+                saga_id: self.saga_id.to_string(),
+            }),
+            Err(Stopped::Other(reason)) => Err(SagaError::Interrupted {
                 saga_id: self.saga_id.to_string(),
                 reason,
             }),

@@ -7,9 +7,9 @@ use crate::engine::{SagaEngine, Shared};
 use crate::error::{LoadError, SagaError, StoreError};
 use crate::event::SagaEvent;
 use crate::metrics::Count;
-use crate::outcome::RawOutcome;
+use crate::outcome::{RawOutcome, Stopped};
 use crate::replay::{Progress, Stage};
-use crate::store::{ListFilter, SagaLog, SagaStatus, SagaSummary};
+use crate::store::{SagaLog, SagaSummary};
 
 /// What [`SagaEngine::recover`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -58,12 +58,17 @@ impl SagaEngine {
     /// registered, or whose log does not decode, is quarantined (status `Quarantined`, the
     /// reason in its note, nothing deleted) and reported; the others are resumed.
     pub async fn recover(&self) -> Result<RecoveryReport, SagaError> {
-        let filter = ListFilter {
-            statuses: vec![SagaStatus::Running, SagaStatus::Compensating],
-            ..ListFilter::default()
-        };
+        self.recover_at_most(usize::MAX).await
+    }
+
+    /// Like [`recover`](Self::recover), claiming at most `limit` sagas. With a store shared
+    /// by several instances (leases), only sagas nobody drives are claimed: no owner, or an
+    /// expired lease.
+    pub async fn recover_at_most(&self, limit: usize) -> Result<RecoveryReport, SagaError> {
         let mut report = RecoveryReport::default();
-        for summary in self.shared.store.list(&filter).await? {
+        let claimed = self.shared.store.claim_resumable(limit).await?;
+        let mut claimed = claimed.into_iter();
+        while let Some(summary) = claimed.next() {
             let id: Arc<str> = Arc::from(summary.saga_id.as_str());
             if !self.shared.claim(&id) {
                 report.already_running.push(summary.saga_id);
@@ -78,6 +83,11 @@ impl SagaEngine {
                 }
                 Err(ResumeError::Store(e)) => {
                     self.shared.unclaim(&id);
+                    self.shared.store.release(&id);
+                    // The rest were claimed too: let them go for the next pass.
+                    for s in claimed {
+                        self.shared.store.release(&s.saga_id);
+                    }
                     return Err(e.into());
                 }
                 Err(ResumeError::Load(error)) => {
@@ -134,7 +144,7 @@ impl Shared {
     fn publish_failure(&self, id: &Arc<str>, error: &LoadError) {
         if let Some(live) = self.live().remove(id) {
             live.tx
-                .send_replace(Some(Err(format!("quarantined: {error}"))));
+                .send_replace(Some(Err(Stopped::Other(format!("quarantined: {error}")))));
         }
     }
 }
@@ -183,4 +193,75 @@ pub(crate) fn settled_outcome<S: SagaState>(
             ));
         }
     })
+}
+
+/// The background recovery of one engine, from [`SagaEngine::spawn_recovery`]. Dropping it
+/// (or calling [`stop`](Self::stop)) stops the loop; sagas it resumed keep running.
+#[derive(Debug)]
+pub struct RecoveryLoop {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RecoveryLoop {
+    /// Stops the loop.
+    pub fn stop(self) {}
+}
+
+impl Drop for RecoveryLoop {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Sagas claimed per recovery pass of the background loop.
+const CLAIM_BATCH: usize = 256;
+
+impl SagaEngine {
+    /// Runs recovery now and then every `interval` on a background task, for as long as the
+    /// returned [`RecoveryLoop`] lives.
+    ///
+    /// With a store shared by several instances ([`PostgresStore`](crate::PostgresStore)),
+    /// every instance runs this loop: each pass claims (up to 256 at a time) the sagas whose
+    /// lease expired, so a dead instance's sagas are resumed elsewhere within the lease TTL
+    /// plus `interval`. Pick an `interval` well under the TTL (a third of it, say). With a
+    /// single-process store one pass at startup is enough; the loop then only finds sagas
+    /// whose runner stopped on a store error.
+    ///
+    /// Register every definition first. Errors of a pass are logged and the next pass
+    /// retries.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn spawn_recovery(&self, interval: std::time::Duration) -> RecoveryLoop {
+        let engine = self.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                loop {
+                    match engine.recover_at_most(CLAIM_BATCH).await {
+                        Ok(report) => {
+                            let n = report.resumed.len() + report.quarantined.len();
+                            if n > 0 {
+                                tracing::debug!(
+                                    resumed = report.resumed.len(),
+                                    quarantined = report.quarantined.len(),
+                                    "recovery pass"
+                                );
+                            }
+                            if n + report.already_running.len() < CLAIM_BATCH {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "saga recovery pass failed");
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        RecoveryLoop { task }
+    }
 }

@@ -1,0 +1,349 @@
+//! Many instances on one PostgreSQL database: fencing of an instance whose lease was taken
+//! over, and takeover of a dead instance's sagas. Real time (sqlx does not run under tokio's
+//! paused clock) with a 1 s lease TTL. Skipped when `STAUNCH_TEST_POSTGRES_URL` is unset.
+#![cfg(feature = "postgres")]
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use staunch_saga::sqlx;
+use staunch_saga::{
+    Append, ListFilter, SagaDefinition, SagaEngine, SagaError, SagaOutcome, SagaStatus, SagaStore,
+    Step, StepContext, StepError, StoreError,
+};
+use support::pg;
+use tokio::sync::Semaphore;
+
+const TTL: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Order {
+    n: usize,
+}
+
+/// The participants' view: every call by idempotency key, and the effects they applied
+/// (deduplicated by key, as a payment service does).
+#[derive(Default, Debug)]
+struct Ledger {
+    calls: HashMap<String, u32>,
+    /// (engine, key) of every call, in order.
+    callers: Vec<(&'static str, String)>,
+    applied: HashSet<String>,
+}
+
+type Shared = Arc<Mutex<Ledger>>;
+
+fn effect(ledger: &Shared, engine: &'static str, ctx: &StepContext) {
+    let key = ctx.idempotency_key();
+    let mut l = ledger.lock().unwrap();
+    *l.calls.entry(key.clone()).or_default() += 1;
+    l.callers.push((engine, key.clone()));
+    l.applied.insert(key);
+}
+
+/// reserve -> charge -> ship; `ship` declines orders whose number is a multiple of 4. On
+/// engine `who`, `charge` applies its effect and then waits for `gate` (when given): the
+/// instance stalls, or dies, after the effect and before the log knows.
+fn definition(
+    ledger: &Shared,
+    who: &'static str,
+    gate: Option<Arc<Semaphore>>,
+) -> SagaDefinition<Order> {
+    let l = |ledger: &Shared| Arc::clone(ledger);
+    let (l1, l2, l3, l4, l5) = (l(ledger), l(ledger), l(ledger), l(ledger), l(ledger));
+    SagaDefinition::builder("checkout", 1)
+        .step(
+            Step::new("reserve", move |o: Order, ctx| {
+                effect(&l1, who, &ctx);
+                async move { Ok(o) }
+            })
+            .compensate(move |o: Order, ctx| {
+                effect(&l2, who, &ctx);
+                async move { Ok(o) }
+            }),
+        )
+        .step(
+            Step::new("charge", move |o: Order, ctx| {
+                effect(&l3, who, &ctx);
+                let gate = gate.clone();
+                async move {
+                    if let Some(gate) = gate {
+                        let _permit = gate.acquire().await;
+                    }
+                    Ok(o)
+                }
+            })
+            .compensate(move |o: Order, ctx| {
+                effect(&l4, who, &ctx);
+                async move { Ok(o) }
+            }),
+        )
+        .step(Step::new("ship", move |o: Order, ctx| {
+            effect(&l5, who, &ctx);
+            async move {
+                if o.n % 4 == 0 {
+                    Err(StepError::fail("address rejected"))
+                } else {
+                    Ok(o)
+                }
+            }
+        }))
+        .build()
+        .unwrap()
+}
+
+async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Expires every lease of the schema, as if its owner had stopped renewing.
+async fn expire_leases(store: &staunch_saga::PostgresStore) {
+    sqlx::query("UPDATE staunch_sagas SET lease_expires_at = now() - interval '1 second' WHERE lease_owner IS NOT NULL")
+        .execute(store.pool())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_whose_lease_was_taken_over_gets_lease_lost_and_stops() {
+    let Some((store_a, guard)) = pg::store("fence", TTL).await else {
+        return;
+    };
+    let store_b = pg::another(&guard, TTL).await;
+    assert_ne!(store_a.owner_id(), store_b.owner_id());
+    let ledger = Shared::default();
+    let gate = Arc::new(Semaphore::new(0));
+    let def_a = definition(&ledger, "a", Some(Arc::clone(&gate)));
+    let def_b = definition(&ledger, "b", None);
+    let engine_a = SagaEngine::new(store_a.clone());
+    let engine_b = SagaEngine::new(store_b.clone());
+    engine_b.register(&def_b);
+
+    let handle_a = engine_a.start(&def_a, "f-1", Order { n: 1 }).await.unwrap();
+    let charged = || {
+        ledger
+            .lock()
+            .unwrap()
+            .calls
+            .contains_key("f-1:charge:action")
+    };
+    wait_for("A to charge", Duration::from_secs(10), charged).await;
+
+    // A stalls past its lease (simulated by expiring it); B's recovery takes the saga.
+    let mut taken = false;
+    for _ in 0..50 {
+        expire_leases(&store_b).await;
+        let report = engine_b.recover().await.unwrap();
+        if report.resumed == ["f-1"] {
+            taken = true;
+            break;
+        }
+    }
+    assert!(taken, "B never claimed the expired lease");
+    let handle_b = engine_b.start(&def_b, "f-1", Order { n: 1 }).await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), handle_b.outcome())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(outcome, SagaOutcome::Completed(_)), "{outcome:?}");
+
+    // A wakes up: its next append is fenced; it stops without marking anything.
+    gate.add_permits(1);
+    let err = tokio::time::timeout(Duration::from_secs(10), handle_a.outcome())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, SagaError::LeaseLost { ref saga_id } if saga_id == "f-1"),
+        "{err}"
+    );
+    assert_eq!(engine_a.metrics().leases_lost, 1);
+    assert_eq!(store_a.held_leases(), 0);
+
+    // The store says so directly too, whatever the sequence number.
+    let log = store_a.load("f-1").await.unwrap().unwrap();
+    let next = log.events.len() as u64;
+    let err = store_a
+        .append(Append::new(
+            Arc::from("f-1"),
+            next,
+            vec!["{}".into()],
+            SagaStatus::Running,
+        ))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::LeaseLost { .. }), "{err}");
+
+    // The log is B's: completed, nothing appended after, and A never went past `charge`.
+    let after = store_b.load("f-1").await.unwrap().unwrap();
+    assert_eq!(after.summary.status, SagaStatus::Completed);
+    assert_eq!(after.events.len(), log.events.len());
+    let l = ledger.lock().unwrap();
+    assert_eq!(
+        l.calls["f-1:charge:action"], 2,
+        "A's call and B's re-run, same key"
+    );
+    let ship: Vec<_> = l
+        .callers
+        .iter()
+        .filter(|(_, k)| k.starts_with("f-1:ship"))
+        .collect();
+    assert_eq!(ship, [&("b", "f-1:ship:action".to_owned())]);
+    assert!(!l.calls.keys().any(|k| k.ends_with(":compensate")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_actions_take_the_lease_of_a_stuck_saga_from_another_instance() {
+    let Some((store_a, guard)) = pg::store("operator", TTL).await else {
+        return;
+    };
+    let store_b = pg::another(&guard, TTL).await;
+    let def = SagaDefinition::<u32>::builder("transfer", 1)
+        .step(
+            Step::new("debit", |n, _| async move { Ok(n) })
+                .compensate(|_n, _| async move { Err(StepError::fail("ledger locked")) })
+                .compensation_retry(staunch_saga::RetryPolicy::new(1)),
+        )
+        .step(Step::new("credit", |_n, _| async move {
+            Err::<u32, _>(StepError::fail("account closed"))
+        }))
+        .build()
+        .unwrap();
+    let engine_a = SagaEngine::new(store_a);
+    let outcome = engine_a
+        .start(&def, "t-1", 5)
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
+    assert!(matches!(outcome, SagaOutcome::Stuck { .. }), "{outcome:?}");
+    // Another instance resolves it at once: the stuck saga's lease is free to take.
+    let engine_b = SagaEngine::new(store_b);
+    engine_b.register(&def);
+    engine_b.resolve("t-1", "reversed by hand").await.unwrap();
+    let s = engine_b.inspect("t-1").await.unwrap().unwrap().summary;
+    assert_eq!(s.status, SagaStatus::Resolved);
+}
+
+#[test]
+fn a_dead_instances_sagas_are_taken_over_within_the_lease_ttl() {
+    const SAGAS: usize = 40;
+    let Some(url) = pg::url("takeover") else {
+        return;
+    };
+    let schema = pg::schema("takeover");
+    let guard = pg::SchemaGuard { url, schema };
+    let ledger = Shared::default();
+
+    // Instance A: its own runtime and pool. It starts every saga, each charges and stalls,
+    // then the whole runtime is dropped at once: no release, no more heartbeats.
+    let rt_a = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt_a.block_on(async {
+        let store = pg::another(&guard, TTL).await;
+        let engine = SagaEngine::new(store);
+        let def = definition(&ledger, "a", Some(Arc::new(Semaphore::new(0))));
+        for n in 0..SAGAS {
+            engine
+                .start(&def, format!("o-{n:03}"), Order { n })
+                .await
+                .unwrap();
+        }
+        let all_charged = || {
+            let l = ledger.lock().unwrap();
+            (0..SAGAS).all(|n| l.calls.contains_key(&format!("o-{n:03}:charge:action")))
+        };
+        wait_for(
+            "A to charge everything",
+            Duration::from_secs(20),
+            all_charged,
+        )
+        .await;
+    });
+    rt_a.shutdown_background();
+
+    // Instance B: recovery loop; everything of A's must settle within the TTL plus slack.
+    let rt_b = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt_b.block_on(async {
+        let died = tokio::time::Instant::now();
+        let store = pg::another(&guard, TTL).await;
+        let engine = SagaEngine::new(store.clone());
+        engine.register(&definition(&ledger, "b", None));
+        let _recovery = engine.spawn_recovery(Duration::from_millis(200));
+        let settled = loop {
+            let open = engine
+                .list(&ListFilter {
+                    statuses: vec![SagaStatus::Running, SagaStatus::Compensating],
+                    ..ListFilter::default()
+                })
+                .await
+                .unwrap();
+            if open.is_empty() {
+                break died.elapsed();
+            }
+            assert!(
+                died.elapsed() < TTL + Duration::from_secs(15),
+                "{} sagas still open",
+                open.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        eprintln!("takeover of {SAGAS} sagas settled {settled:?} after instance A died");
+        assert_eq!(engine.metrics().resumed, SAGAS as u64);
+
+        let all = engine.list(&ListFilter::all()).await.unwrap();
+        assert_eq!(all.len(), SAGAS);
+        let l = ledger.lock().unwrap();
+        for s in all {
+            let n: usize = s.saga_id[2..].parse().unwrap();
+            let key = |step: &str, phase: &str| format!("{}:{step}:{phase}", s.saga_id);
+            // Every effect happened, once: the second charge call was absorbed by its key.
+            assert_eq!(l.calls[&key("reserve", "action")], 1, "{}", s.saga_id);
+            assert_eq!(l.calls[&key("charge", "action")], 2, "{}", s.saga_id);
+            assert_eq!(l.calls[&key("ship", "action")], 1, "{}", s.saga_id);
+            let refunded = l.applied.contains(&key("charge", "compensate"));
+            let released = l.applied.contains(&key("reserve", "compensate"));
+            if n % 4 == 0 {
+                assert_eq!(s.status, SagaStatus::Compensated, "{}", s.saga_id);
+                assert!(
+                    refunded && released,
+                    "{}: charge and reserve undone",
+                    s.saga_id
+                );
+                assert_eq!(l.calls[&key("charge", "compensate")], 1);
+            } else {
+                assert_eq!(s.status, SagaStatus::Completed, "{}", s.saga_id);
+                assert!(!refunded && !released, "{}: nothing undone", s.saga_id);
+            }
+            // Nothing was run by A after it died, nothing by B before A's lease expired
+            // except the re-run of the stalled charge.
+            let by_a: Vec<_> = l
+                .callers
+                .iter()
+                .filter(|(who, k)| *who == "a" && k.starts_with(&format!("{}:", s.saga_id)))
+                .map(|(_, k)| k.as_str())
+                .collect();
+            assert_eq!(by_a, [key("reserve", "action"), key("charge", "action")]);
+        }
+        drop(engine);
+        drop(store);
+    });
+    drop(rt_b);
+    drop(guard);
+}
