@@ -1,15 +1,4 @@
-//! The bulkhead as a tower service.
-//!
-//! # How waiting maps onto tower
-//!
-//! Like tower's `ConcurrencyLimit`, the permit is reserved in `poll_ready` and moves into the
-//! response future in `call`; dropping the service or the future gives it back. Unlike
-//! `ConcurrencyLimit`, readiness never waits forever: `poll_ready` waits at most `max_wait`
-//! (in FIFO order, within the queue cap). When no permit comes, `poll_ready` still returns
-//! `Ready(Ok(()))` and the following `call` returns a future that fails at once with
-//! [`BulkheadFull`], without calling the inner service. `poll_ready` errors are terminal in
-//! tower, so a full bulkhead must never be one: rejecting from `call` (as `load_shed` does)
-//! lets the caller shed that one request and keep using the service.
+//! The bulkhead as a tower service (see [`BulkheadService`] for how waiting maps onto tower).
 
 use std::fmt;
 use std::future::Future;
@@ -129,6 +118,17 @@ impl Gate {
 /// Errors are boxed (`tower::BoxError`): the inner service's error, or [`BulkheadFull`] when
 /// the bulkhead turned the call away (test with `err.is::<BulkheadFull>()`, or find it in a
 /// chain with `staunch_core::rejection_of`).
+///
+/// # How waiting maps onto tower
+///
+/// Like tower's `ConcurrencyLimit`, the permit is reserved in `poll_ready` and moves into the
+/// response future in `call`; dropping the service or the future gives it back. Unlike
+/// `ConcurrencyLimit`, readiness never waits forever: `poll_ready` waits at most `max_wait`
+/// (in FIFO order, within the queue cap). When no permit comes, `poll_ready` still returns
+/// `Ready(Ok(()))` and the following `call` returns a future that fails at once with
+/// [`BulkheadFull`], without calling the inner service. `poll_ready` errors are terminal in
+/// tower, so a full bulkhead must never be one: rejecting from `call` (as `load_shed` does)
+/// lets the caller shed that one request and keep using the service.
 ///
 /// # Panics
 ///

@@ -1,14 +1,4 @@
 //! The partitioned bulkhead as a tower layer and service.
-//!
-//! The key is a function of the request, and tower's `poll_ready` does not see the request,
-//! so a partitioned service cannot reserve in `poll_ready` like [`BulkheadService`] does.
-//! `poll_ready` only drives the inner service; `call` takes the key's permits on the
-//! lock-free fast path and calls the inner service at once. When it has to wait, the ready
-//! inner service is moved into the response future (a fresh clone takes its place, which is
-//! why `S: Clone` is required), and the future calls it once the permits arrive or fails
-//! with [`BulkheadFull`] at the deadline.
-//!
-//! [`BulkheadService`]: crate::BulkheadService
 
 use std::fmt;
 use std::future::Future;
@@ -82,6 +72,14 @@ impl<S, K, F: Clone> Layer<S> for PartitionedBulkheadLayer<K, F> {
 
 /// A service behind a [`PartitionedBulkhead`]; errors are boxed like
 /// [`BulkheadService`](crate::BulkheadService)'s.
+///
+/// The key is a function of the request, and tower's `poll_ready` does not see the request,
+/// so a partitioned service cannot reserve in `poll_ready` like
+/// [`BulkheadService`](crate::BulkheadService) does. `poll_ready` only drives the inner
+/// service; `call` takes the key's permits on the lock-free fast path and calls the inner
+/// service at once. When it has to wait, the ready inner service is moved into the response
+/// future (a fresh clone takes its place, which is why `S: Clone` is required), and the
+/// future calls it once the permits arrive, or fails with [`BulkheadFull`] at the deadline.
 pub struct PartitionedBulkheadService<S, K, F> {
     inner: S,
     bulkhead: PartitionedBulkhead<K>,
