@@ -12,6 +12,7 @@ use staunch_core::{Backoff, ConfigError};
 
 use crate::context::StepContext;
 use crate::error::StepError;
+use crate::group::{GroupInner, ParallelGroup};
 
 /// A saga state: any serde type the steps pass along and update.
 pub trait SagaState: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
@@ -125,6 +126,8 @@ pub struct Step<S> {
     pub(crate) retry: RetryPolicy,
     pub(crate) compensation_retry: RetryPolicy,
     pub(crate) on_interrupted: OnInterrupted,
+    /// The parallel group this step belongs to (index into the definition's groups).
+    pub(crate) group: Option<u32>,
     retry_set: bool,
 }
 
@@ -165,6 +168,7 @@ impl<S: SagaState> Step<S> {
             retry: RetryPolicy::default(),
             compensation_retry: RetryPolicy::new(5),
             on_interrupted: OnInterrupted::Rerun,
+            group: None,
             retry_set: false,
         }
     }
@@ -227,6 +231,7 @@ pub(crate) struct DefinitionInner<S> {
     pub(crate) name: Arc<str>,
     pub(crate) version: u32,
     pub(crate) steps: Vec<Step<S>>,
+    pub(crate) groups: Vec<GroupInner<S>>,
     pub(crate) deadline: Option<Duration>,
 }
 
@@ -244,6 +249,7 @@ impl<S> fmt::Debug for SagaDefinition<S> {
             .field("name", &self.inner.name)
             .field("version", &self.inner.version)
             .field("steps", &self.inner.steps)
+            .field("groups", &self.inner.groups)
             .field("deadline", &self.inner.deadline)
             .finish()
     }
@@ -256,6 +262,7 @@ impl<S: SagaState> SagaDefinition<S> {
             name: name.into(),
             version,
             steps: Vec::new(),
+            groups: Vec::new(),
             deadline: None,
         }
     }
@@ -281,6 +288,7 @@ pub struct SagaDefinitionBuilder<S> {
     name: Arc<str>,
     version: u32,
     steps: Vec<Step<S>>,
+    groups: Vec<GroupInner<S>>,
     deadline: Option<Duration>,
 }
 
@@ -298,6 +306,27 @@ impl<S: SagaState> SagaDefinitionBuilder<S> {
     /// Appends a step.
     pub fn step(mut self, step: Step<S>) -> Self {
         self.steps.push(step);
+        self
+    }
+
+    /// Appends a group of steps that run concurrently (see [`ParallelGroup`]). Its members
+    /// take the next step indexes, in declaration order.
+    pub fn parallel(mut self, group: ParallelGroup<S>) -> Self {
+        let index = u32::try_from(self.groups.len()).unwrap_or(u32::MAX);
+        let first = u32::try_from(self.steps.len()).unwrap_or(u32::MAX);
+        let len = u32::try_from(group.steps.len()).unwrap_or(u32::MAX);
+        for mut step in group.steps {
+            step.group = Some(index);
+            self.steps.push(step);
+        }
+        self.groups.push(GroupInner {
+            name: group.name,
+            first,
+            len,
+            on_failure: group.on_failure,
+            compensation: group.compensation,
+            merge: group.merge,
+        });
         self
     }
 
@@ -343,6 +372,13 @@ impl<S: SagaState> SagaDefinitionBuilder<S> {
             step.compensation_retry
                 .validate(&format!("{section}.{field}.compensation_retry"))?;
             match step.kind {
+                StepKind::Pivot if step.group.is_some() => {
+                    return Err(ConfigError::new(
+                        format!("{field}.kind"),
+                        "must not be a pivot inside a parallel group",
+                    )
+                    .within(&section));
+                }
                 StepKind::Pivot if pivot_seen => {
                     return Err(ConfigError::new(
                         format!("{field}.kind"),
@@ -377,11 +413,21 @@ impl<S: SagaState> SagaDefinitionBuilder<S> {
                 .within(&section));
             }
         }
+        for (g, group) in self.groups.iter().enumerate() {
+            if group.len == 0 {
+                return Err(ConfigError::new(
+                    format!("groups[{g}].steps"),
+                    format!("must contain at least one step (group `{}`)", group.name),
+                )
+                .within(&section));
+            }
+        }
         Ok(SagaDefinition {
             inner: Arc::new(DefinitionInner {
                 name: self.name,
                 version: self.version,
                 steps: self.steps,
+                groups: self.groups,
                 deadline: self.deadline,
             }),
         })

@@ -32,6 +32,9 @@ pub enum StepErrorKind {
     Deadline,
     /// The process stopped while the attempt ran; found by recovery (its effect is unknown).
     Interrupted,
+    /// Another member of its parallel group failed and this attempt was cancelled (its
+    /// effect is unknown).
+    Cancelled,
 }
 
 impl StepErrorKind {
@@ -44,7 +47,10 @@ impl StepErrorKind {
     /// interruption). Such a step is compensated too when the saga rolls back, so its
     /// compensation must accept an idempotency key whose action never took effect.
     pub fn is_in_doubt(self) -> bool {
-        matches!(self, Self::Timeout | Self::Deadline | Self::Interrupted)
+        matches!(
+            self,
+            Self::Timeout | Self::Deadline | Self::Interrupted | Self::Cancelled
+        )
     }
 }
 
@@ -87,6 +93,7 @@ impl fmt::Display for StepError {
             StepErrorKind::Panicked => "panicked",
             StepErrorKind::Deadline => "saga deadline passed",
             StepErrorKind::Interrupted => "interrupted",
+            StepErrorKind::Cancelled => "cancelled",
         };
         write!(f, "{kind}: {}", self.message)
     }

@@ -1,6 +1,7 @@
 //! Drives one saga: runs the next action or compensation its progress calls for, appending
 //! every transition to the store before the next call starts.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -74,11 +75,13 @@ impl<S: SagaState> Runner<S> {
             prelogged: None,
             deadline,
         };
-        runner.record(SagaEvent::StepStarted {
-            step: 0,
-            attempt: 1,
-        });
-        runner.prelogged = Some(0);
+        if runner.def.steps[0].group.is_none() {
+            runner.record(SagaEvent::StepStarted {
+                step: 0,
+                attempt: 1,
+            });
+            runner.prelogged = Some(0);
+        }
         Ok(runner)
     }
 
@@ -115,7 +118,7 @@ impl<S: SagaState> Runner<S> {
         self.pending.push(event.encode());
     }
 
-    async fn flush(&mut self) -> Result<(), SagaError> {
+    pub(crate) async fn flush(&mut self) -> Result<(), SagaError> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -128,7 +131,7 @@ impl<S: SagaState> Runner<S> {
         Ok(())
     }
 
-    fn pivot_done(&self) -> bool {
+    pub(crate) fn pivot_done(&self) -> bool {
         self.def
             .steps
             .iter()
@@ -163,7 +166,10 @@ impl<S: SagaState> Runner<S> {
             match self.progress.stage.clone() {
                 Stage::Forward => {
                     if let Some(i) = self.next_forward() {
-                        self.forward(i).await?;
+                        match self.def.steps[i as usize].group {
+                            Some(g) => self.forward_group(g).await?,
+                            None => self.forward(i).await?,
+                        }
                     } else {
                         self.record(SagaEvent::Completed);
                         self.flush().await?;
@@ -171,8 +177,12 @@ impl<S: SagaState> Runner<S> {
                     }
                 }
                 Stage::Compensating => {
+                    self.close_open_actions();
                     if let Some(j) = self.next_compensation() {
-                        self.compensate(j).await?;
+                        match self.parallel_compensation(j) {
+                            Some(g) => self.compensate_group(g).await?,
+                            None => self.compensate(j).await?,
+                        }
                     } else {
                         let (failed_step, error) =
                             self.progress.compensation.clone().unwrap_or_default();
@@ -213,11 +223,11 @@ impl<S: SagaState> Runner<S> {
         }
     }
 
-    fn deadline_passed(&self) -> bool {
+    pub(crate) fn deadline_passed(&self) -> bool {
         self.deadline.is_some_and(|d| Instant::now() >= d) && !self.pivot_done()
     }
 
-    fn begin_compensation(&mut self, failed_step: u32, error: String) {
+    pub(crate) fn begin_compensation(&mut self, failed_step: u32, error: String) {
         self.record(SagaEvent::CompensationBegan { failed_step, error });
     }
 
@@ -429,41 +439,59 @@ impl<S: SagaState> Runner<S> {
         timeout: Option<Duration>,
         deadline: Option<Instant>,
     ) -> Result<S, StepError> {
-        let name = &self.def.steps[step as usize].name;
+        self.attempt(Arc::clone(f), step, phase, attempt, timeout, deadline)
+            .await
+    }
+
+    /// One attempt as an owned future (parallel group members run on their own tasks).
+    pub(crate) fn attempt(
+        &self,
+        f: StepFn<S>,
+        step: u32,
+        phase: Phase,
+        attempt: u32,
+        timeout: Option<Duration>,
+        deadline: Option<Instant>,
+    ) -> impl Future<Output = Result<S, StepError>> + Send + 'static {
+        let name = Arc::clone(&self.def.steps[step as usize].name);
         let ctx = StepContext {
             saga_id: Arc::clone(&self.id),
-            step: Arc::clone(name),
+            step: Arc::clone(&name),
             phase,
             attempt,
         };
         let span =
             tracing::debug_span!("saga_step", saga_id = %self.id, step = %name, %phase, attempt);
-        let started = Instant::now();
         let state = self.state.clone();
-        let attempt_fut = async move {
-            let fut = std::panic::catch_unwind(AssertUnwindSafe(|| f(state, ctx)))
-                .map_err(|p| panicked(&*p))?;
-            let guarded = AssertUnwindSafe(fut).catch_unwind();
-            let result = match timeout {
-                Some(t) => tokio::time::timeout(t, guarded).await.map_err(|_| {
-                    StepError::new(StepErrorKind::Timeout, format!("attempt exceeded {t:?}"))
-                })?,
-                None => guarded.await,
+        let shared = Arc::clone(&self.shared);
+        let definition = Arc::clone(&self.def.name);
+        async move {
+            let started = Instant::now();
+            let attempt_fut = async move {
+                let fut = std::panic::catch_unwind(AssertUnwindSafe(|| f(state, ctx)))
+                    .map_err(|p| panicked(&*p))?;
+                let guarded = AssertUnwindSafe(fut).catch_unwind();
+                let result = match timeout {
+                    Some(t) => tokio::time::timeout(t, guarded).await.map_err(|_| {
+                        StepError::new(StepErrorKind::Timeout, format!("attempt exceeded {t:?}"))
+                    })?,
+                    None => guarded.await,
+                };
+                result.map_err(|p| panicked(&*p))?
+            }
+            .instrument(span);
+            let result = match deadline {
+                Some(d) => tokio::select! {
+                    r = attempt_fut => r,
+                    () = tokio::time::sleep_until(d) => Err(StepError::new(StepErrorKind::Deadline, "saga deadline passed")),
+                },
+                None => attempt_fut.await,
             };
-            result.map_err(|p| panicked(&*p))?
+            shared
+                .counters
+                .attempt(&definition, &name, started.elapsed(), result.is_err());
+            result
         }
-        .instrument(span);
-        let result = match deadline {
-            Some(d) => tokio::select! {
-                r = attempt_fut => r,
-                () = tokio::time::sleep_until(d) => Err(StepError::new(StepErrorKind::Deadline, "saga deadline passed")),
-            },
-            None => attempt_fut.await,
-        };
-        self.shared
-            .counters
-            .attempt(&self.def.name, name, started.elapsed(), result.is_err());
-        result
     }
 }
 

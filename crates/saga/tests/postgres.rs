@@ -85,7 +85,7 @@ fn definition(
         .step(Step::new("ship", move |o: Order, ctx| {
             effect(&l5, who, &ctx);
             async move {
-                if o.n % 4 == 0 {
+                if o.n.is_multiple_of(4) {
                     Err(StepError::fail("address rejected"))
                 } else {
                     Ok(o)
@@ -319,7 +319,7 @@ fn a_dead_instances_sagas_are_taken_over_within_the_lease_ttl() {
             assert_eq!(l.calls[&key("ship", "action")], 1, "{}", s.saga_id);
             let refunded = l.applied.contains(&key("charge", "compensate"));
             let released = l.applied.contains(&key("reserve", "compensate"));
-            if n % 4 == 0 {
+            if n.is_multiple_of(4) {
                 assert_eq!(s.status, SagaStatus::Compensated, "{}", s.saga_id);
                 assert!(
                     refunded && released,

@@ -1,0 +1,342 @@
+//! Running a parallel group: member attempts on their own tasks, every transition logged by
+//! the saga's runner (the only writer of its log) as the attempts finish.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use staunch_core::BackoffSchedule;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::context::Phase;
+use crate::definition::{OnInterrupted, RetryPolicy, SagaState, StepKind};
+use crate::error::{SagaError, StepError, StepErrorKind};
+use crate::event::SagaEvent;
+use crate::group::{GroupCompensation, GroupFailure};
+use crate::runner::{Runner, to_raw};
+
+/// What a member task reports.
+enum Report<S> {
+    Done {
+        step: u32,
+        result: Result<S, StepError>,
+    },
+    RetryDue {
+        step: u32,
+    },
+}
+
+/// A member's retry bookkeeping.
+struct Member {
+    policy: RetryPolicy,
+    schedule: BackoffSchedule,
+    first_start: Instant,
+    tries: u32,
+    in_flight: bool,
+}
+
+impl<S: SagaState> Runner<S> {
+    /// The group to compensate in parallel, when step `j` (the next to compensate) is in one.
+    pub(crate) fn parallel_compensation(&self, j: u32) -> Option<u32> {
+        let g = self.def.steps[j as usize].group?;
+        (self.def.groups[g as usize].compensation == GroupCompensation::Parallel).then_some(g)
+    }
+
+    /// While compensating, an action attempt with no result can only be a group member the
+    /// process was running when it stopped: its effect is unknown, so it is compensated.
+    pub(crate) fn close_open_actions(&mut self) {
+        let open: Vec<(u32, u32)> = (0..self.progress.steps.len())
+            .filter(|&i| self.progress.steps[i].action_open)
+            .map(|i| (i as u32, self.progress.steps[i].action_attempts))
+            .collect();
+        for (step, attempt) in open {
+            self.record(SagaEvent::StepFailed {
+                step,
+                attempt,
+                kind: StepErrorKind::Interrupted,
+                error: "the process stopped during the attempt".into(),
+            });
+        }
+    }
+
+    /// Runs the members of group `g` that have not completed; leaves the progress at its
+    /// next stage (forward past the group, compensating, or stuck).
+    pub(crate) async fn forward_group(&mut self, g: u32) -> Result<(), SagaError> {
+        let group = &self.def.groups[g as usize];
+        let on_failure = group.on_failure;
+        let members: Vec<u32> = group
+            .members()
+            .filter(|&i| {
+                !self
+                    .progress
+                    .steps
+                    .get(i as usize)
+                    .is_some_and(|p| p.completed)
+            })
+            .collect();
+        // Attempts left open by a process that stopped: each member's OnInterrupted decides;
+        // any decision other than re-running settles the whole group.
+        let open: Vec<(u32, u32)> = members
+            .iter()
+            .filter_map(|&i| {
+                let p = self.progress.steps.get(i as usize)?;
+                p.action_open.then_some((i, p.action_attempts))
+            })
+            .collect();
+        let decision = open
+            .iter()
+            .map(|&(i, _)| match self.def.steps[i as usize].on_interrupted {
+                OnInterrupted::Compensate if self.pivot_done() => (i, OnInterrupted::Stuck),
+                other => (i, other),
+            })
+            .find(|(_, d)| *d != OnInterrupted::Rerun);
+        let deadline_passed = self.deadline_passed();
+        if decision.is_some() || deadline_passed {
+            let (kind, error) = if deadline_passed {
+                (StepErrorKind::Deadline, "saga deadline passed")
+            } else {
+                (
+                    StepErrorKind::Interrupted,
+                    "the process stopped during the attempt",
+                )
+            };
+            for &(step, attempt) in &open {
+                self.record(SagaEvent::StepFailed {
+                    step,
+                    attempt,
+                    kind,
+                    error: error.into(),
+                });
+            }
+            let (step, d) = decision.unwrap_or((members[0], OnInterrupted::Compensate));
+            if d == OnInterrupted::Stuck {
+                self.record(SagaEvent::Stuck {
+                    step,
+                    phase: Phase::Action,
+                    error: error.into(),
+                });
+            } else {
+                self.begin_compensation(step, error.into());
+            }
+            return Ok(());
+        }
+        let cancel = on_failure == GroupFailure::CancelOthers;
+        if let Some((step, error)) = self
+            .run_concurrent(g, &members, Phase::Action, cancel)
+            .await?
+            && self.pivot_done()
+        {
+            self.record(SagaEvent::Stuck {
+                step,
+                phase: Phase::Action,
+                error: error.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs the compensations of group `g`'s members that need one, all at once.
+    pub(crate) async fn compensate_group(&mut self, g: u32) -> Result<(), SagaError> {
+        let members: Vec<u32> = self.def.groups[g as usize]
+            .members()
+            .filter(|&i| {
+                let p = self.progress.steps.get(i as usize);
+                self.def.steps[i as usize].compensation.is_some()
+                    && p.is_some_and(|p| (p.completed || p.in_doubt) && !p.compensated)
+            })
+            .collect();
+        if let Some((step, error)) = self
+            .run_concurrent(g, &members, Phase::Compensate, false)
+            .await?
+        {
+            tracing::warn!(saga_id = %self.id, step, %error, "compensation exhausted: saga is stuck");
+            self.record(SagaEvent::Stuck {
+                step,
+                phase: Phase::Compensate,
+                error: error.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn started_event(phase: Phase, step: u32, attempt: u32) -> SagaEvent {
+        match phase {
+            Phase::Action => SagaEvent::StepStarted { step, attempt },
+            Phase::Compensate => SagaEvent::CompensationStarted { step, attempt },
+        }
+    }
+
+    /// Logs and spawns the next attempt of `step`.
+    fn launch(
+        &mut self,
+        set: &mut JoinSet<Report<S>>,
+        tracks: &mut HashMap<u32, Member>,
+        step: u32,
+        phase: Phase,
+    ) {
+        let def = &self.def.steps[step as usize];
+        let Some(f) = (match phase {
+            Phase::Action => Some(Arc::clone(&def.action)),
+            Phase::Compensate => def.compensation.clone(),
+        }) else {
+            return;
+        };
+        let p = self.progress.steps.get(step as usize);
+        let attempt = match phase {
+            Phase::Action => p.map_or(0, |p| p.action_attempts),
+            Phase::Compensate => p.map_or(0, |p| p.comp_attempts),
+        } + 1;
+        self.record(Self::started_event(phase, step, attempt));
+        let track = tracks.get_mut(&step).expect("tracked member");
+        track.tries += 1;
+        track.in_flight = true;
+        let deadline = (phase == Phase::Action && !self.pivot_done())
+            .then_some(self.deadline)
+            .flatten();
+        let fut = self.attempt(f, step, phase, attempt, track.policy.timeout, deadline);
+        set.spawn(async move {
+            Report::Done {
+                step,
+                result: fut.await,
+            }
+        });
+    }
+
+    /// Runs `members` of group `g` concurrently in `phase`, each with its retry policy,
+    /// logging every transition. Returns the first member that failed for good. Once one has,
+    /// no new attempt starts; running ones finish, or are cancelled when `cancel`. A failed
+    /// action starts compensation at once (logged before the others finish, so recovery
+    /// knows the group failed).
+    async fn run_concurrent(
+        &mut self,
+        g: u32,
+        members: &[u32],
+        phase: Phase,
+        cancel: bool,
+    ) -> Result<Option<(u32, StepError)>, SagaError> {
+        let merge = Arc::clone(&self.def.groups[g as usize].merge);
+        let mut set = JoinSet::new();
+        let mut tracks = HashMap::with_capacity(members.len());
+        for &i in members {
+            let step = &self.def.steps[i as usize];
+            let policy = match phase {
+                Phase::Action => step.retry,
+                Phase::Compensate => step.compensation_retry,
+            };
+            tracks.insert(
+                i,
+                Member {
+                    policy,
+                    schedule: policy.backoff.schedule(),
+                    first_start: Instant::now(),
+                    tries: 0,
+                    in_flight: false,
+                },
+            );
+        }
+        for &i in members {
+            self.launch(&mut set, &mut tracks, i, phase);
+        }
+        self.flush().await?;
+        let mut failure: Option<(u32, StepError)> = None;
+        while let Some(joined) = set.join_next().await {
+            let Ok(report) = joined else {
+                // Cancelled by `abort_all` below (panics are caught inside the attempt).
+                continue;
+            };
+            match report {
+                Report::RetryDue { step } => {
+                    if failure.is_none() {
+                        self.launch(&mut set, &mut tracks, step, phase);
+                        self.flush().await?;
+                    }
+                }
+                Report::Done { step, result } => {
+                    let track = tracks.get_mut(&step).expect("tracked member");
+                    track.in_flight = false;
+                    match result {
+                        Ok(member_state) => {
+                            self.state = merge(self.state.clone(), member_state);
+                            let state = to_raw(&self.state)?;
+                            self.record(match phase {
+                                Phase::Action => SagaEvent::StepCompleted { step, state },
+                                Phase::Compensate => {
+                                    SagaEvent::CompensationCompleted { step, state }
+                                }
+                            });
+                        }
+                        Err(error) => {
+                            let attempt = match phase {
+                                Phase::Action => self.progress.steps[step as usize].action_attempts,
+                                Phase::Compensate => {
+                                    self.progress.steps[step as usize].comp_attempts
+                                }
+                            };
+                            let (kind, message) = (error.kind(), error.message().to_owned());
+                            self.record(match phase {
+                                Phase::Action => SagaEvent::StepFailed {
+                                    step,
+                                    attempt,
+                                    kind,
+                                    error: message,
+                                },
+                                Phase::Compensate => SagaEvent::CompensationFailed {
+                                    step,
+                                    attempt,
+                                    kind,
+                                    error: message,
+                                },
+                            });
+                            let retriable_step = phase == Phase::Action
+                                && self.def.steps[step as usize].kind == StepKind::Retriable;
+                            let may_retry = kind != StepErrorKind::Deadline
+                                && (retriable_step || kind.is_retryable());
+                            let attempts_left =
+                                track.policy.max_attempts.is_none_or(|m| track.tries < m);
+                            let delay = (failure.is_none() && may_retry && attempts_left)
+                                .then(|| {
+                                    track.schedule.next_delay_after(track.first_start.elapsed())
+                                })
+                                .flatten();
+                            if let Some(delay) = delay {
+                                tracing::debug!(saga_id = %self.id, step, attempt, ?delay, %error, "retrying group member");
+                                set.spawn(async move {
+                                    tokio::time::sleep(delay).await;
+                                    Report::RetryDue { step }
+                                });
+                            } else if failure.is_none() {
+                                tracing::debug!(saga_id = %self.id, step, %error, "group member failed");
+                                if phase == Phase::Action && !self.pivot_done() {
+                                    self.begin_compensation(step, error.to_string());
+                                }
+                                failure = Some((step, error));
+                                if cancel {
+                                    set.abort_all();
+                                }
+                            }
+                        }
+                    }
+                    self.flush().await?;
+                }
+            }
+        }
+        // Attempts cancelled before they reported: their effect is unknown.
+        let mut cancelled: Vec<u32> = tracks
+            .iter()
+            .filter(|(_, t)| t.in_flight)
+            .map(|(&i, _)| i)
+            .collect();
+        cancelled.sort_unstable();
+        for step in cancelled {
+            let attempt = self.progress.steps[step as usize].action_attempts;
+            self.record(SagaEvent::StepFailed {
+                step,
+                attempt,
+                kind: StepErrorKind::Cancelled,
+                error: "cancelled: another member of the group failed".into(),
+            });
+        }
+        self.flush().await?;
+        Ok(failure)
+    }
+}
