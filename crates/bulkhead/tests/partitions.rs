@@ -186,3 +186,47 @@ fn invalid_partition_settings_fail_at_build() {
         .unwrap_err();
     assert_eq!(e.field(), "t.default_limit");
 }
+
+#[tokio::test(start_paused = true)]
+async fn cancelled_partitioned_calls_release_every_permit() {
+    let tenants = PartitionedBulkhead::builder("search")
+        .default_limit(1)
+        .global_limit(2)
+        .max_wait(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let gauge = Gauge::default();
+    let svc = tenant_service(tenants.clone(), gauge.clone());
+    // Running: holds a key permit and a global permit.
+    let running_a = tokio::spawn(svc.clone().oneshot(("a", 60_000)));
+    let running_b = tokio::spawn(svc.clone().oneshot(("b", 60_000)));
+    tokio::task::yield_now().await;
+    assert_eq!(tenants.global().unwrap().in_flight(), 2);
+    // Waiting on its key (a is busy), and waiting on the global cap (c's key is free).
+    let waiting_key = tokio::spawn(svc.clone().oneshot(("a", 1)));
+    let waiting_global = tokio::spawn(svc.clone().oneshot(("c", 1)));
+    tokio::task::yield_now().await;
+    assert_eq!(tenants.partition(&"a").metrics().queued, 1);
+    assert_eq!(
+        tenants.partition(&"c").in_flight(),
+        1,
+        "c holds its key permit"
+    );
+    assert_eq!(tenants.global().unwrap().metrics().queued, 1);
+    for t in [waiting_key, waiting_global, running_a, running_b] {
+        t.abort();
+        let _ = t.await;
+    }
+    for key in ["a", "b", "c"] {
+        assert_eq!(tenants.partition(&key).in_flight(), 0, "{key}");
+        assert_eq!(tenants.partition(&key).metrics().queued, 0, "{key}");
+    }
+    assert_eq!(tenants.global().unwrap().in_flight(), 0);
+    assert_eq!(tenants.global().unwrap().metrics().queued, 0);
+    assert_eq!(gauge.current(), 0);
+    assert_eq!(
+        gauge.entered(),
+        2,
+        "the waiting calls never reached the dependency"
+    );
+}
