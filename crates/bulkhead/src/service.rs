@@ -78,7 +78,16 @@ impl Gate {
     fn poll_reserve_slow(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
         loop {
             match &mut self.slow {
-                Slow::Rejected(_) => return Poll::Ready(false),
+                Slow::Rejected(_) => {
+                    // Readiness polled again before the call: take a permit freed meanwhile
+                    // rather than reject on a stale verdict.
+                    if self.bulkhead.inner.permits.try_acquire() {
+                        self.slow = Slow::None;
+                        self.permit = Some(Permit::new(self.bulkhead.clone()));
+                        return Poll::Ready(true);
+                    }
+                    return Poll::Ready(false);
+                }
                 Slow::None => self.slow = Slow::Waiting(Box::new(self.bulkhead.acquire())),
                 Slow::Waiting(acquire) => match Pin::new(&mut **acquire).poll(cx) {
                     Poll::Pending => return Poll::Pending,

@@ -163,3 +163,17 @@ async fn dropping_a_service_that_is_waiting_gives_up_its_place() {
     drop(waiting);
     assert_eq!(b.metrics().queued, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn polling_readiness_again_takes_a_permit_freed_since_the_rejection() {
+    let b = Bulkhead::builder("dep").max_concurrent(1).build().unwrap();
+    let mut svc = b.layer().layer(slow_dependency(Gauge::default()));
+    let held = b.try_acquire().unwrap();
+    poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    assert_eq!(b.in_flight(), 1, "the verdict so far: rejected");
+    drop(held);
+    poll_fn(|cx| svc.poll_ready(cx)).await.unwrap();
+    assert_eq!(b.in_flight(), 1, "the handle took the freed permit");
+    assert_eq!(svc.call(3).await.unwrap(), 3);
+    assert_eq!(b.in_flight(), 0);
+}
