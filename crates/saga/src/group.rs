@@ -48,6 +48,47 @@ pub(crate) type MergeFn<S> = Arc<dyn Fn(S, S) -> S + Send + Sync>;
 /// ([`GroupCompensation`]). Each member's attempts are logged like any step's, so recovery
 /// resumes a group that was half done: completed members are not run again, interrupted
 /// ones follow their [`OnInterrupted`](crate::OnInterrupted).
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use staunch_saga::{
+///     GroupCompensation, MemoryStore, ParallelGroup, SagaDefinition, SagaEngine, SagaOutcome,
+///     Step,
+/// };
+///
+/// #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// struct Trip { flight: Option<String>, hotel: Option<String> }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let trip = SagaDefinition::<Trip>::builder("trip", 1)
+///     .parallel(
+///         ParallelGroup::new("book")
+///             .step(Step::new("flight", |mut t: Trip, _| async move {
+///                 t.flight = Some("LH 123".into());
+///                 Ok(t)
+///             }).compensate(|t, _| async move { Ok(t) }))
+///             .step(Step::new("hotel", |mut t: Trip, _| async move {
+///                 t.hotel = Some("room 9".into());
+///                 Ok(t)
+///             }).compensate(|t, _| async move { Ok(t) }))
+///             .compensation(GroupCompensation::Parallel)
+///             // Each member filled in its own field: keep both.
+///             .merge(|acc: Trip, m: Trip| Trip {
+///                 flight: acc.flight.or(m.flight),
+///                 hotel: acc.hotel.or(m.hotel),
+///             }),
+///     )
+///     .step(Step::new("confirm", |t, _| async move { Ok(t) }))
+///     .build()?;
+///
+/// let engine = SagaEngine::new(MemoryStore::new());
+/// let outcome = engine.start(&trip, "trip-1", Trip::default()).await?.outcome().await?;
+/// let SagaOutcome::Completed(t) = outcome else { panic!("{outcome:?}") };
+/// assert_eq!((t.flight.as_deref(), t.hotel.as_deref()), (Some("LH 123"), Some("room 9")));
+/// # Ok(())
+/// # }
+/// ```
 pub struct ParallelGroup<S> {
     pub(crate) name: Arc<str>,
     pub(crate) steps: Vec<Step<S>>,

@@ -1,5 +1,6 @@
-//! A durable orchestration saga engine for tokio services: ordered steps with compensations,
-//! an append-only log in SQLite (or memory), crash recovery and an operator API.
+//! A durable orchestration saga engine for tokio services: ordered steps (and parallel
+//! groups) with compensations, an append-only log in SQLite, PostgreSQL (many service
+//! instances, with leases and takeover) or memory, crash recovery and an operator API.
 //!
 //! # The model
 //!
@@ -19,9 +20,22 @@
 //! - **Step kinds**: [`StepKind::Compensatable`] (the default), [`StepKind::Pivot`] (the point
 //!   of no return: afterwards the saga only moves forward) and [`StepKind::Retriable`] (retried
 //!   until it succeeds; every step after the pivot must be retriable).
+//! - **Parallel groups**: [`SagaDefinitionBuilder::parallel`] adds a [`ParallelGroup`] whose
+//!   steps run concurrently; the saga moves on when all succeed. When one fails, the others
+//!   finish or are cancelled ([`GroupFailure`]) and every completed step of the group and
+//!   before it is compensated, members in reverse order or in parallel
+//!   ([`GroupCompensation`]). Member states are folded in with the group's `merge`.
 //! - **Durability**: every transition is appended to a [`SagaStore`] before the next call
-//!   starts. [`SqliteStore`] (the default feature) is one file, WAL, `synchronous=FULL`, with
+//!   starts. `SqliteStore` (the default feature) is one file, WAL, `synchronous=FULL`, with
 //!   group commit so many concurrent sagas share each fsync. [`MemoryStore`] is for tests.
+//! - **Many instances** (feature `postgres`): `PostgresStore` shares one database between
+//!   the instances of a service. Each unfinished saga is leased to one instance (owner,
+//!   expiry, and a lease version checked by every append as a fencing token), renewed by a
+//!   heartbeat; every instance runs [`SagaEngine::spawn_recovery`], which claims sagas whose
+//!   lease expired (`FOR UPDATE SKIP LOCKED`) and resumes them, so a dead instance's sagas
+//!   are taken over within one lease TTL (default 15 s). An instance that was only paused
+//!   gets [`StoreError::LeaseLost`] on its next append and stops driving the saga
+//!   (its handles report [`SagaError::LeaseLost`]); nothing is marked failed.
 //! - **Idempotency**: each call carries [`StepContext::idempotency_key`],
 //!   `{saga_id}:{step}:{action|compensate}`, identical on every attempt and after recovery.
 //! - **Recovery**: [`SagaEngine::recover`] resumes every unfinished saga from its log. An
@@ -76,6 +90,13 @@
 //!   held), but a compensation that keeps failing needs a human, not an endless loop.
 //! - SQLite `synchronous=FULL`: an acknowledged transition survives power loss; group commit
 //!   pays for it.
+//! - Postgres lease TTL 15 s, heartbeat every 5 s: a takeover within seconds of a crash,
+//!   while a heartbeat may be late by two periods (a long GC pause, a slow database) before
+//!   a live instance loses a saga.
+//! - Parallel groups: other members finish (no participant call abandoned half-way);
+//!   compensation in reverse declaration order (like sequential steps); member states are
+//!   discarded unless a `merge` is set (completion order varies, so no default merge could
+//!   be deterministic).
 //!
 //! # Observability
 //!

@@ -648,6 +648,12 @@ fn public_types_are_send_and_sync() {
     check::<MemoryStore>();
     #[cfg(feature = "sqlite")]
     check::<staunch_saga::SqliteStore>();
+    #[cfg(feature = "postgres")]
+    check::<staunch_saga::PostgresStore>();
+    #[cfg(feature = "postgres")]
+    check::<staunch_saga::PostgresStoreBuilder>();
+    check::<staunch_saga::ParallelGroup<support::Trail>>();
+    check::<staunch_saga::RecoveryLoop>();
     check::<SagaError>();
     check::<staunch_saga::StepContext>();
     check::<SagaOutcome<support::Trail>>();

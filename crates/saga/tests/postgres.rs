@@ -347,3 +347,90 @@ fn a_dead_instances_sagas_are_taken_over_within_the_lease_ttl() {
     drop(rt_b);
     drop(guard);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_long_running_saga_with_its_owner() {
+    let Some((store_a, guard)) = pg::store("heartbeat", TTL).await else {
+        return;
+    };
+    let store_b = pg::another(&guard, TTL).await;
+    let ledger = Shared::default();
+    let l = Arc::clone(&ledger);
+    // A step that runs for 2.5 lease TTLs, in a parallel group with a quick one.
+    let def = SagaDefinition::<Order>::builder("slow", 1)
+        .parallel(
+            staunch_saga::ParallelGroup::new("work")
+                .step(Step::new("long", move |o: Order, ctx| {
+                    effect(&l, "a", &ctx);
+                    async move {
+                        tokio::time::sleep(TTL * 5 / 2).await;
+                        Ok(o)
+                    }
+                }))
+                .step(Step::new("quick", |o: Order, _| async move { Ok(o) })),
+        )
+        .build()
+        .unwrap();
+    let engine_a = SagaEngine::new(store_a.clone());
+    let engine_b = SagaEngine::new(store_b);
+    engine_b.register(&def);
+    let recovery_b = engine_b.spawn_recovery(Duration::from_millis(100));
+    let outcome = engine_a
+        .start(&def, "long-1", Order { n: 1 })
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
+    assert!(matches!(outcome, SagaOutcome::Completed(_)), "{outcome:?}");
+    drop(recovery_b);
+    assert_eq!(engine_b.metrics().resumed, 0, "B never took the saga");
+    assert_eq!(ledger.lock().unwrap().calls["long-1:long:action"], 1);
+    assert_eq!(store_a.held_leases(), 0, "released at the terminal append");
+}
+
+#[tokio::test]
+async fn invalid_builder_settings_are_config_errors_naming_the_field() {
+    let cases = [
+        (
+            staunch_saga::PostgresStore::builder("postgres://x@127.0.0.1:1/x").schema("a-b"),
+            "postgres_store.schema",
+        ),
+        (
+            staunch_saga::PostgresStore::builder("postgres://x@127.0.0.1:1/x")
+                .lease_ttl(Duration::from_secs(1))
+                .heartbeat_interval(Duration::from_secs(1)),
+            "postgres_store.heartbeat_interval",
+        ),
+        (
+            staunch_saga::PostgresStore::builder("postgres://x@127.0.0.1:1/x")
+                .lease_ttl(Duration::from_millis(10)),
+            "postgres_store.lease_ttl",
+        ),
+        (
+            staunch_saga::PostgresStore::builder("postgres://x@127.0.0.1:1/x")
+                .max_connections(4)
+                .writers(4),
+            "postgres_store.writers",
+        ),
+        (
+            staunch_saga::PostgresStore::builder("postgres://x@127.0.0.1:1/x").max_batch(0),
+            "postgres_store.max_batch",
+        ),
+        (
+            staunch_saga::PostgresStore::builder("postgres://x@127.0.0.1:1/x").owner_id(""),
+            "postgres_store.owner_id",
+        ),
+        (
+            staunch_saga::PostgresStore::builder("mysql://x@127.0.0.1:1/x"),
+            "postgres_store.url",
+        ),
+    ];
+    for (builder, field) in cases {
+        let err = builder.open().await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Config(c) if c.field() == field),
+            "{field}: {err}"
+        );
+    }
+}

@@ -126,6 +126,12 @@ impl PostgresStoreBuilder {
     }
 
     fn validate(&self) -> Result<Duration, ConfigError> {
+        if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
+            return Err(ConfigError::new(
+                "url",
+                "must be a PostgreSQL URL (postgres://user@host/db)",
+            ));
+        }
         if let Some(schema) = &self.schema {
             let valid = !schema.is_empty()
                 && schema.len() <= 63
