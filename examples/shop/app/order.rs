@@ -1,0 +1,859 @@
+//! The order service: places orders through a staunch saga, calling inventory and payment
+//! over HTTP (`reqwest`) and shipping over gRPC (`tonic`), every client wrapped in staunch
+//! layers.
+//!
+//! # The client stack, outermost first
+//!
+//! 1. **Retry** (with its budget): retries what a retry can fix (connection errors, timeouts,
+//!    502/503/504/429; POSTs only because they carry an `Idempotency-Key`), never a rejection
+//!    from the layers below. The budget caps retries at a share of the traffic, so an outage
+//!    cannot multiply the load on the dependency. Outermost, so that every attempt goes
+//!    through the breaker and the bulkhead again.
+//! 2. **Per-attempt timeout** (the retry policy's `attempt_timeout`): bounds each attempt, so
+//!    one hung attempt does not eat the whole budget of time and a timed-out attempt can be
+//!    retried.
+//! 3. **Circuit breaker**: sees every attempt's outcome. Inside the retry layer, so a retry of
+//!    a dead dependency is refused at once (and the retry layer does not retry a refusal);
+//!    local rejections by the bulkhead below are ignored (they say nothing about the
+//!    dependency's health).
+//! 4. **Bulkhead**, innermost: caps the calls in flight to this dependency, so a slow one
+//!    holds only its own compartment. Innermost, so that only calls that are really about to
+//!    be sent hold a permit (a call refused by the breaker never takes one).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Html;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use staunch::bulkhead::Bulkhead;
+use staunch::circuit_breaker::{CircuitBreaker, CircuitBreakerError, CircuitBreakerLayer, Event};
+use staunch::core::Rejection;
+use staunch::retry::{RetryBudget, RetryLayer, RetryPolicy};
+use staunch::saga::{
+    Phase, RetryPolicy as StepRetry, SagaDefinition, SagaEngine, SagaOutcome, SqliteStore, Step,
+    StepContext, StepError, StepErrorKind, idempotency_key,
+};
+use staunch::{
+    Backoff, Classify, ConfigError, GrpcStatus, HttpStatus, Jitter, Outcome, rejection_of,
+};
+use tokio::time::Instant;
+use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
+
+use super::shipping::{CancelShipment, Channel, ChannelError, CreateShipment, ShippingClient};
+
+/// Any error, boxed.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An HTTP client wrapped in the staunch stack.
+pub(crate) type HttpClient = BoxCloneSyncService<reqwest::Request, reqwest::Response, BoxError>;
+
+/// Marks an order refused by an open breaker (in the saga's error message).
+pub(crate) const FAILED_FAST: &str = "[breaker open]";
+/// Marks an order refused by a full bulkhead.
+pub(crate) const REJECTED: &str = "[bulkhead full]";
+
+/// The knobs of the client stacks; the story shortens them for tests.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tuning {
+    /// Per-attempt timeout of every client.
+    pub(crate) attempt_timeout: Duration,
+    /// How long a tripped breaker stays open before probing.
+    pub(crate) open_duration: Duration,
+    /// Concurrent payment calls.
+    pub(crate) payment_concurrency: usize,
+    /// How long a payment call may wait for a permit.
+    pub(crate) payment_wait: Duration,
+}
+
+/// A breaker that counts failures but ignores the bulkhead's local rejections: they say
+/// nothing about the dependency's health.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IgnoreRejections<C>(pub(crate) C);
+
+impl<Res, C: Classify<Res, BoxError>> Classify<Res, BoxError> for IgnoreRejections<C> {
+    fn classify(&self, result: &Result<Res, BoxError>) -> Outcome {
+        if let Err(err) = result
+            && rejection_of(&**err).is_some()
+        {
+            return Outcome::Ignored;
+        }
+        self.0.classify(result)
+    }
+
+    fn classify_cancelled(&self) -> Outcome {
+        self.0.classify_cancelled()
+    }
+}
+
+/// One dependency's guards: the handles the status page and the story read.
+#[derive(Debug, Clone)]
+pub(crate) struct Guards {
+    /// The dependency.
+    pub(crate) name: &'static str,
+    /// Its breaker.
+    pub(crate) breaker: CircuitBreaker,
+    /// Its bulkhead.
+    pub(crate) bulkhead: Bulkhead,
+    /// Its retry policy (and budget).
+    pub(crate) retry: RetryPolicy,
+}
+
+impl Guards {
+    fn new(
+        name: &'static str,
+        tuning: &Tuning,
+        concurrency: usize,
+        wait: Duration,
+    ) -> Result<Self, ConfigError> {
+        let breaker = CircuitBreaker::builder(name)
+            .failure_rate_threshold(50.0)
+            .count_window(20)
+            .minimum_calls(10)
+            .open_duration(tuning.open_duration)
+            .permitted_calls_in_half_open(3)
+            .event_capacity(4096)
+            .build()?;
+        let bulkhead = Bulkhead::builder(name)
+            .max_concurrent(concurrency)
+            .max_wait(wait)
+            .max_queued(64)
+            .build()?;
+        let retry = RetryPolicy::builder()
+            .name(name)
+            .max_attempts(3)
+            .backoff(
+                Backoff::exponential(Duration::from_millis(20))
+                    .jitter(Jitter::Full)
+                    .max_delay(Duration::from_millis(200))
+                    .build()?,
+            )
+            .attempt_timeout(tuning.attempt_timeout)
+            .max_total_time(tuning.attempt_timeout * 3)
+            // The default budget, spelled out: retries add at most 20% to the calls, plus 10
+            // per second, over a 10 s window.
+            .budget(
+                RetryBudget::builder()
+                    .ratio(0.2)
+                    .min_per_sec(10)
+                    .ttl(Duration::from_secs(10))
+                    .build()?,
+            )
+            .build()?;
+        Ok(Self {
+            name,
+            breaker,
+            bulkhead,
+            retry,
+        })
+    }
+
+    /// Wraps a `reqwest::Client` in the stack (see the module docs for the order).
+    fn http(&self, client: reqwest::Client) -> HttpClient {
+        let service = ServiceBuilder::new()
+            .layer(RetryLayer::new(self.retry.clone()))
+            .map_err(|err: CircuitBreakerError<BoxError>| err.into_box_error())
+            .layer(
+                CircuitBreakerLayer::new(self.breaker.clone())
+                    .with_classifier(IgnoreRejections(HttpStatus::new())),
+            )
+            .layer(self.bulkhead.layer())
+            .service_fn(move |req: reqwest::Request| client.execute(req));
+        BoxCloneSyncService::new(service)
+    }
+
+    /// Wraps a tonic channel in the breaker and the bulkhead; retries and per-attempt
+    /// timeouts are applied around each call with [`RetryPolicy::retry`] (a tonic request
+    /// body cannot be replayed by a layer).
+    fn grpc(&self, channel: tonic::transport::Channel) -> Channel {
+        let service = ServiceBuilder::new()
+            .map_err(|err: CircuitBreakerError<BoxError>| ChannelError(err.into_box_error()))
+            .layer(
+                CircuitBreakerLayer::new(self.breaker.clone())
+                    .with_classifier(IgnoreRejections(GrpcStatus::new())),
+            )
+            .layer(self.bulkhead.layer())
+            .service(channel);
+        BoxCloneSyncService::new(service)
+    }
+
+    /// The JSON the status page shows.
+    pub(crate) fn status(&self) -> Value {
+        let b = self.breaker.snapshot();
+        let h = self.bulkhead.metrics();
+        let r = self.retry.metrics();
+        json!({
+            "name": self.name,
+            "breaker": {
+                "state": b.state.as_str(),
+                "failure_rate": b.failure_rate,
+                "calls_in_window": b.calls_in_window,
+                "failures_in_window": b.failures_in_window,
+                "successful_calls": b.successful_calls,
+                "failed_calls": b.failed_calls,
+                "rejected_calls": b.rejected_calls,
+                "transitions": b.transitions,
+            },
+            "bulkhead": {
+                "in_flight": h.in_flight,
+                "queued": h.queued,
+                "max_concurrent": h.max_concurrent,
+                "rejections": h.rejections(),
+            },
+            "retry": {
+                "requests": r.requests,
+                "retries": r.retries,
+                "gave_up": r.gave_up,
+                "budget_exhausted": r.budget_exhausted,
+                "budget_left": r.budget_left,
+            },
+        })
+    }
+}
+
+/// A breaker state change, as the status page and the story see it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Transition {
+    /// Milliseconds since the order service started.
+    pub(crate) at_ms: u64,
+    /// The breaker.
+    pub(crate) breaker: String,
+    /// From state.
+    pub(crate) from: &'static str,
+    /// To state.
+    pub(crate) to: &'static str,
+    /// Why.
+    pub(crate) reason: &'static str,
+}
+
+/// One step call of a saga, timed.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct StepTrace {
+    step: String,
+    phase: &'static str,
+    start_ms: u64,
+    duration_ms: f64,
+    ok: bool,
+    error: Option<String>,
+}
+
+/// A saga, as the dashboard shows it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct SagaTrace {
+    saga_id: String,
+    started_ms: u64,
+    outcome: Option<String>,
+    steps: Vec<StepTrace>,
+}
+
+/// The state an order saga carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct OrderState {
+    order_id: String,
+    sku: String,
+    qty: u64,
+    amount_cents: u64,
+    reservation: Option<String>,
+    charge: Option<String>,
+    shipment: Option<String>,
+}
+
+/// Everything the saga steps use.
+#[derive(Debug)]
+struct Deps {
+    epoch: Instant,
+    inventory_url: String,
+    payment_url: String,
+    inventory: HttpClient,
+    payment: HttpClient,
+    refunds: HttpClient,
+    shipping: ShippingClient,
+    guards: Vec<Guards>,
+    traces: Mutex<Traces>,
+}
+
+#[derive(Debug, Default)]
+struct Traces {
+    by_id: HashMap<String, SagaTrace>,
+    recent: VecDeque<String>,
+    /// Latency of every successful inventory reservation, drained by the story per phase.
+    reserve_latencies: Vec<Duration>,
+}
+
+const RECENT: usize = 40;
+
+impl Deps {
+    fn ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn traces(&self) -> MutexGuard<'_, Traces> {
+        self.traces.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn begin(&self, saga_id: &str) {
+        let mut t = self.traces();
+        t.by_id.insert(
+            saga_id.to_owned(),
+            SagaTrace {
+                saga_id: saga_id.to_owned(),
+                started_ms: self.ms(),
+                outcome: None,
+                steps: Vec::new(),
+            },
+        );
+        t.recent.push_back(saga_id.to_owned());
+        while t.recent.len() > RECENT {
+            if let Some(old) = t.recent.pop_front() {
+                t.by_id.remove(&old);
+            }
+        }
+    }
+
+    /// Runs one step call and records it.
+    async fn traced<T>(
+        &self,
+        ctx: &StepContext,
+        call: impl Future<Output = Result<T, StepError>>,
+    ) -> Result<T, StepError> {
+        let start = Instant::now();
+        let start_ms = self.ms();
+        let result = call.await;
+        let took = start.elapsed();
+        let mut t = self.traces();
+        if ctx.step() == "reserve" && ctx.phase() == Phase::Action && result.is_ok() {
+            t.reserve_latencies.push(took);
+        }
+        if let Some(trace) = t.by_id.get_mut(ctx.saga_id()) {
+            trace.steps.push(StepTrace {
+                step: ctx.step().to_owned(),
+                phase: ctx.phase().as_str(),
+                start_ms,
+                duration_ms: took.as_secs_f64() * 1000.0,
+                ok: result.is_ok(),
+                error: result.as_ref().err().map(ToString::to_string),
+            });
+        }
+        result
+    }
+
+    /// POSTs JSON through a guarded client; a 2xx answer's body, or the step error.
+    async fn post(
+        &self,
+        client: &HttpClient,
+        url: String,
+        key: &str,
+        body: &Value,
+    ) -> Result<Value, StepError> {
+        let request = reqwest::Client::new()
+            .post(&url)
+            .header("idempotency-key", key)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .build()
+            .map_err(|e| StepError::fail(format!("bad request: {e}")))?;
+        let response = client
+            .clone()
+            .oneshot(request)
+            .await
+            .map_err(|err| call_error(&url, &err))?;
+        let status = response.status();
+        let body: Value = response
+            .bytes()
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        if status.is_success() {
+            Ok(body)
+        } else if status == reqwest::StatusCode::CONFLICT && body["error"] == "charge in progress" {
+            Err(StepError::new(
+                StepErrorKind::Timeout,
+                format!("in doubt: {url}: {body}"),
+            ))
+        } else {
+            // The participants' contract: an error answer changed nothing.
+            Err(StepError::fail(format!(
+                "{url} answered {status}: {}",
+                body["error"]
+            )))
+        }
+    }
+}
+
+/// The step error for a call that got no answer.
+fn call_error(what: &str, err: &BoxError) -> StepError {
+    match rejection_of(&**err) {
+        Some(Rejection::BreakerOpen(_)) => StepError::fail(format!("{FAILED_FAST} {what}: {err}")),
+        Some(Rejection::BulkheadFull(_)) => StepError::fail(format!("{REJECTED} {what}: {err}")),
+        // A timeout or a lost connection: the call may or may not have landed. The saga
+        // compensates an in-doubt step too, by its idempotency key.
+        _ => StepError::new(StepErrorKind::Timeout, format!("in doubt: {what}: {err}")),
+    }
+}
+
+fn saga_definition(deps: &Arc<Deps>) -> Result<SagaDefinition<OrderState>, ConfigError> {
+    // The clients retry already: the saga runs each action once and compensates at once.
+    let once = StepRetry::new(1);
+    // Compensations must get through: patient retries.
+    let patient = StepRetry::new(20).backoff(
+        Backoff::exponential(Duration::from_millis(50))
+            .jitter(Jitter::Full)
+            .max_delay(Duration::from_secs(1))
+            .build()?,
+    );
+    let d = Arc::clone(deps);
+    let reserve = Step::new("reserve", move |mut o: OrderState, ctx: StepContext| {
+        let d = Arc::clone(&d);
+        async move {
+            let key = ctx.idempotency_key();
+            let body = json!({ "order_id": o.order_id, "sku": o.sku, "qty": o.qty });
+            let url = format!("{}/reservations", d.inventory_url);
+            d.traced(&ctx, d.post(&d.inventory, url, &key, &body))
+                .await?;
+            o.reservation = Some(key);
+            Ok(o)
+        }
+    });
+    let d = Arc::clone(deps);
+    let reserve = reserve
+        .compensate(move |mut o: OrderState, ctx: StepContext| {
+            let d = Arc::clone(&d);
+            async move {
+                // The action's key, also when the action was in doubt and `o` never got it.
+                let action = idempotency_key(ctx.saga_id(), ctx.step(), Phase::Action);
+                let body = json!({ "reservation_key": action });
+                let url = format!("{}/releases", d.inventory_url);
+                d.traced(
+                    &ctx,
+                    d.post(&d.inventory, url, &ctx.idempotency_key(), &body),
+                )
+                .await
+                .map_err(|e| StepError::retryable(e.message()))?;
+                o.reservation = None;
+                Ok(o)
+            }
+        })
+        .retry(once)
+        .compensation_retry(patient);
+
+    let d = Arc::clone(deps);
+    let charge = Step::new("charge", move |mut o: OrderState, ctx: StepContext| {
+        let d = Arc::clone(&d);
+        async move {
+            let key = ctx.idempotency_key();
+            let body = json!({ "order_id": o.order_id, "amount_cents": o.amount_cents });
+            let url = format!("{}/charges", d.payment_url);
+            d.traced(&ctx, d.post(&d.payment, url, &key, &body)).await?;
+            o.charge = Some(key);
+            Ok(o)
+        }
+    });
+    let d = Arc::clone(deps);
+    let charge = charge
+        .compensate(move |mut o: OrderState, ctx: StepContext| {
+            let d = Arc::clone(&d);
+            async move {
+                let action = idempotency_key(ctx.saga_id(), ctx.step(), Phase::Action);
+                let body = json!({ "charge_key": action });
+                let url = format!("{}/refunds", d.payment_url);
+                d.traced(&ctx, d.post(&d.refunds, url, &ctx.idempotency_key(), &body))
+                    .await
+                    .map_err(|e| StepError::retryable(e.message()))?;
+                o.charge = None;
+                Ok(o)
+            }
+        })
+        .retry(once)
+        .compensation_retry(patient);
+
+    let d = Arc::clone(deps);
+    let ship = Step::new("ship", move |mut o: OrderState, ctx: StepContext| {
+        let d = Arc::clone(&d);
+        async move {
+            let key = ctx.idempotency_key();
+            let message = CreateShipment {
+                order_id: o.order_id.clone(),
+                sku: o.sku.clone(),
+                qty: o.qty,
+            };
+            let shipping = d.shipping.clone();
+            let policy = d.guards[3].retry.clone();
+            let call = async {
+                policy
+                    .retry(|| shipping.create(message.clone(), &key))
+                    .await
+                    .map_err(|err| call_error("shipping.Create", &err))
+            };
+            let shipment = d.traced(&ctx, call).await?;
+            o.shipment = Some(shipment.into_inner().shipment_id);
+            Ok(o)
+        }
+    });
+    let d = Arc::clone(deps);
+    let ship = ship
+        .compensate(move |mut o: OrderState, ctx: StepContext| {
+            let d = Arc::clone(&d);
+            async move {
+                let message = CancelShipment {
+                    shipment_key: idempotency_key(ctx.saga_id(), ctx.step(), Phase::Action),
+                };
+                let key = ctx.idempotency_key();
+                let call = async {
+                    d.shipping
+                        .cancel(message, &key)
+                        .await
+                        .map_err(|s| StepError::retryable(format!("shipping.Cancel: {s}")))
+                };
+                d.traced(&ctx, call).await?;
+                o.shipment = None;
+                Ok(o)
+            }
+        })
+        .retry(once)
+        .compensation_retry(patient);
+
+    SagaDefinition::builder("order", 1)
+        .step(reserve)
+        .step(charge)
+        .step(ship)
+        .build()
+}
+
+/// What placing an order came to.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Placed {
+    /// The order (and saga) id.
+    pub(crate) order_id: String,
+    /// `completed`, `compensated`, `failed_fast` (payment breaker open), `rejected` (payment
+    /// bulkhead full) or `stuck`.
+    pub(crate) outcome: &'static str,
+    /// The step that failed, if any.
+    pub(crate) failed_step: Option<String>,
+    /// Its error.
+    pub(crate) error: Option<String>,
+}
+
+/// The order service.
+#[derive(Debug, Clone)]
+pub(crate) struct OrderService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    engine: SagaEngine,
+    definition: SagaDefinition<OrderState>,
+    deps: Arc<Deps>,
+    next: AtomicU64,
+    transitions: Arc<Mutex<Vec<Transition>>>,
+    db: PathBuf,
+}
+
+impl OrderService {
+    /// Connects to the participants and opens the saga log at `db`.
+    pub(crate) async fn start(
+        tuning: Tuning,
+        inventory: SocketAddr,
+        payment: SocketAddr,
+        shipping: SocketAddr,
+        db: PathBuf,
+    ) -> Result<Self, BoxError> {
+        let inventory_guards = Guards::new("inventory", &tuning, 32, Duration::from_millis(50))?;
+        let payment_guards = Guards::new(
+            "payment",
+            &tuning,
+            tuning.payment_concurrency,
+            tuning.payment_wait,
+        )?;
+        // Refunds get their own compartment and breaker: a payment outage must not stop the
+        // compensations that undo its charges.
+        let refund_guards = Guards::new("payment-refunds", &tuning, 8, Duration::from_secs(1))?;
+        let shipping_guards = Guards::new("shipping", &tuning, 16, Duration::from_millis(50))?;
+
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()?;
+        let channel =
+            tonic::transport::Endpoint::from_shared(format!("http://{shipping}"))?.connect_lazy();
+
+        let epoch = Instant::now();
+        let transitions = Arc::new(Mutex::new(Vec::new()));
+        let guards = vec![
+            inventory_guards.clone(),
+            payment_guards.clone(),
+            refund_guards.clone(),
+            shipping_guards.clone(),
+        ];
+        for g in &guards {
+            let mut events = g.breaker.subscribe();
+            let log = Arc::clone(&transitions);
+            tokio::spawn(async move {
+                loop {
+                    match events.recv().await {
+                        Ok(Event::StateChanged {
+                            breaker,
+                            from,
+                            to,
+                            reason,
+                        }) => log
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push(Transition {
+                                at_ms: epoch.elapsed().as_millis() as u64,
+                                breaker: breaker.to_string(),
+                                from: from.as_str(),
+                                to: to.as_str(),
+                                reason: reason.as_str(),
+                            }),
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    }
+                }
+            });
+        }
+        let deps = Arc::new(Deps {
+            epoch,
+            inventory_url: format!("http://{inventory}"),
+            payment_url: format!("http://{payment}"),
+            inventory: inventory_guards.http(client.clone()),
+            payment: payment_guards.http(client.clone()),
+            refunds: refund_guards.http(client),
+            shipping: ShippingClient::new(shipping_guards.grpc(channel)),
+            guards,
+            traces: Mutex::new(Traces::default()),
+        });
+        let definition = saga_definition(&deps)?;
+        let store = SqliteStore::open(&db).await?;
+        let engine = SagaEngine::new(store);
+        engine.register(&definition);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                engine,
+                definition,
+                deps,
+                next: AtomicU64::new(1),
+                transitions,
+                db,
+            }),
+        })
+    }
+
+    /// The saga log's file.
+    pub(crate) fn db(&self) -> &std::path::Path {
+        &self.inner.db
+    }
+
+    /// The guards of each dependency: inventory, payment, payment-refunds, shipping.
+    pub(crate) fn guards(&self) -> &[Guards] {
+        &self.inner.deps.guards
+    }
+
+    /// Breaker transitions so far.
+    pub(crate) fn transitions(&self) -> Vec<Transition> {
+        self.inner
+            .transitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Milliseconds since the service started (the clock of [`Transition::at_ms`]).
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.inner.deps.ms()
+    }
+
+    /// Takes the latencies of the successful inventory reservations since the last call.
+    pub(crate) fn take_reserve_latencies(&self) -> Vec<Duration> {
+        std::mem::take(&mut self.inner.deps.traces().reserve_latencies)
+    }
+
+    /// Places one order: runs its saga to the end.
+    pub(crate) async fn place(
+        &self,
+        sku: &str,
+        qty: u64,
+        amount_cents: u64,
+    ) -> Result<Placed, BoxError> {
+        let n = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        let order_id = format!("order-{n:05}");
+        let state = OrderState {
+            order_id: order_id.clone(),
+            sku: sku.to_owned(),
+            qty,
+            amount_cents,
+            reservation: None,
+            charge: None,
+            shipment: None,
+        };
+        self.inner.deps.begin(&order_id);
+        let handle = self
+            .inner
+            .engine
+            .start(&self.inner.definition, order_id.as_str(), state)
+            .await?;
+        let outcome = handle.outcome().await?;
+        let placed = match outcome {
+            SagaOutcome::Completed(_) => Placed {
+                order_id,
+                outcome: "completed",
+                failed_step: None,
+                error: None,
+            },
+            SagaOutcome::Compensated {
+                failed_step, error, ..
+            } => Placed {
+                order_id,
+                outcome: if error.contains(FAILED_FAST) {
+                    "failed_fast"
+                } else if error.contains(REJECTED) {
+                    "rejected"
+                } else {
+                    "compensated"
+                },
+                failed_step: Some(failed_step),
+                error: Some(error),
+            },
+            SagaOutcome::Stuck { step, error, .. } => Placed {
+                order_id,
+                outcome: "stuck",
+                failed_step: Some(step),
+                error: Some(error),
+            },
+            other => Placed {
+                order_id,
+                outcome: "stuck",
+                failed_step: None,
+                error: Some(format!("{other:?}")),
+            },
+        };
+        if let Some(trace) = self.inner.deps.traces().by_id.get_mut(&placed.order_id) {
+            trace.outcome = Some(placed.outcome.to_owned());
+        }
+        Ok(placed)
+    }
+
+    /// `GET /circuit-status`.
+    pub(crate) fn status(&self) -> Value {
+        let deps: Vec<Value> = self.guards().iter().map(Guards::status).collect();
+        let m = self.inner.engine.metrics();
+        json!({
+            "now_ms": self.now_ms(),
+            "dependencies": deps,
+            "transitions": self.transitions(),
+            "sagas": format!("{m:?}"),
+        })
+    }
+
+    /// The recent sagas with their step timelines, newest first.
+    pub(crate) fn recent(&self) -> Vec<SagaTrace> {
+        let t = self.inner.deps.traces();
+        t.recent
+            .iter()
+            .rev()
+            .filter_map(|id| t.by_id.get(id).cloned())
+            .collect()
+    }
+
+    /// `GET /sagas/{id}`: the durable log, and the timed step calls when still in memory.
+    pub(crate) async fn saga(&self, id: &str) -> Result<Option<Value>, BoxError> {
+        let Some(timeline) = self.inner.engine.inspect(id).await? else {
+            return Ok(None);
+        };
+        let log: Vec<Value> = timeline
+            .entries
+            .iter()
+            .map(|entry| match &entry.event {
+                Ok(event) => json!({ "seq": entry.seq, "event": event }),
+                Err(err) => json!({ "seq": entry.seq, "error": err.to_string() }),
+            })
+            .collect();
+        let steps = self.inner.deps.traces().by_id.get(id).cloned();
+        Ok(Some(json!({
+            "saga_id": timeline.summary.saga_id,
+            "definition": timeline.summary.definition,
+            "version": timeline.summary.version,
+            "status": timeline.summary.status.as_str(),
+            "log": log,
+            "trace": steps,
+        })))
+    }
+
+    /// The HTTP routes: `POST /orders`, `GET /circuit-status`, `GET /sagas`,
+    /// `GET /sagas/{id}`, `GET /dashboard`.
+    pub(crate) fn router(&self) -> Router {
+        Router::new()
+            .route("/orders", post(place))
+            .route("/circuit-status", get(status))
+            .route("/sagas", get(recent))
+            .route("/sagas/{id}", get(saga))
+            .route("/dashboard", get(dashboard))
+            .with_state(self.clone())
+    }
+}
+
+#[derive(Deserialize)]
+struct PlaceReq {
+    sku: String,
+    qty: u64,
+    amount_cents: u64,
+}
+
+async fn place(
+    State(orders): State<OrderService>,
+    Json(req): Json<PlaceReq>,
+) -> (StatusCode, Json<Value>) {
+    match orders.place(&req.sku, req.qty, req.amount_cents).await {
+        Ok(placed) => {
+            let status = if placed.outcome == "completed" {
+                StatusCode::CREATED
+            } else {
+                StatusCode::UNPROCESSABLE_ENTITY
+            };
+            (status, Json(json!(placed)))
+        }
+        Err(err) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({ "error": err.to_string() })),
+        ),
+    }
+}
+
+async fn status(State(orders): State<OrderService>) -> Json<Value> {
+    Json(orders.status())
+}
+
+async fn recent(State(orders): State<OrderService>) -> Json<Value> {
+    Json(json!(orders.recent()))
+}
+
+async fn saga(
+    State(orders): State<OrderService>,
+    Path(id): Path<String>,
+) -> (StatusCode, Json<Value>) {
+    match orders.saga(&id).await {
+        Ok(Some(timeline)) => (StatusCode::OK, Json(timeline)),
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": "no such saga" })),
+        ),
+        Err(err) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({ "error": err.to_string() })),
+        ),
+    }
+}
+
+async fn dashboard(State(orders): State<OrderService>) -> Html<String> {
+    let initial = json!({ "status": orders.status(), "sagas": orders.recent() });
+    Html(super::dashboard::page(&initial))
+}

@@ -1,0 +1,527 @@
+//! The scripted story: five phases against the running shop, with the numbers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::inventory::Inventory;
+use super::order::{BoxError, OrderService, Tuning};
+use super::payment::{Mode, Payment};
+use super::shipping::Shipping;
+
+/// The SKU every order is for.
+pub(crate) const SKU: &str = "widget";
+
+/// How the story plays: the phase lengths and the failure settings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Config {
+    /// Orders placed per second, in every phase.
+    pub(crate) rate: f64,
+    /// Phase lengths: normal, payment error, payment slow, recovery.
+    pub(crate) phases: [Duration; 4],
+    /// Share of failed charges in the error phase.
+    pub(crate) error_share: f64,
+    /// Delay of every charge in the slow phase.
+    pub(crate) slow_delay: Duration,
+    /// Starting stock of [`SKU`].
+    pub(crate) stock: u64,
+    /// The client stacks' settings.
+    pub(crate) tuning: Tuning,
+}
+
+impl Config {
+    /// The full story: about a minute.
+    pub(crate) fn full() -> Self {
+        Self {
+            rate: 20.0,
+            phases: [
+                Duration::from_secs(8),
+                Duration::from_secs(12),
+                Duration::from_secs(14),
+                Duration::from_secs(10),
+            ],
+            error_share: 0.8,
+            slow_delay: Duration::from_millis(800),
+            stock: 10_000,
+            tuning: Tuning {
+                attempt_timeout: Duration::from_millis(1500),
+                open_duration: Duration::from_secs(4),
+                payment_concurrency: 4,
+                payment_wait: Duration::from_millis(100),
+            },
+        }
+    }
+
+    /// A short version for tests: a few seconds.
+    pub(crate) fn short() -> Self {
+        Self {
+            rate: 40.0,
+            phases: [
+                Duration::from_secs(1),
+                Duration::from_secs(2),
+                Duration::from_millis(2500),
+                Duration::from_secs(2),
+            ],
+            error_share: 0.8,
+            slow_delay: Duration::from_millis(400),
+            stock: 10_000,
+            tuning: Tuning {
+                attempt_timeout: Duration::from_secs(1),
+                open_duration: Duration::from_millis(600),
+                payment_concurrency: 4,
+                payment_wait: Duration::from_millis(50),
+            },
+        }
+    }
+}
+
+/// The four services of the shop, running on loopback ports in this process.
+#[derive(Debug)]
+pub(crate) struct Shop {
+    /// The inventory service's state.
+    pub(crate) inventory: Inventory,
+    /// The payment service's state.
+    pub(crate) payment: Payment,
+    /// The shipping service's state.
+    pub(crate) shipping: Shipping,
+    /// The order service.
+    pub(crate) orders: OrderService,
+    /// Where each service listens.
+    pub(crate) addrs: BTreeMap<&'static str, SocketAddr>,
+    dir: PathBuf,
+}
+
+impl Shop {
+    /// Starts every service; the saga log goes to a fresh temporary directory.
+    pub(crate) async fn start(config: &Config) -> Result<Self, BoxError> {
+        let inventory = Inventory::new(&[(SKU, config.stock)]);
+        let payment = Payment::new();
+        let shipping = Shipping::default();
+        let inventory_addr = super::serve(inventory.router()).await?;
+        let payment_addr = super::serve(payment.router()).await?;
+        let shipping_addr = shipping.serve().await?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = std::env::temp_dir().join(format!("staunch-shop-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let orders = OrderService::start(
+            config.tuning,
+            inventory_addr,
+            payment_addr,
+            shipping_addr,
+            dir.join("sagas.db"),
+        )
+        .await?;
+        let order_addr = super::serve(orders.router()).await?;
+        let addrs = BTreeMap::from([
+            ("order", order_addr),
+            ("inventory", inventory_addr),
+            ("payment", payment_addr),
+            ("shipping (gRPC)", shipping_addr),
+        ]);
+        Ok(Self {
+            inventory,
+            payment,
+            shipping,
+            orders,
+            addrs,
+            dir,
+        })
+    }
+
+    /// The order service's address.
+    pub(crate) fn order_addr(&self) -> SocketAddr {
+        self.addrs["order"]
+    }
+
+    /// Switches the payment service's failure mode through its admin route.
+    pub(crate) async fn set_payment_mode(&self, mode: Mode) -> Result<(), BoxError> {
+        let url = format!("http://{}/admin/mode", self.addrs["payment"]);
+        let response = reqwest::Client::new()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(serde_json::to_string(&mode)?)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            return Err(format!("payment admin answered {}", response.status()).into());
+        }
+        Ok(())
+    }
+
+    /// Removes the temporary directory of the saga log.
+    pub(crate) fn cleanup(&self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What one phase came to.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PhaseReport {
+    /// The phase's name.
+    pub(crate) name: &'static str,
+    /// Orders by outcome (`completed`, `compensated`, `failed_fast`, `rejected`, `stuck`, `error`).
+    pub(crate) outcomes: BTreeMap<String, u64>,
+    /// End-to-end order latencies.
+    pub(crate) latencies: Vec<Duration>,
+    /// Latencies of the successful inventory reservations.
+    pub(crate) reserve_latencies: Vec<Duration>,
+    /// Breaker transitions during the phase: (breaker, from, to, reason).
+    pub(crate) transitions: Vec<(String, &'static str, &'static str, &'static str)>,
+    /// Retries by the clients during the phase.
+    pub(crate) retries: u64,
+    /// Payment bulkhead rejections during the phase.
+    pub(crate) bulkhead_rejections: u64,
+    /// Payment breaker rejections during the phase.
+    pub(crate) breaker_rejections: u64,
+}
+
+impl PhaseReport {
+    /// Orders with this outcome.
+    pub(crate) fn count(&self, outcome: &str) -> u64 {
+        self.outcomes.get(outcome).copied().unwrap_or(0)
+    }
+}
+
+/// The whole story.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Report {
+    /// One entry per phase.
+    pub(crate) phases: Vec<PhaseReport>,
+    /// Problems found by the consistency check (empty: consistent).
+    pub(crate) inconsistencies: Vec<String>,
+    /// The consistency check's figures, for the printout.
+    pub(crate) check: Vec<String>,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+fn ms(d: Option<Duration>) -> String {
+    d.map_or_else(
+        || "-".to_owned(),
+        |d| format!("{:.1}", d.as_secs_f64() * 1000.0),
+    )
+}
+
+struct Counters {
+    retries: u64,
+    bulkhead_rejections: u64,
+    breaker_rejections: u64,
+    at_ms: u64,
+}
+
+fn counters(orders: &OrderService) -> Counters {
+    let guards = orders.guards();
+    let payment = guards.iter().find(|g| g.name == "payment");
+    Counters {
+        retries: guards.iter().map(|g| g.retry.metrics().retries).sum(),
+        bulkhead_rejections: payment.map_or(0, |g| g.bulkhead.metrics().rejections()),
+        breaker_rejections: payment.map_or(0, |g| g.breaker.snapshot().rejected_calls),
+        at_ms: orders.now_ms(),
+    }
+}
+
+/// Places orders at `rate` for `length` through the order service's HTTP API.
+async fn phase(
+    shop: &Shop,
+    name: &'static str,
+    rate: f64,
+    length: Duration,
+) -> Result<PhaseReport, BoxError> {
+    let before = counters(&shop.orders);
+    shop.orders.take_reserve_latencies();
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/orders", shop.order_addr());
+    let mut tasks = JoinSet::new();
+    let start = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let mut n: u64 = 0;
+    while start.elapsed() < length {
+        ticker.tick().await;
+        n += 1;
+        let qty = n % 3 + 1;
+        let body = json!({ "sku": SKU, "qty": qty, "amount_cents": qty * 1999 }).to_string();
+        let request = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body);
+        tasks.spawn(async move {
+            let sent = Instant::now();
+            let outcome = match request.send().await {
+                Ok(response) => {
+                    let body: Value = response.json_or_null().await;
+                    body["outcome"].as_str().unwrap_or("error").to_owned()
+                }
+                Err(_) => "error".to_owned(),
+            };
+            (outcome, sent.elapsed())
+        });
+    }
+    let mut report = PhaseReport {
+        name,
+        ..PhaseReport::default()
+    };
+    while let Some(done) = tasks.join_next().await {
+        let (outcome, latency) = done?;
+        *report.outcomes.entry(outcome).or_default() += 1;
+        report.latencies.push(latency);
+    }
+    let after = counters(&shop.orders);
+    report.latencies.sort();
+    report.reserve_latencies = shop.orders.take_reserve_latencies();
+    report.reserve_latencies.sort();
+    report.retries = after.retries - before.retries;
+    report.bulkhead_rejections = after.bulkhead_rejections - before.bulkhead_rejections;
+    report.breaker_rejections = after.breaker_rejections - before.breaker_rejections;
+    report.transitions = shop
+        .orders
+        .transitions()
+        .into_iter()
+        .filter(|t| t.at_ms >= before.at_ms && t.at_ms < after.at_ms)
+        .map(|t| (t.breaker, t.from, t.to, t.reason))
+        .collect();
+    Ok(report)
+}
+
+trait JsonOrNull {
+    async fn json_or_null(self) -> Value;
+}
+
+impl JsonOrNull for reqwest::Response {
+    async fn json_or_null(self) -> Value {
+        match self.bytes().await {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        }
+    }
+}
+
+fn print_phase(p: &PhaseReport) {
+    println!(
+        "    orders: {} ok, {} compensated, {} failed fast (breaker open), {} rejected (bulkhead full){}",
+        p.count("completed"),
+        p.count("compensated"),
+        p.count("failed_fast"),
+        p.count("rejected"),
+        match p.count("stuck") + p.count("error") {
+            0 => String::new(),
+            n => format!(", {n} stuck or errored"),
+        }
+    );
+    println!(
+        "    order latency p50 {} ms, p99 {} ms; inventory reserve p50 {} ms, p99 {} ms",
+        ms(percentile(&p.latencies, 50.0)),
+        ms(percentile(&p.latencies, 99.0)),
+        ms(percentile(&p.reserve_latencies, 50.0)),
+        ms(percentile(&p.reserve_latencies, 99.0)),
+    );
+    println!(
+        "    retries {}, payment breaker rejections {}, payment bulkhead rejections {}",
+        p.retries, p.breaker_rejections, p.bulkhead_rejections
+    );
+    for (breaker, from, to, reason) in &p.transitions {
+        println!("    breaker {breaker}: {from} -> {to} ({reason})");
+    }
+}
+
+/// Checks that no unit and no cent went astray.
+pub(crate) fn consistency(shop: &Shop, stock: u64, report: &mut Report) {
+    let available = shop.inventory.available().get(SKU).copied().unwrap_or(0);
+    let shipments = shop.shipping.shipped();
+    let shipped: u64 = shipments
+        .iter()
+        .filter(|(_, sku, _)| sku == SKU)
+        .map(|(_, _, q)| q)
+        .sum();
+    report.check.push(format!(
+        "stock {available} + shipped {shipped} = {} (started with {stock})",
+        available + shipped
+    ));
+    if available + shipped != stock {
+        report.inconsistencies.push(format!(
+            "stock {available} + shipped {shipped} != starting stock {stock}"
+        ));
+    }
+    let shipped_orders: HashMap<&str, u64> = shipments
+        .iter()
+        .map(|(order, _, qty)| (order.as_str(), *qty))
+        .collect();
+    let charges = shop.payment.charges();
+    let mut live: HashMap<&str, u64> = HashMap::new();
+    let mut refunded = 0;
+    for charge in &charges {
+        if charge.refunded {
+            refunded += 1;
+        } else {
+            *live.entry(charge.order_id.as_str()).or_default() += 1;
+        }
+    }
+    for (order, n) in &live {
+        if !shipped_orders.contains_key(order) {
+            report
+                .inconsistencies
+                .push(format!("{order}: charged but not shipped nor refunded"));
+        }
+        if *n > 1 {
+            report
+                .inconsistencies
+                .push(format!("{order}: charged {n} times"));
+        }
+    }
+    for order in shipped_orders.keys() {
+        if !live.contains_key(order) {
+            report
+                .inconsistencies
+                .push(format!("{order}: shipped but not charged"));
+        }
+    }
+    let held = shop.inventory.held();
+    let unshipped_holds = held
+        .iter()
+        .filter(|(key, _, _)| {
+            let order = key.split(':').next().unwrap_or_default();
+            !shipped_orders.contains_key(order)
+        })
+        .count();
+    if unshipped_holds > 0 {
+        report.inconsistencies.push(format!(
+            "{unshipped_holds} reservations held for orders never shipped"
+        ));
+    }
+    report.check.push(format!(
+        "{} charges: {} attached to shipped orders, {refunded} refunded; {} completed orders",
+        charges.len(),
+        live.len(),
+        shipped_orders.len()
+    ));
+}
+
+/// Plays the story on a running shop and prints it. The report's `inconsistencies` say
+/// whether the final check passed.
+pub(crate) async fn play(shop: &Shop, config: &Config) -> Result<Report, BoxError> {
+    let [normal, error, slow, recovery] = config.phases;
+    let mut report = Report::default();
+    println!("staunch shop: order -> inventory (HTTP), payment (HTTP), shipping (gRPC)");
+    for (name, addr) in &shop.addrs {
+        println!("  {name:<16} http://{addr}");
+    }
+    println!("  saga log         {}", shop.orders.db().display());
+    println!(
+        "  {} orders/s; payment bulkhead {} calls, waits at most {:?}; breaker opens for {:?}; attempt timeout {:?}\n",
+        config.rate,
+        config.tuning.payment_concurrency,
+        config.tuning.payment_wait,
+        config.tuning.open_duration,
+        config.tuning.attempt_timeout
+    );
+
+    println!("(1) normal: every dependency healthy, for {normal:?}");
+    let p = phase(shop, "1 normal", config.rate, normal).await?;
+    print_phase(&p);
+    report.phases.push(p);
+
+    println!(
+        "\n(2) payment fails {:.0}% of charges (500 and 503), for {error:?}: sagas release the stock, the breaker opens, later orders fail fast",
+        config.error_share * 100.0
+    );
+    shop.set_payment_mode(Mode::Error {
+        share: config.error_share,
+    })
+    .await?;
+    let p = phase(shop, "2 payment errors", config.rate, error).await?;
+    print_phase(&p);
+    report.phases.push(p);
+
+    println!(
+        "\n(3) payment slow ({:?} per charge), for {slow:?}: the payment bulkhead caps calls in flight and rejects the excess; inventory stays fast",
+        config.slow_delay
+    );
+    shop.set_payment_mode(Mode::Slow {
+        delay_ms: config.slow_delay.as_millis() as u64,
+    })
+    .await?;
+    let p = phase(shop, "3 payment slow", config.rate, slow).await?;
+    print_phase(&p);
+    report.phases.push(p);
+
+    println!(
+        "\n(4) recovery: payment healthy again, for {recovery:?}: a breaker still open lets probes through and closes; orders succeed"
+    );
+    shop.set_payment_mode(Mode::None).await?;
+    let p = phase(shop, "4 recovery", config.rate, recovery).await?;
+    print_phase(&p);
+    report.phases.push(p);
+
+    // A charge handler the client gave up on may still be sleeping: let it finish (it finds
+    // its key voided by the refund and charges nothing).
+    tokio::time::sleep(config.slow_delay + Duration::from_millis(200)).await;
+    println!("\n(5) consistency check");
+    consistency(shop, config.stock, &mut report);
+    for line in &report.check {
+        println!("    {line}");
+    }
+    if report.inconsistencies.is_empty() {
+        println!("    OK: no unit and no cent went astray");
+    } else {
+        for problem in &report.inconsistencies {
+            println!("    FAILED: {problem}");
+        }
+    }
+    println!("\n{}", summary(&report));
+    Ok(report)
+}
+
+/// The summary table.
+pub(crate) fn summary(report: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<18} {:>5} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>12} {:>8} {:>10}",
+        "phase",
+        "ok",
+        "compensated",
+        "failed fast",
+        "rejected",
+        "p50 ms",
+        "p99 ms",
+        "inv p99",
+        "transitions",
+        "retries",
+        "bulkhead"
+    );
+    for p in &report.phases {
+        let _ = writeln!(
+            out,
+            "{:<18} {:>5} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>12} {:>8} {:>10}",
+            p.name,
+            p.count("completed"),
+            p.count("compensated"),
+            p.count("failed_fast"),
+            p.count("rejected"),
+            ms(percentile(&p.latencies, 50.0)),
+            ms(percentile(&p.latencies, 99.0)),
+            ms(percentile(&p.reserve_latencies, 99.0)),
+            p.transitions.len(),
+            p.retries,
+            p.bulkhead_rejections,
+        );
+    }
+    let _ = write!(
+        out,
+        "(failed fast: refused by the open payment breaker; rejected: refused by the full payment bulkhead;\n inv p99: inventory reservation latency; bulkhead: payment bulkhead rejections)"
+    );
+    out
+}

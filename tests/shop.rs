@@ -1,0 +1,209 @@
+//! Plays the shop example's story (its short version) against the real services on loopback,
+//! and checks what the example claims: no unit of stock and no charge goes astray, the payment
+//! breaker opens under errors and closes after recovery, and the payment bulkhead rejects the
+//! excess while payment is slow.
+
+#[allow(dead_code)]
+#[path = "../examples/shop/app/mod.rs"]
+mod app;
+
+use app::payment::Mode;
+use app::story::{Config, SKU, Shop, play};
+use serde_json::{Value, json};
+use staunch::circuit_breaker::State;
+
+async fn post(url: String, key: Option<&str>, body: &Value) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.send().await.expect("the service answers");
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.expect("a body");
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+async fn get(url: String) -> (u16, Value) {
+    let response = reqwest::get(url).await.expect("the service answers");
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.expect("a body");
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_story_is_consistent_and_shows_the_breaker_and_the_bulkhead() {
+    let config = Config::short();
+    let shop = Shop::start(&config).await.expect("the shop starts");
+    let report = play(&shop, &config).await;
+    let payment = shop
+        .orders
+        .guards()
+        .iter()
+        .find(|g| g.name == "payment")
+        .expect("a payment dependency")
+        .clone();
+    shop.cleanup();
+    let report = report.expect("the story plays to the end");
+
+    assert!(
+        report.inconsistencies.is_empty(),
+        "consistency check failed: {:?}",
+        report.inconsistencies
+    );
+    let [normal, errors, slow, recovery] = &report.phases[..] else {
+        panic!("four phases, got {}", report.phases.len());
+    };
+    for phase in &report.phases {
+        assert_eq!(phase.count("stuck") + phase.count("error"), 0, "{phase:?}");
+    }
+
+    // (1) Healthy: every order completes.
+    assert!(normal.count("completed") > 0);
+    assert_eq!(normal.count("completed"), normal.latencies.len() as u64);
+
+    // (2) Errors: sagas compensate, the breaker opens, later orders fail fast.
+    assert!(errors.count("compensated") > 0, "{errors:?}");
+    assert!(errors.count("failed_fast") > 0, "{errors:?}");
+    assert!(errors.breaker_rejections > 0);
+    assert!(
+        errors
+            .transitions
+            .iter()
+            .any(|(b, from, to, _)| b == "payment" && *from == "closed" && *to == "open"),
+        "the payment breaker opened: {:?}",
+        errors.transitions
+    );
+
+    // (3) Slow: the bulkhead rejects the excess payment calls.
+    assert!(slow.bulkhead_rejections > 0, "{slow:?}");
+    assert!(slow.count("rejected") > 0, "{slow:?}");
+
+    // (4) Recovery: the breaker closed again (during the slow phase, whose slow answers are
+    // successes, or now) and orders succeed.
+    let closed = report.phases[2..]
+        .iter()
+        .flat_map(|p| &p.transitions)
+        .any(|(b, from, to, _)| b == "payment" && *from == "half_open" && *to == "closed");
+    assert!(closed, "the payment breaker closed after half-open probes");
+    assert_eq!(payment.breaker.state(), State::Closed);
+    assert!(recovery.count("completed") > 0);
+    assert_eq!(recovery.count("compensated"), 0, "{recovery:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn participants_honour_idempotency_keys_and_the_order_service_explains_itself() {
+    let config = Config::short();
+    let shop = Shop::start(&config).await.expect("the shop starts");
+    let inventory = shop.addrs["inventory"];
+    let payment = shop.addrs["payment"];
+    let order = shop.order_addr();
+
+    // A repeated key returns the first answer and changes nothing.
+    let reserve = json!({ "order_id": "o-1", "sku": SKU, "qty": 5 });
+    let first = post(
+        format!("http://{inventory}/reservations"),
+        Some("k-1"),
+        &reserve,
+    )
+    .await;
+    let again = post(
+        format!("http://{inventory}/reservations"),
+        Some("k-1"),
+        &reserve,
+    )
+    .await;
+    assert_eq!(first.0, 201);
+    assert_eq!(first, again);
+    assert_eq!(shop.inventory.available()[SKU], config.stock - 5);
+    let missing = post(format!("http://{inventory}/reservations"), None, &reserve).await;
+    assert_eq!(missing.0, 400);
+
+    // A release for a reservation that never landed voids its key.
+    let release = json!({ "reservation_key": "k-never" });
+    let (status, _) = post(
+        format!("http://{inventory}/releases"),
+        Some("r-1"),
+        &release,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let late = post(
+        format!("http://{inventory}/reservations"),
+        Some("k-never"),
+        &reserve,
+    )
+    .await;
+    assert_eq!(late.0, 409);
+    assert_eq!(shop.inventory.available()[SKU], config.stock - 5);
+
+    let charge = json!({ "order_id": "o-1", "amount_cents": 500 });
+    let first = post(format!("http://{payment}/charges"), Some("c-1"), &charge).await;
+    let again = post(format!("http://{payment}/charges"), Some("c-1"), &charge).await;
+    assert_eq!(first.0, 201);
+    assert_eq!(first, again);
+    assert_eq!(shop.payment.charges().len(), 1);
+    let refund = json!({ "charge_key": "c-1" });
+    let first = post(format!("http://{payment}/refunds"), Some("rf-1"), &refund).await;
+    let again = post(format!("http://{payment}/refunds"), Some("rf-1"), &refund).await;
+    assert_eq!(first, again);
+    assert_eq!(first.1["refunded"], 500);
+    assert!(shop.payment.charges()[0].refunded);
+
+    // An order whose charge fails is compensated; its saga's timeline says so.
+    shop.set_payment_mode(Mode::Error { share: 1.0 })
+        .await
+        .expect("mode switched");
+    let (status, placed) = post(
+        format!("http://{order}/orders"),
+        None,
+        &json!({ "sku": SKU, "qty": 2, "amount_cents": 3998 }),
+    )
+    .await;
+    assert_eq!(status, 422, "{placed}");
+    assert_eq!(placed["outcome"], "compensated", "{placed}");
+    assert_eq!(placed["failed_step"], "charge");
+    let id = placed["order_id"].as_str().expect("an order id");
+    let (status, saga) = get(format!("http://{order}/sagas/{id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(saga["status"], "compensated", "{saga}");
+    let log = saga["log"].to_string();
+    assert!(log.contains("compensation_completed"), "{log}");
+    let steps: Vec<&str> = saga["trace"]["steps"]
+        .as_array()
+        .expect("timed steps")
+        .iter()
+        .map(|s| s["step"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        steps,
+        ["reserve", "charge", "reserve"],
+        "reserve, charge, then release"
+    );
+    assert_eq!(shop.inventory.available()[SKU], config.stock - 5);
+    let (status, _) = get(format!("http://{order}/sagas/no-such-order")).await;
+    assert_eq!(status, 404);
+
+    let (status, circuits) = get(format!("http://{order}/circuit-status")).await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = circuits["dependencies"]
+        .as_array()
+        .expect("dependencies")
+        .iter()
+        .map(|d| d["name"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        names,
+        ["inventory", "payment", "payment-refunds", "shipping"]
+    );
+    assert!(circuits["dependencies"][1]["breaker"]["failed_calls"].as_u64() >= Some(1));
+    shop.cleanup();
+}
