@@ -36,6 +36,44 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+#[cfg(feature = "circuit-breaker")]
+mod breaker;
+mod classify;
+mod config;
+#[cfg(feature = "serde")]
+mod duration;
+mod error;
+mod ext;
+#[cfg(all(
+    feature = "circuit-breaker",
+    feature = "bulkhead",
+    feature = "timeout",
+    feature = "retry",
+    feature = "tonic"
+))]
+pub mod grpc;
+#[cfg(all(
+    feature = "circuit-breaker",
+    feature = "bulkhead",
+    feature = "timeout",
+    feature = "retry"
+))]
+pub mod http;
+#[cfg(all(
+    feature = "circuit-breaker",
+    feature = "bulkhead",
+    feature = "timeout",
+    feature = "retry"
+))]
+mod registry;
+#[cfg(all(
+    feature = "circuit-breaker",
+    feature = "bulkhead",
+    feature = "timeout",
+    feature = "retry"
+))]
+mod stack;
+
 pub use staunch_core as core;
 
 #[cfg(feature = "bulkhead")]
@@ -55,3 +93,28 @@ pub use staunch_core::{
     AnyError, Backoff, BackoffSchedule, BreakerOpen, BulkheadFull, Classify, ConfigError,
     HttpStatus, Jitter, Outcome, classify_fn, rejection_of,
 };
+
+#[cfg(feature = "circuit-breaker")]
+pub use crate::breaker::{BreakerFuture, BreakerLayer, BreakerService};
+pub use crate::classify::IgnoreRejections;
+pub use crate::config::{
+    BackoffConfig, BackoffStrategy, BreakerConfig, BudgetConfig, BulkheadConfig,
+    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_TIMEOUT, JitterConfig, RegistryConfig, RetryConfig,
+    StackConfig, WindowConfig,
+};
+pub use crate::error::{BoxError, Error, ErrorLayer, TypedErrors, TypedFuture};
+pub use crate::ext::ServiceBuilderExt;
+#[cfg(all(
+    feature = "circuit-breaker",
+    feature = "bulkhead",
+    feature = "timeout",
+    feature = "retry"
+))]
+pub use crate::registry::{Registry, Reloading};
+#[cfg(all(
+    feature = "circuit-breaker",
+    feature = "bulkhead",
+    feature = "timeout",
+    feature = "retry"
+))]
+pub use crate::stack::{Stack, StackHandle, StackStatus};

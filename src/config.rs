@@ -1,0 +1,338 @@
+//! Settings of a whole stack, as plain data: written in code or loaded from a file (feature
+//! `serde`), validated by the layers' own builders.
+
+use std::time::Duration;
+
+#[cfg(feature = "serde")]
+use serde::{Deserialize, Serialize};
+
+/// The per-attempt time limit when none is configured.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The overall time limit (every attempt and every wait) when none is configured.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The settings of one stack (one dependency: `payment`, `inventory`, ...).
+///
+/// Every field is optional: an unset field keeps the layer's own default (documented on each
+/// builder), except the two timeouts, whose defaults are [`DEFAULT_TIMEOUT`] and
+/// [`DEFAULT_ATTEMPT_TIMEOUT`]. With the `serde` feature it reads from and writes to any
+/// serde format; durations are written in human form (`"250ms"`, `"30s"`), unknown fields are
+/// an error (a typo must not silently fall back to a default).
+///
+/// ```toml
+/// timeout = "3s"            # the whole call, retries and waits included
+/// attempt_timeout = "500ms" # one attempt
+///
+/// [breaker]
+/// failure_rate_threshold = 50.0
+/// minimum_calls = 20
+/// open_duration = "10s"
+/// sliding_window = { kind = "count", size = 100 }
+///
+/// [bulkhead]
+/// max_concurrent = 32
+/// max_wait = "20ms"
+///
+/// [retry]
+/// max_attempts = 3
+/// backoff = { strategy = "exponential", base = "100ms", max_delay = "2s", jitter = "full" }
+/// budget = { ratio = 0.2, min_per_sec = 10, ttl = "10s" }
+/// ```
+///
+/// Values are checked when a stack is built ([`StackConfig::build`], the presets, the
+/// [`Registry`](crate::Registry)); a bad one is a [`ConfigError`](crate::ConfigError) whose
+/// field is the whole path, e.g. `payment.breaker.failure_rate_threshold`.
+#[derive(Debug, Clone, PartialEq, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+pub struct StackConfig {
+    /// Overall limit of a call: every attempt and every backoff wait (default 5 s). A retry
+    /// whose wait would end past it is not made.
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            with = "crate::duration::option",
+            skip_serializing_if = "Option::is_none"
+        )
+    )]
+    pub timeout: Option<Duration>,
+    /// Limit of one attempt (default 2 s). A timed-out attempt counts as a failure for the
+    /// breaker and is retried.
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            with = "crate::duration::option",
+            skip_serializing_if = "Option::is_none"
+        )
+    )]
+    pub attempt_timeout: Option<Duration>,
+    /// The circuit breaker.
+    pub breaker: BreakerConfig,
+    /// The bulkhead.
+    pub bulkhead: BulkheadConfig,
+    /// Retries.
+    pub retry: RetryConfig,
+}
+
+/// Circuit breaker settings; see `CircuitBreakerBuilder` for each one's default and meaning.
+#[derive(Debug, Clone, PartialEq, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+pub struct BreakerConfig {
+    /// Trips when at least this percentage of calls failed, in `(0, 100]` (default 50).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub failure_rate_threshold: Option<f64>,
+    /// Trips when at least this percentage of calls were slow, in `(0, 100]` (default 100).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub slow_call_rate_threshold: Option<f64>,
+    /// A call at least this long is slow (default: off).
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            with = "crate::duration::option",
+            skip_serializing_if = "Option::is_none"
+        )
+    )]
+    pub slow_call_duration: Option<Duration>,
+    /// The calls the rates are computed over (default: the last 100).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub sliding_window: Option<WindowConfig>,
+    /// Calls needed in the window before the rates count (default 20).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub minimum_calls: Option<u32>,
+    /// Also trips after this many failures in a row (default: off).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub consecutive_failures: Option<u32>,
+    /// How long it stays open (default 10 s).
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            with = "crate::duration::option",
+            skip_serializing_if = "Option::is_none"
+        )
+    )]
+    pub open_duration: Option<Duration>,
+    /// Probes let through when half-open (default 5).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub permitted_calls_in_half_open: Option<u32>,
+    /// Re-opens a half-open breaker whose probes have not finished after this long
+    /// (default 30 s).
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            with = "crate::duration::option",
+            skip_serializing_if = "Option::is_none"
+        )
+    )]
+    pub max_half_open_duration: Option<Duration>,
+}
+
+/// A breaker's sliding window: `{ kind = "count", size = 100 }` or
+/// `{ kind = "time", duration = "60s", buckets = 60 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(
+    feature = "serde",
+    serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)
+)]
+pub enum WindowConfig {
+    /// The last `size` calls.
+    Count {
+        /// How many calls.
+        size: u32,
+    },
+    /// The calls of the last `duration`, in `buckets` buckets.
+    Time {
+        /// How far back.
+        #[cfg_attr(feature = "serde", serde(with = "crate::duration"))]
+        duration: Duration,
+        /// How many buckets.
+        buckets: u32,
+    },
+}
+
+/// Bulkhead settings; see `BulkheadBuilder` for each one's default and meaning.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+pub struct BulkheadConfig {
+    /// Calls in flight at most (default 25).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub max_concurrent: Option<usize>,
+    /// How long a call may wait for a permit (default zero: fail fast).
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            with = "crate::duration::option",
+            skip_serializing_if = "Option::is_none"
+        )
+    )]
+    pub max_wait: Option<Duration>,
+    /// Calls that may wait at once (default: `max_concurrent`).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub max_queued: Option<usize>,
+}
+
+/// Retry settings; see `RetryPolicyBuilder` for each one's default and meaning. The overall
+/// deadline is the stack's [`timeout`](StackConfig::timeout).
+#[derive(Debug, Clone, PartialEq, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+pub struct RetryConfig {
+    /// Attempts per call, the first included (default 3; 1 turns retries off).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub max_attempts: Option<u32>,
+    /// The waits between attempts (default: exponential from 100 ms, capped at 10 s, full
+    /// jitter).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub backoff: Option<BackoffConfig>,
+    /// The longest server hint (`Retry-After`, gRPC pushback) honoured (default 30 s).
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            with = "crate::duration::option",
+            skip_serializing_if = "Option::is_none"
+        )
+    )]
+    pub max_retry_after: Option<Duration>,
+    /// Also retry non-idempotent HTTP requests without an `Idempotency-Key` (default false).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub retry_non_idempotent: Option<bool>,
+    /// The retry budget (default: 20% of requests plus 10 per second, over 10 s).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub budget: Option<BudgetConfig>,
+}
+
+/// A backoff: `{ strategy = "exponential", base = "100ms", max_delay = "2s", jitter = "full" }`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
+pub struct BackoffConfig {
+    /// How the delay grows.
+    pub strategy: BackoffStrategy,
+    /// The first delay (the constant delay of a constant backoff).
+    #[cfg_attr(feature = "serde", serde(with = "crate::duration"))]
+    pub base: Duration,
+    /// Growth factor of an exponential backoff (default 2).
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub multiplier: Option<f64>,
+    /// Increment of a linear backoff (default: the base).
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            default,
+            with = "crate::duration::option",
+            skip_serializing_if = "Option::is_none"
+        )
+    )]
+    pub step: Option<Duration>,
+    /// Randomness mixed into each delay (default full; none for decorrelated).
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub jitter: Option<JitterConfig>,
+    /// Upper bound of every delay, after jitter.
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            default,
+            with = "crate::duration::option",
+            skip_serializing_if = "Option::is_none"
+        )
+    )]
+    pub max_delay: Option<Duration>,
+    /// Ends the schedule once this much time has passed.
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            default,
+            with = "crate::duration::option",
+            skip_serializing_if = "Option::is_none"
+        )
+    )]
+    pub max_elapsed: Option<Duration>,
+    /// Seeds the random number generator (tests only).
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub seed: Option<u64>,
+}
+
+/// The growth of a [`BackoffConfig`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum BackoffStrategy {
+    /// The same delay every time.
+    Constant,
+    /// `base + n * step`.
+    Linear,
+    /// `base * multiplier^n`.
+    Exponential,
+    /// `base * fib(n)`.
+    Fibonacci,
+    /// AWS-style decorrelated jitter.
+    Decorrelated,
+}
+
+/// Jitter: `"none"`, `"full"`, `"equal"` or `{ proportional = 0.2 }`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum JitterConfig {
+    /// Exactly the delay.
+    None,
+    /// Uniform in `[0, d]`.
+    Full,
+    /// Uniform in `[d/2, d]`.
+    Equal,
+    /// Uniform in `[d(1-f), d(1+f)]`.
+    Proportional(f64),
+}
+
+/// A retry budget's settings; see `RetryBudgetBuilder`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+pub struct BudgetConfig {
+    /// Retries per request, in `[0, 1000]` (default 0.2).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub ratio: Option<f64>,
+    /// Retries per second whatever the request rate (default 10).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub min_per_sec: Option<u32>,
+    /// Length of the window, from 1 s to 60 s (default 10 s).
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            with = "crate::duration::option",
+            skip_serializing_if = "Option::is_none"
+        )
+    )]
+    pub ttl: Option<Duration>,
+}
+
+/// Settings for several named stacks: what a configuration file holds, one table per
+/// dependency. Serialized as a map from name to [`StackConfig`].
+///
+/// ```toml
+/// [payment]
+/// attempt_timeout = "250ms"
+/// breaker = { failure_rate_threshold = 25.0 }
+///
+/// [inventory]
+/// bulkhead = { max_concurrent = 64 }
+/// ```
+#[derive(Debug, Clone, PartialEq, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "serde", serde(transparent))]
+pub struct RegistryConfig {
+    /// The stacks, by name.
+    pub stacks: std::collections::BTreeMap<String, StackConfig>,
+}

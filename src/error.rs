@@ -1,0 +1,320 @@
+//! One error type for a whole stack: [`Error`], and the layer that produces it.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use staunch_core::{BreakerOpen, BulkheadFull, Rejection, rejection_of};
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// The boxed error every staunch layer returns (the same type as `tower::BoxError`).
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Why a call through a staunch stack failed: the wrapped service's own error `E`, or the
+/// layer that refused or cancelled the call.
+///
+/// The layers return a boxed error (as tower layers do); [`Error::from_box`] (or
+/// [`ErrorLayer`] outermost, which the presets add) turns it back into something to `match`:
+///
+/// ```
+/// use std::sync::Arc;
+/// use staunch::{BoxError, BreakerOpen, Error};
+///
+/// let boxed: BoxError = Box::new(BreakerOpen::new(Arc::from("payment"), None));
+/// match Error::<std::io::Error>::from_box(boxed) {
+///     Error::BreakerOpen(open) => assert_eq!(open.name(), "payment"),
+///     other => panic!("unexpected {other:?}"),
+/// }
+///
+/// let boxed: BoxError = Box::new(std::io::Error::other("connection reset"));
+/// assert!(matches!(Error::<std::io::Error>::from_box(boxed), Error::Inner(_)));
+/// ```
+///
+/// Retries that ran out (attempts, budget or overall deadline) return the last attempt's
+/// error as it was, so it arrives here as that error (`Inner`, `Elapsed`, ...); the retry
+/// policy's metrics and `on_give_up` hook say why no further attempt was made.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error<E> {
+    /// The wrapped service was called and failed.
+    Inner(E),
+    /// A circuit breaker refused the call: the dependency is failing. Not retried.
+    BreakerOpen(BreakerOpen),
+    /// A bulkhead refused the call: too many calls in flight. Not retried.
+    BulkheadFull(BulkheadFull),
+    /// A time limit (per attempt, overall, or a propagated deadline) cancelled the call.
+    #[cfg(feature = "timeout")]
+    Elapsed(staunch_timeout::Elapsed),
+    /// An error of another type (from a layer outside staunch, or an inner error wrapped in
+    /// another type).
+    Other(BoxError),
+}
+
+impl<E> Error<E>
+where
+    E: StdError + Send + Sync + 'static,
+{
+    /// Classifies a boxed error: the inner error type `E` first, then a staunch rejection
+    /// anywhere in the source chain, then a timeout anywhere in the chain, else `Other`.
+    pub fn from_box(err: BoxError) -> Self {
+        let err = match err.downcast::<E>() {
+            Ok(inner) => return Error::Inner(*inner),
+            Err(err) => err,
+        };
+        match rejection_of(&*err) {
+            Some(Rejection::BreakerOpen(open)) => return Error::BreakerOpen(open.clone()),
+            Some(Rejection::BulkheadFull(full)) => return Error::BulkheadFull(full.clone()),
+            None => {}
+        }
+        #[cfg(feature = "timeout")]
+        if let Some(elapsed) = staunch_timeout::Elapsed::find(&*err) {
+            return Error::Elapsed(*elapsed);
+        }
+        Error::Other(err)
+    }
+
+    /// Converts back into a boxed error, unwrapped: the inner error or the rejection itself
+    /// (so `err.is::<BreakerOpen>()` holds on the result).
+    pub fn into_box_error(self) -> BoxError {
+        match self {
+            Error::Inner(e) => Box::new(e),
+            Error::BreakerOpen(e) => Box::new(e),
+            Error::BulkheadFull(e) => Box::new(e),
+            #[cfg(feature = "timeout")]
+            Error::Elapsed(e) => Box::new(e),
+            Error::Other(e) => e,
+        }
+    }
+}
+
+impl<E> Error<E> {
+    /// `true` when a breaker or a bulkhead refused the call (it was not made, and retrying
+    /// it now would not help).
+    pub fn is_rejection(&self) -> bool {
+        matches!(self, Error::BreakerOpen(_) | Error::BulkheadFull(_))
+    }
+
+    /// The wrapped service's error, if it was called and failed.
+    pub fn into_inner(self) -> Option<E> {
+        match self {
+            Error::Inner(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// A reference to the wrapped service's error, if it was called and failed.
+    pub fn inner(&self) -> Option<&E> {
+        match self {
+            Error::Inner(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for Error<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Inner(e) => e.fmt(f),
+            Error::BreakerOpen(e) => e.fmt(f),
+            Error::BulkheadFull(e) => e.fmt(f),
+            #[cfg(feature = "timeout")]
+            Error::Elapsed(e) => e.fmt(f),
+            Error::Other(e) => e.fmt(f),
+        }
+    }
+}
+
+impl<E: StdError + 'static> StdError for Error<E> {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        // The variant's error itself (not only its source), as `CircuitBreakerError` does, so
+        // that `rejection_of` and `Elapsed::find` still find a rejection or a timeout when
+        // this error is boxed and passed through another layer.
+        match self {
+            Error::Inner(e) => Some(e),
+            Error::BreakerOpen(e) => Some(e),
+            Error::BulkheadFull(e) => Some(e),
+            #[cfg(feature = "timeout")]
+            Error::Elapsed(e) => Some(e),
+            Error::Other(e) => Some(&**e),
+        }
+    }
+}
+
+impl<E> From<BreakerOpen> for Error<E> {
+    fn from(e: BreakerOpen) -> Self {
+        Error::BreakerOpen(e)
+    }
+}
+
+impl<E> From<BulkheadFull> for Error<E> {
+    fn from(e: BulkheadFull) -> Self {
+        Error::BulkheadFull(e)
+    }
+}
+
+#[cfg(feature = "timeout")]
+impl<E> From<staunch_timeout::Elapsed> for Error<E> {
+    fn from(e: staunch_timeout::Elapsed) -> Self {
+        Error::Elapsed(e)
+    }
+}
+
+/// Turns the boxed errors of the service it wraps into [`Error<E>`]; put it outermost.
+///
+/// ```
+/// use staunch::{Error, ErrorLayer, BoxError};
+/// use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let mut svc = ServiceBuilder::new()
+///     .layer(ErrorLayer::<std::io::Error>::new())
+///     .service(service_fn(|_: ()| async {
+///         Err::<(), BoxError>(Box::new(std::io::Error::other("reset")))
+///     }));
+/// let err = svc.ready().await.unwrap().call(()).await.unwrap_err();
+/// assert!(matches!(err, Error::Inner(e) if e.to_string() == "reset"));
+/// # }
+/// ```
+pub struct ErrorLayer<E> {
+    _error: PhantomData<fn() -> E>,
+}
+
+impl<E> ErrorLayer<E> {
+    /// A layer producing `Error<E>`.
+    pub const fn new() -> Self {
+        Self {
+            _error: PhantomData,
+        }
+    }
+}
+
+impl<E> Default for ErrorLayer<E> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<E> Clone for ErrorLayer<E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<E> Copy for ErrorLayer<E> {}
+
+impl<E> fmt::Debug for ErrorLayer<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ErrorLayer")
+    }
+}
+
+impl<S, E> Layer<S> for ErrorLayer<E> {
+    type Service = TypedErrors<S, E>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TypedErrors::new(inner)
+    }
+}
+
+/// The service built by [`ErrorLayer`]: its errors are [`Error<E>`].
+pub struct TypedErrors<S, E> {
+    inner: S,
+    _error: PhantomData<fn() -> E>,
+}
+
+impl<S, E> TypedErrors<S, E> {
+    /// Wraps `inner`.
+    pub const fn new(inner: S) -> Self {
+        Self {
+            inner,
+            _error: PhantomData,
+        }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, E> Clone for TypedErrors<S, E> {
+    fn clone(&self) -> Self {
+        Self::new(self.inner.clone())
+    }
+}
+
+impl<S: fmt::Debug, E> fmt::Debug for TypedErrors<S, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TypedErrors")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<S, E, Req> Service<Req> for TypedErrors<S, E>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    E: StdError + Send + Sync + 'static,
+{
+    type Response = S::Response;
+    type Error = Error<E>;
+    type Future = TypedFuture<S::Future, E>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| Error::from_box(e.into()))
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        TypedFuture {
+            inner: self.inner.call(req),
+            _error: PhantomData,
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`TypedErrors`].
+    pub struct TypedFuture<F, E> {
+        #[pin]
+        inner: F,
+        _error: PhantomData<fn() -> E>,
+    }
+}
+
+impl<F, E> fmt::Debug for TypedFuture<F, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TypedFuture")
+    }
+}
+
+impl<F, T, Err, E> Future for TypedFuture<F, E>
+where
+    F: Future<Output = Result<T, Err>>,
+    Err: Into<BoxError>,
+    E: StdError + Send + Sync + 'static,
+{
+    type Output = Result<T, Error<E>>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project()
+            .inner
+            .poll(cx)
+            .map(|r| r.map_err(|e| Error::from_box(e.into())))
+    }
+}

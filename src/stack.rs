@@ -1,0 +1,367 @@
+//! The full stack: its engines ([`StackHandle`]), built from a [`StackConfig`], and the
+//! service ([`Stack`]) that runs calls through them in the documented order.
+
+use std::fmt;
+use std::sync::Arc;
+
+use staunch_bulkhead::{Bulkhead, BulkheadLayer, BulkheadMetrics, BulkheadService};
+use staunch_circuit_breaker::{CircuitBreaker, Snapshot};
+use staunch_core::{AnyError, Backoff, ConfigError, Jitter};
+use staunch_retry::{Retry, RetryBudget, RetryLayer, RetryMetrics, RetryPolicy};
+use staunch_timeout::{TimeLimit, Timeout, TimeoutLayer};
+use tower_layer::Layer;
+
+use crate::breaker::{BreakerLayer, BreakerService};
+use crate::config::{
+    BackoffConfig, BackoffStrategy, BreakerConfig, BudgetConfig, BulkheadConfig,
+    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_TIMEOUT, JitterConfig, RetryConfig, StackConfig, WindowConfig,
+};
+use crate::error::TypedErrors;
+
+/// A service wrapped in the full stack, outermost first: [`TypedErrors`] (errors become
+/// [`staunch::Error<E>`](crate::Error)), [`Retry`], the circuit breaker ([`BreakerService`]
+/// with classifier `C`), the per-attempt [`Timeout`], the bulkhead ([`BulkheadService`]), then
+/// `S`. `E` is `S`'s error type. Built by [`StackHandle::wrap`] and the presets
+/// ([`http::client`](crate::http::client), `grpc::channel`).
+pub type Stack<S, C, E> =
+    TypedErrors<Retry<BreakerService<Timeout<BulkheadService<S, AnyError>>, C>>, E>;
+
+/// Every engine of one stack, for status endpoints and manual control (force a breaker open,
+/// resize a bulkhead, read the retry budget). Clones share the engines.
+#[derive(Clone)]
+pub struct StackHandle {
+    name: Arc<str>,
+    breaker: CircuitBreaker,
+    bulkhead: Bulkhead,
+    retry: RetryPolicy,
+    attempt_timeout: TimeLimit,
+}
+
+impl fmt::Debug for StackHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StackHandle")
+            .field("name", &self.name)
+            .field("breaker", &self.breaker)
+            .field("bulkhead", &self.bulkhead)
+            .field("retry", &self.retry)
+            .field("attempt_timeout", &self.attempt_timeout.limit())
+            .finish()
+    }
+}
+
+/// A snapshot of a stack's engines: what a status endpoint reports.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct StackStatus {
+    /// The stack's name.
+    pub name: Arc<str>,
+    /// The breaker's state and counters.
+    pub breaker: Snapshot,
+    /// The bulkhead's limit and calls in flight.
+    pub bulkhead: BulkheadMetrics,
+    /// Retries made, given up, refused by the budget.
+    pub retry: RetryMetrics,
+}
+
+impl StackHandle {
+    /// Assembles a handle from engines built elsewhere (e.g. a breaker shared by two stacks).
+    pub fn from_parts(
+        name: impl Into<Arc<str>>,
+        breaker: CircuitBreaker,
+        bulkhead: Bulkhead,
+        retry: RetryPolicy,
+        attempt_timeout: TimeLimit,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            breaker,
+            bulkhead,
+            retry,
+            attempt_timeout,
+        }
+    }
+
+    /// The stack's name (also the name of its breaker, bulkhead and retry policy).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The circuit breaker.
+    pub fn breaker(&self) -> &CircuitBreaker {
+        &self.breaker
+    }
+
+    /// The bulkhead.
+    pub fn bulkhead(&self) -> &Bulkhead {
+        &self.bulkhead
+    }
+
+    /// The retry policy (its budget: [`RetryPolicy::budget`]).
+    pub fn retry(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    /// The retry budget.
+    pub fn budget(&self) -> &RetryBudget {
+        self.retry.budget()
+    }
+
+    /// The per-attempt time limit.
+    pub fn attempt_timeout(&self) -> &TimeLimit {
+        &self.attempt_timeout
+    }
+
+    /// A snapshot of every engine.
+    pub fn status(&self) -> StackStatus {
+        StackStatus {
+            name: Arc::clone(&self.name),
+            breaker: self.breaker.snapshot(),
+            bulkhead: self.bulkhead.metrics(),
+            retry: self.retry.metrics(),
+        }
+    }
+
+    /// Wraps `inner` in the stack, the breaker classifying results with `classifier`; `E` is
+    /// `inner`'s error type. The order is the one the crate docs explain.
+    pub fn wrap<S, C: Clone, E>(&self, inner: S, classifier: C) -> Stack<S, C, E> {
+        let bulkhead = BulkheadLayer::new(self.bulkhead.clone()).layer(inner);
+        let attempt = TimeoutLayer::from_limit(self.attempt_timeout.clone()).layer(bulkhead);
+        let breaker =
+            BreakerLayer::with_classifier(self.breaker.clone(), classifier).layer(attempt);
+        let retry = RetryLayer::new(self.retry.clone()).layer(breaker);
+        TypedErrors::new(retry)
+    }
+}
+
+impl StackConfig {
+    /// Validates the settings and builds the engines of a stack called `name`.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] whose field is the whole path from `name`, e.g.
+    /// `payment.breaker.failure_rate_threshold` or `payment.retry.backoff.base`.
+    ///
+    /// ```
+    /// use staunch::StackConfig;
+    ///
+    /// let mut config = StackConfig::default();
+    /// config.breaker.failure_rate_threshold = Some(150.0);
+    /// let err = config.build("payment").unwrap_err();
+    /// assert_eq!(err.field(), "payment.breaker.failure_rate_threshold");
+    /// ```
+    pub fn build(&self, name: &str) -> Result<StackHandle, ConfigError> {
+        if name.is_empty() {
+            return Err(ConfigError::new("name", "must not be empty"));
+        }
+        let name: Arc<str> = Arc::from(name);
+        let limit = |field: &'static str, d| {
+            TimeLimit::builder()
+                .limit(d)
+                .name(Arc::clone(&name))
+                .build()
+                .map_err(|e| ConfigError::new(field, e.rule().to_owned()).within(&name))
+        };
+        let attempt_timeout = limit(
+            "attempt_timeout",
+            self.attempt_timeout.unwrap_or(DEFAULT_ATTEMPT_TIMEOUT),
+        )?;
+        let timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        limit("timeout", timeout)?;
+        let breaker = self
+            .breaker
+            .build(&name)
+            .map_err(|e| rescope(e, &name, "breaker"))?;
+        let bulkhead = self
+            .bulkhead
+            .build(&name)
+            .map_err(|e| rescope(e, &name, "bulkhead"))?;
+        let retry = self
+            .retry
+            .build(&name, timeout)
+            .map_err(|e| e.within("retry").within(&name))?;
+        Ok(StackHandle {
+            name,
+            breaker,
+            bulkhead,
+            retry,
+            attempt_timeout,
+        })
+    }
+}
+
+/// Builders prefix their errors with the engine's name (`payment.minimum_calls`); the path
+/// in a stack is `payment.breaker.minimum_calls`.
+fn rescope(err: ConfigError, name: &str, section: &str) -> ConfigError {
+    let field = err
+        .field()
+        .strip_prefix(name)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .unwrap_or(err.field())
+        .to_owned();
+    ConfigError::new(field, err.rule().to_owned())
+        .within(section)
+        .within(name)
+}
+
+impl BreakerConfig {
+    /// Builds a breaker called `name` (errors are prefixed with `name`, as the breaker's
+    /// builder does).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the field.
+    pub fn build(&self, name: &str) -> Result<CircuitBreaker, ConfigError> {
+        let mut b = CircuitBreaker::builder(name);
+        if let Some(v) = self.failure_rate_threshold {
+            b = b.failure_rate_threshold(v);
+        }
+        if let Some(v) = self.slow_call_rate_threshold {
+            b = b.slow_call_rate_threshold(v);
+        }
+        if let Some(v) = self.slow_call_duration {
+            b = b.slow_call_duration(v);
+        }
+        match self.sliding_window {
+            Some(WindowConfig::Count { size }) => b = b.count_window(size),
+            Some(WindowConfig::Time { duration, buckets }) => b = b.time_window(duration, buckets),
+            None => {}
+        }
+        if let Some(v) = self.minimum_calls {
+            b = b.minimum_calls(v);
+        }
+        if let Some(v) = self.consecutive_failures {
+            b = b.consecutive_failures(v);
+        }
+        if let Some(v) = self.open_duration {
+            b = b.open_duration(v);
+        }
+        if let Some(v) = self.permitted_calls_in_half_open {
+            b = b.permitted_calls_in_half_open(v);
+        }
+        if let Some(v) = self.max_half_open_duration {
+            b = b.max_half_open_duration(v);
+        }
+        b.build()
+    }
+}
+
+impl BulkheadConfig {
+    /// Builds a bulkhead called `name` (errors are prefixed with `name`, as the bulkhead's
+    /// builder does).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the field.
+    pub fn build(&self, name: &str) -> Result<Bulkhead, ConfigError> {
+        let mut b = Bulkhead::builder(name);
+        if let Some(v) = self.max_concurrent {
+            b = b.max_concurrent(v);
+        }
+        if let Some(v) = self.max_wait {
+            b = b.max_wait(v);
+        }
+        if let Some(v) = self.max_queued {
+            b = b.max_queued(v);
+        }
+        b.build()
+    }
+}
+
+impl RetryConfig {
+    /// Builds a retry policy called `name` whose calls end after `max_total_time`.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the field (`backoff.base`, `budget.ratio`, `max_attempts`).
+    pub fn build(
+        &self,
+        name: &str,
+        max_total_time: std::time::Duration,
+    ) -> Result<RetryPolicy, ConfigError> {
+        let mut b = RetryPolicy::builder()
+            .name(name)
+            .max_total_time(max_total_time);
+        if let Some(v) = self.max_attempts {
+            b = b.max_attempts(v);
+        }
+        if let Some(backoff) = &self.backoff {
+            b = b.backoff(backoff.build().map_err(|e| e.within("backoff"))?);
+        }
+        if let Some(v) = self.max_retry_after {
+            b = b.max_retry_after(v);
+        }
+        if let Some(v) = self.retry_non_idempotent {
+            b = b.retry_non_idempotent(v);
+        }
+        if let Some(budget) = &self.budget {
+            b = b.budget(budget.build()?);
+        }
+        b.build()
+    }
+}
+
+impl BackoffConfig {
+    /// Builds the backoff.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the field.
+    pub fn build(&self) -> Result<Backoff, ConfigError> {
+        let mut b = match self.strategy {
+            BackoffStrategy::Constant => Backoff::constant(self.base),
+            BackoffStrategy::Linear => Backoff::linear(self.base),
+            BackoffStrategy::Exponential => Backoff::exponential(self.base),
+            BackoffStrategy::Fibonacci => Backoff::fibonacci(self.base),
+            BackoffStrategy::Decorrelated => Backoff::decorrelated(self.base),
+        };
+        if let Some(v) = self.multiplier {
+            b = b.multiplier(v);
+        }
+        if let Some(v) = self.step {
+            b = b.step(v);
+        }
+        if let Some(v) = self.jitter {
+            b = b.jitter(match v {
+                JitterConfig::None => Jitter::None,
+                JitterConfig::Full => Jitter::Full,
+                JitterConfig::Equal => Jitter::Equal,
+                JitterConfig::Proportional(f) => Jitter::Proportional(f),
+            });
+        } else if self.strategy == BackoffStrategy::Decorrelated {
+            // Decorrelated backoff is random by construction and takes no extra jitter.
+            b = b.jitter(Jitter::None);
+        }
+        if let Some(v) = self.max_delay {
+            b = b.max_delay(v);
+        }
+        if let Some(v) = self.max_elapsed {
+            b = b.max_elapsed(v);
+        }
+        if let Some(v) = self.seed {
+            b = b.seed(v);
+        }
+        b.build()
+    }
+}
+
+impl BudgetConfig {
+    /// Builds the budget (errors are already prefixed with `budget`, as the budget's builder
+    /// does).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the field.
+    pub fn build(&self) -> Result<RetryBudget, ConfigError> {
+        let mut b = RetryBudget::builder();
+        if let Some(v) = self.ratio {
+            b = b.ratio(v);
+        }
+        if let Some(v) = self.min_per_sec {
+            b = b.min_per_sec(v);
+        }
+        if let Some(v) = self.ttl {
+            b = b.ttl(v);
+        }
+        b.build()
+    }
+}

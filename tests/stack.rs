@@ -1,0 +1,358 @@
+//! The full stack: what each layer's place in it means for a call. Paused time throughout.
+#![cfg(all(
+    feature = "circuit-breaker",
+    feature = "bulkhead",
+    feature = "timeout",
+    feature = "retry"
+))]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use staunch::bulkhead::Bulkhead;
+use staunch::circuit_breaker::{CircuitBreaker, State};
+use staunch::core::BulkheadFullReason;
+use staunch::retry::RetryPolicy;
+use staunch::timeout::{Elapsed, TimeLimit};
+use staunch::{
+    BackoffConfig, BackoffStrategy, BoxError, BreakerOpen, Error, ErrorLayer, JitterConfig,
+    ServiceBuilderExt, StackConfig, WindowConfig,
+};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+
+type Request = http::Request<String>;
+type Response = http::Response<String>;
+
+fn get() -> Request {
+    http::Request::get("http://127.0.0.1/stock")
+        .body(String::new())
+        .unwrap()
+}
+
+fn response(status: u16) -> Response {
+    http::Response::builder()
+        .status(status)
+        .body(String::new())
+        .unwrap()
+}
+
+/// A constant backoff without jitter, so waits are exact.
+fn constant(delay: Duration) -> BackoffConfig {
+    BackoffConfig {
+        strategy: BackoffStrategy::Constant,
+        base: delay,
+        multiplier: None,
+        step: None,
+        jitter: Some(JitterConfig::None),
+        max_delay: None,
+        max_elapsed: None,
+        seed: None,
+    }
+}
+
+/// A stack whose breaker trips after `trip_after` failures in a row and that makes up to
+/// `attempts` attempts, 10 ms apart.
+fn config(trip_after: u32, attempts: u32) -> StackConfig {
+    let mut config = StackConfig::default();
+    config.breaker.consecutive_failures = Some(trip_after);
+    config.breaker.sliding_window = Some(WindowConfig::Count { size: 100 });
+    config.retry.max_attempts = Some(attempts);
+    config.retry.backoff = Some(constant(Duration::from_millis(10)));
+    config
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_breaker_open_rejection_is_not_retried() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = Arc::clone(&calls);
+    let inner = service_fn(move |_: Request| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, std::io::Error>(response(503)) }
+    });
+    // The first 503 trips the breaker (one failure in a row is enough here); the retry that
+    // follows meets the open breaker and stops, though 5 attempts were allowed.
+    let (mut client, handle) = staunch::http::client("payment", inner, &config(1, 5)).unwrap();
+
+    let err = client.ready().await.unwrap().call(get()).await.unwrap_err();
+    let Error::BreakerOpen(open) = err else {
+        panic!("expected the breaker's rejection, got {err:?}");
+    };
+    assert_eq!(open.name(), "payment");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the dependency saw one call"
+    );
+    let retry = handle.retry().metrics();
+    assert_eq!(
+        retry.retries, 1,
+        "one retry, which the breaker refused: then no more"
+    );
+
+    // Forced open: nothing reaches the dependency and nothing is retried.
+    handle.breaker().force_open();
+    let err = client.ready().await.unwrap().call(get()).await.unwrap_err();
+    assert!(matches!(err, Error::BreakerOpen(_)), "{err:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(handle.retry().metrics().retries, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bulkhead_rejection_is_not_retried_nor_counted_by_the_breaker() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let release = Arc::new(Notify::new());
+    let (counter, gate) = (Arc::clone(&calls), Arc::clone(&release));
+    let inner = service_fn(move |_: Request| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let gate = Arc::clone(&gate);
+        async move {
+            gate.notified().await;
+            Ok::<_, std::io::Error>(response(200))
+        }
+    });
+    let mut config = config(1, 5);
+    config.bulkhead.max_concurrent = Some(1);
+    config.attempt_timeout = Some(Duration::from_secs(60));
+    config.timeout = Some(Duration::from_secs(120));
+    let (client, handle) = staunch::http::client("inventory", inner, &config).unwrap();
+
+    // The first call takes the only permit and waits.
+    let mut first = client.clone();
+    let running = tokio::spawn(async move { first.ready().await?.call(get()).await });
+    tokio::task::yield_now().await;
+    assert_eq!(handle.bulkhead().in_flight(), 1);
+
+    let mut second = client.clone();
+    let err = second.ready().await.unwrap().call(get()).await.unwrap_err();
+    let Error::BulkheadFull(full) = err else {
+        panic!("expected the bulkhead's rejection, got {err:?}");
+    };
+    assert_eq!(full.reason(), BulkheadFullReason::NoPermit);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the rejected call never ran"
+    );
+    assert_eq!(handle.retry().metrics().retries, 0, "and was not retried");
+    // The breaker trips after one failure, yet a full bulkhead is local load, not the
+    // dependency failing: it stays closed.
+    assert_eq!(handle.breaker().state(), State::Closed);
+
+    release.notify_one();
+    assert_eq!(running.await.unwrap().unwrap().status(), 200);
+    assert_eq!(handle.bulkhead().in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_attempt_timeout_triggers_a_retry() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = Arc::clone(&calls);
+    // The first attempt hangs; the second answers at once.
+    let inner = service_fn(move |_: Request| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, std::io::Error>(response(200))
+        }
+    });
+    let mut config = config(100, 3);
+    config.attempt_timeout = Some(Duration::from_millis(100));
+    config.timeout = Some(Duration::from_secs(1));
+    let (mut client, handle) = staunch::http::client("search", inner, &config).unwrap();
+
+    let start = Instant::now();
+    let res = client.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // 100 ms for the hung attempt, 10 ms of backoff, then an immediate answer.
+    assert_eq!(start.elapsed(), Duration::from_millis(110));
+    assert_eq!(handle.retry().metrics().retries, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_overall_deadline_stops_the_retries() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = Arc::clone(&calls);
+    let inner = service_fn(move |_: Request| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async {
+            std::future::pending::<()>().await;
+            Ok::<_, std::io::Error>(response(200))
+        }
+    });
+    let mut config = config(100, 10);
+    config.attempt_timeout = Some(Duration::from_millis(100));
+    config.timeout = Some(Duration::from_millis(250));
+    let (mut client, _handle) = staunch::http::client("search", inner, &config).unwrap();
+
+    let start = Instant::now();
+    let err = client.ready().await.unwrap().call(get()).await.unwrap_err();
+    // Attempts start at 0, 110 and 220 ms; the third is cut at the 250 ms deadline, though
+    // ten attempts were allowed.
+    assert!(matches!(err, Error::Elapsed(_)), "{err:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(start.elapsed(), Duration::from_millis(250));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_counts_timed_out_attempts_as_failures() {
+    // The per-attempt timeout sits inside the breaker: a hung attempt is a failure it sees,
+    // not a cancellation it ignores.
+    let inner = service_fn(|_: Request| async {
+        std::future::pending::<()>().await;
+        Ok::<_, std::io::Error>(response(200))
+    });
+    let mut config = config(1, 1);
+    config.attempt_timeout = Some(Duration::from_millis(50));
+    let (mut client, handle) = staunch::http::client("slow", inner, &config).unwrap();
+
+    let err = client.ready().await.unwrap().call(get()).await.unwrap_err();
+    let Error::Elapsed(elapsed) = err else {
+        panic!("expected a timeout, got {err:?}");
+    };
+    assert_eq!(elapsed.limit(), Duration::from_millis(50));
+    assert_eq!(handle.breaker().state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_waits_for_a_permit_at_most_max_wait_and_is_not_retried() {
+    // Waiting for a permit happens while the stack gets ready (as in tower's
+    // `ConcurrencyLimit`), bounded by the bulkhead's own `max_wait`; the refusal is final.
+    let release = Arc::new(Notify::new());
+    let gate = Arc::clone(&release);
+    let inner = service_fn(move |_: Request| {
+        let gate = Arc::clone(&gate);
+        async move {
+            gate.notified().await;
+            Ok::<_, std::io::Error>(response(200))
+        }
+    });
+    let mut config = config(100, 5);
+    config.bulkhead.max_concurrent = Some(1);
+    config.bulkhead.max_wait = Some(Duration::from_millis(50));
+    config.attempt_timeout = Some(Duration::from_secs(1));
+    let (client, handle) = staunch::http::client("db", inner, &config).unwrap();
+
+    let mut first = client.clone();
+    let running = tokio::spawn(async move { first.ready().await?.call(get()).await });
+    tokio::task::yield_now().await;
+
+    let mut second = client.clone();
+    let start = Instant::now();
+    let err = match second.ready().await {
+        Ok(ready) => ready.call(get()).await.unwrap_err(),
+        Err(err) => err,
+    };
+    let Error::BulkheadFull(full) = err else {
+        panic!("expected the bulkhead's rejection, got {err:?}");
+    };
+    assert_eq!(
+        full.reason(),
+        BulkheadFullReason::WaitTimedOut(Duration::from_millis(50))
+    );
+    assert_eq!(start.elapsed(), Duration::from_millis(50));
+    assert_eq!(handle.retry().metrics().retries, 0);
+
+    release.notify_one();
+    assert_eq!(running.await.unwrap().unwrap().status(), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backoff_wait_holds_no_bulkhead_permit() {
+    // Retry sits outside the bulkhead: between attempts the call holds no permit, so a
+    // dependency that is failing does not also starve the calls that could succeed.
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = Arc::clone(&calls);
+    let inner = service_fn(move |_: Request| {
+        let n = counter.fetch_add(1, Ordering::SeqCst);
+        async move { Ok::<_, std::io::Error>(response(if n == 0 { 503 } else { 200 })) }
+    });
+    let mut config = config(100, 2);
+    config.retry.backoff = Some(constant(Duration::from_secs(1)));
+    config.bulkhead.max_concurrent = Some(1);
+    let (client, handle) = staunch::http::client("ledger", inner, &config).unwrap();
+
+    let mut first = client.clone();
+    let retrying = tokio::spawn(async move { first.ready().await?.call(get()).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the first attempt failed; waiting"
+    );
+    assert_eq!(
+        handle.bulkhead().in_flight(),
+        0,
+        "no permit held while waiting"
+    );
+
+    let mut second = client.clone();
+    let res = second.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(res.status(), 200, "another call ran meanwhile");
+    assert_eq!(retrying.await.unwrap().unwrap().status(), 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_builder_extension_builds_the_same_stack() {
+    let breaker = CircuitBreaker::builder("ext")
+        .consecutive_failures(1)
+        .build()
+        .unwrap();
+    let policy = RetryPolicy::builder().max_attempts(4).build().unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = Arc::clone(&calls);
+    // tower's own `retry` and `timeout` features (on in these tests) add inherent methods of
+    // the same names to `ServiceBuilder`, which win over the trait's: name the trait then.
+    let builder = ServiceBuilder::new().layer(ErrorLayer::<std::io::Error>::new());
+    let builder = ServiceBuilderExt::retry(builder, policy.clone());
+    let builder = builder.circuit_breaker(breaker.clone());
+    let builder =
+        ServiceBuilderExt::timeout(builder, TimeLimit::new(Duration::from_millis(100)).unwrap());
+    let mut svc = builder
+        .bulkhead(Bulkhead::builder("ext").build().unwrap())
+        .service(service_fn(move |_: Request| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { Err::<Response, _>(std::io::Error::from(std::io::ErrorKind::ConnectionReset)) }
+        }));
+
+    let err = svc.ready().await.unwrap().call(get()).await.unwrap_err();
+    // The error is typed: the first attempt's error tripped the breaker, the retry met it.
+    assert!(matches!(err, Error::BreakerOpen(_)), "{err:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(breaker.state(), State::Open);
+}
+
+#[test]
+fn errors_convert_from_and_into_box_error() {
+    let open: BoxError = Box::new(BreakerOpen::new(Arc::from("payment"), None));
+    let err = Error::<std::io::Error>::from_box(open);
+    assert!(err.is_rejection());
+    assert!(err.into_box_error().is::<BreakerOpen>());
+
+    let elapsed: BoxError = Box::new(Elapsed::new(Duration::from_secs(1)));
+    let err = Error::<std::io::Error>::from_box(elapsed);
+    assert!(matches!(err, Error::Elapsed(e) if e.limit() == Duration::from_secs(1)));
+
+    let inner: BoxError = Box::new(std::io::Error::other("reset"));
+    let err = Error::<std::io::Error>::from_box(inner);
+    assert_eq!(
+        err.inner().map(ToString::to_string).as_deref(),
+        Some("reset")
+    );
+
+    let other: BoxError = "something else".into();
+    assert!(matches!(
+        Error::<std::io::Error>::from_box(other),
+        Error::Other(_)
+    ));
+
+    // Boxed again (`?` into a BoxError), a rejection is still found by the retry layer.
+    let err: Error<std::io::Error> = Error::BreakerOpen(BreakerOpen::new(Arc::from("x"), None));
+    let boxed: BoxError = Box::new(err);
+    assert!(staunch::rejection_of(&*boxed).is_some());
+}
