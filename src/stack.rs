@@ -340,7 +340,14 @@ impl BackoffConfig {
         if let Some(v) = self.seed {
             b = b.seed(v);
         }
-        b.build()
+        b.build().map_err(|e| {
+            // A constant backoff calls its base `delay`; the file calls it `base`.
+            if e.field() == "delay" {
+                ConfigError::new("base", e.rule().to_owned())
+            } else {
+                e
+            }
+        })
     }
 }
 

@@ -1,0 +1,245 @@
+//! Stacks from configuration files: validation with field paths, and reloads at run time.
+#![cfg(all(
+    feature = "circuit-breaker",
+    feature = "bulkhead",
+    feature = "timeout",
+    feature = "retry",
+    feature = "serde"
+))]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use staunch::{
+    BackoffStrategy, Error, JitterConfig, Registry, RegistryConfig, StackConfig, WindowConfig,
+};
+use tower::{Service, ServiceExt, service_fn};
+
+const GOOD: &str = r#"
+[payment]
+timeout = "2s"
+attempt_timeout = "250ms"
+
+[payment.breaker]
+failure_rate_threshold = 50.0
+minimum_calls = 10
+open_duration = "30s"
+sliding_window = { kind = "time", duration = "1m", buckets = 60 }
+
+[payment.bulkhead]
+max_concurrent = 8
+max_wait = "20ms"
+
+[payment.retry]
+max_attempts = 1
+backoff = { strategy = "constant", base = "10ms", jitter = "none" }
+budget = { ratio = 0.5, min_per_sec = 100, ttl = "10s" }
+
+[inventory]
+bulkhead = { max_concurrent = 64 }
+"#;
+
+fn toml(text: &str) -> RegistryConfig {
+    toml::from_str(text).expect("valid TOML for the schema")
+}
+
+/// `GOOD` with one line replaced.
+fn good_with(from: &str, to: &str) -> RegistryConfig {
+    assert!(GOOD.contains(from), "{from:?} not in the config");
+    toml(&GOOD.replace(from, to))
+}
+
+#[test]
+fn a_file_is_read_into_every_layers_settings() {
+    let config = toml(GOOD);
+    let payment = &config.stacks["payment"];
+    assert_eq!(payment.attempt_timeout, Some(Duration::from_millis(250)));
+    assert_eq!(payment.timeout, Some(Duration::from_secs(2)));
+    assert_eq!(
+        payment.breaker.sliding_window,
+        Some(WindowConfig::Time {
+            duration: Duration::from_secs(60),
+            buckets: 60
+        })
+    );
+    assert_eq!(payment.breaker.open_duration, Some(Duration::from_secs(30)));
+    assert_eq!(payment.bulkhead.max_wait, Some(Duration::from_millis(20)));
+    let backoff = payment.retry.backoff.unwrap();
+    assert_eq!(backoff.strategy, BackoffStrategy::Constant);
+    assert_eq!(backoff.jitter, Some(JitterConfig::None));
+    assert_eq!(payment.retry.budget.unwrap().ratio, Some(0.5));
+
+    let registry = Registry::new(&config).unwrap();
+    assert_eq!(registry.names(), ["inventory", "payment"]);
+    let payment = registry.handle("payment").unwrap();
+    assert_eq!(payment.bulkhead().max_concurrent(), 8);
+    assert_eq!(payment.bulkhead().max_wait(), Duration::from_millis(20));
+    assert_eq!(payment.attempt_timeout().limit(), Duration::from_millis(250));
+    assert_eq!(payment.retry().max_attempts(), 1);
+    assert_eq!(payment.budget().ratio(), 0.5);
+    assert_eq!(payment.breaker().name(), "payment");
+    // Unset settings keep the layers' defaults.
+    let inventory = registry.handle("inventory").unwrap();
+    assert_eq!(inventory.bulkhead().max_concurrent(), 64);
+    assert_eq!(inventory.retry().max_attempts(), 3);
+    assert_eq!(
+        inventory.attempt_timeout().limit(),
+        staunch::DEFAULT_ATTEMPT_TIMEOUT
+    );
+}
+
+#[test]
+fn a_bad_value_is_rejected_with_its_field_path() {
+    let cases = [
+        (
+            "failure_rate_threshold = 50.0",
+            "failure_rate_threshold = 150.0",
+            "payment.breaker.failure_rate_threshold",
+        ),
+        (
+            "buckets = 60",
+            "buckets = 0",
+            "payment.breaker.sliding_window.buckets",
+        ),
+        (
+            "max_concurrent = 8",
+            "max_concurrent = 0",
+            "payment.bulkhead.max_concurrent",
+        ),
+        ("max_attempts = 1", "max_attempts = 0", "payment.retry.max_attempts"),
+        (
+            "base = \"10ms\"",
+            "base = \"0s\"",
+            "payment.retry.backoff.base",
+        ),
+        ("ratio = 0.5", "ratio = -1.0", "payment.retry.budget.ratio"),
+        (
+            "attempt_timeout = \"250ms\"",
+            "attempt_timeout = \"0s\"",
+            "payment.attempt_timeout",
+        ),
+        ("timeout = \"2s\"", "timeout = \"0s\"", "payment.timeout"),
+    ];
+    for (from, to, path) in cases {
+        let err = Registry::new(&good_with(from, to)).unwrap_err();
+        assert_eq!(err.field(), path, "{to}: {err}");
+        assert!(err.to_string().contains(path), "{err}");
+    }
+}
+
+#[test]
+fn malformed_files_are_rejected_by_the_parser_with_the_field() {
+    // A typo must not fall back to a default silently.
+    let err = toml::from_str::<RegistryConfig>(&GOOD.replace("minimum_calls", "minimum_call"))
+        .unwrap_err();
+    assert!(err.to_string().contains("minimum_call"), "{err}");
+    // Durations are human: a bare number or nonsense is an error that says how to write one.
+    let err = toml::from_str::<RegistryConfig>(&GOOD.replace("\"250ms\"", "\"quarter second\""))
+        .unwrap_err();
+    assert!(err.to_string().contains("250ms"), "{err}");
+}
+
+#[test]
+fn json_round_trips_with_human_durations() {
+    let config = toml(GOOD);
+    let json = serde_json::to_string(&config).unwrap();
+    assert!(json.contains(r#""attempt_timeout":"250ms""#), "{json}");
+    assert!(json.contains(r#""duration":"1m""#), "{json}");
+    let back: RegistryConfig = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, config);
+
+    let one: StackConfig =
+        serde_json::from_str(r#"{ "breaker": { "failure_rate_threshold": 0 } }"#).unwrap();
+    let err = one.build("ledger").unwrap_err();
+    assert_eq!(err.field(), "ledger.breaker.failure_rate_threshold");
+}
+
+type Request = http::Request<String>;
+
+/// A dependency that always answers 503, counting the attempts it sees.
+fn failing(calls: &Arc<AtomicU32>) -> impl Service<
+    Request,
+    Response = http::Response<String>,
+    Error = std::io::Error,
+    Future = impl Future<Output = Result<http::Response<String>, std::io::Error>> + Send,
+> + Clone
++ Send
++ 'static {
+    let calls = Arc::clone(calls);
+    service_fn(move |_: Request| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async {
+            Ok(http::Response::builder()
+                .status(503)
+                .body(String::new())
+                .unwrap())
+        }
+    })
+}
+
+fn get() -> Request {
+    http::Request::get("http://127.0.0.1/charge")
+        .body(String::new())
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_takes_effect_for_new_calls_and_a_bad_one_keeps_the_old() {
+    let registry = Registry::new(&toml(GOOD)).unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut client = registry
+        .http_client::<_, std::io::Error>("payment", failing(&calls))
+        .unwrap();
+
+    // One attempt per call.
+    let res = client.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(calls.swap(0, Ordering::SeqCst), 1);
+
+    // A good reload: three attempts per call, for the calls made from now on.
+    registry
+        .reload(&good_with("max_attempts = 1", "max_attempts = 3"))
+        .unwrap();
+    assert_eq!(registry.config("payment").unwrap().retry.max_attempts, Some(3));
+    let res = client.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(calls.swap(0, Ordering::SeqCst), 3);
+    assert_eq!(registry.handle("payment").unwrap().retry().metrics().retries, 2);
+
+    // A bad reload is refused, naming the field, and the running stack stays as it was.
+    let err = registry
+        .reload(&good_with("max_concurrent = 8", "max_concurrent = 0"))
+        .unwrap_err();
+    assert_eq!(err.field(), "payment.bulkhead.max_concurrent");
+    assert_eq!(registry.handle("payment").unwrap().bulkhead().max_concurrent(), 8);
+    let res = client.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(calls.swap(0, Ordering::SeqCst), 3, "still three attempts");
+
+    // All or nothing: a bad `inventory` keeps a good `payment` change from applying too.
+    let mut mixed = good_with("max_attempts = 1", "max_attempts = 2");
+    mixed.stacks.get_mut("inventory").unwrap().bulkhead.max_concurrent = Some(0);
+    let err = registry.reload(&mixed).unwrap_err();
+    assert_eq!(err.field(), "inventory.bulkhead.max_concurrent");
+    assert_eq!(registry.handle("payment").unwrap().retry().max_attempts(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reloaded_breaker_is_a_fresh_one() {
+    let registry = Registry::new(&toml(GOOD)).unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut client = registry
+        .http_client::<_, std::io::Error>("payment", failing(&calls))
+        .unwrap();
+    registry.handle("payment").unwrap().breaker().force_open();
+    let err = client.ready().await.unwrap().call(get()).await.unwrap_err();
+    assert!(matches!(err, Error::BreakerOpen(_)), "{err:?}");
+
+    registry
+        .reload(&good_with("open_duration = \"30s\"", "open_duration = \"5s\""))
+        .unwrap();
+    let res = client.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(res.status(), 503, "the new breaker is closed");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
