@@ -230,3 +230,20 @@ async fn cancelled_partitioned_calls_release_every_permit() {
         "the waiting calls never reached the dependency"
     );
 }
+
+#[test]
+fn many_configured_keys_each_get_their_own_limit() {
+    // Past a handful of keys the lookup switches from a scan to a hash map.
+    for n in [3usize, 20] {
+        let mut builder = PartitionedBulkhead::builder("hosts").default_limit(1);
+        for k in 0..n {
+            builder = builder.partition(k, k + 2);
+        }
+        let hosts = builder.build().unwrap();
+        for k in 0..n {
+            assert_eq!(hosts.partition(&k).max_concurrent(), k + 2);
+            assert_eq!(hosts.partition(&k).name(), format!("hosts[{k}]"));
+        }
+        assert_eq!(hosts.partition(&n).max_concurrent(), 1, "unconfigured key");
+    }
+}

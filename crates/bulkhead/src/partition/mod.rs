@@ -59,8 +59,9 @@ pub struct PartitionedBulkhead<K> {
 
 struct Inner<K> {
     name: Arc<str>,
-    /// Keys with a configured limit: fixed at build, read without a lock.
-    configured: HashMap<K, Bulkhead>,
+    /// Keys with a configured limit: fixed at build, read without a lock. A handful of keys
+    /// (the usual per-downstream setup) is scanned linearly, which beats hashing the key.
+    configured: Configured<K>,
     /// Partitions created on first use for other keys.
     created: RwLock<HashMap<K, Bulkhead>>,
     max_partitions: usize,
@@ -69,6 +70,14 @@ struct Inner<K> {
     global: Option<Bulkhead>,
     max_wait: Duration,
     max_queued: Option<usize>,
+}
+
+/// Up to this many configured keys are found by a linear scan instead of a hash lookup.
+const LINEAR_SCAN_MAX: usize = 8;
+
+enum Configured<K> {
+    Few(Vec<(K, Bulkhead)>),
+    Many(HashMap<K, Bulkhead>),
 }
 
 impl<K> Clone for PartitionedBulkhead<K> {
@@ -114,7 +123,11 @@ where
     /// The bulkhead of `key`, creating it with the default limit on first use.
     pub fn partition(&self, key: &K) -> Bulkhead {
         let inner = &*self.inner;
-        if let Some(b) = inner.configured.get(key) {
+        let configured = match &inner.configured {
+            Configured::Few(list) => list.iter().find(|(k, _)| k == key).map(|(_, b)| b),
+            Configured::Many(map) => map.get(key),
+        };
+        if let Some(b) = configured {
             return b.clone();
         }
         if let Some(b) = inner
@@ -284,7 +297,11 @@ where
         }
         Ok(PartitionedBulkhead {
             inner: Arc::new(Inner {
-                configured: map,
+                configured: if map.len() <= LINEAR_SCAN_MAX {
+                    Configured::Few(map.into_iter().collect())
+                } else {
+                    Configured::Many(map)
+                },
                 created: RwLock::new(HashMap::new()),
                 name,
                 max_partitions: self.max_partitions,
