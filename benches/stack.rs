@@ -1,5 +1,212 @@
-//! All four staunch layers stacked (retry, circuit breaker, timeout, bulkhead) on the success
-//! path, side by side with the same stack from tower-resilience and from tower's own layers.
-#![allow(missing_docs)]
+//! Per-call cost of the full stack on the success path: retry, circuit breaker, per-attempt
+//! timeout and bulkhead over a bare `service_fn` that answers at once, side by side with the
+//! same stack from tower-resilience and with tower's own layers where they exist (tower has no
+//! circuit breaker: retry, timeout, concurrency limit).
+//! Groups: `uncontended` (1 task) and `contended` (2 tasks on 2 threads sharing one stack).
 
-fn main() {}
+mod support;
+
+use std::future::{Future, Ready, ready};
+use std::pin::pin;
+use std::sync::{Arc, Barrier};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, criterion_group, criterion_main};
+use staunch::BreakerLayer;
+use staunch::bulkhead::{Bulkhead, BulkheadLayer};
+use staunch::circuit_breaker::CircuitBreaker;
+use staunch::retry::{RetryLayer, RetryPolicy};
+use staunch::timeout::{TimeLimit, TimeoutLayer};
+use support::BoxError;
+use tower::{Layer, Service, ServiceBuilder, ServiceExt};
+
+const PERMITS: usize = 1024;
+const LIMIT: Duration = Duration::from_secs(1);
+
+/// The staunch stack, in the order the presets use: retry outside the breaker, the
+/// per-attempt timeout inside it, the bulkhead innermost. Default settings otherwise.
+fn staunch_stack()
+-> impl Service<u64, Response = u64, Error: std::fmt::Debug> + Clone + Send + 'static {
+    ServiceBuilder::new()
+        .layer(RetryLayer::new(
+            RetryPolicy::builder()
+                .max_total_time(Duration::from_secs(3))
+                .build()
+                .expect("valid policy"),
+        ))
+        .layer(BreakerLayer::new(
+            CircuitBreaker::builder("bench")
+                .build()
+                .expect("valid breaker"),
+        ))
+        .layer(
+            TimeoutLayer::from_limit(TimeLimit::new(LIMIT).expect("valid limit")).ignore_request(),
+        )
+        .layer(BulkheadLayer::new(
+            Bulkhead::builder("bench")
+                .max_concurrent(PERMITS)
+                .build()
+                .expect("valid bulkhead"),
+        ))
+        .service(support::bare())
+}
+
+/// A tower retry policy that retries errors up to twice: only its success path runs here.
+#[derive(Clone)]
+struct TowerRetryErrors(usize);
+
+impl tower::retry::Policy<u64, u64, BoxError> for TowerRetryErrors {
+    type Future = Ready<()>;
+
+    fn retry(&mut self, _: &mut u64, result: &mut Result<u64, BoxError>) -> Option<Ready<()>> {
+        if result.is_err() && self.0 > 0 {
+            self.0 -= 1;
+            Some(ready(()))
+        } else {
+            None
+        }
+    }
+
+    fn clone_request(&mut self, req: &u64) -> Option<u64> {
+        Some(*req)
+    }
+}
+
+/// tower's own layers: retry, timeout, concurrency limit (no circuit breaker in tower).
+fn tower_stack()
+-> impl Service<u64, Response = u64, Error: std::fmt::Debug> + Clone + Send + 'static {
+    ServiceBuilder::new()
+        .layer(tower::retry::RetryLayer::new(TowerRetryErrors(2)))
+        .layer(tower::timeout::TimeoutLayer::new(LIMIT))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(PERMITS))
+        .service(support::bare())
+        .map_err(Into::<BoxError>::into)
+}
+
+/// tower-resilience's retry, circuit breaker, time limiter and bulkhead, in the same order.
+fn tower_resilience_stack()
+-> impl Service<u64, Response = u64, Error: std::fmt::Debug> + Clone + Send + 'static {
+    let bulkhead = tower_resilience::bulkhead::BulkheadLayer::builder()
+        .max_concurrent_calls(PERMITS)
+        .reject_when_full()
+        .build()
+        .expect("valid bulkhead")
+        .layer(support::bare())
+        .map_err(|e| -> BoxError { Box::new(e) });
+    let limited = tower_resilience::timelimiter::TimeLimiterLayer::builder()
+        .timeout_duration(LIMIT)
+        .build()
+        .layer(bulkhead)
+        .map_err(|e| -> BoxError { Box::new(e) });
+    let breaker = tower_resilience::circuitbreaker::CircuitBreakerLayer::builder()
+        .build()
+        .expect("valid breaker")
+        .layer(limited)
+        .map_err(|e| -> BoxError { Box::new(e) });
+    tower_resilience::retry::RetryLayer::<u64, u64, BoxError>::builder()
+        .max_attempts(3)
+        .exponential_backoff(Duration::from_millis(100))
+        .build()
+        .layer(breaker)
+}
+
+/// Like `support::call_now`, but polls again while the response is pending: tower-resilience's
+/// breaker takes a `tokio::sync::Mutex` inside its response future, which is pending while
+/// the other thread holds it. A future ready at once costs the same as with `call_now`.
+#[inline]
+fn call_spin<S>(svc: &mut S, req: u64) -> S::Response
+where
+    S: Service<u64>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        match svc.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => break,
+            Poll::Ready(Err(e)) => panic!("service failed readiness: {e:?}"),
+            Poll::Pending => std::hint::spin_loop(),
+        }
+    }
+    let mut fut = pin!(svc.call(req));
+    loop {
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(res)) => return res,
+            Poll::Ready(Err(e)) => panic!("call failed: {e:?}"),
+            Poll::Pending => std::hint::spin_loop(),
+        }
+    }
+}
+
+/// `support::contended` with [`call_spin`], for the peer whose futures can be pending.
+fn contended_spin<S>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    svc: S,
+) where
+    S: Service<u64> + Clone + Send + 'static,
+    S::Error: std::fmt::Debug,
+{
+    let handle = rt.handle().clone();
+    group.bench_function(BenchmarkId::from_parameter(name), |b| {
+        b.iter_custom(|iters| {
+            let start_line = Arc::new(Barrier::new(3));
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let mut svc = svc.clone();
+                    let start_line = Arc::clone(&start_line);
+                    let handle = handle.clone();
+                    std::thread::spawn(move || {
+                        let _ctx = handle.enter();
+                        start_line.wait();
+                        for i in 0..iters {
+                            std::hint::black_box(call_spin(&mut svc, std::hint::black_box(i)));
+                        }
+                    })
+                })
+                .collect();
+            start_line.wait();
+            // Wall time of the two threads, as in the shared harness.
+            #[allow(clippy::disallowed_types)]
+            let start = std::time::Instant::now();
+            for thread in threads {
+                thread.join().expect("bench thread");
+            }
+            start.elapsed()
+        });
+    });
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = support::runtime();
+    let _ctx = rt.enter();
+
+    let mut group = c.benchmark_group("uncontended");
+    support::uncontended(&mut group, &rt, "bare service_fn", support::bare());
+    support::uncontended(&mut group, &rt, "staunch stack", staunch_stack());
+    support::uncontended(&mut group, &rt, "tower stack (no breaker)", tower_stack());
+    support::uncontended(
+        &mut group,
+        &rt,
+        "tower-resilience stack",
+        tower_resilience_stack(),
+    );
+    group.finish();
+
+    let mut group = c.benchmark_group("contended");
+    support::contended(&mut group, &rt, "bare service_fn", support::bare());
+    support::contended(&mut group, &rt, "staunch stack", staunch_stack());
+    support::contended(&mut group, &rt, "tower stack (no breaker)", tower_stack());
+    contended_spin(
+        &mut group,
+        &rt,
+        "tower-resilience stack",
+        tower_resilience_stack(),
+    );
+    group.finish();
+}
+
+criterion_group!(name = group; config = Criterion::default(); targets = benches);
+criterion_main!(group);

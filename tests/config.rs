@@ -75,7 +75,10 @@ fn a_file_is_read_into_every_layers_settings() {
     let payment = registry.handle("payment").unwrap();
     assert_eq!(payment.bulkhead().max_concurrent(), 8);
     assert_eq!(payment.bulkhead().max_wait(), Duration::from_millis(20));
-    assert_eq!(payment.attempt_timeout().limit(), Duration::from_millis(250));
+    assert_eq!(
+        payment.attempt_timeout().limit(),
+        Duration::from_millis(250)
+    );
     assert_eq!(payment.retry().max_attempts(), 1);
     assert_eq!(payment.budget().ratio(), 0.5);
     assert_eq!(payment.breaker().name(), "payment");
@@ -107,7 +110,11 @@ fn a_bad_value_is_rejected_with_its_field_path() {
             "max_concurrent = 0",
             "payment.bulkhead.max_concurrent",
         ),
-        ("max_attempts = 1", "max_attempts = 0", "payment.retry.max_attempts"),
+        (
+            "max_attempts = 1",
+            "max_attempts = 0",
+            "payment.retry.max_attempts",
+        ),
         (
             "base = \"10ms\"",
             "base = \"0s\"",
@@ -158,7 +165,9 @@ fn json_round_trips_with_human_durations() {
 type Request = http::Request<String>;
 
 /// A dependency that always answers 503, counting the attempts it sees.
-fn failing(calls: &Arc<AtomicU32>) -> impl Service<
+fn failing(
+    calls: &Arc<AtomicU32>,
+) -> impl Service<
     Request,
     Response = http::Response<String>,
     Error = std::io::Error,
@@ -201,28 +210,54 @@ async fn a_reload_takes_effect_for_new_calls_and_a_bad_one_keeps_the_old() {
     registry
         .reload(&good_with("max_attempts = 1", "max_attempts = 3"))
         .unwrap();
-    assert_eq!(registry.config("payment").unwrap().retry.max_attempts, Some(3));
+    assert_eq!(
+        registry.config("payment").unwrap().retry.max_attempts,
+        Some(3)
+    );
     let res = client.ready().await.unwrap().call(get()).await.unwrap();
     assert_eq!(res.status(), 503);
     assert_eq!(calls.swap(0, Ordering::SeqCst), 3);
-    assert_eq!(registry.handle("payment").unwrap().retry().metrics().retries, 2);
+    assert_eq!(
+        registry
+            .handle("payment")
+            .unwrap()
+            .retry()
+            .metrics()
+            .retries,
+        2
+    );
 
     // A bad reload is refused, naming the field, and the running stack stays as it was.
     let err = registry
         .reload(&good_with("max_concurrent = 8", "max_concurrent = 0"))
         .unwrap_err();
     assert_eq!(err.field(), "payment.bulkhead.max_concurrent");
-    assert_eq!(registry.handle("payment").unwrap().bulkhead().max_concurrent(), 8);
+    assert_eq!(
+        registry
+            .handle("payment")
+            .unwrap()
+            .bulkhead()
+            .max_concurrent(),
+        8
+    );
     let res = client.ready().await.unwrap().call(get()).await.unwrap();
     assert_eq!(res.status(), 503);
     assert_eq!(calls.swap(0, Ordering::SeqCst), 3, "still three attempts");
 
     // All or nothing: a bad `inventory` keeps a good `payment` change from applying too.
     let mut mixed = good_with("max_attempts = 1", "max_attempts = 2");
-    mixed.stacks.get_mut("inventory").unwrap().bulkhead.max_concurrent = Some(0);
+    mixed
+        .stacks
+        .get_mut("inventory")
+        .unwrap()
+        .bulkhead
+        .max_concurrent = Some(0);
     let err = registry.reload(&mixed).unwrap_err();
     assert_eq!(err.field(), "inventory.bulkhead.max_concurrent");
-    assert_eq!(registry.handle("payment").unwrap().retry().max_attempts(), 3);
+    assert_eq!(
+        registry.handle("payment").unwrap().retry().max_attempts(),
+        3
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -237,7 +272,10 @@ async fn a_reloaded_breaker_is_a_fresh_one() {
     assert!(matches!(err, Error::BreakerOpen(_)), "{err:?}");
 
     registry
-        .reload(&good_with("open_duration = \"30s\"", "open_duration = \"5s\""))
+        .reload(&good_with(
+            "open_duration = \"30s\"",
+            "open_duration = \"5s\"",
+        ))
         .unwrap();
     let res = client.ready().await.unwrap().call(get()).await.unwrap();
     assert_eq!(res.status(), 503, "the new breaker is closed");
