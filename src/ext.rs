@@ -27,10 +27,16 @@ use tower::layer::util::Stack;
 /// use staunch::timeout::TimeLimit;
 /// use tower::{ServiceBuilder, service_fn};
 ///
-/// let svc = ServiceBuilder::new()
-///     .retry(RetryPolicy::builder().max_attempts(3).build()?)
-///     .circuit_breaker(CircuitBreaker::builder("inventory").build()?)
-///     .timeout(TimeLimit::new(Duration::from_millis(250))?)
+/// // With tower's `retry` and `timeout` features off, write `.retry(policy)` and
+/// // `.timeout(limit)`; with them on (as here), `ServiceBuilder`'s inherent methods of those
+/// // names take precedence, so name the trait.
+/// let builder = ServiceBuilderExt::retry(
+///     ServiceBuilder::new(),
+///     RetryPolicy::builder().max_attempts(3).build()?,
+/// );
+/// let builder = builder.circuit_breaker(CircuitBreaker::builder("inventory").build()?);
+/// let builder = ServiceBuilderExt::timeout(builder, TimeLimit::new(Duration::from_millis(250))?);
+/// let svc = builder
 ///     .bulkhead(Bulkhead::builder("inventory").max_concurrent(16).build()?)
 ///     .service(service_fn(|req: http::Request<String>| async move {
 ///         Ok::<_, std::io::Error>(http::Response::new(req.into_body()))

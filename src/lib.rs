@@ -1,7 +1,11 @@
 //! staunch keeps tokio services standing when the services they call fail.
 //!
 //! This crate is the one dependency most users need: it re-exports the staunch family, each
-//! part behind a cargo feature of the same name, so a service compiles only what it uses.
+//! part behind a cargo feature of the same name, so a service compiles only what it uses, and
+//! it puts the parts together: [`ServiceBuilderExt`] adds the layers to
+//! `tower::ServiceBuilder`, [`Error`] is one error type for a whole stack, the presets
+//! [`http::client`] and `grpc::channel` build a well-ordered stack around a client, and
+//! [`StackConfig`] / [`Registry`] load stacks from a configuration file and reload them.
 //!
 //! | module | crate | what it gives |
 //! |---|---|---|
@@ -27,11 +31,261 @@
 //! # Ok::<(), staunch::ConfigError>(())
 //! ```
 //!
+//! # The model
+//!
+//! Each resilience tool is an **engine** with shared state, and a thin tower **layer** over it:
+//!
+//! - a circuit breaker (`CircuitBreaker`) counts the outcomes of calls and, while the
+//!   dependency is failing, refuses calls at once with a [`BreakerOpen`];
+//! - a bulkhead (`Bulkhead`) caps the calls in flight and refuses the rest with a
+//!   [`BulkheadFull`] (or lets them wait a bounded time);
+//! - a time limit (`TimeLimit`) cancels a call that takes too long, with an `Elapsed`;
+//! - a retry policy (`RetryPolicy`) makes another attempt after a transient failure, waiting
+//!   a jittered backoff, within an overall deadline and a retry budget shared by every clone.
+//!
+//! Engines are cheap handles (clones share the state) and outlive the layers built from
+//! them, so a status endpoint can read them and an operator can force a breaker open. A
+//! rejection is a small typed value that says "back off": no retry layer of staunch ever
+//! retries one, and a breaker never counts a bulkhead's rejection as the dependency failing.
+//!
+//! Every layer returns `tower::BoxError`; [`Error<E>`](Error) (through [`ErrorLayer`], which
+//! the HTTP preset puts outermost) gives it back as an enum to `match`: the client's own
+//! error `E`, `BreakerOpen`, `BulkheadFull`, `Elapsed`, or `Other`.
+//!
+//! # The order of layers
+//!
+//! Outermost first, as the presets build it and as [`ServiceBuilderExt`] calls are written:
+//!
+//! ```text
+//! ErrorLayer            BoxError -> staunch::Error<E>
+//!  retry                attempts, jittered backoff, budget, overall deadline (`timeout`)
+//!   circuit breaker     one outcome per attempt
+//!    attempt timeout    `attempt_timeout`
+//!     bulkhead          a permit per attempt in flight
+//!      client           reqwest, hyper, a tonic channel
+//! ```
+//!
+//! **Retry sits outside the breaker.** Every attempt is then one outcome for the breaker, so a
+//! failing dependency trips it as soon as the failures are there, not once per exhausted call.
+//! When the breaker opens in the middle of a call's retries, the next attempt is refused at
+//! once and the retry layer stops: the rejection is never retried, so no load reaches a
+//! dependency known to be down, and the caller gets `Error::BreakerOpen` to serve a fallback
+//! with. With the breaker outside, it would see one outcome per call whatever the number of
+//! attempts, and trip late.
+//!
+//! **The per-attempt timeout sits inside retry, and inside the breaker.** Inside retry, a hung
+//! attempt becomes a failure the retry layer can act on: another attempt, within the overall
+//! deadline. (A timeout outside retry can only cancel the whole call; that is the overall
+//! deadline's job, which the retry layer enforces itself as `max_total_time`, skipping a wait
+//! that would end past it.) Inside the breaker, the timed-out attempt is a failure the breaker
+//! counts; a timeout outside it would *cancel* the breaker's call, and a cancelled call is
+//! ignored (it is not the dependency's fault), so a dependency that hangs would never trip it.
+//!
+//! **The bulkhead is innermost.** It holds a permit only while an attempt is in flight: not
+//! during backoff waits (a call waiting to retry does not starve the calls that could
+//! succeed), and not for calls the open breaker refuses (they never reach it). Its
+//! rejections are neither retried nor counted by the breaker (the breaker's classifier is
+//! wrapped in [`IgnoreRejections`]). Waiting for a permit happens while the stack gets ready,
+//! bounded by the bulkhead's `max_wait` (default zero: fail fast). Put a second bulkhead
+//! outermost when what you must bound is the number of *callers* inside the stack (memory,
+//! tasks) rather than the load on the dependency.
+//!
+//! # Choosing settings
+//!
+//! - `attempt_timeout` (default 2 s): a little above the dependency's p99.9 latency. Tighter
+//!   turns slow answers into retries; looser lets hung connections hold tasks.
+//! - `timeout` (default 5 s): what your own caller can wait. At least `attempt_timeout` plus
+//!   one backoff, or retries never happen; a deadline carried by the request
+//!   (`staunch::timeout::Deadline` in its extensions) shortens every attempt further.
+//! - `retry.max_attempts` (default 3) with jittered exponential backoff, and the budget
+//!   (default: retries add at most 20% to the request rate, plus 10 per second): keep the
+//!   budget on; it is what stops a fleet of clients from multiplying an outage.
+//! - `breaker.failure_rate_threshold` (default 50%) over the last 100 calls with at least 20:
+//!   for a dependency with little traffic use a time window (`{ kind = "time", duration =
+//!   "60s", buckets = 60 }`) so old calls age out. `open_duration` (default 10 s): about the
+//!   time the dependency takes to recover.
+//! - `bulkhead.max_concurrent` (default 25): the dependency's share of concurrent calls, by
+//!   Little's law its request rate times its p99 latency, with some headroom.
+//!
+//! # A stack by hand
+//!
+//! ```
+//! # #[cfg(all(feature = "circuit-breaker", feature = "bulkhead", feature = "timeout", feature = "retry"))]
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use staunch::bulkhead::Bulkhead;
+//! use staunch::circuit_breaker::CircuitBreaker;
+//! use staunch::retry::RetryPolicy;
+//! use staunch::timeout::TimeLimit;
+//! use staunch::{Error, ErrorLayer, HttpStatus, ServiceBuilderExt};
+//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//!
+//! let breaker = CircuitBreaker::builder("inventory").build()?;
+//! let builder = ServiceBuilder::new()
+//!     .layer(ErrorLayer::<std::io::Error>::new())
+//!     .layer(staunch::retry::RetryLayer::new(
+//!         RetryPolicy::builder().max_total_time(Duration::from_secs(2)).build()?,
+//!     ))
+//!     .circuit_breaker_with(breaker.clone(), HttpStatus::new())
+//!     .layer(staunch::timeout::TimeoutLayer::from_limit(TimeLimit::new(Duration::from_millis(300))?))
+//!     .bulkhead(Bulkhead::builder("inventory").max_concurrent(16).build()?);
+//! let mut client = builder.service(service_fn(|_req: http::Request<String>| async {
+//!     Ok::<_, std::io::Error>(http::Response::new(String::from("42 in stock")))
+//! }));
+//!
+//! let request = http::Request::get("http://127.0.0.1/stock").body(String::new())?;
+//! assert_eq!(client.ready().await?.call(request).await?.body(), "42 in stock");
+//!
+//! breaker.force_open();
+//! let request = http::Request::get("http://127.0.0.1/stock").body(String::new())?;
+//! match client.ready().await?.call(request).await {
+//!     Err(Error::BreakerOpen(open)) => assert_eq!(open.name(), "inventory"),
+//!     other => panic!("expected the breaker's rejection, got {other:?}"),
+//! }
+//! # Ok(())
+//! # }
+//! # #[cfg(not(all(feature = "circuit-breaker", feature = "bulkhead", feature = "timeout", feature = "retry")))]
+//! # fn main() {}
+//! ```
+//!
+//! ([`ServiceBuilderExt`] has `.retry(..)` and `.timeout(..)` too; tower's own `retry` and
+//! `timeout` features add inherent methods of those names to `ServiceBuilder`, which take
+//! precedence when they are on, as above: then add the layers with `.layer(..)` or call
+//! `ServiceBuilderExt::retry(builder, policy)`.)
+//!
+//! # reqwest
+//!
+//! The HTTP preset wraps any `Service<http::Request<B>>`; a `reqwest::Client` becomes one in a
+//! few lines. Results are classified by [`HttpStatus`] (5xx and 429 are failures), only
+//! idempotent requests (or those with an `Idempotency-Key`) are retried.
+//!
+//! ```no_run
+//! # #[cfg(all(feature = "circuit-breaker", feature = "bulkhead", feature = "timeout", feature = "retry"))]
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use std::time::Duration;
+//! use staunch::{Error, StackConfig};
+//! use tower::{Service, ServiceExt, service_fn};
+//!
+//! let http = reqwest::Client::new();
+//! let inner = service_fn(move |req: http::Request<String>| {
+//!     let http = http.clone();
+//!     async move {
+//!         let res = http.execute(reqwest::Request::try_from(req)?).await?;
+//!         Ok::<_, reqwest::Error>(http::Response::from(res))
+//!     }
+//! });
+//!
+//! let mut config = StackConfig::default();
+//! config.attempt_timeout = Some(Duration::from_millis(500));
+//! config.timeout = Some(Duration::from_secs(2));
+//! config.bulkhead.max_concurrent = Some(32);
+//! let (mut payment, handle) = staunch::http::client("payment", inner, &config)?;
+//!
+//! let request = http::Request::get("http://127.0.0.1:8080/balance").body(String::new())?;
+//! match payment.ready().await?.call(request).await {
+//!     Ok(res) => println!("{}", res.status()),
+//!     Err(Error::BreakerOpen(open)) => println!("payment is down: {open}"),
+//!     Err(Error::BulkheadFull(_)) => println!("too many calls to payment in flight"),
+//!     Err(Error::Elapsed(elapsed)) => println!("no answer within {:?}", elapsed.limit()),
+//!     Err(Error::Inner(e)) => println!("transport error: {e}"),
+//!     Err(e) => println!("{e}"),
+//! }
+//! // For a status endpoint:
+//! println!("{:?}", handle.status());
+//! # Ok(())
+//! # }
+//! # #[cfg(not(all(feature = "circuit-breaker", feature = "bulkhead", feature = "timeout", feature = "retry")))]
+//! # fn main() {}
+//! ```
+//!
+//! # tonic
+//!
+//! `grpc::channel` (feature `tonic`) wraps a channel for a generated client: breaker
+//! (classified by gRPC status), attempt timeout, bulkhead. Retries go around the client call,
+//! where the request message can be cloned (the channel's body is a stream that cannot be
+//! replayed), with the stack's retry policy:
+//!
+//! ```no_run
+//! # #[cfg(all(feature = "circuit-breaker", feature = "bulkhead", feature = "timeout", feature = "retry", feature = "tonic"))]
+//! # mod example {
+//! # // What `tonic-build` generates, reduced to one method.
+//! # #[derive(Clone)]
+//! # pub struct ShippingClient<T>(T);
+//! # impl<T> ShippingClient<T> {
+//! #     pub fn new(channel: T) -> Self { Self(channel) }
+//! #     pub async fn create(&mut self, _: tonic::Request<u64>) -> Result<tonic::Response<u64>, tonic::Status> {
+//! #         Ok(tonic::Response::new(7))
+//! #     }
+//! # }
+//! # pub async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use staunch::StackConfig;
+//!
+//! let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:50051").connect_lazy();
+//! let (channel, handle) = staunch::grpc::channel("shipping", channel, &StackConfig::default())?;
+//! let client = ShippingClient::new(channel);
+//!
+//! let order_id = 42;
+//! let shipment = handle
+//!     .retry()
+//!     .retry(|| {
+//!         let mut client = client.clone();
+//!         async move { client.create(tonic::Request::new(order_id)).await }
+//!     })
+//!     .await?;
+//! println!("shipment {}", shipment.into_inner());
+//! # Ok(())
+//! # }
+//! # }
+//! # fn main() {}
+//! ```
+//!
+//! # Configuration files
+//!
+//! [`StackConfig`] holds every layer's settings as plain data; with the `serde` feature it
+//! reads from TOML, YAML or JSON, durations in human form (`"250ms"`, `"30s"`). A
+//! [`Registry`] builds one stack per name and reloads them at run time; a bad value is a
+//! [`ConfigError`] naming its whole path, and the stacks keep running on the old settings.
+//!
+//! ```
+//! # #[cfg(all(feature = "circuit-breaker", feature = "bulkhead", feature = "timeout", feature = "retry", feature = "serde"))]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use staunch::{Registry, RegistryConfig};
+//!
+//! let file = r#"
+//!     [payment]
+//!     attempt_timeout = "250ms"
+//!     breaker = { failure_rate_threshold = 25.0, open_duration = "30s" }
+//!     retry = { max_attempts = 2 }
+//!
+//!     [inventory]
+//!     bulkhead = { max_concurrent = 64, max_wait = "10ms" }
+//! "#;
+//! let registry = Registry::new(&toml::from_str::<RegistryConfig>(file)?)?;
+//! assert_eq!(registry.handle("inventory").unwrap().bulkhead().max_concurrent(), 64);
+//!
+//! let bad = file.replace("25.0", "250.0");
+//! let err = registry.reload(&toml::from_str::<RegistryConfig>(&bad)?).unwrap_err();
+//! assert_eq!(err.field(), "payment.breaker.failure_rate_threshold");
+//! # Ok(())
+//! # }
+//! # #[cfg(not(all(feature = "circuit-breaker", feature = "bulkhead", feature = "timeout", feature = "retry", feature = "serde")))]
+//! # fn main() {}
+//! ```
+//!
+//! Services from [`Registry::http_client`] follow reloads: after a good one, their next
+//! call runs through the new stack.
+//!
 //! # Features
 //!
-//! - `reqwest`: classify `reqwest::Response` by status.
-//! - `tonic`: classify gRPC calls by status code.
-//! - `circuit-breaker`, `bulkhead`, `timeout`, `retry`, `saga`: the member crates.
+//! - `circuit-breaker`, `bulkhead`, `timeout`, `retry`, `saga`: the member crates. The four
+//!   middleware features together enable the presets, [`StackConfig::build`] and the
+//!   [`Registry`].
+//! - `serde`: (de)serializable settings ([`StackConfig`], [`RegistryConfig`]).
+//! - `reqwest`: classify `reqwest::Response` by status, replay `reqwest::Request`.
+//! - `tonic`: classify gRPC calls by status code; `grpc::channel`.
+//! - `metrics`: emit through the `metrics` crate from every enabled part.
 //! - `full`: everything.
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]

@@ -59,7 +59,7 @@ fn a_file_is_read_into_every_layers_settings() {
     assert_eq!(
         payment.breaker.sliding_window,
         Some(WindowConfig::Time {
-            duration: Duration::from_secs(60),
+            duration: Duration::from_mins(1),
             buckets: 60
         })
     );

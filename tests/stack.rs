@@ -115,8 +115,8 @@ async fn a_bulkhead_rejection_is_not_retried_nor_counted_by_the_breaker() {
     });
     let mut config = config(1, 5);
     config.bulkhead.max_concurrent = Some(1);
-    config.attempt_timeout = Some(Duration::from_secs(60));
-    config.timeout = Some(Duration::from_secs(120));
+    config.attempt_timeout = Some(Duration::from_mins(1));
+    config.timeout = Some(Duration::from_mins(2));
     let (client, handle) = staunch::http::client("inventory", inner, &config).unwrap();
 
     // The first call takes the only permit and waits.
