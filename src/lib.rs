@@ -372,3 +372,35 @@ pub use crate::registry::{Registry, Reloading};
     feature = "retry"
 ))]
 pub use crate::stack::{Stack, StackHandle, StackStatus};
+
+#[cfg(all(
+    test,
+    feature = "circuit-breaker",
+    feature = "bulkhead",
+    feature = "timeout",
+    feature = "retry"
+))]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+
+    type Inner =
+        tower::util::BoxCloneSyncService<::http::Request<String>, ::http::Response<()>, BoxError>;
+
+    #[test]
+    fn public_types_are_send_sync() {
+        assert_send_sync::<Error<std::io::Error>>();
+        assert_send_sync::<ErrorLayer<std::io::Error>>();
+        assert_send_sync::<IgnoreRejections<HttpStatus>>();
+        assert_send_sync::<BreakerLayer<HttpStatus>>();
+        assert_send_sync::<BreakerService<Inner, HttpStatus>>();
+        assert_send_sync::<StackConfig>();
+        assert_send_sync::<RegistryConfig>();
+        assert_send_sync::<StackHandle>();
+        assert_send_sync::<StackStatus>();
+        assert_send_sync::<Registry>();
+        assert_send_sync::<Stack<Inner, HttpStatus, std::io::Error>>();
+        assert_send_sync::<Reloading<Inner, HttpStatus, std::io::Error>>();
+    }
+}

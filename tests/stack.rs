@@ -356,3 +356,161 @@ fn errors_convert_from_and_into_box_error() {
     let boxed: BoxError = Box::new(err);
     assert!(staunch::rejection_of(&*boxed).is_some());
 }
+
+#[tokio::test(start_paused = true)]
+async fn dropping_a_call_mid_flight_releases_its_permit() {
+    let inner = service_fn(|_: Request| async {
+        std::future::pending::<()>().await;
+        Ok::<_, std::io::Error>(response(200))
+    });
+    let mut config = config(100, 3);
+    config.bulkhead.max_concurrent = Some(1);
+    let (client, handle) = staunch::http::client("cancel", inner, &config).unwrap();
+
+    let mut first = client.clone();
+    let call = tokio::spawn(async move { first.ready().await?.call(get()).await });
+    tokio::task::yield_now().await;
+    assert_eq!(handle.bulkhead().in_flight(), 1);
+    call.abort();
+    let _ = call.await;
+    assert_eq!(handle.bulkhead().in_flight(), 0, "the permit came back");
+    // Nor did the cancelled call count against the dependency.
+    assert_eq!(handle.breaker().snapshot().state, State::Closed);
+
+    // Dropped while ready but before `call`: the next caller is not blocked.
+    let mut second = client.clone();
+    let _ready = second.ready().await.unwrap();
+    drop(second);
+    let mut third = client.clone();
+    let waiting = tokio::time::timeout(Duration::from_millis(10), third.ready()).await;
+    assert!(
+        waiting.is_ok(),
+        "a dropped reservation must not keep the permit"
+    );
+}
+
+#[tokio::test]
+async fn a_reqwest_client_against_a_real_server() {
+    use axum::http::StatusCode;
+    use axum::routing::get as route;
+
+    let hits = Arc::new(AtomicU32::new(0));
+    let flaky_hits = Arc::clone(&hits);
+    let down_hits = Arc::new(AtomicU32::new(0));
+    let down_counter = Arc::clone(&down_hits);
+    let app = axum::Router::new()
+        .route(
+            "/flaky",
+            route(move || {
+                let n = flaky_hits.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n == 0 {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::OK
+                    }
+                }
+            }),
+        )
+        .route(
+            "/down",
+            route(move || {
+                down_counter.fetch_add(1, Ordering::SeqCst);
+                async { StatusCode::INTERNAL_SERVER_ERROR }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let http = reqwest::Client::new();
+    let inner = service_fn(move |req: Request| {
+        let http = http.clone();
+        async move {
+            let res = http.execute(reqwest::Request::try_from(req)?).await?;
+            Ok::<_, reqwest::Error>(http::Response::from(res))
+        }
+    });
+    let mut config = config(3, 3);
+    config.attempt_timeout = Some(Duration::from_secs(10));
+    config.timeout = Some(Duration::from_secs(30));
+    let (mut client, handle) = staunch::http::client("real", inner, &config).unwrap();
+    let request = |path: &str| {
+        http::Request::get(format!("http://{addr}{path}"))
+            .body(String::new())
+            .unwrap()
+    };
+
+    // A 503 is retried; the second attempt succeeds.
+    let res = client
+        .ready()
+        .await
+        .unwrap()
+        .call(request("/flaky"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+
+    // A 500 is not retried (it is not transient), but the breaker counts it: three in a row
+    // open it, and the fourth call never reaches the server.
+    for _ in 0..3 {
+        let res = client
+            .ready()
+            .await
+            .unwrap()
+            .call(request("/down"))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 500);
+    }
+    assert_eq!(down_hits.load(Ordering::SeqCst), 3);
+    assert_eq!(handle.breaker().state(), State::Open);
+    let err = client
+        .ready()
+        .await
+        .unwrap()
+        .call(request("/down"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::BreakerOpen(_)), "{err:?}");
+    assert_eq!(down_hits.load(Ordering::SeqCst), 3);
+}
+
+#[cfg(feature = "tonic")]
+#[tokio::test(start_paused = true)]
+async fn the_grpc_channel_counts_grpc_failures_and_rejects_with_a_boxed_rejection() {
+    // A channel whose answers carry a `grpc-status` header (trailers-only responses).
+    let code = Arc::new(AtomicU32::new(5)); // NOT_FOUND: an answer, not a failure
+    let current = Arc::clone(&code);
+    let channel = service_fn(move |_: http::Request<String>| {
+        let code = current.load(Ordering::SeqCst);
+        async move {
+            Ok::<_, std::io::Error>(
+                http::Response::builder()
+                    .header("grpc-status", code.to_string())
+                    .body(String::new())
+                    .unwrap(),
+            )
+        }
+    });
+    let (mut channel, handle) = staunch::grpc::channel("shipping", channel, &config(2, 1)).unwrap();
+    for _ in 0..3 {
+        channel.ready().await.unwrap().call(get()).await.unwrap();
+    }
+    assert_eq!(handle.breaker().state(), State::Closed);
+
+    code.store(14, Ordering::SeqCst); // UNAVAILABLE
+    for _ in 0..2 {
+        channel.ready().await.unwrap().call(get()).await.unwrap();
+    }
+    assert_eq!(handle.breaker().state(), State::Open);
+    let err = channel
+        .ready()
+        .await
+        .unwrap()
+        .call(get())
+        .await
+        .unwrap_err();
+    assert!(err.is::<BreakerOpen>(), "{err}");
+}
