@@ -7,6 +7,8 @@
 #[path = "../examples/shop/app/mod.rs"]
 mod app;
 
+use std::time::Duration;
+
 use app::payment::Mode;
 use app::story::{Config, SKU, Shop, play};
 use serde_json::{Value, json};
@@ -205,5 +207,66 @@ async fn participants_honour_idempotency_keys_and_the_order_service_explains_its
         ["inventory", "payment", "payment-refunds", "shipping"]
     );
     assert!(circuits["dependencies"][1]["breaker"]["failed_calls"].as_u64() >= Some(1));
+    shop.cleanup();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_in_doubt_is_refunded_by_its_key_and_never_lands_later() {
+    let config = Config::short();
+    let shop = Shop::start(&config).await.expect("the shop starts");
+    // Every charge takes longer than the client's per-attempt timeout: each attempt times out,
+    // the client cannot know whether the charge landed, and the saga compensates it too.
+    let delay = config.tuning.attempt_timeout + config.tuning.attempt_timeout / 2;
+    shop.set_payment_mode(Mode::Slow {
+        delay_ms: delay.as_millis() as u64,
+    })
+    .await
+    .expect("mode switched");
+    let order = shop.order_addr();
+    let (status, placed) = post(
+        format!("http://{order}/orders"),
+        None,
+        &json!({ "sku": SKU, "qty": 1, "amount_cents": 1999 }),
+    )
+    .await;
+    assert_eq!(status, 422, "{placed}");
+    assert_eq!(placed["outcome"], "compensated", "{placed}");
+    assert_eq!(placed["failed_step"], "charge");
+    let id = placed["order_id"].as_str().expect("an order id").to_owned();
+    let (_, saga) = get(format!("http://{order}/sagas/{id}")).await;
+    let steps: Vec<(String, String)> = saga["trace"]["steps"]
+        .as_array()
+        .expect("timed steps")
+        .iter()
+        .map(|s| {
+            (
+                s["step"].as_str().unwrap_or_default().to_owned(),
+                s["phase"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    // The charge was in doubt, so it is compensated (refunded by key) before the release.
+    let expected = [
+        ("reserve", "action"),
+        ("charge", "action"),
+        ("charge", "compensate"),
+        ("reserve", "compensate"),
+    ]
+    .map(|(a, b)| (a.to_owned(), b.to_owned()));
+    assert_eq!(steps, expected, "{saga}");
+
+    // Let any charge handler still sleeping finish: it finds its key voided.
+    tokio::time::sleep(delay + Duration::from_millis(300)).await;
+    let live: Vec<_> = shop
+        .payment
+        .charges()
+        .into_iter()
+        .filter(|c| !c.refunded)
+        .collect();
+    assert!(
+        live.is_empty(),
+        "no charge stays without an order: {live:?}"
+    );
+    assert_eq!(shop.inventory.available()[SKU], config.stock);
     shop.cleanup();
 }

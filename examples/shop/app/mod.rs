@@ -12,13 +12,39 @@ pub(crate) mod payment;
 pub(crate) mod shipping;
 pub(crate) mod story;
 
+/// The value after `--name` on the command line.
+#[allow(dead_code)] // used by the per-service binaries (`shop_order`, ...)
+pub(crate) fn arg(name: &str) -> Option<String> {
+    let mut args = std::env::args().skip_while(|a| a != name);
+    args.next()?;
+    args.next()
+}
+
+/// `--port N` (default 0: any free port).
+#[allow(dead_code)] // used by the per-service binaries (`shop_order`, ...)
+pub(crate) fn port_arg() -> Result<u16, String> {
+    arg("--port").map_or(Ok(0), |p| p.parse().map_err(|e| format!("--port {p}: {e}")))
+}
+
+/// A peer's address from `--name HOST:PORT`.
+#[allow(dead_code)] // used by the per-service binaries (`shop_order`, ...)
+pub(crate) fn addr_arg(name: &str) -> Result<SocketAddr, String> {
+    let value = arg(name).ok_or_else(|| format!("{name} HOST:PORT is required"))?;
+    value.parse().map_err(|e| format!("{name} {value}: {e}"))
+}
+
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 
 /// Serves an axum router on a fresh loopback port and returns the address.
 pub(crate) async fn serve(router: axum::Router) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    serve_at(router, 0).await
+}
+
+/// Serves an axum router on `127.0.0.1:port` (0: any free port) and returns the address.
+pub(crate) async fn serve_at(router: axum::Router, port: u16) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, router).await {

@@ -354,13 +354,22 @@ impl Deps {
         key: &str,
         body: &Value,
     ) -> Result<Value, StepError> {
-        let request = reqwest::Client::new()
-            .post(&url)
-            .header("idempotency-key", key)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .build()
-            .map_err(|e| StepError::fail(format!("bad request: {e}")))?;
+        let mut request = reqwest::Request::new(
+            reqwest::Method::POST,
+            url.parse()
+                .map_err(|e| StepError::fail(format!("bad url {url}: {e}")))?,
+        );
+        let headers = request.headers_mut();
+        headers.insert(
+            "idempotency-key",
+            key.parse()
+                .map_err(|_| StepError::fail("idempotency key is not a header value"))?,
+        );
+        headers.insert(
+            "content-type",
+            reqwest::header::HeaderValue::from_static("application/json"),
+        );
+        *request.body_mut() = Some(body.to_string().into());
         let response = client
             .clone()
             .oneshot(request)
@@ -750,7 +759,15 @@ impl OrderService {
             "now_ms": self.now_ms(),
             "dependencies": deps,
             "transitions": self.transitions(),
-            "sagas": format!("{m:?}"),
+            "sagas": {
+                "started": m.started,
+                "completed": m.completed,
+                "compensated": m.compensated,
+                "stuck": m.stuck,
+                "in_flight": m.in_flight,
+                "step_attempts": m.step_attempts,
+                "step_failures": m.step_failures,
+            },
         })
     }
 

@@ -181,7 +181,12 @@ impl Shipping {
 
     /// Serves the gRPC service on a fresh loopback port.
     pub(crate) async fn serve(&self) -> std::io::Result<SocketAddr> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        self.serve_at(0).await
+    }
+
+    /// Serves the gRPC service on `127.0.0.1:port` (0: any free port).
+    pub(crate) async fn serve_at(&self, port: u16) -> std::io::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let incoming = futures::stream::unfold(listener, |listener| async move {
             let conn = listener.accept().await.map(|(stream, _)| stream);
