@@ -155,6 +155,13 @@ async fn an_instance_whose_lease_was_taken_over_gets_lease_lost_and_stops() {
         .unwrap();
     assert!(matches!(outcome, SagaOutcome::Completed(_)), "{outcome:?}");
 
+    // A's heartbeat finds the lease taken and stops renewing it.
+    wait_for(
+        "A's heartbeat to see the lease gone",
+        Duration::from_secs(10),
+        || store_a.held_leases() == 0,
+    )
+    .await;
     // A wakes up: its next append is fenced; it stops without marking anything.
     gate.add_permits(1);
     let err = tokio::time::timeout(Duration::from_secs(10), handle_a.outcome())

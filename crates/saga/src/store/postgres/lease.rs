@@ -113,15 +113,21 @@ async fn renew(inner: &Inner) -> Result<(), StoreError> {
     if ids.is_empty() {
         return Ok(());
     }
+    // Rows locked by a writer are skipped, not waited for (the heartbeat never takes part in
+    // a deadlock): the writer's append extends their lease anyway.
     let rows = sqlx::query(
-        "UPDATE staunch_sagas s
-         SET lease_expires_at = now() + $4 * interval '1 millisecond'
-         FROM unnest($1::text[], $2::bigint[]) AS h(saga_id, lease),
-              (SELECT saga_id FROM staunch_sagas WHERE saga_id = ANY($1)
-               ORDER BY saga_id FOR UPDATE) AS l
-         WHERE s.saga_id = h.saga_id AND l.saga_id = h.saga_id
-           AND s.lease_version = h.lease AND s.lease_owner = $3
-         RETURNING s.saga_id",
+        "WITH h AS (
+            SELECT * FROM unnest($1::text[], $2::bigint[]) AS t(saga_id, lease)
+        ), l AS (
+            SELECT s.saga_id, s.lease_owner = $3 AND s.lease_version = h.lease AS ours
+            FROM h JOIN staunch_sagas s ON s.saga_id = h.saga_id
+            FOR UPDATE OF s SKIP LOCKED
+        ), renewed AS (
+            UPDATE staunch_sagas s
+            SET lease_expires_at = now() + $4 * interval '1 millisecond'
+            FROM l WHERE s.saga_id = l.saga_id AND l.ours
+        )
+        SELECT saga_id FROM l WHERE NOT ours",
     )
     .bind(&ids)
     .bind(&versions)
@@ -130,17 +136,15 @@ async fn renew(inner: &Inner) -> Result<(), StoreError> {
     .fetch_all(&inner.pool)
     .await
     .map_err(db)?;
-    if rows.len() == ids.len() {
+    if rows.is_empty() {
         return Ok(());
     }
-    let renewed: std::collections::HashSet<String> = rows
-        .iter()
-        .filter_map(|r| r.try_get::<String, _>(0).ok())
-        .collect();
+    let snapshot: std::collections::HashMap<String, i64> = ids.into_iter().zip(versions).collect();
     let mut held = inner.held();
-    for (id, version) in ids.iter().zip(&versions) {
+    for row in &rows {
+        let id: String = row.try_get(0).map_err(db)?;
         // Only if unchanged since the snapshot: a lease taken meanwhile stays.
-        if !renewed.contains(id) && held.get(id.as_str()) == Some(version) {
+        if held.get(id.as_str()) == snapshot.get(&id) {
             tracing::debug!(saga_id = %id, owner = %inner.owner, "saga lease lost");
             held.remove(id.as_str());
         }

@@ -4,8 +4,13 @@
 //!
 //! An append's statement updates the saga's row only if its sequence number and lease still
 //! match (the fencing check, in the same statement as the rows it guards) and inserts the log
-//! rows of exactly the appends whose update matched. Rows are locked in saga id order, the
-//! same order the heartbeat uses, so concurrent batches cannot deadlock.
+//! rows of exactly the appends whose update matched.
+//!
+//! Deadlocks: a batch waits only for rows of its own sagas. The heartbeat and claims skip
+//! locked rows instead of waiting, operator actions lock one row, and a saga has one append
+//! in flight at a time (its runner awaits each), so two batches never wait for each other
+//! unless a caller races appends to the same sagas from several tasks; then Postgres aborts
+//! one batch, whose appends fail with a database error and are retried by recovery.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
@@ -217,8 +222,8 @@ async fn write_appends(
         // Why they failed, as the rows stand now (rare: races and lost leases).
         let ids: Vec<&str> = failed.iter().map(|&i| &*appends[i].0.saga_id).collect();
         let rows = sqlx::query(
-            "SELECT saga_id, next_seq, lease_owner, lease_version FROM staunch_sagas
-             WHERE saga_id = ANY($1)",
+            "SELECT s.saga_id, s.next_seq, s.lease_owner, s.lease_version
+             FROM unnest($1::text[]) AS x(saga_id) JOIN staunch_sagas s ON s.saga_id = x.saga_id",
         )
         .bind(&ids)
         .fetch_all(&mut **tx)
@@ -295,9 +300,6 @@ async fn append_round(
             SELECT * FROM unnest($1::int[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
                                  $6::text[], $7::text[], $8::bool[])
                 AS t(idx, saga_id, lease, first_seq, n, status, note, terminal)
-        ), locked AS (
-            SELECT saga_id FROM staunch_sagas WHERE saga_id = ANY($2)
-            ORDER BY saga_id FOR UPDATE
         ), ok AS (
             UPDATE staunch_sagas s
             SET next_seq = s.next_seq + i.n, status = i.status, note = i.note,
@@ -305,8 +307,8 @@ async fn append_round(
                 lease_expires_at = CASE WHEN i.terminal THEN NULL
                     ELSE now() + $9 * interval '1 millisecond' END,
                 updated_at = now()
-            FROM input i, locked l
-            WHERE s.saga_id = i.saga_id AND l.saga_id = i.saga_id
+            FROM input i
+            WHERE s.saga_id = i.saga_id
               AND s.next_seq = i.first_seq
               AND s.lease_owner = $10 AND s.lease_version = i.lease
             RETURNING i.idx, i.saga_id
