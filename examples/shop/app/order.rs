@@ -39,8 +39,8 @@ use staunch::circuit_breaker::{CircuitBreaker, CircuitBreakerError, CircuitBreak
 use staunch::core::Rejection;
 use staunch::retry::{RetryBudget, RetryLayer, RetryPolicy};
 use staunch::saga::{
-    Phase, RetryPolicy as StepRetry, SagaDefinition, SagaEngine, SagaOutcome, SqliteStore, Step,
-    StepContext, StepError, StepErrorKind, idempotency_key,
+    ListFilter, Phase, RetryPolicy as StepRetry, SagaDefinition, SagaEngine, SagaOutcome,
+    SqliteStore, Step, StepContext, StepError, StepErrorKind, idempotency_key,
 };
 use staunch::{
     Backoff, Classify, ConfigError, GrpcStatus, HttpStatus, Jitter, Outcome, rejection_of,
@@ -645,12 +645,24 @@ impl OrderService {
         let store = SqliteStore::open(&db).await?;
         let engine = SagaEngine::new(store);
         engine.register(&definition);
+        // A saga log from an earlier run: resume what it left unfinished (each interrupted
+        // step runs again with its idempotency key), and number new orders after the old ones.
+        let recovered = engine.recover().await?;
+        if !recovered.resumed.is_empty() || !recovered.quarantined.is_empty() {
+            println!(
+                "saga log {}: resumed {:?}, quarantined {:?}",
+                db.display(),
+                recovered.resumed,
+                recovered.quarantined
+            );
+        }
+        let known = engine.list(&ListFilter::all()).await?.len() as u64;
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
                 definition,
                 deps,
-                next: AtomicU64::new(1),
+                next: AtomicU64::new(known + 1),
                 transitions,
                 db,
             }),
