@@ -35,9 +35,9 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 /// assert!(matches!(Error::<std::io::Error>::from_box(boxed), Error::Inner(_)));
 /// ```
 ///
-/// Retries that ran out (attempts, budget or overall deadline) return the last attempt's
-/// error as it was, so it arrives here as that error (`Inner`, `Elapsed`, ...); the retry
-/// policy's metrics and `on_give_up` hook say why no further attempt was made.
+/// Retries that ran out arrive as [`RetriesExhausted`](Error::RetriesExhausted) or
+/// [`BudgetExhausted`](Error::BudgetExhausted), carrying the last attempt's error;
+/// [`last`](Error::last) looks through them.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error<E> {
@@ -50,6 +50,30 @@ pub enum Error<E> {
     /// A time limit (per attempt, overall, or a propagated deadline) cancelled the call.
     #[cfg(feature = "timeout")]
     Elapsed(staunch_timeout::Elapsed),
+    /// The retry layer stopped retrying a retryable failure: `max_attempts` were made, the
+    /// overall deadline or the backoff's `max_elapsed` left no time for another attempt, or
+    /// the server asked not to retry (`reason` says which). `last` is the last attempt's
+    /// error. Reported for policies that report their give-ups (see [`record_give_up`]; the
+    /// presets' and [`StackConfig`](crate::StackConfig)'s do) and only once a retry was made
+    /// or refused: a call with a single attempt allowed keeps its own error.
+    #[cfg(feature = "retry")]
+    RetriesExhausted {
+        /// Attempts made.
+        attempts: u32,
+        /// Why no further attempt was made.
+        reason: staunch_retry::GiveUpReason,
+        /// The last attempt's error.
+        last: Box<Error<E>>,
+    },
+    /// The retry budget refused a retry: the dependency is failing for many requests, and
+    /// retrying would add load to it. `last` is the last attempt's error.
+    #[cfg(feature = "retry")]
+    BudgetExhausted {
+        /// Attempts made.
+        attempts: u32,
+        /// The last attempt's error.
+        last: Box<Error<E>>,
+    },
     /// An error of another type (from a layer outside staunch, or an inner error wrapped in
     /// another type).
     Other(BoxError),
@@ -87,6 +111,8 @@ where
             Error::BulkheadFull(e) => Box::new(e),
             #[cfg(feature = "timeout")]
             Error::Elapsed(e) => Box::new(e),
+            #[cfg(feature = "retry")]
+            Error::RetriesExhausted { .. } | Error::BudgetExhausted { .. } => Box::new(self),
             Error::Other(e) => e,
         }
     }
@@ -97,6 +123,39 @@ impl<E> Error<E> {
     /// it now would not help).
     pub fn is_rejection(&self) -> bool {
         matches!(self, Error::BreakerOpen(_) | Error::BulkheadFull(_))
+    }
+
+    /// The error of the last attempt: this error, or the `last` of
+    /// [`RetriesExhausted`](Error::RetriesExhausted) and [`BudgetExhausted`](Error::BudgetExhausted).
+    pub fn last(&self) -> &Self {
+        match self {
+            #[cfg(feature = "retry")]
+            Error::RetriesExhausted { last, .. } | Error::BudgetExhausted { last, .. } => {
+                last.last()
+            }
+            _ => self,
+        }
+    }
+
+    /// Wraps `self` in the retry layer's give-up, when it is one worth reporting.
+    #[cfg(feature = "retry")]
+    fn gave_up(self, event: staunch_retry::GiveUp) -> Self {
+        use staunch_retry::GiveUpReason;
+        match event.reason {
+            GiveUpReason::BudgetExhausted => Error::BudgetExhausted {
+                attempts: event.attempts,
+                last: Box::new(self),
+            },
+            // Rejections were never going to be retried, nor a request that cannot be sent
+            // twice; and with a single attempt nothing was retried.
+            GiveUpReason::Rejected | GiveUpReason::NotReplayable => self,
+            _ if event.attempts <= 1 => self,
+            reason => Error::RetriesExhausted {
+                attempts: event.attempts,
+                reason,
+                last: Box::new(self),
+            },
+        }
     }
 
     /// The wrapped service's error, if it was called and failed.
@@ -124,6 +183,17 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
             Error::BulkheadFull(e) => e.fmt(f),
             #[cfg(feature = "timeout")]
             Error::Elapsed(e) => e.fmt(f),
+            #[cfg(feature = "retry")]
+            Error::RetriesExhausted {
+                attempts,
+                reason,
+                last,
+            } => write!(f, "gave up after {attempts} attempts ({reason}): {last}"),
+            #[cfg(feature = "retry")]
+            Error::BudgetExhausted { attempts, last } => write!(
+                f,
+                "retry budget exhausted after {attempts} attempt(s): {last}"
+            ),
             Error::Other(e) => e.fmt(f),
         }
     }
@@ -140,6 +210,10 @@ impl<E: StdError + 'static> StdError for Error<E> {
             Error::BulkheadFull(e) => Some(e),
             #[cfg(feature = "timeout")]
             Error::Elapsed(e) => Some(e),
+            #[cfg(feature = "retry")]
+            Error::RetriesExhausted { last, .. } | Error::BudgetExhausted { last, .. } => {
+                Some(&**last)
+            }
             Error::Other(e) => Some(&**e),
         }
     }
@@ -312,9 +386,82 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project()
-            .inner
-            .poll(cx)
-            .map(|r| r.map_err(|e| Error::from_box(e.into())))
+        #[cfg(feature = "retry")]
+        give_up::clear();
+        match self.project().inner.poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(res)) => Poll::Ready(Ok(res)),
+            Poll::Ready(Err(e)) => {
+                let err = Error::from_box(e.into());
+                // A give-up reported while the inner future was polled is this call's: the
+                // retry layer reports it from within the poll that returns the error.
+                #[cfg(feature = "retry")]
+                let err = match give_up::take() {
+                    Some(event) => err.gave_up(event),
+                    None => err,
+                };
+                Poll::Ready(Err(err))
+            }
+        }
+    }
+}
+
+/// Reports a retry layer's give-up to [`ErrorLayer`], which turns the call's error into
+/// [`Error::RetriesExhausted`] or [`Error::BudgetExhausted`]: pass it to
+/// `RetryPolicyBuilder::on_give_up` for a policy built by hand (the presets and
+/// [`StackConfig`](crate::StackConfig) do). The event goes to the [`ErrorLayer`] polling the
+/// call on this thread, if any; without one it is dropped at the next poll.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// use std::time::Duration;
+/// use staunch::retry::{GiveUpReason, RetryLayer, RetryPolicy};
+/// use staunch::{Backoff, Error, ErrorLayer, Jitter};
+/// use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+///
+/// let policy = RetryPolicy::builder()
+///     .max_attempts(2)
+///     .backoff(Backoff::constant(Duration::from_millis(10)).jitter(Jitter::None).build().unwrap())
+///     .on_give_up(staunch::record_give_up)
+///     .build()
+///     .unwrap();
+/// let mut svc = ServiceBuilder::new()
+///     .layer(ErrorLayer::<std::io::Error>::new())
+///     .layer(RetryLayer::new(policy))
+///     .service(service_fn(|_: http::Request<String>| async {
+///         Err::<http::Response<()>, _>(std::io::Error::from(std::io::ErrorKind::ConnectionReset))
+///     }));
+/// let err = svc.ready().await.unwrap().call(http::Request::new(String::new())).await.unwrap_err();
+/// let Error::RetriesExhausted { attempts, reason, last } = err else { panic!("{err:?}") };
+/// assert_eq!((attempts, reason), (2, GiveUpReason::MaxAttempts));
+/// assert!(matches!(*last, Error::Inner(_)));
+/// # }
+/// ```
+#[cfg(feature = "retry")]
+pub fn record_give_up(event: &staunch_retry::GiveUp) {
+    give_up::set(*event);
+}
+
+#[cfg(feature = "retry")]
+mod give_up {
+    use std::cell::Cell;
+
+    use staunch_retry::GiveUp;
+
+    thread_local! {
+        static LAST: Cell<Option<GiveUp>> = const { Cell::new(None) };
+    }
+
+    #[inline]
+    pub(super) fn clear() {
+        LAST.set(None);
+    }
+
+    pub(super) fn set(event: GiveUp) {
+        LAST.set(Some(event));
+    }
+
+    pub(super) fn take() -> Option<GiveUp> {
+        LAST.take()
     }
 }

@@ -356,6 +356,8 @@ pub use crate::config::{
     DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_TIMEOUT, JitterConfig, RegistryConfig, RetryConfig,
     StackConfig, WindowConfig,
 };
+#[cfg(feature = "retry")]
+pub use crate::error::record_give_up;
 pub use crate::error::{BoxError, Error, ErrorLayer, TypedErrors, TypedFuture};
 pub use crate::ext::ServiceBuilderExt;
 #[cfg(all(

@@ -13,11 +13,11 @@ use std::time::Duration;
 use staunch::bulkhead::Bulkhead;
 use staunch::circuit_breaker::{CircuitBreaker, State};
 use staunch::core::BulkheadFullReason;
-use staunch::retry::RetryPolicy;
+use staunch::retry::{GiveUpReason, RetryPolicy};
 use staunch::timeout::{Elapsed, TimeLimit};
 use staunch::{
-    BackoffConfig, BackoffStrategy, BoxError, BreakerOpen, Error, ErrorLayer, JitterConfig,
-    ServiceBuilderExt, StackConfig, WindowConfig,
+    BackoffConfig, BackoffStrategy, BoxError, BreakerOpen, BudgetConfig, Error, ErrorLayer,
+    JitterConfig, ServiceBuilderExt, StackConfig, WindowConfig,
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -194,7 +194,17 @@ async fn the_overall_deadline_stops_the_retries() {
     let err = client.ready().await.unwrap().call(get()).await.unwrap_err();
     // Attempts start at 0, 110 and 220 ms; the third is cut at the 250 ms deadline, though
     // ten attempts were allowed.
-    assert!(matches!(err, Error::Elapsed(_)), "{err:?}");
+    let Error::RetriesExhausted {
+        attempts,
+        reason,
+        ref last,
+    } = err
+    else {
+        panic!("expected the retries to run out, got {err:?}");
+    };
+    assert_eq!((attempts, reason), (3, GiveUpReason::Deadline));
+    assert!(matches!(**last, Error::Elapsed(_)), "{last:?}");
+    assert!(matches!(err.last(), Error::Elapsed(_)));
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     assert_eq!(start.elapsed(), Duration::from_millis(250));
 }
@@ -513,4 +523,60 @@ async fn the_grpc_channel_counts_grpc_failures_and_rejects_with_a_boxed_rejectio
         .await
         .unwrap_err();
     assert!(err.is::<BreakerOpen>(), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_exhausted_budget_is_reported_as_such() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = Arc::clone(&calls);
+    let inner = service_fn(move |_: Request| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { Err::<Response, _>(std::io::Error::from(std::io::ErrorKind::ConnectionReset)) }
+    });
+    let mut no_budget = config(100, 3);
+    // No retry allowed at all: the budget refuses the first one.
+    no_budget.retry.budget = Some(BudgetConfig {
+        ratio: Some(0.0),
+        min_per_sec: Some(0),
+        ttl: None,
+    });
+    let (mut client, handle) = staunch::http::client("ledger", inner, &no_budget).unwrap();
+
+    let err = client.ready().await.unwrap().call(get()).await.unwrap_err();
+    let Error::BudgetExhausted { attempts, last } = err else {
+        panic!("expected the budget's refusal, got {err:?}");
+    };
+    assert_eq!(attempts, 1);
+    assert_eq!(
+        last.inner().map(std::io::Error::kind),
+        Some(std::io::ErrorKind::ConnectionReset)
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(handle.retry().metrics().budget_exhausted, 1);
+
+    // With retries allowed, running out of attempts is reported with the count.
+    let counter = Arc::clone(&calls);
+    let inner = service_fn(move |_: Request| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { Err::<Response, _>(std::io::Error::from(std::io::ErrorKind::ConnectionReset)) }
+    });
+    let (mut client, _) = staunch::http::client("ledger", inner, &config(100, 3)).unwrap();
+    let err = client.ready().await.unwrap().call(get()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::RetriesExhausted {
+                attempts: 3,
+                reason: GiveUpReason::MaxAttempts,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(matches!(err.last(), Error::Inner(_)));
+    assert!(
+        err.to_string()
+            .starts_with("gave up after 3 attempts (max_attempts)"),
+        "{err}"
+    );
 }
