@@ -27,8 +27,7 @@ const LIMIT: Duration = Duration::from_secs(1);
 
 /// The staunch stack, in the order the presets use: retry outside the breaker, the
 /// per-attempt timeout inside it, the bulkhead innermost. Default settings otherwise.
-fn staunch_stack()
--> impl Service<u64, Response = u64, Error: std::fmt::Debug> + Clone + Send + 'static {
+fn staunch_stack() -> impl Service<u64, Response = u64, Error = BoxError> + Clone + Send + 'static {
     ServiceBuilder::new()
         .layer(RetryLayer::new(
             RetryPolicy::builder()
@@ -51,6 +50,15 @@ fn staunch_stack()
                 .expect("valid bulkhead"),
         ))
         .service(support::bare())
+}
+
+/// The same stack under [`ErrorLayer`](staunch::ErrorLayer), as the HTTP preset builds it:
+/// errors typed as `staunch::Error<E>`.
+fn staunch_typed()
+-> impl Service<u64, Response = u64, Error: std::fmt::Debug> + Clone + Send + 'static {
+    ServiceBuilder::new()
+        .layer(staunch::ErrorLayer::<std::io::Error>::new())
+        .service(staunch_stack())
 }
 
 /// A tower retry policy that retries errors up to twice: only its success path runs here.
@@ -186,6 +194,12 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("uncontended");
     support::uncontended(&mut group, &rt, "bare service_fn", support::bare());
     support::uncontended(&mut group, &rt, "staunch stack", staunch_stack());
+    support::uncontended(
+        &mut group,
+        &rt,
+        "staunch stack (typed errors)",
+        staunch_typed(),
+    );
     support::uncontended(&mut group, &rt, "tower stack (no breaker)", tower_stack());
     support::uncontended(
         &mut group,
@@ -198,6 +212,12 @@ fn benches(c: &mut Criterion) {
     let mut group = c.benchmark_group("contended");
     support::contended(&mut group, &rt, "bare service_fn", support::bare());
     support::contended(&mut group, &rt, "staunch stack", staunch_stack());
+    support::contended(
+        &mut group,
+        &rt,
+        "staunch stack (typed errors)",
+        staunch_typed(),
+    );
     support::contended(&mut group, &rt, "tower stack (no breaker)", tower_stack());
     contended_spin(
         &mut group,
