@@ -449,6 +449,9 @@ pub(crate) async fn play(shop: &Shop, config: &Config) -> Result<Report, BoxErro
         "\n(3) payment slow ({:?} per charge), for {slow:?}: the payment bulkhead caps calls in flight and rejects the excess; inventory stays fast",
         config.slow_delay
     );
+    println!(
+        "    (slow answers are still successes: once the open duration has passed, the breaker's probes pass and it closes; containing a slow dependency is the bulkhead's job)"
+    );
     shop.set_payment_mode(Mode::Slow {
         delay_ms: config.slow_delay.as_millis() as u64,
     })
