@@ -7,6 +7,12 @@
 //!   `synchronous=FULL`) appending the same rows (two log rows per saga per transition, four
 //!   transitions per saga, plus the summary row inserted by the first and updated by the
 //!   last) in the same batches of 256 sagas, with raw sqlx and no engine.
+//! - `postgres_256` (feature `postgres`, needs `STAUNCH_TEST_POSTGRES_URL`; skipped with a
+//!   note otherwise): the same sagas on a `PostgresStore` (leases, fenced group-commit
+//!   appends) in a fresh schema on the loopback server.
+//! - `postgres_raw_same_rows`: the floor under it: the same log rows and summary rows
+//!   (inserted by the first transition, updated by each) for 256 sagas, one transaction per
+//!   transition, with plain array inserts and updates: no fencing, no engine.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -167,10 +173,135 @@ fn benches(c: &mut Criterion) {
             });
         });
     });
+    #[cfg(feature = "postgres")]
+    postgres::benches(&mut group, &rt, &def, &payloads);
     group.finish();
     drop(conn);
     drop(rt);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use std::sync::atomic::Ordering;
+
+    use criterion::measurement::WallTime;
+    use criterion::{BenchmarkGroup, Throughput};
+    use staunch::saga::sqlx::{self, Connection, PgConnection};
+    use staunch::saga::{PostgresStore, SagaDefinition, SagaEngine};
+
+    use super::{CONCURRENCY, NEXT_ID, run};
+
+    const SAGAS: usize = CONCURRENCY * 8;
+
+    pub(super) fn benches(
+        group: &mut BenchmarkGroup<'_, WallTime>,
+        rt: &tokio::runtime::Runtime,
+        def: &SagaDefinition<String>,
+        payloads: &[String; 2],
+    ) {
+        let Ok(url) = std::env::var("STAUNCH_TEST_POSTGRES_URL") else {
+            println!("saga/postgres_*: skipped (STAUNCH_TEST_POSTGRES_URL is not set)");
+            return;
+        };
+        let schema = format!("staunch_bench_{}", std::process::id());
+        let engine = rt.block_on(async {
+            let store = PostgresStore::builder(url.as_str())
+                .schema(&schema)
+                .open()
+                .await
+                .expect("open postgres store");
+            SagaEngine::new(store)
+        });
+        group.throughput(Throughput::Elements(SAGAS as u64));
+        group.bench_function("postgres_256", |b| {
+            b.iter(|| rt.block_on(run(&engine, def, SAGAS, CONCURRENCY)));
+        });
+        drop(engine);
+
+        let mut conn = rt.block_on(async {
+            let mut conn = PgConnection::connect(&url).await.expect("raw connection");
+            let sql = format!("SET search_path TO {schema}");
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await
+                .expect("search path");
+            conn
+        });
+        group.throughput(Throughput::Elements(CONCURRENCY as u64));
+        group.bench_function("postgres_raw_same_rows", |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let ids: Vec<String> = (0..CONCURRENCY)
+                        .map(|_| format!("raw-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)))
+                        .collect();
+                    for round in 0..4 {
+                        raw_batch(&mut conn, &ids, round, payloads)
+                            .await
+                            .expect("raw batch");
+                    }
+                });
+            });
+        });
+        rt.block_on(async {
+            let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+            let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await;
+        });
+    }
+
+    /// One transition's rows for every saga of `ids`: two log rows each, and the summary row
+    /// inserted (first transition) or updated (the others), in one transaction.
+    async fn raw_batch(
+        conn: &mut PgConnection,
+        ids: &[String],
+        round: i64,
+        payloads: &[String; 2],
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = conn.begin().await?;
+        let (mut e_ids, mut e_seqs, mut e_payloads) = (Vec::new(), Vec::new(), Vec::new());
+        for id in ids {
+            for (k, p) in payloads.iter().enumerate() {
+                e_ids.push(id.as_str());
+                e_seqs.push(round * 2 + i64::from(k == 1));
+                e_payloads.push(p.as_str());
+            }
+        }
+        sqlx::query(
+            "INSERT INTO staunch_saga_events (saga_id, seq, payload)
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])",
+        )
+        .bind(&e_ids)
+        .bind(&e_seqs)
+        .bind(&e_payloads)
+        .execute(&mut *tx)
+        .await?;
+        let status = if round == 3 { "completed" } else { "running" };
+        if round == 0 {
+            sqlx::query(
+                "INSERT INTO staunch_sagas (saga_id, definition, version, status, next_seq,
+                                            lease_owner, lease_version, lease_expires_at)
+                 SELECT id, 'bench', 1, $2, 2, 'raw', 1, now() + interval '15 seconds'
+                 FROM unnest($1::text[]) AS t(id)",
+            )
+            .bind(ids)
+            .bind(status)
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            sqlx::query(
+                "UPDATE staunch_sagas SET next_seq = next_seq + 2, status = $2,
+                     lease_expires_at = now() + interval '15 seconds', updated_at = now()
+                 WHERE saga_id = ANY($1)",
+            )
+            .bind(ids)
+            .bind(status)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await
+    }
 }
 
 criterion_group!(name = group; config = Criterion::default(); targets = benches);
