@@ -88,6 +88,16 @@ async fn short_story_is_consistent_and_shows_the_breaker_and_the_bulkhead() {
     // (3) Slow: the bulkhead rejects the excess payment calls.
     assert!(slow.bulkhead_rejections > 0, "{slow:?}");
     assert!(slow.count("rejected") > 0, "{slow:?}");
+    // The breaker ignores the bulkhead's local rejections (they say nothing about payment's
+    // health), so they never trip it: it does not go from closed to open while payment is slow.
+    assert!(
+        !slow
+            .transitions
+            .iter()
+            .any(|(b, from, to, _)| b == "payment" && *from == "closed" && *to == "open"),
+        "bulkhead rejections tripped the breaker: {:?}",
+        slow.transitions
+    );
 
     // (4) Recovery: the breaker closed again (during the slow phase, whose slow answers are
     // successes, or now) and orders succeed.
