@@ -17,10 +17,11 @@ use app::story::{Config, Shop, play};
 use staunch::circuit_breaker::State;
 use tokio::process::Command;
 
-fn chromium() -> Option<PathBuf> {
+/// The browser to use, or the path that was looked for.
+fn chromium() -> Result<PathBuf, PathBuf> {
     let path = std::env::var_os("CHROMIUM")
         .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
-    path.exists().then_some(path)
+    if path.exists() { Ok(path) } else { Err(path) }
 }
 
 fn target_dir() -> PathBuf {
@@ -66,11 +67,15 @@ async fn run_chromium(browser: &PathBuf, url: &str, extra: &[&str], profile: &st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_shows_the_open_payment_breaker_in_a_real_browser() {
-    let Some(browser) = chromium() else {
-        eprintln!(
-            "skipped: no chromium at /usr/bin/chromium (install Debian's `chromium` package, or set CHROMIUM)"
-        );
-        return;
+    let browser = match chromium() {
+        Ok(browser) => browser,
+        Err(missing) => {
+            eprintln!(
+                "skipped: no browser at {} (install Debian's `chromium` package, or set CHROMIUM)",
+                missing.display()
+            );
+            return;
+        }
     };
     // The short story, with a breaker that stays open long enough for a browser to start.
     let mut config = Config::short();
