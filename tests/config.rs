@@ -281,3 +281,52 @@ async fn a_reloaded_breaker_is_a_fresh_one() {
     assert_eq!(res.status(), 503, "the new breaker is closed");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_call_in_flight_finishes_on_the_old_stack() {
+    let registry = Registry::new(&toml(GOOD)).unwrap();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = Arc::clone(&release);
+    let inner = service_fn(move |_: Request| {
+        let gate = Arc::clone(&gate);
+        async move {
+            gate.notified().await;
+            Ok::<_, std::io::Error>(http::Response::new(String::from("done")))
+        }
+    });
+    let client = registry
+        .http_client::<_, std::io::Error>("payment", inner)
+        .unwrap();
+    let old = registry.handle("payment").unwrap();
+
+    let mut first = client.clone();
+    let in_flight = tokio::spawn(async move { first.ready().await?.call(get()).await });
+    tokio::task::yield_now().await;
+    assert_eq!(old.bulkhead().in_flight(), 1);
+
+    // The reload drops `inventory` and gives `payment` new engines.
+    let mut config = good_with("max_concurrent = 8", "max_concurrent = 4");
+    config.stacks.remove("inventory");
+    registry.reload(&config).unwrap();
+    assert_eq!(registry.names(), ["payment"]);
+    let new = registry.handle("payment").unwrap();
+    assert_eq!(new.bulkhead().max_concurrent(), 4);
+    assert_eq!(
+        new.bulkhead().in_flight(),
+        0,
+        "the call in flight is on the old stack"
+    );
+
+    // A new call goes through the new stack while the old call is still running.
+    let mut second = client.clone();
+    let next = tokio::spawn(async move { second.ready().await?.call(get()).await });
+    tokio::task::yield_now().await;
+    assert_eq!(new.bulkhead().in_flight(), 1);
+    assert_eq!(old.bulkhead().in_flight(), 1);
+
+    release.notify_waiters();
+    assert_eq!(in_flight.await.unwrap().unwrap().body(), "done");
+    assert_eq!(next.await.unwrap().unwrap().body(), "done");
+    assert_eq!(old.bulkhead().in_flight(), 0);
+    assert_eq!(new.bulkhead().in_flight(), 0);
+}
