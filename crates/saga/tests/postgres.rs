@@ -1,6 +1,7 @@
 //! Many instances on one PostgreSQL database: fencing of an instance whose lease was taken
-//! over, and takeover of a dead instance's sagas. Real time (sqlx does not run under tokio's
-//! paused clock) with a 1 s lease TTL. Skipped when `STAUNCH_TEST_POSTGRES_URL` is unset.
+//! over, and takeover of a dead instance's sagas (a dropped runtime, and a child process
+//! killed with `SIGKILL`). Real time (sqlx does not run under tokio's paused clock) with a
+//! 1 s lease TTL. Skipped when `STAUNCH_TEST_POSTGRES_URL` is unset.
 #![cfg(feature = "postgres")]
 
 mod support;
@@ -440,4 +441,207 @@ async fn invalid_builder_settings_are_config_errors_naming_the_field() {
             "{field}: {err}"
         );
     }
+}
+
+// ---- The process variant: instance A is a child process killed with SIGKILL. ----
+
+const SCHEMA_VAR: &str = "STAUNCH_SAGA_TAKEOVER_SCHEMA";
+const KILL_SAGAS: usize = 24;
+
+/// Participants that record into tables of the test schema, so both processes share them:
+/// `calls` gets a row per call, `effects` the effects applied (deduplicated by key).
+async fn db_effect(pool: &sqlx::PgPool, who: &str, ctx: &StepContext) -> Result<(), StepError> {
+    let key = ctx.idempotency_key();
+    let mut tx = pool.begin().await.map_err(StepError::retryable)?;
+    sqlx::query("INSERT INTO calls (key, who) VALUES ($1, $2)")
+        .bind(&key)
+        .bind(who)
+        .execute(&mut *tx)
+        .await
+        .map_err(StepError::retryable)?;
+    sqlx::query("INSERT INTO effects (key) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(&key)
+        .execute(&mut *tx)
+        .await
+        .map_err(StepError::retryable)?;
+    tx.commit().await.map_err(StepError::retryable)
+}
+
+/// The same flow as [`definition`], with database participants; `charge` hangs after its
+/// effect when `hang`.
+fn db_definition(pool: &sqlx::PgPool, who: &'static str, hang: bool) -> SagaDefinition<Order> {
+    let p = |pool: &sqlx::PgPool| pool.clone();
+    let (p1, p2, p3, p4, p5) = (p(pool), p(pool), p(pool), p(pool), p(pool));
+    SagaDefinition::builder("checkout", 1)
+        .step(
+            Step::new("reserve", move |o: Order, ctx| {
+                let p = p1.clone();
+                async move { db_effect(&p, who, &ctx).await.map(|()| o) }
+            })
+            .compensate(move |o: Order, ctx| {
+                let p = p2.clone();
+                async move { db_effect(&p, who, &ctx).await.map(|()| o) }
+            }),
+        )
+        .step(
+            Step::new("charge", move |o: Order, ctx| {
+                let p = p3.clone();
+                async move {
+                    db_effect(&p, who, &ctx).await?;
+                    if hang {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok(o)
+                }
+            })
+            .compensate(move |o: Order, ctx| {
+                let p = p4.clone();
+                async move { db_effect(&p, who, &ctx).await.map(|()| o) }
+            }),
+        )
+        .step(Step::new("ship", move |o: Order, ctx| {
+            let p = p5.clone();
+            async move {
+                db_effect(&p, who, &ctx).await?;
+                if o.n.is_multiple_of(4) {
+                    Err(StepError::fail("address rejected"))
+                } else {
+                    Ok(o)
+                }
+            }
+        }))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by a_sigkilled_instances_sagas_are_taken_over_within_the_lease_ttl"]
+async fn takeover_worker() {
+    // Only meaningful as the child of the test below (it hangs until killed).
+    let (Ok(url), Ok(schema)) = (std::env::var(pg::URL_VAR), std::env::var(SCHEMA_VAR)) else {
+        eprintln!("takeover_worker: not started by its parent test; nothing to do");
+        return;
+    };
+    let store = staunch_saga::PostgresStore::builder(url)
+        .schema(schema)
+        .lease_ttl(TTL)
+        .open()
+        .await
+        .unwrap();
+    let def = db_definition(store.pool(), "a", true);
+    let engine = SagaEngine::new(store);
+    for n in 0..KILL_SAGAS {
+        engine
+            .start(&def, format!("k-{n:03}"), Order { n })
+            .await
+            .unwrap();
+    }
+    // Stay alive (every saga hangs in `charge`) until killed.
+    std::future::pending::<()>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_instances_sagas_are_taken_over_within_the_lease_ttl() {
+    let Some((store, guard)) = pg::store("sigkill", TTL).await else {
+        return;
+    };
+    for sql in [
+        "CREATE TABLE calls (key TEXT NOT NULL, who TEXT NOT NULL)",
+        "CREATE TABLE effects (key TEXT PRIMARY KEY)",
+    ] {
+        sqlx::query(sql).execute(store.pool()).await.unwrap();
+    }
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "takeover_worker", "--nocapture", "--ignored"])
+        .env(SCHEMA_VAR, &guard.schema)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let charges = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM calls WHERE key LIKE '%:charge:action'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    };
+    let start = tokio::time::Instant::now();
+    while charges().await < i64::try_from(KILL_SAGAS).unwrap() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "worker never charged everything"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let died = tokio::time::Instant::now();
+
+    let engine = SagaEngine::new(store.clone());
+    engine.register(&db_definition(store.pool(), "b", false));
+    let recovery = engine.spawn_recovery(Duration::from_millis(200));
+    loop {
+        let open = engine
+            .list(&ListFilter {
+                statuses: vec![SagaStatus::Running, SagaStatus::Compensating],
+                ..ListFilter::default()
+            })
+            .await
+            .unwrap();
+        if open.is_empty() {
+            break;
+        }
+        assert!(
+            died.elapsed() < TTL + Duration::from_secs(15),
+            "{} sagas still open",
+            open.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("takeover after SIGKILL settled in {:?}", died.elapsed());
+    drop(recovery);
+
+    let calls: Vec<(String, String)> = sqlx::query_as("SELECT key, who FROM calls")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    let effects: HashSet<String> = sqlx::query_scalar("SELECT key FROM effects")
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    let all = engine.list(&ListFilter::all()).await.unwrap();
+    assert_eq!(all.len(), KILL_SAGAS);
+    for s in all {
+        let n: usize = s.saga_id[2..].parse().unwrap();
+        let key = |step: &str, phase: &str| format!("{}:{step}:{phase}", s.saga_id);
+        let count = |k: &str, who: &str| calls.iter().filter(|(c, w)| c == k && w == who).count();
+        // A ran reserve and charge; B re-ran only the interrupted charge (same key), then
+        // went on. Every effect is applied once (the effects table is keyed).
+        assert_eq!(count(&key("reserve", "action"), "a"), 1);
+        assert_eq!(count(&key("reserve", "action"), "b"), 0);
+        assert_eq!(count(&key("charge", "action"), "a"), 1);
+        assert_eq!(count(&key("charge", "action"), "b"), 1);
+        assert_eq!(count(&key("ship", "action"), "b"), 1);
+        assert!(effects.contains(&key("charge", "action")));
+        let undone = effects.contains(&key("charge", "compensate"))
+            && effects.contains(&key("reserve", "compensate"));
+        if n.is_multiple_of(4) {
+            assert_eq!(s.status, SagaStatus::Compensated, "{}", s.saga_id);
+            assert!(undone, "{}: charge and reserve refunded", s.saga_id);
+        } else {
+            assert_eq!(s.status, SagaStatus::Completed, "{}", s.saga_id);
+            assert!(
+                !effects.contains(&key("charge", "compensate")),
+                "{}",
+                s.saga_id
+            );
+        }
+    }
+    assert!(calls.iter().all(|(_, who)| *who == "a" || *who == "b"));
+    assert_eq!(
+        calls.iter().filter(|(_, w)| w == "a").count(),
+        KILL_SAGAS * 2,
+        "A did nothing but reserve and charge"
+    );
 }
