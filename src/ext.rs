@@ -1,12 +1,6 @@
 //! [`ServiceBuilderExt`]: staunch layers as `tower::ServiceBuilder` methods.
 
 use tower::ServiceBuilder;
-#[cfg(any(
-    feature = "circuit-breaker",
-    feature = "bulkhead",
-    feature = "timeout",
-    feature = "retry"
-))]
 use tower::layer::util::Stack;
 
 /// Adds staunch's layers to [`tower::ServiceBuilder`].
@@ -31,7 +25,7 @@ use tower::layer::util::Stack;
 /// // `.timeout(limit)`; with them on (as here), `ServiceBuilder`'s inherent methods of those
 /// // names take precedence, so name the trait.
 /// let builder = ServiceBuilderExt::retry(
-///     ServiceBuilder::new(),
+///     ServiceBuilder::new().typed_errors::<std::io::Error>(),
 ///     RetryPolicy::builder().max_attempts(3).build()?,
 /// );
 /// let builder = builder.circuit_breaker(CircuitBreaker::builder("inventory").build()?);
@@ -46,6 +40,11 @@ use tower::layer::util::Stack;
 /// # Ok::<(), staunch::ConfigError>(())
 /// ```
 pub trait ServiceBuilderExt<L>: Sized {
+    /// Adds an [`ErrorLayer`](crate::ErrorLayer): the stack's boxed errors become
+    /// [`staunch::Error<E>`](crate::Error), `E` being the wrapped client's error type. Put it
+    /// first (outermost).
+    fn typed_errors<E>(self) -> ServiceBuilder<Stack<crate::ErrorLayer<E>, L>>;
+
     /// Adds a circuit breaker counting every error as a failure ([`BreakerLayer::new`]).
     ///
     /// [`BreakerLayer::new`]: crate::BreakerLayer::new
@@ -107,6 +106,10 @@ pub trait ServiceBuilderExt<L>: Sized {
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
+    fn typed_errors<E>(self) -> ServiceBuilder<Stack<crate::ErrorLayer<E>, L>> {
+        self.layer(crate::ErrorLayer::new())
+    }
+
     #[cfg(feature = "circuit-breaker")]
     fn circuit_breaker(
         self,

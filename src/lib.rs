@@ -50,7 +50,8 @@
 //!
 //! Every layer returns `tower::BoxError`; [`Error<E>`](Error) (through [`ErrorLayer`], which
 //! the HTTP preset puts outermost) gives it back as an enum to `match`: the client's own
-//! error `E`, `BreakerOpen`, `BulkheadFull`, `Elapsed`, or `Other`.
+//! error `E`, `BreakerOpen`, `BulkheadFull`, `Elapsed`, `RetriesExhausted` and
+//! `BudgetExhausted` (with the last attempt's error inside), or `Other`.
 //!
 //! # The order of layers
 //!
@@ -189,6 +190,9 @@
 //!     Err(Error::BreakerOpen(open)) => println!("payment is down: {open}"),
 //!     Err(Error::BulkheadFull(_)) => println!("too many calls to payment in flight"),
 //!     Err(Error::Elapsed(elapsed)) => println!("no answer within {:?}", elapsed.limit()),
+//!     Err(Error::RetriesExhausted { attempts, last, .. }) => {
+//!         println!("gave up after {attempts} attempts, the last one: {last}")
+//!     }
 //!     Err(Error::Inner(e)) => println!("transport error: {e}"),
 //!     Err(e) => println!("{e}"),
 //! }

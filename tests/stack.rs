@@ -16,8 +16,8 @@ use staunch::core::BulkheadFullReason;
 use staunch::retry::{GiveUpReason, RetryPolicy};
 use staunch::timeout::{Elapsed, TimeLimit};
 use staunch::{
-    BackoffConfig, BackoffStrategy, BoxError, BreakerOpen, BudgetConfig, Error, ErrorLayer,
-    JitterConfig, ServiceBuilderExt, StackConfig, WindowConfig,
+    BackoffConfig, BackoffStrategy, BoxError, BreakerOpen, BudgetConfig, Error, JitterConfig,
+    ServiceBuilderExt, StackConfig, WindowConfig,
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -318,7 +318,7 @@ async fn the_builder_extension_builds_the_same_stack() {
     let counter = Arc::clone(&calls);
     // tower's own `retry` and `timeout` features (on in these tests) add inherent methods of
     // the same names to `ServiceBuilder`, which win over the trait's: name the trait then.
-    let builder = ServiceBuilder::new().layer(ErrorLayer::<std::io::Error>::new());
+    let builder = ServiceBuilder::new().typed_errors::<std::io::Error>();
     let builder = ServiceBuilderExt::retry(builder, policy.clone());
     let builder = builder.circuit_breaker(breaker.clone());
     let builder =
