@@ -645,3 +645,48 @@ async fn a_sigkilled_instances_sagas_are_taken_over_within_the_lease_ttl() {
         "A did nothing but reserve and charge"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_opening_at_once_share_one_migrated_schema_and_a_newer_one_is_refused() {
+    let Some(url) = pg::url("migrate") else {
+        return;
+    };
+    let guard = pg::SchemaGuard {
+        url,
+        schema: pg::schema("migrate"),
+    };
+    // Four instances open a fresh schema at the same moment: one migrates, all succeed.
+    let opens = (0..4).map(|_| pg::another(&guard, TTL));
+    let stores = futures_util::future::join_all(opens).await;
+    let versions: Vec<i32> = sqlx::query_scalar("SELECT version FROM staunch_saga_schema")
+        .fetch_all(stores[0].pool())
+        .await
+        .unwrap();
+    assert_eq!(versions, [1]);
+    // They all see one database.
+    let engine = SagaEngine::new(stores[1].clone());
+    let def = SagaDefinition::<u32>::builder("noop", 1)
+        .step(Step::new("s", |n, _| async move { Ok(n) }))
+        .build()
+        .unwrap();
+    engine
+        .start(&def, "m-1", 1)
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
+    let seen = stores[3].load("m-1").await.unwrap().unwrap();
+    assert_eq!(seen.summary.status, SagaStatus::Completed);
+    // A database migrated by a newer build is refused, not reinterpreted.
+    sqlx::query("INSERT INTO staunch_saga_schema (version) VALUES (99)")
+        .execute(stores[0].pool())
+        .await
+        .unwrap();
+    let err = staunch_saga::PostgresStore::builder(guard.url.clone())
+        .schema(&guard.schema)
+        .open()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("schema version 99"), "{err}");
+}
