@@ -57,6 +57,11 @@ impl SagaEngine {
     /// same idempotency key, so delivery is at-least-once. A saga whose definition is not
     /// registered, or whose log does not decode, is quarantined (status `Quarantined`, the
     /// reason in its note, nothing deleted) and reported; the others are resumed.
+    ///
+    /// With a store shared by several instances, only sagas nobody drives are resumed (see
+    /// [`SagaStore::claim_resumable`](crate::SagaStore::claim_resumable)): no owner, an expired
+    /// lease, or a lease of this instance's owner id it no longer uses. Run it continuously
+    /// with [`spawn_recovery`](Self::spawn_recovery).
     pub async fn recover(&self) -> Result<RecoveryReport, SagaError> {
         self.recover_at_most(usize::MAX).await
     }
