@@ -46,6 +46,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, PartialEq, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[non_exhaustive]
 pub struct StackConfig {
     /// Overall limit of a call: every attempt and every backoff wait (default 5 s). A retry
     /// whose wait would end past it is not made.
@@ -79,6 +80,7 @@ pub struct StackConfig {
 #[derive(Debug, Clone, PartialEq, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[non_exhaustive]
 pub struct BreakerConfig {
     /// Trips when at least this percentage of calls failed, in `(0, 100]` (default 50).
     #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
@@ -156,6 +158,7 @@ pub enum WindowConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[non_exhaustive]
 pub struct BulkheadConfig {
     /// Calls in flight at most (default 25).
     #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
@@ -179,6 +182,7 @@ pub struct BulkheadConfig {
 #[derive(Debug, Clone, PartialEq, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[non_exhaustive]
 pub struct RetryConfig {
     /// Attempts per call, the first included (default 3; 1 turns retries off).
     #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
@@ -208,6 +212,7 @@ pub struct RetryConfig {
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
+#[non_exhaustive]
 pub struct BackoffConfig {
     /// How the delay grows.
     pub strategy: BackoffStrategy,
@@ -264,6 +269,22 @@ pub struct BackoffConfig {
     pub seed: Option<u64>,
 }
 
+impl BackoffConfig {
+    /// A backoff of `strategy` from `base`, the other settings at their defaults.
+    pub const fn new(strategy: BackoffStrategy, base: Duration) -> Self {
+        Self {
+            strategy,
+            base,
+            multiplier: None,
+            step: None,
+            jitter: None,
+            max_delay: None,
+            max_elapsed: None,
+            seed: None,
+        }
+    }
+}
+
 /// The growth of a [`BackoffConfig`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
@@ -300,6 +321,7 @@ pub enum JitterConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[non_exhaustive]
 pub struct BudgetConfig {
     /// Retries per request, in `[0, 1000]` (default 0.2).
     #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
@@ -332,6 +354,7 @@ pub struct BudgetConfig {
 #[derive(Debug, Clone, PartialEq, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "serde", serde(transparent))]
+#[non_exhaustive]
 pub struct RegistryConfig {
     /// The stacks, by name.
     pub stacks: std::collections::BTreeMap<String, StackConfig>,

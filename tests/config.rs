@@ -330,3 +330,244 @@ async fn a_call_in_flight_finishes_on_the_old_stack() {
     assert_eq!(old.bulkhead().in_flight(), 0);
     assert_eq!(new.bulkhead().in_flight(), 0);
 }
+
+mod properties {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+    use serde_json::Value;
+    use staunch::{
+        BackoffConfig, BackoffStrategy, BreakerConfig, BudgetConfig, BulkheadConfig, JitterConfig,
+        RetryConfig, StackConfig, WindowConfig,
+    };
+
+    fn duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            Just(Duration::ZERO),
+            (0u64..100_000).prop_map(Duration::from_millis),
+            (0u64..10_000_000_000).prop_map(Duration::from_nanos),
+        ]
+    }
+
+    /// A number as written in a file: a few decimals (JSON parsers may round a float with
+    /// 17 significant digits by one unit in the last place).
+    fn decimal(min: i32, max: i32) -> impl Strategy<Value = f64> {
+        (min * 100..max * 100).prop_map(|x| f64::from(x) / 100.0)
+    }
+
+    fn rate() -> impl Strategy<Value = f64> {
+        prop_oneof![Just(0.0), Just(100.0), decimal(-50, 250)]
+    }
+
+    fn window() -> impl Strategy<Value = WindowConfig> {
+        prop_oneof![
+            (0u32..300).prop_map(|size| WindowConfig::Count { size }),
+            (duration(), 0u32..200)
+                .prop_map(|(duration, buckets)| WindowConfig::Time { duration, buckets }),
+        ]
+    }
+
+    fn breaker() -> impl Strategy<Value = BreakerConfig> {
+        (
+            (
+                proptest::option::of(rate()),
+                proptest::option::of(rate()),
+                proptest::option::of(duration()),
+                proptest::option::of(window()),
+                proptest::option::of(0u32..200),
+            ),
+            (
+                proptest::option::of(0u32..10),
+                proptest::option::of(duration()),
+                proptest::option::of(0u32..10),
+                proptest::option::of(duration()),
+            ),
+        )
+            .prop_map(|((f, s, sd, w, m), (c, o, p, h))| {
+                let mut b = BreakerConfig::default();
+                b.failure_rate_threshold = f;
+                b.slow_call_rate_threshold = s;
+                b.slow_call_duration = sd;
+                b.sliding_window = w;
+                b.minimum_calls = m;
+                b.consecutive_failures = c;
+                b.open_duration = o;
+                b.permitted_calls_in_half_open = p;
+                b.max_half_open_duration = h;
+                b
+            })
+    }
+
+    fn backoff() -> impl Strategy<Value = BackoffConfig> {
+        (
+            prop_oneof![
+                Just(BackoffStrategy::Constant),
+                Just(BackoffStrategy::Linear),
+                Just(BackoffStrategy::Exponential),
+                Just(BackoffStrategy::Fibonacci),
+                Just(BackoffStrategy::Decorrelated),
+            ],
+            duration(),
+            proptest::option::of(decimal(0, 4)),
+            proptest::option::of(prop_oneof![
+                Just(JitterConfig::None),
+                Just(JitterConfig::Full),
+                Just(JitterConfig::Equal),
+                decimal(-1, 2).prop_map(JitterConfig::Proportional),
+            ]),
+            proptest::option::of(duration()),
+            proptest::option::of(duration()),
+        )
+            .prop_map(
+                |(strategy, base, multiplier, jitter, max_delay, max_elapsed)| {
+                    let mut backoff = BackoffConfig::new(strategy, base);
+                    backoff.multiplier = multiplier;
+                    backoff.jitter = jitter;
+                    backoff.max_delay = max_delay;
+                    backoff.max_elapsed = max_elapsed;
+                    backoff.seed = Some(7);
+                    backoff
+                },
+            )
+    }
+
+    fn stack() -> impl Strategy<Value = StackConfig> {
+        (
+            proptest::option::of(duration()),
+            proptest::option::of(duration()),
+            breaker(),
+            (
+                proptest::option::of(0usize..100),
+                proptest::option::of(duration()),
+                proptest::option::of(0usize..100),
+            ),
+            (
+                proptest::option::of(0u32..6),
+                proptest::option::of(backoff()),
+                proptest::option::of(duration()),
+                proptest::option::of((
+                    proptest::option::of(decimal(-1, 2)),
+                    proptest::option::of(0u32..100),
+                    proptest::option::of(duration()),
+                )),
+            ),
+        )
+            .prop_map(
+                |(timeout, attempt, breaker, (mc, mw, mq), (ma, bo, mra, bu))| {
+                    let mut config = StackConfig::default();
+                    config.timeout = timeout;
+                    config.attempt_timeout = attempt;
+                    config.breaker = breaker;
+                    let mut bulkhead = BulkheadConfig::default();
+                    bulkhead.max_concurrent = mc;
+                    bulkhead.max_wait = mw;
+                    bulkhead.max_queued = mq;
+                    config.bulkhead = bulkhead;
+                    let mut retry = RetryConfig::default();
+                    retry.max_attempts = ma;
+                    retry.backoff = bo;
+                    retry.max_retry_after = mra;
+                    retry.budget = bu.map(|(ratio, min_per_sec, ttl)| {
+                        let mut b = BudgetConfig::default();
+                        b.ratio = ratio;
+                        b.min_per_sec = min_per_sec;
+                        b.ttl = ttl;
+                        b
+                    });
+                    config.retry = retry;
+                    config
+                },
+            )
+    }
+
+    /// Every dotted path of a JSON document: `breaker`, `breaker.minimum_calls`, ...
+    fn paths(value: &Value, prefix: &str, out: &mut BTreeSet<String>) {
+        if let Value::Object(map) = value {
+            for (key, value) in map {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                paths(value, &path, out);
+                out.insert(path);
+            }
+        }
+    }
+
+    /// Every field a configuration file can set: the paths of two fully set configurations
+    /// (one per kind of sliding window).
+    fn schema() -> BTreeSet<String> {
+        let full = |window| {
+            let mut config = StackConfig::default();
+            config.timeout = Some(Duration::from_secs(1));
+            config.attempt_timeout = Some(Duration::from_secs(1));
+            let b = &mut config.breaker;
+            b.failure_rate_threshold = Some(1.0);
+            b.slow_call_rate_threshold = Some(1.0);
+            b.slow_call_duration = Some(Duration::from_secs(1));
+            b.sliding_window = Some(window);
+            b.minimum_calls = Some(1);
+            b.consecutive_failures = Some(1);
+            b.open_duration = Some(Duration::from_secs(1));
+            b.permitted_calls_in_half_open = Some(1);
+            b.max_half_open_duration = Some(Duration::from_secs(1));
+            config.bulkhead.max_concurrent = Some(1);
+            config.bulkhead.max_wait = Some(Duration::from_secs(1));
+            config.bulkhead.max_queued = Some(1);
+            config.retry.max_attempts = Some(1);
+            config.retry.max_retry_after = Some(Duration::from_secs(1));
+            config.retry.retry_non_idempotent = Some(true);
+            let mut backoff = BackoffConfig::new(BackoffStrategy::Linear, Duration::from_secs(1));
+            backoff.multiplier = Some(2.0);
+            backoff.step = Some(Duration::from_secs(1));
+            backoff.jitter = Some(JitterConfig::Full);
+            backoff.max_delay = Some(Duration::from_secs(1));
+            backoff.max_elapsed = Some(Duration::from_secs(1));
+            backoff.seed = Some(1);
+            config.retry.backoff = Some(backoff);
+            let mut budget = BudgetConfig::default();
+            budget.ratio = Some(0.1);
+            budget.min_per_sec = Some(1);
+            budget.ttl = Some(Duration::from_secs(1));
+            config.retry.budget = Some(budget);
+            serde_json::to_value(config).unwrap()
+        };
+        let mut out = BTreeSet::new();
+        paths(&full(WindowConfig::Count { size: 1 }), "", &mut out);
+        paths(
+            &full(WindowConfig::Time {
+                duration: Duration::from_secs(1),
+                buckets: 1,
+            }),
+            "",
+            &mut out,
+        );
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any configuration, valid or not, survives a trip through TOML and JSON unchanged,
+        /// and building it either succeeds or names a field a file can actually set.
+        #[test]
+        fn files_round_trip_and_errors_name_real_fields(config in stack()) {
+            let json = serde_json::to_string(&config).unwrap();
+            prop_assert_eq!(&serde_json::from_str::<StackConfig>(&json).unwrap(), &config);
+            let text = toml::to_string(&config).unwrap();
+            prop_assert_eq!(&toml::from_str::<StackConfig>(&text).unwrap(), &config);
+
+            if let Err(err) = config.build("svc") {
+                let field = err.field().strip_prefix("svc.").unwrap_or_else(|| {
+                    panic!("`{}` does not start with the stack's name", err.field())
+                });
+                prop_assert!(
+                    schema().contains(field),
+                    "`{}` is not a field of the file ({})", field, err
+                );
+            }
+        }
+    }
+}

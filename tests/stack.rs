@@ -41,16 +41,9 @@ fn response(status: u16) -> Response {
 
 /// A constant backoff without jitter, so waits are exact.
 fn constant(delay: Duration) -> BackoffConfig {
-    BackoffConfig {
-        strategy: BackoffStrategy::Constant,
-        base: delay,
-        multiplier: None,
-        step: None,
-        jitter: Some(JitterConfig::None),
-        max_delay: None,
-        max_elapsed: None,
-        seed: None,
-    }
+    let mut backoff = BackoffConfig::new(BackoffStrategy::Constant, delay);
+    backoff.jitter = Some(JitterConfig::None);
+    backoff
 }
 
 /// A stack whose breaker trips after `trip_after` failures in a row and that makes up to
@@ -535,11 +528,10 @@ async fn an_exhausted_budget_is_reported_as_such() {
     });
     let mut no_budget = config(100, 3);
     // No retry allowed at all: the budget refuses the first one.
-    no_budget.retry.budget = Some(BudgetConfig {
-        ratio: Some(0.0),
-        min_per_sec: Some(0),
-        ttl: None,
-    });
+    let mut budget = BudgetConfig::default();
+    budget.ratio = Some(0.0);
+    budget.min_per_sec = Some(0);
+    no_budget.retry.budget = Some(budget);
     let (mut client, handle) = staunch::http::client("ledger", inner, &no_budget).unwrap();
 
     let err = client.ready().await.unwrap().call(get()).await.unwrap_err();
