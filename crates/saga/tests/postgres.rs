@@ -690,3 +690,41 @@ async fn instances_opening_at_once_share_one_migrated_schema_and_a_newer_one_is_
         .unwrap_err();
     assert!(err.to_string().contains("schema version 99"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_create_leaves_no_lease_behind_and_its_saga_is_claimable() {
+    let Some((store, _guard)) = pg::store("cancel", TTL).await else {
+        return;
+    };
+    let new = staunch_saga::NewSaga::new(
+        Arc::from("c-1"),
+        Arc::from("order"),
+        1,
+        SagaStatus::Running,
+        vec!["e0".into()],
+    );
+    // Polled once (the request is queued), then dropped.
+    assert!(
+        futures_util::FutureExt::now_or_never(store.create(new)).is_none(),
+        "a database round trip cannot finish on the first poll"
+    );
+    assert_eq!(store.held_leases(), 0);
+    // The writer may still have created it: then recovery here claims it at once (its
+    // lease names this owner, and this store does not hold it).
+    let mut exists = false;
+    for _ in 0..25 {
+        exists = store.load("c-1").await.unwrap().is_some();
+        if exists {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let claimed = store.claim_resumable(10).await.unwrap();
+    if exists {
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].saga_id, "c-1");
+        assert_eq!(store.held_leases(), 1);
+    } else {
+        assert!(claimed.is_empty());
+    }
+}

@@ -312,6 +312,23 @@ impl Inner {
     }
 }
 
+/// Removes a "being created" lease mark unless disarmed (by taking `id`).
+struct CreatingGuard<'a> {
+    inner: &'a Inner,
+    id: Option<Arc<str>>,
+}
+
+impl Drop for CreatingGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            let mut held = self.inner.held();
+            if held.get(&id) == Some(&CREATING) {
+                held.remove(&id);
+            }
+        }
+    }
+}
+
 impl fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresStore")
@@ -431,8 +448,14 @@ impl SagaStore for PostgresStore {
             if fresh {
                 self.inner.held().insert(Arc::clone(&id), CREATING);
             }
+            // Undoes the mark if this future is dropped before the answer (a saga created
+            // anyway is then claimed by recovery once its first lease expires).
+            let mut guard = CreatingGuard {
+                inner: &self.inner,
+                id: fresh.then(|| Arc::clone(&id)),
+            };
             let result = self.request(|tx| Request::Create(saga, tx)).await;
-            if fresh {
+            if let Some(id) = guard.id.take() {
                 let mut held = self.inner.held();
                 if matches!(result, Ok(Created::New)) {
                     held.insert(id, 1);
