@@ -55,3 +55,119 @@ where
     let handle = config.build(name)?;
     Ok((handle.wrap(inner, HttpStatus::new()), handle))
 }
+
+/// A `reqwest::Client` as a `Service<http::Request<B>>` answering `http::Response`s, for
+/// [`client`]: `staunch::http::client("payment", staunch::http::reqwest(client), &config)`.
+/// `B` is the body type of the requests (`String`, `Bytes`, ...: cloneable, so requests can
+/// be retried), usually inferred from the calls. Feature `reqwest`.
+#[cfg(feature = "reqwest")]
+pub fn reqwest<B>(client: ::reqwest::Client) -> Reqwest<B> {
+    Reqwest {
+        client,
+        _body: std::marker::PhantomData,
+    }
+}
+
+/// The service returned by [`reqwest()`]: converts the request with
+/// `reqwest::Request::try_from` (an invalid URL fails the call with a `reqwest::Error`),
+/// sends it, and converts the answer into an `http::Response<reqwest::Body>`.
+#[cfg(feature = "reqwest")]
+pub struct Reqwest<B> {
+    client: ::reqwest::Client,
+    _body: std::marker::PhantomData<fn(B)>,
+}
+
+#[cfg(feature = "reqwest")]
+impl<B> Clone for Reqwest<B> {
+    fn clone(&self) -> Self {
+        reqwest(self.client.clone())
+    }
+}
+
+#[cfg(feature = "reqwest")]
+impl<B> std::fmt::Debug for Reqwest<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reqwest")
+            .field("client", &self.client)
+            .finish()
+    }
+}
+
+#[cfg(feature = "reqwest")]
+impl<B> Reqwest<B> {
+    /// The wrapped client.
+    pub fn client(&self) -> &::reqwest::Client {
+        &self.client
+    }
+}
+
+#[cfg(feature = "reqwest")]
+impl<B> Service<http::Request<B>> for Reqwest<B>
+where
+    B: Into<::reqwest::Body>,
+{
+    type Response = http::Response<::reqwest::Body>;
+    type Error = ::reqwest::Error;
+    type Future = ReqwestFuture;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        Service::<::reqwest::Request>::poll_ready(&mut self.client, cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        match ::reqwest::Request::try_from(req) {
+            Ok(req) => ReqwestFuture {
+                sending: Some(self.client.call(req)),
+                invalid: None,
+            },
+            Err(e) => ReqwestFuture {
+                sending: None,
+                invalid: Some(e),
+            },
+        }
+    }
+}
+
+#[cfg(feature = "reqwest")]
+pin_project_lite::pin_project! {
+    /// The response future of [`Reqwest`].
+    ///
+    /// # Panics
+    ///
+    /// When polled again after it completed with the error of a request that could not be
+    /// converted (a future must not be polled after completion).
+    pub struct ReqwestFuture {
+        #[pin]
+        sending: Option<<::reqwest::Client as Service<::reqwest::Request>>::Future>,
+        invalid: Option<::reqwest::Error>,
+    }
+}
+
+#[cfg(feature = "reqwest")]
+impl std::fmt::Debug for ReqwestFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReqwestFuture")
+    }
+}
+
+#[cfg(feature = "reqwest")]
+impl std::future::Future for ReqwestFuture {
+    type Output = Result<http::Response<::reqwest::Body>, ::reqwest::Error>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        match this.sending.as_pin_mut() {
+            Some(sending) => sending.poll(cx).map_ok(http::Response::from),
+            None => std::task::Poll::Ready(Err(this
+                .invalid
+                .take()
+                .expect("ReqwestFuture polled after completion"))),
+        }
+    }
+}

@@ -157,31 +157,25 @@
 //!
 //! # reqwest
 //!
-//! The HTTP preset wraps any `Service<http::Request<B>>`; a `reqwest::Client` becomes one in a
-//! few lines. Results are classified by [`HttpStatus`] (5xx and 429 are failures), only
-//! idempotent requests (or those with an `Idempotency-Key`) are retried.
+//! The HTTP preset wraps any `Service<http::Request<B>>` (hyper's client is one);
+//! [`http::reqwest`] makes one of a `reqwest::Client` (feature `reqwest`). Results are
+//! classified by [`HttpStatus`] (5xx and 429 are failures); only idempotent requests (or
+//! those with an `Idempotency-Key`) are retried, on connection errors, timeouts, 502, 503,
+//! 504 and 429.
 //!
 //! ```no_run
-//! # #[cfg(all(feature = "circuit-breaker", feature = "bulkhead", feature = "timeout", feature = "retry"))]
+//! # #[cfg(all(feature = "circuit-breaker", feature = "bulkhead", feature = "timeout", feature = "retry", feature = "reqwest"))]
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! use std::time::Duration;
 //! use staunch::{Error, StackConfig};
-//! use tower::{Service, ServiceExt, service_fn};
-//!
-//! let http = reqwest::Client::new();
-//! let inner = service_fn(move |req: http::Request<String>| {
-//!     let http = http.clone();
-//!     async move {
-//!         let res = http.execute(reqwest::Request::try_from(req)?).await?;
-//!         Ok::<_, reqwest::Error>(http::Response::from(res))
-//!     }
-//! });
+//! use tower::{Service, ServiceExt};
 //!
 //! let mut config = StackConfig::default();
 //! config.attempt_timeout = Some(Duration::from_millis(500));
 //! config.timeout = Some(Duration::from_secs(2));
 //! config.bulkhead.max_concurrent = Some(32);
+//! let inner = staunch::http::reqwest(reqwest::Client::new());
 //! let (mut payment, handle) = staunch::http::client("payment", inner, &config)?;
 //!
 //! let request = http::Request::get("http://127.0.0.1:8080/balance").body(String::new())?;
@@ -200,7 +194,7 @@
 //! println!("{:?}", handle.status());
 //! # Ok(())
 //! # }
-//! # #[cfg(not(all(feature = "circuit-breaker", feature = "bulkhead", feature = "timeout", feature = "retry")))]
+//! # #[cfg(not(all(feature = "circuit-breaker", feature = "bulkhead", feature = "timeout", feature = "retry", feature = "reqwest")))]
 //! # fn main() {}
 //! ```
 //!
@@ -408,5 +402,7 @@ mod tests {
         assert_send_sync::<Registry>();
         assert_send_sync::<Stack<Inner, HttpStatus, std::io::Error>>();
         assert_send_sync::<Reloading<Inner, HttpStatus, std::io::Error>>();
+        #[cfg(feature = "reqwest")]
+        assert_send_sync::<http::Reqwest<String>>();
     }
 }

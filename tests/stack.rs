@@ -392,6 +392,7 @@ async fn dropping_a_call_mid_flight_releases_its_permit() {
     );
 }
 
+#[cfg(feature = "reqwest")]
 #[tokio::test]
 async fn a_reqwest_client_against_a_real_server() {
     use axum::http::StatusCode;
@@ -426,14 +427,7 @@ async fn a_reqwest_client_against_a_real_server() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let http = reqwest::Client::new();
-    let inner = service_fn(move |req: Request| {
-        let http = http.clone();
-        async move {
-            let res = http.execute(reqwest::Request::try_from(req)?).await?;
-            Ok::<_, reqwest::Error>(http::Response::from(res))
-        }
-    });
+    let inner = staunch::http::reqwest(reqwest::Client::new());
     let mut config = config(3, 3);
     config.attempt_timeout = Some(Duration::from_secs(10));
     config.timeout = Some(Duration::from_secs(30));
@@ -478,6 +472,25 @@ async fn a_reqwest_client_against_a_real_server() {
         .unwrap_err();
     assert!(matches!(err, Error::BreakerOpen(_)), "{err:?}");
     assert_eq!(down_hits.load(Ordering::SeqCst), 3);
+
+    // A request reqwest cannot send (no host) fails with reqwest's own error, not retried.
+    handle.breaker().reset();
+    let err = client
+        .ready()
+        .await
+        .unwrap()
+        .call(http::Request::get("/relative").body(String::new()).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        err.inner().is_some_and(reqwest::Error::is_builder),
+        "{err:?}"
+    );
+    assert_eq!(
+        handle.retry().metrics().retries,
+        1,
+        "only the 503 was retried"
+    );
 }
 
 #[cfg(feature = "tonic")]
