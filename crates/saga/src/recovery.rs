@@ -69,7 +69,15 @@ impl SagaEngine {
     /// Like [`recover`](Self::recover), claiming at most `limit` sagas. With a store shared
     /// by several instances (leases), only sagas nobody drives are claimed: no owner, or an
     /// expired lease.
+    ///
+    /// A store without leases cannot tell which of its unfinished sagas this engine runs, so
+    /// for it every pass lists them all and `limit` is ignored.
     pub async fn recover_at_most(&self, limit: usize) -> Result<RecoveryReport, SagaError> {
+        let limit = if self.shared.store.lease_ttl().is_some() {
+            limit
+        } else {
+            usize::MAX
+        };
         let mut report = RecoveryReport::default();
         let claimed = self.shared.store.claim_resumable(limit).await?;
         let mut claimed = claimed.into_iter();
@@ -255,7 +263,10 @@ impl SagaEngine {
                                     "recovery pass"
                                 );
                             }
-                            if n + report.already_running.len() < CLAIM_BATCH {
+                            // A full batch of new work: there may be more right away.
+                            // (Sagas this engine already runs do not count: a store without
+                            // leases lists them every time.)
+                            if n < CLAIM_BATCH {
                                 break;
                             }
                         }

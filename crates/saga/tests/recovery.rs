@@ -414,3 +414,41 @@ fn a_saga_recovered_after_its_deadline_compensates_the_interrupted_step_too() {
         ]
     );
 }
+
+#[test]
+fn the_recovery_loop_resumes_stopped_sagas_and_does_not_spin_on_running_ones() {
+    let store = MemoryStore::new();
+    let f = flow("loop", 1, OnInterrupted::Rerun, Script::Ok);
+    *f.action.lock().unwrap() = Script::Hang;
+    crash_after(&store, &f.def, &f.calls, "l1", 2);
+    runtime().block_on(async {
+        let engine = SagaEngine::new(store.clone());
+        engine.register(&f.def);
+        // More sagas in flight here than one recovery pass claims, all hanging in `charge`:
+        // a store without leases lists them on every pass.
+        let mut hanging = Vec::new();
+        for n in 0..300 {
+            hanging.push(
+                engine
+                    .start(&f.def, format!("h{n:03}"), trail())
+                    .await
+                    .unwrap(),
+            );
+        }
+        while f.calls.lock().unwrap().len() < 2 + 300 * 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let handle = engine.start(&f.def, "l1", trail()).await.unwrap();
+        *f.action.lock().unwrap() = Script::Ok;
+        let recovery = engine.spawn_recovery(std::time::Duration::from_secs(1));
+        // The loop's first pass resumes the stopped saga; later passes find only sagas this
+        // engine runs (the test would hang if a pass never yielded).
+        let outcome = handle.outcome().await.unwrap();
+        assert!(matches!(outcome, SagaOutcome::Completed(_)), "{outcome:?}");
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        assert_eq!(engine.metrics().resumed, 1);
+        assert_eq!(engine.metrics().in_flight, 300, "the others still hang");
+        drop(recovery);
+        drop(hanging);
+    });
+}
