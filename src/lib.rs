@@ -46,7 +46,8 @@
 //! Engines are cheap handles (clones share the state) and outlive the layers built from
 //! them, so a status endpoint can read them and an operator can force a breaker open. A
 //! rejection is a small typed value that says "back off": no retry layer of staunch ever
-//! retries one, and a breaker never counts a bulkhead's rejection as the dependency failing.
+//! retries one, and the breakers this crate puts in a stack ([`BreakerLayer`]) never count a
+//! bulkhead's rejection as the dependency failing.
 //!
 //! Every layer returns `tower::BoxError`; [`Error<E>`](Error) (through [`ErrorLayer`], which
 //! the HTTP preset puts outermost) gives it back as an enum to `match`: the client's own
@@ -55,7 +56,8 @@
 //!
 //! # The order of layers
 //!
-//! Outermost first, as the presets build it and as [`ServiceBuilderExt`] calls are written:
+//! Outermost first, as the HTTP preset builds it and as [`ServiceBuilderExt`] calls are
+//! written (the gRPC preset is the same without its first two lines: see [*tonic*](#tonic)):
 //!
 //! ```text
 //! ErrorLayer            BoxError -> staunch::Error<E>
