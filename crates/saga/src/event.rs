@@ -36,12 +36,17 @@ pub enum SagaEvent {
         /// Attempt number, from 1.
         attempt: u32,
     },
-    /// A step's action succeeded; `state` is the state it returned.
+    /// A step's action succeeded; `state` is the saga state after it.
     StepCompleted {
         /// Step index.
         step: u32,
-        /// The new state, as JSON.
+        /// The new saga state, as JSON (for a parallel group member: the group's state with
+        /// every member completed so far merged in).
         state: Box<RawValue>,
+        /// For a parallel group member: the state the member itself returned, so the group's
+        /// join can be recomputed in declaration order after a restart.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        member: Option<Box<RawValue>>,
     },
     /// An attempt of a step's action failed.
     StepFailed {

@@ -35,11 +35,15 @@ pub(crate) type MergeFn<S> = Arc<dyn Fn(S, S) -> S + Send + Sync>;
 /// Steps that run concurrently as one stage of a saga; the saga moves on when all of them
 /// succeeded. Added with [`SagaDefinitionBuilder::parallel`](crate::SagaDefinitionBuilder::parallel).
 ///
-/// Every member gets the saga state as it was when the group started. The state each member
-/// returns is folded into the saga state with [`merge`](Self::merge) as the member completes
-/// (in completion order); **by default member results are discarded** and the state after
-/// the group is the state before it. Set `merge` when members return something later steps
-/// or compensations need (and make it commutative: completion order varies).
+/// Every member gets the saga state as it was before the group (on retries and after a
+/// restart too), whatever its siblings returned. The join
+/// is deterministic: whenever a member completes, the saga state becomes the state before the
+/// group folded with [`merge`](Self::merge) over the results of the completed members **in
+/// declaration order**, whatever order they finished in; each member's own result is logged,
+/// so the same fold is recomputed after a restart. **By default member results are
+/// discarded** and the state after the group is the state before it: set `merge` when members
+/// return something later steps or compensations need. Compensations run in parallel are
+/// joined the same way, from the state when they started.
 ///
 /// When a member fails for good (business failure, retries exhausted, panic), the saga
 /// starts compensating: the other members finish or are cancelled ([`GroupFailure`]), then
@@ -139,7 +143,8 @@ impl<S: SagaState> ParallelGroup<S> {
         self
     }
 
-    /// Folds a member's returned state into the saga state: `merge(saga_state, member_state)`.
+    /// Folds a member's returned state into the saga state: `merge(acc, member_state)`, over
+    /// the completed members in declaration order, starting from the state before the group.
     /// Also used for the states returned by compensations run in parallel.
     pub fn merge<F>(mut self, merge: F) -> Self
     where

@@ -24,7 +24,8 @@
 //!   steps run concurrently; the saga moves on when all succeed. When one fails, the others
 //!   finish or are cancelled ([`GroupFailure`]) and every completed step of the group and
 //!   before it is compensated, members in reverse order or in parallel
-//!   ([`GroupCompensation`]). Member states are folded in with the group's `merge`.
+//!   ([`GroupCompensation`]). The join is deterministic: member results are folded into
+//!   the state before the group with its `merge`, in declaration order.
 //! - **Durability**: every transition is appended to a [`SagaStore`] before the next call
 //!   starts. `SqliteStore` (the default feature) is one file, WAL, `synchronous=FULL`, with
 //!   group commit so many concurrent sagas share each fsync. [`MemoryStore`] is for tests.
@@ -95,8 +96,7 @@
 //!   a live instance loses a saga.
 //! - Parallel groups: other members finish (no participant call abandoned half-way);
 //!   compensation in reverse declaration order (like sequential steps); member states are
-//!   discarded unless a `merge` is set (completion order varies, so no default merge could
-//!   be deterministic).
+//!   discarded unless a `merge` is set (no merge of arbitrary states is right by default).
 //!
 //! # Observability
 //!

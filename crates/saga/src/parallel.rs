@@ -1,7 +1,7 @@
 //! Running a parallel group: member attempts on their own tasks, every transition logged by
 //! the saga's runner (the only writer of its log) as the attempts finish.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use staunch_core::BackoffSchedule;
@@ -13,6 +13,7 @@ use crate::definition::{OnInterrupted, RetryPolicy, SagaState, StepKind};
 use crate::error::{SagaError, StepError, StepErrorKind};
 use crate::event::SagaEvent;
 use crate::group::{GroupCompensation, GroupFailure};
+use crate::replay::MemberResult;
 use crate::runner::{Runner, to_raw};
 
 /// What a member task reports.
@@ -24,6 +25,17 @@ enum Report<S> {
     RetryDue {
         step: u32,
     },
+}
+
+/// The deterministic join of a group: the state before it and each member's result, folded
+/// in declaration order (never completion order) whenever a member completes.
+struct Join<S> {
+    base: S,
+    results: BTreeMap<u32, S>,
+}
+
+fn decode<S: SagaState>(raw: &serde_json::value::RawValue) -> Result<S, SagaError> {
+    serde_json::from_str(raw.get()).map_err(|e| SagaError::State(e.to_string()))
 }
 
 /// A member's retry bookkeeping.
@@ -120,9 +132,26 @@ impl<S: SagaState> Runner<S> {
             }
             return Ok(());
         }
+        // The join restarts from the log: the state before the group (as it was when its first
+        // completed member was applied) and the results of the members completed so far.
+        let done: Vec<(u32, MemberResult)> = self.def.groups[g as usize]
+            .members()
+            .filter_map(|i| Some((i, self.progress.steps.get(i as usize)?.member.clone()?)))
+            .collect();
+        let base = match done.iter().min_by_key(|(_, m)| m.seq) {
+            Some((_, first)) => decode(&first.state_before)?,
+            None => self.state.clone(),
+        };
+        let mut join = Join {
+            base,
+            results: BTreeMap::new(),
+        };
+        for (i, m) in &done {
+            join.results.insert(*i, decode(&m.state)?);
+        }
         let cancel = on_failure == GroupFailure::CancelOthers;
         if let Some((step, error)) = self
-            .run_concurrent(g, &members, Phase::Action, cancel)
+            .run_concurrent(g, &members, Phase::Action, cancel, &mut join)
             .await?
             && self.pivot_done()
         {
@@ -145,8 +174,12 @@ impl<S: SagaState> Runner<S> {
                     && p.is_some_and(|p| (p.completed || p.in_doubt) && !p.compensated)
             })
             .collect();
+        let mut join = Join {
+            base: self.state.clone(),
+            results: BTreeMap::new(),
+        };
         if let Some((step, error)) = self
-            .run_concurrent(g, &members, Phase::Compensate, false)
+            .run_concurrent(g, &members, Phase::Compensate, false, &mut join)
             .await?
         {
             tracing::warn!(saga_id = %self.id, step, %error, "compensation exhausted: saga is stuck");
@@ -171,6 +204,7 @@ impl<S: SagaState> Runner<S> {
         &mut self,
         set: &mut JoinSet<Report<S>>,
         tracks: &mut HashMap<u32, Member>,
+        base: &S,
         step: u32,
         phase: Phase,
     ) {
@@ -193,7 +227,16 @@ impl<S: SagaState> Runner<S> {
         let deadline = (phase == Phase::Action && !self.pivot_done())
             .then_some(self.deadline)
             .flatten();
-        let fut = self.attempt(f, step, phase, attempt, track.policy.timeout, deadline);
+        // Members see the state before the group, whatever their siblings returned.
+        let fut = self.attempt(
+            f,
+            base.clone(),
+            step,
+            phase,
+            attempt,
+            track.policy.timeout,
+            deadline,
+        );
         set.spawn(async move {
             Report::Done {
                 step,
@@ -213,6 +256,7 @@ impl<S: SagaState> Runner<S> {
         members: &[u32],
         phase: Phase,
         cancel: bool,
+        join: &mut Join<S>,
     ) -> Result<Option<(u32, StepError)>, SagaError> {
         let merge = Arc::clone(&self.def.groups[g as usize].merge);
         let mut set = JoinSet::new();
@@ -235,7 +279,7 @@ impl<S: SagaState> Runner<S> {
             );
         }
         for &i in members {
-            self.launch(&mut set, &mut tracks, i, phase);
+            self.launch(&mut set, &mut tracks, &join.base, i, phase);
         }
         self.flush().await?;
         let mut failure: Option<(u32, StepError)> = None;
@@ -247,7 +291,7 @@ impl<S: SagaState> Runner<S> {
             match report {
                 Report::RetryDue { step } => {
                     if failure.is_none() {
-                        self.launch(&mut set, &mut tracks, step, phase);
+                        self.launch(&mut set, &mut tracks, &join.base, step, phase);
                         self.flush().await?;
                     }
                 }
@@ -256,10 +300,19 @@ impl<S: SagaState> Runner<S> {
                     track.in_flight = false;
                     match result {
                         Ok(member_state) => {
-                            self.state = merge(self.state.clone(), member_state);
+                            let member = to_raw(&member_state)?;
+                            join.results.insert(step, member_state);
+                            self.state = join
+                                .results
+                                .values()
+                                .fold(join.base.clone(), |acc, m| merge(acc, m.clone()));
                             let state = to_raw(&self.state)?;
                             self.record(match phase {
-                                Phase::Action => SagaEvent::StepCompleted { step, state },
+                                Phase::Action => SagaEvent::StepCompleted {
+                                    step,
+                                    state,
+                                    member: Some(member),
+                                },
                                 Phase::Compensate => {
                                     SagaEvent::CompensationCompleted { step, state }
                                 }

@@ -23,6 +23,17 @@ pub(crate) struct StepProgress {
     pub(crate) compensated: bool,
     /// Highest compensation attempt started.
     pub(crate) comp_attempts: u32,
+    /// For a completed parallel group member: the state it returned, the saga state just
+    /// before its completion was applied, and the position of that completion in the log.
+    pub(crate) member: Option<MemberResult>,
+}
+
+/// What the log says of a completed parallel group member.
+#[derive(Debug, Clone)]
+pub(crate) struct MemberResult {
+    pub(crate) state: Box<RawValue>,
+    pub(crate) state_before: Box<RawValue>,
+    pub(crate) seq: u64,
 }
 
 /// Where the saga is.
@@ -125,11 +136,21 @@ impl Progress {
                 s.action_attempts = *attempt;
                 s.action_open = true;
             }
-            SagaEvent::StepCompleted { step, state } => {
+            SagaEvent::StepCompleted {
+                step,
+                state,
+                member,
+            } => {
+                let (before, seq) = (self.state.clone(), self.next_seq);
                 let s = self.step(*step);
                 s.completed = true;
                 s.action_open = false;
                 s.in_doubt = false;
+                s.member = member.as_ref().map(|m| MemberResult {
+                    state: m.clone(),
+                    state_before: before,
+                    seq,
+                });
                 self.state = state.clone();
             }
             SagaEvent::StepFailed { step, kind, .. } => {

@@ -325,6 +325,7 @@ impl<S: SagaState> Runner<S> {
                     self.record(SagaEvent::StepCompleted {
                         step: i,
                         state: raw,
+                        member: None,
                     });
                     return Ok(());
                 }
@@ -439,14 +440,25 @@ impl<S: SagaState> Runner<S> {
         timeout: Option<Duration>,
         deadline: Option<Instant>,
     ) -> Result<S, StepError> {
-        self.attempt(Arc::clone(f), step, phase, attempt, timeout, deadline)
-            .await
+        let state = self.state.clone();
+        self.attempt(
+            Arc::clone(f),
+            state,
+            step,
+            phase,
+            attempt,
+            timeout,
+            deadline,
+        )
+        .await
     }
 
     /// One attempt as an owned future (parallel group members run on their own tasks).
+    #[allow(clippy::too_many_arguments)] // one attempt's full description, used twice
     pub(crate) fn attempt(
         &self,
         f: StepFn<S>,
+        state: S,
         step: u32,
         phase: Phase,
         attempt: u32,
@@ -462,7 +474,6 @@ impl<S: SagaState> Runner<S> {
         };
         let span =
             tracing::debug_span!("saga_step", saga_id = %self.id, step = %name, %phase, attempt);
-        let state = self.state.clone();
         let shared = Arc::clone(&self.shared);
         let definition = Arc::clone(&self.def.name);
         async move {

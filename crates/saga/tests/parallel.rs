@@ -336,7 +336,8 @@ fn a_group_half_done_at_a_crash_resumes_without_rerunning_completed_members() {
         let SagaOutcome::Completed(state) = outcome else {
             panic!("{outcome:?}")
         };
-        assert!(state.done.contains(&"a".to_owned()) && state.done.contains(&"b".to_owned()));
+        // The join is recomputed from the log: declaration order, b's result from its re-run.
+        assert_eq!(state.done, ["s0:action", "a", "b", "s3:action"]);
     });
     // a is not run again; b is, with the same key and the next attempt number.
     assert_eq!(
@@ -487,4 +488,49 @@ fn groups_run_on_the_sqlite_store_too() {
             .unwrap();
         assert!(matches!(again, SagaOutcome::Completed(_)), "{again:?}");
     });
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_join_is_in_declaration_order_whatever_order_members_finish_in() {
+    let calls = calls();
+    // c finishes first, a last; each member sees only the state before the group.
+    let def = flow(
+        [(30, Then::Ok), (20, Then::Ok), (10, Then::Ok)],
+        GroupFailure::default(),
+        GroupCompensation::default(),
+        &calls,
+    );
+    let engine = SagaEngine::new(MemoryStore::new());
+    let outcome = engine
+        .start(&def, "j-1", trail())
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
+    let SagaOutcome::Completed(state) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(state.done, ["s0:action", "a", "b", "c", "s4:action"]);
+    // The log keeps each member's own result and the joined state after each completion.
+    let timeline = engine.inspect("j-1").await.unwrap().unwrap();
+    let members: Vec<(u32, String)> = timeline
+        .entries
+        .iter()
+        .filter_map(|e| match e.event.as_ref().unwrap() {
+            SagaEvent::StepCompleted {
+                step,
+                member: Some(m),
+                ..
+            } => Some((*step, m.get().to_owned())),
+            _ => None,
+        })
+        .collect();
+    let order: Vec<u32> = members.iter().map(|(s, _)| *s).collect();
+    assert_eq!(order, [3, 2, 1], "completion order: c, b, a");
+    assert!(
+        members[0].1.contains(r#""done":["s0:action","c"]"#),
+        "{}",
+        members[0].1
+    );
 }
