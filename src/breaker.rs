@@ -11,8 +11,8 @@ use staunch_core::{AnyError, Classify};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::classify::IgnoreRejections;
 use crate::error::BoxError;
+use staunch_core::IgnoreRejections;
 
 /// A circuit breaker layer whose service returns `tower::BoxError`, like every other staunch
 /// layer, so that a retry layer can sit on top of it.

@@ -292,7 +292,6 @@
 
 #[cfg(feature = "circuit-breaker")]
 mod breaker;
-mod classify;
 mod config;
 #[cfg(feature = "serde")]
 mod duration;
@@ -350,7 +349,6 @@ pub use staunch_core::{
 
 #[cfg(feature = "circuit-breaker")]
 pub use crate::breaker::{BreakerFuture, BreakerLayer, BreakerService};
-pub use crate::classify::IgnoreRejections;
 pub use crate::config::{
     BackoffConfig, BackoffStrategy, BreakerConfig, BudgetConfig, BulkheadConfig,
     DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_TIMEOUT, JitterConfig, RegistryConfig, RetryConfig,
@@ -374,6 +372,7 @@ pub use crate::registry::{Registry, Reloading};
     feature = "retry"
 ))]
 pub use crate::stack::{Stack, StackHandle, StackStatus};
+pub use staunch_core::IgnoreRejections;
 
 #[cfg(all(
     test,

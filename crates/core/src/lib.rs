@@ -57,7 +57,8 @@
 //!
 //! [`BreakerOpen`] and [`BulkheadFull`] are the cheap errors a circuit breaker and a bulkhead
 //! return when they refuse a call. They live here so that any layer (retry above all, which
-//! must never retry them) can recognise them with [`rejection_of`], even inside a boxed error.
+//! must never retry them) can recognise them with [`rejection_of`], even inside a boxed error,
+//! and so that a breaker can ignore them with [`IgnoreRejections`].
 //!
 //! # Features
 //!
@@ -81,7 +82,7 @@ pub use crate::config::ConfigError;
 pub use crate::grpc::GrpcStatus;
 pub use crate::http::HttpStatus;
 pub use crate::rejection::{
-    BreakerOpen, BulkheadFull, BulkheadFullReason, Rejection, rejection_of,
+    BreakerOpen, BulkheadFull, BulkheadFullReason, IgnoreRejections, Rejection, rejection_of,
 };
 
 #[cfg(test)]

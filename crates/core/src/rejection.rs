@@ -6,10 +6,13 @@
 //! crate every other staunch crate shares, so that the retry layer can recognise them without
 //! depending on the circuit-breaker or bulkhead crates ([`rejection_of`]).
 
+use std::any::Any;
 use std::error::Error;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
+
+use crate::{Classify, Outcome};
 
 /// The circuit breaker is open (or its half-open probes are all taken) and refused the call
 /// without running it.
@@ -165,6 +168,71 @@ pub fn rejection_of<'a>(err: &'a (dyn Error + 'static)) -> Option<Rejection<'a>>
         current = e.source();
     }
     None
+}
+
+/// Wraps a classifier so that a rejection from a layer further in (a full bulkhead, an inner
+/// breaker that is open) counts as [`Outcome::Ignored`] instead of a failure.
+///
+/// A circuit breaker measures the health of the dependency. A bulkhead below it that is full
+/// says the *caller* is saturated, not that the dependency is failing: counting it would trip
+/// the breaker on local load. Wrap a breaker's classifier in this whenever a bulkhead (or
+/// another breaker) sits between it and the dependency; the `staunch` facade's stacks do.
+///
+/// Rejections are recognised in boxed errors (`Box<dyn Error + Send + Sync>`, i.e.
+/// `tower::BoxError`, what the staunch layers return), anywhere in their source chain; other
+/// error types go to the wrapped classifier unchanged.
+///
+/// ```
+/// use std::sync::Arc;
+/// use staunch_core::{AnyError, BulkheadFull, BulkheadFullReason, Classify, IgnoreRejections, Outcome};
+///
+/// type BoxError = Box<dyn std::error::Error + Send + Sync>;
+///
+/// let classify = IgnoreRejections::new(AnyError::new());
+/// let full: Result<(), BoxError> =
+///     Err(Box::new(BulkheadFull::new(Arc::from("db"), 4, BulkheadFullReason::NoPermit)));
+/// assert_eq!(classify.classify(&full), Outcome::Ignored);
+/// let failed: Result<(), BoxError> = Err("connection reset".into());
+/// assert_eq!(classify.classify(&failed), Outcome::Failure);
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IgnoreRejections<C> {
+    inner: C,
+}
+
+impl<C> IgnoreRejections<C> {
+    /// Wraps `inner`.
+    pub const fn new(inner: C) -> Self {
+        Self { inner }
+    }
+
+    /// The wrapped classifier.
+    pub fn get_ref(&self) -> &C {
+        &self.inner
+    }
+}
+
+impl<Res, Err, C> Classify<Res, Err> for IgnoreRejections<C>
+where
+    Err: 'static,
+    C: Classify<Res, Err>,
+{
+    #[inline]
+    fn classify(&self, result: &Result<Res, Err>) -> Outcome {
+        // `Err` is generic, so a boxed error is recognised by type; this is one type-id
+        // comparison on the error path and nothing on the success path.
+        if let Err(err) = result
+            && let Some(boxed) = (err as &dyn Any).downcast_ref::<Box<dyn Error + Send + Sync>>()
+            && rejection_of(&**boxed).is_some()
+        {
+            return Outcome::Ignored;
+        }
+        self.inner.classify(result)
+    }
+
+    fn classify_cancelled(&self) -> Outcome {
+        self.inner.classify_cancelled()
+    }
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ use staunch::saga::{
     SqliteStore, Step, StepContext, StepError, StepErrorKind, idempotency_key,
 };
 use staunch::{
-    Backoff, Classify, ConfigError, GrpcStatus, HttpStatus, Jitter, Outcome, rejection_of,
+    Backoff, ConfigError, GrpcStatus, HttpStatus, IgnoreRejections, Jitter, rejection_of,
 };
 use tokio::time::Instant;
 use tower::util::BoxCloneSyncService;
@@ -73,26 +73,6 @@ pub(crate) struct Tuning {
     pub(crate) payment_concurrency: usize,
     /// How long a payment call may wait for a permit.
     pub(crate) payment_wait: Duration,
-}
-
-/// A breaker that counts failures but ignores the bulkhead's local rejections: they say
-/// nothing about the dependency's health.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct IgnoreRejections<C>(pub(crate) C);
-
-impl<Res, C: Classify<Res, BoxError>> Classify<Res, BoxError> for IgnoreRejections<C> {
-    fn classify(&self, result: &Result<Res, BoxError>) -> Outcome {
-        if let Err(err) = result
-            && rejection_of(&**err).is_some()
-        {
-            return Outcome::Ignored;
-        }
-        self.0.classify(result)
-    }
-
-    fn classify_cancelled(&self) -> Outcome {
-        self.0.classify_cancelled()
-    }
 }
 
 /// One dependency's guards: the handles the status page and the story read.
@@ -164,7 +144,7 @@ impl Guards {
             .map_err(|err: CircuitBreakerError<BoxError>| err.into_box_error())
             .layer(
                 CircuitBreakerLayer::new(self.breaker.clone())
-                    .with_classifier(IgnoreRejections(HttpStatus::new())),
+                    .with_classifier(IgnoreRejections::new(HttpStatus::new())),
             )
             .layer(self.bulkhead.layer())
             .service_fn(move |req: reqwest::Request| client.execute(req));
@@ -179,7 +159,7 @@ impl Guards {
             .map_err(|err: CircuitBreakerError<BoxError>| ChannelError(err.into_box_error()))
             .layer(
                 CircuitBreakerLayer::new(self.breaker.clone())
-                    .with_classifier(IgnoreRejections(GrpcStatus::new())),
+                    .with_classifier(IgnoreRejections::new(GrpcStatus::new())),
             )
             .layer(self.bulkhead.layer())
             .service(channel);
