@@ -33,11 +33,24 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// [bulkhead]
 /// max_concurrent = 32
 /// max_wait = "20ms"
+/// adaptive = { algorithm = "vegas", min_limit = 4, max_limit = 128 }
 ///
 /// [retry]
 /// max_attempts = 3
 /// backoff = { strategy = "exponential", base = "100ms", max_delay = "2s", jitter = "full" }
 /// budget = { ratio = 0.2, min_per_sec = 10, ttl = "10s" }
+///
+/// [hedge]
+/// delay = "50ms"            # or the observed p95 latency, 50ms until 100 calls were seen:
+/// # percentile = 0.95
+/// # min_samples = 100
+///
+/// [deadline.outgoing]       # tell the callee how long it has left
+/// margin = "5ms"
+/// header = "x-request-timeout"
+///
+/// [deadline.incoming]       # read the caller's remaining time (server side)
+/// budget = "10s"
 /// ```
 ///
 /// Values are checked when a stack is built ([`StackConfig::build`], the presets, the
@@ -74,6 +87,12 @@ pub struct StackConfig {
     pub bulkhead: BulkheadConfig,
     /// Retries.
     pub retry: RetryConfig,
+    /// Hedging: a second attempt for slow calls (default: off). See [`HedgeConfig`].
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub hedge: Option<HedgeConfig>,
+    /// Deadlines across service boundaries (default: off). See [`DeadlineConfig`].
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub deadline: Option<DeadlineConfig>,
 }
 
 /// Circuit breaker settings; see `CircuitBreakerBuilder` for each one's default and meaning.
@@ -155,7 +174,7 @@ pub enum WindowConfig {
 }
 
 /// Bulkhead settings; see `BulkheadBuilder` for each one's default and meaning.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
 #[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
 #[non_exhaustive]
@@ -175,6 +194,11 @@ pub struct BulkheadConfig {
     /// Calls that may wait at once (default: `max_concurrent`).
     #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub max_queued: Option<usize>,
+    /// Lets the limit move with observed latency and failures (default: a fixed limit).
+    /// `max_concurrent` is then the initial limit and must lie within the algorithm's
+    /// bounds. See [`AdaptiveConfig`].
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub adaptive: Option<AdaptiveConfig>,
 }
 
 /// Retry settings; see `RetryPolicyBuilder` for each one's default and meaning. The overall
@@ -358,4 +382,216 @@ pub struct BudgetConfig {
 pub struct RegistryConfig {
     /// The stacks, by name.
     pub stacks: std::collections::BTreeMap<String, StackConfig>,
+}
+
+/// An adaptive bulkhead limit: `{ algorithm = "aimd", ... }` or `{ algorithm = "vegas", ... }`;
+/// see `staunch::bulkhead::AdaptiveLimit` for how each moves the limit.
+///
+/// ```toml
+/// [bulkhead]
+/// max_concurrent = 16   # the initial limit
+/// adaptive = { algorithm = "aimd", min_limit = 4, max_limit = 64, latency_threshold = "200ms" }
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "serde", serde(tag = "algorithm", rename_all = "snake_case"))]
+pub enum AdaptiveConfig {
+    /// Additive increase, multiplicative decrease: grows by one per successful call, shrinks
+    /// by `backoff_ratio` on a failure or a call slower than `latency_threshold`.
+    Aimd(AimdConfig),
+    /// Latency gradient (TCP Vegas style): grows while fewer than `alpha` calls seem queued in
+    /// the dependency, shrinks above `beta`.
+    Vegas(VegasConfig),
+}
+
+/// AIMD settings; unset fields keep `Aimd`'s defaults (limits `[1, 1000]`, `backoff_ratio`
+/// 0.9, no latency threshold).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[non_exhaustive]
+pub struct AimdConfig {
+    /// The limit never goes below this (default 1).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub min_limit: Option<usize>,
+    /// The limit never goes above this (default 1000).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub max_limit: Option<usize>,
+    /// Factor applied to the limit on a failure or a slow call, in `(0, 1)` (default 0.9).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub backoff_ratio: Option<f64>,
+    /// A successful call slower than this lowers the limit (default: only failures do).
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            with = "crate::duration::option",
+            skip_serializing_if = "Option::is_none"
+        )
+    )]
+    pub latency_threshold: Option<Duration>,
+}
+
+/// Vegas settings; unset fields keep `Vegas`'s defaults (limits `[1, 1000]`, `alpha` 3,
+/// `beta` 6, `backoff_ratio` 0.9, `probe_every` 1000).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[non_exhaustive]
+pub struct VegasConfig {
+    /// The limit never goes below this (default 1).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub min_limit: Option<usize>,
+    /// The limit never goes above this (default 1000).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub max_limit: Option<usize>,
+    /// Below this many estimated queued calls the limit grows (default 3).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub alpha: Option<f64>,
+    /// Above this many estimated queued calls the limit shrinks; must exceed `alpha`
+    /// (default 6).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub beta: Option<f64>,
+    /// Factor applied to the limit on a failure, in `(0, 1)` (default 0.9).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub backoff_ratio: Option<f64>,
+    /// Re-measures the no-load latency every this many samples (default 1000).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub probe_every: Option<u64>,
+}
+
+/// Hedging settings: when an attempt is slower than the delay, one more copy is sent and the
+/// first success wins (`staunch::retry::HedgeLayer`). Hedges draw on the stack's retry
+/// budget, so during an outage hedging stops instead of doubling the load, and only requests
+/// the retry layer could replay (idempotent, cloneable) are hedged.
+///
+/// `delay = "50ms"` hedges after a fixed 50 ms. With `percentile = 0.95` the delay is the
+/// observed p95 latency, and `delay` is used until `min_samples` calls have been seen.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[non_exhaustive]
+pub struct HedgeConfig {
+    /// The hedge delay, or the fallback of a percentile delay (required, greater than zero).
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            with = "crate::duration::option",
+            skip_serializing_if = "Option::is_none"
+        )
+    )]
+    pub delay: Option<Duration>,
+    /// Hedge after this percentile of the observed latencies, in `(0, 1)` (default: a fixed
+    /// delay).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub percentile: Option<f64>,
+    /// Calls observed before the percentile replaces `delay` (default 100; only with
+    /// `percentile`).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub min_samples: Option<u64>,
+}
+
+impl HedgeConfig {
+    /// Calls observed before a percentile delay is used, when `min_samples` is not set.
+    pub const DEFAULT_MIN_SAMPLES: u64 = 100;
+
+    /// A hedge after a fixed `delay`.
+    pub const fn fixed(delay: Duration) -> Self {
+        Self {
+            delay: Some(delay),
+            percentile: None,
+            min_samples: None,
+        }
+    }
+}
+
+/// Deadlines across service boundaries (`staunch::timeout`'s `PropagateDeadlineLayer` and
+/// `DeadlineLayer`).
+///
+/// - `outgoing`: the presets (`http::client`, `grpc::channel`) and the registry's clients
+///   write the time the callee has left onto every attempt they send: the earliest of the
+///   request's `Deadline` (e.g. set by the server side from its own caller) and the attempt's
+///   time limit, minus `margin`. An attempt with no time left is not sent (it fails as
+///   elapsed).
+/// - `incoming`: for the server side of the same service: the layer that reads the caller's
+///   remaining time from the request ([`StackHandle::incoming_deadline`]), capped by
+///   `budget`.
+///
+/// [`StackHandle::incoming_deadline`]: crate::StackHandle::incoming_deadline
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[non_exhaustive]
+pub struct DeadlineConfig {
+    /// Writing the remaining time onto outgoing requests (default: not written).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub outgoing: Option<OutgoingDeadlineConfig>,
+    /// Reading the caller's remaining time from incoming requests (default: not read).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub incoming: Option<IncomingDeadlineConfig>,
+}
+
+/// How the remaining time is written onto outgoing requests; see `PropagateDeadlineLayer`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[non_exhaustive]
+pub struct OutgoingDeadlineConfig {
+    /// Time kept back for the answer's trip home: the callee is told `remaining - margin`
+    /// (default zero).
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            with = "crate::duration::option",
+            skip_serializing_if = "Option::is_none"
+        )
+    )]
+    pub margin: Option<Duration>,
+    /// The HTTP header written (default `x-request-timeout`; `""` writes none, which needs
+    /// `grpc = true`).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub header: Option<String>,
+    /// The header's syntax (default `grpc_timeout`, e.g. `1500m`).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub format: Option<HeaderFormatConfig>,
+    /// Also write `grpc-timeout` (default false).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub grpc: Option<bool>,
+}
+
+/// How the caller's remaining time is read from incoming requests; see `DeadlineLayer`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[non_exhaustive]
+pub struct IncomingDeadlineConfig {
+    /// The longest this service spends on one request, whatever the caller allows (default:
+    /// only the caller's headers count).
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            with = "crate::duration::option",
+            skip_serializing_if = "Option::is_none"
+        )
+    )]
+    pub budget: Option<Duration>,
+    /// The HTTP header read (default `x-request-timeout`; `""` reads none).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub header: Option<String>,
+    /// The header's syntax (default `grpc_timeout`).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub format: Option<HeaderFormatConfig>,
+    /// Also read `grpc-timeout` (default true).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub grpc: Option<bool>,
+}
+
+/// The syntax of a deadline header: `"grpc_timeout"` (`1500m`) or `"millis"` (`1500`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+pub enum HeaderFormatConfig {
+    /// The `grpc-timeout` syntax: digits and a unit, e.g. `1500m`.
+    GrpcTimeout,
+    /// Whole milliseconds, e.g. `1500`.
+    Millis,
 }

@@ -9,13 +9,15 @@ use staunch_timeout::{Timeout, TimeoutLayer};
 
 use crate::breaker::{BreakerLayer, BreakerService};
 use crate::config::StackConfig;
+use crate::http::AttemptDeadline;
 use crate::stack::StackHandle;
 
 /// A tonic channel wrapped by [`channel`]: circuit breaker, per-attempt timeout, bulkhead.
 /// Errors are boxed (what tonic's generated clients expect); the rejections inside
 /// ([`BreakerOpen`](crate::BreakerOpen), [`BulkheadFull`](crate::BulkheadFull)) reach the
 /// caller as the source of the `tonic::Status` the client returns.
-pub type Channel<S> = BreakerService<Timeout<BulkheadService<S, AnyError>>, GrpcStatus>;
+pub type Channel<S> =
+    BreakerService<Timeout<BulkheadService<AttemptDeadline<S>, AnyError>>, GrpcStatus>;
 
 /// Wraps a tonic channel (any `Service<http::Request<tonic::body::Body>>`) for a generated
 /// client: circuit breaker ([`GrpcStatus`]: `UNAVAILABLE`, `DEADLINE_EXCEEDED`, ... count as
@@ -29,6 +31,10 @@ pub type Channel<S> = BreakerService<Timeout<BulkheadService<S, AnyError>>, Grpc
 /// bulkhead, and it honours `grpc-retry-pushback-ms`. The stack's `timeout` is that policy's
 /// overall deadline.
 ///
+/// With a [`deadline.outgoing`](crate::DeadlineConfig::outgoing) section, each call tells
+/// the server how long it has left (set `grpc = true` there to write `grpc-timeout`, and
+/// `header = ""` to write only that), as in [`http::client`](crate::http::client).
+///
 /// # Errors
 ///
 /// A [`ConfigError`] naming the bad field, e.g. `inventory.bulkhead.max_concurrent`.
@@ -41,6 +47,7 @@ where
     S: Service<http::Request<B>>,
 {
     let handle = config.build(name)?;
+    let inner = AttemptDeadline::new(inner, &handle);
     let bulkhead = BulkheadLayer::new(handle.bulkhead().clone()).layer(inner);
     let attempt = TimeoutLayer::from_limit(handle.attempt_timeout().clone()).layer(bulkhead);
     let breaker =

@@ -1,14 +1,23 @@
 //! The preset for HTTP clients (reqwest, hyper, or any `Service<http::Request<B>>`).
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tower_layer::Layer;
 use tower_service::Service;
 
 use staunch_core::{ConfigError, HttpStatus};
+use staunch_timeout::{Deadline, PropagateDeadline, PropagateFuture};
+
+use crate::error::BoxError;
 
 use crate::config::StackConfig;
 use crate::stack::{Stack, StackHandle};
 
 /// An HTTP client wrapped by [`client`]: errors are [`staunch::Error<E>`](crate::Error).
-pub type Client<S, E> = Stack<S, HttpStatus, E>;
+pub type Client<S, E> = Stack<AttemptDeadline<S>, HttpStatus, E>;
 
 /// Wraps an HTTP client in the full stack called `name`, in the order the crate docs explain
 /// (retry, circuit breaker, per-attempt timeout, bulkhead), with [`HttpStatus`] deciding what
@@ -17,7 +26,13 @@ pub type Client<S, E> = Stack<S, HttpStatus, E>;
 ///
 /// The request body must be cloneable to be retried (`String`, `Bytes`, `Full<Bytes>`, or a
 /// [`ReplayBody`](staunch_retry::ReplayBody) for streamed bodies); a
-/// [`Deadline`](staunch_timeout::Deadline) in a request's extensions shortens its attempts.
+/// [`Deadline`] in a request's extensions shortens its attempts.
+///
+/// With a [`deadline.outgoing`](crate::DeadlineConfig::outgoing) section, every attempt
+/// tells the server how long it has left (header `x-request-timeout` by default): the
+/// earliest of the request's `Deadline` and the attempt's time limit, minus the margin (see
+/// [`AttemptDeadline`]). With a [`hedge`](crate::StackConfig::hedge) section, wrap the
+/// client in [`handle.hedge()`](StackHandle::hedge).
 ///
 /// # Errors
 ///
@@ -53,7 +68,119 @@ where
     S: Service<http::Request<B>>,
 {
     let handle = config.build(name)?;
+    let inner = AttemptDeadline::new(inner, &handle);
     Ok((handle.wrap(inner, HttpStatus::new()), handle))
+}
+
+/// The innermost service of [`client`]: when the stack propagates deadlines
+/// ([`StackHandle::outgoing_deadline`]), it sets each attempt's
+/// [`Deadline`] to the earliest of the request's own and the
+/// per-attempt time limit, then writes the remaining time onto the request
+/// (`PropagateDeadline`); an attempt with no time left fails with
+/// [`Elapsed`](staunch_timeout::Elapsed) without being sent. Otherwise it only boxes the
+/// inner error. The attempt limit is counted from when the request leaves the bulkhead, so
+/// with a `max_wait` the time written can exceed what the attempt timeout still allows by at
+/// most that wait.
+#[derive(Debug, Clone)]
+pub struct AttemptDeadline<S> {
+    inner: Attempt<S>,
+    limit: Duration,
+}
+
+#[derive(Debug, Clone)]
+enum Attempt<S> {
+    Plain(S),
+    Propagate(PropagateDeadline<S>),
+}
+
+impl<S> AttemptDeadline<S> {
+    /// Wraps `inner` with the deadline settings of `handle`'s stack.
+    pub fn new(inner: S, handle: &StackHandle) -> Self {
+        let inner = match handle.outgoing_deadline() {
+            Some(layer) => Attempt::Propagate(layer.layer(inner)),
+            None => Attempt::Plain(inner),
+        };
+        Self {
+            inner,
+            limit: handle.attempt_timeout().limit(),
+        }
+    }
+}
+
+impl<S, B> Service<http::Request<B>> for AttemptDeadline<S>
+where
+    S: Service<http::Request<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = AttemptDeadlineFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match &mut self.inner {
+            Attempt::Plain(s) => s.poll_ready(cx).map_err(Into::into),
+            Attempt::Propagate(s) => s.poll_ready(cx),
+        }
+    }
+
+    #[inline]
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        match &mut self.inner {
+            Attempt::Plain(s) => AttemptDeadlineFuture {
+                plain: Some(s.call(request)),
+                propagated: None,
+            },
+            Attempt::Propagate(s) => {
+                let deadline = Deadline::after(self.limit).earliest(Deadline::of(&request));
+                request.extensions_mut().insert(deadline);
+                AttemptDeadlineFuture {
+                    plain: None,
+                    propagated: Some(s.call(request)),
+                }
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`AttemptDeadline`].
+    ///
+    /// # Panics
+    ///
+    /// May panic when polled after it completed, as the inner future may.
+    pub struct AttemptDeadlineFuture<F> {
+        #[pin]
+        plain: Option<F>,
+        #[pin]
+        propagated: Option<PropagateFuture<F>>,
+    }
+}
+
+impl<F> std::fmt::Debug for AttemptDeadlineFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AttemptDeadlineFuture")
+    }
+}
+
+impl<F, T, E> Future for AttemptDeadlineFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(f) = this.plain.as_pin_mut() {
+            return f.poll(cx).map_err(Into::into);
+        }
+        this.propagated
+            .as_pin_mut()
+            .expect("AttemptDeadlineFuture polled after completion")
+            .poll(cx)
+    }
 }
 
 /// A `reqwest::Client` as a `Service<http::Request<B>>` answering `http::Response`s, for

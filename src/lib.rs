@@ -277,6 +277,50 @@
 //! Services from [`Registry::http_client`] follow reloads: after a good one, their next
 //! call runs through the new stack.
 //!
+//! Three optional sections go beyond the four layers' basic settings; leaving them out keeps
+//! the behaviour described above:
+//!
+//! - `bulkhead.adaptive` ([`AdaptiveConfig`]): the bulkhead's limit follows the dependency,
+//!   `max_concurrent` being only the starting point. `aimd` is simple and needs a
+//!   `latency_threshold` to react to slowness; `vegas` finds the knee where latency starts to
+//!   grow by itself. Bound it with `min_limit` / `max_limit`.
+//! - `deadline` ([`DeadlineConfig`]): `outgoing` makes the presets tell the server how long
+//!   each attempt has left (the request's [`Deadline`](timeout::Deadline) or the attempt
+//!   timeout, whichever ends first, minus `margin`), so it can give up when the caller
+//!   already has; `incoming` is the server-side layer reading that time from your own callers
+//!   ([`StackHandle::incoming_deadline`]).
+//! - `hedge` ([`HedgeConfig`]): a second copy of a slow call after `delay` (or after the
+//!   observed `percentile` of latencies), drawing on the retry budget. It wraps a whole call,
+//!   so it sits outside the stack: `handle.hedge()` gives the layer to put around the client.
+//!
+//! ```
+//! # #[cfg(all(feature = "circuit-breaker", feature = "bulkhead", feature = "timeout", feature = "retry", feature = "serde"))]
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), staunch::BoxError> {
+//! use staunch::StackConfig;
+//! use tower::{Layer, Service, ServiceExt, service_fn};
+//!
+//! let config: StackConfig = toml::from_str(r#"
+//!     attempt_timeout = "300ms"
+//!     bulkhead = { max_concurrent = 16, adaptive = { algorithm = "vegas", max_limit = 128 } }
+//!     hedge = { delay = "50ms" }
+//!     deadline = { outgoing = { margin = "20ms" } }
+//! "#)?;
+//! let inner = service_fn(|req: http::Request<String>| async move {
+//!     let told = req.headers().get("x-request-timeout").cloned();
+//!     Ok::<_, std::io::Error>(http::Response::new(told))
+//! });
+//! let (client, handle) = staunch::http::client("search", inner, &config)?;
+//! let mut client = handle.hedge().expect("configured").layer(client);
+//! let req = http::Request::get("/q").body(String::new())?;
+//! let res = client.ready().await?.call(req).await?;
+//! assert_eq!(res.body().as_ref().unwrap(), "280000u"); // 300 ms for the attempt, 20 ms kept back
+//! # Ok(())
+//! # }
+//! # #[cfg(not(all(feature = "circuit-breaker", feature = "bulkhead", feature = "timeout", feature = "retry", feature = "serde")))]
+//! # fn main() {}
+//! ```
+//!
 //! # Features
 //!
 //! - `circuit-breaker`, `bulkhead`, `timeout`, `retry`, `saga`: the member crates. The four
@@ -350,9 +394,10 @@ pub use staunch_core::{
 #[cfg(feature = "circuit-breaker")]
 pub use crate::breaker::{BreakerFuture, BreakerLayer, BreakerService};
 pub use crate::config::{
-    BackoffConfig, BackoffStrategy, BreakerConfig, BudgetConfig, BulkheadConfig,
-    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_TIMEOUT, JitterConfig, RegistryConfig, RetryConfig,
-    StackConfig, WindowConfig,
+    AdaptiveConfig, AimdConfig, BackoffConfig, BackoffStrategy, BreakerConfig, BudgetConfig,
+    BulkheadConfig, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_TIMEOUT, DeadlineConfig, HeaderFormatConfig,
+    HedgeConfig, IncomingDeadlineConfig, JitterConfig, OutgoingDeadlineConfig, RegistryConfig,
+    RetryConfig, StackConfig, VegasConfig, WindowConfig,
 };
 #[cfg(feature = "retry")]
 pub use crate::error::record_give_up;

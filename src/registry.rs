@@ -10,6 +10,7 @@ use staunch_core::{ConfigError, HttpStatus};
 use tower_service::Service;
 
 use crate::config::{RegistryConfig, StackConfig};
+use crate::http::AttemptDeadline;
 use crate::stack::{Stack, StackHandle};
 
 /// Stacks by name (`"payment"`, `"inventory"`), built from a [`RegistryConfig`] (typically a
@@ -154,10 +155,11 @@ impl Registry {
     {
         let slot = self.slot(name)?;
         let generation = slot.generation.load(Ordering::Acquire);
-        let stack = slot
-            .current()
-            .handle
-            .wrap(inner.clone(), classifier.clone());
+        let handle = slot.current().handle;
+        let stack = handle.wrap(
+            AttemptDeadline::new(inner.clone(), &handle),
+            classifier.clone(),
+        );
         Some(Reloading {
             inner,
             classifier,
@@ -178,13 +180,16 @@ impl Registry {
 
 /// A service wrapped in a [`Registry`]'s stack, following its reloads: on `poll_ready` it
 /// compares the stack's generation (one atomic load) and, after a reload, rebuilds its stack
-/// around a fresh clone of the wrapped service before accepting the next call.
+/// around a fresh clone of the wrapped service before accepting the next call. Like
+/// [`http::client`](crate::http::client), each attempt carries the stack's outgoing deadline
+/// when its configuration has a [`deadline.outgoing`](crate::DeadlineConfig::outgoing)
+/// section ([`AttemptDeadline`]).
 pub struct Reloading<S, C, E> {
     inner: S,
     classifier: C,
     slot: Arc<Slot>,
     generation: u64,
-    stack: Stack<S, C, E>,
+    stack: Stack<AttemptDeadline<S>, C, E>,
 }
 
 impl<S: Clone, C: Clone, E> Clone for Reloading<S, C, E> {
@@ -211,21 +216,20 @@ impl<S, C, E> fmt::Debug for Reloading<S, C, E> {
 
 impl<S, C, E, B> Service<http::Request<B>> for Reloading<S, C, E>
 where
-    Stack<S, C, E>: Service<http::Request<B>>,
+    Stack<AttemptDeadline<S>, C, E>: Service<http::Request<B>>,
     S: Clone,
     C: Clone,
 {
-    type Response = <Stack<S, C, E> as Service<http::Request<B>>>::Response;
-    type Error = <Stack<S, C, E> as Service<http::Request<B>>>::Error;
-    type Future = <Stack<S, C, E> as Service<http::Request<B>>>::Future;
+    type Response = <Stack<AttemptDeadline<S>, C, E> as Service<http::Request<B>>>::Response;
+    type Error = <Stack<AttemptDeadline<S>, C, E> as Service<http::Request<B>>>::Error;
+    type Future = <Stack<AttemptDeadline<S>, C, E> as Service<http::Request<B>>>::Future;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let generation = self.slot.generation.load(Ordering::Acquire);
         if generation != self.generation {
             let current = self.slot.current();
-            self.stack = current
-                .handle
-                .wrap(self.inner.clone(), self.classifier.clone());
+            let inner = AttemptDeadline::new(self.inner.clone(), &current.handle);
+            self.stack = current.handle.wrap(inner, self.classifier.clone());
             self.generation = generation;
             tracing::debug!(stack = %current.handle.name(), "stack reloaded");
         }

@@ -18,6 +18,15 @@ use crate::config::{
 };
 use crate::error::TypedErrors;
 
+use staunch_bulkhead::AdaptiveLimit;
+use staunch_retry::{HedgeDelay, HedgeLayer};
+use staunch_timeout::{DeadlineLayer, HeaderFormat, PropagateDeadlineLayer};
+
+use crate::config::{
+    AdaptiveConfig, DeadlineConfig, HeaderFormatConfig, HedgeConfig, IncomingDeadlineConfig,
+    OutgoingDeadlineConfig,
+};
+
 /// A service wrapped in the full stack, outermost first: [`TypedErrors`] (errors become
 /// [`staunch::Error<E>`](crate::Error)), [`Retry`], the circuit breaker ([`BreakerService`]
 /// with classifier `C`), the per-attempt [`Timeout`], the bulkhead ([`BulkheadService`]), then
@@ -35,6 +44,9 @@ pub struct StackHandle {
     bulkhead: Bulkhead,
     retry: RetryPolicy,
     attempt_timeout: TimeLimit,
+    hedge: Option<HedgeLayer>,
+    outgoing_deadline: Option<PropagateDeadlineLayer>,
+    incoming_deadline: Option<DeadlineLayer>,
 }
 
 impl fmt::Debug for StackHandle {
@@ -45,6 +57,9 @@ impl fmt::Debug for StackHandle {
             .field("bulkhead", &self.bulkhead)
             .field("retry", &self.retry)
             .field("attempt_timeout", &self.attempt_timeout.limit())
+            .field("hedge", &self.hedge.is_some())
+            .field("outgoing_deadline", &self.outgoing_deadline.is_some())
+            .field("incoming_deadline", &self.incoming_deadline.is_some())
             .finish()
     }
 }
@@ -78,6 +93,9 @@ impl StackHandle {
             bulkhead,
             retry,
             attempt_timeout,
+            hedge: None,
+            outgoing_deadline: None,
+            incoming_deadline: None,
         }
     }
 
@@ -109,6 +127,34 @@ impl StackHandle {
     /// The per-attempt time limit.
     pub fn attempt_timeout(&self) -> &TimeLimit {
         &self.attempt_timeout
+    }
+
+    /// The hedging layer of the stack's [`hedge`](StackConfig::hedge) section, drawing on
+    /// the stack's retry budget; `None` when hedging is off.
+    ///
+    /// It is not inside [`Stack`]: a hedge is a second copy of a whole call, so it belongs
+    /// outside the stack (`hedge.layer(client)`), where each copy goes through the breaker,
+    /// the attempt timeout and the bulkhead like any call, and the stack's error type stays
+    /// [`staunch::Error<E>`](crate::Error) for callers that do not hedge. Its errors are
+    /// boxed; [`Error::from_box`](crate::Error::from_box) makes them typed again. It does
+    /// not count requests in the budget (the stack's retry layer already does).
+    pub fn hedge(&self) -> Option<&HedgeLayer> {
+        self.hedge.as_ref()
+    }
+
+    /// The layer writing the remaining time onto outgoing requests, from the
+    /// [`deadline.outgoing`](crate::DeadlineConfig::outgoing) section; the HTTP preset
+    /// ([`http::client`](crate::http::client)) puts it around each attempt. `None` when unset.
+    pub fn outgoing_deadline(&self) -> Option<&PropagateDeadlineLayer> {
+        self.outgoing_deadline.as_ref()
+    }
+
+    /// The layer reading the caller's remaining time from incoming requests, from the
+    /// [`deadline.incoming`](crate::DeadlineConfig::incoming) section: put it outermost on
+    /// the server (axum: `Router::layer`) so handlers and this stack see the caller's
+    /// [`Deadline`](staunch_timeout::Deadline). `None` when unset.
+    pub fn incoming_deadline(&self) -> Option<&DeadlineLayer> {
+        self.incoming_deadline.as_ref()
     }
 
     /// A snapshot of every engine.
@@ -179,12 +225,25 @@ impl StackConfig {
             .retry
             .build(&name, timeout)
             .map_err(|e| e.within("retry").within(&name))?;
+        let hedge = self
+            .hedge
+            .as_ref()
+            .map(|h| h.build(retry.clone()))
+            .transpose()
+            .map_err(|e| e.within(&name))?;
+        let (outgoing_deadline, incoming_deadline) = match &self.deadline {
+            Some(d) => d.build().map_err(|e| e.within("deadline").within(&name))?,
+            None => (None, None),
+        };
         Ok(StackHandle {
             name,
             breaker,
             bulkhead,
             retry,
             attempt_timeout,
+            hedge,
+            outgoing_deadline,
+            incoming_deadline,
         })
     }
 }
@@ -262,6 +321,25 @@ impl BulkheadConfig {
         }
         if let Some(v) = self.max_queued {
             b = b.max_queued(v);
+        }
+        if let Some(adaptive) = &self.adaptive {
+            let initial = self
+                .max_concurrent
+                .unwrap_or(staunch_bulkhead::DEFAULT_MAX_CONCURRENT);
+            let (min, max) = adaptive.bounds();
+            // The bulkhead reports this as `adaptive.max_concurrent`; in a file the field is
+            // the bulkhead's own `max_concurrent`.
+            if min >= 1 && min <= max && !(min..=max).contains(&initial) {
+                return Err(ConfigError::new(
+                    "max_concurrent",
+                    format!(
+                        "is the initial adaptive limit and must lie within [{min}, {max}] \
+                         (got {initial})"
+                    ),
+                )
+                .within(name));
+            }
+            b = b.adaptive(adaptive.to_limit());
         }
         b.build()
     }
@@ -371,5 +449,188 @@ impl BudgetConfig {
             b = b.ttl(v);
         }
         b.build()
+    }
+}
+
+impl AdaptiveConfig {
+    /// The bounds, defaults filled in.
+    fn bounds(&self) -> (usize, usize) {
+        let (min, max) = match self {
+            AdaptiveConfig::Aimd(a) => (a.min_limit, a.max_limit),
+            AdaptiveConfig::Vegas(v) => (v.min_limit, v.max_limit),
+        };
+        (min.unwrap_or(1), max.unwrap_or(1000))
+    }
+
+    /// The bulkhead's adaptive limit (validated by the bulkhead's builder).
+    pub fn to_limit(&self) -> AdaptiveLimit {
+        match self {
+            AdaptiveConfig::Aimd(a) => {
+                let mut l = AdaptiveLimit::aimd();
+                if let Some(v) = a.min_limit {
+                    l = l.min_limit(v);
+                }
+                if let Some(v) = a.max_limit {
+                    l = l.max_limit(v);
+                }
+                if let Some(v) = a.backoff_ratio {
+                    l = l.backoff_ratio(v);
+                }
+                if let Some(v) = a.latency_threshold {
+                    l = l.latency_threshold(v);
+                }
+                l.into()
+            }
+            AdaptiveConfig::Vegas(v) => {
+                let mut l = AdaptiveLimit::vegas();
+                if let Some(x) = v.min_limit {
+                    l = l.min_limit(x);
+                }
+                if let Some(x) = v.max_limit {
+                    l = l.max_limit(x);
+                }
+                if let Some(x) = v.alpha {
+                    l = l.alpha(x);
+                }
+                if let Some(x) = v.beta {
+                    l = l.beta(x);
+                }
+                if let Some(x) = v.backoff_ratio {
+                    l = l.backoff_ratio(x);
+                }
+                if let Some(x) = v.probe_every {
+                    l = l.probe_every(x);
+                }
+                l.into()
+            }
+        }
+    }
+}
+
+impl HedgeConfig {
+    /// Builds a hedging layer drawing on `policy`'s budget, not counting requests (the
+    /// stack's retry layer does).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming `hedge.delay` (unset or zero), `hedge.percentile` (outside
+    /// `(0, 1)`) or `hedge.min_samples` (set without a percentile).
+    pub fn build(&self, policy: RetryPolicy) -> Result<HedgeLayer, ConfigError> {
+        let Some(delay) = self.delay else {
+            return Err(ConfigError::new("delay", "must be set").within("hedge"));
+        };
+        let delay = if let Some(percentile) = self.percentile {
+            HedgeDelay::Percentile {
+                percentile,
+                fallback: delay,
+                min_samples: self.min_samples.unwrap_or(Self::DEFAULT_MIN_SAMPLES),
+            }
+        } else {
+            if self.min_samples.is_some() {
+                return Err(ConfigError::new(
+                    "min_samples",
+                    "only applies with `percentile` (a fixed delay needs no samples)",
+                )
+                .within("hedge"));
+            }
+            HedgeDelay::Fixed(delay)
+        };
+        // `HedgeLayer::new` names `fallback` for a percentile's delay; the file calls it `delay`.
+        HedgeLayer::new(policy, delay)
+            .map(|layer| layer.count_requests(false))
+            .map_err(|e| {
+                if e.field() == "hedge.fallback" {
+                    ConfigError::new("delay", e.rule().to_owned()).within("hedge")
+                } else {
+                    e
+                }
+            })
+    }
+}
+
+impl DeadlineConfig {
+    /// Builds the outgoing and incoming layers of the sections that are set.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the field, e.g. `outgoing.header` or `incoming.budget`.
+    pub fn build(
+        &self,
+    ) -> Result<(Option<PropagateDeadlineLayer>, Option<DeadlineLayer>), ConfigError> {
+        let outgoing = self
+            .outgoing
+            .as_ref()
+            .map(OutgoingDeadlineConfig::build)
+            .transpose()
+            .map_err(|e| e.within("outgoing"))?;
+        let incoming = self
+            .incoming
+            .as_ref()
+            .map(IncomingDeadlineConfig::build)
+            .transpose()
+            .map_err(|e| e.within("incoming"))?;
+        Ok((outgoing, incoming))
+    }
+}
+
+impl OutgoingDeadlineConfig {
+    /// Builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming `header` (invalid, `grpc-timeout`, or empty while `grpc` is
+    /// off).
+    pub fn build(&self) -> Result<PropagateDeadlineLayer, ConfigError> {
+        let mut b = PropagateDeadlineLayer::builder();
+        if let Some(v) = self.margin {
+            b = b.margin(v);
+        }
+        match self.header.as_deref() {
+            Some("") => b = b.no_header(),
+            Some(name) => b = b.header(name),
+            None => {}
+        }
+        if let Some(v) = self.format {
+            b = b.header_format(v.into());
+        }
+        if let Some(v) = self.grpc {
+            b = b.grpc(v);
+        }
+        b.build()
+    }
+}
+
+impl IncomingDeadlineConfig {
+    /// Builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming `budget` (zero) or `header` (invalid or `grpc-timeout`).
+    pub fn build(&self) -> Result<DeadlineLayer, ConfigError> {
+        let mut b = DeadlineLayer::builder();
+        if let Some(v) = self.budget {
+            b = b.budget(v);
+        }
+        match self.header.as_deref() {
+            Some("") => b = b.no_header(),
+            Some(name) => b = b.header(name),
+            None => {}
+        }
+        if let Some(v) = self.format {
+            b = b.header_format(v.into());
+        }
+        if let Some(v) = self.grpc {
+            b = b.grpc(v);
+        }
+        b.build()
+    }
+}
+
+impl From<HeaderFormatConfig> for HeaderFormat {
+    fn from(f: HeaderFormatConfig) -> Self {
+        match f {
+            HeaderFormatConfig::GrpcTimeout => HeaderFormat::GrpcTimeout,
+            HeaderFormatConfig::Millis => HeaderFormat::Millis,
+        }
     }
 }

@@ -11,10 +11,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use staunch::timeout::Deadline;
 use staunch::{
-    BackoffStrategy, Error, JitterConfig, Registry, RegistryConfig, StackConfig, WindowConfig,
+    AdaptiveConfig, BackoffStrategy, Error, HeaderFormatConfig, JitterConfig, Registry,
+    RegistryConfig, StackConfig, WindowConfig,
 };
-use tower::{Service, ServiceExt, service_fn};
+use tower::{Layer, Service, ServiceExt, service_fn};
 
 const GOOD: &str = r#"
 [payment]
@@ -331,6 +333,502 @@ async fn a_call_in_flight_finishes_on_the_old_stack() {
     assert_eq!(new.bulkhead().in_flight(), 0);
 }
 
+const SECTIONS: &str = r#"
+[payment]
+attempt_timeout = "250ms"
+
+[payment.bulkhead]
+max_concurrent = 8
+adaptive = { algorithm = "aimd", min_limit = 2, max_limit = 16, backoff_ratio = 0.5, latency_threshold = "200ms" }
+
+[payment.hedge]
+delay = "50ms"
+percentile = 0.95
+min_samples = 20
+
+[payment.deadline.outgoing]
+margin = "50ms"
+header = "x-deadline"
+format = "millis"
+grpc = true
+
+[payment.deadline.incoming]
+budget = "10s"
+header = ""
+grpc = true
+
+[inventory.bulkhead]
+adaptive = { algorithm = "vegas", max_limit = 64, alpha = 2.0, beta = 4.0, probe_every = 500 }
+"#;
+
+const SECTIONS_JSON: &str = r#"{
+  "payment": {
+    "attempt_timeout": "250ms",
+    "bulkhead": {
+      "max_concurrent": 8,
+      "adaptive": { "algorithm": "aimd", "min_limit": 2, "max_limit": 16,
+                    "backoff_ratio": 0.5, "latency_threshold": "200ms" }
+    },
+    "hedge": { "delay": "50ms", "percentile": 0.95, "min_samples": 20 },
+    "deadline": {
+      "outgoing": { "margin": "50ms", "header": "x-deadline", "format": "millis", "grpc": true },
+      "incoming": { "budget": "10s", "header": "", "grpc": true }
+    }
+  },
+  "inventory": {
+    "bulkhead": {
+      "adaptive": { "algorithm": "vegas", "max_limit": 64, "alpha": 2.0, "beta": 4.0,
+                    "probe_every": 500 }
+    }
+  }
+}"#;
+
+#[test]
+fn adaptive_hedge_and_deadline_sections_parse_from_toml_and_json() {
+    let config = toml(SECTIONS);
+    let payment = &config.stacks["payment"];
+    let Some(AdaptiveConfig::Aimd(aimd)) = &payment.bulkhead.adaptive else {
+        panic!("not an AIMD limit: {:?}", payment.bulkhead.adaptive);
+    };
+    assert_eq!((aimd.min_limit, aimd.max_limit), (Some(2), Some(16)));
+    assert_eq!(aimd.backoff_ratio, Some(0.5));
+    assert_eq!(aimd.latency_threshold, Some(Duration::from_millis(200)));
+    let hedge = payment.hedge.unwrap();
+    assert_eq!(hedge.delay, Some(Duration::from_millis(50)));
+    assert_eq!(
+        (hedge.percentile, hedge.min_samples),
+        (Some(0.95), Some(20))
+    );
+    let deadline = payment.deadline.as_ref().unwrap();
+    let outgoing = deadline.outgoing.as_ref().unwrap();
+    assert_eq!(outgoing.margin, Some(Duration::from_millis(50)));
+    assert_eq!(outgoing.header.as_deref(), Some("x-deadline"));
+    assert_eq!(outgoing.format, Some(HeaderFormatConfig::Millis));
+    assert_eq!(outgoing.grpc, Some(true));
+    let incoming = deadline.incoming.as_ref().unwrap();
+    assert_eq!(incoming.budget, Some(Duration::from_secs(10)));
+    assert_eq!(incoming.header.as_deref(), Some(""));
+    let Some(AdaptiveConfig::Vegas(vegas)) = &config.stacks["inventory"].bulkhead.adaptive else {
+        panic!("not a Vegas limit");
+    };
+    assert_eq!((vegas.min_limit, vegas.max_limit), (None, Some(64)));
+    assert_eq!((vegas.alpha, vegas.beta), (Some(2.0), Some(4.0)));
+    assert_eq!(vegas.probe_every, Some(500));
+
+    let json: RegistryConfig = serde_json::from_str(SECTIONS_JSON).unwrap();
+    assert_eq!(json, config);
+
+    let registry = Registry::new(&config).unwrap();
+    let payment = registry.handle("payment").unwrap();
+    assert!(payment.hedge().is_some());
+    assert!(payment.outgoing_deadline().is_some());
+    assert!(payment.incoming_deadline().is_some());
+    let inventory = registry.handle("inventory").unwrap();
+    assert!(inventory.hedge().is_none() && inventory.outgoing_deadline().is_none());
+    // Unset sections change nothing: the defaults of a stack without them.
+    assert_eq!(StackConfig::default().hedge, None);
+    assert_eq!(StackConfig::default().deadline, None);
+    assert_eq!(StackConfig::default().bulkhead.adaptive, None);
+}
+
+#[test]
+fn a_bad_value_in_a_new_section_is_rejected_with_its_path() {
+    let cases = [
+        (
+            "max_limit = 16, backoff_ratio",
+            "max_limit = 1, backoff_ratio",
+            "payment.bulkhead.adaptive.max_limit",
+        ),
+        (
+            "min_limit = 2,",
+            "min_limit = 0,",
+            "payment.bulkhead.adaptive.min_limit",
+        ),
+        (
+            "min_limit = 2,",
+            "min_limit = 9,",
+            "payment.bulkhead.max_concurrent",
+        ),
+        (
+            "backoff_ratio = 0.5",
+            "backoff_ratio = 1.5",
+            "payment.bulkhead.adaptive.backoff_ratio",
+        ),
+        (
+            "latency_threshold = \"200ms\"",
+            "latency_threshold = \"0s\"",
+            "payment.bulkhead.adaptive.latency_threshold",
+        ),
+        (
+            "beta = 4.0",
+            "beta = 2.0",
+            "inventory.bulkhead.adaptive.beta",
+        ),
+        (
+            "probe_every = 500",
+            "probe_every = 0",
+            "inventory.bulkhead.adaptive.probe_every",
+        ),
+        ("delay = \"50ms\"", "delay = \"0s\"", "payment.hedge.delay"),
+        ("delay = \"50ms\"", "", "payment.hedge.delay"),
+        (
+            "percentile = 0.95",
+            "percentile = 1.0",
+            "payment.hedge.percentile",
+        ),
+        ("percentile = 0.95", "", "payment.hedge.min_samples"),
+        (
+            "header = \"x-deadline\"",
+            "header = \"x deadline\"",
+            "payment.deadline.outgoing.header",
+        ),
+        (
+            "header = \"x-deadline\"",
+            "header = \"grpc-timeout\"",
+            "payment.deadline.outgoing.header",
+        ),
+        (
+            "header = \"x-deadline\"\nformat = \"millis\"\ngrpc = true",
+            "header = \"\"\ngrpc = false",
+            "payment.deadline.outgoing.header",
+        ),
+        (
+            "budget = \"10s\"",
+            "budget = \"0s\"",
+            "payment.deadline.incoming.budget",
+        ),
+    ];
+    for (from, to, path) in cases {
+        assert!(SECTIONS.contains(from), "{from:?} not in the config");
+        let config = toml(&SECTIONS.replacen(from, to, 1));
+        let err = Registry::new(&config).expect_err(path);
+        assert_eq!(err.field(), path, "{from:?} -> {to:?}: {err}");
+    }
+
+    // The parser rejects unknown fields and algorithms, naming them.
+    for (from, to, needle) in [
+        ("min_samples = 20", "min_sample = 20", "min_sample"),
+        ("algorithm = \"aimd\"", "algorithm = \"cubic\"", "cubic"),
+        ("alpha = 2.0", "gamma = 2.0", "gamma"),
+        ("format = \"millis\"", "format = \"seconds\"", "seconds"),
+        ("margin = \"50ms\"", "margin = \"soon\"", "soon"),
+    ] {
+        let text = SECTIONS.replacen(from, to, 1);
+        let err = toml::from_str::<RegistryConfig>(&text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{err}");
+    }
+}
+
+/// A dependency that answers after `delay`, or fails when `fail` is set.
+fn slow(
+    delay: Duration,
+    fail: bool,
+) -> impl Service<
+    Request,
+    Response = http::Response<String>,
+    Error = std::io::Error,
+    Future = impl Future<Output = Result<http::Response<String>, std::io::Error>> + Send,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |_: Request| async move {
+        tokio::time::sleep(delay).await;
+        if fail {
+            Err(std::io::Error::other("boom"))
+        } else {
+            Ok(http::Response::new(String::new()))
+        }
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_adaptive_limit_moves_the_built_bulkhead() {
+    let config = toml(SECTIONS);
+    let mut payment = config.stacks["payment"].clone();
+    payment.retry.max_attempts = Some(1);
+
+    // AIMD, latency threshold 200 ms, ratio 0.5: a fast call keeps the limit, a slow success
+    // halves it, down to the floor of 2.
+    let (mut client, handle) =
+        staunch::http::client("payment", slow(Duration::from_millis(100), false), &payment)
+            .unwrap();
+    client.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(handle.bulkhead().max_concurrent(), 8);
+    let (mut slow_client, handle) =
+        staunch::http::client("payment", slow(Duration::from_millis(240), false), &payment)
+            .unwrap();
+    slow_client
+        .ready()
+        .await
+        .unwrap()
+        .call(get())
+        .await
+        .unwrap();
+    assert_eq!(handle.bulkhead().max_concurrent(), 4);
+    slow_client
+        .ready()
+        .await
+        .unwrap()
+        .call(get())
+        .await
+        .unwrap();
+    assert_eq!(handle.bulkhead().max_concurrent(), 2);
+    slow_client
+        .ready()
+        .await
+        .unwrap()
+        .call(get())
+        .await
+        .unwrap();
+    assert_eq!(handle.bulkhead().max_concurrent(), 2);
+
+    // Without the section the same slow calls leave the limit alone.
+    let mut fixed = payment.clone();
+    fixed.bulkhead.adaptive = None;
+    let (mut client, handle) =
+        staunch::http::client("payment", slow(Duration::from_millis(240), false), &fixed).unwrap();
+    client.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(handle.bulkhead().max_concurrent(), 8);
+
+    // Vegas (initial 25, ratio 0.9 by default): a failure cuts the limit.
+    let mut inventory = config.stacks["inventory"].clone();
+    inventory.retry.max_attempts = Some(1);
+    let (mut client, handle) = staunch::http::client(
+        "inventory",
+        slow(Duration::from_millis(10), true),
+        &inventory,
+    )
+    .unwrap();
+    assert_eq!(handle.bulkhead().max_concurrent(), 25);
+    let err = client.ready().await.unwrap().call(get()).await.unwrap_err();
+    assert!(matches!(err, Error::Inner(_)), "{err:?}");
+    assert_eq!(handle.bulkhead().max_concurrent(), 22);
+}
+
+/// A dependency answering with the headers it received.
+fn echo_headers() -> impl Service<
+    Request,
+    Response = http::Response<String>,
+    Error = std::io::Error,
+    Future = impl Future<Output = Result<http::Response<String>, std::io::Error>> + Send,
+> + Clone
++ Send
++ 'static {
+    service_fn(|req: Request| async move {
+        let mut res = http::Response::new(String::new());
+        *res.headers_mut() = req.headers().clone();
+        Ok(res)
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_http_preset_propagates_the_attempts_deadline() {
+    let config: StackConfig =
+        toml::from_str("attempt_timeout = \"250ms\"\n[deadline.outgoing]\nmargin = \"50ms\"\n")
+            .unwrap();
+    let (mut client, _) = staunch::http::client("payment", echo_headers(), &config).unwrap();
+
+    // No deadline of its own: the attempt's 250 ms, minus the 50 ms margin.
+    let sent = client
+        .ready()
+        .await
+        .unwrap()
+        .call(get())
+        .await
+        .unwrap()
+        .into_parts()
+        .0
+        .headers;
+    assert_eq!(sent["x-request-timeout"], "200000u");
+    assert!(sent.get("grpc-timeout").is_none());
+
+    // A shorter deadline on the request wins.
+    let mut req = get();
+    req.extensions_mut()
+        .insert(Deadline::after(Duration::from_millis(120)));
+    let sent = client
+        .ready()
+        .await
+        .unwrap()
+        .call(req)
+        .await
+        .unwrap()
+        .into_parts()
+        .0
+        .headers;
+    // (70 ms in whole nanoseconds fits the format's eight digits.)
+    assert_eq!(sent["x-request-timeout"], "70000000n");
+
+    // No time left after the margin: not sent at all.
+    let mut req = get();
+    req.extensions_mut()
+        .insert(Deadline::after(Duration::from_millis(40)));
+    let err = client.ready().await.unwrap().call(req).await.unwrap_err();
+    assert!(matches!(err.last(), Error::Elapsed(_)), "{err:?}");
+
+    // Another header, another syntax, and grpc-timeout too.
+    let mut other = config.clone();
+    let outgoing = other.deadline.as_mut().unwrap().outgoing.as_mut().unwrap();
+    outgoing.header = Some("x-deadline-ms".into());
+    outgoing.format = Some(HeaderFormatConfig::Millis);
+    outgoing.grpc = Some(true);
+    let (mut client, _) = staunch::http::client("payment", echo_headers(), &other).unwrap();
+    let sent = client
+        .ready()
+        .await
+        .unwrap()
+        .call(get())
+        .await
+        .unwrap()
+        .into_parts()
+        .0
+        .headers;
+    assert_eq!(sent["x-deadline-ms"], "200");
+    assert_eq!(sent["grpc-timeout"], "200000u");
+    assert!(sent.get("x-request-timeout").is_none());
+
+    // Without the section nothing is written.
+    let (mut client, _) =
+        staunch::http::client("payment", echo_headers(), &StackConfig::default()).unwrap();
+    let sent = client
+        .ready()
+        .await
+        .unwrap()
+        .call(get())
+        .await
+        .unwrap()
+        .into_parts()
+        .0
+        .headers;
+    assert!(sent.is_empty(), "{sent:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_turns_deadline_propagation_on_for_registry_clients() {
+    let mut config = toml("[payment]\nattempt_timeout = \"250ms\"\n");
+    let registry = Registry::new(&config).unwrap();
+    let mut client = registry
+        .http_client::<_, std::io::Error>("payment", echo_headers())
+        .unwrap();
+    let res = client.ready().await.unwrap().call(get()).await.unwrap();
+    assert!(res.headers().get("x-request-timeout").is_none());
+
+    config = toml("[payment]\nattempt_timeout = \"250ms\"\ndeadline.outgoing.margin = \"0s\"\n");
+    registry.reload(&config).unwrap();
+    let res = client.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(res.headers()["x-request-timeout"], "250000u");
+}
+
+#[test]
+fn the_new_public_types_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<AdaptiveConfig>();
+    assert_send_sync::<staunch::HedgeConfig>();
+    assert_send_sync::<staunch::DeadlineConfig>();
+    assert_send_sync::<
+        staunch::http::AttemptDeadline<
+            tower::util::BoxCloneSyncService<Request, http::Response<String>, staunch::BoxError>,
+        >,
+    >();
+    assert_send_sync::<
+        staunch::http::AttemptDeadlineFuture<std::future::Ready<Result<(), std::io::Error>>>,
+    >();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_incoming_deadline_layer_reads_the_callers_time_capped_by_the_budget() {
+    let config: StackConfig =
+        toml::from_str("[deadline.incoming]\nbudget = \"1s\"\nheader = \"x-deadline\"\n").unwrap();
+    let handle = config.build("payment").unwrap();
+    let layer = handle.incoming_deadline().unwrap().clone();
+    let mut server = layer.layer(service_fn(|req: Request| async move {
+        Ok::<_, std::io::Error>(Deadline::of(&req).map(|d| d.remaining()))
+    }));
+    let mut req = get();
+    req.headers_mut()
+        .insert("x-deadline", http::HeaderValue::from_static("300m"));
+    let left = server.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(left, Some(Duration::from_millis(300)));
+    let mut req = get();
+    req.headers_mut()
+        .insert("x-deadline", http::HeaderValue::from_static("5S"));
+    let left = server.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(left, Some(Duration::from_secs(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hedge_is_sent_after_the_configured_delay() {
+    let config: StackConfig = toml::from_str("[hedge]\ndelay = \"50ms\"\n").unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = Arc::clone(&calls);
+    // The first attempt hangs for 10 s, the hedge answers at once.
+    let inner = service_fn(move |_: Request| {
+        let n = seen.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+            Ok::<_, std::io::Error>(http::Response::new(format!("attempt {n}")))
+        }
+    });
+    let (client, handle) = staunch::http::client("payment", inner, &config).unwrap();
+    let mut hedged = handle.hedge().expect("hedge configured").layer(client);
+
+    let started = tokio::time::Instant::now();
+    let call = hedged.ready().await.unwrap().call(get());
+    tokio::pin!(call);
+    // The first poll sends the first attempt and arms the hedge timer.
+    tokio::select! {
+        biased;
+        _ = &mut call => panic!("answered at once"),
+        () = std::future::ready(()) => {}
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    tokio::time::sleep(Duration::from_millis(49)).await;
+    tokio::select! {
+        biased;
+        _ = &mut call => panic!("answered before the hedge"),
+        () = std::future::ready(()) => {}
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "hedged before the delay");
+    let res = call.await.unwrap();
+    assert_eq!(res.body(), "attempt 1");
+    assert_eq!(started.elapsed(), Duration::from_millis(50));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // A percentile delay uses `delay` until enough calls were seen.
+    let config: StackConfig =
+        toml::from_str("[hedge]\ndelay = \"30ms\"\npercentile = 0.9\n").unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let seen = Arc::clone(&calls);
+    let inner = service_fn(move |_: Request| {
+        let n = seen.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if n == 0 {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+            Ok::<_, std::io::Error>(http::Response::new(format!("attempt {n}")))
+        }
+    });
+    let (client, handle) = staunch::http::client("payment", inner, &config).unwrap();
+    let mut hedged = handle.hedge().unwrap().layer(client);
+    let started = tokio::time::Instant::now();
+    let res = hedged.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(res.body(), "attempt 1");
+    assert_eq!(started.elapsed(), Duration::from_millis(30));
+
+    // Without the section there is no hedge.
+    assert!(
+        StackConfig::default()
+            .build("payment")
+            .unwrap()
+            .hedge()
+            .is_none()
+    );
+}
+
 mod properties {
     use std::collections::BTreeSet;
     use std::time::Duration;
@@ -338,8 +836,9 @@ mod properties {
     use proptest::prelude::*;
     use serde_json::Value;
     use staunch::{
-        BackoffConfig, BackoffStrategy, BreakerConfig, BudgetConfig, BulkheadConfig, JitterConfig,
-        RetryConfig, StackConfig, WindowConfig,
+        AdaptiveConfig, AimdConfig, BackoffConfig, BackoffStrategy, BreakerConfig, BudgetConfig,
+        BulkheadConfig, DeadlineConfig, HeaderFormatConfig, HedgeConfig, IncomingDeadlineConfig,
+        JitterConfig, OutgoingDeadlineConfig, RetryConfig, StackConfig, VegasConfig, WindowConfig,
     };
 
     fn duration() -> impl Strategy<Value = Duration> {
@@ -432,6 +931,114 @@ mod properties {
             )
     }
 
+    fn limit() -> impl Strategy<Value = usize> {
+        prop_oneof![Just(0usize), 1usize..100, Just(1_000_000_000)]
+    }
+
+    fn adaptive() -> impl Strategy<Value = AdaptiveConfig> {
+        prop_oneof![
+            (
+                proptest::option::of(limit()),
+                proptest::option::of(limit()),
+                proptest::option::of(decimal(-1, 2)),
+                proptest::option::of(duration()),
+            )
+                .prop_map(|(min, max, ratio, threshold)| {
+                    let mut a = AimdConfig::default();
+                    a.min_limit = min;
+                    a.max_limit = max;
+                    a.backoff_ratio = ratio;
+                    a.latency_threshold = threshold;
+                    AdaptiveConfig::Aimd(a)
+                }),
+            (
+                proptest::option::of(limit()),
+                proptest::option::of(limit()),
+                proptest::option::of(decimal(-2, 10)),
+                proptest::option::of(decimal(-2, 10)),
+                proptest::option::of(decimal(-1, 2)),
+                proptest::option::of(0u64..2000),
+            )
+                .prop_map(|(min, max, alpha, beta, ratio, probe)| {
+                    let mut v = VegasConfig::default();
+                    v.min_limit = min;
+                    v.max_limit = max;
+                    v.alpha = alpha;
+                    v.beta = beta;
+                    v.backoff_ratio = ratio;
+                    v.probe_every = probe;
+                    AdaptiveConfig::Vegas(v)
+                }),
+        ]
+    }
+
+    fn hedge() -> impl Strategy<Value = HedgeConfig> {
+        (
+            proptest::option::of(duration()),
+            proptest::option::of(decimal(-1, 2)),
+            proptest::option::of(0u64..1000),
+        )
+            .prop_map(|(delay, percentile, min_samples)| {
+                let mut h = HedgeConfig::default();
+                h.delay = delay;
+                h.percentile = percentile;
+                h.min_samples = min_samples;
+                h
+            })
+    }
+
+    fn header() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            Just("x-request-timeout".to_owned()),
+            Just("x-deadline-ms".to_owned()),
+            Just("grpc-timeout".to_owned()),
+            Just("not a header".to_owned()),
+        ]
+    }
+
+    fn format() -> impl Strategy<Value = HeaderFormatConfig> {
+        prop_oneof![
+            Just(HeaderFormatConfig::GrpcTimeout),
+            Just(HeaderFormatConfig::Millis)
+        ]
+    }
+
+    fn deadline() -> impl Strategy<Value = DeadlineConfig> {
+        let headers = || {
+            (
+                proptest::option::of(duration()),
+                proptest::option::of(header()),
+                proptest::option::of(format()),
+                proptest::option::of(any::<bool>()),
+            )
+        };
+        (
+            proptest::option::of(headers()),
+            proptest::option::of(headers()),
+        )
+            .prop_map(|(outgoing, incoming)| {
+                let mut d = DeadlineConfig::default();
+                d.outgoing = outgoing.map(|(margin, header, format, grpc)| {
+                    let mut o = OutgoingDeadlineConfig::default();
+                    o.margin = margin;
+                    o.header = header;
+                    o.format = format;
+                    o.grpc = grpc;
+                    o
+                });
+                d.incoming = incoming.map(|(budget, header, format, grpc)| {
+                    let mut i = IncomingDeadlineConfig::default();
+                    i.budget = budget;
+                    i.header = header;
+                    i.format = format;
+                    i.grpc = grpc;
+                    i
+                });
+                d
+            })
+    }
+
     fn stack() -> impl Strategy<Value = StackConfig> {
         (
             proptest::option::of(duration()),
@@ -441,6 +1048,7 @@ mod properties {
                 proptest::option::of(0usize..100),
                 proptest::option::of(duration()),
                 proptest::option::of(0usize..100),
+                proptest::option::of(adaptive()),
             ),
             (
                 proptest::option::of(0u32..6),
@@ -452,9 +1060,13 @@ mod properties {
                     proptest::option::of(duration()),
                 )),
             ),
+            (
+                proptest::option::of(hedge()),
+                proptest::option::of(deadline()),
+            ),
         )
             .prop_map(
-                |(timeout, attempt, breaker, (mc, mw, mq), (ma, bo, mra, bu))| {
+                |(timeout, attempt, breaker, (mc, mw, mq, ad), (ma, bo, mra, bu), (he, de))| {
                     let mut config = StackConfig::default();
                     config.timeout = timeout;
                     config.attempt_timeout = attempt;
@@ -463,7 +1075,10 @@ mod properties {
                     bulkhead.max_concurrent = mc;
                     bulkhead.max_wait = mw;
                     bulkhead.max_queued = mq;
+                    bulkhead.adaptive = ad;
                     config.bulkhead = bulkhead;
+                    config.hedge = he;
+                    config.deadline = de;
                     let mut retry = RetryConfig::default();
                     retry.max_attempts = ma;
                     retry.backoff = bo;
@@ -497,9 +1112,9 @@ mod properties {
     }
 
     /// Every field a configuration file can set: the paths of two fully set configurations
-    /// (one per kind of sliding window).
+    /// (one per kind of sliding window and of adaptive limit).
     fn schema() -> BTreeSet<String> {
-        let full = |window| {
+        let full = |window, adaptive| {
             let mut config = StackConfig::default();
             config.timeout = Some(Duration::from_secs(1));
             config.attempt_timeout = Some(Duration::from_secs(1));
@@ -532,15 +1147,53 @@ mod properties {
             budget.min_per_sec = Some(1);
             budget.ttl = Some(Duration::from_secs(1));
             config.retry.budget = Some(budget);
+            config.bulkhead.adaptive = Some(adaptive);
+            let mut hedge = HedgeConfig::fixed(Duration::from_secs(1));
+            hedge.percentile = Some(0.5);
+            hedge.min_samples = Some(1);
+            config.hedge = Some(hedge);
+            let mut outgoing = OutgoingDeadlineConfig::default();
+            outgoing.margin = Some(Duration::from_secs(1));
+            outgoing.header = Some("x".into());
+            outgoing.format = Some(HeaderFormatConfig::Millis);
+            outgoing.grpc = Some(true);
+            let mut incoming = IncomingDeadlineConfig::default();
+            incoming.budget = Some(Duration::from_secs(1));
+            incoming.header = Some("x".into());
+            incoming.format = Some(HeaderFormatConfig::Millis);
+            incoming.grpc = Some(true);
+            let mut deadline = DeadlineConfig::default();
+            deadline.outgoing = Some(outgoing);
+            deadline.incoming = Some(incoming);
+            config.deadline = Some(deadline);
             serde_json::to_value(config).unwrap()
         };
         let mut out = BTreeSet::new();
-        paths(&full(WindowConfig::Count { size: 1 }), "", &mut out);
+        let mut aimd = AimdConfig::default();
+        aimd.min_limit = Some(1);
+        aimd.max_limit = Some(1);
+        aimd.backoff_ratio = Some(0.5);
+        aimd.latency_threshold = Some(Duration::from_secs(1));
+        let mut vegas = VegasConfig::default();
+        vegas.min_limit = Some(1);
+        vegas.max_limit = Some(1);
+        vegas.alpha = Some(1.0);
+        vegas.beta = Some(2.0);
+        vegas.backoff_ratio = Some(0.5);
+        vegas.probe_every = Some(1);
         paths(
-            &full(WindowConfig::Time {
-                duration: Duration::from_secs(1),
-                buckets: 1,
-            }),
+            &full(WindowConfig::Count { size: 1 }, AdaptiveConfig::Aimd(aimd)),
+            "",
+            &mut out,
+        );
+        paths(
+            &full(
+                WindowConfig::Time {
+                    duration: Duration::from_secs(1),
+                    buckets: 1,
+                },
+                AdaptiveConfig::Vegas(vegas),
+            ),
             "",
             &mut out,
         );
