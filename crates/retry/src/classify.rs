@@ -5,12 +5,13 @@ use std::fmt;
 use std::io;
 use std::time::Duration;
 
-use http::{HeaderMap, StatusCode};
+use http::{Extensions, HeaderMap, StatusCode};
 use staunch_core::HttpStatus;
 use staunch_timeout::Elapsed;
 
 use crate::BoxError;
 use crate::hints::{self, Pushback};
+use crate::metrics::GiveUp;
 
 /// What to do with a finished attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +55,19 @@ impl Verdict {
 pub trait RetryClassify<Res> {
     /// Classifies one attempt's result.
     fn classify(&self, result: Result<&Res, &BoxError>) -> Verdict;
+
+    /// Marks a retryable response returned after giving up (a final 503), as an error is
+    /// wrapped in [`RetryExhausted`](crate::RetryExhausted); called only when the give-up is
+    /// annotated (see that type for when).
+    ///
+    /// The default does nothing. [`RetryOn`] inserts `give_up` into the response's
+    /// extensions ([`RetryResponse::extensions_mut`]: `http::Response`, `reqwest::Response`),
+    /// where `response.extensions().get::<GiveUp>()` finds it. A classifier of your own,
+    /// [`retry_fn`] included, leaves responses untouched unless it overrides this method.
+    #[inline]
+    fn annotate(&self, response: &mut Res, give_up: GiveUp) {
+        let _ = (response, give_up);
+    }
 }
 
 /// What the default classifier [`RetryOn`] can see of a response: its status and headers.
@@ -73,6 +87,13 @@ pub trait RetryResponse {
     fn headers(&self) -> Option<&HeaderMap> {
         None
     }
+
+    /// The extensions, where [`RetryOn`] records a [`GiveUp`] on a retryable response
+    /// returned after giving up, if the response has any.
+    #[inline]
+    fn extensions_mut(&mut self) -> Option<&mut Extensions> {
+        None
+    }
 }
 
 impl<B> RetryResponse for http::Response<B> {
@@ -82,6 +103,10 @@ impl<B> RetryResponse for http::Response<B> {
 
     fn headers(&self) -> Option<&HeaderMap> {
         Some(http::Response::headers(self))
+    }
+
+    fn extensions_mut(&mut self) -> Option<&mut Extensions> {
+        Some(http::Response::extensions_mut(self))
     }
 }
 
@@ -93,6 +118,10 @@ impl RetryResponse for reqwest::Response {
 
     fn headers(&self) -> Option<&HeaderMap> {
         Some(reqwest::Response::headers(self))
+    }
+
+    fn extensions_mut(&mut self) -> Option<&mut Extensions> {
+        Some(reqwest::Response::extensions_mut(self))
     }
 }
 
@@ -279,6 +308,13 @@ impl<Res: RetryResponse> RetryClassify<Res> for RetryOn {
                 (status, headers) => self.response(status, headers),
             },
             Err(err) => self.error(&**err),
+        }
+    }
+
+    /// Inserts `give_up` into the response's extensions, if it has any.
+    fn annotate(&self, response: &mut Res, give_up: GiveUp) {
+        if let Some(extensions) = response.extensions_mut() {
+            extensions.insert(give_up);
         }
     }
 }

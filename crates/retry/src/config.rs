@@ -140,7 +140,12 @@ impl RetryPolicy {
     /// timeouts, retryable HTTP statuses); use [`retry_with`](Self::retry_with) to decide
     /// yourself. Each attempt calls `f` again. The call counts as one request in the budget.
     ///
+    /// When it gives up after retries, or a due retry is refused, the error is the last
+    /// attempt's wrapped in a [`RetryExhausted`] (and a response returned then carries the
+    /// [`GiveUp`](crate::GiveUp) in its extensions), exactly as with the layer.
+    ///
     /// [`RetryLayer`]: crate::RetryLayer
+    /// [`RetryExhausted`]: crate::RetryExhausted
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
@@ -299,7 +304,8 @@ impl RetryPolicyBuilder {
 
     /// An overall deadline covering every attempt and every wait. An attempt still running at
     /// the deadline fails with [`Elapsed`](staunch_timeout::Elapsed); a wait that would end at
-    /// or past it is skipped and the last result returned at once.
+    /// or past it is skipped and the last result returned at once, annotated
+    /// ([`RetryExhausted`](crate::RetryExhausted), reason `Deadline`).
     pub fn max_total_time(mut self, max_total_time: Duration) -> Self {
         self.max_total_time = Some(max_total_time);
         self
@@ -340,7 +346,11 @@ impl RetryPolicyBuilder {
     }
 
     /// Called when a retryable failure is returned without a further attempt, with the
-    /// reason (attempts used up, budget exhausted, deadline, ...).
+    /// reason (attempts used up, budget exhausted, deadline, ...). Every give-up is reported
+    /// here, rejections and non-replayable requests included; the returned error itself is
+    /// annotated only when retries were made or refused ([`RetryExhausted`]).
+    ///
+    /// [`RetryExhausted`]: crate::RetryExhausted
     pub fn on_give_up(mut self, f: impl Fn(&GiveUp) + Send + Sync + 'static) -> Self {
         self.on_give_up = Some(Arc::new(f));
         self

@@ -20,6 +20,7 @@ use tokio::time::{Instant, Sleep};
 use crate::BoxError;
 use crate::classify::{RetryClassify, Verdict};
 use crate::config::{Limits, RetryPolicy};
+use crate::error::RetryExhausted;
 use crate::metrics::{GiveUp, GiveUpReason, Retrying};
 
 /// The source of attempts: a service and a copy of the request, or a closure.
@@ -214,13 +215,17 @@ where
                             return Poll::Pending;
                         };
                         ready!(sleep.poll(cx));
-                        if let Some(handle) = this.handle.as_deref() {
-                            handle.policy.shared.gave_up(GiveUp {
-                                attempts: *this.made,
-                                reason: GiveUpReason::Deadline,
-                            });
-                        }
-                        return Poll::Ready(Err(Box::new(Elapsed::new(total))));
+                        // A retry was due (the last attempt's result was dropped when its
+                        // wait began): the deadline refused it.
+                        let err: BoxError = Box::new(Elapsed::new(total));
+                        let Some(handle) = this.handle.as_deref() else {
+                            return Poll::Ready(Err(err));
+                        };
+                        let event = GiveUp {
+                            attempts: *this.made,
+                            reason: GiveUpReason::Deadline,
+                        };
+                        return Poll::Ready(give_up(Err(err), event, true, handle));
                     }
                 }
                 *this.timer = Timer::Idle;
@@ -298,57 +303,73 @@ fn decide<A: Attempts<Fut>, Fut, C: RetryClassify<T>, T>(
         return Next::Return(result);
     }
     retry_or_give_up(
-        result,
-        verdict,
-        made,
-        limits,
-        &handle.policy,
-        started,
-        schedule,
-        attempts,
+        result, verdict, made, limits, handle, started, schedule, attempts,
     )
+}
+
+/// Reports a give-up and returns the result, annotated when `event` calls for it (see
+/// [`RetryExhausted`]): `due` says a retry was due when `event.reason` stopped it.
+#[cold]
+fn give_up<T, C: RetryClassify<T>>(
+    result: Result<T, BoxError>,
+    event: GiveUp,
+    due: bool,
+    handle: &Handle<C>,
+) -> Result<T, BoxError> {
+    handle.policy.shared.gave_up(event);
+    if !event.annotates(due) {
+        return result;
+    }
+    match result {
+        Ok(mut response) => {
+            handle.classify.annotate(&mut response, event);
+            Ok(response)
+        }
+        Err(last) => Err(Box::new(RetryExhausted::from_event(event, last))),
+    }
 }
 
 /// The slow path of [`decide`]: the attempt failed in a way that may be retried.
 #[cold]
 #[allow(clippy::too_many_arguments)]
-fn retry_or_give_up<A: Attempts<Fut>, Fut, T>(
+fn retry_or_give_up<A: Attempts<Fut>, Fut, T, C: RetryClassify<T>>(
     result: Result<T, BoxError>,
     verdict: Option<Verdict>,
     made: u32,
     limits: &Limits,
-    policy: &RetryPolicy,
+    handle: &Handle<C>,
     started: &mut Option<Instant>,
     schedule: &mut Schedule,
     attempts: &A,
 ) -> Next<Result<T, BoxError>> {
     // From here on the attempt failed in a retryable way (or was cut by the deadline, or the
-    // server said not to retry): the slow path.
-    let give_up = |result, reason| {
-        policy.shared.gave_up(GiveUp {
+    // server said not to retry): the slow path. `due`: a retry was due and `reason` refused
+    // it (as opposed to the attempt being cut short or the server saying not to retry).
+    let stop = |result, reason, due| {
+        let event = GiveUp {
             attempts: made,
             reason,
-        });
-        Next::Return(result)
+        };
+        Next::Return(give_up(result, event, due, handle))
     };
     if let Err(e) = &result
         && let Some(rejection) = rejection_of(&**e)
     {
         tracing::trace!(?rejection, "not retrying a rejection");
-        return give_up(result, GiveUpReason::Rejected);
+        return stop(result, GiveUpReason::Rejected, false);
     }
     let verdict = match verdict {
-        None => return give_up(result, GiveUpReason::Deadline),
-        Some(Verdict::DoNotRetry) => return give_up(result, GiveUpReason::ServerPushback),
+        None => return stop(result, GiveUpReason::Deadline, false),
+        Some(Verdict::DoNotRetry) => return stop(result, GiveUpReason::ServerPushback, false),
         Some(v) => v,
     };
     if made >= limits.max_attempts {
-        return give_up(result, GiveUpReason::MaxAttempts);
+        return stop(result, GiveUpReason::MaxAttempts, false);
     }
     if !attempts.can_replay() {
-        return give_up(result, GiveUpReason::NotReplayable);
+        return stop(result, GiveUpReason::NotReplayable, false);
     }
-    let shared = &policy.shared;
+    let shared = &handle.policy.shared;
     let now = Instant::now();
     let start = *started.get_or_insert(now);
     let elapsed = now.saturating_duration_since(start);
@@ -358,16 +379,16 @@ fn retry_or_give_up<A: Attempts<Fut>, Fut, T>(
         let schedule = schedule.get_or_insert_with(|| Box::new(shared.backoff.schedule()));
         match schedule.next_delay_after(elapsed) {
             Some(d) => (d, false),
-            None => return give_up(result, GiveUpReason::BackoffEnded),
+            None => return stop(result, GiveUpReason::BackoffEnded, true),
         }
     };
     if let Some(total) = limits.max_total_time
         && elapsed.saturating_add(delay) >= total
     {
-        return give_up(result, GiveUpReason::Deadline);
+        return stop(result, GiveUpReason::Deadline, true);
     }
     if !shared.budget.try_withdraw() {
-        return give_up(result, GiveUpReason::BudgetExhausted);
+        return stop(result, GiveUpReason::BudgetExhausted, true);
     }
     shared.retried(&Retrying {
         attempt: made,

@@ -7,7 +7,7 @@
 //!
 //! - **A retry budget** ([`RetryBudget`], on by default): retries add at most 20% to the
 //!   request rate (plus 10 per second), however many requests fail. When the budget is
-//!   exhausted the original error or response is returned as it is.
+//!   exhausted the original error is returned, annotated ([`RetryExhausted`]).
 //! - **Only what a retry can fix** ([`RetryOn`]): connection errors and timeouts, HTTP 502,
 //!   503, 504 and 429, gRPC `UNAVAILABLE` and `RESOURCE_EXHAUSTED`; for HTTP only idempotent
 //!   methods or requests carrying an `Idempotency-Key` ([`RetryRequest`]); and **never** a
@@ -73,6 +73,43 @@
 //! # }
 //! ```
 //!
+//! # Giving up
+//!
+//! When the retries run out (`max_attempts`, the overall deadline, the backoff's
+//! `max_elapsed`) or the budget refuses a due retry, the last attempt's error comes back
+//! wrapped in a [`RetryExhausted`]: the attempts made, the [`GiveUpReason`], and the original
+//! error as its `source()` (so [`rejection_of`](staunch_core::rejection_of), [`Elapsed::find`]
+//! and downcasts along the source chain still work). A retryable response returned after
+//! giving up (a final 503) carries the [`GiveUp`] in its extensions instead. Failures that
+//! were never going to be retried (not retryable, a rejection, a non-idempotent or
+//! unreplayable request, a single attempt allowed) are returned untouched. The annotation
+//! costs one allocation, on the give-up path only.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! use staunch_retry::{GiveUp, GiveUpReason, RetryBudget, RetryExhausted, RetryPolicy};
+//!
+//! // A budget that allows no retry at all.
+//! let budget = RetryBudget::builder().ratio(0.0).min_per_sec(0).build().unwrap();
+//! let policy = RetryPolicy::builder().budget(budget).build().unwrap();
+//!
+//! let err = policy
+//!     .retry(|| async { Err::<(), _>(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)) })
+//!     .await
+//!     .unwrap_err();
+//! let gave_up = err.downcast_ref::<RetryExhausted>().unwrap();
+//! assert_eq!((gave_up.attempts(), gave_up.reason()), (1, GiveUpReason::BudgetExhausted));
+//! assert!(gave_up.last().is::<std::io::Error>());
+//!
+//! let res = policy
+//!     .retry(|| async { Ok::<_, std::io::Error>(http::Response::builder().status(503).body(()).unwrap()) })
+//!     .await
+//!     .unwrap();
+//! let gave_up = res.extensions().get::<GiveUp>().unwrap();
+//! assert_eq!(gave_up.reason, GiveUpReason::BudgetExhausted);
+//! # }
+//! ```
+//!
 //! # Observability
 //!
 //! `tracing` debug events for every retry, give-up and hedge; [`RetryPolicy::metrics`] for a
@@ -99,6 +136,7 @@ pub mod budget;
 mod classify;
 mod config;
 mod engine;
+mod error;
 mod future;
 mod hedge;
 mod hints;
@@ -114,6 +152,7 @@ pub use crate::classify::{
     RetryClassify, RetryFn, RetryOn, RetryResponse, Verdict, is_transient, retry_fn,
 };
 pub use crate::config::{RetryPolicy, RetryPolicyBuilder};
+pub use crate::error::RetryExhausted;
 pub use crate::future::{ResponseFuture, RetryCall};
 pub use crate::hedge::{Hedge, HedgeDelay, HedgeFuture, HedgeLayer};
 pub use crate::hints::{GRPC_RETRY_PUSHBACK_MS, Pushback, grpc_pushback, retry_after};
@@ -142,6 +181,7 @@ mod tests {
         assert_send_sync_unpin::<RetryOn>();
         assert_send_sync_unpin::<RetryMetrics>();
         assert_send_sync_unpin::<GiveUp>();
+        assert_send_sync_unpin::<RetryExhausted>();
         assert_send_sync_unpin::<Retrying>();
         assert_send_sync_unpin::<HedgeLayer>();
         assert_send_sync_unpin::<Retry<tower::util::BoxCloneSyncService<u64, u64, BoxError>>>();

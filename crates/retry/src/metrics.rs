@@ -16,7 +16,10 @@ pub struct Retrying {
 }
 
 /// A retryable failure returned without another attempt, passed to
-/// [`on_give_up`](crate::RetryPolicyBuilder::on_give_up).
+/// [`on_give_up`](crate::RetryPolicyBuilder::on_give_up), carried by
+/// [`RetryExhausted`](crate::RetryExhausted), and inserted into the extensions of a retryable
+/// response returned after giving up (`res.extensions().get::<GiveUp>()`; see
+/// [`RetryClassify::annotate`](crate::RetryClassify::annotate)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GiveUp {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use staunch_retry::{GiveUpReason, RetryBudget, RetryLayer, RetryPolicy};
-use support::{BoxError, constant, reasons};
+use support::{BoxError, constant, gave_up, reasons};
 use tower::{Layer, Service, ServiceExt};
 
 fn failing(
@@ -44,8 +44,23 @@ async fn a_thousand_failing_requests_make_at_most_ratio_times_requests_plus_rese
     let calls = Arc::new(AtomicU64::new(0));
     let svc = RetryLayer::new(policy.clone()).layer(failing(&calls));
     let start = tokio::time::Instant::now();
+    let mut refused = 0;
     for i in 0..1000 {
-        svc.clone().oneshot(i).await.unwrap_err();
+        let err = svc.clone().oneshot(i).await.unwrap_err();
+        // Every call ends annotated: its retries ran out, or the budget refused one.
+        let ((attempts, reason), last) = gave_up(&err);
+        assert!(
+            last.is::<std::io::Error>(),
+            "the original error is the source"
+        );
+        match reason {
+            GiveUpReason::MaxAttempts => assert_eq!(attempts, 3),
+            GiveUpReason::BudgetExhausted => {
+                assert!((1..3).contains(&attempts));
+                refused += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
     // 1000 requests and 300 retries take 0.3 s of backoff: all inside one window.
     assert!(start.elapsed() < Duration::from_secs(1));
@@ -66,11 +81,21 @@ async fn a_thousand_failing_requests_make_at_most_ratio_times_requests_plus_rese
         .filter(|g| **g == GiveUpReason::BudgetExhausted)
         .count() as u64;
     assert_eq!(exhausted, m.budget_exhausted);
+    assert_eq!(
+        refused, m.budget_exhausted,
+        "each refusal is annotated as such"
+    );
 
-    // Still exhausted: a new failing request is not retried.
+    // Still exhausted: a new failing request is not retried, and says why.
     let before = calls.load(Ordering::Relaxed);
-    svc.clone().oneshot(0).await.unwrap_err();
+    let err = svc.clone().oneshot(0).await.unwrap_err();
     assert_eq!(calls.load(Ordering::Relaxed) - before, 1);
+    assert_eq!(gave_up(&err).0, (1, GiveUpReason::BudgetExhausted));
+    assert!(
+        err.to_string()
+            .starts_with("gave up after 1 attempt (retry budget exhausted): "),
+        "{err}"
+    );
 
     // After the window the old requests and retries expired: the reserve is back.
     tokio::time::advance(Duration::from_secs(11)).await;

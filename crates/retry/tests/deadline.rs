@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use staunch_retry::{Elapsed, GiveUpReason, RetryLayer};
-use support::{BoxError, Calls, DropFlag, get, policy, reasons, response};
+use support::{
+    BoxError, Calls, DropFlag, gave_up, get, is_annotated, policy, reasons, response,
+    response_gave_up,
+};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
@@ -42,6 +45,35 @@ async fn the_overall_deadline_skips_a_wait_that_would_pass_it() {
     assert_eq!(calls.times_ms(), [0, 400, 800]);
     assert_eq!(start.elapsed(), Duration::from_millis(800));
     assert_eq!(*r.lock().unwrap(), [GiveUpReason::Deadline]);
+    // The last response says why it came back.
+    assert_eq!(response_gave_up(&res), Some((3, GiveUpReason::Deadline)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_first_failure_with_no_time_left_for_its_retry_is_annotated() {
+    // The first attempt fails; its 400 ms wait would pass the 300 ms deadline: a retry was
+    // due and the deadline refused it.
+    let r = reasons();
+    let policy = policy(&r)
+        .backoff(support::constant(400))
+        .max_total_time(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let svc = RetryLayer::new(policy).layer(tower::service_fn(|_: u32| async {
+        Err::<u32, BoxError>(std::io::Error::from(std::io::ErrorKind::ConnectionReset).into())
+    }));
+    let err = svc.oneshot(1).await.unwrap_err();
+    let (annotation, last) = gave_up(&err);
+    assert_eq!(annotation, (1, GiveUpReason::Deadline));
+    assert_eq!(
+        last.downcast_ref::<std::io::Error>()
+            .map(std::io::Error::kind),
+        Some(std::io::ErrorKind::ConnectionReset)
+    );
+    assert_eq!(
+        err.to_string(),
+        "gave up after 1 attempt (overall deadline reached): connection reset"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -64,13 +96,51 @@ async fn the_overall_deadline_cuts_a_running_attempt() {
     }));
     let start = Instant::now();
     let err = svc.oneshot(7).await.unwrap_err();
+    // The only attempt was cut: no retry was made or refused, so the timeout comes back as
+    // it is.
     assert_eq!(
         err.downcast_ref::<Elapsed>(),
         Some(&Elapsed::new(Duration::from_millis(250)))
     );
+    assert!(!is_annotated(&err));
     assert_eq!(start.elapsed(), Duration::from_millis(250));
     assert!(dropped.load(Ordering::SeqCst), "the attempt was cancelled");
     assert_eq!(*r.lock().unwrap(), [GiveUpReason::Deadline]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_overall_deadline_cutting_a_retry_is_annotated() {
+    let r = reasons();
+    let policy = policy(&r)
+        .max_attempts(10)
+        .backoff(support::constant(10))
+        .attempt_timeout(Duration::from_millis(100))
+        .max_total_time(Duration::from_millis(250))
+        .build()
+        .unwrap();
+    let calls = Calls::new();
+    let c = calls.clone();
+    let svc = RetryLayer::new(policy).layer(tower::service_fn(move |_: u32| {
+        c.hit();
+        async {
+            std::future::pending::<()>().await;
+            Ok::<u32, BoxError>(1)
+        }
+    }));
+    let err = svc.oneshot(7).await.unwrap_err();
+    // Attempts at 0, 110 and 220 ms; the third is cut by the deadline at 250 ms.
+    assert_eq!(calls.times_ms(), [0, 110, 220]);
+    let (annotation, last) = gave_up(&err);
+    assert_eq!(annotation, (3, GiveUpReason::Deadline));
+    assert_eq!(
+        last.downcast_ref::<Elapsed>(),
+        Some(&Elapsed::new(Duration::from_millis(250)))
+    );
+    // Found through the chain, as before.
+    assert_eq!(
+        Elapsed::find(&*err).map(Elapsed::limit),
+        Some(Duration::from_millis(250))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -115,8 +185,14 @@ async fn every_attempt_timing_out_returns_elapsed() {
     }));
     let start = Instant::now();
     let err = svc.oneshot(1).await.unwrap_err();
+    let (annotation, last) = gave_up(&err);
+    assert_eq!(annotation, (2, GiveUpReason::MaxAttempts));
     assert_eq!(
-        err.downcast_ref::<Elapsed>().map(Elapsed::limit),
+        last.downcast_ref::<Elapsed>().map(Elapsed::limit),
+        Some(Duration::from_millis(50))
+    );
+    assert_eq!(
+        Elapsed::find(&*err).map(Elapsed::limit),
         Some(Duration::from_millis(50))
     );
     assert_eq!(start.elapsed(), Duration::from_millis(200));
@@ -164,8 +240,12 @@ async fn the_overall_deadline_holds_while_the_inner_service_is_not_ready() {
     let svc = RetryLayer::new(policy).layer(ReadyOnce(Arc::clone(&calls)));
     let start = Instant::now();
     let err = svc.oneshot(1).await.unwrap_err();
+    // A retry was due when the deadline passed: annotated, with the deadline's timeout as
+    // the error (the failed attempt's error was dropped when its wait began).
+    let (annotation, last) = gave_up(&err);
+    assert_eq!(annotation, (1, GiveUpReason::Deadline));
     assert_eq!(
-        err.downcast_ref::<Elapsed>(),
+        last.downcast_ref::<Elapsed>(),
         Some(&Elapsed::new(Duration::from_secs(1)))
     );
     assert_eq!(start.elapsed(), Duration::from_secs(1));

@@ -1,6 +1,6 @@
 //! Model-based property test of the retry state machine: for any sequence of attempt
 //! outcomes, the layer makes exactly the attempts a tiny reference model makes, spaced by the
-//! backoff, and returns the outcome of the last one.
+//! backoff, and returns the outcome of the last one, annotated exactly when retries ran out.
 
 mod support;
 
@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use staunch_core::BreakerOpen;
-use staunch_retry::RetryLayer;
-use support::{BoxError, policy, reasons};
+use staunch_retry::{GiveUpReason, RetryLayer};
+use support::{BoxError, gave_up, is_annotated, policy, reasons, response_gave_up};
 use tower::{Layer, ServiceExt};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -106,13 +106,37 @@ proptest! {
             // Constant 100 ms backoff between attempts.
             prop_assert_eq!(start.elapsed(), Duration::from_millis(100) * (expected as u32 - 1));
             let final_outcome = *seen.last().unwrap();
+            // Annotated when the last outcome was still retryable and retries were made
+            // (the budget is unlimited: only `max_attempts` ends them).
+            let exhausted = final_outcome.retryable() && expected > 1;
+            let annotation = exhausted.then_some((expected as u32, GiveUpReason::MaxAttempts));
             match (final_outcome, result) {
-                (Outcome::Ok, Ok(res)) => prop_assert_eq!(res.status(), 200),
-                (Outcome::Unavailable, Ok(res)) => prop_assert_eq!(res.status(), 503),
-                (Outcome::NotFound, Ok(res)) => prop_assert_eq!(res.status(), 404),
-                (Outcome::ConnectRefused, Err(e)) => prop_assert!(e.is::<std::io::Error>()),
+                (Outcome::Ok, Ok(res)) => {
+                    prop_assert_eq!(res.status(), 200);
+                    prop_assert_eq!(response_gave_up(&res), None);
+                }
+                (Outcome::Unavailable, Ok(res)) => {
+                    prop_assert_eq!(res.status(), 503);
+                    prop_assert_eq!(response_gave_up(&res), annotation);
+                }
+                (Outcome::NotFound, Ok(res)) => {
+                    prop_assert_eq!(res.status(), 404);
+                    prop_assert_eq!(response_gave_up(&res), None);
+                }
+                (Outcome::ConnectRefused, Err(e)) => {
+                    if exhausted {
+                        let (got, last) = gave_up(&e);
+                        prop_assert_eq!(Some(got), annotation);
+                        prop_assert!(last.is::<std::io::Error>());
+                    } else {
+                        prop_assert!(e.is::<std::io::Error>());
+                    }
+                }
                 (Outcome::BadInput, Err(e)) => prop_assert_eq!(e.to_string(), "bad input"),
-                (Outcome::Rejected, Err(e)) => prop_assert!(e.is::<BreakerOpen>()),
+                (Outcome::Rejected, Err(e)) => {
+                    prop_assert!(e.is::<BreakerOpen>());
+                    prop_assert!(!is_annotated(&e));
+                }
                 (o, r) => prop_assert!(false, "outcome {:?} returned {:?}", o, r.map(|r| r.status())),
             }
             Ok(())

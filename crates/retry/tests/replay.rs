@@ -71,7 +71,10 @@ async fn a_body_over_the_cap_is_sent_once_and_whole() {
         .unwrap();
     let req = buffer_request(req, 8).await.unwrap();
     assert!(!req.body().is_replayable());
-    assert_eq!(svc.oneshot(req).await.unwrap().status(), 503);
+    let res = svc.oneshot(req).await.unwrap();
+    assert_eq!(res.status(), 503);
+    // Sent once, never retried: the answer is untouched.
+    assert!(res.extensions().get::<staunch_retry::GiveUp>().is_none());
     let seen = seen.lock().unwrap();
     assert_eq!(*seen, [Bytes::from("0123456789abcdefghijtail")]);
     assert_eq!(

@@ -8,8 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use staunch_core::{BreakerOpen, BulkheadFull, BulkheadFullReason};
-use staunch_retry::{GiveUpReason, RetryLayer, RetryPolicy, Verdict, retry_fn};
-use support::{BoxError, Calls, DropFlag, get, policy, reasons, response};
+use staunch_retry::{GiveUpReason, RetryExhausted, RetryLayer, RetryPolicy, Verdict, retry_fn};
+use support::{
+    BoxError, Calls, DropFlag, gave_up, get, is_annotated, policy, reasons, response,
+    response_gave_up,
+};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
@@ -38,7 +41,9 @@ async fn attempts_are_spaced_by_the_backoff_schedule() {
     let policy = policy(&r).max_attempts(4).backoff(backoff).build().unwrap();
     let svc = RetryLayer::new(policy.clone()).layer(always(&calls, 503, &[]));
     let res = svc.oneshot(get()).await.unwrap();
-    assert_eq!(res.status(), 503, "the last response is returned as it is");
+    assert_eq!(res.status(), 503, "the last response is returned");
+    // A response cannot carry an error: the give-up is in its extensions.
+    assert_eq!(response_gave_up(&res), Some((4, GiveUpReason::MaxAttempts)));
     assert_eq!(calls.times_ms(), [0, 100, 300, 700]);
     assert_eq!(*r.lock().unwrap(), [GiveUpReason::MaxAttempts]);
     let m = policy.metrics();
@@ -54,11 +59,15 @@ async fn success_is_returned_without_retry() {
     let svc = RetryLayer::new(policy.clone()).layer(always(&calls, 200, &[]));
     let res = svc.oneshot(get()).await.unwrap();
     assert_eq!(res.status(), 200);
+    assert_eq!(response_gave_up(&res), None);
     assert_eq!(calls.count(), 1);
     assert_eq!(policy.metrics().retries, 0);
-    // 500 is not retried by default (a bug in the server, not a transient state).
+    // 500 is not retried by default (a bug in the server, not a transient state), and
+    // returned untouched.
     let svc = RetryLayer::new(policy.clone()).layer(always(&calls, 500, &[]));
-    assert_eq!(svc.oneshot(get()).await.unwrap().status(), 500);
+    let res = svc.oneshot(get()).await.unwrap();
+    assert_eq!(res.status(), 500);
+    assert_eq!(response_gave_up(&res), None);
     assert_eq!(calls.count(), 2);
     assert!(r.lock().unwrap().is_empty());
 }
@@ -120,7 +129,7 @@ async fn grpc_pushback_sets_the_wait_or_stops_retrying() {
     assert_eq!(calls.times_ms(), [0, 750]);
 
     let calls = Calls::new();
-    let svc = RetryLayer::new(policy).layer(always(
+    let svc = RetryLayer::new(policy.clone()).layer(always(
         &calls,
         200,
         &[("grpc-status", "14"), ("grpc-retry-pushback-ms", "-1")],
@@ -129,6 +138,29 @@ async fn grpc_pushback_sets_the_wait_or_stops_retrying() {
     assert_eq!(res.headers()["grpc-status"], "14");
     assert_eq!(calls.count(), 1, "a negative pushback stops retrying");
     assert_eq!(*r.lock().unwrap(), [GiveUpReason::ServerPushback]);
+    // On the first attempt no retry was made or due: the answer is the server's own.
+    assert_eq!(response_gave_up(&res), None);
+
+    // After a retry, the server's "stop" ends the retries: annotated.
+    let calls = Calls::new();
+    let c = calls.clone();
+    let svc = RetryLayer::new(policy).layer(tower::service_fn(move |_: http::Request<String>| {
+        let res = if c.hit() == 1 {
+            response(200, &[("grpc-status", "14")])
+        } else {
+            response(
+                200,
+                &[("grpc-status", "14"), ("grpc-retry-pushback-ms", "-1")],
+            )
+        };
+        async move { Ok::<_, BoxError>(res) }
+    }));
+    let res = svc.oneshot(get()).await.unwrap();
+    assert_eq!(calls.count(), 2);
+    assert_eq!(
+        response_gave_up(&res),
+        Some((2, GiveUpReason::ServerPushback))
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -144,13 +176,13 @@ async fn post_is_retried_only_with_an_idempotency_key() {
     };
     let calls = Calls::new();
     let svc = RetryLayer::new(policy.clone()).layer(always(&calls, 503, &[]));
-    assert_eq!(
-        svc.clone().oneshot(post(false)).await.unwrap().status(),
-        503
-    );
+    let res = svc.clone().oneshot(post(false)).await.unwrap();
+    assert_eq!(res.status(), 503);
     assert_eq!(calls.count(), 1, "a POST without a key is sent once");
-    svc.oneshot(post(true)).await.unwrap();
+    assert_eq!(response_gave_up(&res), None, "and its answer is untouched");
+    let res = svc.oneshot(post(true)).await.unwrap();
     assert_eq!(calls.count(), 4, "with a key it is retried (3 attempts)");
+    assert_eq!(response_gave_up(&res), Some((3, GiveUpReason::MaxAttempts)));
 
     let calls = Calls::new();
     let lenient = support::policy(&r)
@@ -206,6 +238,7 @@ async fn rejections_are_never_retried_whatever_the_classifier_says() {
             }));
         let err = svc.oneshot(1).await.unwrap_err();
         assert!(staunch_core::rejection_of(&*err).is_some());
+        assert!(!is_annotated(&err), "a rejection comes back untouched");
         assert_eq!(calls.load(Ordering::Relaxed), 1);
     }
     assert_eq!(*r.lock().unwrap(), [GiveUpReason::Rejected; 3]);
@@ -218,8 +251,35 @@ async fn rejections_are_never_retried_whatever_the_classifier_says() {
             c.fetch_add(1, Ordering::Relaxed);
             async move { Err::<u32, BoxError>("boom".into()) }
         }));
-    svc.oneshot(1).await.unwrap_err();
+    let err = svc.oneshot(1).await.unwrap_err();
     assert_eq!(calls.load(Ordering::Relaxed), 5);
+    let (annotation, last) = gave_up(&err);
+    assert_eq!(annotation, (5, GiveUpReason::MaxAttempts));
+    assert_eq!(last.to_string(), "boom");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejection_after_retries_is_returned_untouched() {
+    // A transient failure is retried; the retry meets an open breaker: the rejection comes
+    // back as it is, so the caller sees "back off", not "gave up".
+    let r = reasons();
+    let policy = policy(&r).max_attempts(5).build().unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = Arc::clone(&calls);
+    let svc = RetryLayer::new(policy).layer(tower::service_fn(move |_: u32| {
+        let n = c.fetch_add(1, Ordering::Relaxed);
+        async move {
+            let err: BoxError = if n == 0 {
+                Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset))
+            } else {
+                Box::new(BreakerOpen::new(Arc::from("payment"), None))
+            };
+            Err::<u32, BoxError>(err)
+        }
+    }));
+    let err = svc.oneshot(1).await.unwrap_err();
+    assert!(err.is::<BreakerOpen>(), "{err:?}");
+    assert_eq!(calls.load(Ordering::Relaxed), 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -238,7 +298,19 @@ async fn connection_errors_are_retried_other_errors_are_not() {
             async move { Err::<u32, _>(std::io::Error::from(kind)) }
         }));
         let err = svc.oneshot(1).await.unwrap_err();
-        assert_eq!(err.downcast_ref::<std::io::Error>().unwrap().kind(), kind);
+        let original = if expected == 1 {
+            // Never retryable: untouched.
+            assert!(!is_annotated(&err), "{err:?}");
+            &*err as &(dyn std::error::Error + 'static)
+        } else {
+            let (annotation, last) = gave_up(&err);
+            assert_eq!(annotation, (expected, GiveUpReason::MaxAttempts));
+            last
+        };
+        assert_eq!(
+            original.downcast_ref::<std::io::Error>().unwrap().kind(),
+            kind
+        );
         assert_eq!(calls.load(Ordering::Relaxed), expected, "{kind:?}");
     }
 }
@@ -288,6 +360,66 @@ async fn the_engine_retries_closures_without_tower() {
         .await
         .unwrap();
     assert_eq!(out, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_engine_annotates_what_it_gave_up_on() {
+    let r = reasons();
+    let policy = policy(&r).max_attempts(3).build().unwrap();
+    let calls = AtomicU32::new(0);
+    let err = policy
+        .retry(|| async {
+            calls.fetch_add(1, Ordering::Relaxed);
+            Err::<u32, _>(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(calls.load(Ordering::Relaxed), 3);
+    let (annotation, last) = gave_up(&err);
+    assert_eq!(annotation, (3, GiveUpReason::MaxAttempts));
+    assert_eq!(
+        last.downcast_ref::<std::io::Error>()
+            .map(std::io::Error::kind),
+        Some(std::io::ErrorKind::ConnectionRefused)
+    );
+    assert_eq!(
+        err.to_string(),
+        "gave up after 3 attempts (max attempts reached): connection refused"
+    );
+    // The annotation is the error itself, boxed once: it takes the original back out.
+    let original = err.downcast::<RetryExhausted>().unwrap().into_last();
+    assert!(original.is::<std::io::Error>());
+
+    // A response returned after giving up carries the give-up in its extensions.
+    let res = policy
+        .retry(|| async { Ok::<_, std::io::Error>(response(503, &[])) })
+        .await
+        .unwrap();
+    assert_eq!(response_gave_up(&res), Some((3, GiveUpReason::MaxAttempts)));
+
+    // With a single attempt allowed nothing was retried: the error is untouched.
+    let single = support::policy(&r).max_attempts(1).build().unwrap();
+    let err = single
+        .retry(|| async {
+            Err::<u32, _>(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+        })
+        .await
+        .unwrap_err();
+    assert!(err.is::<std::io::Error>(), "{err:?}");
+
+    // A custom classifier leaves responses as they are unless it implements `annotate`.
+    let res = policy
+        .retry_with(
+            retry_fn(|r: Result<&http::Response<()>, &BoxError>| match r {
+                Ok(res) if res.status() == 503 => Verdict::Retry,
+                _ => Verdict::Done,
+            }),
+            || async { Ok::<_, BoxError>(response(503, &[])) },
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(response_gave_up(&res), None);
 }
 
 #[test]

@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use staunch_core::{Backoff, Jitter};
-use staunch_retry::{RetryLayer, RetryPolicy};
+use staunch_retry::{GiveUp, GiveUpReason, RetryExhausted, RetryLayer, RetryPolicy};
 use tower::{Layer, ServiceExt};
 
 /// Serves `/flaky` (503 for the first two calls, then 200) and `/orders` (always 503).
@@ -88,7 +88,12 @@ async fn a_post_through_reqwest_is_sent_once_unless_it_has_an_idempotency_key() 
         .body("{}")
         .build()
         .unwrap();
-    assert_eq!(svc.clone().oneshot(plain).await.unwrap().status(), 503);
+    let res = svc.clone().oneshot(plain).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(
+        res.extensions().get::<GiveUp>().is_none(),
+        "never retried: untouched"
+    );
     assert_eq!(hits.load(Ordering::SeqCst), 1);
     let keyed = reqwest::Client::new()
         .post(&url)
@@ -96,7 +101,13 @@ async fn a_post_through_reqwest_is_sent_once_unless_it_has_an_idempotency_key() 
         .body("{}")
         .build()
         .unwrap();
-    assert_eq!(svc.oneshot(keyed).await.unwrap().status(), 503);
+    let res = svc.oneshot(keyed).await.unwrap();
+    assert_eq!(res.status(), 503);
+    let gave_up = res.extensions().get::<GiveUp>().expect("the give-up");
+    assert_eq!(
+        (gave_up.attempts, gave_up.reason),
+        (3, GiveUpReason::MaxAttempts)
+    );
     assert_eq!(hits.load(Ordering::SeqCst), 4);
 }
 
@@ -119,9 +130,17 @@ async fn a_refused_connection_is_retried_then_returned() {
         format!("http://{addr}/").parse().unwrap(),
     );
     let err = svc.oneshot(req).await.unwrap_err();
-    let err = err
+    let gave_up = err
+        .downcast_ref::<RetryExhausted>()
+        .expect("the reqwest error, annotated");
+    assert_eq!(
+        (gave_up.attempts(), gave_up.reason()),
+        (3, GiveUpReason::MaxAttempts)
+    );
+    let last = gave_up
+        .last()
         .downcast_ref::<reqwest::Error>()
-        .expect("the reqwest error, unchanged");
-    assert!(err.is_connect());
+        .expect("the reqwest error, as reqwest returned it");
+    assert!(last.is_connect());
     assert_eq!(policy.metrics().retries, 2);
 }

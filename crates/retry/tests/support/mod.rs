@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use staunch_core::{Backoff, Jitter};
-use staunch_retry::{GiveUpReason, RetryBudget, RetryPolicyBuilder};
+use staunch_retry::{GiveUp, GiveUpReason, RetryBudget, RetryExhausted, RetryPolicyBuilder};
 use tokio::time::Instant;
 
 pub type BoxError = staunch_retry::BoxError;
@@ -89,4 +89,28 @@ pub fn get() -> http::Request<String> {
     http::Request::get("http://127.0.0.1/x")
         .body(String::new())
         .unwrap()
+}
+
+/// The annotation on an error the retry layer gave up on, as `(attempts, reason)`, and the
+/// original error it wraps; panics when the error is not annotated.
+pub fn gave_up(err: &BoxError) -> ((u32, GiveUpReason), &(dyn std::error::Error + 'static)) {
+    let annotated = err
+        .downcast_ref::<RetryExhausted>()
+        .unwrap_or_else(|| panic!("expected a RetryExhausted, got {err:?}"));
+    let source = std::error::Error::source(annotated).expect("the original error");
+    // `last()` and `source()` are the same error.
+    assert!(std::ptr::addr_eq(source, annotated.last()));
+    ((annotated.attempts(), annotated.reason()), source)
+}
+
+/// Whether an error or anything in its source chain is an annotation.
+pub fn is_annotated(err: &BoxError) -> bool {
+    RetryExhausted::find(&**err).is_some()
+}
+
+/// The annotation in a response's extensions, as `(attempts, reason)`.
+pub fn response_gave_up<B>(res: &http::Response<B>) -> Option<(u32, GiveUpReason)> {
+    res.extensions()
+        .get::<GiveUp>()
+        .map(|g| (g.attempts, g.reason))
 }
