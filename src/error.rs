@@ -37,7 +37,37 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 ///
 /// Retries that ran out arrive as [`RetriesExhausted`](Error::RetriesExhausted) or
 /// [`BudgetExhausted`](Error::BudgetExhausted), carrying the last attempt's error;
-/// [`last`](Error::last) looks through them.
+/// [`last`](Error::last) looks through them. They are made from the retry layer's own
+/// error ([`RetryExhausted`](staunch_retry::RetryExhausted)), so any retry policy reports
+/// them, on whichever task the retries ran:
+///
+/// ```
+/// # #[cfg(feature = "retry")]
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// use std::time::Duration;
+/// use staunch::retry::{GiveUpReason, RetryLayer, RetryPolicy};
+/// use staunch::{Backoff, Error, ErrorLayer, Jitter};
+/// use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+///
+/// let policy = RetryPolicy::builder()
+///     .max_attempts(2)
+///     .backoff(Backoff::constant(Duration::from_millis(10)).jitter(Jitter::None).build().unwrap())
+///     .build()
+///     .unwrap();
+/// let mut svc = ServiceBuilder::new()
+///     .layer(ErrorLayer::<std::io::Error>::new())
+///     .layer(RetryLayer::new(policy))
+///     .service(service_fn(|_: http::Request<String>| async {
+///         Err::<http::Response<()>, _>(std::io::Error::from(std::io::ErrorKind::ConnectionReset))
+///     }));
+/// let err = svc.ready().await.unwrap().call(http::Request::new(String::new())).await.unwrap_err();
+/// let Error::RetriesExhausted { attempts, reason, last } = err else { panic!("{err:?}") };
+/// assert_eq!((attempts, reason), (2, GiveUpReason::MaxAttempts));
+/// assert!(matches!(*last, Error::Inner(_)));
+/// # }
+/// # #[cfg(not(feature = "retry"))]
+/// # fn main() {}
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error<E> {
@@ -53,9 +83,10 @@ pub enum Error<E> {
     /// The retry layer stopped retrying a retryable failure: `max_attempts` were made, the
     /// overall deadline or the backoff's `max_elapsed` left no time for another attempt, or
     /// the server asked not to retry (`reason` says which). `last` is the last attempt's
-    /// error. Reported for policies that report their give-ups (see [`record_give_up`]; the
-    /// presets' and [`StackConfig`](crate::StackConfig)'s do) and only once a retry was made
-    /// or refused: a call with a single attempt allowed keeps its own error.
+    /// error, classified. Made from the retry layer's
+    /// [`RetryExhausted`](staunch_retry::RetryExhausted), so only once a retry was made or
+    /// refused: a call with a single attempt allowed, a failure that is not retried and a
+    /// rejection keep their own error.
     #[cfg(feature = "retry")]
     RetriesExhausted {
         /// Attempts made.
@@ -66,7 +97,7 @@ pub enum Error<E> {
         last: Box<Error<E>>,
     },
     /// The retry budget refused a retry: the dependency is failing for many requests, and
-    /// retrying would add load to it. `last` is the last attempt's error.
+    /// retrying would add load to it. `last` is the last attempt's error, classified.
     #[cfg(feature = "retry")]
     BudgetExhausted {
         /// Attempts made.
@@ -83,11 +114,20 @@ impl<E> Error<E>
 where
     E: StdError + Send + Sync + 'static,
 {
-    /// Classifies a boxed error: the inner error type `E` first, then a staunch rejection
-    /// anywhere in the source chain, then a timeout anywhere in the chain, else `Other`.
+    /// Classifies a boxed error: the inner error type `E` first, then the retry layer's
+    /// [`RetryExhausted`](staunch_retry::RetryExhausted) (as
+    /// [`RetriesExhausted`](Error::RetriesExhausted) or
+    /// [`BudgetExhausted`](Error::BudgetExhausted), the last attempt's error classified the
+    /// same way), then a staunch rejection anywhere in the source chain, then a timeout
+    /// anywhere in the chain, else `Other`.
     pub fn from_box(err: BoxError) -> Self {
         let err = match err.downcast::<E>() {
             Ok(inner) => return Error::Inner(*inner),
+            Err(err) => err,
+        };
+        #[cfg(feature = "retry")]
+        let err = match err.downcast::<staunch_retry::RetryExhausted>() {
+            Ok(gave_up) => return Self::gave_up(*gave_up),
             Err(err) => err,
         };
         match rejection_of(&*err) {
@@ -103,7 +143,9 @@ where
     }
 
     /// Converts back into a boxed error, unwrapped: the inner error or the rejection itself
-    /// (so `err.is::<BreakerOpen>()` holds on the result).
+    /// (so `err.is::<BreakerOpen>()` holds on the result), and for the retries' variants the
+    /// retry layer's [`RetryExhausted`](staunch_retry::RetryExhausted) around the last
+    /// error, so that [`from_box`](Self::from_box) gives back the same variant.
     pub fn into_box_error(self) -> BoxError {
         match self {
             Error::Inner(e) => Box::new(e),
@@ -112,8 +154,40 @@ where
             #[cfg(feature = "timeout")]
             Error::Elapsed(e) => Box::new(e),
             #[cfg(feature = "retry")]
-            Error::RetriesExhausted { .. } | Error::BudgetExhausted { .. } => Box::new(self),
+            Error::RetriesExhausted {
+                attempts,
+                reason,
+                last,
+            } => Box::new(staunch_retry::RetryExhausted::new(
+                attempts,
+                reason,
+                last.into_box_error(),
+            )),
+            #[cfg(feature = "retry")]
+            Error::BudgetExhausted { attempts, last } => {
+                Box::new(staunch_retry::RetryExhausted::new(
+                    attempts,
+                    staunch_retry::GiveUpReason::BudgetExhausted,
+                    last.into_box_error(),
+                ))
+            }
             Error::Other(e) => e,
+        }
+    }
+
+    /// The variant for the retry layer's give-up, with the last attempt's error classified.
+    #[cfg(feature = "retry")]
+    fn gave_up(gave_up: staunch_retry::RetryExhausted) -> Self {
+        use staunch_retry::GiveUpReason;
+        let (attempts, reason) = (gave_up.attempts(), gave_up.reason());
+        let last = Box::new(Self::from_box(gave_up.into_last()));
+        match reason {
+            GiveUpReason::BudgetExhausted => Error::BudgetExhausted { attempts, last },
+            reason => Error::RetriesExhausted {
+                attempts,
+                reason,
+                last,
+            },
         }
     }
 }
@@ -134,27 +208,6 @@ impl<E> Error<E> {
                 last.last()
             }
             _ => self,
-        }
-    }
-
-    /// Wraps `self` in the retry layer's give-up, when it is one worth reporting.
-    #[cfg(feature = "retry")]
-    fn gave_up(self, event: staunch_retry::GiveUp) -> Self {
-        use staunch_retry::GiveUpReason;
-        match event.reason {
-            GiveUpReason::BudgetExhausted => Error::BudgetExhausted {
-                attempts: event.attempts,
-                last: Box::new(self),
-            },
-            // Rejections were never going to be retried, nor a request that cannot be sent
-            // twice; and with a single attempt nothing was retried.
-            GiveUpReason::Rejected | GiveUpReason::NotReplayable => self,
-            _ if event.attempts <= 1 => self,
-            reason => Error::RetriesExhausted {
-                attempts: event.attempts,
-                reason,
-                last: Box::new(self),
-            },
         }
     }
 
@@ -386,82 +439,21 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        #[cfg(feature = "retry")]
-        give_up::clear();
         match self.project().inner.poll(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(res)) => Poll::Ready(Ok(res)),
-            Poll::Ready(Err(e)) => {
-                let err = Error::from_box(e.into());
-                // A give-up reported while the inner future was polled is this call's: the
-                // retry layer reports it from within the poll that returns the error.
-                #[cfg(feature = "retry")]
-                let err = match give_up::take() {
-                    Some(event) => err.gave_up(event),
-                    None => err,
-                };
-                Poll::Ready(Err(err))
-            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(Error::from_box(e.into()))),
         }
     }
 }
 
-/// Reports a retry layer's give-up to [`ErrorLayer`], which turns the call's error into
-/// [`Error::RetriesExhausted`] or [`Error::BudgetExhausted`]: pass it to
-/// `RetryPolicyBuilder::on_give_up` for a policy built by hand (the presets and
-/// [`StackConfig`](crate::StackConfig) do). The event goes to the [`ErrorLayer`] polling the
-/// call on this thread, if any; without one it is dropped at the next poll.
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
-/// use std::time::Duration;
-/// use staunch::retry::{GiveUpReason, RetryLayer, RetryPolicy};
-/// use staunch::{Backoff, Error, ErrorLayer, Jitter};
-/// use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
-///
-/// let policy = RetryPolicy::builder()
-///     .max_attempts(2)
-///     .backoff(Backoff::constant(Duration::from_millis(10)).jitter(Jitter::None).build().unwrap())
-///     .on_give_up(staunch::record_give_up)
-///     .build()
-///     .unwrap();
-/// let mut svc = ServiceBuilder::new()
-///     .layer(ErrorLayer::<std::io::Error>::new())
-///     .layer(RetryLayer::new(policy))
-///     .service(service_fn(|_: http::Request<String>| async {
-///         Err::<http::Response<()>, _>(std::io::Error::from(std::io::ErrorKind::ConnectionReset))
-///     }));
-/// let err = svc.ready().await.unwrap().call(http::Request::new(String::new())).await.unwrap_err();
-/// let Error::RetriesExhausted { attempts, reason, last } = err else { panic!("{err:?}") };
-/// assert_eq!((attempts, reason), (2, GiveUpReason::MaxAttempts));
-/// assert!(matches!(*last, Error::Inner(_)));
-/// # }
-/// ```
+/// Does nothing, and is no longer needed: the retry layer returns the errors it gave up on
+/// annotated ([`RetryExhausted`](staunch_retry::RetryExhausted)), which
+/// [`Error::from_box`] and [`ErrorLayer`] turn into [`Error::RetriesExhausted`] or
+/// [`Error::BudgetExhausted`] whichever task or thread ran the retries. Kept only so that
+/// code passing it to `RetryPolicyBuilder::on_give_up` still compiles; remove it from there,
+/// it will be removed.
 #[cfg(feature = "retry")]
 pub fn record_give_up(event: &staunch_retry::GiveUp) {
-    give_up::set(*event);
-}
-
-#[cfg(feature = "retry")]
-mod give_up {
-    use std::cell::Cell;
-
-    use staunch_retry::GiveUp;
-
-    thread_local! {
-        static LAST: Cell<Option<GiveUp>> = const { Cell::new(None) };
-    }
-
-    #[inline]
-    pub(super) fn clear() {
-        LAST.set(None);
-    }
-
-    pub(super) fn set(event: GiveUp) {
-        LAST.set(Some(event));
-    }
-
-    pub(super) fn take() -> Option<GiveUp> {
-        LAST.take()
-    }
+    let _ = event;
 }

@@ -358,8 +358,7 @@ impl RetryConfig {
     ) -> Result<RetryPolicy, ConfigError> {
         let mut b = RetryPolicy::builder()
             .name(name)
-            .max_total_time(max_total_time)
-            .on_give_up(crate::error::record_give_up);
+            .max_total_time(max_total_time);
         if let Some(v) = self.max_attempts {
             b = b.max_attempts(v);
         }

@@ -585,3 +585,73 @@ async fn an_exhausted_budget_is_reported_as_such() {
         "{err}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_give_up_is_reported_when_the_retries_ran_on_another_task() {
+    use staunch::retry::{RetryBudget, RetryLayer};
+    use staunch::{Backoff, ErrorLayer, Jitter};
+    use tower::Layer;
+
+    // A policy built by hand, with no hook: the retry layer's own error says it gave up.
+    let backoff = Backoff::constant(Duration::from_millis(10))
+        .jitter(Jitter::None)
+        .build()
+        .unwrap();
+    let failing = service_fn(|_: Request| async {
+        Err::<Response, _>(std::io::Error::from(std::io::ErrorKind::ConnectionReset))
+    });
+    // The retries run on a task of their own; the error is classified on the caller's.
+    let on_another_task = |policy: RetryPolicy| {
+        let retry = RetryLayer::new(policy).layer(failing);
+        ErrorLayer::<std::io::Error>::new().layer(service_fn(move |req: Request| {
+            let retry = retry.clone();
+            async move { tokio::spawn(retry.oneshot(req)).await.unwrap() }
+        }))
+    };
+
+    let policy = RetryPolicy::builder()
+        .max_attempts(3)
+        .backoff(backoff)
+        .budget(RetryBudget::unlimited())
+        .build()
+        .unwrap();
+    let err = on_another_task(policy).oneshot(get()).await.unwrap_err();
+    let Error::RetriesExhausted {
+        attempts,
+        reason,
+        ref last,
+    } = err
+    else {
+        panic!("expected the retries to run out, got {err:?}");
+    };
+    assert_eq!((attempts, reason), (3, GiveUpReason::MaxAttempts));
+    assert_eq!(
+        last.inner().map(std::io::Error::kind),
+        Some(std::io::ErrorKind::ConnectionReset)
+    );
+
+    let no_budget = RetryBudget::builder()
+        .ratio(0.0)
+        .min_per_sec(0)
+        .build()
+        .unwrap();
+    let policy = RetryPolicy::builder()
+        .backoff(backoff)
+        .budget(no_budget)
+        .build()
+        .unwrap();
+    let err = on_another_task(policy).oneshot(get()).await.unwrap_err();
+    let Error::BudgetExhausted { attempts, last } = err else {
+        panic!("expected the budget's refusal, got {err:?}");
+    };
+    assert_eq!(attempts, 1);
+    assert!(matches!(*last, Error::Inner(_)), "{last:?}");
+
+    // Converted back into a boxed error and classified again, it is the same give-up.
+    let err = Error::<std::io::Error>::BudgetExhausted { attempts, last };
+    let again = Error::<std::io::Error>::from_box(err.into_box_error());
+    assert!(
+        matches!(again, Error::BudgetExhausted { attempts: 1, ref last } if last.inner().is_some()),
+        "{again:?}"
+    );
+}
