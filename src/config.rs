@@ -595,3 +595,111 @@ pub enum HeaderFormatConfig {
     /// Whole milliseconds, e.g. `1500`.
     Millis,
 }
+
+/// Settings of a partitioned bulkhead (`staunch::bulkhead::PartitionedBulkhead`): one limit
+/// per key (tenant, host, route), a default for other keys and an optional global cap.
+///
+/// It is not a section of [`StackConfig`]: which partition a request belongs to is a function
+/// of the request that only code can give. Embed it in your own configuration and pair the
+/// built bulkhead with the key function in a `PartitionedBulkheadLayer`.
+///
+/// ```toml
+/// default_limit = 4
+/// global_limit = 64
+/// max_wait = "10ms"
+///
+/// [partitions]
+/// "big-customer" = 16
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[non_exhaustive]
+pub struct PartitionedBulkheadConfig {
+    /// Keys with a limit of their own.
+    #[cfg_attr(
+        feature = "serde",
+        serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")
+    )]
+    pub partitions: std::collections::BTreeMap<String, usize>,
+    /// The limit of each other key (default 25).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub default_limit: Option<usize>,
+    /// Calls in flight across all keys at most (default: no cap).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub global_limit: Option<usize>,
+    /// Partitions created on the fly for other keys; further keys share one (default 1024).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub max_partitions: Option<usize>,
+    /// How long a call may wait for its permits in total (default zero: fail fast).
+    #[cfg_attr(
+        feature = "serde",
+        serde(
+            with = "crate::duration::option",
+            skip_serializing_if = "Option::is_none"
+        )
+    )]
+    pub max_wait: Option<Duration>,
+    /// Calls that may wait in each partition (default: the partition's limit).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub max_queued: Option<usize>,
+}
+
+#[cfg(feature = "bulkhead")]
+impl PartitionedBulkheadConfig {
+    /// Builds a partitioned bulkhead called `name`, keyed by `String`.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`](crate::ConfigError) whose field is prefixed with `name`, e.g.
+    /// `search.global_limit`, or `search.partitions.<key>` for a key's limit.
+    ///
+    /// ```
+    /// use staunch::PartitionedBulkheadConfig;
+    ///
+    /// let mut config = PartitionedBulkheadConfig::default();
+    /// config.default_limit = Some(1);
+    /// config.partitions.insert("big".into(), 0);
+    /// let err = config.build("search").unwrap_err();
+    /// assert_eq!(err.field(), "search.partitions.big");
+    /// ```
+    pub fn build(
+        &self,
+        name: &str,
+    ) -> Result<staunch_bulkhead::PartitionedBulkhead<String>, crate::ConfigError> {
+        let mut b = staunch_bulkhead::PartitionedBulkhead::builder(name);
+        for (key, limit) in &self.partitions {
+            b = b.partition(key.clone(), *limit);
+        }
+        if let Some(v) = self.default_limit {
+            b = b.default_limit(v);
+        }
+        if let Some(v) = self.global_limit {
+            b = b.global_limit(v);
+        }
+        if let Some(v) = self.max_partitions {
+            b = b.max_partitions(v);
+        }
+        if let Some(v) = self.max_wait {
+            b = b.max_wait(v);
+        }
+        if let Some(v) = self.max_queued {
+            b = b.max_queued(v);
+        }
+        b.build().map_err(|e| {
+            // The builder names a key's limit `partitions["key"].max_concurrent`; in a file it
+            // is `partitions.key`.
+            let key = self
+                .partitions
+                .keys()
+                .find(|key| e.field() == format!("{name}.partitions[{key:?}].max_concurrent"));
+            match key {
+                Some(key) => {
+                    crate::ConfigError::new(format!("partitions.{key}"), e.rule().to_owned())
+                        .within(name)
+                }
+                None => e,
+            }
+        })
+    }
+}

@@ -293,6 +293,10 @@
 //!   observed `percentile` of latencies), drawing on the retry budget. It wraps a whole call,
 //!   so it sits outside the stack: `handle.hedge()` gives the layer to put around the client.
 //!
+//! A bulkhead per key (tenant, host) has its own settings type, [`PartitionedBulkheadConfig`],
+//! to embed in your configuration: the key is a function of the request that only code can
+//! give, so it is built next to the stack rather than inside it.
+//!
 //! ```
 //! # #[cfg(all(feature = "circuit-breaker", feature = "bulkhead", feature = "timeout", feature = "retry", feature = "serde"))]
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -396,8 +400,8 @@ pub use crate::breaker::{BreakerFuture, BreakerLayer, BreakerService};
 pub use crate::config::{
     AdaptiveConfig, AimdConfig, BackoffConfig, BackoffStrategy, BreakerConfig, BudgetConfig,
     BulkheadConfig, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_TIMEOUT, DeadlineConfig, HeaderFormatConfig,
-    HedgeConfig, IncomingDeadlineConfig, JitterConfig, OutgoingDeadlineConfig, RegistryConfig,
-    RetryConfig, StackConfig, VegasConfig, WindowConfig,
+    HedgeConfig, IncomingDeadlineConfig, JitterConfig, OutgoingDeadlineConfig,
+    PartitionedBulkheadConfig, RegistryConfig, RetryConfig, StackConfig, VegasConfig, WindowConfig,
 };
 #[cfg(feature = "retry")]
 pub use crate::error::record_give_up;

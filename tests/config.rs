@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use staunch::timeout::Deadline;
 use staunch::{
-    AdaptiveConfig, BackoffStrategy, Error, HeaderFormatConfig, JitterConfig, Registry,
-    RegistryConfig, StackConfig, WindowConfig,
+    AdaptiveConfig, BackoffStrategy, Error, HeaderFormatConfig, JitterConfig,
+    PartitionedBulkheadConfig, Registry, RegistryConfig, StackConfig, WindowConfig,
 };
 use tower::{Layer, Service, ServiceExt, service_fn};
 
@@ -719,6 +719,76 @@ async fn a_reload_turns_deadline_propagation_on_for_registry_clients() {
     registry.reload(&config).unwrap();
     let res = client.ready().await.unwrap().call(get()).await.unwrap();
     assert_eq!(res.headers()["x-request-timeout"], "250000u");
+}
+
+#[test]
+fn a_partitioned_bulkhead_is_read_from_a_file_and_limits_each_key() {
+    let text = r#"
+default_limit = 1
+global_limit = 3
+max_partitions = 8
+max_wait = "10ms"
+max_queued = 2
+
+[partitions]
+big = 2
+"#;
+    let config: PartitionedBulkheadConfig = toml::from_str(text).unwrap();
+    assert_eq!(config.partitions.get("big"), Some(&2));
+    assert_eq!(config.default_limit, Some(1));
+    assert_eq!(config.global_limit, Some(3));
+    assert_eq!(config.max_partitions, Some(8));
+    assert_eq!(config.max_wait, Some(Duration::from_millis(10)));
+    assert_eq!(config.max_queued, Some(2));
+    let json: PartitionedBulkheadConfig = serde_json::from_str(
+        r#"{ "default_limit": 1, "global_limit": 3, "max_partitions": 8, "max_wait": "10ms",
+             "max_queued": 2, "partitions": { "big": 2 } }"#,
+    )
+    .unwrap();
+    assert_eq!(json, config);
+    let again: PartitionedBulkheadConfig =
+        toml::from_str(&toml::to_string(&config).unwrap()).unwrap();
+    assert_eq!(again, config);
+
+    let tenants = config.build("search").unwrap();
+    let key = |k: &str| k.to_owned();
+    let big = (
+        tenants.try_acquire(&key("big")).unwrap(),
+        tenants.try_acquire(&key("big")).unwrap(),
+    );
+    assert!(tenants.try_acquire(&key("big")).is_err(), "big has 2");
+    let small = tenants.try_acquire(&key("small")).unwrap();
+    assert!(tenants.try_acquire(&key("small")).is_err(), "others have 1");
+    // The global cap (3) is reached: another key is refused too.
+    assert!(tenants.try_acquire(&key("other")).is_err(), "global cap");
+    drop((big, small));
+    assert!(tenants.try_acquire(&key("other")).is_ok());
+
+    for (from, to, path) in [
+        ("big = 2", "big = 0", "search.partitions.big"),
+        (
+            "default_limit = 1",
+            "default_limit = 0",
+            "search.default_limit",
+        ),
+        (
+            "global_limit = 3",
+            "global_limit = 0",
+            "search.global_limit",
+        ),
+        (
+            "max_partitions = 8",
+            "max_partitions = 0",
+            "search.max_partitions",
+        ),
+    ] {
+        let config: PartitionedBulkheadConfig = toml::from_str(&text.replace(from, to)).unwrap();
+        let err = config.build("search").unwrap_err();
+        assert_eq!(err.field(), path, "{err}");
+    }
+    let err = toml::from_str::<PartitionedBulkheadConfig>(&text.replace("max_queued", "queued"))
+        .unwrap_err();
+    assert!(err.to_string().contains("queued"), "{err}");
 }
 
 #[test]
