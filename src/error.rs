@@ -446,14 +446,3 @@ where
         }
     }
 }
-
-/// Does nothing, and is no longer needed: the retry layer returns the errors it gave up on
-/// annotated ([`RetryExhausted`](staunch_retry::RetryExhausted)), which
-/// [`Error::from_box`] and [`ErrorLayer`] turn into [`Error::RetriesExhausted`] or
-/// [`Error::BudgetExhausted`] whichever task or thread ran the retries. Kept only so that
-/// code passing it to `RetryPolicyBuilder::on_give_up` still compiles; remove it from there,
-/// it will be removed.
-#[cfg(feature = "retry")]
-pub fn record_give_up(event: &staunch_retry::GiveUp) {
-    let _ = event;
-}

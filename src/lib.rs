@@ -404,7 +404,6 @@ pub use crate::config::{
     PartitionedBulkheadConfig, RegistryConfig, RetryConfig, StackConfig, VegasConfig, WindowConfig,
 };
 #[cfg(feature = "retry")]
-pub use crate::error::record_give_up;
 pub use crate::error::{BoxError, Error, ErrorLayer, TypedErrors, TypedFuture};
 pub use crate::ext::ServiceBuilderExt;
 #[cfg(all(

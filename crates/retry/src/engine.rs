@@ -358,6 +358,12 @@ fn retry_or_give_up<A: Attempts<Fut>, Fut, T, C: RetryClassify<T>>(
         tracing::trace!(?rejection, "not retrying a rejection");
         return stop(result, GiveUpReason::Rejected, false);
     }
+    if let Err(e) = &result
+        && RetryExhausted::find(&**e).is_some()
+    {
+        tracing::trace!("not retrying what an inner retry layer gave up on");
+        return stop(result, GiveUpReason::InnerGaveUp, false);
+    }
     let verdict = match verdict {
         None => return stop(result, GiveUpReason::Deadline, false),
         Some(Verdict::DoNotRetry) => return stop(result, GiveUpReason::ServerPushback, false),

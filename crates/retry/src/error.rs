@@ -120,6 +120,7 @@ impl fmt::Display for RetryExhausted {
             GiveUpReason::BackoffEnded => "backoff max_elapsed reached",
             GiveUpReason::ServerPushback => "the server asked not to retry",
             GiveUpReason::NotReplayable => "the request cannot be replayed",
+            GiveUpReason::InnerGaveUp => "an inner retry layer gave up",
             GiveUpReason::Rejected => "rejected by a layer below",
         };
         write!(

@@ -49,6 +49,11 @@ pub enum GiveUpReason {
     NotReplayable,
     /// The failure was a circuit-breaker or bulkhead rejection, which means "back off".
     Rejected,
+    /// An inner retry layer already gave up on the call ([`RetryExhausted`]): retrying its
+    /// verdict would multiply the attempts of the two layers, the storm retries must not make.
+    ///
+    /// [`RetryExhausted`]: crate::RetryExhausted
+    InnerGaveUp,
 }
 
 impl GiveUpReason {
@@ -62,6 +67,7 @@ impl GiveUpReason {
             GiveUpReason::ServerPushback => "server_pushback",
             GiveUpReason::NotReplayable => "not_replayable",
             GiveUpReason::Rejected => "rejected",
+            GiveUpReason::InnerGaveUp => "inner_gave_up",
         }
     }
 }

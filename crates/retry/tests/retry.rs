@@ -283,6 +283,36 @@ async fn a_rejection_after_retries_is_returned_untouched() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_outer_retry_layer_does_not_retry_what_an_inner_one_gave_up_on() {
+    // Two retry layers of 3 attempts each must not make 9 calls: the inner layer's verdict
+    // stands, and the outer one returns it as it is.
+    let r = reasons();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = Arc::clone(&calls);
+    let failing = tower::service_fn(move |_: u32| {
+        c.fetch_add(1, Ordering::Relaxed);
+        async { Err::<u32, _>(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)) }
+    });
+    let inner = RetryLayer::new(policy(&r).max_attempts(3).build().unwrap()).layer(failing);
+    let outer_policy = policy(&r).max_attempts(3).build().unwrap();
+    let svc = RetryLayer::new(outer_policy.clone()).layer(inner);
+    let err = svc.oneshot(1).await.unwrap_err();
+    assert_eq!(calls.load(Ordering::Relaxed), 3);
+    let (annotation, last) = gave_up(&err);
+    assert_eq!(
+        annotation,
+        (3, GiveUpReason::MaxAttempts),
+        "the inner verdict"
+    );
+    assert!(last.downcast_ref::<std::io::Error>().is_some(), "{last:?}");
+    assert_eq!(outer_policy.metrics().retries, 0);
+    assert_eq!(
+        *r.lock().unwrap(),
+        [GiveUpReason::MaxAttempts, GiveUpReason::InnerGaveUp]
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn connection_errors_are_retried_other_errors_are_not() {
     let r = reasons();
     let policy = policy(&r).build().unwrap();
