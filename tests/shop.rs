@@ -1,7 +1,8 @@
 //! Plays the shop example's story (its short version) against the real services on loopback,
 //! and checks what the example claims: no unit of stock and no charge goes astray, the payment
-//! breaker opens under errors and closes after recovery, and the payment bulkhead rejects the
-//! excess while payment is slow.
+//! breaker opens under errors, the payment bulkhead rejects the excess while payment is slow and
+//! the slow answers keep the breaker open, and the breaker goes half-open then closes after
+//! recovery.
 
 #[allow(dead_code)]
 #[path = "../examples/shop/app/mod.rs"]
@@ -66,6 +67,13 @@ async fn short_story_is_consistent_and_shows_the_breaker_and_the_bulkhead() {
     };
     for phase in &report.phases {
         assert_eq!(phase.count("stuck") + phase.count("error"), 0, "{phase:?}");
+        // Each payment bulkhead rejection is one order rejected: a call refused by the open
+        // breaker never queues for (or is counted by) the bulkhead below it.
+        assert_eq!(
+            phase.bulkhead_rejections,
+            phase.count("rejected"),
+            "{phase:?}"
+        );
     }
 
     // (1) Healthy: every order completes.
@@ -86,26 +94,49 @@ async fn short_story_is_consistent_and_shows_the_breaker_and_the_bulkhead() {
     );
 
     // (3) Slow: the bulkhead rejects the excess payment calls.
+    let payment_moves =
+        |p: &app::story::PhaseReport| -> Vec<(&'static str, &'static str, &'static str)> {
+            p.transitions
+                .iter()
+                .filter(|(b, ..)| b == "payment")
+                .map(|(_, from, to, reason)| (*from, *to, *reason))
+                .collect()
+        };
+
+    // Payment slow: the bulkhead fills and rejects the excess; the breaker counts the slow
+    // answers (never the bulkhead's rejections) and opens on them, so later orders fail fast;
+    // its probes are slow, so it never closes while payment is slow.
+    let moves = payment_moves(slow);
     assert!(slow.bulkhead_rejections > 0, "{slow:?}");
     assert!(slow.count("rejected") > 0, "{slow:?}");
-    // The breaker ignores the bulkhead's local rejections (they say nothing about payment's
-    // health), so they never trip it: it does not go from closed to open while payment is slow.
+    assert!(slow.count("failed_fast") > 0, "{slow:?}");
+    assert!(slow.breaker_rejections > 0, "{slow:?}");
     assert!(
-        !slow
-            .transitions
-            .iter()
-            .any(|(b, from, to, _)| b == "payment" && *from == "closed" && *to == "open"),
-        "bulkhead rejections tripped the breaker: {:?}",
-        slow.transitions
+        moves.iter().any(|(_, to, reason)| *to == "open"
+            && matches!(*reason, "slow_call_rate" | "probes_failed")),
+        "slow answers opened the payment breaker: {moves:?}"
+    );
+    assert!(
+        !moves.iter().any(|(_, _, reason)| *reason == "failure_rate"),
+        "bulkhead rejections or slow successes counted as failures: {moves:?}"
+    );
+    assert!(
+        !moves.iter().any(|(_, to, _)| *to == "closed"),
+        "the breaker closed while payment was slow: {moves:?}"
     );
 
-    // (4) Recovery: the breaker closed again (during the slow phase, whose slow answers are
-    // successes, or now) and orders succeed.
-    let closed = report.phases[2..]
+    // Recovery: the open breaker goes half-open, its probes pass, it closes.
+    let moves = payment_moves(recovery);
+    let half_open = moves
         .iter()
-        .flat_map(|p| &p.transitions)
-        .any(|(b, from, to, _)| b == "payment" && *from == "half_open" && *to == "closed");
-    assert!(closed, "the payment breaker closed after half-open probes");
+        .position(|(from, to, _)| *from == "open" && *to == "half_open");
+    let closed = moves
+        .iter()
+        .position(|(from, to, _)| *from == "half_open" && *to == "closed");
+    assert!(
+        matches!((half_open, closed), (Some(h), Some(c)) if h < c),
+        "the payment breaker went half-open, then closed, during recovery: {moves:?}"
+    );
     assert_eq!(payment.breaker.state(), State::Closed);
     assert!(recovery.count("completed") > 0);
     assert_eq!(recovery.count("compensated"), 0, "{recovery:?}");

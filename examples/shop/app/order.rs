@@ -15,10 +15,16 @@
 //! 3. **Circuit breaker**: sees every attempt's outcome. Inside the retry layer, so a retry of
 //!    a dead dependency is refused at once (and the retry layer does not retry a refusal);
 //!    local rejections by the bulkhead below are ignored (they say nothing about the
-//!    dependency's health).
+//!    dependency's health). The payment breaker also counts slow answers (slower than
+//!    `Tuning::slow_call_duration`, which includes the short wait for a bulkhead permit): a
+//!    payment that answers, but too slowly, trips it too.
 //! 4. **Bulkhead**, innermost: caps the calls in flight to this dependency, so a slow one
 //!    holds only its own compartment. Innermost, so that only calls that are really about to
-//!    be sent hold a permit (a call refused by the breaker never takes one).
+//!    be sent hold a permit (a call refused by the breaker never takes one). The permit is
+//!    taken inside the call ([`Bulkhead::run`]) rather than with the bulkhead's tower layer:
+//!    a tower layer reserves its permit in `poll_ready`, which the breaker's `poll_ready`
+//!    forwards before the breaker decides, so a call the open breaker then refuses would
+//!    still have waited for a full bulkhead and been counted among its rejections.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -47,7 +53,7 @@ use staunch::{
 };
 use tokio::time::Instant;
 use tower::util::BoxCloneSyncService;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
 
 use super::shipping::{CancelShipment, Channel, ChannelError, CreateShipment, ShippingClient};
 
@@ -69,6 +75,9 @@ pub(crate) struct Tuning {
     pub(crate) attempt_timeout: Duration,
     /// How long a tripped breaker stays open before probing.
     pub(crate) open_duration: Duration,
+    /// A payment charge slower than this counts as slow for the payment breaker (well above
+    /// a healthy charge, below the delay of a payment in trouble).
+    pub(crate) slow_call_duration: Duration,
     /// Concurrent payment calls.
     pub(crate) payment_concurrency: usize,
     /// How long a payment call may wait for a permit.
@@ -94,15 +103,26 @@ impl Guards {
         tuning: &Tuning,
         concurrency: usize,
         wait: Duration,
+        slow_call: Option<Duration>,
     ) -> Result<Self, ConfigError> {
-        let breaker = CircuitBreaker::builder(name)
+        let mut breaker = CircuitBreaker::builder(name)
             .failure_rate_threshold(50.0)
             .count_window(20)
             .minimum_calls(10)
             .open_duration(tuning.open_duration)
-            .permitted_calls_in_half_open(3)
-            .event_capacity(4096)
-            .build()?;
+            // More probes than the payment bulkhead has permits: a half-open breaker in front
+            // of a slow dependency fills the bulkhead, which rejects the excess (a rejected
+            // probe tells nothing and hands its slot to the next call).
+            .permitted_calls_in_half_open(8)
+            .event_capacity(4096);
+        if let Some(threshold) = slow_call {
+            // Slow answers are a symptom too: half the calls in the window slower than the
+            // threshold trip the breaker, and slow probes re-open it.
+            breaker = breaker
+                .slow_call_duration(threshold)
+                .slow_call_rate_threshold(50.0);
+        }
+        let breaker = breaker.build()?;
         let bulkhead = Bulkhead::builder(name)
             .max_concurrent(concurrency)
             .max_wait(wait)
@@ -139,6 +159,7 @@ impl Guards {
 
     /// Wraps a `reqwest::Client` in the stack (see the module docs for the order).
     fn http(&self, client: reqwest::Client) -> HttpClient {
+        let bulkhead = self.bulkhead.clone();
         let service = ServiceBuilder::new()
             .layer(RetryLayer::new(self.retry.clone()))
             .map_err(|err: CircuitBreakerError<BoxError>| err.into_box_error())
@@ -146,8 +167,17 @@ impl Guards {
                 CircuitBreakerLayer::new(self.breaker.clone())
                     .with_classifier(IgnoreRejections::new(HttpStatus::new())),
             )
-            .layer(self.bulkhead.layer())
-            .service_fn(move |req: reqwest::Request| client.execute(req));
+            .service_fn(move |req: reqwest::Request| {
+                // The permit is taken in the call, once the breaker has let it through (see
+                // the module docs).
+                let call = bulkhead.run(client.execute(req));
+                async move {
+                    match call.await {
+                        Ok(answer) => answer.map_err(BoxError::from),
+                        Err(full) => Err(BoxError::from(full)),
+                    }
+                }
+            });
         BoxCloneSyncService::new(service)
     }
 
@@ -155,14 +185,26 @@ impl Guards {
     /// timeouts are applied around each call with [`RetryPolicy::retry`] (a tonic request
     /// body cannot be replayed by a layer).
     fn grpc(&self, channel: tonic::transport::Channel) -> Channel {
+        let bulkhead = self.bulkhead.clone();
         let service = ServiceBuilder::new()
             .map_err(|err: CircuitBreakerError<BoxError>| ChannelError(err.into_box_error()))
             .layer(
                 CircuitBreakerLayer::new(self.breaker.clone())
                     .with_classifier(IgnoreRejections::new(GrpcStatus::new())),
             )
-            .layer(self.bulkhead.layer())
-            .service(channel);
+            .service_fn(move |req: http::Request<tonic::body::Body>| {
+                let mut channel = channel.clone();
+                let call = bulkhead.run(async move {
+                    channel.ready().await?;
+                    channel.call(req).await
+                });
+                async move {
+                    match call.await {
+                        Ok(answer) => answer.map_err(BoxError::from),
+                        Err(full) => Err(BoxError::from(full)),
+                    }
+                }
+            });
         BoxCloneSyncService::new(service)
     }
 
@@ -557,17 +599,21 @@ impl OrderService {
         shipping: SocketAddr,
         db: PathBuf,
     ) -> Result<Self, BoxError> {
-        let inventory_guards = Guards::new("inventory", &tuning, 32, Duration::from_millis(50))?;
+        let inventory_guards =
+            Guards::new("inventory", &tuning, 32, Duration::from_millis(50), None)?;
         let payment_guards = Guards::new(
             "payment",
             &tuning,
             tuning.payment_concurrency,
             tuning.payment_wait,
+            Some(tuning.slow_call_duration),
         )?;
         // Refunds get their own compartment and breaker: a payment outage must not stop the
         // compensations that undo its charges.
-        let refund_guards = Guards::new("payment-refunds", &tuning, 8, Duration::from_secs(1))?;
-        let shipping_guards = Guards::new("shipping", &tuning, 16, Duration::from_millis(50))?;
+        let refund_guards =
+            Guards::new("payment-refunds", &tuning, 8, Duration::from_secs(1), None)?;
+        let shipping_guards =
+            Guards::new("shipping", &tuning, 16, Duration::from_millis(50), None)?;
 
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(64)

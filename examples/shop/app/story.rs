@@ -41,17 +41,18 @@ impl Config {
         Self {
             rate: 20.0,
             phases: [
-                Duration::from_secs(8),
-                Duration::from_secs(12),
-                Duration::from_secs(14),
+                Duration::from_secs(6),
                 Duration::from_secs(10),
+                Duration::from_secs(12),
+                Duration::from_secs(9),
             ],
             error_share: 0.8,
             slow_delay: Duration::from_millis(800),
             stock: 10_000,
             tuning: Tuning {
                 attempt_timeout: Duration::from_millis(1500),
-                open_duration: Duration::from_secs(4),
+                open_duration: Duration::from_secs(3),
+                slow_call_duration: Duration::from_millis(300),
                 payment_concurrency: 4,
                 payment_wait: Duration::from_millis(100),
             },
@@ -66,7 +67,7 @@ impl Config {
                 Duration::from_secs(1),
                 Duration::from_secs(2),
                 Duration::from_millis(2500),
-                Duration::from_secs(2),
+                Duration::from_millis(2500),
             ],
             error_share: 0.8,
             slow_delay: Duration::from_millis(400),
@@ -74,6 +75,7 @@ impl Config {
             tuning: Tuning {
                 attempt_timeout: Duration::from_secs(1),
                 open_duration: Duration::from_millis(600),
+                slow_call_duration: Duration::from_millis(200),
                 payment_concurrency: 4,
                 payment_wait: Duration::from_millis(50),
             },
@@ -420,10 +422,11 @@ pub(crate) async fn play(shop: &Shop, config: &Config) -> Result<Report, BoxErro
     }
     println!("  saga log         {}", shop.orders.db().display());
     println!(
-        "  {} orders/s; payment bulkhead {} calls, waits at most {:?}; breaker opens for {:?}; attempt timeout {:?}\n",
+        "  {} orders/s; payment bulkhead {} calls, waits at most {:?}; payment breaker: a charge slower than {:?} is slow, half the window failed or slow trips it, opens for {:?}; attempt timeout {:?}\n",
         config.rate,
         config.tuning.payment_concurrency,
         config.tuning.payment_wait,
+        config.tuning.slow_call_duration,
         config.tuning.open_duration,
         config.tuning.attempt_timeout
     );
@@ -446,11 +449,11 @@ pub(crate) async fn play(shop: &Shop, config: &Config) -> Result<Report, BoxErro
     report.phases.push(p);
 
     println!(
-        "\n(3) payment slow ({:?} per charge), for {slow:?}: the payment bulkhead caps calls in flight and rejects the excess; inventory stays fast",
-        config.slow_delay
+        "\n(3) payment slow ({:?} per charge, slower than the breaker's {:?}), for {slow:?}: the payment bulkhead caps calls in flight and rejects the excess; inventory stays fast",
+        config.slow_delay, config.tuning.slow_call_duration
     );
     println!(
-        "    (slow answers are still successes: once the open duration has passed, the breaker's probes pass and it closes; containing a slow dependency is the bulkhead's job)"
+        "    (slow answers count against the breaker: a closed one trips on the slow-call rate; still open from (2), it lets more probes through than the bulkhead has permits, the bulkhead rejects the excess, the probes are slow and re-open it: later orders fail fast)"
     );
     shop.set_payment_mode(Mode::Slow {
         delay_ms: config.slow_delay.as_millis() as u64,
@@ -461,7 +464,7 @@ pub(crate) async fn play(shop: &Shop, config: &Config) -> Result<Report, BoxErro
     report.phases.push(p);
 
     println!(
-        "\n(4) recovery: payment healthy again, for {recovery:?}: a breaker still open lets probes through and closes; orders succeed"
+        "\n(4) recovery: payment healthy again, for {recovery:?}: once the open duration has passed, the breaker's probes are fast and it closes; orders succeed"
     );
     shop.set_payment_mode(Mode::None).await?;
     let p = phase(shop, "4 recovery", config.rate, recovery).await?;
@@ -522,9 +525,33 @@ pub(crate) fn summary(report: &Report) -> String {
             p.bulkhead_rejections,
         );
     }
-    let _ = write!(
+    let _ = writeln!(
         out,
         "(failed fast: refused by the open payment breaker; rejected: refused by the full payment bulkhead;\n inv p99: inventory reservation latency; bulkhead: payment bulkhead rejections)"
     );
+    let _ = write!(out, "payment breaker:");
+    for p in &report.phases {
+        // Each kind of transition once, in order of first appearance, with its count.
+        let mut kinds: Vec<((&str, &str, &str), u32)> = Vec::new();
+        for (_, from, to, reason) in p.transitions.iter().filter(|t| t.0 == "payment") {
+            match kinds.iter_mut().find(|(k, _)| *k == (*from, *to, *reason)) {
+                Some((_, n)) => *n += 1,
+                None => kinds.push(((from, to, reason), 1)),
+            }
+        }
+        let moves: Vec<String> = kinds
+            .iter()
+            .map(|((from, to, reason), n)| match n {
+                1 => format!("{from} -> {to} ({reason})"),
+                n => format!("{from} -> {to} ({reason}) x{n}"),
+            })
+            .collect();
+        let moves = if moves.is_empty() {
+            "no change".to_owned()
+        } else {
+            moves.join("; ")
+        };
+        let _ = write!(out, "\n  {:<18} {moves}", p.name);
+    }
     out
 }
