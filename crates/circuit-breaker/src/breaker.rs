@@ -214,6 +214,46 @@ impl CircuitBreaker {
         Err(self.reject(lane, word.state(), None))
     }
 
+    /// Whether a call made now would be rejected, without reserving anything, moving to
+    /// half-open or counting a rejection. The layer's `poll_ready` uses it so that a call the
+    /// breaker will refuse does not first wait for the inner service (a full bulkhead below)
+    /// to become ready. Closed: one atomic load.
+    #[inline]
+    pub(crate) fn rejects_now(&self) -> bool {
+        let word = Word(self.core.hot.state.load(Ordering::Acquire));
+        match word.state() {
+            State::Closed | State::MetricsOnly | State::Disabled => false,
+            State::ForcedOpen => true,
+            State::Open => {
+                let until = self.lane().hot.open_until.load(Ordering::Relaxed);
+                self.core.now_nanos() < until
+            }
+            State::HalfOpen => {
+                let hot = &self.lane().hot;
+                let current = hot.probes.load(Ordering::Acquire);
+                let limit = u64::from(self.core.config.permitted_calls_in_half_open);
+                let full = current >> 32 == probe_tag(word) && current & 0xFFFF_FFFF >= limit;
+                let timed_out = self.core.config.max_half_open_duration.is_some()
+                    && self.core.now_nanos() >= hot.half_open_until.load(Ordering::Relaxed);
+                full && !timed_out
+            }
+        }
+    }
+
+    /// The rejection for a call whose `poll_ready` found the breaker rejecting
+    /// ([`rejects_now`](Self::rejects_now)): counted and reported like any other rejection,
+    /// with the wait that is left when the breaker is open.
+    #[cold]
+    pub(crate) fn reject_unready(&self) -> BreakerOpen {
+        let lane = self.lane();
+        let state = self.core.word().state();
+        let retry_after = (state == State::Open).then(|| {
+            let until = lane.hot.open_until.load(Ordering::Relaxed);
+            Duration::from_nanos(until.saturating_sub(self.core.now_nanos()))
+        });
+        self.reject(lane, state, retry_after)
+    }
+
     fn try_probe(&self, lane: &Arc<CachePadded<Lane>>, word: Word) -> Option<Permit> {
         let probes = &lane.hot.probes;
         let tag = probe_tag(word);

@@ -12,25 +12,33 @@ use crate::permit::Permit;
 
 /// A service behind a circuit breaker.
 ///
-/// Readiness is the inner service's: the breaker never fails `poll_ready` (tower treats that
-/// as terminal). An open breaker rejects in `call`, with a future that resolves at once to
-/// [`CircuitBreakerError::Open`] without calling the inner service.
+/// The breaker never fails `poll_ready` (tower treats that as terminal): an open breaker
+/// rejects in `call`, with a future that resolves at once to [`CircuitBreakerError::Open`]
+/// without calling the inner service. While the breaker admits calls, readiness is the inner
+/// service's. While it rejects them (open and still waiting, forced open, or half-open with
+/// every probe slot taken), `poll_ready` answers ready at once *without polling the inner
+/// service*, and the following `call` is rejected: a call the breaker is going to refuse never
+/// waits for a permit of a bulkhead further in, nor reserves one.
 #[derive(Debug)]
 pub struct CircuitBreakerService<S, C> {
     inner: S,
     breaker: CircuitBreaker,
     classifier: C,
+    /// `poll_ready` found the breaker rejecting and did not poll `inner`: the next `call`
+    /// must reject (the inner service was never made ready).
+    skipped_inner: bool,
 }
 
-// Written by hand to say so: nothing is reserved in `poll_ready` (the permit is taken in
-// `call` and moves into the response future), so a clone has no readiness or permit state
-// to inherit; it shares only the breaker.
+// Written by hand: `skipped_inner` is readiness state of this handle (the inner service was
+// not polled ready), so a clone starts without it, like a clone of any tower service starts
+// not ready. The permit itself is taken in `call` and moves into the response future.
 impl<S: Clone, C: Clone> Clone for CircuitBreakerService<S, C> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
             breaker: self.breaker.clone(),
             classifier: self.classifier.clone(),
+            skipped_inner: false,
         }
     }
 }
@@ -42,6 +50,7 @@ impl<S, C> CircuitBreakerService<S, C> {
             inner,
             breaker,
             classifier,
+            skipped_inner: false,
         }
     }
 
@@ -77,6 +86,11 @@ where
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.breaker.rejects_now() {
+            self.skipped_inner = true;
+            return Poll::Ready(Ok(()));
+        }
+        self.skipped_inner = false;
         self.inner
             .poll_ready(cx)
             .map_err(CircuitBreakerError::Inner)
@@ -84,6 +98,15 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
+        if self.skipped_inner {
+            // The breaker was rejecting a moment ago, in `poll_ready`, and the inner service
+            // was not made ready: reject even if the breaker has just moved on.
+            self.skipped_inner = false;
+            return ResponseFuture::rejected(
+                self.breaker.reject_unready(),
+                self.classifier.clone(),
+            );
+        }
         let cancelled = self.classifier.classify_cancelled();
         let (inner, classifier) = (&mut self.inner, &self.classifier);
         let call = move |permit: Permit| {

@@ -256,3 +256,111 @@ fn invalid_settings_fail_at_build_naming_the_field() {
     assert!(err.to_string().contains("(0, 100]"), "{err}");
     assert!(b().build().is_ok());
 }
+
+/// A service that is ready only while its gate is open, counting readiness polls and calls.
+#[derive(Clone)]
+struct Gate {
+    open: Arc<std::sync::atomic::AtomicBool>,
+    polls: Arc<AtomicUsize>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Gate {
+    fn closed() -> Self {
+        Self {
+            open: Arc::default(),
+            polls: Arc::default(),
+            calls: Arc::default(),
+        }
+    }
+
+    fn polls(&self) -> usize {
+        self.polls.load(Ordering::SeqCst)
+    }
+}
+
+impl Service<()> for Gate {
+    type Response = ();
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<(), Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.polls.fetch_add(1, Ordering::SeqCst);
+        if self.open.load(Ordering::SeqCst) {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn call(&mut self, (): ()) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejecting_breaker_is_ready_without_waiting_for_the_inner_service() {
+    // The inner service stands for a full bulkhead: never ready. A call the breaker is going
+    // to refuse must not wait for it.
+    let breaker = CircuitBreaker::builder("payment")
+        .count_window(4)
+        .minimum_calls(2)
+        .open_duration(Duration::from_secs(10))
+        .permitted_calls_in_half_open(1)
+        .build()
+        .unwrap();
+    let gate = Gate::closed();
+    let mut svc = CircuitBreakerLayer::new(breaker.clone()).layer(gate.clone());
+    let mut cx = Context::from_waker(Waker::noop());
+
+    // Closed: readiness is the inner service's.
+    assert!(svc.poll_ready(&mut cx).is_pending());
+    assert_eq!(gate.polls(), 1);
+
+    // Open and waiting: ready at once, inner not polled, and the call is rejected with the
+    // wait that is left.
+    breaker.try_acquire().unwrap().failure();
+    breaker.try_acquire().unwrap().failure();
+    assert_eq!(breaker.state(), State::Open);
+    tokio::time::advance(Duration::from_secs(4)).await;
+    assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+    assert_eq!(gate.polls(), 1, "the inner service was polled");
+    let err = svc.call(()).await.unwrap_err();
+    assert_eq!(
+        err.as_open().and_then(BreakerOpen::retry_after),
+        Some(Duration::from_secs(6))
+    );
+    assert_eq!(gate.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(breaker.snapshot().rejected_calls, 1, "counted once");
+
+    // The wait is over: the next call may be a probe, so readiness is the inner service's
+    // again (and nothing moved to half-open yet: that happens when a call is made).
+    tokio::time::advance(Duration::from_secs(6)).await;
+    assert!(svc.poll_ready(&mut cx).is_pending());
+    assert_eq!(gate.polls(), 2);
+
+    // Half-open with its only probe slot taken: rejecting again, without polling.
+    let probe = breaker.try_acquire().unwrap();
+    assert_eq!(breaker.state(), State::HalfOpen);
+    assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+    assert_eq!(gate.polls(), 2);
+    assert!(svc.call(()).await.unwrap_err().as_open().is_some());
+    // The probe slot comes back when the probe is dropped: readiness is the inner's again.
+    drop(probe);
+    assert!(svc.poll_ready(&mut cx).is_pending());
+    assert_eq!(gate.polls(), 3);
+
+    // A skipped readiness is not inherited by a clone, and once the breaker admits calls
+    // again a ready inner service is called.
+    breaker.force_open();
+    assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+    breaker.reset();
+    gate.open.store(true, Ordering::SeqCst);
+    let mut clone = svc.clone();
+    clone.ready().await.unwrap().call(()).await.unwrap();
+    assert_eq!(gate.calls.load(Ordering::SeqCst), 1);
+    // The original still owes a rejection for the readiness it skipped.
+    assert!(svc.call(()).await.unwrap_err().as_open().is_some());
+    assert_eq!(gate.calls.load(Ordering::SeqCst), 1);
+}
