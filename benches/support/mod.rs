@@ -59,6 +59,34 @@ where
     }
 }
 
+/// Like [`call_now`], but polls again while readiness or the response is pending: for peers
+/// whose response futures can be pending when two threads share them (tower-resilience takes a
+/// `tokio::sync::Mutex` inside its futures). A future ready at once costs the same as with
+/// [`call_now`].
+#[inline]
+pub fn call_spin<S, R>(svc: &mut S, req: R) -> S::Response
+where
+    S: Service<R>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        match svc.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => break,
+            Poll::Ready(Err(e)) => panic!("service failed readiness: {e:?}"),
+            Poll::Pending => std::hint::spin_loop(),
+        }
+    }
+    let mut fut = pin!(svc.call(req));
+    loop {
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(res)) => return res,
+            Poll::Ready(Err(e)) => panic!("call failed: {e:?}"),
+            Poll::Pending => std::hint::spin_loop(),
+        }
+    }
+}
+
 /// Benchmarks one case with a single task: the group should be named `uncontended`.
 pub fn uncontended<S>(
     group: &mut BenchmarkGroup<'_, WallTime>,
@@ -94,11 +122,32 @@ pub fn contended<S>(
 {
     let handle = rt.handle().clone();
     group.bench_function(BenchmarkId::from_parameter(name), |b| {
-        b.iter_custom(|iters| run_two(&handle, &svc, iters));
+        b.iter_custom(|iters| run_two(&handle, &svc, iters, call_now::<S, u64>));
     });
 }
 
-fn run_two<S>(handle: &tokio::runtime::Handle, svc: &S, iters: u64) -> Duration
+/// [`contended`] driven by [`call_spin`], for a peer whose futures can be pending.
+pub fn contended_spin<S>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    svc: S,
+) where
+    S: Service<u64> + Clone + Send + 'static,
+    S::Error: std::fmt::Debug,
+{
+    let handle = rt.handle().clone();
+    group.bench_function(BenchmarkId::from_parameter(name), |b| {
+        b.iter_custom(|iters| run_two(&handle, &svc, iters, call_spin::<S, u64>));
+    });
+}
+
+fn run_two<S>(
+    handle: &tokio::runtime::Handle,
+    svc: &S,
+    iters: u64,
+    drive: fn(&mut S, u64) -> S::Response,
+) -> Duration
 where
     S: Service<u64> + Clone + Send + 'static,
     S::Error: std::fmt::Debug,
@@ -113,7 +162,7 @@ where
                 let _ctx = handle.enter();
                 start_line.wait();
                 for i in 0..iters {
-                    std::hint::black_box(call_now(&mut svc, std::hint::black_box(i)));
+                    std::hint::black_box(drive(&mut svc, std::hint::black_box(i)));
                 }
             })
         })
