@@ -50,10 +50,10 @@ enum Timer {
 
 /// What a call that may be retried holds: the policy and the classifier.
 ///
-/// Each [`Retry`](crate::Retry) clone has its own `Arc<Handle>`, and each response future that
-/// may retry holds a reference to its service's handle: the reference count then stays in the
-/// cache of the thread that drives that clone, instead of bouncing between cores as one shared
-/// count would. The alignment keeps two handles allocated side by side off one cache line.
+/// The clones of a [`Retry`](crate::Retry) share one `Arc<Handle>`; each response future that
+/// may retry holds a reference to it, recycled through the thread's spare (see
+/// `crate::spare`) so that a call does not change the reference count. The alignment keeps
+/// the count off the cache lines of neighbouring allocations.
 #[repr(align(128))]
 pub(crate) struct Handle<C> {
     pub(crate) policy: RetryPolicy,
@@ -99,6 +99,7 @@ impl<A, Fut, C> std::fmt::Debug for Machine<A, Fut, C> {
 
 impl<A, Fut, C> Machine<A, Fut, C> {
     /// A machine whose first attempt is already running.
+    #[inline]
     pub(crate) fn running(
         first: Fut,
         attempts: A,
@@ -116,6 +117,12 @@ impl<A, Fut, C> Machine<A, Fut, C> {
             made: 1,
             schedule: None,
         }
+    }
+
+    /// Takes the policy handle out of a finished machine.
+    #[inline]
+    pub(crate) fn take_handle(self: Pin<&mut Self>) -> Option<Arc<Handle<C>>> {
+        self.project().handle.take()
     }
 
     /// A machine that starts its first attempt when the attempts source is ready.
@@ -147,6 +154,17 @@ where
         loop {
             if let Some(fut) = this.attempt.as_mut().as_pin_mut() {
                 let (result, overall) = match fut.poll(cx) {
+                    // The fast path: a success that needs no retry is returned as it is,
+                    // without passing through the decision below.
+                    Poll::Ready(Ok(response))
+                        if this
+                            .handle
+                            .as_deref()
+                            .is_none_or(|h| h.classify.classify(Ok(&response)) == Verdict::Done) =>
+                    {
+                        this.attempt.set(None);
+                        return Poll::Ready(Ok(response));
+                    }
                     Poll::Ready(result) => (result.map_err(Into::into), false),
                     Poll::Pending => {
                         if *this.timer == Timer::Idle {

@@ -13,6 +13,7 @@ use crate::classify::RetryClassify;
 use crate::engine::{Attempts, Machine};
 use crate::request::RetryRequest;
 use crate::service::ServiceAttempts;
+use crate::spare;
 
 pin_project! {
     /// The response future of [`Retry`](crate::Retry).
@@ -31,6 +32,7 @@ pin_project! {
 }
 
 impl<S: Service<Req>, Req, C> ResponseFuture<S, Req, C> {
+    #[inline]
     pub(crate) fn new(machine: Machine<ServiceAttempts<S, Req>, S::Future, C>) -> Self {
         Self { machine }
     }
@@ -49,13 +51,20 @@ where
     S: Service<Req>,
     S::Error: Into<BoxError>,
     Req: RetryRequest,
-    C: RetryClassify<S::Response>,
+    C: RetryClassify<S::Response> + Send + Sync + 'static,
 {
     type Output = Result<S::Response, BoxError>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().machine.poll(cx)
+        let mut machine = self.project().machine;
+        let out = machine.as_mut().poll(cx);
+        if out.is_ready()
+            && let Some(handle) = machine.take_handle()
+        {
+            spare::release(handle);
+        }
+        out
     }
 }
 
