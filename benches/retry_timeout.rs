@@ -1,16 +1,19 @@
 //! Per-call overhead of staunch's retry layer over a bare `service_fn` when the first attempt
-//! succeeds at once, side by side with tower's `Retry` and tower-resilience's retry.
+//! succeeds at once, side by side with tower's `Retry` (with a no-op policy, and with tower's
+//! own retry budget like staunch's default) and tower-resilience's retry.
 //! Groups: `uncontended` (1 task) and `contended` (2 tasks on 2 threads sharing one layer).
 //! Timeouts are benched in `benches/timeout.rs`.
 
 mod support;
 
 use std::future::{Ready, ready};
+use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use staunch::retry::{RetryBudget, RetryLayer, RetryPolicy};
 use support::BoxError;
+use tower::retry::budget::{Budget, TpsBudget};
 use tower::{Layer, Service};
 
 /// A tower policy that retries errors up to twice: only its success path runs here.
@@ -26,6 +29,37 @@ impl tower::retry::Policy<u64, u64, BoxError> for TowerRetryErrors {
             Some(ready(()))
         } else {
             None
+        }
+    }
+
+    fn clone_request(&mut self, req: &u64) -> Option<u64> {
+        Some(*req)
+    }
+}
+
+/// tower's `Retry` with tower's own retry budget, the like-for-like peer of staunch's default
+/// (which always keeps a budget): the policy holds an `Arc<TpsBudget>`, deposits for each
+/// request that succeeds and withdraws before a retry.
+#[derive(Clone)]
+struct TowerRetryBudget {
+    budget: Arc<TpsBudget>,
+    left: usize,
+}
+
+impl tower::retry::Policy<u64, u64, BoxError> for TowerRetryBudget {
+    type Future = Ready<()>;
+
+    fn retry(&mut self, _: &mut u64, result: &mut Result<u64, BoxError>) -> Option<Ready<()>> {
+        match result {
+            Ok(_) => {
+                self.budget.deposit();
+                None
+            }
+            Err(_) if self.left > 0 && self.budget.withdraw() => {
+                self.left -= 1;
+                Some(ready(()))
+            }
+            Err(_) => None,
         }
     }
 
@@ -62,6 +96,11 @@ fn tower_retry() -> impl Service<u64, Error: std::fmt::Debug> + Clone + Send + '
     tower::retry::RetryLayer::new(TowerRetryErrors(2)).layer(support::bare())
 }
 
+fn tower_retry_budget() -> impl Service<u64, Error: std::fmt::Debug> + Clone + Send + 'static {
+    let budget = Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2));
+    tower::retry::RetryLayer::new(TowerRetryBudget { budget, left: 2 }).layer(support::bare())
+}
+
 fn tower_resilience() -> impl Service<u64, Error: std::fmt::Debug> + Clone + Send + 'static {
     tower_resilience::retry::RetryLayer::<u64, u64, BoxError>::builder()
         .max_attempts(3)
@@ -92,6 +131,12 @@ fn benches(c: &mut Criterion) {
     support::uncontended(
         &mut group,
         &rt,
+        "tower retry (TpsBudget)",
+        tower_retry_budget(),
+    );
+    support::uncontended(
+        &mut group,
+        &rt,
         "tower-resilience retry",
         tower_resilience(),
     );
@@ -113,6 +158,12 @@ fn benches(c: &mut Criterion) {
         staunch_unlimited(),
     );
     support::contended(&mut group, &rt, "tower retry", tower_retry());
+    support::contended(
+        &mut group,
+        &rt,
+        "tower retry (TpsBudget)",
+        tower_retry_budget(),
+    );
     support::contended(
         &mut group,
         &rt,
