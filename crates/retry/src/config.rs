@@ -190,7 +190,7 @@ impl RetryPolicy {
             policy: self.clone(),
             classify,
         });
-        RetryCall::new(Machine::idle(FnAttempts(f), self.limits, handle))
+        RetryCall::new(Machine::idle(FnAttempts(f), handle))
     }
 }
 

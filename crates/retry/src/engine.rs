@@ -72,9 +72,9 @@ pin_project! {
         sleep: Option<Sleep>,
         timer: Timer,
         attempts: A,
-        limits: Limits,
-        // `None` when the call cannot be retried: then no handle was cloned for it, and the
-        // first result is returned as it is.
+        // Whether this call may be retried at all; when not, its result is returned as it is.
+        retryable: bool,
+        // The policy (its limits included) and the classifier; taken when the call finishes.
         handle: Option<Arc<Handle<C>>>,
         started: Option<Instant>,
         made: u32,
@@ -103,16 +103,16 @@ impl<A, Fut, C> Machine<A, Fut, C> {
     pub(crate) fn running(
         first: Fut,
         attempts: A,
-        limits: Limits,
-        handle: Option<Arc<Handle<C>>>,
+        retryable: bool,
+        handle: Arc<Handle<C>>,
     ) -> Self {
         Self {
             attempt: Some(first),
             sleep: None,
             timer: Timer::Idle,
             attempts,
-            limits,
-            handle,
+            retryable,
+            handle: Some(handle),
             started: None,
             made: 1,
             schedule: None,
@@ -126,13 +126,13 @@ impl<A, Fut, C> Machine<A, Fut, C> {
     }
 
     /// A machine that starts its first attempt when the attempts source is ready.
-    pub(crate) fn idle(attempts: A, limits: Limits, handle: Arc<Handle<C>>) -> Self {
+    pub(crate) fn idle(attempts: A, handle: Arc<Handle<C>>) -> Self {
         Self {
             attempt: None,
             sleep: None,
             timer: Timer::Idle,
             attempts,
-            limits,
+            retryable: true,
             handle: Some(handle),
             started: None,
             made: 0,
@@ -157,10 +157,10 @@ where
                     // The fast path: a success that needs no retry is returned as it is,
                     // without passing through the decision below.
                     Poll::Ready(Ok(response))
-                        if this
-                            .handle
-                            .as_deref()
-                            .is_none_or(|h| h.classify.classify(Ok(&response)) == Verdict::Done) =>
+                        if !*this.retryable
+                            || this.handle.as_deref().is_none_or(|h| {
+                                h.classify.classify(Ok(&response)) == Verdict::Done
+                            }) =>
                     {
                         this.attempt.set(None);
                         return Poll::Ready(Ok(response));
@@ -169,7 +169,7 @@ where
                     Poll::Pending => {
                         if *this.timer == Timer::Idle {
                             arm_attempt_timer(
-                                this.limits,
+                                limits_of(this.handle.as_deref()),
                                 this.started,
                                 this.timer,
                                 this.sleep.as_mut(),
@@ -195,8 +195,8 @@ where
                     result,
                     overall,
                     *this.made,
-                    this.limits,
-                    this.handle.as_deref(),
+                    limits_of(this.handle.as_deref()),
+                    this.handle.as_deref().filter(|_| *this.retryable),
                     this.started,
                     this.schedule,
                     this.attempts,
@@ -220,9 +220,10 @@ where
                     Poll::Pending => {
                         // The inner service is not ready (a full bulkhead below, a buffer):
                         // the overall deadline still holds while we wait for it.
-                        let (Some(total), Some(start)) =
-                            (this.limits.max_total_time, *this.started)
-                        else {
+                        let (Some(total), Some(start)) = (
+                            limits_of(this.handle.as_deref()).max_total_time,
+                            *this.started,
+                        ) else {
                             return Poll::Pending;
                         };
                         if *this.timer != Timer::Readying {
@@ -236,7 +237,8 @@ where
                         // A retry was due (the last attempt's result was dropped when its
                         // wait began): the deadline refused it.
                         let err: BoxError = Box::new(Elapsed::new(total));
-                        let Some(handle) = this.handle.as_deref() else {
+                        let Some(handle) = this.handle.as_deref().filter(|_| *this.retryable)
+                        else {
                             return Poll::Ready(Err(err));
                         };
                         let event = GiveUp {
@@ -247,7 +249,7 @@ where
                     }
                 }
                 *this.timer = Timer::Idle;
-                let keep_copy = *this.made + 1 < this.limits.max_attempts;
+                let keep_copy = *this.made + 1 < limits_of(this.handle.as_deref()).max_attempts;
                 let Some(fut) = this.attempts.next(keep_copy) else {
                     // Only reachable if `can_replay` lied; nothing to send.
                     return Poll::Ready(Err("the request could not be replayed".into()));
@@ -258,6 +260,19 @@ where
             }
         }
     }
+}
+
+/// The limits of the call's policy; none once the call has finished (a future polled again
+/// after it finished does not retry).
+#[inline]
+fn limits_of<C>(handle: Option<&Handle<C>>) -> &Limits {
+    static FINISHED: Limits = Limits {
+        max_attempts: 1,
+        attempt_timeout: None,
+        max_total_time: None,
+        retry_non_idempotent: false,
+    };
+    handle.map_or(&FINISHED, |h| &h.policy.limits)
 }
 
 fn set_sleep(mut sleep: Pin<&mut Option<Sleep>>, until: Instant) {

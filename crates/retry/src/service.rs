@@ -134,16 +134,17 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         self.budget.deposit();
-        let limits = self.limits;
-        let may_retry = limits.may_retry(req.is_idempotent());
+        let may_retry = self.limits.may_retry(req.is_idempotent());
         let backup = if may_retry { req.try_replay() } else { None };
-        let first = self.inner.call(req);
         let service = backup.as_ref().map(|_| self.inner.clone());
-        // A request that may be retried but could not be copied (a body over the replay cap)
-        // still gets the handle, so that giving up on it is reported as `NotReplayable`.
-        let handle = may_retry.then(|| spare::acquire(&self.handle.0));
+        // Every call holds the handle: its limits time the attempt. A request that may be
+        // retried but could not be copied (a body over the replay cap) is retryable, so that
+        // giving up on it is reported as `NotReplayable`.
+        let handle = spare::acquire(&self.handle.0);
         let attempts = ServiceAttempts { service, backup };
-        ResponseFuture::new(Machine::running(first, attempts, limits, handle))
+        // Called last, so that the attempt's future goes straight into the response future.
+        let first = self.inner.call(req);
+        ResponseFuture::new(Machine::running(first, attempts, may_retry, handle))
     }
 }
 

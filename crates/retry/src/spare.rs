@@ -219,8 +219,15 @@ mod tests {
         call_now(&mut svc, 1);
         let weak: Weak<_> = Arc::downgrade(handle(&svc));
         drop(svc);
-        assert!(weak.upgrade().is_none(), "the thread's spare kept the handle");
-        assert_eq!(Arc::strong_count(&token), 1, "the hook outlived the service");
+        assert!(
+            weak.upgrade().is_none(),
+            "the thread's spare kept the handle"
+        );
+        assert_eq!(
+            Arc::strong_count(&token),
+            1,
+            "the hook outlived the service"
+        );
     }
 
     #[test]
@@ -263,7 +270,9 @@ mod tests {
         // `oneshot` drops the service before polling: the future holds the last reference.
         let svc = retry();
         let weak = Arc::downgrade(handle(&svc));
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         assert_eq!(rt.block_on(svc.oneshot(5)).unwrap(), 5);
         assert!(weak.upgrade().is_none());
     }

@@ -252,3 +252,33 @@ async fn the_overall_deadline_holds_while_the_inner_service_is_not_ready() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(*r.lock().unwrap(), [GiveUpReason::Deadline]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_cannot_be_retried_is_still_timed() {
+    let r = reasons();
+    let policy = policy(&r)
+        .max_attempts(1)
+        .attempt_timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let calls = Calls::new();
+    let c = calls.clone();
+    let svc = RetryLayer::new(policy).layer(tower::service_fn(move |_: u32| {
+        c.hit();
+        async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok::<u32, BoxError>(0)
+        }
+    }));
+    let start = Instant::now();
+    let err = svc.oneshot(1).await.unwrap_err();
+    // One attempt, cut at its timeout, returned as it is: nothing was given up.
+    assert_eq!(calls.times_ms(), [0]);
+    assert_eq!(
+        err.downcast_ref::<Elapsed>(),
+        Some(&Elapsed::new(Duration::from_millis(50)))
+    );
+    assert!(!is_annotated(&err));
+    assert_eq!(start.elapsed(), Duration::from_millis(50));
+    assert!(r.lock().unwrap().is_empty());
+}
