@@ -116,7 +116,7 @@ impl CircuitBreaker {
     }
 
     #[inline(always)]
-    fn lane(&self) -> &Arc<CachePadded<Lane>> {
+    pub(crate) fn lane(&self) -> &Arc<CachePadded<Lane>> {
         let lanes = &self.core.lanes;
         // The lane count is a power of two.
         &lanes[thread_index() & (lanes.len() - 1)]
