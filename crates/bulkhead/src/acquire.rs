@@ -87,7 +87,7 @@ impl Acquire {
 
     fn granted(&mut self) -> Poll<Result<Permit, BulkheadFull>> {
         self.state = State::Done;
-        Poll::Ready(Ok(Permit::new(self.bulkhead.clone())))
+        Poll::Ready(Ok(Permit::new(&self.bulkhead)))
     }
 
     fn rejected(&mut self, reason: BulkheadFullReason) -> Poll<Result<Permit, BulkheadFull>> {

@@ -1,5 +1,6 @@
 //! The bulkhead engine: a named, shareable concurrency limit with bounded FIFO waiting.
 
+use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -147,7 +148,7 @@ impl Bulkhead {
     /// waits it fails with [`BulkheadFullReason::NoPermit`].
     pub fn try_acquire(&self) -> Result<Permit, BulkheadFull> {
         if self.inner.permits.try_acquire() {
-            Ok(Permit::new(self.clone()))
+            Ok(Permit::new(self))
         } else {
             Err(self.inner.reject(BulkheadFullReason::NoPermit))
         }
@@ -346,7 +347,9 @@ impl Inner {
 /// ```
 #[must_use = "the permit is released as soon as it is dropped"]
 pub struct Permit {
-    bulkhead: Bulkhead,
+    /// `None` only while the permit is dropped. The reference is recycled through the
+    /// thread's spare (see [`take_inner`]).
+    bulkhead: Option<Bulkhead>,
     /// When the permit was granted, as nanoseconds since `Inner::epoch` plus one; zero when
     /// the bulkhead is not adaptive. A plain integer rather than `Option<Instant>`: it keeps
     /// `Option<Permit>` the size of a pointer-tagged value and the fast path free of the
@@ -357,7 +360,7 @@ pub struct Permit {
 impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
-            .field("bulkhead", &self.bulkhead.inner.name)
+            .field("bulkhead", &self.bulkhead().inner.name)
             .finish()
     }
 }
@@ -365,7 +368,10 @@ impl fmt::Debug for Permit {
 impl Permit {
     /// Wraps a permit already counted in `bulkhead`'s `in_flight`.
     #[inline]
-    pub(crate) fn new(bulkhead: Bulkhead) -> Self {
+    pub(crate) fn new(bulkhead: &Bulkhead) -> Self {
+        let bulkhead = Bulkhead {
+            inner: take_inner(&bulkhead.inner),
+        };
         let started = if bulkhead.inner.is_adaptive {
             let since = Instant::now().saturating_duration_since(bulkhead.inner.epoch);
             u64::try_from(since.as_nanos())
@@ -374,12 +380,18 @@ impl Permit {
         } else {
             0
         };
-        Self { bulkhead, started }
+        Self {
+            bulkhead: Some(bulkhead),
+            started,
+        }
     }
 
     /// The bulkhead this permit belongs to.
     pub fn bulkhead(&self) -> &Bulkhead {
-        &self.bulkhead
+        match &self.bulkhead {
+            Some(bulkhead) => bulkhead,
+            None => unreachable!("a permit keeps its bulkhead until it is dropped"),
+        }
     }
 
     /// Releases the permit and reports the call's outcome to an adaptive limit (the latency
@@ -388,7 +400,7 @@ impl Permit {
     pub fn record(mut self, outcome: Outcome) {
         let started = std::mem::take(&mut self.started);
         if started != 0 {
-            let inner = &self.bulkhead.inner;
+            let inner = &self.bulkhead().inner;
             inner.sample(inner.epoch + Duration::from_nanos(started - 1), outcome);
         }
     }
@@ -401,6 +413,112 @@ impl Permit {
 impl Drop for Permit {
     #[inline]
     fn drop(&mut self) {
-        self.bulkhead.inner.permits.release();
+        if let Some(bulkhead) = self.bulkhead.take() {
+            bulkhead.inner.permits.release();
+            give_back(bulkhead.inner);
+        }
+    }
+}
+
+thread_local! {
+    static SPARE: Cell<Option<Arc<Inner>>> = const { Cell::new(None) };
+}
+
+/// A reference to `inner` for a permit: the thread's spare when it is one to the same
+/// bulkhead, else a new one.
+///
+/// A permit may outlive every `Bulkhead` handle, so it owns a reference; taking and dropping
+/// an `Arc` reference per call costs two atomic read-modify-writes. Instead a released permit
+/// leaves its reference as its thread's spare (see [`give_back`]) and the next permit of the
+/// same bulkhead on that thread takes it: a call changes no reference count. A spare keeps
+/// only the bulkhead's memory (no user code) until the thread releases a permit of another
+/// bulkhead or exits.
+#[inline]
+fn take_inner(inner: &Arc<Inner>) -> Arc<Inner> {
+    SPARE
+        .try_with(|slot| {
+            let spare = slot.take()?;
+            if Arc::ptr_eq(&spare, inner) {
+                Some(spare)
+            } else {
+                slot.set(Some(spare));
+                None
+            }
+        })
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Arc::clone(inner))
+}
+
+/// Gives back a released permit's reference: it becomes the thread's spare, unless it is the
+/// last one (then it is dropped, freeing the bulkhead).
+#[inline]
+fn give_back(inner: Arc<Inner>) {
+    if Arc::strong_count(&inner) == 1 {
+        return;
+    }
+    // The previous spare is dropped outside the slot access.
+    let previous = SPARE.try_with(move |slot| slot.replace(Some(inner)));
+    drop(previous);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::Bulkhead;
+
+    fn bulkhead(limit: usize) -> Bulkhead {
+        Bulkhead::builder("recycled")
+            .max_concurrent(limit)
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_released_permit_leaves_its_reference_for_the_next_one() {
+        let b = bulkhead(2);
+        assert_eq!(Arc::strong_count(&b.inner), 1);
+        drop(b.try_acquire().unwrap());
+        // The handle's reference and the thread's spare.
+        assert_eq!(Arc::strong_count(&b.inner), 2);
+        let permit = b.try_acquire().unwrap();
+        // The permit took the spare: a fresh reference would make three.
+        assert_eq!(Arc::strong_count(&b.inner), 2);
+        assert_eq!(b.in_flight(), 1);
+        let second = b.try_acquire().unwrap();
+        assert_eq!(Arc::strong_count(&b.inner), 3);
+        assert!(b.try_acquire().is_err(), "the limit still holds");
+        drop((permit, second));
+        assert_eq!(b.in_flight(), 0);
+        for _ in 0..1000 {
+            drop(b.try_acquire().unwrap());
+        }
+        assert_eq!(Arc::strong_count(&b.inner), 2);
+        assert_eq!(b.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_permit_that_outlives_its_bulkhead_frees_it() {
+        let b = bulkhead(1);
+        let weak = Arc::downgrade(&b.inner);
+        let permit = b.try_acquire().unwrap();
+        drop(b);
+        assert_eq!(weak.strong_count(), 1);
+        drop(permit);
+        assert!(weak.upgrade().is_none());
+    }
+
+    #[test]
+    fn bulkheads_taking_turns_on_one_thread_release_every_permit() {
+        let (a, b) = (bulkhead(1), bulkhead(1));
+        for _ in 0..100 {
+            drop(a.try_acquire().unwrap());
+            drop(b.try_acquire().unwrap());
+        }
+        assert_eq!((a.in_flight(), b.in_flight()), (0, 0));
+        // `b` released last: its reference is the spare; `a`'s was dropped when replaced.
+        assert_eq!(Arc::strong_count(&a.inner), 1);
+        assert_eq!(Arc::strong_count(&b.inner), 2);
     }
 }

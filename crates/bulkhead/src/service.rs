@@ -68,7 +68,7 @@ impl Gate {
         if let Slow::None = self.slow
             && self.bulkhead.inner.permits.try_acquire()
         {
-            self.permit = Some(Permit::new(self.bulkhead.clone()));
+            self.permit = Some(Permit::new(&self.bulkhead));
             return Poll::Ready(true);
         }
         self.poll_reserve_slow(cx)
@@ -83,7 +83,7 @@ impl Gate {
                     // rather than reject on a stale verdict.
                     if self.bulkhead.inner.permits.try_acquire() {
                         self.slow = Slow::None;
-                        self.permit = Some(Permit::new(self.bulkhead.clone()));
+                        self.permit = Some(Permit::new(&self.bulkhead));
                         return Poll::Ready(true);
                     }
                     return Poll::Ready(false);

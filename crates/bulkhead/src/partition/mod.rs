@@ -183,9 +183,9 @@ where
         if !partition.inner.permits.try_acquire() {
             return None;
         }
-        let permit = Permit::new(partition);
+        let permit = Permit::new(&partition);
         let global = match &self.inner.global {
-            Some(g) if g.inner.permits.try_acquire() => Some(Permit::new(g.clone())),
+            Some(g) if g.inner.permits.try_acquire() => Some(Permit::new(g)),
             Some(_) => return None,
             None => None,
         };
