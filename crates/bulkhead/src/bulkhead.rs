@@ -1,13 +1,12 @@
 //! The bulkhead engine: a named, shareable concurrency limit with bounded FIFO waiting.
 
-use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use staunch_core::{BulkheadFull, BulkheadFullReason, ConfigError, Outcome};
+use staunch_core::{ArcSpare, BulkheadFull, BulkheadFullReason, ConfigError, Outcome, SpareSlot};
 use tokio::time::Instant;
 
 use crate::acquire::{Acquire, Run};
@@ -348,7 +347,7 @@ impl Inner {
 #[must_use = "the permit is released as soon as it is dropped"]
 pub struct Permit {
     /// `None` only while the permit is dropped. The reference is recycled through the
-    /// thread's spare (see [`take_inner`]).
+    /// thread's spare (see `SPARE`).
     bulkhead: Option<Bulkhead>,
     /// When the permit was granted, as nanoseconds since `Inner::epoch` plus one; zero when
     /// the bulkhead is not adaptive. A plain integer rather than `Option<Instant>`: it keeps
@@ -370,7 +369,7 @@ impl Permit {
     #[inline]
     pub(crate) fn new(bulkhead: &Bulkhead) -> Self {
         let bulkhead = Bulkhead {
-            inner: take_inner(&bulkhead.inner),
+            inner: SPARE.take(&bulkhead.inner),
         };
         let started = if bulkhead.inner.is_adaptive {
             let since = Instant::now().saturating_duration_since(bulkhead.inner.epoch);
@@ -415,52 +414,23 @@ impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(bulkhead) = self.bulkhead.take() {
             bulkhead.inner.permits.release();
-            give_back(bulkhead.inner);
+            SPARE.give_back(bulkhead.inner);
         }
     }
 }
 
 thread_local! {
-    static SPARE: Cell<Option<Arc<Inner>>> = const { Cell::new(None) };
+    static SPARE_SLOT: SpareSlot<Inner> = const { SpareSlot::new(None) };
 }
 
-/// A reference to `inner` for a permit: the thread's spare when it is one to the same
-/// bulkhead, else a new one.
+/// The permits' references to their bulkhead, recycled per thread.
 ///
 /// A permit may outlive every `Bulkhead` handle, so it owns a reference; taking and dropping
 /// an `Arc` reference per call costs two atomic read-modify-writes. Instead a released permit
-/// leaves its reference as its thread's spare (see [`give_back`]) and the next permit of the
-/// same bulkhead on that thread takes it: a call changes no reference count. A spare keeps
-/// only the bulkhead's memory (no user code) until the thread releases a permit of another
-/// bulkhead or exits.
-#[inline]
-fn take_inner(inner: &Arc<Inner>) -> Arc<Inner> {
-    SPARE
-        .try_with(|slot| {
-            let spare = slot.take()?;
-            if Arc::ptr_eq(&spare, inner) {
-                Some(spare)
-            } else {
-                slot.set(Some(spare));
-                None
-            }
-        })
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| Arc::clone(inner))
-}
-
-/// Gives back a released permit's reference: it becomes the thread's spare, unless it is the
-/// last one (then it is dropped, freeing the bulkhead).
-#[inline]
-fn give_back(inner: Arc<Inner>) {
-    if Arc::strong_count(&inner) == 1 {
-        return;
-    }
-    // The previous spare is dropped outside the slot access.
-    let previous = SPARE.try_with(move |slot| slot.replace(Some(inner)));
-    drop(previous);
-}
+/// leaves its reference as its thread's spare and the next permit of the same bulkhead on that
+/// thread takes it: a call changes no reference count. A spare keeps only the bulkhead's
+/// memory (no user code) until the thread releases a permit of another bulkhead or exits.
+static SPARE: ArcSpare<Inner> = ArcSpare::new(&SPARE_SLOT);
 
 #[cfg(test)]
 mod tests {

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use crossbeam_utils::CachePadded;
+use staunch_core::{ArcSpare, SpareSlot};
 use tokio::time::Instant;
 
 use crate::core::Core;
@@ -141,38 +142,11 @@ static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     static THREAD_INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
-    static SPARE: Cell<Option<Arc<CachePadded<Lane>>>> = const { Cell::new(None) };
+    static SPARE_SLOT: SpareSlot<CachePadded<Lane>> = const { SpareSlot::new(None) };
 }
 
-/// A reference to `lane`: the thread's spare when it is one to this lane, else a new one.
-#[inline]
-pub(crate) fn take_lane(lane: &Arc<CachePadded<Lane>>) -> Arc<CachePadded<Lane>> {
-    SPARE
-        .try_with(|slot| {
-            let spare = slot.take()?;
-            if Arc::ptr_eq(&spare, lane) {
-                Some(spare)
-            } else {
-                slot.set(Some(spare));
-                None
-            }
-        })
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| Arc::clone(lane))
-}
-
-/// Gives back a reference a permit held: it becomes the thread's spare, unless it is the last
-/// one (the breaker is gone), which is simply dropped.
-#[inline]
-pub(crate) fn give_back(lane: Arc<CachePadded<Lane>>) {
-    if Arc::strong_count(&lane) == 1 {
-        return;
-    }
-    // The previous spare is dropped outside the slot access.
-    let previous = SPARE.try_with(move |slot| slot.replace(Some(lane)));
-    drop(previous);
-}
+/// The permits' references to their lanes, recycled per thread (see the module docs).
+pub(crate) static SPARE: ArcSpare<CachePadded<Lane>> = ArcSpare::new(&SPARE_SLOT);
 
 /// A small number for the current thread, handed out round-robin on first use, so that
 /// threads spread evenly over the lanes.

@@ -12,7 +12,7 @@ use staunch_core::Outcome;
 use tokio::time::Instant;
 
 use crate::core::{lane_epoch, nanos};
-use crate::lane::{Lane, WARMING, give_back, take_lane};
+use crate::lane::{Lane, SPARE, WARMING};
 use crate::state::Word;
 use crate::window::TimeGeometry;
 
@@ -88,7 +88,7 @@ impl Permit {
             NOT_TIMED
         };
         Self {
-            lane: Some(take_lane(lane)),
+            lane: Some(SPARE.take(lane)),
             word,
             start,
             flags: kind as u64 | (outcome_code(Outcome::Ignored) << 8),
@@ -145,7 +145,7 @@ impl Permit {
     #[inline(always)]
     fn finish(&self, lane: Arc<CachePadded<Lane>>, outcome: Outcome) {
         self.count(&lane, outcome);
-        give_back(lane);
+        SPARE.give_back(lane);
     }
 
     #[inline(always)]

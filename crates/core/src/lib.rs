@@ -74,6 +74,7 @@ mod config;
 mod grpc;
 mod http;
 mod rejection;
+mod spare;
 
 pub use crate::backoff::{Backoff, BackoffBuilder, BackoffSchedule, Jitter, Strategy};
 pub use crate::classify::{AnyError, Classify, FnClassifier, Outcome, classify_fn};
@@ -81,6 +82,7 @@ pub use crate::config::ConfigError;
 #[cfg(feature = "tonic")]
 pub use crate::grpc::GrpcStatus;
 pub use crate::http::HttpStatus;
+pub use crate::spare::{ArcSpare, SpareSlot};
 pub use crate::rejection::{
     BreakerOpen, BulkheadFull, BulkheadFullReason, IgnoreRejections, Rejection, rejection_of,
 };

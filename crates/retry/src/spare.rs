@@ -20,19 +20,23 @@
 //! a slot of `dyn Any`, which costs a type check on each take (about 2 ns).
 
 use std::any::{Any, TypeId};
-use std::cell::Cell;
 use std::sync::Arc;
+
+use staunch_core::{ArcSpare, SpareSlot};
 
 use crate::classify::RetryOn;
 use crate::engine::Handle;
 
-type Erased = Arc<dyn Any + Send + Sync>;
+type Erased = dyn Any + Send + Sync;
 type DefaultHandle = Arc<Handle<RetryOn>>;
 
 thread_local! {
-    static DEFAULT: Cell<Option<DefaultHandle>> = const { Cell::new(None) };
-    static ERASED: Cell<Option<Erased>> = const { Cell::new(None) };
+    static DEFAULT_SLOT: SpareSlot<Handle<RetryOn>> = const { SpareSlot::new(None) };
+    static ERASED_SLOT: SpareSlot<Erased> = const { SpareSlot::new(None) };
 }
+
+static DEFAULT: ArcSpare<Handle<RetryOn>> = ArcSpare::new(&DEFAULT_SLOT);
+static ERASED: ArcSpare<Erased> = ArcSpare::new(&ERASED_SLOT);
 
 /// `value` as a `U`, if it is one (else it is dropped). `T` and `U` are known where this is
 /// inlined, so the check is decided at compile time.
@@ -50,34 +54,19 @@ fn is_default<C: 'static>() -> bool {
     TypeId::of::<C>() == TypeId::of::<RetryOn>()
 }
 
-/// Takes the slot's reference if it is one to the value at `at`.
-#[inline]
-fn take_at<T: ?Sized>(slot: &Cell<Option<Arc<T>>>, at: *const ()) -> Option<Arc<T>> {
-    let spare = slot.take()?;
-    if std::ptr::addr_eq(Arc::as_ptr(&spare), at) {
-        Some(spare)
-    } else {
-        slot.set(Some(spare));
-        None
-    }
-}
-
 /// A reference to `handle`: the calling thread's spare if it is one to the same handle, else
 /// a new one.
 #[inline]
 pub(crate) fn acquire<C: Send + Sync + 'static>(handle: &Arc<Handle<C>>) -> Arc<Handle<C>> {
     let at = Arc::as_ptr(handle).cast::<()>();
-    let spare = match (handle as &dyn Any).downcast_ref::<DefaultHandle>() {
-        Some(_) => DEFAULT
-            .try_with(|slot| take_at(slot, at))
-            .ok()
-            .flatten()
-            .and_then(cast::<DefaultHandle, Arc<Handle<C>>>),
-        None => ERASED
-            .try_with(|slot| take_at(slot, at))
-            .ok()
-            .flatten()
-            .and_then(|spare| spare.downcast::<Handle<C>>().ok()),
+    let spare = if is_default::<C>() {
+        DEFAULT
+            .take_at(at)
+            .and_then(cast::<DefaultHandle, Arc<Handle<C>>>)
+    } else {
+        ERASED
+            .take_at(at)
+            .and_then(|spare| spare.downcast::<Handle<C>>().ok())
     };
     spare.unwrap_or_else(|| Arc::clone(handle))
 }
@@ -86,38 +75,22 @@ pub(crate) fn acquire<C: Send + Sync + 'static>(handle: &Arc<Handle<C>>) -> Arc<
 /// nobody else holds the handle any more (then it is simply dropped, freeing the handle).
 #[inline]
 pub(crate) fn release<C: Send + Sync + 'static>(handle: Arc<Handle<C>>) {
-    if Arc::strong_count(&handle) == 1 {
-        return;
-    }
-    // The previous spare (another service's) is dropped after the slot is left: dropping a
-    // handle runs user code (the classifier's and the hooks' destructors).
-    let previous = if is_default::<C>() {
-        cast::<Arc<Handle<C>>, DefaultHandle>(handle).and_then(|default| {
-            DEFAULT
-                .try_with(move |slot| slot.replace(Some(default)).map(|p| p as Erased))
-                .ok()
-                .flatten()
-        })
+    if is_default::<C>() {
+        if let Some(handle) = cast::<Arc<Handle<C>>, DefaultHandle>(handle) {
+            DEFAULT.give_back(handle);
+        }
     } else {
-        let handle: Erased = handle;
-        ERASED
-            .try_with(move |slot| slot.replace(Some(handle)))
-            .ok()
-            .flatten()
-    };
-    drop(previous);
+        let handle: Arc<Erased> = handle;
+        ERASED.give_back(handle);
+    }
 }
 
 /// Clears the calling thread's spare if it is a reference to the handle at `handle`: called
 /// when a service drops its handle, so that a single-threaded runtime never keeps a dropped
 /// policy alive.
 pub(crate) fn forget(handle: *const ()) {
-    let default = DEFAULT
-        .try_with(|slot| take_at(slot, handle))
-        .ok()
-        .flatten();
-    let erased = ERASED.try_with(|slot| take_at(slot, handle)).ok().flatten();
-    drop((default, erased));
+    DEFAULT.forget(handle);
+    ERASED.forget(handle);
 }
 
 #[cfg(test)]

@@ -1,0 +1,151 @@
+//! [`ArcSpare`]: recycles the `Arc` references that calls hold, through a spare per thread.
+
+use std::cell::Cell;
+use std::fmt;
+use std::sync::Arc;
+use std::thread::LocalKey;
+
+/// The thread-local slot behind an [`ArcSpare`].
+pub type SpareSlot<T> = Cell<Option<Arc<T>>>;
+
+/// Recycles `Arc` references through a one-slot spare per thread, so that a call which must
+/// own a reference to shared state changes no reference count.
+///
+/// A permit or a response future often has to own a reference to its layer's state, because
+/// it may outlive the layer (tower's `oneshot` drops the service before polling). Taking and
+/// dropping an `Arc` reference per call costs two atomic read-modify-writes, and when several
+/// threads call through clones of one layer they all write the same count. With a spare, a
+/// call that is done gives its reference back ([`give_back`](Self::give_back)) and the next
+/// call on the same thread for the same value takes it ([`take`](Self::take)): in the steady
+/// state no count changes at all.
+///
+/// A spare keeps its value alive until the thread gives back a reference to another value
+/// (replacing it), [`forget`](Self::forget)s it, or exits. A reference that is the last one
+/// is never kept: [`give_back`](Self::give_back) drops it.
+///
+/// ```
+/// use std::sync::Arc;
+/// use staunch_core::{ArcSpare, SpareSlot};
+///
+/// thread_local! {
+///     static SLOT: SpareSlot<String> = const { SpareSlot::new(None) };
+/// }
+/// static SPARE: ArcSpare<String> = ArcSpare::new(&SLOT);
+///
+/// let shared = Arc::new(String::from("state"));
+/// let call = SPARE.take(&shared); // a new reference: nothing to reuse yet
+/// SPARE.give_back(call); // kept as this thread's spare
+/// assert_eq!(Arc::strong_count(&shared), 2);
+/// let next = SPARE.take(&shared); // the spare, no count changed
+/// assert_eq!(Arc::strong_count(&shared), 2);
+/// # drop(next);
+/// ```
+pub struct ArcSpare<T: ?Sized + 'static> {
+    slot: &'static LocalKey<SpareSlot<T>>,
+}
+
+impl<T: ?Sized + 'static> fmt::Debug for ArcSpare<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ArcSpare").finish_non_exhaustive()
+    }
+}
+
+impl<T: ?Sized + 'static> ArcSpare<T> {
+    /// A spare kept in `slot`, a `thread_local!` of its own.
+    pub const fn new(slot: &'static LocalKey<SpareSlot<T>>) -> Self {
+        Self { slot }
+    }
+
+    /// A reference to `value`: the thread's spare when it is one to `value`, else a new one.
+    #[inline]
+    pub fn take(&self, value: &Arc<T>) -> Arc<T> {
+        self.take_at(Arc::as_ptr(value).cast())
+            .unwrap_or_else(|| Arc::clone(value))
+    }
+
+    /// The thread's spare, if it is a reference to the value at `at`.
+    #[inline]
+    pub fn take_at(&self, at: *const ()) -> Option<Arc<T>> {
+        self.slot
+            .try_with(|slot| {
+                let spare = slot.take()?;
+                if std::ptr::addr_eq(Arc::as_ptr(&spare), at) {
+                    Some(spare)
+                } else {
+                    slot.set(Some(spare));
+                    None
+                }
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// Gives back a reference a finished call held: it becomes the thread's spare (the
+    /// previous spare is dropped), unless it is the last reference, which is dropped.
+    #[inline]
+    pub fn give_back(&self, value: Arc<T>) {
+        if Arc::strong_count(&value) == 1 {
+            return;
+        }
+        // The previous spare is dropped after the slot is left: its destructor may run user
+        // code, which may use this spare again.
+        let previous = self.slot.try_with(move |slot| slot.replace(Some(value)));
+        drop(previous);
+    }
+
+    /// Drops the thread's spare if it is a reference to the value at `at` (for example when
+    /// the last owner of that value goes away on this thread).
+    pub fn forget(&self, at: *const ()) {
+        drop(self.take_at(at));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    thread_local! {
+        static SLOT: SpareSlot<u32> = const { SpareSlot::new(None) };
+    }
+    static SPARE: ArcSpare<u32> = ArcSpare::new(&SLOT);
+
+    #[test]
+    fn a_given_back_reference_is_taken_again_without_a_new_one() {
+        let a = Arc::new(1);
+        let r = SPARE.take(&a);
+        assert_eq!(Arc::strong_count(&a), 2);
+        SPARE.give_back(r);
+        assert_eq!(Arc::strong_count(&a), 2);
+        let r = SPARE.take(&a);
+        assert_eq!(Arc::strong_count(&a), 2, "the spare was reused");
+        SPARE.give_back(r);
+        SPARE.forget(Arc::as_ptr(&a).cast());
+        assert_eq!(Arc::strong_count(&a), 1);
+    }
+
+    #[test]
+    fn another_value_replaces_the_spare_and_the_last_reference_is_dropped() {
+        let (a, b) = (Arc::new(1), Arc::new(2));
+        SPARE.give_back(SPARE.take(&a));
+        let rb = SPARE.take(&b);
+        // `a`'s spare stays while `b` is taken...
+        assert_eq!(Arc::strong_count(&a), 2);
+        SPARE.give_back(rb);
+        // ...and is dropped when `b`'s reference replaces it.
+        assert_eq!(Arc::strong_count(&a), 1);
+        assert_eq!(Arc::strong_count(&b), 2);
+        let weak = Arc::downgrade(&b);
+        let last = SPARE.take(&b);
+        drop(b);
+        SPARE.give_back(last);
+        assert!(weak.upgrade().is_none(), "the last reference was kept");
+    }
+
+    #[test]
+    fn a_spare_goes_when_its_thread_exits() {
+        let a = Arc::new(1);
+        let r = Arc::clone(&a);
+        std::thread::spawn(move || SPARE.give_back(r)).join().unwrap();
+        assert_eq!(Arc::strong_count(&a), 1);
+    }
+}
