@@ -65,7 +65,7 @@ pub fn client<S, B>(
     config: &StackConfig,
 ) -> Result<(Client<S, S::Error>, StackHandle), ConfigError>
 where
-    S: Service<http::Request<B>>,
+    S: Service<http::Request<B>> + Clone + Send + 'static,
 {
     let handle = config.build(name)?;
     let inner = AttemptDeadline::new(inner, &handle);

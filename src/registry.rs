@@ -141,7 +141,7 @@ impl Registry {
     /// follows reloads. `None` if there is no such stack.
     pub fn http_client<S, E>(&self, name: &str, inner: S) -> Option<Reloading<S, HttpStatus, E>>
     where
-        S: Clone,
+        S: Clone + Send + 'static,
     {
         self.client(name, inner, HttpStatus::new())
     }
@@ -150,8 +150,8 @@ impl Registry {
     /// service follows reloads. `None` if there is no such stack.
     pub fn client<S, C, E>(&self, name: &str, inner: S, classifier: C) -> Option<Reloading<S, C, E>>
     where
-        S: Clone,
-        C: Clone,
+        S: Clone + Send + 'static,
+        C: Clone + Send + 'static,
     {
         let slot = self.slot(name)?;
         let generation = slot.generation.load(Ordering::Acquire);
@@ -217,8 +217,8 @@ impl<S, C, E> fmt::Debug for Reloading<S, C, E> {
 impl<S, C, E, B> Service<http::Request<B>> for Reloading<S, C, E>
 where
     Stack<AttemptDeadline<S>, C, E>: Service<http::Request<B>>,
-    S: Clone,
-    C: Clone,
+    S: Clone + Send + 'static,
+    C: Clone + Send + 'static,
 {
     type Response = <Stack<AttemptDeadline<S>, C, E> as Service<http::Request<B>>>::Response;
     type Error = <Stack<AttemptDeadline<S>, C, E> as Service<http::Request<B>>>::Error;

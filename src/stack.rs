@@ -169,7 +169,11 @@ impl StackHandle {
 
     /// Wraps `inner` in the stack, the breaker classifying results with `classifier`; `E` is
     /// `inner`'s error type. The order is the one the crate docs explain.
-    pub fn wrap<S, C: Clone, E>(&self, inner: S, classifier: C) -> Stack<S, C, E> {
+    pub fn wrap<S, C, E>(&self, inner: S, classifier: C) -> Stack<S, C, E>
+    where
+        S: Clone + Send + 'static,
+        C: Clone + Send + 'static,
+    {
         let bulkhead = BulkheadLayer::new(self.bulkhead.clone()).layer(inner);
         let attempt = TimeoutLayer::from_limit(self.attempt_timeout.clone()).layer(bulkhead);
         let breaker =

@@ -430,7 +430,7 @@ thread_local! {
 /// leaves its reference as its thread's spare and the next permit of the same bulkhead on that
 /// thread takes it: a call changes no reference count. A spare keeps only the bulkhead's
 /// memory (no user code) until the thread releases a permit of another bulkhead or exits.
-static SPARE: ArcSpare<Inner> = ArcSpare::new(&SPARE_SLOT);
+const SPARE: ArcSpare<Inner> = ArcSpare::new(&SPARE_SLOT);
 
 #[cfg(test)]
 mod tests {

@@ -146,7 +146,7 @@ thread_local! {
 }
 
 /// The permits' references to their lanes, recycled per thread (see the module docs).
-pub(crate) static SPARE: ArcSpare<CachePadded<Lane>> = ArcSpare::new(&SPARE_SLOT);
+pub(crate) const SPARE: ArcSpare<CachePadded<Lane>> = ArcSpare::new(&SPARE_SLOT);
 
 /// A small number for the current thread, handed out round-robin on first use, so that
 /// threads spread evenly over the lanes.

@@ -30,7 +30,7 @@ pub type SpareSlot<T> = Cell<Option<Arc<T>>>;
 /// thread_local! {
 ///     static SLOT: SpareSlot<String> = const { SpareSlot::new(None) };
 /// }
-/// static SPARE: ArcSpare<String> = ArcSpare::new(&SLOT);
+/// const SPARE: ArcSpare<String> = ArcSpare::new(&SLOT);
 ///
 /// let shared = Arc::new(String::from("state"));
 /// let call = SPARE.take(&shared); // a new reference: nothing to reuse yet
@@ -107,7 +107,7 @@ mod tests {
     thread_local! {
         static SLOT: SpareSlot<u32> = const { SpareSlot::new(None) };
     }
-    static SPARE: ArcSpare<u32> = ArcSpare::new(&SLOT);
+    const SPARE: ArcSpare<u32> = ArcSpare::new(&SLOT);
 
     #[test]
     fn a_given_back_reference_is_taken_again_without_a_new_one() {

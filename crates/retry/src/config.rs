@@ -189,6 +189,7 @@ impl RetryPolicy {
         let handle = Arc::new(Handle {
             policy: self.clone(),
             classify,
+            template: None,
         });
         RetryCall::new(Machine::idle(FnAttempts(f), handle))
     }

@@ -25,8 +25,13 @@ use crate::metrics::{GiveUp, GiveUpReason, Retrying};
 
 /// The source of attempts: a service and a copy of the request, or a closure.
 pub(crate) trait Attempts<Fut> {
-    /// Waits until another attempt can start.
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>;
+    /// Waits until another attempt can start. `template` is the handle's
+    /// [`template`](Handle::template), if it has one.
+    fn poll_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+        template: Option<&Template>,
+    ) -> Poll<Result<(), BoxError>>;
 
     /// Whether another attempt can be made (the request could be copied).
     fn can_replay(&self) -> bool;
@@ -58,7 +63,14 @@ enum Timer {
 pub(crate) struct Handle<C> {
     pub(crate) policy: RetryPolicy,
     pub(crate) classify: C,
+    /// For the tower service: a `Mutex<S>` holding a clone of the inner service, which a
+    /// retry clones to make its attempt, so that a call which is not retried never clones the
+    /// inner service. `None` for closures.
+    pub(crate) template: Option<Box<Template>>,
 }
+
+/// A type-erased [`Handle::template`].
+pub(crate) type Template = dyn std::any::Any + Send + Sync;
 
 /// The backoff schedule, drawn on the first retry only (seeding its RNG is not free).
 type Schedule = Option<Box<BackoffSchedule>>;
@@ -214,7 +226,8 @@ where
                 }
                 *this.timer = Timer::Idle;
             } else {
-                match this.attempts.poll_ready(cx) {
+                let template = this.handle.as_deref().and_then(|h| h.template.as_deref());
+                match this.attempts.poll_ready(cx, template) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {

@@ -10,7 +10,7 @@ use tower_service::Service;
 
 use crate::BoxError;
 use crate::classify::RetryClassify;
-use crate::engine::{Attempts, Machine};
+use crate::engine::{Attempts, Machine, Template};
 use crate::request::RetryRequest;
 use crate::service::ServiceAttempts;
 use crate::spare;
@@ -48,7 +48,7 @@ impl<S: Service<Req>, Req, C> fmt::Debug for ResponseFuture<S, Req, C> {
 
 impl<S, Req, C> Future for ResponseFuture<S, Req, C>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone + 'static,
     S::Error: Into<BoxError>,
     Req: RetryRequest,
     C: RetryClassify<S::Response> + Send + Sync + 'static,
@@ -116,7 +116,11 @@ impl<F, Fut> Attempts<Fut> for FnAttempts<F>
 where
     F: FnMut() -> Fut,
 {
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    fn poll_ready(
+        &mut self,
+        _: &mut Context<'_>,
+        _: Option<&Template>,
+    ) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
     }
 

@@ -1,7 +1,7 @@
 //! [`Retry`]: the tower service.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use tower_service::Service;
@@ -10,7 +10,7 @@ use crate::BoxError;
 use crate::budget::RetryBudget;
 use crate::classify::{RetryClassify, RetryOn};
 use crate::config::{Limits, RetryPolicy};
-use crate::engine::{Attempts, Handle, Machine};
+use crate::engine::{Attempts, Handle, Machine, Template};
 use crate::future::ResponseFuture;
 use crate::request::RetryRequest;
 use crate::spare;
@@ -83,17 +83,27 @@ impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for Retry<S, C> {
     }
 }
 
-impl<S, C> Retry<S, C> {
+impl<S: Clone + Send + 'static, C> Retry<S, C> {
     /// Wraps `inner`.
+    ///
+    /// A clone of `inner` is kept with the policy: a retry clones it to make its attempt, so
+    /// that a call which is not retried never clones the inner service.
     pub fn new(inner: S, policy: RetryPolicy, classify: C) -> Self {
+        let template: Box<Template> = Box::new(Mutex::new(inner.clone()));
         Self {
             inner,
             budget: policy.shared.budget.clone(),
             limits: policy.limits,
-            handle: Owned(Arc::new(Handle { policy, classify })),
+            handle: Owned(Arc::new(Handle {
+                policy,
+                classify,
+                template: Some(template),
+            })),
         }
     }
+}
 
+impl<S, C> Retry<S, C> {
     /// The policy (and through it the budget and the metrics).
     pub fn policy(&self) -> &RetryPolicy {
         &self.handle.0.policy
@@ -117,7 +127,7 @@ impl<S, C> Retry<S, C> {
 
 impl<S, C, Req> Service<Req> for Retry<S, C>
 where
-    S: Service<Req> + Clone,
+    S: Service<Req> + Clone + 'static,
     S::Error: Into<BoxError>,
     Req: RetryRequest,
     C: RetryClassify<S::Response> + Send + Sync + 'static,
@@ -136,19 +146,22 @@ where
         self.budget.deposit();
         let may_retry = self.limits.may_retry(req.is_idempotent());
         let backup = if may_retry { req.try_replay() } else { None };
-        let service = backup.as_ref().map(|_| self.inner.clone());
         // Every call holds the handle: its limits time the attempt. A request that may be
         // retried but could not be copied (a body over the replay cap) is retryable, so that
         // giving up on it is reported as `NotReplayable`.
         let handle = spare::acquire(&self.handle.0);
-        let attempts = ServiceAttempts { service, backup };
+        let attempts = ServiceAttempts {
+            service: None,
+            backup,
+        };
         // Called last, so that the attempt's future goes straight into the response future.
         let first = self.inner.call(req);
         ResponseFuture::new(Machine::running(first, attempts, may_retry, handle))
     }
 }
 
-/// A service clone and a copy of the request, for the next attempt.
+/// A copy of the request, and once a retry is due a clone of the inner service, for the next
+/// attempt.
 pub(crate) struct ServiceAttempts<S, Req> {
     service: Option<S>,
     backup: Option<Req>,
@@ -156,11 +169,24 @@ pub(crate) struct ServiceAttempts<S, Req> {
 
 impl<S, Req> Attempts<S::Future> for ServiceAttempts<S, Req>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone + 'static,
     S::Error: Into<BoxError>,
     Req: RetryRequest,
 {
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    fn poll_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+        template: Option<&Template>,
+    ) -> Poll<Result<(), BoxError>> {
+        if self.service.is_none() {
+            // The first retry of this call: clone the service kept with the policy.
+            let template = template.and_then(|t| t.downcast_ref::<Mutex<S>>());
+            let Some(template) = template else {
+                return Poll::Ready(Err("the retry layer has no service to retry with".into()));
+            };
+            let service = template.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            self.service = Some(service);
+        }
         match &mut self.service {
             Some(s) => s.poll_ready(cx).map_err(Into::into),
             None => Poll::Ready(Ok(())),
@@ -168,7 +194,7 @@ where
     }
 
     fn can_replay(&self) -> bool {
-        self.backup.is_some() && self.service.is_some()
+        self.backup.is_some()
     }
 
     fn next(&mut self, keep_copy: bool) -> Option<S::Future> {

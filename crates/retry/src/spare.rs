@@ -35,8 +35,8 @@ thread_local! {
     static ERASED_SLOT: SpareSlot<Erased> = const { SpareSlot::new(None) };
 }
 
-static DEFAULT: ArcSpare<Handle<RetryOn>> = ArcSpare::new(&DEFAULT_SLOT);
-static ERASED: ArcSpare<Erased> = ArcSpare::new(&ERASED_SLOT);
+const DEFAULT: ArcSpare<Handle<RetryOn>> = ArcSpare::new(&DEFAULT_SLOT);
+const ERASED: ArcSpare<Erased> = ArcSpare::new(&ERASED_SLOT);
 
 /// `value` as a `U`, if it is one (else it is dropped). `T` and `U` are known where this is
 /// inlined, so the check is decided at compile time.

@@ -13,7 +13,7 @@ use tower::{Layer, Service, ServiceExt};
 
 fn failing(
     calls: &Arc<AtomicU64>,
-) -> impl Service<u32, Response = u32, Error = BoxError, Future: Send> + Clone {
+) -> impl Service<u32, Response = u32, Error = BoxError, Future: Send> + Clone + use<> {
     let calls = Arc::clone(calls);
     tower::service_fn(move |_: u32| {
         calls.fetch_add(1, Ordering::Relaxed);

@@ -19,7 +19,8 @@ fn always(
     calls: &Calls,
     status: u16,
 ) -> impl Service<http::Request<String>, Response = http::Response<()>, Error = BoxError, Future: Send>
-+ Clone {
++ Clone
++ use<> {
     let calls = calls.clone();
     tower::service_fn(move |_req: http::Request<String>| {
         calls.hit();

@@ -31,7 +31,8 @@ fn echo(
     Response = http::Response<()>,
     Error = BoxError,
     Future: Send,
-> + Clone {
+> + Clone
++ use<> {
     let seen = Arc::clone(seen);
     let calls = Arc::new(AtomicU32::new(0));
     tower::service_fn(move |req: http::Request<ReplayBody<Streamed>>| {

@@ -22,7 +22,8 @@ fn always(
     status: u16,
     headers: &'static [(&'static str, &'static str)],
 ) -> impl Service<http::Request<String>, Response = http::Response<()>, Error = BoxError, Future: Send>
-+ Clone {
++ Clone
++ use<> {
     let calls = calls.clone();
     tower::service_fn(move |_req: http::Request<String>| {
         calls.hit();
@@ -77,7 +78,8 @@ fn once_then_ok(
     calls: &Calls,
     first: http::Response<()>,
 ) -> impl Service<http::Request<String>, Response = http::Response<()>, Error = BoxError, Future: Send>
-+ Clone {
++ Clone
++ use<> {
     let calls = calls.clone();
     let first = Arc::new(std::sync::Mutex::new(Some(first)));
     tower::service_fn(move |_req: http::Request<String>| {
