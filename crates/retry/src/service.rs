@@ -184,7 +184,10 @@ where
             let Some(template) = template else {
                 return Poll::Ready(Err("the retry layer has no service to retry with".into()));
             };
-            let service = template.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            let service = template
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
             self.service = Some(service);
         }
         match &mut self.service {

@@ -608,3 +608,69 @@ async fn the_engine_retries_an_unavailable_grpc_call() {
     );
     assert_eq!(calls.load(Ordering::Relaxed), 1);
 }
+
+/// A service counting its clones; it fails the first `failures` calls with a 503.
+struct Counted {
+    clones: Arc<AtomicU32>,
+    calls: Arc<AtomicU32>,
+    failures: u32,
+}
+
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        self.clones.fetch_add(1, Ordering::SeqCst);
+        Self {
+            clones: Arc::clone(&self.clones),
+            calls: Arc::clone(&self.calls),
+            failures: self.failures,
+        }
+    }
+}
+
+impl Service<http::Request<String>> for Counted {
+    type Response = http::Response<()>;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<http::Response<()>, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Request<String>) -> Self::Future {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        let status = if n < self.failures { 503 } else { 200 };
+        std::future::ready(Ok(response(status, &[])))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_a_retry_clones_the_inner_service() {
+    let r = reasons();
+    let clones = Arc::new(AtomicU32::new(0));
+    let calls = Arc::new(AtomicU32::new(0));
+    let inner = Counted {
+        clones: Arc::clone(&clones),
+        calls: Arc::clone(&calls),
+        failures: 1,
+    };
+    let mut svc = RetryLayer::new(policy(&r).build().unwrap()).layer(inner);
+    // The layer keeps one clone, to retry with.
+    assert_eq!(clones.load(Ordering::SeqCst), 1);
+
+    // The first call fails once: the retry clones the kept service.
+    let res = svc.ready().await.unwrap().call(get()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(clones.load(Ordering::SeqCst), 2);
+
+    // Calls that succeed at once clone nothing.
+    for _ in 0..10 {
+        let res = svc.ready().await.unwrap().call(get()).await.unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 12);
+    assert_eq!(clones.load(Ordering::SeqCst), 2);
+}
