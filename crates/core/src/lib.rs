@@ -82,10 +82,10 @@ pub use crate::config::ConfigError;
 #[cfg(feature = "tonic")]
 pub use crate::grpc::GrpcStatus;
 pub use crate::http::HttpStatus;
-pub use crate::spare::{ArcSpare, SpareSlot};
 pub use crate::rejection::{
     BreakerOpen, BulkheadFull, BulkheadFullReason, IgnoreRejections, Rejection, rejection_of,
 };
+pub use crate::spare::{ArcSpare, SpareSlot};
 
 #[cfg(test)]
 mod tests {

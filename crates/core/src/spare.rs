@@ -145,7 +145,9 @@ mod tests {
     fn a_spare_goes_when_its_thread_exits() {
         let a = Arc::new(1);
         let r = Arc::clone(&a);
-        std::thread::spawn(move || SPARE.give_back(r)).join().unwrap();
+        std::thread::spawn(move || SPARE.give_back(r))
+            .join()
+            .unwrap();
         assert_eq!(Arc::strong_count(&a), 1);
     }
 }
