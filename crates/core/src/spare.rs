@@ -141,6 +141,84 @@ mod tests {
         assert!(weak.upgrade().is_none(), "the last reference was kept");
     }
 
+    mod model {
+        use std::sync::Arc;
+
+        use proptest::prelude::*;
+
+        use super::super::{ArcSpare, SpareSlot};
+
+        thread_local! {
+            static SLOT: SpareSlot<usize> = const { SpareSlot::new(None) };
+        }
+        const SPARE: ArcSpare<usize> = ArcSpare::new(&SLOT);
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// A call on value `v` takes a reference.
+            Take(usize),
+            /// The oldest call still holding a reference finishes and gives it back.
+            GiveBack,
+            /// The owner of value `v` forgets it on this thread.
+            Forget(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (0..3usize).prop_map(Op::Take),
+                Just(Op::GiveBack),
+                (0..3usize).prop_map(Op::Forget),
+            ]
+        }
+
+        proptest! {
+            /// Whatever the sequence, every value's reference count is its owner, the calls
+            /// holding it, and the spare if the spare is it; and when the calls and the spare
+            /// are gone, only the owner is left.
+            #[test]
+            fn reference_counts_match_the_model(ops in proptest::collection::vec(op(), 0..64)) {
+                let values: Vec<Arc<usize>> = (0..3).map(Arc::new).collect();
+                let mut held: Vec<Arc<usize>> = Vec::new();
+                let mut spare: Option<usize> = None;
+                for op in ops {
+                    match op {
+                        Op::Take(v) => {
+                            let r = SPARE.take(&values[v]);
+                            prop_assert!(Arc::ptr_eq(&r, &values[v]));
+                            if spare == Some(v) {
+                                spare = None;
+                            }
+                            held.push(r);
+                        }
+                        Op::GiveBack => {
+                            if !held.is_empty() {
+                                let r = held.remove(0);
+                                spare = Some(*r);
+                                SPARE.give_back(r);
+                            }
+                        }
+                        Op::Forget(v) => {
+                            SPARE.forget(Arc::as_ptr(&values[v]).cast());
+                            if spare == Some(v) {
+                                spare = None;
+                            }
+                        }
+                    }
+                    for (v, value) in values.iter().enumerate() {
+                        let calls = held.iter().filter(|r| ***r == v).count();
+                        let expected = 1 + calls + usize::from(spare == Some(v));
+                        prop_assert_eq!(Arc::strong_count(value), expected);
+                    }
+                }
+                drop(held);
+                for value in &values {
+                    SPARE.forget(Arc::as_ptr(value).cast());
+                    prop_assert_eq!(Arc::strong_count(value), 1);
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_spare_goes_when_its_thread_exits() {
         let a = Arc::new(1);
