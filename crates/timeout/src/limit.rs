@@ -8,6 +8,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
+use staunch_core::{ArcSpare, SpareSlot};
 use tokio::time::{Instant, Sleep};
 
 use crate::config::TimeLimitBuilder;
@@ -139,18 +140,44 @@ impl TimeLimit {
         limits: RequestLimits,
         future: F,
     ) -> Limited<F::IntoFuture> {
-        Limited {
-            inner: future.into_future(),
-            sleep: None,
-            limit: limits.limit.unwrap_or(self.limit),
-            deadline: limits.deadline,
-            shared: self.shared.clone(),
-        }
+        self.prepare(limits).run(future)
     }
 
     /// Counts and reports a call refused because its deadline had passed before it started.
     pub(crate) fn record_expired(&self) {
         report_elapsed(self.shared.as_deref(), Duration::ZERO);
+    }
+
+    /// Everything a [`Limited`] needs but the future: taken before the future is made, so
+    /// that the future is built straight into the `Limited` (a call between making it and
+    /// moving it in would make the compiler copy it through the stack).
+    #[inline]
+    pub(crate) fn prepare(&self, limits: RequestLimits) -> Prepared {
+        Prepared {
+            limit: limits.limit.unwrap_or(self.limit),
+            deadline: limits.deadline,
+            shared: self.shared.as_ref().map(take),
+        }
+    }
+}
+
+/// A [`Limited`] waiting for its future: see [`TimeLimit::prepare`].
+pub(crate) struct Prepared {
+    limit: Duration,
+    deadline: Option<Deadline>,
+    shared: Option<Arc<Shared>>,
+}
+
+impl Prepared {
+    #[inline]
+    pub(crate) fn run<F: IntoFuture>(self, future: F) -> Limited<F::IntoFuture> {
+        Limited {
+            inner: future.into_future(),
+            sleep: None,
+            limit: self.limit,
+            deadline: self.deadline,
+            shared: self.shared,
+        }
     }
 }
 
@@ -201,6 +228,9 @@ impl<F: Future> Future for Limited<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         if let Poll::Ready(output) = this.inner.poll(cx) {
+            if this.shared.is_some() {
+                give_back(this.shared);
+            }
             return Poll::Ready(Ok(output));
         }
         if this.sleep.is_none() {
@@ -222,7 +252,35 @@ impl<F: Future> Future for Limited<F> {
             ready!(sleep.poll(cx));
         }
         report_elapsed(this.shared.as_deref(), *this.limit);
+        give_back(this.shared);
         Poll::Ready(Err(Elapsed::new(*this.limit)))
+    }
+}
+
+thread_local! {
+    static SPARE_SLOT: SpareSlot<Shared> = const { SpareSlot::new(None) };
+}
+
+/// The references of named limits' futures to their shared counters, recycled per thread: a
+/// finished future leaves its reference for the next call of the same limit on its thread, so
+/// a call changes no reference count (two atomic read-modify-writes on a count every clone
+/// shares). A spare keeps only the counters and the name alive until its thread finishes a
+/// call of another named limit or exits.
+const SPARE: ArcSpare<Shared> = ArcSpare::new(&SPARE_SLOT);
+
+/// A reference for a call of a named limit, from the spare when it can. Out of line, like
+/// [`give_back`], so that the code of an unnamed limit (which has none) stays small.
+#[inline(never)]
+fn take(shared: &Arc<Shared>) -> Arc<Shared> {
+    SPARE.take(shared)
+}
+
+/// Gives a finished future's reference back to the spare. Out of line, so that the poll of an
+/// unnamed limit (which has none) stays small enough to be inlined into its caller.
+#[inline(never)]
+fn give_back(shared: &mut Option<Arc<Shared>>) {
+    if let Some(shared) = shared.take() {
+        SPARE.give_back(shared);
     }
 }
 
@@ -241,6 +299,34 @@ fn report_elapsed(shared: Option<&Shared>, limit: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_of_a_named_limit_changes_no_reference_count() {
+        let limit = TimeLimit::builder()
+            .limit(Duration::from_secs(1))
+            .name("recycled")
+            .build()
+            .unwrap();
+        let shared = Arc::clone(limit.shared.as_ref().unwrap());
+        // The limit's reference and ours.
+        assert_eq!(Arc::strong_count(&shared), 2);
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut call = std::pin::pin!(limit.run(async { 1 }));
+        assert_eq!(call.as_mut().poll(&mut cx), Poll::Ready(Ok(1)));
+        // The finished call left its reference as the thread's spare.
+        assert_eq!(Arc::strong_count(&shared), 3);
+        for i in 0..100 {
+            let mut call = std::pin::pin!(limit.run(async move { i }));
+            // The running call took the spare: a fresh reference would make four.
+            assert_eq!(Arc::strong_count(&shared), 3);
+            assert_eq!(call.as_mut().poll(&mut cx), Poll::Ready(Ok(i)));
+        }
+        assert_eq!(Arc::strong_count(&shared), 3);
+        // A call dropped before it finished drops its reference.
+        drop(limit.run(async { 0 }));
+        assert_eq!(Arc::strong_count(&shared), 2);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn named_limits_count_armed_timers_and_timeouts() {

@@ -92,6 +92,7 @@ where
             self.limit.record_expired();
             return ResponseFuture::expired();
         }
-        ResponseFuture::running(self.limit.run_with(limits, self.inner.call(request)))
+        let prepared = self.limit.prepare(limits);
+        ResponseFuture::running(prepared.run(self.inner.call(request)))
     }
 }
