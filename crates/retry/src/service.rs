@@ -24,21 +24,24 @@ use crate::spare;
 ///
 /// The request is copied before the first attempt only when it could be retried (more than
 /// one attempt allowed, the request is idempotent or the policy allows it, and
-/// [`RetryRequest::try_replay`] gives a copy); the inner service is cloned into the response
-/// future only when the request was copied, so that a retry can call it again. A call that
-/// succeeds on its first poll reads no clock, arms no timer and changes no reference count.
+/// [`RetryRequest::try_replay`] gives a copy). The inner service is not cloned per call: the
+/// layer keeps one clone of it with the policy, and a retry clones that one to make its
+/// attempt (so the retried attempt goes through a fresh clone, as with tower's own `Retry`).
+/// A call that succeeds on its first poll reads no clock, arms no timer, clones nothing and
+/// changes no reference count.
 ///
 /// # Reference recycling
 ///
-/// A response future that may retry owns a reference to the policy and the classifier, since
-/// it may outlive the service (tower's `oneshot` drops the service before polling). Rather
-/// than take and drop an `Arc` reference per call (two atomic read-modify-writes, the larger
-/// part of this layer's cost on a call that succeeds), a finished future leaves its reference
-/// with the thread that polled it, and the next call on that thread reuses it. As a
-/// consequence a thread may hold on to the policy of the last retry layer it finished a call
-/// with, hooks and classifier included, after the services are dropped: until it finishes a
-/// call through another retry layer or exits. Dropping the last service clears the dropping
-/// thread's reference, so on a single-threaded runtime nothing is kept.
+/// A response future owns a reference to the policy, the classifier and the kept service,
+/// since it may outlive the service it came from (tower's `oneshot` drops the service before
+/// polling). Rather than take and drop an `Arc` reference per call (two atomic
+/// read-modify-writes, the larger part of this layer's cost on a call that succeeds), a
+/// finished future leaves its reference with the thread that polled it, and the next call on
+/// that thread reuses it. As a consequence a thread may hold on to the policy of the last
+/// retry layer it finished a call with (hooks, classifier and the kept clone of the inner
+/// service included) after the services are dropped: until it finishes a call through
+/// another retry layer or exits. Dropping the last service clears the dropping thread's
+/// reference, so on a single-threaded runtime nothing is kept.
 pub struct Retry<S, C = RetryOn> {
     inner: S,
     // The budget and the limits are also in the handle; kept here too so the success path
