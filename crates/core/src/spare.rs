@@ -87,10 +87,25 @@ impl<T: ?Sized + 'static> ArcSpare<T> {
         if Arc::strong_count(&value) == 1 {
             return;
         }
-        // The previous spare is dropped after the slot is left: its destructor may run user
-        // code, which may use this spare again.
-        let previous = self.slot.try_with(move |slot| slot.replace(Some(value)));
-        drop(previous);
+        // What to drop is dropped after the slot is left: a destructor may run user code,
+        // which may use this spare again.
+        let dropped = self.slot.try_with(move |slot| match slot.take() {
+            // The spare already is this value (two calls of it finished on this thread): keep
+            // one reference, unless the two are all that is left of it.
+            Some(previous) if Arc::ptr_eq(&previous, &value) => {
+                if Arc::strong_count(&value) > 2 {
+                    slot.set(Some(previous));
+                    (Some(value), None)
+                } else {
+                    (Some(value), Some(previous))
+                }
+            }
+            previous => {
+                slot.set(Some(value));
+                (previous, None)
+            }
+        });
+        drop(dropped);
     }
 
     /// Drops the thread's spare if it is a reference to the value at `at` (for example when
@@ -142,7 +157,7 @@ mod tests {
     }
 
     mod model {
-        use std::sync::Arc;
+        use std::sync::{Arc, Weak};
 
         use proptest::prelude::*;
 
@@ -161,6 +176,8 @@ mod tests {
             GiveBack,
             /// The owner of value `v` forgets it on this thread.
             Forget(usize),
+            /// The owner of value `v` goes away (it forgets it first, as owners do).
+            DropOwner(usize),
         }
 
         fn op() -> impl Strategy<Value = Op> {
@@ -168,52 +185,77 @@ mod tests {
                 (0..3usize).prop_map(Op::Take),
                 Just(Op::GiveBack),
                 (0..3usize).prop_map(Op::Forget),
+                (0..3usize).prop_map(Op::DropOwner),
             ]
         }
 
         proptest! {
-            /// Whatever the sequence, every value's reference count is its owner, the calls
-            /// holding it, and the spare if the spare is it; and when the calls and the spare
-            /// are gone, only the owner is left.
+            /// Whatever the sequence, every value's reference count is its owner (while it
+            /// lives), the calls holding it, and the spare if the spare is it; so a value whose
+            /// owner and calls are gone is freed, never kept by the spare alone.
             #[test]
             fn reference_counts_match_the_model(ops in proptest::collection::vec(op(), 0..64)) {
-                let values: Vec<Arc<usize>> = (0..3).map(Arc::new).collect();
+                let mut owners: Vec<Option<Arc<usize>>> = (0..3).map(|v| Some(Arc::new(v))).collect();
+                let weak: Vec<Weak<usize>> =
+                    owners.iter().flatten().map(Arc::downgrade).collect();
                 let mut held: Vec<Arc<usize>> = Vec::new();
                 let mut spare: Option<usize> = None;
                 for op in ops {
                     match op {
                         Op::Take(v) => {
-                            let r = SPARE.take(&values[v]);
-                            prop_assert!(Arc::ptr_eq(&r, &values[v]));
-                            if spare == Some(v) {
-                                spare = None;
+                            // A call starts only while its value's owner lives.
+                            if let Some(owner) = &owners[v] {
+                                let r = SPARE.take(owner);
+                                prop_assert!(Arc::ptr_eq(&r, owner));
+                                if spare == Some(v) {
+                                    spare = None;
+                                }
+                                held.push(r);
                             }
-                            held.push(r);
                         }
                         Op::GiveBack => {
                             if !held.is_empty() {
                                 let r = held.remove(0);
-                                spare = Some(*r);
+                                let v = *r;
+                                let others = usize::from(owners[v].is_some())
+                                    + held.iter().filter(|h| ***h == v).count();
+                                if spare == Some(v) {
+                                    if others == 0 {
+                                        spare = None;
+                                    }
+                                } else if others > 0 {
+                                    spare = Some(v);
+                                }
                                 SPARE.give_back(r);
                             }
                         }
                         Op::Forget(v) => {
-                            SPARE.forget(Arc::as_ptr(&values[v]).cast());
+                            SPARE.forget(Weak::as_ptr(&weak[v]).cast());
                             if spare == Some(v) {
                                 spare = None;
                             }
                         }
+                        Op::DropOwner(v) => {
+                            if let Some(owner) = owners[v].take() {
+                                SPARE.forget(Arc::as_ptr(&owner).cast());
+                                if spare == Some(v) {
+                                    spare = None;
+                                }
+                            }
+                        }
                     }
-                    for (v, value) in values.iter().enumerate() {
+                    for (v, w) in weak.iter().enumerate() {
                         let calls = held.iter().filter(|r| ***r == v).count();
-                        let expected = 1 + calls + usize::from(spare == Some(v));
-                        prop_assert_eq!(Arc::strong_count(value), expected);
+                        let expected =
+                            usize::from(owners[v].is_some()) + calls + usize::from(spare == Some(v));
+                        prop_assert_eq!(w.strong_count(), expected, "value {}", v);
                     }
                 }
                 drop(held);
-                for value in &values {
-                    SPARE.forget(Arc::as_ptr(value).cast());
-                    prop_assert_eq!(Arc::strong_count(value), 1);
+                for (owner, w) in owners.iter_mut().zip(&weak) {
+                    SPARE.forget(Weak::as_ptr(w).cast());
+                    drop(owner.take());
+                    prop_assert_eq!(w.strong_count(), 0);
                 }
             }
         }

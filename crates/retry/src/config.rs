@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use staunch_core::{Backoff, ConfigError};
@@ -190,6 +190,7 @@ impl RetryPolicy {
             policy: self.clone(),
             classify,
             template: None,
+            services: AtomicUsize::new(0),
         });
         RetryCall::new(Machine::idle(FnAttempts(f), handle))
     }

@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -67,6 +68,9 @@ pub(crate) struct Handle<C> {
     /// retry clones to make its attempt, so that a call which is not retried never clones the
     /// inner service. `None` for closures.
     pub(crate) template: Option<Box<Template>>,
+    /// How many `Retry` services hold this handle (0 for closures): once none does, a
+    /// finished call's reference is dropped rather than kept as a spare.
+    pub(crate) services: AtomicUsize,
 }
 
 /// A type-erased [`Handle::template`].
@@ -165,19 +169,24 @@ where
         let mut this = self.project();
         loop {
             if let Some(fut) = this.attempt.as_mut().as_pin_mut() {
-                let (result, overall) = match fut.poll(cx) {
-                    // The fast path: a success that needs no retry is returned as it is,
-                    // without passing through the decision below.
-                    Poll::Ready(Ok(response))
-                        if !*this.retryable
-                            || this.handle.as_deref().is_none_or(|h| {
-                                h.classify.classify(Ok(&response)) == Verdict::Done
-                            }) =>
-                    {
-                        this.attempt.set(None);
-                        return Poll::Ready(Ok(response));
+                // `classified`: the verdict on a response, when it was already taken.
+                let (result, overall, classified) = match fut.poll(cx) {
+                    Poll::Ready(Ok(response)) => {
+                        let verdict = match this.handle.as_deref() {
+                            Some(handle) if *this.retryable => {
+                                handle.classify.classify(Ok(&response))
+                            }
+                            _ => Verdict::Done,
+                        };
+                        // The fast path: a success that needs no retry is returned as it
+                        // is, without passing through the decision below.
+                        if verdict == Verdict::Done {
+                            this.attempt.set(None);
+                            return Poll::Ready(Ok(response));
+                        }
+                        (Ok(response), false, Some(verdict))
                     }
-                    Poll::Ready(result) => (result.map_err(Into::into), false),
+                    Poll::Ready(Err(e)) => (Err(e.into()), false, None),
                     Poll::Pending => {
                         if *this.timer == Timer::Idle {
                             arm_attempt_timer(
@@ -196,7 +205,7 @@ where
                         ready!(sleep.poll(cx));
                         tracing::debug!(?limit, overall, attempt = *this.made, "attempt timed out");
                         let err: BoxError = Box::new(Elapsed::new(limit));
-                        (Err(err), overall)
+                        (Err(err), overall, None)
                     }
                 };
                 // The attempt is over: drop it now (a response body, a connection) before
@@ -206,6 +215,7 @@ where
                 let next = decide::<A, Fut, C, T>(
                     result,
                     overall,
+                    classified,
                     *this.made,
                     limits_of(this.handle.as_deref()),
                     this.handle.as_deref().filter(|_| *this.retryable),
@@ -329,6 +339,7 @@ fn arm_attempt_timer(
 fn decide<A: Attempts<Fut>, Fut, C: RetryClassify<T>, T>(
     result: Result<T, BoxError>,
     overall_elapsed: bool,
+    classified: Option<Verdict>,
     made: u32,
     limits: &Limits,
     handle: Option<&Handle<C>>,
@@ -340,10 +351,11 @@ fn decide<A: Attempts<Fut>, Fut, C: RetryClassify<T>, T>(
         // This call could never be retried: return what it gave.
         return Next::Return(result);
     };
+    // A result is classified once: a response was already, on the fast path.
     let verdict = if overall_elapsed {
         None
     } else {
-        Some(handle.classify.classify(result.as_ref()))
+        Some(classified.unwrap_or_else(|| handle.classify.classify(result.as_ref())))
     };
     if verdict == Some(Verdict::Done) {
         return Next::Return(result);

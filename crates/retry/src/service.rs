@@ -1,6 +1,7 @@
 //! [`Retry`]: the tower service.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -25,10 +26,13 @@ use crate::spare;
 /// The request is copied before the first attempt only when it could be retried (more than
 /// one attempt allowed, the request is idempotent or the policy allows it, and
 /// [`RetryRequest::try_replay`] gives a copy). The inner service is not cloned per call: the
-/// layer keeps one clone of it with the policy, and a retry clones that one to make its
-/// attempt (so the retried attempt goes through a fresh clone, as with tower's own `Retry`).
-/// A call that succeeds on its first poll reads no clock, arms no timer, clones nothing and
-/// changes no reference count.
+/// layer keeps one clone of it, made when the layer was built, and a retry clones that one to
+/// make its attempt (tower's own `Retry` clones the service that made the call, on every
+/// call). For services whose clones are handles to shared state (reqwest, hyper and tonic
+/// clients, staunch's layers) that is the same; a service whose clones carry state of their
+/// own, set after the layer was built, retries with the state it had then. A call that
+/// succeeds on its first poll reads no clock, arms no timer, clones nothing and changes no
+/// reference count.
 ///
 /// # Reference recycling
 ///
@@ -37,11 +41,12 @@ use crate::spare;
 /// polling). Rather than take and drop an `Arc` reference per call (two atomic
 /// read-modify-writes, the larger part of this layer's cost on a call that succeeds), a
 /// finished future leaves its reference with the thread that polled it, and the next call on
-/// that thread reuses it. As a consequence a thread may hold on to the policy of the last
-/// retry layer it finished a call with (hooks, classifier and the kept clone of the inner
-/// service included) after the services are dropped: until it finishes a call through
-/// another retry layer or exits. Dropping the last service clears the dropping thread's
-/// reference, so on a single-threaded runtime nothing is kept.
+/// that thread reuses it. Once no service is left, a finished call keeps nothing, and
+/// dropping the last service clears the dropping thread's spare, so on a single-threaded
+/// runtime nothing outlives the services. With several threads, a thread that kept a spare
+/// before the last service was dropped elsewhere holds on to the policy (hooks, classifier
+/// and the kept clone of the inner service included) until it finishes a call through
+/// another retry layer or exits: at most one per thread.
 pub struct Retry<S, C = RetryOn> {
     inner: S,
     // The budget and the limits are also in the handle; kept here too so the success path
@@ -51,14 +56,20 @@ pub struct Retry<S, C = RetryOn> {
     handle: Owned<C>,
 }
 
-/// The service's reference to the policy handle; dropping it clears the thread's spare
-/// reference to the same handle when no other service is likely to use it.
+/// A service's reference to the policy handle, counted in `Handle::services`; dropping the
+/// last one clears the dropping thread's spare reference to the handle.
 struct Owned<C>(Arc<Handle<C>>);
+
+impl<C> Owned<C> {
+    fn new(handle: Arc<Handle<C>>) -> Self {
+        handle.services.fetch_add(1, Ordering::Relaxed);
+        Self(handle)
+    }
+}
 
 impl<C> Drop for Owned<C> {
     fn drop(&mut self) {
-        // This reference and possibly the thread's spare: nobody else calls with it.
-        if Arc::strong_count(&self.0) <= 2 {
+        if self.0.services.fetch_sub(1, Ordering::AcqRel) == 1 {
             spare::forget(Arc::as_ptr(&self.0).cast());
         }
     }
@@ -71,7 +82,7 @@ impl<S: Clone, C> Clone for Retry<S, C> {
             inner: self.inner.clone(),
             budget: self.budget.clone(),
             limits: self.limits,
-            handle: Owned(Arc::clone(&self.handle.0)),
+            handle: Owned::new(Arc::clone(&self.handle.0)),
         }
     }
 }
@@ -97,10 +108,11 @@ impl<S: Clone + Send + 'static, C> Retry<S, C> {
             inner,
             budget: policy.shared.budget.clone(),
             limits: policy.limits,
-            handle: Owned(Arc::new(Handle {
+            handle: Owned::new(Arc::new(Handle {
                 policy,
                 classify,
                 template: Some(template),
+                services: AtomicUsize::new(0),
             })),
         }
     }

@@ -10,17 +10,19 @@
 //! So a future that finishes hands its reference to a one-slot spare on the thread that
 //! polled it, and the next call on that thread through the same service (or a clone: clones
 //! share one handle) takes it from there instead of cloning: in the steady state no reference
-//! count changes at all. A spare is only kept while someone else (a service) also holds the
-//! handle, and dropping the last service clears the spare of the thread that drops it. A
-//! thread that finished a call of a service which was later dropped on another thread keeps
-//! that handle (the policy, its hooks and the classifier) until it finishes a call through
-//! another retry layer or exits: at most two handles per thread, one per slot.
+//! count changes at all. A finished call keeps its reference only while some service holds
+//! the handle (`Handle::services`), and dropping the last service clears the spare of the
+//! thread that drops it. A thread that kept a spare before the last service was dropped on
+//! another thread keeps that handle (the policy, its hooks, the classifier and the kept clone
+//! of the inner service) until it finishes a call through another retry layer or exits: at
+//! most two handles per thread, one per slot.
 //!
 //! Handles with the default classifier [`RetryOn`] have a slot of their own type; others share
 //! a slot of `dyn Any`, which costs a type check on each take (about 2 ns).
 
 use std::any::{Any, TypeId};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use staunch_core::{ArcSpare, SpareSlot};
 
@@ -72,9 +74,12 @@ pub(crate) fn acquire<C: Send + Sync + 'static>(handle: &Arc<Handle<C>>) -> Arc<
 }
 
 /// Gives back a reference that a finished future held: it becomes the thread's spare, unless
-/// nobody else holds the handle any more (then it is simply dropped, freeing the handle).
+/// no service holds the handle any more (then it is dropped: nobody will call with it again).
 #[inline]
 pub(crate) fn release<C: Send + Sync + 'static>(handle: Arc<Handle<C>>) {
+    if handle.services.load(Ordering::Relaxed) == 0 {
+        return;
+    }
     if is_default::<C>() {
         if let Some(handle) = cast::<Arc<Handle<C>>, DefaultHandle>(handle) {
             DEFAULT.give_back(handle);
@@ -247,6 +252,79 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(rt.block_on(svc.oneshot(5)).unwrap(), 5);
+        assert!(weak.upgrade().is_none());
+    }
+
+    /// A future that is pending on its first poll and ready on the second.
+    struct YieldOnce(bool);
+
+    impl Future for YieldOnce {
+        type Output = Result<u64, BoxError>;
+
+        fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            if self.0 {
+                Poll::Ready(Ok(1))
+            } else {
+                self.0 = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
+    }
+
+    #[test]
+    fn calls_finishing_after_the_last_service_is_dropped_keep_nothing() {
+        let inner = tower::service_fn(|_: u64| YieldOnce(false));
+        let mut svc = Retry::new(inner, policy(), RetryOn::new());
+        let weak = Arc::downgrade(handle(&svc));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(svc.poll_ready(&mut cx).is_ready());
+        let mut first = Box::pin(svc.call(1));
+        assert!(svc.poll_ready(&mut cx).is_ready());
+        let mut second = Box::pin(svc.call(2));
+        assert!(first.as_mut().poll(&mut cx).is_pending());
+        assert!(second.as_mut().poll(&mut cx).is_pending());
+        // Two calls of the service are in flight on this thread when it goes.
+        drop(svc);
+        assert!(matches!(first.as_mut().poll(&mut cx), Poll::Ready(Ok(1))));
+        assert!(matches!(second.as_mut().poll(&mut cx), Poll::Ready(Ok(1))));
+        // A finished call lets go of its reference, and with no service left it is not kept
+        // as a spare.
+        assert!(
+            weak.upgrade().is_none(),
+            "a spare kept the handle of a dropped service"
+        );
+        drop((first, second));
+    }
+
+    #[test]
+    fn dropping_the_last_service_clears_this_threads_spare_but_not_another_threads() {
+        let mut svc = retry();
+        let weak = Arc::downgrade(handle(&svc));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(svc.poll_ready(&mut cx).is_ready());
+        let elsewhere = svc.call(3);
+        let (done, exit) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        // Another thread finishes a call and keeps its spare until it exits.
+        let thread = std::thread::spawn(move || {
+            let mut fut = pin!(elsewhere);
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(matches!(fut.as_mut().poll(&mut cx), Poll::Ready(Ok(3))));
+            done.0.send(()).unwrap();
+            exit.1.recv().unwrap();
+        });
+        done.1.recv().unwrap();
+        call_now(&mut svc, 4);
+        // The service, this thread's spare and the other thread's.
+        assert_eq!(weak.strong_count(), 3);
+        drop(svc);
+        assert_eq!(
+            weak.strong_count(),
+            1,
+            "only the other thread's spare is left"
+        );
+        exit.0.send(()).unwrap();
+        thread.join().unwrap();
         assert!(weak.upgrade().is_none());
     }
 

@@ -674,3 +674,27 @@ async fn only_a_retry_clones_the_inner_service() {
     assert_eq!(calls.load(Ordering::SeqCst), 12);
     assert_eq!(clones.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_response_is_classified_once_per_attempt() {
+    let r = reasons();
+    let classified = Arc::new(AtomicU32::new(0));
+    let count = Arc::clone(&classified);
+    // Retries the first response it sees, whatever it is; a second look would see `Done`.
+    let classify = retry_fn(move |_: Result<&http::Response<()>, &BoxError>| {
+        if count.fetch_add(1, Ordering::SeqCst) == 0 {
+            Verdict::Retry
+        } else {
+            Verdict::Done
+        }
+    });
+    let calls = Calls::new();
+    let svc = RetryLayer::new(policy(&r).build().unwrap())
+        .classify(classify)
+        .layer(always(&calls, 200, &[]));
+    let res = svc.oneshot(get()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    // The first response was retried, the second returned: one classification each.
+    assert_eq!(calls.times_ms().len(), 2);
+    assert_eq!(classified.load(Ordering::SeqCst), 2);
+}
