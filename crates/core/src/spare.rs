@@ -63,7 +63,8 @@ impl<T: ?Sized + 'static> ArcSpare<T> {
             .unwrap_or_else(|| Arc::clone(value))
     }
 
-    /// The thread's spare, if it is a reference to the value at `at`.
+    /// The thread's spare, if it is a reference to the value at `at` (`Arc::as_ptr` of it, cast
+    /// to `*const ()`; the address is only compared, never read).
     #[inline]
     pub fn take_at(&self, at: *const ()) -> Option<Arc<T>> {
         self.slot
