@@ -54,10 +54,11 @@ enum Timer {
     Readying,
 }
 
-/// What a call that may be retried holds: the policy and the classifier.
+/// What every call holds until it finishes: the policy (its limits time the attempt), the
+/// classifier, and for the tower service the kept clone of the inner service.
 ///
-/// The clones of a [`Retry`](crate::Retry) share one `Arc<Handle>`; each response future that
-/// may retry holds a reference to it, recycled through the thread's spare (see
+/// The clones of a [`Retry`](crate::Retry) share one `Arc<Handle>`; each response future
+/// holds a reference to it, recycled through the thread's spare (see
 /// `crate::spare`) so that a call does not change the reference count. The alignment keeps
 /// the count off the cache lines of neighbouring allocations.
 #[repr(align(128))]
