@@ -21,7 +21,9 @@ pub type SpareSlot<T> = Cell<Option<Arc<T>>>;
 ///
 /// A spare keeps its value alive until the thread gives back a reference to another value
 /// (replacing it), [`forget`](Self::forget)s it, or exits. A reference that is the last one
-/// is never kept: [`give_back`](Self::give_back) drops it.
+/// is never kept: [`give_back`](Self::give_back) drops it. A caller that knows the owner
+/// still holds a reference can use [`give_back_owned`](Self::give_back_owned), which does not
+/// read the count.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -88,25 +90,20 @@ impl<T: ?Sized + 'static> ArcSpare<T> {
         if Arc::strong_count(&value) == 1 {
             return;
         }
-        // What to drop is dropped after the slot is left: a destructor may run user code,
-        // which may use this spare again.
-        let dropped = self.slot.try_with(move |slot| match slot.take() {
-            // The spare already is this value (two calls of it finished on this thread): keep
-            // one reference, unless the two are all that is left of it.
-            Some(previous) if Arc::ptr_eq(&previous, &value) => {
-                if Arc::strong_count(&value) > 2 {
-                    slot.set(Some(previous));
-                    (Some(value), None)
-                } else {
-                    (Some(value), Some(previous))
-                }
-            }
-            previous => {
-                slot.set(Some(value));
-                (previous, None)
-            }
+        self.give_back_owned(value);
+    }
+
+    /// Like [`give_back`](Self::give_back), for a caller that knows the value's owner still
+    /// holds a reference (so `value` is not the last one): skips reading the reference count.
+    /// If the owner is in fact gone, the spare keeps the value alive until this thread gives
+    /// back another value of its kind, [`forget`](Self::forget)s it, or exits.
+    #[inline]
+    pub fn give_back_owned(&self, value: Arc<T>) {
+        let _ = self.slot.try_with(move |slot| match slot.take() {
+            // The common case: this thread's spare was taken by the call that now gives back.
+            None => slot.set(Some(value)),
+            Some(previous) => replace_spare(slot, previous, value),
         });
-        drop(dropped);
     }
 
     /// Drops the thread's spare if it is a reference to the value at `at` (for example when
@@ -114,6 +111,24 @@ impl<T: ?Sized + 'static> ArcSpare<T> {
     pub fn forget(&self, at: *const ()) {
         drop(self.take_at(at));
     }
+}
+
+/// The slot held `previous` when `value` was given back (taken out of the slot): keeps one
+/// reference of the two, or none if they are the last two of one value. References are
+/// dropped only once the slot holds its new state: a destructor may run user code that uses
+/// this spare again.
+#[cold]
+fn replace_spare<T: ?Sized>(slot: &SpareSlot<T>, previous: Arc<T>, value: Arc<T>) {
+    if !Arc::ptr_eq(&previous, &value) {
+        // Another value's spare: this thread now calls with `value`.
+        slot.set(Some(value));
+        drop(previous);
+    } else if Arc::strong_count(&value) > 2 {
+        // Two references to one value, and its owner still holds another: keep one.
+        slot.set(Some(previous));
+        drop(value);
+    }
+    // Otherwise these two are the last references (the owner is gone): both are dropped.
 }
 
 #[cfg(test)]
@@ -135,6 +150,23 @@ mod tests {
         let r = SPARE.take(&a);
         assert_eq!(Arc::strong_count(&a), 2, "the spare was reused");
         SPARE.give_back(r);
+        SPARE.forget(Arc::as_ptr(&a).cast());
+        assert_eq!(Arc::strong_count(&a), 1);
+    }
+
+    #[test]
+    fn an_owned_give_back_is_reused_like_any_other() {
+        let a = Arc::new(1);
+        let r = SPARE.take(&a);
+        SPARE.give_back_owned(r);
+        assert_eq!(Arc::strong_count(&a), 2);
+        let r = SPARE.take(&a);
+        assert_eq!(Arc::strong_count(&a), 2, "the spare was reused");
+        // Two references of one value given back: one is kept.
+        let extra = Arc::clone(&a);
+        SPARE.give_back_owned(r);
+        SPARE.give_back_owned(extra);
+        assert_eq!(Arc::strong_count(&a), 2);
         SPARE.forget(Arc::as_ptr(&a).cast());
         assert_eq!(Arc::strong_count(&a), 1);
     }
