@@ -43,6 +43,8 @@ pub(crate) trait Attempts<Fut> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Timer {
+    /// The first attempt is running and nothing else was needed yet: the fast path.
+    First,
     /// No timer is running.
     Idle,
     /// The running attempt must finish by the timer; `limit` is what `Elapsed` reports, and
@@ -91,10 +93,10 @@ pin_project! {
         attempts: A,
         // Whether this call may be retried at all; when not, its result is returned as it is.
         retryable: bool,
+        made: u32,
         // The policy (its limits included) and the classifier; taken when the call finishes.
         handle: Option<Arc<Handle<C>>>,
         started: Option<Instant>,
-        made: u32,
         schedule: Schedule,
     }
 }
@@ -126,12 +128,12 @@ impl<A, Fut, C> Machine<A, Fut, C> {
         Self {
             attempt: Some(first),
             sleep: None,
-            timer: Timer::Idle,
+            timer: Timer::First,
             attempts,
             retryable,
+            made: 1,
             handle: Some(handle),
             started: None,
-            made: 1,
             schedule: None,
         }
     }
@@ -150,9 +152,9 @@ impl<A, Fut, C> Machine<A, Fut, C> {
             timer: Timer::Idle,
             attempts,
             retryable: true,
+            made: 0,
             handle: Some(handle),
             started: None,
-            made: 0,
             schedule: None,
         }
     }
@@ -168,26 +170,51 @@ where
     #[inline]
     pub(crate) fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T, BoxError>> {
         let mut this = self.project();
+        // What the fast path learnt from polling the first attempt, for the slow path.
+        let mut polled = None;
+        if *this.timer == Timer::First
+            && let Some(fut) = this.attempt.as_mut().as_pin_mut()
+        {
+            // The fast path: the first attempt, before any timer or retry was needed.
+            match fut.poll(cx) {
+                Poll::Ready(Ok(response)) => {
+                    let verdict = match this.handle.as_deref() {
+                        Some(handle) if *this.retryable => handle.classify.classify(Ok(&response)),
+                        _ => Verdict::Done,
+                    };
+                    if verdict == Verdict::Done {
+                        this.attempt.set(None);
+                        return Poll::Ready(Ok(response));
+                    }
+                    polled = Some(Poll::Ready((Ok(response), Some(verdict))));
+                }
+                Poll::Ready(Err(e)) => {
+                    if !*this.retryable {
+                        this.attempt.set(None);
+                        return Poll::Ready(Err(e.into()));
+                    }
+                    polled = Some(Poll::Ready((Err(e.into()), None)));
+                }
+                Poll::Pending => {
+                    let limits = limits_of(this.handle.as_deref());
+                    if limits.attempt_timeout.is_none() && limits.max_total_time.is_none() {
+                        return Poll::Pending;
+                    }
+                    polled = Some(Poll::Pending);
+                }
+            }
+        }
+        if *this.timer == Timer::First {
+            *this.timer = Timer::Idle;
+        }
         loop {
             if let Some(fut) = this.attempt.as_mut().as_pin_mut() {
-                // `classified`: the verdict on a response, when it was already taken.
-                let (result, overall, classified) = match fut.poll(cx) {
-                    Poll::Ready(Ok(response)) => {
-                        let verdict = match this.handle.as_deref() {
-                            Some(handle) if *this.retryable => {
-                                handle.classify.classify(Ok(&response))
-                            }
-                            _ => Verdict::Done,
-                        };
-                        // The fast path: a success that needs no retry is returned as it
-                        // is, without passing through the decision below.
-                        if verdict == Verdict::Done {
-                            this.attempt.set(None);
-                            return Poll::Ready(Ok(response));
-                        }
-                        (Ok(response), false, Some(verdict))
-                    }
-                    Poll::Ready(Err(e)) => (Err(e.into()), false, None),
+                // `classified`: the verdict on a response, when the fast path took it.
+                let (result, overall, classified) = match polled.take().unwrap_or_else(|| {
+                    fut.poll(cx)
+                        .map(|result| (result.map_err(Into::into), None))
+                }) {
+                    Poll::Ready((result, classified)) => (result, false, classified),
                     Poll::Pending => {
                         if *this.timer == Timer::Idle {
                             arm_attempt_timer(

@@ -80,13 +80,14 @@ pub(crate) fn release<C: Send + Sync + 'static>(handle: Arc<Handle<C>>) {
     if handle.services.load(Ordering::Relaxed) == 0 {
         return;
     }
+    // A service holds the handle, so this is not its last reference.
     if is_default::<C>() {
         if let Some(handle) = cast::<Arc<Handle<C>>, DefaultHandle>(handle) {
-            DEFAULT.give_back(handle);
+            DEFAULT.give_back_owned(handle);
         }
     } else {
         let handle: Arc<Erased> = handle;
-        ERASED.give_back(handle);
+        ERASED.give_back_owned(handle);
     }
 }
 

@@ -1,6 +1,9 @@
 //! Model-based property test of the retry state machine: for any sequence of attempt
 //! outcomes, the layer makes exactly the attempts a tiny reference model makes, spaced by the
 //! backoff, and returns the outcome of the last one, annotated exactly when retries ran out.
+//! Attempts finish at once or after a wait (pending on their first poll), with or without a
+//! per-attempt timer armed, so the first attempt's fast path and its hand-over to the timed
+//! path are both covered.
 
 mod support;
 
@@ -62,6 +65,8 @@ proptest! {
             ],
             1..8,
         ),
+        waits in proptest::collection::vec(any::<bool>(), 8),
+        timed in any::<bool>(),
         max_attempts in 1u32..6,
     ) {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -74,14 +79,28 @@ proptest! {
         let last = *outcomes.last().unwrap();
         rt.block_on(async move {
             let r = reasons();
-            let policy = policy(&r).max_attempts(max_attempts).build().unwrap();
+            let mut policy = policy(&r).max_attempts(max_attempts);
+            if timed {
+                // Longer than any attempt's wait: armed, never firing.
+                policy = policy.attempt_timeout(Duration::from_secs(1));
+            }
+            let policy = policy.build().unwrap();
+            // Attempt `i` waits `WAIT` before answering when `waits[i]` (the last entry
+            // repeats), and answers on its first poll otherwise.
+            const WAIT: Duration = Duration::from_millis(10);
+            let waits = Arc::new(waits);
             let script = Arc::new(Mutex::new(outcomes.iter().copied().collect::<VecDeque<_>>()));
             let seen = Arc::new(Mutex::new(Vec::new()));
-            let (s, log) = (Arc::clone(&script), Arc::clone(&seen));
+            let (s, log, w) = (Arc::clone(&script), Arc::clone(&seen), Arc::clone(&waits));
             let svc = RetryLayer::new(policy).layer(tower::service_fn(move |_: http::Request<String>| {
                 let o = s.lock().unwrap().pop_front().unwrap_or(last);
-                log.lock().unwrap().push(o);
+                let mut log = log.lock().unwrap();
+                let wait = w[log.len().min(w.len() - 1)];
+                log.push(o);
                 async move {
+                    if wait {
+                        tokio::time::sleep(WAIT).await;
+                    }
                     let status = match o {
                         Outcome::Ok => 200,
                         Outcome::Unavailable => 503,
@@ -103,8 +122,12 @@ proptest! {
             let result = svc.oneshot(support::get()).await;
             let seen = seen.lock().unwrap().clone();
             prop_assert_eq!(seen.len(), expected);
-            // Constant 100 ms backoff between attempts.
-            prop_assert_eq!(start.elapsed(), Duration::from_millis(100) * (expected as u32 - 1));
+            // Constant 100 ms backoff between attempts, plus the attempts' own waits.
+            let waited = (0..expected).filter(|&i| waits[i.min(waits.len() - 1)]).count() as u32;
+            prop_assert_eq!(
+                start.elapsed(),
+                Duration::from_millis(100) * (expected as u32 - 1) + WAIT * waited
+            );
             let final_outcome = *seen.last().unwrap();
             // Annotated when the last outcome was still retryable and retries were made
             // (the budget is unlimited: only `max_attempts` ends them).
