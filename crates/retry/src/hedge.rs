@@ -12,7 +12,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -132,13 +132,16 @@ impl HedgeLayer {
     }
 }
 
-impl<S> Layer<S> for HedgeLayer {
+impl<S: Clone> Layer<S> for HedgeLayer {
     type Service = Hedge<S>;
 
     fn layer(&self, inner: S) -> Hedge<S> {
         Hedge {
+            shared: Arc::new(Shared {
+                policy: self.policy.clone(),
+                template: Mutex::new(inner.clone()),
+            }),
             inner,
-            policy: Arc::new(self.policy.clone()),
             delay: self.delay,
             latency: self.latency.clone(),
             count_requests: self.count_requests,
@@ -148,21 +151,31 @@ impl<S> Layer<S> for HedgeLayer {
 
 /// Sends a second attempt when the first is slower than the hedge delay; built by
 /// [`HedgeLayer`].
+///
+/// A call does not clone the inner service: the layer keeps one clone of it, made when the
+/// layer was built, and a hedge clones that one to send its attempt (as a retry does, see
+/// [`Retry`](crate::Retry)). Clones of a `Hedge` share the policy and that kept clone.
 pub struct Hedge<S> {
     inner: S,
-    policy: Arc<RetryPolicy>,
+    shared: Arc<Shared<S>>,
     delay: Duration,
     latency: Option<Arc<Latency>>,
     count_requests: bool,
 }
 
+/// What the clones of a [`Hedge`] and their calls that may hedge share.
+struct Shared<S> {
+    policy: RetryPolicy,
+    /// The clone of the inner service a hedge is sent through (cloned again per hedge).
+    template: Mutex<S>,
+}
+
 impl<S: Clone> Clone for Hedge<S> {
-    /// Gives the clone a policy handle of its own, for the reason given on
-    /// [`Retry`](crate::Retry)'s `Clone`.
+    /// Clones the inner service; the clone shares the policy and the kept clone.
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            policy: Arc::new(RetryPolicy::clone(&self.policy)),
+            shared: Arc::clone(&self.shared),
             delay: self.delay,
             latency: self.latency.clone(),
             count_requests: self.count_requests,
@@ -177,6 +190,18 @@ impl<S: fmt::Debug> fmt::Debug for Hedge<S> {
             .field("delay", &self.delay)
             .field("percentile", &self.latency.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+impl<S> Hedge<S> {
+    /// The policy whose budget the hedges draw on.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.shared.policy
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
     }
 }
 
@@ -195,19 +220,18 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        let policy = &self.shared.policy;
         if self.count_requests {
-            self.policy.shared.budget.deposit();
+            policy.shared.budget.deposit();
         }
-        let backup = if self.policy.limits.may_retry(req.is_idempotent()) {
+        let backup = if policy.limits.may_retry(req.is_idempotent()) {
             req.try_replay()
         } else {
             None
         };
+        // Only a call that may hedge needs the policy and the kept service later.
+        let shared = backup.as_ref().map(|_| Arc::clone(&self.shared));
         let first = self.inner.call(req);
-        let (service, policy) = match backup {
-            Some(_) => (Some(self.inner.clone()), Some(Arc::clone(&self.policy))),
-            None => (None, None),
-        };
         let (delay, started) = match &self.latency {
             Some(l) => (l.delay(), Some(Instant::now())),
             None => (self.delay, None),
@@ -216,9 +240,9 @@ where
             first: Some(first),
             second: None,
             sleep: None,
-            service,
+            service: None,
             backup,
-            policy,
+            shared,
             delay,
             stage: Stage::Single,
             started,
@@ -256,9 +280,10 @@ pin_project! {
         second: Option<S::Future>,
         #[pin]
         sleep: Option<Sleep>,
+        // The hedge's service, cloned from the kept one once the hedge is due.
         service: Option<S>,
         backup: Option<Req>,
-        policy: Option<Arc<RetryPolicy>>,
+        shared: Option<Arc<Shared<S>>>,
         delay: Duration,
         stage: Stage,
         started: Option<Instant>,
@@ -279,7 +304,7 @@ impl<S: Service<Req>, Req> fmt::Debug for HedgeFuture<S, Req> {
 
 impl<S, Req> Future for HedgeFuture<S, Req>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
 {
     type Output = Result<S::Response, BoxError>;
@@ -333,9 +358,16 @@ where
                         return Poll::Pending;
                     }
                     this.sleep.set(None);
-                    match this.policy.as_deref() {
-                        Some(policy) if policy.shared.budget.try_withdraw() => {
-                            policy.shared.hedged();
+                    match this.shared.as_deref() {
+                        Some(shared) if shared.policy.shared.budget.try_withdraw() => {
+                            shared.policy.shared.hedged();
+                            *this.service = Some(
+                                shared
+                                    .template
+                                    .lock()
+                                    .unwrap_or_else(PoisonError::into_inner)
+                                    .clone(),
+                            );
                             *this.stage = Stage::Readying;
                         }
                         _ => {
@@ -350,12 +382,7 @@ where
                         continue;
                     };
                     match service.poll_ready(cx) {
-                        Poll::Pending => {
-                            if running {
-                                return Poll::Pending;
-                            }
-                            return Poll::Pending;
-                        }
+                        Poll::Pending => return Poll::Pending,
                         Poll::Ready(Err(e)) => {
                             *this.error = Some(e.into());
                             *this.stage = Stage::Settled;

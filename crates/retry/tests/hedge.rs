@@ -2,6 +2,7 @@
 
 mod support;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
@@ -228,4 +229,82 @@ async fn dropping_the_hedged_call_cancels_both_attempts() {
     );
     assert_eq!(started.load(Ordering::SeqCst), 2, "the hedge was sent");
     assert_eq!(live.load(Ordering::SeqCst), 0, "both attempts were dropped");
+}
+
+/// An inner service that counts its clones; the first call of all is slow, the others fast.
+struct Counted {
+    clones: Arc<AtomicU32>,
+    calls: Arc<AtomicU32>,
+}
+
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        self.clones.fetch_add(1, Ordering::SeqCst);
+        Self {
+            clones: Arc::clone(&self.clones),
+            calls: Arc::clone(&self.calls),
+        }
+    }
+}
+
+impl Service<u32> for Counted {
+    type Response = u32;
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<u32, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, x: u32) -> Self::Future {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            let wait = if n == 0 { 500 } else { 10 };
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            Ok(x)
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_a_hedge_clones_the_inner_service_and_clones_share_the_policy() {
+    let policy = RetryPolicy::builder()
+        .budget(RetryBudget::unlimited())
+        .build()
+        .unwrap();
+    let clones = Arc::new(AtomicU32::new(0));
+    let calls = Arc::new(AtomicU32::new(0));
+    let inner = Counted {
+        clones: Arc::clone(&clones),
+        calls: Arc::clone(&calls),
+    };
+    let mut svc = HedgeLayer::new(policy, HedgeDelay::Fixed(Duration::from_millis(100)))
+        .unwrap()
+        .layer(inner);
+    // The layer keeps one clone, to hedge with.
+    assert_eq!(clones.load(Ordering::SeqCst), 1);
+
+    // The first call is slow: the hedge clones the kept service and wins.
+    let start = Instant::now();
+    assert_eq!(svc.ready().await.unwrap().call(1).await.unwrap(), 1);
+    assert_eq!(start.elapsed(), Duration::from_millis(110));
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(clones.load(Ordering::SeqCst), 2);
+
+    // Calls faster than the hedge delay clone nothing.
+    for i in 0..10 {
+        assert_eq!(svc.ready().await.unwrap().call(i).await.unwrap(), i);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 12);
+    assert_eq!(clones.load(Ordering::SeqCst), 2);
+
+    // A clone of the layer clones the inner service once and shares the policy.
+    let mut other = svc.clone();
+    assert_eq!(clones.load(Ordering::SeqCst), 3);
+    other.ready().await.unwrap().call(5).await.unwrap();
+    assert_eq!(svc.policy().metrics().requests, 12);
+    assert_eq!(svc.policy().metrics().hedges, 1);
 }
