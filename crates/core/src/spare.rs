@@ -207,6 +207,9 @@ mod tests {
             Take(usize),
             /// The oldest call still holding a reference finishes and gives it back.
             GiveBack,
+            /// The oldest call whose value's owner is alive gives its reference back with
+            /// `give_back_owned`.
+            GiveBackOwned,
             /// The owner of value `v` forgets it on this thread.
             Forget(usize),
             /// The owner of value `v` goes away (it forgets it first, as owners do).
@@ -217,6 +220,7 @@ mod tests {
             prop_oneof![
                 (0..3usize).prop_map(Op::Take),
                 Just(Op::GiveBack),
+                Just(Op::GiveBackOwned),
                 (0..3usize).prop_map(Op::Forget),
                 (0..3usize).prop_map(Op::DropOwner),
             ]
@@ -260,6 +264,14 @@ mod tests {
                                     spare = Some(v);
                                 }
                                 SPARE.give_back(r);
+                            }
+                        }
+                        Op::GiveBackOwned => {
+                            if let Some(i) = held.iter().position(|r| owners[**r].is_some()) {
+                                let r = held.remove(i);
+                                // The owner holds one: the reference is always kept.
+                                spare = Some(*r);
+                                SPARE.give_back_owned(r);
                             }
                         }
                         Op::Forget(v) => {

@@ -13,7 +13,8 @@
 //! count changes at all. A finished call keeps its reference only while some service holds
 //! the handle (`Handle::services`), and dropping the last service clears the spare of the
 //! thread that drops it. A thread that kept a spare before the last service was dropped on
-//! another thread keeps that handle (the policy, its hooks, the classifier and the kept clone
+//! another thread (or while it was being dropped: the count is read, then the reference is
+//! kept, without a second look) keeps that handle (the policy, its hooks, the classifier and the kept clone
 //! of the inner service) until it finishes a call through another retry layer or exits: at
 //! most two handles per thread, one per slot.
 //!

@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
@@ -697,4 +698,81 @@ async fn a_response_is_classified_once_per_attempt() {
     // The first response was retried, the second returned: one classification each.
     assert_eq!(calls.times_ms().len(), 2);
     assert_eq!(classified.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_cannot_be_retried_is_not_classified() {
+    let r = reasons();
+    let classified = Arc::new(AtomicU32::new(0));
+    let count = Arc::clone(&classified);
+    let classify = retry_fn(move |_: Result<&http::Response<()>, &BoxError>| {
+        count.fetch_add(1, Ordering::SeqCst);
+        Verdict::Retry
+    });
+    let calls = Calls::new();
+    let svc = RetryLayer::new(policy(&r).build().unwrap())
+        .classify(classify)
+        .layer(always(&calls, 503, &[]));
+    // A POST without an idempotency key is sent once and its response returned as it is.
+    let post = http::Request::post("http://dep/orders")
+        .body(String::new())
+        .unwrap();
+    let res = svc.oneshot(post).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(calls.times_ms().len(), 1);
+    assert_eq!(classified.load(Ordering::SeqCst), 0);
+}
+
+/// A future that is pending for its first `pending` polls, counting every poll.
+struct CountedPolls {
+    polls: Arc<AtomicU32>,
+    pending: u32,
+}
+
+impl std::future::Future for CountedPolls {
+    type Output = Result<http::Response<()>, BoxError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let n = self.polls.fetch_add(1, Ordering::SeqCst);
+        if n < self.pending {
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(Ok(response(200, &[])))
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_is_polled_once_per_poll_of_the_call() {
+    let r = reasons();
+    for timed in [false, true] {
+        let mut policy = policy(&r);
+        if timed {
+            policy = policy
+                .attempt_timeout(Duration::from_secs(1))
+                .max_total_time(Duration::from_secs(5));
+        }
+        let polls = Arc::new(AtomicU32::new(0));
+        let p = Arc::clone(&polls);
+        let mut svc = RetryLayer::new(policy.build().unwrap()).layer(tower::service_fn(
+            move |_: http::Request<String>| CountedPolls {
+                polls: Arc::clone(&p),
+                pending: 2,
+            },
+        ));
+        let mut call = std::pin::pin!(svc.ready().await.unwrap().call(get()));
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        for expected in 1..=2 {
+            assert!(call.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(polls.load(Ordering::SeqCst), expected, "timed: {timed}");
+        }
+        let res = call.as_mut().poll(&mut cx);
+        assert!(matches!(res, std::task::Poll::Ready(Ok(ref r)) if r.status() == 200));
+        assert_eq!(polls.load(Ordering::SeqCst), 3, "timed: {timed}");
+    }
 }
