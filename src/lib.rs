@@ -336,7 +336,7 @@
 //! - `metrics`: emit through the `metrics` crate from every enabled part.
 //! - `full`: everything.
 #![deny(missing_docs)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "circuit-breaker")]
 mod breaker;

@@ -95,7 +95,7 @@
 //! - `metrics`: rejections, waits and limit changes are emitted through the `metrics` crate
 //!   with a `name` label, and [`Bulkhead::emit_metrics`] publishes the gauges.
 #![deny(missing_docs)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod acquire;
 mod adaptive;

@@ -139,7 +139,7 @@
 //! [`AnyError`]: staunch_core::AnyError
 //! [`HttpStatus`]: staunch_core::HttpStatus
 #![deny(missing_docs)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod breaker;
 mod config;

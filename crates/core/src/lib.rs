@@ -65,7 +65,7 @@
 //! - `reqwest`: [`HttpStatus`] classifies `reqwest::Response`.
 //! - `tonic`: `GrpcStatus`, the gRPC classifier.
 #![deny(missing_docs)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backoff;
 mod classify;

@@ -129,7 +129,7 @@
 //!   [`RetryPolicy::retry`] works around generated gRPC clients.
 //! - `metrics`: emit through the `metrics` facade.
 #![deny(missing_docs)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
 pub mod budget;

@@ -107,7 +107,7 @@
 //! [`SagaEngine::inspect`] returns a saga's timeline; [`SagaEngine::list`] filters by status
 //! and definition.
 #![deny(missing_docs)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod context;
 mod definition;

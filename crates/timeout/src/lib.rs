@@ -126,7 +126,7 @@
 //! `staunch_timeout_elapsed_total{name}`.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod config;
 mod deadline;
