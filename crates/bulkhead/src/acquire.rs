@@ -5,10 +5,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use staunch_core::{BulkheadFull, BulkheadFullReason, Outcome};
+use staunch_core::{BulkheadFull, BulkheadFullReason, Outcome, instant_after};
 use tokio::time::{Instant, Sleep};
 
 use crate::bulkhead::{Bulkhead, Permit};
@@ -62,9 +61,6 @@ impl fmt::Debug for Acquire {
     }
 }
 
-/// Far enough to mean "never" without overflowing `Instant`.
-const NEVER: Duration = Duration::from_hours(24 * 365 * 30);
-
 impl Acquire {
     /// `deadline` overrides `now + max_wait` (a partition's global stage shares the deadline
     /// of its key stage).
@@ -116,10 +112,9 @@ impl Future for Acquire {
                         Enqueue::QueueFull => return this.rejected(BulkheadFullReason::QueueFull),
                         Enqueue::Queued(waiter) => {
                             let now = Instant::now();
-                            let deadline = *this.deadline.get_or_insert_with(|| {
-                                now.checked_add(inner.max_wait)
-                                    .unwrap_or_else(|| now + NEVER)
-                            });
+                            let deadline = *this
+                                .deadline
+                                .get_or_insert_with(|| instant_after(now, inner.max_wait));
                             this.state = State::Waiting {
                                 waiter,
                                 sleep: Box::pin(tokio::time::sleep_until(deadline)),

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
-use staunch_core::{BackoffSchedule, Outcome};
+use staunch_core::{BackoffSchedule, Outcome, instant_after};
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
@@ -428,7 +428,7 @@ impl Core {
         };
         let core = self.lanes[0].core.clone();
         // The deadline is fixed now, not when the task first runs.
-        let deadline = Instant::now() + after;
+        let deadline = instant_after(Instant::now(), after);
         runtime.spawn(async move {
             tokio::time::sleep_until(deadline).await;
             if let Some(core) = core.upgrade() {

@@ -60,6 +60,12 @@
 //! must never retry them) can recognise them with [`rejection_of`], even inside a boxed error,
 //! and so that a breaker can ignore them with [`IgnoreRejections`].
 //!
+//! # Time
+//!
+//! [`instant_after`] adds a configured or received duration to an instant without ever
+//! panicking (it saturates at [`FAR_FUTURE`]); every staunch crate uses it instead of
+//! `Instant + Duration`, so `Duration::MAX` is a valid setting everywhere.
+//!
 //! # Features
 //!
 //! - `reqwest`: [`HttpStatus`] classifies `reqwest::Response`.
@@ -75,6 +81,7 @@ mod grpc;
 mod http;
 mod rejection;
 mod spare;
+mod time;
 
 pub use crate::backoff::{Backoff, BackoffBuilder, BackoffSchedule, Jitter, Strategy};
 pub use crate::classify::{AnyError, Classify, FnClassifier, Outcome, classify_fn};
@@ -86,6 +93,7 @@ pub use crate::rejection::{
     BreakerOpen, BulkheadFull, BulkheadFullReason, IgnoreRejections, Rejection, rejection_of,
 };
 pub use crate::spare::{ArcSpare, SpareSlot};
+pub use crate::time::{FAR_FUTURE, Moment, instant_after};
 
 #[cfg(test)]
 mod tests {

@@ -46,7 +46,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use staunch_core::ConfigError;
+use staunch_core::{ConfigError, instant_after};
 use tokio::time::Instant;
 
 const SHARDS: usize = 16;
@@ -297,7 +297,10 @@ impl RetryBudget {
                 window.buckets[head] = Bucket::default();
             }
             // `passed` fits: it is at most (elapsed / width) which we just advanced by.
-            window.head_start = Some(start + width * passed.min(u128::from(u32::MAX)) as u32);
+            window.head_start = Some(instant_after(
+                start,
+                width.saturating_mul(passed.min(u128::from(u32::MAX)) as u32),
+            ));
         }
 
         let total = self.total_deposits();

@@ -14,7 +14,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use staunch_core::{BackoffSchedule, rejection_of};
+use staunch_core::{BackoffSchedule, instant_after, rejection_of};
 use staunch_timeout::Elapsed;
 use tokio::time::{Instant, Sleep};
 
@@ -278,7 +278,7 @@ where
                             return Poll::Pending;
                         };
                         if *this.timer != Timer::Readying {
-                            set_sleep(this.sleep.as_mut(), start + total);
+                            set_sleep(this.sleep.as_mut(), instant_after(start, total));
                             *this.timer = Timer::Readying;
                         }
                         let Some(sleep) = this.sleep.as_mut().as_pin_mut() else {
@@ -347,10 +347,10 @@ fn arm_attempt_timer(
     let start = *started.get_or_insert(now);
     let mut deadline = None;
     if let Some(limit) = limits.attempt_timeout {
-        deadline = Some((now + limit, limit, false));
+        deadline = Some((instant_after(now, limit), limit, false));
     }
     if let Some(total) = limits.max_total_time {
-        let end = start + total;
+        let end = instant_after(start, total);
         if deadline.is_none_or(|(d, _, _)| end < d) {
             deadline = Some((end, total, true));
         }
@@ -488,5 +488,5 @@ fn retry_or_give_up<A: Attempts<Fut>, Fut, T, C: RetryClassify<T>>(
         server_hint,
     });
     drop(result);
-    Next::Wait(now + delay)
+    Next::Wait(instant_after(now, delay))
 }

@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use staunch_core::ConfigError;
+use staunch_core::{ConfigError, instant_after};
 use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -345,7 +345,7 @@ where
                         *this.stage = Stage::Settled;
                         continue;
                     }
-                    let until = Instant::now() + *this.delay;
+                    let until = instant_after(Instant::now(), *this.delay);
                     this.sleep.set(Some(tokio::time::sleep_until(until)));
                     *this.stage = Stage::Timing;
                 }

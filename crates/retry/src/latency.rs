@@ -31,7 +31,8 @@ impl Latency {
         Self {
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             count: AtomicU64::new(0),
-            delay_nanos: AtomicU64::new(fallback.as_nanos() as u64),
+            // A fallback beyond 584 years is as good as never: saturate rather than truncate.
+            delay_nanos: AtomicU64::new(u64::try_from(fallback.as_nanos()).unwrap_or(u64::MAX)),
             percentile,
             min_samples,
         }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use staunch_core::instant_after;
 use tokio::time::Instant;
 
 /// The moment by which a request must be answered: an absolute point in time carried in the
@@ -39,8 +40,8 @@ impl Deadline {
         Self { at: instant }
     }
 
-    /// A deadline `budget` from now. A budget too large to represent is capped at about 30
-    /// years, which no call waits for.
+    /// A deadline `budget` from now. A budget too large to represent is capped at
+    /// [`staunch_core::FAR_FUTURE`] (30 years), which no call waits for.
     pub fn after(budget: Duration) -> Self {
         Self::at(instant_after(Instant::now(), budget))
     }
@@ -90,15 +91,6 @@ impl Deadline {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TimeoutOverride(pub Duration);
-
-/// `start + budget`, or about 30 years after `start` when that is not representable.
-pub(crate) fn instant_after(start: Instant, budget: Duration) -> Instant {
-    const FAR: Duration = Duration::from_hours(24 * 365 * 30);
-    start
-        .checked_add(budget.min(FAR))
-        .or_else(|| start.checked_add(FAR))
-        .unwrap_or(start)
-}
 
 #[cfg(test)]
 mod tests {

@@ -8,11 +8,11 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use staunch_core::{ArcSpare, SpareSlot};
+use staunch_core::{ArcSpare, SpareSlot, instant_after};
 use tokio::time::{Instant, Sleep};
 
 use crate::config::TimeLimitBuilder;
-use crate::deadline::{Deadline, instant_after};
+use crate::deadline::Deadline;
 use crate::error::Elapsed;
 use crate::request::RequestLimits;
 

@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use http::HeaderName;
 use pin_project_lite::pin_project;
+use staunch_core::instant_after;
 use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::config::{DeadlineLayerBuilder, GRPC_TIMEOUT, Headers, PropagateDeadlineLayerBuilder};
-use crate::deadline::{Deadline, instant_after};
+use crate::deadline::Deadline;
 use crate::error::Elapsed;
 use crate::service::BoxError;
 use crate::wire::{self, HeaderFormat};
