@@ -48,12 +48,12 @@ fn staunch_stack() -> impl Service<u64, Response = u64, Error = BoxError> + Clon
         .service(support::bare())
 }
 
-/// The same stack under [`ErrorLayer`](staunch::ErrorLayer), as the HTTP preset builds it:
+/// The same stack under [`TypedErrorsLayer`](staunch::TypedErrorsLayer), as the HTTP preset builds it:
 /// errors typed as `staunch::Error<E>`.
 fn staunch_typed()
 -> impl Service<u64, Response = u64, Error: std::fmt::Debug> + Clone + Send + 'static {
     ServiceBuilder::new()
-        .layer(staunch::ErrorLayer::<std::io::Error>::new())
+        .layer(staunch::TypedErrorsLayer::<std::io::Error>::new())
         .service(staunch_stack())
 }
 

@@ -2,7 +2,7 @@
 //! and answers at once instead of waiting on it, then probes it and closes when it is back.
 //!
 //! ```text
-//! cargo run --example breaker_reqwest --features circuit-breaker,reqwest
+//! cargo run --example breaker_reqwest
 //! ```
 
 use std::sync::Arc;

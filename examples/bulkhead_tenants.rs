@@ -2,7 +2,7 @@
 //! compartment fills up; the quiet tenant is served as usual.
 //!
 //! ```text
-//! cargo run --example bulkhead_tenants --features bulkhead
+//! cargo run --example bulkhead_tenants
 //! ```
 
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! for one second of patience, then an outage where the retry budget stops the retries.
 //!
 //! ```text
-//! cargo run --example retry_budget --features retry,reqwest
+//! cargo run --example retry_budget
 //! ```
 
 use std::sync::Arc;

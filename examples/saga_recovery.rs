@@ -3,7 +3,7 @@
 //! same idempotency key (so the participant can tell it is a repeat).
 //!
 //! ```text
-//! cargo run --example saga_recovery --features saga
+//! cargo run --example saga_recovery
 //! ```
 
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,7 @@
 //! The shop's inventory service on its own (see the `shop` example for the whole story).
 //!
 //! ```text
-//! cargo run --example shop_inventory --features full -- --port 8081
+//! cargo run --example shop_inventory -- --port 8081
 //! ```
 
 #[allow(dead_code)]

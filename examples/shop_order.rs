@@ -2,7 +2,7 @@
 //! `shop` example for the whole story in one process).
 //!
 //! ```text
-//! cargo run --example shop_order --features full -- --port 8080 \
+//! cargo run --example shop_order -- --port 8080 \
 //!     --inventory 127.0.0.1:8081 --payment 127.0.0.1:8082 --shipping 127.0.0.1:8083 [--db sagas.db]
 //! curl -X POST localhost:8080/orders -H 'content-type: application/json' -d '{"sku":"widget","qty":1,"amount_cents":1999}'
 //! ```

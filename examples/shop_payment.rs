@@ -1,7 +1,7 @@
 //! The shop's payment service on its own, with its failure modes (see the `shop` example).
 //!
 //! ```text
-//! cargo run --example shop_payment --features full -- --port 8082
+//! cargo run --example shop_payment -- --port 8082
 //! curl -X POST localhost:8082/admin/mode -H 'content-type: application/json' -d '{"mode":"slow","delay_ms":2000}'
 //! ```
 

@@ -1,7 +1,7 @@
 //! The shop's shipping service on its own, over gRPC (see the `shop` example).
 //!
 //! ```text
-//! cargo run --example shop_shipping --features full -- --port 8083
+//! cargo run --example shop_shipping -- --port 8083
 //! ```
 
 #[allow(dead_code)]

@@ -3,7 +3,7 @@
 //! waiting, instead of finishing a two-second search nobody will read.
 //!
 //! ```text
-//! cargo run --example timeout_deadline --features timeout
+//! cargo run --example timeout_deadline
 //! ```
 
 use std::sync::{Arc, Mutex};

@@ -5,7 +5,7 @@
 //! later than the client's, and the client never waits past its own.
 //!
 //! ```text
-//! cargo run --example timeout_grpc --features timeout,tonic
+//! cargo run --example timeout_grpc
 //! ```
 
 #[allow(dead_code)]

@@ -19,7 +19,7 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 /// layer that refused or cancelled the call.
 ///
 /// The layers return a boxed error (as tower layers do); [`Error::from_box`] (or
-/// [`ErrorLayer`] outermost, which the presets add) turns it back into something to `match`:
+/// [`TypedErrorsLayer`] outermost, which the presets add) turns it back into something to `match`:
 ///
 /// ```
 /// use std::sync::Arc;
@@ -46,7 +46,7 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
 /// use std::time::Duration;
 /// use staunch::retry::{GiveUpReason, RetryLayer, RetryPolicy};
-/// use staunch::{Backoff, Error, ErrorLayer, Jitter};
+/// use staunch::{Backoff, Error, TypedErrorsLayer, Jitter};
 /// use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 ///
 /// let policy = RetryPolicy::builder()
@@ -55,7 +55,7 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 ///     .build()
 ///     .unwrap();
 /// let mut svc = ServiceBuilder::new()
-///     .layer(ErrorLayer::<std::io::Error>::new())
+///     .layer(TypedErrorsLayer::<std::io::Error>::new())
 ///     .layer(RetryLayer::new(policy))
 ///     .service(service_fn(|_: http::Request<String>| async {
 ///         Err::<http::Response<()>, _>(std::io::Error::from(std::io::ErrorKind::ConnectionReset))
@@ -294,12 +294,12 @@ impl<E> From<staunch_timeout::Elapsed> for Error<E> {
 /// Turns the boxed errors of the service it wraps into [`Error<E>`]; put it outermost.
 ///
 /// ```
-/// use staunch::{Error, ErrorLayer, BoxError};
+/// use staunch::{Error, TypedErrorsLayer, BoxError};
 /// use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let mut svc = ServiceBuilder::new()
-///     .layer(ErrorLayer::<std::io::Error>::new())
+///     .layer(TypedErrorsLayer::<std::io::Error>::new())
 ///     .service(service_fn(|_: ()| async {
 ///         Err::<(), BoxError>(Box::new(std::io::Error::other("reset")))
 ///     }));
@@ -307,11 +307,11 @@ impl<E> From<staunch_timeout::Elapsed> for Error<E> {
 /// assert!(matches!(err, Error::Inner(e) if e.to_string() == "reset"));
 /// # }
 /// ```
-pub struct ErrorLayer<E> {
+pub struct TypedErrorsLayer<E> {
     _error: PhantomData<fn() -> E>,
 }
 
-impl<E> ErrorLayer<E> {
+impl<E> TypedErrorsLayer<E> {
     /// A layer producing `Error<E>`.
     pub const fn new() -> Self {
         Self {
@@ -320,27 +320,27 @@ impl<E> ErrorLayer<E> {
     }
 }
 
-impl<E> Default for ErrorLayer<E> {
+impl<E> Default for TypedErrorsLayer<E> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<E> Clone for ErrorLayer<E> {
+impl<E> Clone for TypedErrorsLayer<E> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<E> Copy for ErrorLayer<E> {}
+impl<E> Copy for TypedErrorsLayer<E> {}
 
-impl<E> fmt::Debug for ErrorLayer<E> {
+impl<E> fmt::Debug for TypedErrorsLayer<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ErrorLayer")
+        f.write_str("TypedErrorsLayer")
     }
 }
 
-impl<S, E> Layer<S> for ErrorLayer<E> {
+impl<S, E> Layer<S> for TypedErrorsLayer<E> {
     type Service = TypedErrors<S, E>;
 
     fn layer(&self, inner: S) -> Self::Service {
@@ -348,7 +348,7 @@ impl<S, E> Layer<S> for ErrorLayer<E> {
     }
 }
 
-/// The service built by [`ErrorLayer`]: its errors are [`Error<E>`].
+/// The service built by [`TypedErrorsLayer`]: its errors are [`Error<E>`].
 pub struct TypedErrors<S, E> {
     inner: S,
     _error: PhantomData<fn() -> E>,
@@ -396,7 +396,7 @@ where
 {
     type Response = S::Response;
     type Error = Error<E>;
-    type Future = TypedFuture<S::Future, E>;
+    type Future = TypedErrorsFuture<S::Future, E>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -407,7 +407,7 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        TypedFuture {
+        TypedErrorsFuture {
             inner: self.inner.call(req),
             _error: PhantomData,
         }
@@ -416,20 +416,20 @@ where
 
 pin_project! {
     /// The response future of [`TypedErrors`].
-    pub struct TypedFuture<F, E> {
+    pub struct TypedErrorsFuture<F, E> {
         #[pin]
         inner: F,
         _error: PhantomData<fn() -> E>,
     }
 }
 
-impl<F, E> fmt::Debug for TypedFuture<F, E> {
+impl<F, E> fmt::Debug for TypedErrorsFuture<F, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TypedFuture")
+        f.write_str("TypedErrorsFuture")
     }
 }
 
-impl<F, T, Err, E> Future for TypedFuture<F, E>
+impl<F, T, Err, E> Future for TypedErrorsFuture<F, E>
 where
     F: Future<Output = Result<T, Err>>,
     Err: Into<BoxError>,

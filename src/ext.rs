@@ -5,8 +5,12 @@ use tower::layer::util::Stack;
 
 /// Adds staunch's layers to [`tower::ServiceBuilder`].
 ///
+/// No method name is one of `ServiceBuilder`'s own (tower's inherent `retry` and `timeout`,
+/// on with its `retry`/`timeout`/`full` features, would silently win over a trait method of
+/// the same name), so `.retry_policy(..)` and `.time_limit(..)` always add staunch's layers.
+///
 /// As with every `ServiceBuilder` method, the first layer added is the outermost. Every
-/// layer returns `tower::BoxError`; put [`ErrorLayer`](crate::ErrorLayer) first to get
+/// layer returns `tower::BoxError`; put [`TypedErrorsLayer`](crate::TypedErrorsLayer) first to get
 /// [`staunch::Error`](crate::Error) instead. The order that works (and why) is in the crate
 /// docs, [*The order of layers*](crate#the-order-of-layers).
 ///
@@ -21,16 +25,11 @@ use tower::layer::util::Stack;
 /// use staunch::timeout::TimeLimit;
 /// use tower::{ServiceBuilder, service_fn};
 ///
-/// // With tower's `retry` and `timeout` features off, write `.retry(policy)` and
-/// // `.timeout(limit)`; with them on (as here), `ServiceBuilder`'s inherent methods of those
-/// // names take precedence, so name the trait.
-/// let builder = ServiceBuilderExt::retry(
-///     ServiceBuilder::new().typed_errors::<std::io::Error>(),
-///     RetryPolicy::builder().max_attempts(3).build()?,
-/// );
-/// let builder = builder.circuit_breaker(CircuitBreaker::builder("inventory").build()?);
-/// let builder = ServiceBuilderExt::timeout(builder, TimeLimit::new(Duration::from_millis(250))?);
-/// let svc = builder
+/// let svc = ServiceBuilder::new()
+///     .typed_errors::<std::io::Error>()
+///     .retry_policy(RetryPolicy::builder().max_attempts(3).build()?)
+///     .circuit_breaker(CircuitBreaker::builder("inventory").build()?)
+///     .time_limit(TimeLimit::new(Duration::from_millis(250))?)
 ///     .bulkhead(Bulkhead::builder("inventory").max_concurrent(16).build()?)
 ///     .service(service_fn(|req: http::Request<String>| async move {
 ///         Ok::<_, std::io::Error>(http::Response::new(req.into_body()))
@@ -40,10 +39,10 @@ use tower::layer::util::Stack;
 /// # Ok::<(), staunch::ConfigError>(())
 /// ```
 pub trait ServiceBuilderExt<L>: Sized {
-    /// Adds an [`ErrorLayer`](crate::ErrorLayer): the stack's boxed errors become
+    /// Adds a [`TypedErrorsLayer`](crate::TypedErrorsLayer): the stack's boxed errors become
     /// [`staunch::Error<E>`](crate::Error), `E` being the wrapped client's error type. Put it
     /// first (outermost).
-    fn typed_errors<E>(self) -> ServiceBuilder<Stack<crate::ErrorLayer<E>, L>>;
+    fn typed_errors<E>(self) -> ServiceBuilder<Stack<crate::TypedErrorsLayer<E>, L>>;
 
     /// Adds a circuit breaker counting every error as a failure ([`BreakerLayer::new`]).
     ///
@@ -73,7 +72,7 @@ pub trait ServiceBuilderExt<L>: Sized {
     /// Adds retries with `policy` and the default classifier
     /// ([`RetryOn`](staunch_retry::RetryOn)).
     #[cfg(feature = "retry")]
-    fn retry(
+    fn retry_policy(
         self,
         policy: staunch_retry::RetryPolicy,
     ) -> ServiceBuilder<Stack<staunch_retry::RetryLayer, L>>;
@@ -83,7 +82,7 @@ pub trait ServiceBuilderExt<L>: Sized {
     /// tightens or replaces it (use `staunch::timeout::TimeoutLayer::from_limit(limit)
     /// .ignore_request()` with `.layer(..)` for other request types).
     #[cfg(feature = "timeout")]
-    fn timeout(
+    fn time_limit(
         self,
         limit: staunch_timeout::TimeLimit,
     ) -> ServiceBuilder<Stack<staunch_timeout::TimeoutLayer, L>>;
@@ -106,8 +105,8 @@ pub trait ServiceBuilderExt<L>: Sized {
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
-    fn typed_errors<E>(self) -> ServiceBuilder<Stack<crate::ErrorLayer<E>, L>> {
-        self.layer(crate::ErrorLayer::new())
+    fn typed_errors<E>(self) -> ServiceBuilder<Stack<crate::TypedErrorsLayer<E>, L>> {
+        self.layer(crate::TypedErrorsLayer::new())
     }
 
     #[cfg(feature = "circuit-breaker")]
@@ -136,7 +135,7 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     }
 
     #[cfg(feature = "retry")]
-    fn retry(
+    fn retry_policy(
         self,
         policy: staunch_retry::RetryPolicy,
     ) -> ServiceBuilder<Stack<staunch_retry::RetryLayer, L>> {
@@ -144,7 +143,7 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     }
 
     #[cfg(feature = "timeout")]
-    fn timeout(
+    fn time_limit(
         self,
         limit: staunch_timeout::TimeLimit,
     ) -> ServiceBuilder<Stack<staunch_timeout::TimeoutLayer, L>> {

@@ -49,7 +49,7 @@
 //! retries one, and the breakers this crate puts in a stack ([`BreakerLayer`]) never count a
 //! bulkhead's rejection as the dependency failing.
 //!
-//! Every layer returns `tower::BoxError`; [`Error<E>`](Error) (through [`ErrorLayer`], which
+//! Every layer returns `tower::BoxError`; [`Error<E>`](Error) (through [`TypedErrorsLayer`], which
 //! the HTTP preset puts outermost) gives it back as an enum to `match`: the client's own
 //! error `E`, `BreakerOpen`, `BulkheadFull`, `Elapsed`, `RetriesExhausted` and
 //! `BudgetExhausted` (with the last attempt's error inside), or `Other`.
@@ -60,7 +60,7 @@
 //! written (the gRPC preset is the same without its first two lines: see [*tonic*](#tonic)):
 //!
 //! ```text
-//! ErrorLayer            BoxError -> staunch::Error<E>
+//! TypedErrorsLayer            BoxError -> staunch::Error<E>
 //!  retry                attempts, jittered backoff, budget, overall deadline (`timeout`)
 //!   circuit breaker     one outcome per attempt
 //!    attempt timeout    `attempt_timeout`
@@ -121,12 +121,12 @@
 //! use staunch::circuit_breaker::CircuitBreaker;
 //! use staunch::retry::RetryPolicy;
 //! use staunch::timeout::TimeLimit;
-//! use staunch::{Error, ErrorLayer, HttpStatus, ServiceBuilderExt};
+//! use staunch::{Error, TypedErrorsLayer, HttpStatus, ServiceBuilderExt};
 //! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 //!
 //! let breaker = CircuitBreaker::builder("inventory").build()?;
 //! let builder = ServiceBuilder::new()
-//!     .layer(ErrorLayer::<std::io::Error>::new())
+//!     .layer(TypedErrorsLayer::<std::io::Error>::new())
 //!     .layer(staunch::retry::RetryLayer::new(
 //!         RetryPolicy::builder().max_total_time(Duration::from_secs(2)).build()?,
 //!     ))
@@ -152,10 +152,9 @@
 //! # fn main() {}
 //! ```
 //!
-//! ([`ServiceBuilderExt`] has `.retry(..)` and `.timeout(..)` too; tower's own `retry` and
-//! `timeout` features add inherent methods of those names to `ServiceBuilder`, which take
-//! precedence when they are on, as above: then add the layers with `.layer(..)` or call
-//! `ServiceBuilderExt::retry(builder, policy)`.)
+//! ([`ServiceBuilderExt`] adds the same layers as methods: `.typed_errors::<E>()`,
+//! `.retry_policy(policy)`, `.circuit_breaker_with(breaker, classifier)`, `.time_limit(limit)`,
+//! `.bulkhead(bulkhead)`; none of their names is one of tower's own `ServiceBuilder` methods.)
 //!
 //! # reqwest
 //!
@@ -392,7 +391,7 @@ pub use staunch_timeout as timeout;
 pub use staunch_core::GrpcStatus;
 pub use staunch_core::{
     AnyError, Backoff, BackoffSchedule, BreakerOpen, BulkheadFull, Classify, ConfigError,
-    HttpStatus, Jitter, Outcome, classify_fn, rejection_of,
+    HttpStatus, Jitter, Outcome, Rejection, classify_fn, rejection_of,
 };
 
 #[cfg(feature = "circuit-breaker")]
@@ -403,8 +402,7 @@ pub use crate::config::{
     HedgeConfig, IncomingDeadlineConfig, JitterConfig, OutgoingDeadlineConfig,
     PartitionedBulkheadConfig, RegistryConfig, RetryConfig, StackConfig, VegasConfig, WindowConfig,
 };
-#[cfg(feature = "retry")]
-pub use crate::error::{BoxError, Error, ErrorLayer, TypedErrors, TypedFuture};
+pub use crate::error::{BoxError, Error, TypedErrors, TypedErrorsFuture, TypedErrorsLayer};
 pub use crate::ext::ServiceBuilderExt;
 #[cfg(all(
     feature = "circuit-breaker",
@@ -440,7 +438,7 @@ mod tests {
     #[test]
     fn public_types_are_send_sync() {
         assert_send_sync::<Error<std::io::Error>>();
-        assert_send_sync::<ErrorLayer<std::io::Error>>();
+        assert_send_sync::<TypedErrorsLayer<std::io::Error>>();
         assert_send_sync::<IgnoreRejections<HttpStatus>>();
         assert_send_sync::<BreakerLayer<HttpStatus>>();
         assert_send_sync::<BreakerService<Inner, HttpStatus>>();

@@ -24,11 +24,10 @@ fn chromium() -> Result<PathBuf, PathBuf> {
     if path.exists() { Ok(path) } else { Err(path) }
 }
 
+/// Where this test keeps browser profiles and its screenshot: cargo's scratch directory for
+/// integration tests, inside the target directory.
 fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"),
-        PathBuf::from,
-    )
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
 }
 
 /// Runs headless chromium on `url` with `extra` flags and a fresh profile; its stdout.

@@ -2,9 +2,9 @@
 //! staunch layers, and a scripted story of a payment outage with the numbers.
 //!
 //! ```text
-//! cargo run --release --example shop --features full          # the story, about a minute
-//! cargo run --release --example shop --features full -- --serve   # keep everything running
-//! cargo run --release --example shop --features full -- --short   # the story in seconds
+//! cargo run --release --example shop          # the story, about a minute
+//! cargo run --release --example shop -- --serve   # keep everything running
+//! cargo run --release --example shop -- --short   # the story in seconds
 //! ```
 //!
 //! With `--serve`, open the dashboard printed at start, switch payment's failure mode with
