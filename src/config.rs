@@ -6,6 +6,9 @@ use std::time::Duration;
 #[cfg(feature = "serde")]
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "serde")]
+mod load;
+
 /// The per-attempt time limit when none is configured.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -58,7 +61,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// field is the whole path, e.g. `payment.breaker.failure_rate_threshold`.
 #[derive(Debug, Clone, PartialEq, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[cfg_attr(
+    feature = "serde",
+    serde(remote = "Self", default, deny_unknown_fields)
+)]
 #[non_exhaustive]
 pub struct StackConfig {
     /// Overall limit of a call: every attempt and every backoff wait (default 5 s). A retry
@@ -98,7 +104,10 @@ pub struct StackConfig {
 /// Circuit breaker settings; see `CircuitBreakerBuilder` for each one's default and meaning.
 #[derive(Debug, Clone, PartialEq, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[cfg_attr(
+    feature = "serde",
+    serde(remote = "Self", default, deny_unknown_fields)
+)]
 #[non_exhaustive]
 pub struct BreakerConfig {
     /// Trips when at least this percentage of calls failed, in `(0, 100]` (default 50).
@@ -152,7 +161,7 @@ pub struct BreakerConfig {
 /// A breaker's sliding window: `{ kind = "count", size = 100 }` or
 /// `{ kind = "time", duration = "60s", buckets = 60 }`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 #[cfg_attr(
     feature = "serde",
     serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)
@@ -176,7 +185,10 @@ pub enum WindowConfig {
 /// Bulkhead settings; see `BulkheadBuilder` for each one's default and meaning.
 #[derive(Debug, Clone, PartialEq, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[cfg_attr(
+    feature = "serde",
+    serde(remote = "Self", default, deny_unknown_fields)
+)]
 #[non_exhaustive]
 pub struct BulkheadConfig {
     /// Calls in flight at most (default 25).
@@ -205,7 +217,10 @@ pub struct BulkheadConfig {
 /// deadline is the stack's [`timeout`](StackConfig::timeout).
 #[derive(Debug, Clone, PartialEq, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[cfg_attr(
+    feature = "serde",
+    serde(remote = "Self", default, deny_unknown_fields)
+)]
 #[non_exhaustive]
 pub struct RetryConfig {
     /// Attempts per call, the first included (default 3; 1 turns retries off).
@@ -235,7 +250,7 @@ pub struct RetryConfig {
 /// A backoff: `{ strategy = "exponential", base = "100ms", max_delay = "2s", jitter = "full" }`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
+#[cfg_attr(feature = "serde", serde(remote = "Self", deny_unknown_fields))]
 #[non_exhaustive]
 pub struct BackoffConfig {
     /// How the delay grows.
@@ -344,7 +359,10 @@ pub enum JitterConfig {
 /// A retry budget's settings; see `RetryBudgetBuilder`.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[cfg_attr(
+    feature = "serde",
+    serde(remote = "Self", default, deny_unknown_fields)
+)]
 #[non_exhaustive]
 pub struct BudgetConfig {
     /// Retries per request, in `[0, 1000]` (default 0.2).
@@ -393,7 +411,7 @@ pub struct RegistryConfig {
 /// adaptive = { algorithm = "aimd", min_limit = 4, max_limit = 64, latency_threshold = "200ms" }
 /// ```
 #[derive(Debug, Clone, PartialEq)]
-#[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 #[cfg_attr(feature = "serde", serde(tag = "algorithm", rename_all = "snake_case"))]
 pub enum AdaptiveConfig {
     /// Additive increase, multiplicative decrease: grows by one per successful call, shrinks
@@ -408,7 +426,10 @@ pub enum AdaptiveConfig {
 /// 0.9, no latency threshold).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[cfg_attr(
+    feature = "serde",
+    serde(remote = "Self", default, deny_unknown_fields)
+)]
 #[non_exhaustive]
 pub struct AimdConfig {
     /// The limit never goes below this (default 1).
@@ -435,7 +456,10 @@ pub struct AimdConfig {
 /// `beta` 6, `backoff_ratio` 0.9, `probe_every` 1000).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[cfg_attr(
+    feature = "serde",
+    serde(remote = "Self", default, deny_unknown_fields)
+)]
 #[non_exhaustive]
 pub struct VegasConfig {
     /// The limit never goes below this (default 1).
@@ -468,7 +492,10 @@ pub struct VegasConfig {
 /// observed p95 latency, and `delay` is used until `min_samples` calls have been seen.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[cfg_attr(
+    feature = "serde",
+    serde(remote = "Self", default, deny_unknown_fields)
+)]
 #[non_exhaustive]
 pub struct HedgeConfig {
     /// The hedge delay, or the fallback of a percentile delay (required, greater than zero).
@@ -519,7 +546,10 @@ impl HedgeConfig {
 /// [`StackHandle::incoming_deadline`]: crate::StackHandle::incoming_deadline
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[cfg_attr(
+    feature = "serde",
+    serde(remote = "Self", default, deny_unknown_fields)
+)]
 #[non_exhaustive]
 pub struct DeadlineConfig {
     /// Writing the remaining time onto outgoing requests (default: not written).
@@ -533,7 +563,10 @@ pub struct DeadlineConfig {
 /// How the remaining time is written onto outgoing requests; see `PropagateDeadlineLayer`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[cfg_attr(
+    feature = "serde",
+    serde(remote = "Self", default, deny_unknown_fields)
+)]
 #[non_exhaustive]
 pub struct OutgoingDeadlineConfig {
     /// Time kept back for the answer's trip home: the callee is told `remaining - margin`
@@ -561,7 +594,10 @@ pub struct OutgoingDeadlineConfig {
 /// How the caller's remaining time is read from incoming requests; see `DeadlineLayer`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[cfg_attr(
+    feature = "serde",
+    serde(remote = "Self", default, deny_unknown_fields)
+)]
 #[non_exhaustive]
 pub struct IncomingDeadlineConfig {
     /// The longest this service spends on one request, whatever the caller allows (default:
@@ -613,7 +649,10 @@ pub enum HeaderFormatConfig {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize, Deserialize))]
-#[cfg_attr(feature = "serde", serde(default, deny_unknown_fields))]
+#[cfg_attr(
+    feature = "serde",
+    serde(remote = "Self", default, deny_unknown_fields)
+)]
 #[non_exhaustive]
 pub struct PartitionedBulkheadConfig {
     /// Keys with a limit of their own.

@@ -1,11 +1,4 @@
 //! Stacks from configuration files: validation with field paths, and reloads at run time.
-#![cfg(all(
-    feature = "circuit-breaker",
-    feature = "bulkhead",
-    feature = "timeout",
-    feature = "retry",
-    feature = "serde"
-))]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -1292,5 +1285,254 @@ mod properties {
                 );
             }
         }
+    }
+}
+
+/// Files that do not fit the schema: refused, naming the whole path of the offending value.
+mod hostile_files {
+    use std::time::Duration;
+
+    use staunch::{Registry, RegistryConfig, StackConfig};
+    use tower::{Service, ServiceExt};
+
+    fn field_of(result: Result<impl std::fmt::Debug, staunch::ConfigError>) -> String {
+        result.expect_err("refused").field().to_owned()
+    }
+
+    #[test]
+    fn an_array_where_a_table_is_expected_is_refused_in_toml_and_json() {
+        // Read by position, this would set `timeout` and `attempt_timeout`.
+        let err = toml::from_str::<RegistryConfig>("payment = [\"1s\", \"500ms\"]").unwrap_err();
+        assert!(err.to_string().contains("table of stack settings"), "{err}");
+        let err = RegistryConfig::from_toml("payment = [\"1s\", \"500ms\"]").unwrap_err();
+        assert_eq!(err.field(), "payment", "{err}");
+        let err = RegistryConfig::from_json(r#"{ "payment": ["1s", "500ms"] }"#).unwrap_err();
+        assert_eq!(err.field(), "payment", "{err}");
+        for (toml_text, json_text, path) in [
+            (
+                "[payment]\nbreaker = [50.0, 20]",
+                r#"{ "payment": { "breaker": [50.0, 20] } }"#,
+                "payment.breaker",
+            ),
+            (
+                "[payment.breaker]\nsliding_window = [\"count\", 100]",
+                r#"{ "payment": { "breaker": { "sliding_window": ["count", 100] } } }"#,
+                "payment.breaker.sliding_window",
+            ),
+            (
+                "[payment.bulkhead]\nadaptive = [\"vegas\", 1, 10]",
+                r#"{ "payment": { "bulkhead": { "adaptive": ["vegas", 1, 10] } } }"#,
+                "payment.bulkhead.adaptive",
+            ),
+            (
+                "[payment.retry]\nbackoff = [\"constant\", \"10ms\"]",
+                r#"{ "payment": { "retry": { "backoff": ["constant", "10ms"] } } }"#,
+                "payment.retry.backoff",
+            ),
+            (
+                "[payment.retry]\nbudget = [0.5]",
+                r#"{ "payment": { "retry": { "budget": [0.5] } } }"#,
+                "payment.retry.budget",
+            ),
+            (
+                "[payment]\nhedge = [\"50ms\"]",
+                r#"{ "payment": { "hedge": ["50ms"] } }"#,
+                "payment.hedge",
+            ),
+            (
+                "[payment.deadline]\noutgoing = [\"5ms\"]",
+                r#"{ "payment": { "deadline": { "outgoing": ["5ms"] } } }"#,
+                "payment.deadline.outgoing",
+            ),
+        ] {
+            assert!(
+                toml::from_str::<RegistryConfig>(toml_text).is_err(),
+                "{toml_text}"
+            );
+            assert_eq!(field_of(RegistryConfig::from_toml(toml_text)), path);
+            assert_eq!(field_of(RegistryConfig::from_json(json_text)), path);
+        }
+        // One stack on its own, too.
+        assert_eq!(
+            field_of(StackConfig::from_json(r#"{ "retry": [3] }"#)),
+            "retry"
+        );
+    }
+
+    #[test]
+    fn toml_and_json_errors_name_the_whole_field_path() {
+        for (toml_text, json_text, path) in [
+            (
+                "[payment.breaker]\nminimum_calls = \"ten\"",
+                r#"{ "payment": { "breaker": { "minimum_calls": "ten" } } }"#,
+                "payment.breaker.minimum_calls",
+            ),
+            (
+                "[payment]\ntimeout = \"soon\"",
+                r#"{ "payment": { "timeout": "soon" } }"#,
+                "payment.timeout",
+            ),
+            (
+                "[payment.retry.backoff]\nstrategy = \"quadratic\"\nbase = \"1s\"",
+                r#"{ "payment": { "retry": { "backoff": { "strategy": "quadratic", "base": "1s" } } } }"#,
+                "payment.retry.backoff.strategy",
+            ),
+            (
+                "[payment.retry.budget]\nratio = \"half\"",
+                r#"{ "payment": { "retry": { "budget": { "ratio": "half" } } } }"#,
+                "payment.retry.budget.ratio",
+            ),
+            (
+                "[payment.deadline.incoming]\ngrpc = 1",
+                r#"{ "payment": { "deadline": { "incoming": { "grpc": 1 } } } }"#,
+                "payment.deadline.incoming.grpc",
+            ),
+        ] {
+            let err = RegistryConfig::from_toml(toml_text).unwrap_err();
+            assert_eq!(err.field(), path, "{err}");
+            assert!(err.to_string().contains(path), "{err}");
+            let err = RegistryConfig::from_json(json_text).unwrap_err();
+            assert_eq!(err.field(), path, "{err}");
+        }
+        // An unknown key is named by its path too.
+        let err =
+            RegistryConfig::from_json(r#"{ "payment": { "breaker": { "minimum_call": 1 } } }"#)
+                .unwrap_err();
+        assert!(err.field().starts_with("payment.breaker"), "{err}");
+        assert!(err.rule().contains("minimum_call"), "{err}");
+        // A syntax error names the document and the place.
+        let err = RegistryConfig::from_toml("[payment\n").unwrap_err();
+        assert_eq!(err.field(), "(document)");
+        assert!(err.rule().contains("line 1"), "{err}");
+        let err = RegistryConfig::from_json("{ \"payment\": { } } trailing").unwrap_err();
+        assert_eq!(err.field(), "(document)");
+    }
+
+    #[test]
+    fn errors_inside_tagged_sections_name_the_key() {
+        for (toml_text, json_text, path) in [
+            (
+                "[payment.breaker]\nsliding_window = { kind = \"count\", size = \"many\" }",
+                r#"{ "payment": { "breaker": { "sliding_window": { "kind": "count", "size": "many" } } } }"#,
+                "payment.breaker.sliding_window.size",
+            ),
+            (
+                "[payment.breaker]\nsliding_window = { duration = \"1 minute-ish\", kind = \"time\", buckets = 6 }",
+                r#"{ "payment": { "breaker": { "sliding_window": { "duration": "1 minute-ish", "kind": "time", "buckets": 6 } } } }"#,
+                "payment.breaker.sliding_window.duration",
+            ),
+            (
+                "[payment.breaker]\nsliding_window = { kind = \"hourly\" }",
+                r#"{ "payment": { "breaker": { "sliding_window": { "kind": "hourly" } } } }"#,
+                "payment.breaker.sliding_window.kind",
+            ),
+            (
+                "[payment.bulkhead]\nadaptive = { algorithm = \"vegas\", alpha = \"three\" }",
+                r#"{ "payment": { "bulkhead": { "adaptive": { "algorithm": "vegas", "alpha": "three" } } } }"#,
+                "payment.bulkhead.adaptive.alpha",
+            ),
+            (
+                "[payment.bulkhead]\nadaptive = { latency_threshold = 5, algorithm = \"aimd\" }",
+                r#"{ "payment": { "bulkhead": { "adaptive": { "latency_threshold": 5, "algorithm": "aimd" } } } }"#,
+                "payment.bulkhead.adaptive.latency_threshold",
+            ),
+        ] {
+            let err = RegistryConfig::from_toml(toml_text).unwrap_err();
+            assert_eq!(err.field(), path, "{err}");
+            let err = RegistryConfig::from_json(json_text).unwrap_err();
+            assert_eq!(err.field(), path, "{err}");
+        }
+        // A key of the other kind names the key, in the section it is in.
+        for (text, key) in [
+            (
+                "[payment.breaker]\nsliding_window = { kind = \"count\", size = 5, buckets = 2 }",
+                "buckets",
+            ),
+            (
+                "[payment.breaker]\nsliding_window = { kind = \"time\", size = 5 }",
+                "size",
+            ),
+            (
+                "[payment.bulkhead]\nadaptive = { algorithm = \"aimd\", alpha = 2.0 }",
+                "alpha",
+            ),
+            (
+                "[payment.bulkhead]\nadaptive = { algorithm = \"vegas\", latency_threshold = \"1s\" }",
+                "latency_threshold",
+            ),
+        ] {
+            let err = RegistryConfig::from_toml(text).unwrap_err();
+            assert!(err.field().starts_with("payment."), "{err}");
+            assert!(err.rule().contains(key), "{err}");
+        }
+        // A missing key is named.
+        let err = RegistryConfig::from_toml(
+            "[payment.breaker]\nsliding_window = { kind = \"time\", duration = \"1m\" }",
+        )
+        .unwrap_err();
+        assert_eq!(err.field(), "payment.breaker.sliding_window", "{err}");
+        assert!(err.rule().contains("buckets"), "{err}");
+    }
+
+    #[test]
+    fn vegas_alpha_and_beta_must_be_finite() {
+        for (settings, field) in [
+            ("alpha = nan", "payment.bulkhead.adaptive.alpha"),
+            ("alpha = -inf", "payment.bulkhead.adaptive.alpha"),
+            ("alpha = inf", "payment.bulkhead.adaptive.alpha"),
+            ("beta = nan", "payment.bulkhead.adaptive.beta"),
+            ("beta = inf", "payment.bulkhead.adaptive.beta"),
+            (
+                "alpha = -inf\nbeta = inf",
+                "payment.bulkhead.adaptive.alpha",
+            ),
+        ] {
+            let text = format!(
+                "[payment.bulkhead]\nmax_concurrent = 4\n[payment.bulkhead.adaptive]\nalgorithm = \"vegas\"\n{settings}\n"
+            );
+            let config = RegistryConfig::from_toml(&text).unwrap();
+            let err = Registry::new(&config).unwrap_err();
+            assert_eq!(err.field(), field, "{settings}: {err}");
+            assert!(err.rule().contains("finite"), "{err}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timeout_of_u64_max_seconds_from_toml_is_usable() {
+        let config = RegistryConfig::from_toml(
+            "[payment]\ntimeout = \"18446744073709551615s\"\nattempt_timeout = \"18446744073709551615s\"\n\
+             [payment.retry]\nmax_attempts = 3\nmax_retry_after = \"18446744073709551615s\"\n\
+             backoff = { strategy = \"constant\", base = \"10ms\", jitter = \"none\" }\n",
+        )
+        .unwrap();
+        let registry = Registry::new(&config).unwrap();
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let seen = std::sync::Arc::clone(&calls);
+        let mut client = registry
+            .http_client::<_, std::io::Error>(
+                "payment",
+                tower::service_fn(move |_: http::Request<String>| {
+                    let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        Ok::<_, std::io::Error>(
+                            http::Response::builder()
+                                .status(if n == 0 { 503 } else { 200 })
+                                .body(String::new())
+                                .unwrap(),
+                        )
+                    }
+                }),
+            )
+            .unwrap();
+        let res = client
+            .ready()
+            .await
+            .unwrap()
+            .call(super::get())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use staunch_core::{ArcSpare, BulkheadFull, BulkheadFullReason, ConfigError, Outcome, SpareSlot};
+use staunch_core::{
+    ArcSpare, BulkheadFull, BulkheadFullReason, ConfigError, Outcome, SpareSlot, instant_after,
+};
 use tokio::time::Instant;
 
 use crate::acquire::{Acquire, Run};
@@ -400,7 +402,10 @@ impl Permit {
         let started = std::mem::take(&mut self.started);
         if started != 0 {
             let inner = &self.bulkhead().inner;
-            inner.sample(inner.epoch + Duration::from_nanos(started - 1), outcome);
+            inner.sample(
+                instant_after(inner.epoch, Duration::from_nanos(started - 1)),
+                outcome,
+            );
         }
     }
 

@@ -120,10 +120,20 @@ impl AdaptiveLimit {
                 }
             }
             AdaptiveLimit::Vegas(v) => {
-                if v.beta <= v.alpha {
+                // Written so that NaN fails too: every comparison with NaN is false.
+                if !(v.alpha.is_finite() && v.alpha >= 0.0) {
+                    return Err(ConfigError::new(
+                        "alpha",
+                        format!("must be a finite number of at least 0 (got {})", v.alpha),
+                    ));
+                }
+                if !(v.beta.is_finite() && v.beta > v.alpha) {
                     return Err(ConfigError::new(
                         "beta",
-                        format!("must be greater than alpha ({}) (got {})", v.alpha, v.beta),
+                        format!(
+                            "must be a finite number greater than alpha ({}) (got {})",
+                            v.alpha, v.beta
+                        ),
                     ));
                 }
                 if v.probe_every == 0 {
@@ -238,14 +248,15 @@ impl Vegas {
         self
     }
 
-    /// Below this many estimated queued calls the limit grows (default 3).
+    /// Below this many estimated queued calls the limit grows (default 3; must be a finite
+    /// number of at least 0).
     pub fn alpha(mut self, alpha: f64) -> Self {
         self.alpha = alpha;
         self
     }
 
-    /// Above this many estimated queued calls the limit shrinks (default 6; must exceed
-    /// `alpha`).
+    /// Above this many estimated queued calls the limit shrinks (default 6; must be finite and
+    /// exceed `alpha`).
     pub fn beta(mut self, beta: f64) -> Self {
         self.beta = beta;
         self
@@ -269,6 +280,27 @@ impl Vegas {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vegas_thresholds_that_are_not_finite_are_rejected() {
+        for (alpha, beta, field) in [
+            (f64::NAN, 6.0, "alpha"),
+            (f64::NEG_INFINITY, 6.0, "alpha"),
+            (f64::INFINITY, 6.0, "alpha"),
+            (-1.0, 6.0, "alpha"),
+            (3.0, f64::NAN, "beta"),
+            (3.0, f64::INFINITY, "beta"),
+            (3.0, 3.0, "beta"),
+        ] {
+            let e = AdaptiveLimit::from(Vegas::default().alpha(alpha).beta(beta))
+                .validate(1)
+                .unwrap_err();
+            assert_eq!(e.field(), field, "alpha {alpha}, beta {beta}: {e}");
+        }
+        AdaptiveLimit::from(Vegas::default().alpha(0.0).beta(0.5))
+            .validate(1)
+            .unwrap();
+    }
 
     #[test]
     fn invalid_bounds_are_rejected_naming_the_field() {
