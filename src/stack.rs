@@ -65,8 +65,13 @@ impl fmt::Debug for StackHandle {
 }
 
 /// A snapshot of a stack's engines: what a status endpoint reports.
+///
+/// With the `serde` feature it serializes as it is (`serde_json::to_value(handle.status())`):
+/// `name`, then `breaker` (state, rates, thresholds, and `last_trip`: why it is open),
+/// `bulkhead` and `retry` as their crates' snapshots.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct StackStatus {
     /// The stack's name.
     pub name: Arc<str>,
@@ -76,6 +81,24 @@ pub struct StackStatus {
     pub bulkhead: BulkheadMetrics,
     /// Retries made, given up, refused by the budget.
     pub retry: RetryMetrics,
+}
+
+impl StackStatus {
+    /// The status of engines put together by hand (what [`StackHandle::status`] reports for
+    /// a stack built from a [`StackConfig`]).
+    pub fn of(
+        name: &str,
+        breaker: &CircuitBreaker,
+        bulkhead: &Bulkhead,
+        retry: &RetryPolicy,
+    ) -> Self {
+        StackStatus {
+            name: Arc::from(name),
+            breaker: breaker.snapshot(),
+            bulkhead: bulkhead.metrics(),
+            retry: retry.metrics(),
+        }
+    }
 }
 
 impl StackHandle {
@@ -159,12 +182,7 @@ impl StackHandle {
 
     /// A snapshot of every engine.
     pub fn status(&self) -> StackStatus {
-        StackStatus {
-            name: Arc::clone(&self.name),
-            breaker: self.breaker.snapshot(),
-            bulkhead: self.bulkhead.metrics(),
-            retry: self.retry.metrics(),
-        }
+        StackStatus::of(&self.name, &self.breaker, &self.bulkhead, &self.retry)
     }
 
     /// Wraps `inner` in the stack, the breaker classifying results with `classifier`; `E` is

@@ -10,6 +10,7 @@ use std::time::Duration;
 /// [`Bulkhead::metrics`]: crate::Bulkhead::metrics
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct BulkheadMetrics {
     /// Calls holding a permit.
     pub in_flight: usize,
@@ -26,7 +27,12 @@ pub struct BulkheadMetrics {
     pub rejected_queue_full: u64,
     /// Calls admitted after waiting in the queue.
     pub waited: u64,
-    /// Total time spent waiting, by admitted and timed-out callers.
+    /// Total time spent waiting, by admitted and timed-out callers (serialized as
+    /// milliseconds, `total_wait_ms`, with the `serde` feature).
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "total_wait_ms", serialize_with = "millis")
+    )]
     pub total_wait: Duration,
 }
 
@@ -35,4 +41,9 @@ impl BulkheadMetrics {
     pub fn rejections(&self) -> u64 {
         self.rejected_no_permit + self.rejected_wait_timed_out + self.rejected_queue_full
     }
+}
+
+#[cfg(feature = "serde")]
+fn millis<S: serde::Serializer>(d: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }

@@ -7,7 +7,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crossbeam_utils::CachePadded;
 use staunch_core::{AnyError, BreakerOpen, Classify};
@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 
 use crate::config::{CircuitBreakerBuilder, CircuitBreakerConfig};
 use crate::core::{Core, probe_tag};
-use crate::events::Event;
+use crate::events::{Event, TransitionReason};
 use crate::future::ResponseFuture;
 use crate::lane::{Lane, lane_count, thread_index};
 use crate::permit::{Kind, Permit};
@@ -60,12 +60,18 @@ impl fmt::Debug for CircuitBreaker {
 }
 
 /// A cheap picture of a breaker: its state, its window, and its counters since it was built.
+///
+/// With the `serde` feature it serializes for a status page (`serde_json::to_value`): the
+/// state as `"closed"`, `"open"`, ... and [`last_trip`](Self::last_trip) saying why an open
+/// breaker is open (its window is emptied when it opens, so `failure_rate` reads 0 then).
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct Snapshot {
     /// The current state.
     pub state: State,
-    /// Failed calls in the window, as a percentage of the calls in it (0 when empty).
+    /// Failed calls in the window, as a percentage of the calls in it (0 when empty, and
+    /// while the breaker is not closed: see [`last_trip`](Self::last_trip)).
     pub failure_rate: f64,
     /// Slow calls in the window, as a percentage of the calls in it (0 when empty).
     pub slow_call_rate: f64,
@@ -75,6 +81,8 @@ pub struct Snapshot {
     pub failures_in_window: u64,
     /// Slow calls in the window.
     pub slow_calls_in_window: u64,
+    /// Failures in a row, now (0 after a success, and after the breaker opened).
+    pub consecutive_failures: u64,
     /// Successful calls recorded, ever (probes included; discarded results are not).
     pub successful_calls: u64,
     /// Failed calls recorded, ever.
@@ -85,6 +93,102 @@ pub struct Snapshot {
     pub rejected_calls: u64,
     /// State changes, ever.
     pub transitions: u64,
+    /// The failure rate (percent) at which the breaker trips: its configured threshold.
+    pub failure_rate_threshold: f64,
+    /// The slow-call rate (percent) at which it trips, when slow calls are measured.
+    pub slow_call_rate_threshold: Option<f64>,
+    /// The failures in a row at which it trips, when configured.
+    pub consecutive_failures_threshold: Option<u32>,
+    /// Why and when the breaker last opened (by itself; a forced open is not a trip), kept
+    /// after it closes again. `None` if it never tripped.
+    pub last_trip: Option<Trip>,
+}
+
+/// Why and when a breaker opened: the figures that tripped it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct Trip {
+    /// What tripped it: the failure rate, the slow-call rate, failures in a row, failed
+    /// half-open probes, or probes that did not finish in time.
+    pub reason: TransitionReason,
+    /// The failure rate (percent) over the window (or over the probes) when it opened.
+    pub failure_rate: f64,
+    /// The slow-call rate (percent) over the window (or over the probes) when it opened.
+    pub slow_call_rate: f64,
+    /// Calls in the window (or probes finished) when it opened.
+    pub calls: u64,
+    /// Failed calls among them.
+    pub failures: u64,
+    /// Slow calls among them.
+    pub slow_calls: u64,
+    /// Failures in a row when it opened.
+    pub consecutive_failures: u64,
+    /// When it opened, by the wall clock (serialized as milliseconds since the Unix epoch,
+    /// `opened_at_ms`).
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "opened_at_ms", serialize_with = "serde_time::unix_millis")
+    )]
+    pub opened_at: SystemTime,
+    /// How long it stays open before probing (serialized as milliseconds, `open_for_ms`).
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "open_for_ms", serialize_with = "serde_time::millis")
+    )]
+    pub open_for: Duration,
+}
+
+impl Trip {
+    pub(crate) fn new(
+        reason: TransitionReason,
+        counts: Counts,
+        consecutive_failures: u64,
+        open_for: Duration,
+    ) -> Self {
+        Trip {
+            reason,
+            failure_rate: percent(counts.failures, counts.calls),
+            slow_call_rate: percent(counts.slow, counts.calls),
+            calls: counts.calls,
+            failures: counts.failures,
+            slow_calls: counts.slow,
+            consecutive_failures,
+            opened_at: SystemTime::now(),
+            open_for,
+        }
+    }
+}
+
+/// `n` as a percentage of `of` (0 when `of` is 0).
+fn percent(n: u64, of: u64) -> f64 {
+    if of == 0 {
+        0.0
+    } else {
+        n as f64 * 100.0 / of as f64
+    }
+}
+
+#[cfg(feature = "serde")]
+mod serde_time {
+    use std::time::{Duration, SystemTime};
+
+    pub(super) fn unix_millis<S: serde::Serializer>(
+        at: &SystemTime,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let since = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        millis(&since, serializer)
+    }
+
+    pub(super) fn millis<S: serde::Serializer>(
+        d: &Duration,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
 }
 
 impl CircuitBreaker {
@@ -385,25 +489,26 @@ impl CircuitBreaker {
             .iter()
             .map(|l| l.rejections.load(Ordering::Relaxed))
             .sum();
-        let rate = |n: u64| {
-            if counts.calls == 0 {
-                0.0
-            } else {
-                n as f64 * 100.0 / counts.calls as f64
-            }
-        };
+        let config = &core.config;
         Snapshot {
             state: word.state(),
-            failure_rate: rate(counts.failures),
-            slow_call_rate: rate(counts.slow),
+            failure_rate: percent(counts.failures, counts.calls),
+            slow_call_rate: percent(counts.slow, counts.calls),
             calls_in_window: counts.calls,
             failures_in_window: counts.failures,
             slow_calls_in_window: counts.slow,
+            consecutive_failures: core.consecutive_failures(),
             successful_calls: lane_successes + slow.other_successes,
             failed_calls: slow.failed_calls,
             slow_calls: slow.slow_calls,
             rejected_calls: rejected,
             transitions: slow.transitions,
+            failure_rate_threshold: config.failure_rate_threshold,
+            slow_call_rate_threshold: config
+                .slow_call_duration
+                .map(|_| config.slow_call_rate_threshold),
+            consecutive_failures_threshold: config.consecutive_failures,
+            last_trip: slow.last_trip,
         }
     }
 

@@ -72,6 +72,57 @@ impl CircuitBreakerConfig {
         &self.name
     }
 
+    /// The failure rate, in percent of the calls in the window, at which the breaker trips.
+    pub fn failure_rate_threshold(&self) -> f64 {
+        self.failure_rate_threshold
+    }
+
+    /// The slow-call rate, in percent, at which it trips (used only with
+    /// [`slow_call_duration`](Self::slow_call_duration)).
+    pub fn slow_call_rate_threshold(&self) -> f64 {
+        self.slow_call_rate_threshold
+    }
+
+    /// How long a call may take before it counts as slow, if slow calls are measured.
+    pub fn slow_call_duration(&self) -> Option<Duration> {
+        self.slow_call_duration
+    }
+
+    /// The sliding window the rates are computed over.
+    pub fn sliding_window(&self) -> SlidingWindow {
+        self.window
+    }
+
+    /// The calls the window must hold before a rate can trip the breaker.
+    pub fn minimum_calls(&self) -> u32 {
+        self.minimum_calls
+    }
+
+    /// The failures in a row that trip the breaker, if configured.
+    pub fn consecutive_failures(&self) -> Option<u32> {
+        self.consecutive_failures
+    }
+
+    /// How long the breaker stays open before it probes.
+    pub fn open_duration(&self) -> &OpenDuration {
+        &self.open_duration
+    }
+
+    /// The probes let through while half-open.
+    pub fn permitted_calls_in_half_open(&self) -> u32 {
+        self.permitted_calls_in_half_open
+    }
+
+    /// How long the breaker may stay half-open before it opens again, if bounded.
+    pub fn max_half_open_duration(&self) -> Option<Duration> {
+        self.max_half_open_duration
+    }
+
+    /// Whether an open breaker moves to half-open by itself or on the next call.
+    pub fn half_open_transition(&self) -> HalfOpenTransition {
+        self.half_open_transition
+    }
+
     /// Builds a new breaker from these settings, called `name`.
     pub fn breaker(&self, name: impl Into<Arc<str>>) -> CircuitBreaker {
         let mut config = self.clone();

@@ -35,6 +35,8 @@ pub(crate) struct SlowPath {
     /// Successes not counted in the lanes: slow ones and probes.
     pub(crate) other_successes: u64,
     pub(crate) transitions: u64,
+    /// Why and when the breaker last opened, for snapshots.
+    pub(crate) last_trip: Option<crate::breaker::Trip>,
 }
 
 #[derive(Debug)]
@@ -109,6 +111,7 @@ impl Core {
                     slow_calls: 0,
                     other_successes: 0,
                     transitions: 0,
+                    last_trip: None,
                 }),
                 events,
                 subscribed: AtomicBool::new(false),
@@ -118,6 +121,11 @@ impl Core {
 
     pub(crate) fn now_nanos(&self) -> u64 {
         nanos(Instant::now().saturating_duration_since(self.base))
+    }
+
+    /// Failures in a row right now.
+    pub(crate) fn consecutive_failures(&self) -> u64 {
+        self.hot.consecutive.load(Ordering::Relaxed) & !WARMING
     }
 
     pub(crate) fn word(&self) -> Word {
@@ -197,7 +205,7 @@ impl Core {
             self.rate_exceeded(counts)
         };
         if let Some(reason) = reason {
-            self.open(&mut slow, word, now, reason);
+            self.open(&mut slow, word, now, reason, counts, consecutive);
         }
     }
 
@@ -214,7 +222,7 @@ impl Core {
             && let Some(reason) = self.rate_exceeded(counts)
         {
             let now = self.now_nanos();
-            self.open(&mut slow, word, now, reason);
+            self.open(&mut slow, word, now, reason, counts, 0);
         }
     }
 
@@ -274,7 +282,14 @@ impl Core {
         };
         let now = self.now_nanos();
         if self.rate_exceeded_ungated(counts) {
-            self.open(&mut slow, word, now, TransitionReason::ProbesFailed);
+            self.open(
+                &mut slow,
+                word,
+                now,
+                TransitionReason::ProbesFailed,
+                counts,
+                0,
+            );
         } else {
             self.close(&mut slow, word, TransitionReason::ProbesSucceeded);
         }
@@ -288,7 +303,17 @@ impl Core {
     }
 
     /// Trips (or re-opens) the breaker; the caller holds the lock and checked `from`.
-    fn open(&self, slow: &mut SlowPath, from: Word, now: u64, reason: TransitionReason) {
+    /// `counts` (the window's, or the probes') and `consecutive` failures are what tripped it,
+    /// kept for snapshots: the window itself is emptied when the breaker closes again.
+    fn open(
+        &self,
+        slow: &mut SlowPath,
+        from: Word,
+        now: u64,
+        reason: TransitionReason,
+        counts: Counts,
+        consecutive: u64,
+    ) {
         let wait = match (&self.config.open_duration, slow.schedule.as_mut()) {
             (OpenDuration::Backoff(backoff), Some(schedule)) => {
                 // A schedule that ran out (`max_elapsed`) keeps its last wait.
@@ -304,6 +329,7 @@ impl Core {
             (OpenDuration::Backoff(_), None) => slow.last_open,
         };
         slow.last_open = wait;
+        slow.last_trip = Some(crate::breaker::Trip::new(reason, counts, consecutive, wait));
         let to = from.next(State::Open);
         self.hot
             .open_until
@@ -382,7 +408,19 @@ impl Core {
         if now < self.hot.half_open_until.load(Ordering::Relaxed) {
             return;
         }
-        self.open(&mut slow, from, now, TransitionReason::HalfOpenTimedOut);
+        let counts = Counts {
+            calls: slow.probe_results,
+            failures: slow.probe_failures,
+            slow: slow.probe_slow,
+        };
+        self.open(
+            &mut slow,
+            from,
+            now,
+            TransitionReason::HalfOpenTimedOut,
+            counts,
+            0,
+        );
     }
 
     /// A manual command: moves to `state` from whatever the breaker is in.

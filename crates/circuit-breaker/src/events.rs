@@ -32,9 +32,15 @@ pub enum Event {
     },
 }
 
-/// Why a breaker changed state; carried in events and logs.
+/// Why a breaker changed state; carried in events and logs (serialized as
+/// [`as_str`](Self::as_str)'s names with the `serde` feature).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum TransitionReason {
     /// The failure rate over the window reached the threshold.
     FailureRate,

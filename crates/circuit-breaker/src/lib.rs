@@ -157,7 +157,7 @@ mod service;
 mod state;
 mod window;
 
-pub use crate::breaker::{CircuitBreaker, Snapshot};
+pub use crate::breaker::{CircuitBreaker, Snapshot, Trip};
 pub use crate::config::{
     CircuitBreakerBuilder, CircuitBreakerConfig, HalfOpenTransition, OpenDuration, SlidingWindow,
 };

@@ -6,6 +6,11 @@ use std::fmt;
 /// flow), an *open* one does not (calls are rejected).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum State {
     /// Calls flow and their outcomes are recorded in the sliding window.
     Closed,

@@ -81,6 +81,7 @@ impl fmt::Display for GiveUpReason {
 /// A snapshot of a retry policy's counters, from [`RetryPolicy::metrics`](crate::RetryPolicy::metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct RetryMetrics {
     /// Requests recorded in the budget (every policy sharing it).
     pub requests: u64,

@@ -63,6 +63,7 @@ pub(crate) struct Shared {
 /// A snapshot of a named [`TimeLimit`]'s counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct TimeoutMetrics {
     /// Calls that did not finish on their first poll, so a timer was armed for them.
     pub timers_armed: u64,

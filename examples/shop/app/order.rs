@@ -49,7 +49,8 @@ use staunch::saga::{
     SqliteStore, Step, StepContext, StepError, StepErrorKind, idempotency_key,
 };
 use staunch::{
-    Backoff, ConfigError, GrpcStatus, HttpStatus, IgnoreRejections, Jitter, rejection_of,
+    Backoff, ConfigError, GrpcStatus, HttpStatus, IgnoreRejections, Jitter, StackStatus,
+    rejection_of,
 };
 use tokio::time::Instant;
 use tower::util::BoxCloneSyncService;
@@ -208,37 +209,10 @@ impl Guards {
         BoxCloneSyncService::new(service)
     }
 
-    /// The JSON the status page shows.
+    /// The JSON the status page shows: the stack's status as staunch serializes it.
     pub(crate) fn status(&self) -> Value {
-        let b = self.breaker.snapshot();
-        let h = self.bulkhead.metrics();
-        let r = self.retry.metrics();
-        json!({
-            "name": self.name,
-            "breaker": {
-                "state": b.state.as_str(),
-                "failure_rate": b.failure_rate,
-                "calls_in_window": b.calls_in_window,
-                "failures_in_window": b.failures_in_window,
-                "successful_calls": b.successful_calls,
-                "failed_calls": b.failed_calls,
-                "rejected_calls": b.rejected_calls,
-                "transitions": b.transitions,
-            },
-            "bulkhead": {
-                "in_flight": h.in_flight,
-                "queued": h.queued,
-                "max_concurrent": h.max_concurrent,
-                "rejections": h.rejections(),
-            },
-            "retry": {
-                "requests": r.requests,
-                "retries": r.retries,
-                "gave_up": r.gave_up,
-                "budget_exhausted": r.budget_exhausted,
-                "budget_left": r.budget_left,
-            },
-        })
+        let status = StackStatus::of(self.name, &self.breaker, &self.bulkhead, &self.retry);
+        serde_json::to_value(status).unwrap_or(Value::Null)
     }
 }
 
