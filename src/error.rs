@@ -199,8 +199,12 @@ impl<E> Error<E> {
         matches!(self, Error::BreakerOpen(_) | Error::BulkheadFull(_))
     }
 
-    /// The error of the last attempt: this error, or the `last` of
+    /// What the last attempt ran into: this error, or the `last` of
     /// [`RetriesExhausted`](Error::RetriesExhausted) and [`BudgetExhausted`](Error::BudgetExhausted).
+    ///
+    /// Match on it to act on the cause: with retries on, a dependency that hangs surfaces as
+    /// `RetriesExhausted { last: Elapsed, .. }`, not as `Elapsed`, so `Err(Error::Elapsed(_))`
+    /// alone would rarely match; `err.last()` is `Error::Elapsed` either way.
     pub fn last(&self) -> &Self {
         match self {
             #[cfg(feature = "retry")]
@@ -228,25 +232,24 @@ impl<E> Error<E> {
     }
 }
 
+// Each variant either prints its cause or returns it from `source()`, never both, so that an
+// error reporter (`anyhow`'s `{:#}`, `tracing`'s error chains) says everything once.
 impl<E: fmt::Display> fmt::Display for Error<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Inner(e) => e.fmt(f),
-            Error::BreakerOpen(e) => e.fmt(f),
-            Error::BulkheadFull(e) => e.fmt(f),
+            Error::BreakerOpen(e) => write!(f, "call rejected by circuit breaker `{}`", e.name()),
+            Error::BulkheadFull(e) => write!(f, "call rejected by bulkhead `{}`", e.name()),
             #[cfg(feature = "timeout")]
-            Error::Elapsed(e) => e.fmt(f),
+            Error::Elapsed(_) => f.write_str("call cancelled by a time limit"),
             #[cfg(feature = "retry")]
             Error::RetriesExhausted {
-                attempts,
-                reason,
-                last,
-            } => write!(f, "gave up after {attempts} attempts ({reason}): {last}"),
+                attempts, reason, ..
+            } => write!(f, "gave up after {attempts} attempts ({reason})"),
             #[cfg(feature = "retry")]
-            Error::BudgetExhausted { attempts, last } => write!(
-                f,
-                "retry budget exhausted after {attempts} attempt(s): {last}"
-            ),
+            Error::BudgetExhausted { attempts, .. } => {
+                write!(f, "retry budget exhausted after {attempts} attempt(s)")
+            }
             Error::Other(e) => e.fmt(f),
         }
     }
@@ -254,11 +257,13 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
 
 impl<E: StdError + 'static> StdError for Error<E> {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        // The variant's error itself (not only its source), as `CircuitBreakerError` does, so
-        // that `rejection_of` and `Elapsed::find` still find a rejection or a timeout when
-        // this error is boxed and passed through another layer.
         match self {
-            Error::Inner(e) => Some(e),
+            // Printed by `Display`: their causes come next.
+            Error::Inner(e) => e.source(),
+            Error::Other(e) => e.source(),
+            // The rejection or the timeout itself (their details are not in `Display`), so
+            // that `rejection_of` and `Elapsed::find` still find them when this error is
+            // boxed and passed through another layer.
             Error::BreakerOpen(e) => Some(e),
             Error::BulkheadFull(e) => Some(e),
             #[cfg(feature = "timeout")]
@@ -267,7 +272,6 @@ impl<E: StdError + 'static> StdError for Error<E> {
             Error::RetriesExhausted { last, .. } | Error::BudgetExhausted { last, .. } => {
                 Some(&**last)
             }
-            Error::Other(e) => Some(&**e),
         }
     }
 }

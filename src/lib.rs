@@ -182,14 +182,20 @@
 //! let request = http::Request::get("http://127.0.0.1:8080/balance").body(String::new())?;
 //! match payment.ready().await?.call(request).await {
 //!     Ok(res) => println!("{}", res.status()),
-//!     Err(Error::BreakerOpen(open)) => println!("payment is down: {open}"),
-//!     Err(Error::BulkheadFull(_)) => println!("too many calls to payment in flight"),
-//!     Err(Error::Elapsed(elapsed)) => println!("no answer within {:?}", elapsed.limit()),
-//!     Err(Error::RetriesExhausted { attempts, last, .. }) => {
-//!         println!("gave up after {attempts} attempts, the last one: {last}")
+//!     Err(err) => {
+//!         if let Error::RetriesExhausted { attempts, .. } = &err {
+//!             println!("gave up after {attempts} attempts");
+//!         }
+//!         // A failure that was retried arrives as `RetriesExhausted { last, .. }` (or
+//!         // `BudgetExhausted`); `last()` is what the last attempt ran into.
+//!         match err.last() {
+//!             Error::BreakerOpen(open) => println!("payment is down: {open}"),
+//!             Error::BulkheadFull(_) => println!("too many calls to payment in flight"),
+//!             Error::Elapsed(elapsed) => println!("no answer within {:?}", elapsed.limit()),
+//!             Error::Inner(e) => println!("transport error: {e}"),
+//!             other => println!("{other}"),
+//!         }
 //!     }
-//!     Err(Error::Inner(e)) => println!("transport error: {e}"),
-//!     Err(e) => println!("{e}"),
 //! }
 //! // For a status endpoint:
 //! println!("{:?}", handle.status());

@@ -656,3 +656,82 @@ async fn a_give_up_is_reported_when_the_retries_ran_on_another_task() {
         "{again:?}"
     );
 }
+
+/// Every message of an error's report (the error, then each source), as a reporter prints it.
+fn report(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut messages = Vec::new();
+    let mut current = Some(err);
+    while let Some(e) = current {
+        messages.push(e.to_string());
+        current = e.source();
+    }
+    messages
+}
+
+#[test]
+fn an_error_report_says_each_thing_once() {
+    let io = || std::io::Error::other("connection reset by peer");
+    let errors: Vec<Error<std::io::Error>> = vec![
+        Error::Inner(io()),
+        Error::BreakerOpen(BreakerOpen::new(Arc::from("payment"), None)),
+        Error::from_box(Box::new(staunch::BulkheadFull::new(
+            Arc::from("payment"),
+            4,
+            BulkheadFullReason::NoPermit,
+        ))),
+        Error::Elapsed(Elapsed::new(Duration::from_secs(2))),
+        Error::RetriesExhausted {
+            attempts: 3,
+            reason: GiveUpReason::MaxAttempts,
+            last: Box::new(Error::Elapsed(Elapsed::new(Duration::from_millis(500)))),
+        },
+        Error::BudgetExhausted {
+            attempts: 1,
+            last: Box::new(Error::Inner(io())),
+        },
+        Error::Other("something else".into()),
+    ];
+    for err in &errors {
+        let messages = report(err);
+        for (i, message) in messages.iter().enumerate() {
+            for later in &messages[i + 1..] {
+                assert!(
+                    !message.contains(later.as_str()),
+                    "{err:?}: `{message}` repeats its source `{later}`"
+                );
+            }
+        }
+    }
+    // Nothing is lost on the way: the cause is in the report.
+    let retried = &errors[4];
+    assert_eq!(
+        report(retried),
+        [
+            "gave up after 3 attempts (max_attempts)",
+            "call cancelled by a time limit",
+            "call timed out after 500ms",
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_dependency_surfaces_as_retries_exhausted_whose_last_is_elapsed() {
+    let inner = service_fn(|_: Request| async {
+        std::future::pending::<()>().await;
+        Ok::<_, std::io::Error>(response(200))
+    });
+    let mut config = config(100, 3);
+    config.attempt_timeout = Some(Duration::from_millis(100));
+    config.timeout = Some(Duration::from_secs(5));
+    let (mut client, _) = staunch::http::client("search", inner, &config).unwrap();
+    let err = client.ready().await.unwrap().call(get()).await.unwrap_err();
+    assert!(
+        matches!(err, Error::RetriesExhausted { attempts: 3, .. }),
+        "{err:?}"
+    );
+    // What the README matches on.
+    assert!(
+        matches!(err.last(), Error::Elapsed(e) if e.limit() == Duration::from_millis(100)),
+        "{err:?}"
+    );
+}
