@@ -896,6 +896,10 @@ mod properties {
     use std::collections::BTreeSet;
     use std::time::Duration;
 
+    use std::future::Future;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::{Arc, Once};
+
     use proptest::prelude::*;
     use serde_json::Value;
     use staunch::{
@@ -903,6 +907,8 @@ mod properties {
         BulkheadConfig, DeadlineConfig, HeaderFormatConfig, HedgeConfig, IncomingDeadlineConfig,
         JitterConfig, OutgoingDeadlineConfig, RetryConfig, StackConfig, VegasConfig, WindowConfig,
     };
+    use staunch::{Registry, RegistryConfig};
+    use tower::{Layer, Service, ServiceExt};
 
     fn duration() -> impl Strategy<Value = Duration> {
         prop_oneof![
@@ -1263,6 +1269,305 @@ mod properties {
         out
     }
 
+    /// Durations a file or a builder may hold, the extremes included.
+    fn wild_duration() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            Just(Duration::ZERO),
+            Just(Duration::from_nanos(1)),
+            Just(Duration::MAX),
+            Just(Duration::from_secs(u64::MAX)),
+            Just(staunch::core::FAR_FUTURE),
+            (0u64..100_000).prop_map(Duration::from_millis),
+            any::<u64>().prop_map(Duration::from_nanos),
+            any::<u64>().prop_map(Duration::from_secs),
+        ]
+    }
+
+    /// Numbers a file may hold: NaN, the infinities and huge values included.
+    fn wild_float() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            Just(f64::NAN),
+            Just(f64::INFINITY),
+            Just(f64::NEG_INFINITY),
+            Just(-0.0),
+            Just(f64::MAX),
+            Just(f64::MIN_POSITIVE),
+            decimal(-2, 200),
+        ]
+    }
+
+    /// Any stack, with extreme values thrown into its duration and number fields.
+    fn hostile_stack() -> impl Strategy<Value = StackConfig> {
+        let d = || proptest::option::of(wild_duration());
+        let f = || proptest::option::of(wild_float());
+        (
+            stack(),
+            (d(), d(), d(), d(), d(), d(), d(), d()),
+            (d(), d(), d(), d()),
+            (f(), f(), f(), f(), f(), f(), f(), f()),
+        )
+            .prop_map(|(mut c, durations, more, floats)| {
+                let (timeout, attempt, slow, open, half_open, wait, after, delay) = durations;
+                let (base, max_delay, margin, budget) = more;
+                let (failure, slow_rate, ratio, multiplier, percentile, alpha, beta, backoff) =
+                    floats;
+                let or = |v: &mut Option<Duration>, w: Option<Duration>| {
+                    if w.is_some() {
+                        *v = w;
+                    }
+                };
+                or(&mut c.timeout, timeout);
+                or(&mut c.attempt_timeout, attempt);
+                or(&mut c.breaker.slow_call_duration, slow);
+                or(&mut c.breaker.open_duration, open);
+                or(&mut c.breaker.max_half_open_duration, half_open);
+                or(&mut c.bulkhead.max_wait, wait);
+                or(&mut c.retry.max_retry_after, after);
+                if let Some(hedge) = &mut c.hedge {
+                    or(&mut hedge.delay, delay);
+                    hedge.percentile = percentile.or(hedge.percentile);
+                }
+                if let Some(b) = &mut c.retry.backoff {
+                    if let Some(base) = base {
+                        b.base = base;
+                    }
+                    or(&mut b.max_delay, max_delay);
+                    b.multiplier = multiplier.or(b.multiplier);
+                }
+                if let Some(budget_config) = &mut c.retry.budget {
+                    budget_config.ratio = ratio.or(budget_config.ratio);
+                }
+                if let Some(deadline) = &mut c.deadline {
+                    if let Some(o) = &mut deadline.outgoing {
+                        or(&mut o.margin, margin);
+                    }
+                    if let Some(i) = &mut deadline.incoming {
+                        or(&mut i.budget, budget);
+                    }
+                }
+                c.breaker.failure_rate_threshold = failure.or(c.breaker.failure_rate_threshold);
+                c.breaker.slow_call_rate_threshold =
+                    slow_rate.or(c.breaker.slow_call_rate_threshold);
+                match &mut c.bulkhead.adaptive {
+                    Some(AdaptiveConfig::Vegas(v)) => {
+                        v.alpha = alpha.or(v.alpha);
+                        v.beta = beta.or(v.beta);
+                        v.backoff_ratio = backoff.or(v.backoff_ratio);
+                    }
+                    Some(AdaptiveConfig::Aimd(a)) => a.backoff_ratio = backoff.or(a.backoff_ratio),
+                    _ => {}
+                }
+                c
+            })
+    }
+
+    static PANICS: AtomicUsize = AtomicUsize::new(0);
+
+    /// Counts panics anywhere in the process: a background task's panic (a breaker's timer)
+    /// is swallowed by tokio, so a property checks the count instead.
+    fn count_panics() {
+        static HOOK: Once = Once::new();
+        HOOK.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                PANICS.fetch_add(1, Ordering::SeqCst);
+                previous(info);
+            }));
+        });
+    }
+
+    /// A small seeded generator (xorshift), shared by the dependency and the test.
+    #[derive(Clone)]
+    struct Dice(Arc<AtomicU64>);
+
+    impl Dice {
+        fn roll(&self, n: u64) -> u64 {
+            let mut x = self.0.load(Ordering::Relaxed);
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0.store(x, Ordering::Relaxed);
+            x % n
+        }
+    }
+
+    const YEAR: Duration = Duration::from_hours(24 * 365);
+
+    /// A dependency that answers anything a server may: fast or after a year, 200, 503 and
+    /// 429 with any `Retry-After`, gRPC statuses with any pushback, or an error.
+    fn hostile_dependency(
+        dice: &Dice,
+    ) -> impl Service<
+        http::Request<String>,
+        Response = http::Response<String>,
+        Error = std::io::Error,
+        Future = impl Future<Output = Result<http::Response<String>, std::io::Error>> + Send,
+    > + Clone
+    + Send
+    + 'static {
+        let dice = dice.clone();
+        tower::service_fn(move |_: http::Request<String>| {
+            let delay = [
+                Duration::ZERO,
+                Duration::from_millis(1),
+                Duration::from_secs(1),
+                Duration::from_hours(1),
+                YEAR,
+            ][dice.roll(5) as usize];
+            let retry_after = match dice.roll(5) {
+                0 => u64::MAX.to_string(),
+                1 => dice.roll(u64::MAX).to_string(),
+                2 => "Fri, 31 Dec 9999 23:59:59 GMT".to_owned(),
+                3 => "Thu, 01 Jan 1970 00:00:00 GMT".to_owned(),
+                _ => dice.roll(100).to_string(),
+            };
+            let pushback = match dice.roll(3) {
+                0 => i64::MAX.to_string(),
+                1 => "-1".to_owned(),
+                _ => dice.roll(1000).to_string(),
+            };
+            let kind = dice.roll(6);
+            async move {
+                tokio::time::sleep(delay).await;
+                let mut res = http::Response::builder();
+                res = match kind {
+                    0 => res.status(200),
+                    1 => res.status(503),
+                    2 => res.status(503).header("retry-after", retry_after),
+                    3 => res.status(429).header("retry-after", retry_after),
+                    4 => res
+                        .status(200)
+                        .header("grpc-status", "14")
+                        .header("grpc-retry-pushback-ms", pushback),
+                    _ => return Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+                };
+                Ok(res.body(String::new()).unwrap())
+            }
+        })
+    }
+
+    fn request(dice: &Dice) -> http::Request<String> {
+        let mut req = http::Request::get("http://127.0.0.1/charge");
+        match dice.roll(4) {
+            0 => {
+                req = req.header(
+                    "grpc-timeout",
+                    ["1m", "99999999H", "5S", "0n"][dice.roll(4) as usize],
+                )
+            }
+            1 => req = req.header("x-request-timeout", dice.roll(u64::MAX).to_string()),
+            2 => req = req.header("x-deadline-ms", "18446744073709551615"),
+            _ => {}
+        }
+        req.body(String::new()).unwrap()
+    }
+
+    /// Builds `config` and, when it is accepted, makes `calls` calls through the stack (and
+    /// its hedge and deadline layers) with clock jumps of up to ten years between them.
+    fn exercise(config: &StackConfig, seed: u64, calls: usize) -> Result<(), TestCaseError> {
+        let mut file = RegistryConfig::default();
+        file.stacks.insert("svc".to_owned(), config.clone());
+        let registry = match Registry::new(&file) {
+            Ok(registry) => registry,
+            Err(err) => {
+                let field = err.field().strip_prefix("svc.").unwrap_or_default();
+                prop_assert!(
+                    schema().contains(field),
+                    "`{}` is not a field ({})",
+                    field,
+                    err
+                );
+                return Ok(());
+            }
+        };
+        // A whole stack's futures nest deeply in a debug build: more stack than a test
+        // thread's default.
+        let run = move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let dice = Dice(Arc::new(AtomicU64::new(seed | 1)));
+                let handle = registry.handle("svc").unwrap();
+                let mut client = registry
+                    .http_client::<_, std::io::Error>("svc", hostile_dependency(&dice))
+                    .unwrap();
+                let mut hedged = handle
+                    .hedge()
+                    .map(|h| h.clone().layer(hostile_dependency(&dice)));
+                let mut deadlines = match (handle.incoming_deadline(), handle.outgoing_deadline()) {
+                    (Some(i), Some(o)) => {
+                        Some(i.clone().layer(o.clone().layer(hostile_dependency(&dice))))
+                    }
+                    _ => None,
+                };
+                for _ in 0..calls {
+                    let jump = [
+                        Duration::ZERO,
+                        Duration::from_millis(3),
+                        Duration::from_hours(1),
+                        YEAR,
+                        10 * YEAR,
+                    ][dice.roll(5) as usize];
+                    tokio::time::advance(jump).await;
+                    let _ = client.ready().await.unwrap().call(request(&dice)).await;
+                    if let Some(hedged) = &mut hedged {
+                        let _ = hedged.ready().await.unwrap().call(request(&dice)).await;
+                    }
+                    if let Some(deadlines) = &mut deadlines {
+                        let _ = deadlines.ready().await.unwrap().call(request(&dice)).await;
+                    }
+                }
+                let _ = handle.status();
+            });
+        };
+        let outcome = std::thread::Builder::new()
+            .stack_size(64 << 20)
+            .spawn(run)
+            .unwrap()
+            .join();
+        prop_assert!(outcome.is_ok(), "a call panicked");
+        Ok(())
+    }
+
+    /// Runs `f` on a thread with a 64 MiB stack.
+    fn on_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .stack_size(64 << 20)
+                .spawn_scoped(scope, f)
+                .unwrap()
+                .join()
+                .unwrap()
+        })
+    }
+
+    /// The JSON leaves of `value`, as paths of keys.
+    fn leaves(value: &Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        match value {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    prefix.push(key.clone());
+                    out.push(prefix.clone());
+                    leaves(value, prefix, out);
+                    prefix.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A value no field of the schema accepts in place of `value`.
+    fn wrong(value: &Value) -> Value {
+        match value {
+            Value::String(_) => serde_json::json!(["1s", "500ms"]),
+            Value::Object(_) => serde_json::json!(["1s", "500ms"]),
+            _ => serde_json::json!({ "not": "a value" }),
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -1285,6 +1590,89 @@ mod properties {
                 );
             }
         }
+    }
+
+    /// Runs `cases` cases of `test` over `strategy` on a thread with a 64 MiB stack (the
+    /// strategies and a whole stack's futures nest deeply in a debug build).
+    fn check<S: Strategy + Send + 'static>(
+        cases: u32,
+        strategy: S,
+        test: impl Fn(S::Value) -> Result<(), TestCaseError> + Send + 'static,
+    ) where
+        S::Value: std::fmt::Debug,
+    {
+        std::thread::Builder::new()
+            .stack_size(64 << 20)
+            .spawn(move || {
+                let mut runner =
+                    proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(cases));
+                if let Err(e) = runner.run(&strategy, test) {
+                    panic!("{e}");
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    /// A configuration with any value in any field either is refused, naming a real
+    /// field, or is usable: a hundred calls, with hostile answers and clock jumps of up to
+    /// ten years, never panic (not in the call, not in a background task).
+    #[test]
+    fn any_value_is_refused_by_name_or_usable_for_hundreds_of_calls() {
+        check(2048, (hostile_stack(), any::<u64>()), |(config, seed)| {
+            count_panics();
+            let before = PANICS.load(Ordering::SeqCst);
+            exercise(&config, seed, 100)?;
+            prop_assert_eq!(PANICS.load(Ordering::SeqCst), before, "a task panicked");
+            Ok(())
+        });
+    }
+
+    /// A value of the wrong type anywhere in a file, TOML or JSON, is refused naming
+    /// its whole path; and a file whose values break a rule is refused by `build` naming
+    /// the same field whichever format it was read from.
+    #[test]
+    fn files_name_the_path_of_what_they_refuse() {
+        check(
+            4096,
+            (stack(), any::<prop::sample::Index>()),
+            |(config, pick)| {
+                // Nested sections read through path tracking go deep in a debug build.
+                on_big_stack(move || -> Result<(), TestCaseError> {
+                    let value = serde_json::to_value(&config).unwrap();
+                    let mut paths = Vec::new();
+                    leaves(&value, &mut Vec::new(), &mut paths);
+                    if let Some(path) = paths.get(pick.index(paths.len().max(1))) {
+                        let mut broken = value.clone();
+                        let mut slot = &mut broken;
+                        for key in path {
+                            slot = slot.get_mut(key).unwrap();
+                        }
+                        *slot = wrong(slot);
+                        let expected = format!("svc.{}", path.join("."));
+                        let file = serde_json::json!({ "svc": broken });
+                        let err = RegistryConfig::from_json(&file.to_string()).unwrap_err();
+                        prop_assert_eq!(err.field(), expected.as_str(), "JSON: {}", err);
+                        let err = RegistryConfig::from_toml(&toml::to_string(&file).unwrap())
+                            .unwrap_err();
+                        prop_assert_eq!(err.field(), expected.as_str(), "TOML: {}", err);
+                    }
+
+                    let mut file = RegistryConfig::default();
+                    file.stacks.insert("svc".to_owned(), config);
+                    let from_json =
+                        RegistryConfig::from_json(&serde_json::to_string(&file).unwrap()).unwrap();
+                    let from_toml =
+                        RegistryConfig::from_toml(&toml::to_string(&file).unwrap()).unwrap();
+                    let fields =
+                        |c: &RegistryConfig| Registry::new(c).err().map(|e| e.field().to_owned());
+                    prop_assert_eq!(fields(&from_json), fields(&file));
+                    prop_assert_eq!(fields(&from_toml), fields(&file));
+                    Ok(())
+                })
+            },
+        );
     }
 }
 
