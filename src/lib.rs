@@ -208,9 +208,14 @@
 //! # tonic
 //!
 //! `grpc::channel` (feature `tonic`) wraps a channel for a generated client: breaker
-//! (classified by gRPC status), attempt timeout, bulkhead. Retries go around the client call,
-//! where the request message can be cloned (the channel's body is a stream that cannot be
-//! replayed), with the stack's retry policy:
+//! (classified by gRPC status), attempt timeout, bulkhead. The client returns staunch's
+//! refusals as the `tonic::Status` codes gRPC clients expect: an open breaker is
+//! `UNAVAILABLE` with the time until its next probe in `grpc-retry-pushback-ms`, a full
+//! bulkhead `RESOURCE_EXHAUSTED`, an attempt timeout `DEADLINE_EXCEEDED`, and
+//! [`rejection_of`]`(&status)` finds the rejection. Retries go around the client call, where
+//! the request message can be cloned (the channel's body is a stream that cannot be
+//! replayed), with the stack's retry policy; they fail with a `tonic::Status` too (the last
+//! attempt's):
 //!
 //! ```no_run
 //! # #[cfg(all(feature = "circuit-breaker", feature = "bulkhead", feature = "timeout", feature = "retry", feature = "tonic"))]
@@ -232,18 +237,45 @@
 //! let client = ShippingClient::new(channel);
 //!
 //! let order_id = 42;
-//! let shipment = handle
+//! let shipment: Result<_, tonic::Status> = handle
 //!     .retry()
 //!     .retry(|| {
 //!         let mut client = client.clone();
 //!         async move { client.create(tonic::Request::new(order_id)).await }
 //!     })
-//!     .await?;
-//! println!("shipment {}", shipment.into_inner());
+//!     .await;
+//! match shipment {
+//!     Ok(shipment) => println!("shipment {}", shipment.into_inner()),
+//!     Err(status) if status.code() == tonic::Code::Unavailable => println!("shipping is down"),
+//!     Err(status) => return Err(status.into()),
+//! }
 //! # Ok(())
 //! # }
 //! # }
 //! # fn main() {}
+//! ```
+//!
+//! The client above stands for one `tonic-build` generates. No `protoc` is needed for that:
+//! `tonic_build::manual` generates the client (and server) from a service described in
+//! `build.rs`, the messages being prost structs written in Rust, as this repository's gRPC
+//! tests do (`tests/build.rs`, `tests/grpc.rs`):
+//!
+//! ```text
+//! // build.rs
+//! let check = tonic_build::manual::Method::builder()
+//!     .name("check")
+//!     .route_name("Check")
+//!     .input_type("crate::StockQuery")
+//!     .output_type("crate::StockLevel")
+//!     .codec_path("tonic_prost::ProstCodec")
+//!     .build();
+//! let stock = tonic_build::manual::Service::builder().name("Stock").package("shop").method(check).build();
+//! tonic_build::manual::Builder::new().compile(&[stock]);
+//!
+//! // src/main.rs
+//! include!(concat!(env!("OUT_DIR"), "/shop.Stock.rs"));
+//! let (channel, handle) = staunch::grpc::channel("inventory", channel, &config)?;
+//! let mut client = stock_client::StockClient::new(channel);
 //! ```
 //!
 //! # Configuration files
