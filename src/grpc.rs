@@ -209,12 +209,12 @@ where
 /// Makes a `tonic::Status` of a staunch stack's error, with the code a gRPC client expects.
 ///
 /// The error's source chain is searched for the first of:
-/// - a `tonic::Status` (the server's, or one a layer made): that status, with its code,
+/// - a `tonic::Status` (the server's, or one a layer made) is that status, with its code,
 ///   message, details and metadata;
-/// - [`BreakerOpen`]: `UNAVAILABLE`, with the milliseconds until the breaker's next probe in
+/// - a [`BreakerOpen`] is `UNAVAILABLE`, with the milliseconds until the breaker's next probe in
 ///   [`grpc-retry-pushback-ms`](RETRY_PUSHBACK_KEY) when the breaker knows them;
-/// - [`BulkheadFull`]: `RESOURCE_EXHAUSTED` (the caller is saturated: back off);
-/// - [`Elapsed`]: `DEADLINE_EXCEEDED`.
+/// - a [`BulkheadFull`] is `RESOURCE_EXHAUSTED` (the caller is saturated: back off);
+/// - an [`Elapsed`] is `DEADLINE_EXCEEDED`.
 ///
 /// The error itself becomes the status's source (so [`rejection_of`](crate::rejection_of)
 /// and `Elapsed::find` still find what happened, and a retry layer never retries a

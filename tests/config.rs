@@ -1453,7 +1453,7 @@ mod properties {
                 req = req.header(
                     "grpc-timeout",
                     ["1m", "99999999H", "5S", "0n"][dice.roll(4) as usize],
-                )
+                );
             }
             1 => req = req.header("x-request-timeout", dice.roll(u64::MAX).to_string()),
             2 => req = req.header("x-deadline-ms", "18446744073709551615"),
@@ -1546,24 +1546,20 @@ mod properties {
 
     /// The JSON leaves of `value`, as paths of keys.
     fn leaves(value: &Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
-        match value {
-            Value::Object(map) => {
-                for (key, value) in map {
-                    prefix.push(key.clone());
-                    out.push(prefix.clone());
-                    leaves(value, prefix, out);
-                    prefix.pop();
-                }
+        if let Value::Object(map) = value {
+            for (key, value) in map {
+                prefix.push(key.clone());
+                out.push(prefix.clone());
+                leaves(value, prefix, out);
+                prefix.pop();
             }
-            _ => {}
         }
     }
 
     /// A value no field of the schema accepts in place of `value`.
     fn wrong(value: &Value) -> Value {
         match value {
-            Value::String(_) => serde_json::json!(["1s", "500ms"]),
-            Value::Object(_) => serde_json::json!(["1s", "500ms"]),
+            Value::String(_) | Value::Object(_) => serde_json::json!(["1s", "500ms"]),
             _ => serde_json::json!({ "not": "a value" }),
         }
     }
