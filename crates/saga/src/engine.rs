@@ -2,17 +2,20 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+use futures_util::FutureExt;
 use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::definition::{DefinitionInner, SagaDefinition, SagaState};
 use crate::error::{LoadError, SagaError, StoreError};
 use crate::event::SagaEvent;
+use crate::guard;
 use crate::metrics::{Count, Counters, SagaMetrics};
 use crate::outcome::{Published, RawOutcome, SagaHandle, Stopped};
-use crate::recovery::{SagaTimeline, TimelineEntry, settled_outcome};
+use crate::recovery::{SagaTimeline, TimelineEntry, panic_message, settled_outcome};
 use crate::replay::Progress;
 use crate::runner::Runner;
 use crate::store::{Created, ListFilter, NewSaga, SagaStatus, SagaStore, SagaSummary};
@@ -116,7 +119,29 @@ fn spawn<S: SagaState>(mut runner: Runner<S>) {
     tokio::spawn(
         async move {
             let _in_flight = in_flight;
-            let result = runner.drive().await;
+            // The unwind guard: whatever panics in here, the saga is marked and its handles
+            // answered, and the engine forgets it.
+            let result = AssertUnwindSafe(runner.drive()).catch_unwind().await;
+            let failure = match &result {
+                Err(panic) => Some(panic_message(&**panic)),
+                Ok(Err(SagaError::Load { error, .. })) if runner.broken.is_some() => {
+                    Some(format!("the engine recorded an invalid event ({error})"))
+                }
+                Ok(_) => None,
+            };
+            let result = match (result, failure) {
+                (Ok(result), None) => result,
+                (_, message) => {
+                    let message = message.unwrap_or_default();
+                    tracing::error!(saga_id = %runner.id, message, "the saga's task panicked");
+                    let reason = format!("the saga's task panicked: {message}");
+                    guard::mark(&runner.shared, &runner.def, &runner.id, &reason).await;
+                    Err(SagaError::Panicked {
+                        saga_id: runner.id.to_string(),
+                        message,
+                    })
+                }
+            };
             // Whatever happened, this process stops driving it: a leased store lets the
             // lease expire (terminal appends already released it).
             runner.shared.store.release(&runner.id);
@@ -179,6 +204,7 @@ impl Shared {
         }
         let published = result.map_err(|e| match e {
             SagaError::Store(StoreError::LeaseLost { .. }) => Stopped::LeaseLost,
+            SagaError::Panicked { message, .. } => Stopped::Panicked(message),
             e => Stopped::Other(e.to_string()),
         });
         if let Some(live) = self.live().remove(id) {

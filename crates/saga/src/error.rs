@@ -35,6 +35,9 @@ pub enum StepErrorKind {
     /// Another member of its parallel group failed and this attempt was cancelled (its
     /// effect is unknown).
     Cancelled,
+    /// The attempt succeeded but its output (the new state) cannot be serialized, so it
+    /// cannot be stored: the effect happened, the saga is stuck for an operator.
+    Unstorable,
 }
 
 impl StepErrorKind {
@@ -49,7 +52,7 @@ impl StepErrorKind {
     pub fn is_in_doubt(self) -> bool {
         matches!(
             self,
-            Self::Timeout | Self::Deadline | Self::Interrupted | Self::Cancelled
+            Self::Timeout | Self::Deadline | Self::Interrupted | Self::Cancelled | Self::Unstorable
         )
     }
 }
@@ -94,6 +97,7 @@ impl fmt::Display for StepError {
             StepErrorKind::Deadline => "saga deadline passed",
             StepErrorKind::Interrupted => "interrupted",
             StepErrorKind::Cancelled => "cancelled",
+            StepErrorKind::Unstorable => "output cannot be stored",
         };
         write!(f, "{kind}: {}", self.message)
     }
@@ -157,9 +161,54 @@ pub enum LoadError {
         /// What was wrong with it.
         reason: String,
     },
+    /// A decodable row breaks one of the rules a log must follow before it is replayed.
+    #[error("log row {seq} breaks the rule that {rule}: {detail}")]
+    Invalid {
+        /// Sequence number of the row (its position in the log when the numbering itself is
+        /// broken).
+        seq: u64,
+        /// The rule it breaks.
+        rule: LogRule,
+        /// What exactly was wrong.
+        detail: String,
+    },
     /// The events are decodable but do not form a valid history for the definition.
     #[error("log is inconsistent: {0}")]
     Inconsistent(String),
+}
+
+/// A rule every saga log is checked against before it is replayed (see
+/// [`LoadError::Invalid`]). A log that breaks one quarantines its saga; nothing else stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LogRule {
+    /// Rows are numbered 0, 1, 2, ... without a gap.
+    Sequence,
+    /// The first row, and only the first, is `started`.
+    StartedFirst,
+    /// Nothing follows a terminal event (completed, compensated, resolved).
+    TerminalLast,
+    /// Every step index names a step of the definition.
+    StepIndex,
+    /// Attempt numbers count up by one from 1, and a failure names an attempt that started.
+    AttemptCounter,
+    /// An operator action names the stuck step of a stuck saga.
+    OperatorOnStuck,
+}
+
+impl fmt::Display for LogRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Sequence => "rows are numbered 0, 1, 2, ... without a gap",
+            Self::StartedFirst => "the first row, and only the first, is `started`",
+            Self::TerminalLast => "nothing follows a terminal event",
+            Self::StepIndex => "every step index names a step of the definition",
+            Self::AttemptCounter => {
+                "attempt numbers count up by one from 1 and failures name a started attempt"
+            }
+            Self::OperatorOnStuck => "an operator action names the stuck step of a stuck saga",
+        })
+    }
 }
 
 /// An error of the [`SagaEngine`](crate::SagaEngine) API.
@@ -215,6 +264,16 @@ pub enum SagaError {
     LeaseLost {
         /// The saga.
         saga_id: String,
+    },
+    /// Something panicked inside the saga's task (engine code, a group's `merge`, the
+    /// store). The saga is marked stuck (or, when that cannot be written, quarantined) with
+    /// the panic message, so an operator sees it; it does not resume on its own.
+    #[error("saga `{saga_id}` stopped: its task panicked ({message})")]
+    Panicked {
+        /// The saga.
+        saga_id: String,
+        /// The panic message.
+        message: String,
     },
     /// The runner driving the saga stopped without an outcome (store failure or shutdown);
     /// the saga resumes on the next recovery.

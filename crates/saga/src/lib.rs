@@ -115,6 +115,7 @@ mod engine;
 mod error;
 mod event;
 mod group;
+mod guard;
 mod metrics;
 mod operator;
 mod outcome;
@@ -129,7 +130,7 @@ pub use definition::{
     OnInterrupted, RetryPolicy, SagaDefinition, SagaDefinitionBuilder, SagaState, Step, StepKind,
 };
 pub use engine::SagaEngine;
-pub use error::{LoadError, SagaError, StepError, StepErrorKind, StoreError};
+pub use error::{LoadError, LogRule, SagaError, StepError, StepErrorKind, StoreError};
 pub use event::{LOG_FORMAT_VERSION, SagaEvent};
 pub use group::{GroupCompensation, GroupFailure, ParallelGroup};
 pub use metrics::SagaMetrics;

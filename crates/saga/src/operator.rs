@@ -10,7 +10,7 @@ use crate::error::{LoadError, SagaError};
 use crate::event::SagaEvent;
 use crate::metrics::Count;
 use crate::outcome::{RawOutcome, SagaHandle};
-use crate::recovery::decode_log;
+use crate::recovery::{decode_log, named_definition};
 use crate::replay::{Progress, Stage};
 use crate::store::{Append, SagaStatus};
 
@@ -65,7 +65,15 @@ impl SagaEngine {
             .await?
             .ok_or_else(|| SagaError::NotFound(saga_id.to_owned()))?;
         let events = decode_log(&log).map_err(load_err)?;
-        let mut progress = Progress::replay(&events).map_err(load_err)?;
+        // Step indexes are checked against the definition; without one registered (only
+        // `resolve` can go on), against the number of rows: a valid log never names a step
+        // beyond it, and the table stays sized by what was read, not by a stored value.
+        let (name, version) = named_definition(&events).map_err(load_err)?;
+        let step_count = self
+            .shared
+            .definition(name, version)
+            .map_or(events.len(), |d| d.step_count());
+        let mut progress = Progress::replay(&events, step_count).map_err(load_err)?;
         let Stage::Stuck { step, .. } = progress.stage else {
             return Err(SagaError::NotStuck {
                 saga_id: saga_id.to_owned(),

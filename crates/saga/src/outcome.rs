@@ -66,6 +66,8 @@ pub(crate) enum RawOutcome {
 pub(crate) enum Stopped {
     /// Another instance owns the saga now.
     LeaseLost,
+    /// Something panicked in the saga's task; the saga was marked.
+    Panicked(String),
     /// Any other reason (store failure, quarantine).
     Other(String),
 }
@@ -128,7 +130,8 @@ impl<S: SagaState> SagaHandle<S> {
     ///
     /// Errors: the runner stopped without an outcome (a store failure:
     /// [`SagaError::Interrupted`]; another instance took the saga over:
-    /// [`SagaError::LeaseLost`]), or the final state cannot be decoded as `S`. A saga that was not running in this process when the handle
+    /// [`SagaError::LeaseLost`]; something panicked in the saga's task, which marked the
+    /// saga stuck or quarantined: [`SagaError::Panicked`]), or the final state cannot be decoded as `S`. A saga that was not running in this process when the handle
     /// was made waits for [`recover`](crate::SagaEngine::recover) to resume it.
     ///
     /// # Cancel safety
@@ -157,6 +160,10 @@ impl<S: SagaState> SagaHandle<S> {
             Ok(raw) => raw.decode(),
             Err(Stopped::LeaseLost) => Err(SagaError::LeaseLost {
                 saga_id: self.saga_id.to_string(),
+            }),
+            Err(Stopped::Panicked(message)) => Err(SagaError::Panicked {
+                saga_id: self.saga_id.to_string(),
+                message,
             }),
             Err(Stopped::Other(reason)) => Err(SagaError::Interrupted {
                 saga_id: self.saga_id.to_string(),

@@ -75,7 +75,7 @@ impl<S: SagaState> Runner<S> {
     /// next stage (forward past the group, compensating, or stuck).
     pub(crate) async fn forward_group(&mut self, g: u32) -> Result<(), SagaError> {
         let group = &self.def.groups[g as usize];
-        let on_failure = group.on_failure;
+        let (on_failure, first_member) = (group.on_failure, group.first);
         let members: Vec<u32> = group
             .members()
             .filter(|&i| {
@@ -120,7 +120,8 @@ impl<S: SagaState> Runner<S> {
                     error: error.into(),
                 });
             }
-            let (step, d) = decision.unwrap_or((members[0], OnInterrupted::Compensate));
+            let first = members.first().copied().unwrap_or(first_member);
+            let (step, d) = decision.unwrap_or((first, OnInterrupted::Compensate));
             if d == OnInterrupted::Stuck {
                 self.record(SagaEvent::Stuck {
                     step,
@@ -150,10 +151,11 @@ impl<S: SagaState> Runner<S> {
             join.results.insert(*i, decode(&m.state)?);
         }
         let cancel = on_failure == GroupFailure::CancelOthers;
+        // A member whose output cannot be stored leaves the saga stuck: its effect happened.
         if let Some((step, error)) = self
             .run_concurrent(g, &members, Phase::Action, cancel, &mut join)
             .await?
-            && self.pivot_done()
+            && (self.pivot_done() || error.kind() == StepErrorKind::Unstorable)
         {
             self.record(SagaEvent::Stuck {
                 step,
@@ -215,13 +217,20 @@ impl<S: SagaState> Runner<S> {
         }) else {
             return;
         };
-        let p = self.progress.steps.get(step as usize);
-        let attempt = match phase {
-            Phase::Action => p.map_or(0, |p| p.action_attempts),
-            Phase::Compensate => p.map_or(0, |p| p.comp_attempts),
-        } + 1;
+        let Some(track) = tracks.get_mut(&step) else {
+            return;
+        };
+        let Some(attempt) = self.attempts(step, phase).checked_add(1) else {
+            // Cannot count another attempt: recorded as a failure of this member for good.
+            set.spawn(async move {
+                Report::Done {
+                    step,
+                    result: Err(StepError::fail("the attempt counter is exhausted")),
+                }
+            });
+            return;
+        };
         self.record(Self::started_event(phase, step, attempt));
-        let track = tracks.get_mut(&step).expect("tracked member");
         track.tries += 1;
         track.in_flight = true;
         let deadline = (phase == Phase::Action && !self.pivot_done())
@@ -296,35 +305,77 @@ impl<S: SagaState> Runner<S> {
                     }
                 }
                 Report::Done { step, result } => {
-                    let track = tracks.get_mut(&step).expect("tracked member");
+                    let Some(track) = tracks.get_mut(&step) else {
+                        continue;
+                    };
                     track.in_flight = false;
                     match result {
                         Ok(member_state) => {
-                            let member = to_raw(&member_state)?;
-                            join.results.insert(step, member_state);
-                            self.state = join
-                                .results
-                                .values()
-                                .fold(join.base.clone(), |acc, m| merge(acc, m.clone()));
-                            let state = to_raw(&self.state)?;
-                            self.record(match phase {
-                                Phase::Action => SagaEvent::StepCompleted {
-                                    step,
-                                    state,
-                                    member: Some(member),
-                                },
-                                Phase::Compensate => {
-                                    SagaEvent::CompensationCompleted { step, state }
+                            let stored = match to_raw(&member_state) {
+                                Ok(member) => {
+                                    join.results.insert(step, member_state);
+                                    let merged = join
+                                        .results
+                                        .values()
+                                        .fold(join.base.clone(), |acc, m| merge(acc, m.clone()));
+                                    match to_raw(&merged) {
+                                        Ok(state) => Ok((merged, state, member)),
+                                        Err(e) => {
+                                            join.results.remove(&step);
+                                            Err(e)
+                                        }
+                                    }
                                 }
-                            });
+                                Err(e) => Err(e),
+                            };
+                            match stored {
+                                Ok((merged, state, member)) => {
+                                    self.state = merged;
+                                    self.record(match phase {
+                                        Phase::Action => SagaEvent::StepCompleted {
+                                            step,
+                                            state,
+                                            member: Some(member),
+                                        },
+                                        Phase::Compensate => {
+                                            SagaEvent::CompensationCompleted { step, state }
+                                        }
+                                    });
+                                }
+                                Err(e) => {
+                                    // The effect happened but cannot be stored: no new attempt,
+                                    // no compensation of its own; the caller makes the saga stuck
+                                    // (unless a failure before it already rolls the group back,
+                                    // which compensates this member too: it is in doubt).
+                                    let attempt = self.attempts(step, phase);
+                                    let error =
+                                        StepError::new(StepErrorKind::Unstorable, e.to_string());
+                                    tracing::warn!(saga_id = %self.id, step, %error, "group member output cannot be stored");
+                                    self.record(match phase {
+                                        Phase::Action => SagaEvent::StepFailed {
+                                            step,
+                                            attempt,
+                                            kind: StepErrorKind::Unstorable,
+                                            error: error.message().to_owned(),
+                                        },
+                                        Phase::Compensate => SagaEvent::CompensationFailed {
+                                            step,
+                                            attempt,
+                                            kind: StepErrorKind::Unstorable,
+                                            error: error.message().to_owned(),
+                                        },
+                                    });
+                                    if failure.is_none() {
+                                        failure = Some((step, error));
+                                        if cancel {
+                                            set.abort_all();
+                                        }
+                                    }
+                                }
+                            }
                         }
                         Err(error) => {
-                            let attempt = match phase {
-                                Phase::Action => self.progress.steps[step as usize].action_attempts,
-                                Phase::Compensate => {
-                                    self.progress.steps[step as usize].comp_attempts
-                                }
-                            };
+                            let attempt = self.attempts(step, phase);
                             let (kind, message) = (error.kind(), error.message().to_owned());
                             self.record(match phase {
                                 Phase::Action => SagaEvent::StepFailed {
@@ -381,7 +432,7 @@ impl<S: SagaState> Runner<S> {
             .collect();
         cancelled.sort_unstable();
         for step in cancelled {
-            let attempt = self.progress.steps[step as usize].action_attempts;
+            let attempt = self.attempts(step, Phase::Action);
             self.record(SagaEvent::StepFailed {
                 step,
                 attempt,

@@ -1,10 +1,13 @@
 //! Reading logs back: recovery of unfinished sagas, outcomes of settled ones, timelines.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+
+use futures_util::FutureExt;
 
 use crate::definition::{DefinitionInner, SagaState};
 use crate::engine::{SagaEngine, Shared};
-use crate::error::{LoadError, SagaError, StoreError};
+use crate::error::{LoadError, LogRule, SagaError, StoreError};
 use crate::event::SagaEvent;
 use crate::metrics::Count;
 use crate::outcome::{RawOutcome, Stopped};
@@ -41,11 +44,51 @@ pub struct SagaTimeline {
     pub entries: Vec<TimelineEntry>,
 }
 
+/// Decodes every row, checking first that rows are numbered from 0 without a gap and are
+/// UTF-8.
 pub(crate) fn decode_log(log: &SagaLog) -> Result<Vec<SagaEvent>, LoadError> {
-    log.events
-        .iter()
-        .map(|row| SagaEvent::decode(row.seq, &row.payload))
-        .collect()
+    let mut events = Vec::new();
+    for (expected, row) in (0u64..).zip(&log.events) {
+        if row.seq != expected {
+            return Err(LoadError::Invalid {
+                seq: row.seq,
+                rule: LogRule::Sequence,
+                detail: format!(
+                    "row {expected} is missing (found row {} in its place)",
+                    row.seq
+                ),
+            });
+        }
+        if let Some(e) = row.utf8_error {
+            return Err(LoadError::Corrupt {
+                seq: row.seq,
+                reason: format!("the row is not valid UTF-8 ({e})"),
+            });
+        }
+        events.push(SagaEvent::decode(row.seq, &row.payload)?);
+    }
+    Ok(events)
+}
+
+/// The definition a log names in its `started` row.
+pub(crate) fn named_definition(events: &[SagaEvent]) -> Result<(&str, u32), LoadError> {
+    match events.first() {
+        Some(SagaEvent::Started {
+            definition,
+            version,
+            ..
+        }) => Ok((definition, *version)),
+        Some(_) => Err(LoadError::Invalid {
+            seq: 0,
+            rule: LogRule::StartedFirst,
+            detail: "the first event is not `started`".into(),
+        }),
+        None => Err(LoadError::Invalid {
+            seq: 0,
+            rule: LogRule::StartedFirst,
+            detail: "the log is empty".into(),
+        }),
+    }
 }
 
 impl SagaEngine {
@@ -81,41 +124,65 @@ impl SagaEngine {
         let mut report = RecoveryReport::default();
         let claimed = self.shared.store.claim_resumable(limit).await?;
         let mut claimed = claimed.into_iter();
+        // Every claimed saga is either resumed (its runner releases it), quarantined, or
+        // released here: on every path, errors and panics included.
         while let Some(summary) = claimed.next() {
             let id: Arc<str> = Arc::from(summary.saga_id.as_str());
             if !self.shared.claim(&id) {
                 report.already_running.push(summary.saga_id);
                 continue;
             }
-            match self.resume(&id).await {
+            let resumed = AssertUnwindSafe(self.resume(&id))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    Err(ResumeError::Load(LoadError::Inconsistent(format!(
+                        "loading the saga panicked: {}",
+                        panic_message(&*panic)
+                    ))))
+                });
+            let failure = match resumed {
                 Ok(()) => {
                     self.shared
                         .counters
                         .count(Count::Resumed, &summary.definition);
                     report.resumed.push(summary.saga_id);
+                    continue;
                 }
-                Err(ResumeError::Store(e)) => {
-                    self.shared.unclaim(&id);
-                    self.shared.store.release(&id);
-                    // The rest were claimed too: let them go for the next pass.
-                    for s in claimed {
-                        self.shared.store.release(&s.saga_id);
-                    }
-                    return Err(e.into());
-                }
+                Err(ResumeError::Store(e)) => e,
                 Err(ResumeError::Load(error)) => {
                     tracing::error!(saga_id = %id, %error, "saga quarantined: cannot be loaded");
-                    self.shared
-                        .store
-                        .quarantine(&id, &error.to_string())
-                        .await?;
-                    self.shared
-                        .counters
-                        .count(Count::Quarantined, &summary.definition);
-                    self.shared.publish_failure(&id, &error);
-                    report.quarantined.push((summary.saga_id, error));
+                    let quarantined =
+                        AssertUnwindSafe(self.shared.store.quarantine(&id, &error.to_string()))
+                            .catch_unwind()
+                            .await
+                            .unwrap_or_else(|panic| {
+                                Err(StoreError::Database(format!(
+                                    "quarantine panicked: {}",
+                                    panic_message(&*panic)
+                                )))
+                            });
+                    match quarantined {
+                        Ok(()) => {
+                            self.shared
+                                .counters
+                                .count(Count::Quarantined, &summary.definition);
+                            self.shared.store.release(&id);
+                            self.shared.publish_failure(&id, &error);
+                            report.quarantined.push((summary.saga_id, error));
+                            continue;
+                        }
+                        Err(e) => e,
+                    }
                 }
+            };
+            self.shared.unclaim(&id);
+            self.shared.store.release(&id);
+            // The rest were claimed too: let them go for the next pass.
+            for s in claimed {
+                self.shared.store.release(&s.saga_id);
             }
+            return Err(failure.into());
         }
         Ok(report)
     }
@@ -131,26 +198,26 @@ impl SagaEngine {
                 ResumeError::Load(LoadError::Inconsistent("the saga vanished".into()))
             })?;
         let events = decode_log(&log).map_err(ResumeError::Load)?;
-        let progress = Progress::replay(&events).map_err(ResumeError::Load)?;
-        let def = self
-            .shared
-            .definition(&progress.definition, progress.version)
-            .ok_or_else(|| {
-                ResumeError::Load(LoadError::UnknownDefinition {
-                    name: progress.definition.clone(),
-                    version: progress.version,
-                })
-            })?;
-        if progress.step_count_seen() > def.step_count() {
-            return Err(ResumeError::Load(LoadError::Inconsistent(format!(
-                "the log mentions step {} but the definition has {} steps",
-                progress.step_count_seen() - 1,
-                def.step_count()
-            ))));
-        }
+        let (name, version) = named_definition(&events).map_err(ResumeError::Load)?;
+        let def = self.shared.definition(name, version).ok_or_else(|| {
+            ResumeError::Load(LoadError::UnknownDefinition {
+                name: name.to_owned(),
+                version,
+            })
+        })?;
+        let progress = Progress::replay(&events, def.step_count()).map_err(ResumeError::Load)?;
         def.resume(&self.shared, Arc::clone(id), progress)
             .map_err(ResumeError::Load)
     }
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
 }
 
 impl Shared {
@@ -173,7 +240,7 @@ pub(crate) fn settled_outcome<S: SagaState>(
     def: &DefinitionInner<S>,
 ) -> Result<RawOutcome, LoadError> {
     let events = decode_log(log)?;
-    let progress = Progress::replay(&events)?;
+    let progress = Progress::replay(&events, def.steps.len())?;
     let name = |i: u32| {
         def.steps
             .get(i as usize)
@@ -226,12 +293,16 @@ impl Drop for RecoveryLoop {
     }
 }
 
+/// The shortest pause between two recovery passes: one tick of tokio's timer.
+const MIN_PAUSE: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Sagas claimed per recovery pass of the background loop.
 const CLAIM_BATCH: usize = 256;
 
 impl SagaEngine {
-    /// Runs recovery now and then every `interval` on a background task, for as long as the
-    /// returned [`RecoveryLoop`] lives.
+    /// Runs recovery now and then `interval` after each pass on a background task, for as
+    /// long as the returned [`RecoveryLoop`] lives. Any interval works: one shorter than the
+    /// timer's 1 ms resolution (zero included) waits 1 ms, a huge one saturates.
     ///
     /// With a store shared by several instances ([`PostgresStore`](crate::PostgresStore)),
     /// every instance runs this loop: each pass claims (up to 256 at a time) the sagas whose
@@ -240,20 +311,34 @@ impl SagaEngine {
     /// single-process store one pass at startup is enough; the loop then only finds sagas
     /// whose runner stopped on a store error.
     ///
-    /// Register every definition first. Errors of a pass are logged and the next pass
-    /// retries.
+    /// Register every definition first. Errors of a pass (and panics inside one) are logged
+    /// and the next pass retries.
     ///
     /// # Panics
     /// Outside a tokio runtime.
     pub fn spawn_recovery(&self, interval: std::time::Duration) -> RecoveryLoop {
         let engine = self.clone();
         let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut first = true;
             loop {
-                tick.tick().await;
+                // A sleep, not an interval: any duration works (a huge one saturates instead
+                // of overflowing the next tick's instant; one below the timer's 1 ms
+                // resolution waits one tick, so the loop never spins without yielding).
+                if !std::mem::take(&mut first) {
+                    tokio::time::sleep(interval.max(MIN_PAUSE)).await;
+                }
                 loop {
-                    match engine.recover_at_most(CLAIM_BATCH).await {
+                    // A panic in a pass (a store, say) must not end the loop for good.
+                    let pass = AssertUnwindSafe(engine.recover_at_most(CLAIM_BATCH))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|panic| {
+                            Err(SagaError::Store(StoreError::Database(format!(
+                                "recovery pass panicked: {}",
+                                panic_message(&*panic)
+                            ))))
+                        });
+                    match pass {
                         Ok(report) => {
                             let n = report.resumed.len() + report.quarantined.len();
                             if n > 0 {

@@ -4,7 +4,7 @@
 use serde_json::value::RawValue;
 
 use crate::context::Phase;
-use crate::error::LoadError;
+use crate::error::{LoadError, LogRule};
 use crate::event::SagaEvent;
 use crate::store::SagaStatus;
 
@@ -69,8 +69,11 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
-    /// The progress right after a `Started` event.
-    pub(crate) fn started(event: &SagaEvent) -> Result<Self, LoadError> {
+    /// The progress right after a `Started` event, for a definition of `step_count` steps.
+    ///
+    /// Step indexes in later events are checked against `step_count`, and the per-step
+    /// table is sized by it: never by a value read from the log.
+    pub(crate) fn started(event: &SagaEvent, step_count: usize) -> Result<Self, LoadError> {
         match event {
             SagaEvent::Started {
                 definition,
@@ -82,58 +85,77 @@ impl Progress {
                 version: *version,
                 started_at_ms: *started_at_ms,
                 state: input.clone(),
-                steps: Vec::new(),
+                steps: vec![StepProgress::default(); step_count],
                 stage: Stage::Forward,
                 compensation: None,
                 next_seq: 1,
             }),
-            _ => Err(LoadError::Inconsistent(
+            _ => Err(invalid(
+                0,
+                LogRule::StartedFirst,
                 "the first event is not `started`".into(),
             )),
         }
     }
 
-    /// Replays a whole log.
-    pub(crate) fn replay(events: &[SagaEvent]) -> Result<Self, LoadError> {
+    /// Replays a whole log against a definition of `step_count` steps, checking every rule.
+    pub(crate) fn replay(events: &[SagaEvent], step_count: usize) -> Result<Self, LoadError> {
         let first = events
             .first()
-            .ok_or_else(|| LoadError::Inconsistent("the log is empty".into()))?;
-        let mut progress = Self::started(first)?;
+            .ok_or_else(|| invalid(0, LogRule::StartedFirst, "the log is empty".into()))?;
+        let mut progress = Self::started(first, step_count)?;
         for event in &events[1..] {
             progress.apply(event)?;
         }
         Ok(progress)
     }
 
-    fn step(&mut self, step: u32) -> &mut StepProgress {
-        let i = step as usize;
-        if self.steps.len() <= i {
-            self.steps.resize_with(i + 1, StepProgress::default);
-        }
-        &mut self.steps[i]
+    fn fail(&self, rule: LogRule, detail: String) -> LoadError {
+        invalid(self.next_seq, rule, detail)
     }
 
-    /// Applies one event after the first.
+    /// The progress of `step`, if the definition has it.
+    fn step(&mut self, step: u32) -> Result<&mut StepProgress, LoadError> {
+        let count = self.steps.len();
+        let seq = self.next_seq;
+        usize::try_from(step)
+            .ok()
+            .and_then(|i| self.steps.get_mut(i))
+            .ok_or_else(|| {
+                invalid(
+                    seq,
+                    LogRule::StepIndex,
+                    format!("step {step} does not exist (the definition has {count} steps)"),
+                )
+            })
+    }
+
+    /// Checks a step index without touching its progress.
+    fn check_step(&mut self, step: u32) -> Result<(), LoadError> {
+        self.step(step).map(|_| ())
+    }
+
+    /// Applies one event after the first, checking it against the rules first: nothing is
+    /// changed when it breaks one.
     pub(crate) fn apply(&mut self, event: &SagaEvent) -> Result<(), LoadError> {
         if matches!(
             self.stage,
             Stage::Completed | Stage::Compensated | Stage::Resolved { .. }
         ) {
-            return Err(LoadError::Inconsistent(format!(
-                "event {} follows a terminal event",
-                self.next_seq
-            )));
+            return Err(self.fail(
+                LogRule::TerminalLast,
+                "an event follows a terminal event".into(),
+            ));
         }
+        let seq = self.next_seq;
         match event {
             SagaEvent::Started { .. } => {
-                return Err(LoadError::Inconsistent(format!(
-                    "event {} is a second `started`",
-                    self.next_seq
-                )));
+                return Err(self.fail(LogRule::StartedFirst, "a second `started`".into()));
             }
             SagaEvent::StepStarted { step, attempt } => {
-                let s = self.step(*step);
-                s.action_attempts = *attempt;
+                let s = self.step(*step)?;
+                let expected = next_attempt(s.action_attempts, *attempt, seq)?;
+                s.action_attempts = expected;
                 s.action_open = true;
             }
             SagaEvent::StepCompleted {
@@ -141,8 +163,8 @@ impl Progress {
                 state,
                 member,
             } => {
-                let (before, seq) = (self.state.clone(), self.next_seq);
-                let s = self.step(*step);
+                let before = self.state.clone();
+                let s = self.step(*step)?;
                 s.completed = true;
                 s.action_open = false;
                 s.in_doubt = false;
@@ -153,26 +175,36 @@ impl Progress {
                 });
                 self.state = state.clone();
             }
-            SagaEvent::StepFailed { step, kind, .. } => {
-                let s = self.step(*step);
+            SagaEvent::StepFailed {
+                step,
+                attempt,
+                kind,
+                ..
+            } => {
+                let s = self.step(*step)?;
+                started_attempt(s.action_attempts, *attempt, seq)?;
                 s.action_open = false;
                 s.in_doubt |= kind.is_in_doubt();
             }
             SagaEvent::CompensationBegan { failed_step, error } => {
+                self.check_step(*failed_step)?;
                 self.stage = Stage::Compensating;
                 self.compensation = Some((*failed_step, error.clone()));
             }
             SagaEvent::CompensationStarted { step, attempt } => {
-                self.step(*step).comp_attempts = *attempt;
+                let s = self.step(*step)?;
+                s.comp_attempts = next_attempt(s.comp_attempts, *attempt, seq)?;
             }
             SagaEvent::CompensationCompleted { step, state } => {
-                self.step(*step).compensated = true;
+                self.step(*step)?.compensated = true;
                 self.state = state.clone();
             }
-            SagaEvent::CompensationFailed { step, .. } => {
-                self.step(*step);
+            SagaEvent::CompensationFailed { step, attempt, .. } => {
+                let s = self.step(*step)?;
+                started_attempt(s.comp_attempts, *attempt, seq)?;
             }
             SagaEvent::Stuck { step, phase, error } => {
+                self.check_step(*step)?;
                 self.stage = Stage::Stuck {
                     step: *step,
                     phase: *phase,
@@ -180,14 +212,23 @@ impl Progress {
                 };
             }
             SagaEvent::OperatorRetried { step } | SagaEvent::OperatorSkipped { step } => {
-                let Stage::Stuck { phase, .. } = self.stage else {
-                    return Err(LoadError::Inconsistent(format!(
-                        "operator action at event {} on a saga that is not stuck",
-                        self.next_seq
-                    )));
+                let (stuck_step, phase) = match &self.stage {
+                    Stage::Stuck { step, phase, .. } => (*step, *phase),
+                    _ => {
+                        return Err(self.fail(
+                            LogRule::OperatorOnStuck,
+                            "an operator action on a saga that is not stuck".into(),
+                        ));
+                    }
                 };
+                if *step != stuck_step {
+                    return Err(self.fail(
+                        LogRule::OperatorOnStuck,
+                        format!("it names step {step}, the saga is stuck on step {stuck_step}"),
+                    ));
+                }
                 if matches!(event, SagaEvent::OperatorSkipped { .. }) {
-                    let s = self.step(*step);
+                    let s = self.step(*step)?;
                     match phase {
                         Phase::Action => s.completed = true,
                         Phase::Compensate => s.compensated = true,
@@ -202,7 +243,10 @@ impl Progress {
                 self.stage = Stage::Resolved { note: note.clone() };
             }
             SagaEvent::Completed => self.stage = Stage::Completed,
-            SagaEvent::Compensated { .. } => self.stage = Stage::Compensated,
+            SagaEvent::Compensated { failed_step, .. } => {
+                self.check_step(*failed_step)?;
+                self.stage = Stage::Compensated;
+            }
         }
         self.next_seq += 1;
         Ok(())
@@ -219,9 +263,37 @@ impl Progress {
             Stage::Resolved { note } => (SagaStatus::Resolved, Some(note.clone())),
         }
     }
+}
 
-    /// The largest step index the log mentions.
-    pub(crate) fn step_count_seen(&self) -> usize {
-        self.steps.len()
+fn invalid(seq: u64, rule: LogRule, detail: String) -> LoadError {
+    LoadError::Invalid { seq, rule, detail }
+}
+
+/// The attempt number after `current`, which `attempt` must be.
+fn next_attempt(current: u32, attempt: u32, seq: u64) -> Result<u32, LoadError> {
+    match current.checked_add(1) {
+        Some(next) if next == attempt => Ok(next),
+        Some(next) => Err(invalid(
+            seq,
+            LogRule::AttemptCounter,
+            format!("attempt {attempt} starts where attempt {next} is due"),
+        )),
+        None => Err(invalid(
+            seq,
+            LogRule::AttemptCounter,
+            "the attempt counter is exhausted".into(),
+        )),
     }
+}
+
+/// A failure must name an attempt that started: 1 ..= `current`.
+fn started_attempt(current: u32, attempt: u32, seq: u64) -> Result<(), LoadError> {
+    if attempt == 0 || attempt > current {
+        return Err(invalid(
+            seq,
+            LogRule::AttemptCounter,
+            format!("attempt {attempt} failed but {current} attempts started"),
+        ));
+    }
+    Ok(())
 }

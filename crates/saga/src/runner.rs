@@ -43,6 +43,9 @@ pub(crate) struct Runner<S: SagaState> {
     /// A step whose open attempt this runner logged itself (not an interrupted one).
     pub(crate) prelogged: Option<u32>,
     pub(crate) deadline: Option<Instant>,
+    /// An event this runner recorded broke a log rule (an engine bug): nothing more is
+    /// appended, and the saga is marked stuck with this error.
+    pub(crate) broken: Option<crate::error::LoadError>,
 }
 
 impl<S: SagaState> Runner<S> {
@@ -59,11 +62,13 @@ impl<S: SagaState> Runner<S> {
             input: to_raw(&input)?,
             started_at_ms: now_ms(),
         };
-        let progress = Progress::started(&started).map_err(|error| SagaError::Load {
-            saga_id: id.to_string(),
-            error,
-        })?;
-        let deadline = def.deadline.map(|d| Instant::now() + d);
+        let progress =
+            Progress::started(&started, def.steps.len()).map_err(|error| SagaError::Load {
+                saga_id: id.to_string(),
+                error,
+            })?;
+        // Saturating: a deadline too far to represent is no deadline.
+        let deadline = def.deadline.and_then(|d| Instant::now().checked_add(d));
         let mut runner = Self {
             shared,
             def,
@@ -74,8 +79,9 @@ impl<S: SagaState> Runner<S> {
             flushed: 0,
             prelogged: None,
             deadline,
+            broken: None,
         };
-        if runner.def.steps[0].group.is_none() {
+        if runner.def.steps.first().is_some_and(|s| s.group.is_none()) {
             runner.record(SagaEvent::StepStarted {
                 step: 0,
                 attempt: 1,
@@ -94,9 +100,20 @@ impl<S: SagaState> Runner<S> {
     ) -> Result<Self, String> {
         let state: S = serde_json::from_str(progress.state.get())
             .map_err(|e| format!("the saga state does not decode: {e}"))?;
-        let deadline = def.deadline.map(|d| {
+        // Group members' stored results are decoded again by the join: check them now, so a
+        // bad one quarantines the saga instead of stopping every resumed runner.
+        for (i, p) in progress.steps.iter().enumerate() {
+            if let Some(m) = &p.member {
+                for raw in [&m.state, &m.state_before] {
+                    serde_json::from_str::<S>(raw.get()).map_err(|e| {
+                        format!("the stored result of group member {i} does not decode: {e}")
+                    })?;
+                }
+            }
+        }
+        let deadline = def.deadline.and_then(|d| {
             let spent = Duration::from_millis(now_ms().saturating_sub(progress.started_at_ms));
-            Instant::now() + d.saturating_sub(spent)
+            Instant::now().checked_add(d.saturating_sub(spent))
         });
         Ok(Self {
             shared,
@@ -108,17 +125,32 @@ impl<S: SagaState> Runner<S> {
             pending: Vec::new(),
             prelogged: None,
             deadline,
+            broken: None,
         })
     }
 
     pub(crate) fn record(&mut self, event: SagaEvent) {
-        // The runner only records events valid for its progress, so apply cannot fail.
-        let applied = self.progress.apply(&event);
-        debug_assert!(applied.is_ok(), "{applied:?}");
-        self.pending.push(event.encode());
+        if self.broken.is_some() {
+            return;
+        }
+        // The runner only records events valid for its progress; if one is not (a bug), it
+        // is not written, and the next flush stops the runner so the saga gets marked.
+        match self.progress.apply(&event) {
+            Ok(()) => self.pending.push(event.encode()),
+            Err(error) => {
+                tracing::error!(saga_id = %self.id, %error, "the runner recorded an invalid event");
+                self.broken = Some(error);
+            }
+        }
     }
 
     pub(crate) async fn flush(&mut self) -> Result<(), SagaError> {
+        if let Some(error) = &self.broken {
+            return Err(SagaError::Load {
+                saga_id: self.id.to_string(),
+                error: error.clone(),
+            });
+        }
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -156,8 +188,64 @@ impl<S: SagaState> Runner<S> {
             .map(|i| i as u32)
     }
 
-    fn step_name(&self, step: u32) -> String {
-        self.def.steps[step as usize].name.to_string()
+    pub(crate) fn step_name(&self, step: u32) -> String {
+        // Stored indexes are checked on replay; a fallback keeps this total anyway.
+        self.def
+            .steps
+            .get(step as usize)
+            .map_or_else(|| format!("#{step}"), |s| s.name.to_string())
+    }
+
+    /// The last stored state, as stored (no second serialization that could fail).
+    fn stored_state(&self) -> Arc<RawValue> {
+        Arc::from(self.progress.state.clone())
+    }
+
+    /// Attempts of `step` started so far, in `phase`.
+    pub(crate) fn attempts(&self, step: u32, phase: Phase) -> u32 {
+        self.progress
+            .steps
+            .get(step as usize)
+            .map_or(0, |p| match phase {
+                Phase::Action => p.action_attempts,
+                Phase::Compensate => p.comp_attempts,
+            })
+    }
+
+    /// An attempt succeeded but its output cannot be serialized, so it cannot be stored. The
+    /// effect happened: the saga is stuck for an operator instead of running it again on the
+    /// next recovery.
+    pub(crate) fn unstorable(&mut self, step: u32, phase: Phase, attempt: u32, error: &SagaError) {
+        let error = StepError::new(StepErrorKind::Unstorable, error.to_string());
+        tracing::warn!(saga_id = %self.id, step, %phase, %error, "step output cannot be stored: saga is stuck");
+        self.record(match phase {
+            Phase::Action => SagaEvent::StepFailed {
+                step,
+                attempt,
+                kind: StepErrorKind::Unstorable,
+                error: error.message().to_owned(),
+            },
+            Phase::Compensate => SagaEvent::CompensationFailed {
+                step,
+                attempt,
+                kind: StepErrorKind::Unstorable,
+                error: error.message().to_owned(),
+            },
+        });
+        self.record(SagaEvent::Stuck {
+            step,
+            phase,
+            error: error.to_string(),
+        });
+    }
+
+    /// An attempt counter that cannot count further: the saga is stuck on that step.
+    fn counter_exhausted(&mut self, step: u32, phase: Phase) {
+        self.record(SagaEvent::Stuck {
+            step,
+            phase,
+            error: "the attempt counter is exhausted".into(),
+        });
     }
 
     /// Runs until the saga ends or gets stuck, flushing every transition.
@@ -166,14 +254,14 @@ impl<S: SagaState> Runner<S> {
             match self.progress.stage.clone() {
                 Stage::Forward => {
                     if let Some(i) = self.next_forward() {
-                        match self.def.steps[i as usize].group {
+                        match self.def.steps.get(i as usize).and_then(|s| s.group) {
                             Some(g) => self.forward_group(g).await?,
                             None => self.forward(i).await?,
                         }
                     } else {
                         self.record(SagaEvent::Completed);
                         self.flush().await?;
-                        return Ok(RawOutcome::Completed(Arc::from(to_raw(&self.state)?)));
+                        return Ok(RawOutcome::Completed(self.stored_state()));
                     }
                 }
                 Stage::Compensating => {
@@ -194,7 +282,7 @@ impl<S: SagaState> Runner<S> {
                         return Ok(RawOutcome::Compensated {
                             failed_step: self.step_name(failed_step),
                             error,
-                            state: Arc::from(to_raw(&self.state)?),
+                            state: self.stored_state(),
                         });
                     }
                 }
@@ -207,7 +295,7 @@ impl<S: SagaState> Runner<S> {
                     });
                 }
                 Stage::Completed => {
-                    return Ok(RawOutcome::Completed(Arc::from(to_raw(&self.state)?)));
+                    return Ok(RawOutcome::Completed(self.stored_state()));
                 }
                 Stage::Compensated => {
                     let (failed_step, error) =
@@ -215,7 +303,7 @@ impl<S: SagaState> Runner<S> {
                     return Ok(RawOutcome::Compensated {
                         failed_step: self.step_name(failed_step),
                         error,
-                        state: Arc::from(to_raw(&self.state)?),
+                        state: self.stored_state(),
                     });
                 }
                 Stage::Resolved { note } => return Ok(RawOutcome::Resolved { note }),
@@ -233,7 +321,9 @@ impl<S: SagaState> Runner<S> {
 
     /// One forward step, retries included; leaves the progress at its next stage.
     async fn forward(&mut self, i: u32) -> Result<(), SagaError> {
-        let step = &self.def.steps[i as usize];
+        let Some(step) = self.def.steps.get(i as usize) else {
+            return Ok(());
+        };
         let (kind, policy, action, on_interrupted) = (
             step.kind,
             step.retry,
@@ -248,7 +338,7 @@ impl<S: SagaState> Runner<S> {
         let mut reuse_open = self.prelogged.take() == Some(i) && open;
         if open && !reuse_open {
             // The process stopped during this attempt: its effect is unknown.
-            let attempt = self.progress.steps[i as usize].action_attempts;
+            let attempt = self.attempts(i, Phase::Action);
             let decision = match on_interrupted {
                 OnInterrupted::Compensate if self.pivot_done() => OnInterrupted::Stuck,
                 other => other,
@@ -297,14 +387,12 @@ impl<S: SagaState> Runner<S> {
             }
             let attempt = if reuse_open {
                 reuse_open = false;
-                self.progress.steps[i as usize].action_attempts
+                self.attempts(i, Phase::Action)
             } else {
-                let attempt = self
-                    .progress
-                    .steps
-                    .get(i as usize)
-                    .map_or(0, |p| p.action_attempts)
-                    + 1;
+                let Some(attempt) = self.attempts(i, Phase::Action).checked_add(1) else {
+                    self.counter_exhausted(i, Phase::Action);
+                    return Ok(());
+                };
                 self.record(SagaEvent::StepStarted { step: i, attempt });
                 attempt
             };
@@ -320,13 +408,17 @@ impl<S: SagaState> Runner<S> {
                 .await
             {
                 Ok(new_state) => {
-                    let raw = to_raw(&new_state)?;
-                    self.state = new_state;
-                    self.record(SagaEvent::StepCompleted {
-                        step: i,
-                        state: raw,
-                        member: None,
-                    });
+                    match to_raw(&new_state) {
+                        Ok(raw) => {
+                            self.state = new_state;
+                            self.record(SagaEvent::StepCompleted {
+                                step: i,
+                                state: raw,
+                                member: None,
+                            });
+                        }
+                        Err(e) => self.unstorable(i, Phase::Action, attempt, &e),
+                    }
                     return Ok(());
                 }
                 Err(error) => {
@@ -368,7 +460,9 @@ impl<S: SagaState> Runner<S> {
 
     /// One compensation, retries included.
     async fn compensate(&mut self, j: u32) -> Result<(), SagaError> {
-        let step = &self.def.steps[j as usize];
+        let Some(step) = self.def.steps.get(j as usize) else {
+            return Ok(());
+        };
         let policy = step.compensation_retry;
         let Some(compensation) = step.compensation.clone() else {
             return Ok(());
@@ -377,7 +471,10 @@ impl<S: SagaState> Runner<S> {
         let first_start = Instant::now();
         let mut tries = 0u32;
         loop {
-            let attempt = self.progress.steps[j as usize].comp_attempts + 1;
+            let Some(attempt) = self.attempts(j, Phase::Compensate).checked_add(1) else {
+                self.counter_exhausted(j, Phase::Compensate);
+                return Ok(());
+            };
             self.record(SagaEvent::CompensationStarted { step: j, attempt });
             self.flush().await?;
             tries += 1;
@@ -393,12 +490,16 @@ impl<S: SagaState> Runner<S> {
                 .await
             {
                 Ok(new_state) => {
-                    let raw = to_raw(&new_state)?;
-                    self.state = new_state;
-                    self.record(SagaEvent::CompensationCompleted {
-                        step: j,
-                        state: raw,
-                    });
+                    match to_raw(&new_state) {
+                        Ok(raw) => {
+                            self.state = new_state;
+                            self.record(SagaEvent::CompensationCompleted {
+                                step: j,
+                                state: raw,
+                            });
+                        }
+                        Err(e) => self.unstorable(j, Phase::Compensate, attempt, &e),
+                    }
                     return Ok(());
                 }
                 Err(error) => {
@@ -465,7 +566,11 @@ impl<S: SagaState> Runner<S> {
         timeout: Option<Duration>,
         deadline: Option<Instant>,
     ) -> impl Future<Output = Result<S, StepError>> + Send + 'static {
-        let name = Arc::clone(&self.def.steps[step as usize].name);
+        let name = self
+            .def
+            .steps
+            .get(step as usize)
+            .map_or_else(|| Arc::from(format!("#{step}")), |s| Arc::clone(&s.name));
         let ctx = StepContext {
             saga_id: Arc::clone(&self.id),
             step: Arc::clone(&name),
@@ -507,10 +612,8 @@ impl<S: SagaState> Runner<S> {
 }
 
 fn panicked(payload: &(dyn std::any::Any + Send)) -> StepError {
-    let msg = payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".to_owned());
-    StepError::new(StepErrorKind::Panicked, msg)
+    StepError::new(
+        StepErrorKind::Panicked,
+        crate::recovery::panic_message(payload),
+    )
 }

@@ -105,10 +105,7 @@ impl SagaStore for MemoryStore {
                 .events
                 .iter()
                 .enumerate()
-                .map(|(i, p)| StoredEvent {
-                    seq: i as u64,
-                    payload: p.clone(),
-                })
+                .map(|(i, p)| StoredEvent::new(i as u64, p.clone()))
                 .collect(),
         });
         ready(Ok(log)).boxed()

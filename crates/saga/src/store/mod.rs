@@ -113,8 +113,35 @@ pub struct SagaSummary {
 pub struct StoredEvent {
     /// Position in the saga's log, from 0.
     pub seq: u64,
-    /// The encoded event.
+    /// The encoded event (for a row that is not UTF-8, a lossy copy for display only).
     pub payload: String,
+    /// Set when the stored bytes are not valid UTF-8: the engine then quarantines the saga
+    /// instead of decoding `payload`. Build rows with [`new`](Self::new) or
+    /// [`from_bytes`](Self::from_bytes).
+    pub utf8_error: Option<std::str::Utf8Error>,
+}
+
+impl StoredEvent {
+    /// A row read back as text.
+    pub fn new(seq: u64, payload: String) -> Self {
+        Self {
+            seq,
+            payload,
+            utf8_error: None,
+        }
+    }
+
+    /// A row read back as bytes: checked for UTF-8, never altered silently.
+    pub fn from_bytes(seq: u64, payload: Vec<u8>) -> Self {
+        match String::from_utf8(payload) {
+            Ok(payload) => Self::new(seq, payload),
+            Err(e) => Self {
+                seq,
+                utf8_error: Some(e.utf8_error()),
+                payload: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            },
+        }
+    }
 }
 
 /// A saga's summary and full log.

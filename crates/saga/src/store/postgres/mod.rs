@@ -519,10 +519,10 @@ impl SagaStore for PostgresStore {
                 .iter()
                 .map(|row| {
                     let seq: i64 = row.try_get(0).map_err(db)?;
-                    Ok(StoredEvent {
-                        seq: seq.cast_unsigned(),
-                        payload: row.try_get(1).map_err(db)?,
-                    })
+                    Ok(StoredEvent::new(
+                        seq.cast_unsigned(),
+                        row.try_get(1).map_err(db)?,
+                    ))
                 })
                 .collect::<Result<_, StoreError>>()?;
             Ok(Some(SagaLog { summary, events }))

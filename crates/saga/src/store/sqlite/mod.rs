@@ -55,6 +55,9 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
     ],
 )];
 
+/// The longest busy timeout SQLite can take (`i32::MAX` milliseconds).
+const MAX_BUSY_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
+
 /// How hard SQLite syncs on commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -97,7 +100,9 @@ impl SqliteStoreBuilder {
         self
     }
 
-    /// How long a statement waits for a lock held by another connection (default 5 s).
+    /// How long a statement waits for a lock held by another connection (default 5 s). Any
+    /// duration works: SQLite counts it in `i32` milliseconds, so it saturates at about 24.8
+    /// days.
     pub fn busy_timeout(mut self, timeout: Duration) -> Self {
         self.busy_timeout = timeout;
         self
@@ -127,7 +132,7 @@ impl SqliteStoreBuilder {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(sync)
-            .busy_timeout(self.busy_timeout);
+            .busy_timeout(self.busy_timeout.min(MAX_BUSY_TIMEOUT));
         let mut conn = options.connect().await.map_err(db)?;
         migrate(&mut conn).await?;
         let reader = SqlitePoolOptions::new()
@@ -312,14 +317,10 @@ impl SagaStore for SqliteStore {
                 .iter()
                 .map(|row| {
                     let seq: i64 = row.try_get(0).map_err(db)?;
-                    // Bytes, not text: a row that is not UTF-8 must reach the engine as an
-                    // undecodable row (and get the saga quarantined), not fail the read.
+                    // Bytes, not text: a row that is not UTF-8 must reach the engine flagged
+                    // (and get the saga quarantined), neither fail the read nor be altered.
                     let payload: Vec<u8> = row.try_get(1).map_err(db)?;
-                    Ok(StoredEvent {
-                        seq: seq as u64,
-                        payload: String::from_utf8(payload)
-                            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-                    })
+                    Ok(StoredEvent::from_bytes(seq.cast_unsigned(), payload))
                 })
                 .collect::<Result<_, StoreError>>()?;
             Ok(Some(SagaLog { summary, events }))
