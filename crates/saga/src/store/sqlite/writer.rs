@@ -50,12 +50,31 @@ struct Known {
     note: Option<String>,
 }
 
-/// What one request turned into, before the commit says whether it happened.
-enum Planned {
-    Created(oneshot::Sender<Result<Created, StoreError>>),
-    Exists(oneshot::Sender<Result<Created, StoreError>>),
-    Done(oneshot::Sender<Result<(), StoreError>>),
-    Refused(oneshot::Sender<Result<(), StoreError>>, StoreError),
+/// What one request comes to if its batch commits.
+enum Outcome {
+    Created,
+    Exists,
+    Done,
+    Refused(StoreError),
+}
+
+impl Request {
+    fn answer(self, outcome: Outcome) {
+        match (self, outcome) {
+            (Self::Create(_, r), Outcome::Created) => drop(r.send(Ok(Created::New))),
+            (Self::Create(_, r), Outcome::Exists) => drop(r.send(Ok(Created::Exists))),
+            (Self::Create(_, r), Outcome::Refused(e)) => drop(r.send(Err(e))),
+            (Self::Append(_, r) | Self::Quarantine(_, _, r), Outcome::Refused(e)) => {
+                drop(r.send(Err(e)));
+            }
+            (Self::Append(_, r) | Self::Quarantine(_, _, r), _) => drop(r.send(Ok(()))),
+            (Self::Create(_, r), Outcome::Done) => drop(r.send(Ok(Created::New))),
+        }
+    }
+
+    fn fail(self, e: &StoreError) {
+        self.answer(Outcome::Refused(StoreError::Database(e.to_string())));
+    }
 }
 
 /// A summary row to insert (create) or update (status change).
@@ -80,6 +99,10 @@ pub(super) fn placeholders(rows: usize, columns: usize) -> String {
 }
 
 /// Runs until every sender is dropped.
+///
+/// A batch whose transaction fails is retried one request per transaction, so a row only
+/// one saga's request can break (a constraint, a value the database refuses) fails that
+/// request alone: one saga's bad row never fails another's append.
 pub(super) async fn writer(
     mut conn: SqliteConnection,
     mut rx: mpsc::Receiver<Request>,
@@ -93,131 +116,157 @@ pub(super) async fn writer(
         if cache.len() > MAX_CACHED {
             cache.clear();
         }
-        if let Err(e) = fill_cache(&mut conn, &mut cache, &batch).await {
-            fail_all(batch.drain(..), &e);
-            continue;
-        }
-        let mut overlay: HashMap<Arc<str>, Option<Known>> = HashMap::new();
-        let mut summaries: HashMap<Arc<str>, SummaryRow> = HashMap::new();
-        let mut events: Vec<(Arc<str>, u64, String)> = Vec::new();
-        let mut quarantines: Vec<(String, String)> = Vec::new();
-        let mut planned = Vec::with_capacity(batch.len());
-        for request in batch.drain(..) {
-            let id: Arc<str> = Arc::from(request.saga_id());
-            let known = overlay
-                .get(&id)
-                .or_else(|| cache.get(&id))
-                .cloned()
-                .flatten();
-            match request {
-                Request::Create(new, reply) => {
-                    if known.is_some() {
-                        planned.push(Planned::Exists(reply));
-                        continue;
-                    }
-                    let n = new.events.len() as u64;
-                    for (i, payload) in new.events.into_iter().enumerate() {
-                        events.push((Arc::clone(&id), i as u64, payload));
-                    }
-                    summaries.insert(
-                        Arc::clone(&id),
-                        SummaryRow {
-                            definition: new.definition,
-                            version: new.version,
-                            status: new.status,
-                            note: None,
-                        },
-                    );
-                    overlay.insert(
-                        id,
-                        Some(Known {
-                            next_seq: n,
-                            status: new.status,
-                            note: None,
-                        }),
-                    );
-                    planned.push(Planned::Created(reply));
-                }
-                Request::Append(append, reply) => {
-                    let Some(known) = known.filter(|k| k.next_seq == append.first_seq) else {
-                        let actual = overlay
-                            .get(&id)
-                            .or_else(|| cache.get(&id))
-                            .and_then(|k| k.as_ref().map(|k| k.next_seq));
-                        planned.push(Planned::Refused(
-                            reply,
-                            StoreError::Conflict {
-                                saga_id: id.to_string(),
-                                expected: append.first_seq,
-                                actual,
-                            },
-                        ));
-                        continue;
-                    };
-                    let n = append.first_seq + append.events.len() as u64;
-                    for (i, payload) in append.events.into_iter().enumerate() {
-                        events.push((Arc::clone(&id), append.first_seq + i as u64, payload));
-                    }
-                    if known.status != append.status || known.note != append.note {
-                        let row = summaries.entry(Arc::clone(&id)).or_insert(SummaryRow {
-                            definition: Arc::from(""),
-                            version: 0,
-                            status: append.status,
-                            note: None,
-                        });
-                        row.status = append.status;
-                        row.note.clone_from(&append.note);
-                    }
-                    overlay.insert(
-                        id,
-                        Some(Known {
-                            next_seq: n,
-                            status: append.status,
-                            note: append.note,
-                        }),
-                    );
-                    planned.push(Planned::Done(reply));
-                }
-                Request::Quarantine(saga_id, reason, reply) => {
-                    // The cache entry goes: a quarantined saga is not appended to.
-                    overlay.remove(&id);
-                    cache.remove(&id);
-                    quarantines.push((saga_id, reason));
-                    planned.push(Planned::Done(reply));
+        let requests = std::mem::replace(&mut batch, Vec::with_capacity(max_batch));
+        match commit(&mut conn, &mut cache, &requests).await {
+            Ok(outcomes) => {
+                for (request, outcome) in requests.into_iter().zip(outcomes) {
+                    request.answer(outcome);
                 }
             }
-        }
-        match write_batch(&mut conn, &events, &summaries, &quarantines).await {
-            Ok(()) => {
-                for (id, known) in overlay {
-                    if known.as_ref().is_some_and(|k| k.status.is_terminal()) {
-                        cache.remove(&id);
-                    } else {
-                        cache.insert(id, known);
-                    }
-                }
-                for p in planned {
-                    match p {
-                        Planned::Created(r) => drop(r.send(Ok(Created::New))),
-                        Planned::Exists(r) => drop(r.send(Ok(Created::Exists))),
-                        Planned::Done(r) => drop(r.send(Ok(()))),
-                        Planned::Refused(r, e) => drop(r.send(Err(e))),
+            Err(e) if requests.len() > 1 => {
+                tracing::warn!(error = %e, requests = requests.len(), "saga store batch failed; committing its requests one by one");
+                for request in requests {
+                    let one = [request];
+                    let result = commit(&mut conn, &mut cache, &one).await;
+                    let [request] = one;
+                    match result.map(|mut o| o.pop()) {
+                        Ok(Some(outcome)) => request.answer(outcome),
+                        Ok(None) => request.fail(&StoreError::Closed),
+                        Err(e) => {
+                            tracing::error!(error = %e, saga_id = request.saga_id(), "saga store request failed");
+                            request.fail(&e);
+                        }
                     }
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "saga store batch failed");
-                // The transaction rolled back: nothing of this batch happened.
-                for p in planned {
-                    let err = StoreError::Database(e.to_string());
-                    match p {
-                        Planned::Created(r) | Planned::Exists(r) => drop(r.send(Err(err))),
-                        Planned::Done(r) | Planned::Refused(r, _) => drop(r.send(Err(err))),
-                    }
+                for request in requests {
+                    request.fail(&e);
                 }
             }
         }
     }
+}
+
+/// Plans and commits `requests` in one transaction; the cache changes only if it commits.
+async fn commit(
+    conn: &mut SqliteConnection,
+    cache: &mut HashMap<Arc<str>, Option<Known>>,
+    requests: &[Request],
+) -> Result<Vec<Outcome>, StoreError> {
+    let broken = fill_cache(conn, cache, requests).await?;
+    let mut overlay: HashMap<Arc<str>, Option<Known>> = HashMap::new();
+    let mut summaries: HashMap<Arc<str>, SummaryRow> = HashMap::new();
+    let mut events: Vec<(Arc<str>, u64, &str)> = Vec::new();
+    let mut quarantines: Vec<(&str, &str)> = Vec::new();
+    let mut outcomes = Vec::with_capacity(requests.len());
+    for request in requests {
+        let id: Arc<str> = Arc::from(request.saga_id());
+        let known = overlay
+            .get(&id)
+            .or_else(|| cache.get(&id))
+            .cloned()
+            .flatten();
+        match request {
+            Request::Create(new, _) => {
+                if known.is_some() || broken.contains_key(&id) {
+                    outcomes.push(Outcome::Exists);
+                    continue;
+                }
+                let n = new.events.len() as u64;
+                for (i, payload) in (0u64..).zip(&new.events) {
+                    events.push((Arc::clone(&id), i, payload.as_str()));
+                }
+                summaries.insert(
+                    Arc::clone(&id),
+                    SummaryRow {
+                        definition: Arc::clone(&new.definition),
+                        version: new.version,
+                        status: new.status,
+                        note: None,
+                    },
+                );
+                overlay.insert(
+                    id,
+                    Some(Known {
+                        next_seq: n,
+                        status: new.status,
+                        note: None,
+                    }),
+                );
+                outcomes.push(Outcome::Created);
+            }
+            Request::Append(append, _) => {
+                if let Some(why) = broken.get(&id) {
+                    outcomes.push(Outcome::Refused(StoreError::Database(format!(
+                        "saga `{id}` cannot be appended to: {why}"
+                    ))));
+                    continue;
+                }
+                let Some(known) = known.filter(|k| k.next_seq == append.first_seq) else {
+                    let actual = overlay
+                        .get(&id)
+                        .or_else(|| cache.get(&id))
+                        .and_then(|k| k.as_ref().map(|k| k.next_seq));
+                    outcomes.push(Outcome::Refused(StoreError::Conflict {
+                        saga_id: id.to_string(),
+                        expected: append.first_seq,
+                        actual,
+                    }));
+                    continue;
+                };
+                let Some(n) = append.first_seq.checked_add(append.events.len() as u64) else {
+                    outcomes.push(Outcome::Refused(StoreError::Conflict {
+                        saga_id: id.to_string(),
+                        expected: append.first_seq,
+                        actual: Some(known.next_seq),
+                    }));
+                    continue;
+                };
+                for (seq, payload) in (append.first_seq..).zip(&append.events) {
+                    events.push((Arc::clone(&id), seq, payload.as_str()));
+                }
+                if known.status != append.status || known.note != append.note {
+                    let row = summaries.entry(Arc::clone(&id)).or_insert(SummaryRow {
+                        definition: Arc::from(""),
+                        version: 0,
+                        status: append.status,
+                        note: None,
+                    });
+                    row.status = append.status;
+                    row.note.clone_from(&append.note);
+                }
+                overlay.insert(
+                    id,
+                    Some(Known {
+                        next_seq: n,
+                        status: append.status,
+                        note: append.note.clone(),
+                    }),
+                );
+                outcomes.push(Outcome::Done);
+            }
+            Request::Quarantine(saga_id, reason, _) => {
+                // The cache entry goes: a quarantined saga is not appended to.
+                overlay.remove(&id);
+                cache.remove(&id);
+                quarantines.push((saga_id, reason));
+                outcomes.push(Outcome::Done);
+            }
+        }
+    }
+    write_batch(conn, &events, &summaries, &quarantines)
+        .await
+        .map_err(db)?;
+    for (id, known) in overlay {
+        if known.as_ref().is_some_and(|k| k.status.is_terminal()) {
+            cache.remove(&id);
+        } else {
+            cache.insert(id, known);
+        }
+    }
+    Ok(outcomes)
 }
 
 /// Lets appenders that are about to send (typically the runners the previous commit just
@@ -242,22 +291,15 @@ async fn gather(rx: &mut mpsc::Receiver<Request>, batch: &mut Vec<Request>, max_
     }
 }
 
-fn fail_all(requests: impl Iterator<Item = Request>, e: &StoreError) {
-    for request in requests {
-        let err = StoreError::Database(e.to_string());
-        match request {
-            Request::Create(_, r) => drop(r.send(Err(err))),
-            Request::Append(_, r) | Request::Quarantine(_, _, r) => drop(r.send(Err(err))),
-        }
-    }
-}
-
-/// Loads what the cache does not know about the sagas of a batch.
+/// Loads what the cache does not know about the sagas of a batch. Returns the sagas whose
+/// stored rows cannot be used (a sequence number with no next one, a value of the wrong
+/// type), with why: their requests are refused, the others go on.
 async fn fill_cache(
     conn: &mut SqliteConnection,
     cache: &mut HashMap<Arc<str>, Option<Known>>,
     batch: &[Request],
-) -> Result<(), StoreError> {
+) -> Result<HashMap<Arc<str>, String>, StoreError> {
+    let mut broken = HashMap::new();
     let mut missing: Vec<&str> = batch
         .iter()
         .filter(|r| !matches!(r, Request::Quarantine(..)))
@@ -265,14 +307,15 @@ async fn fill_cache(
         .filter(|id| !cache.contains_key(*id))
         .collect();
     if missing.is_empty() {
-        return Ok(());
+        return Ok(broken);
     }
     missing.sort_unstable();
     missing.dedup();
     for chunk in missing.chunks(ROWS_PER_STATEMENT) {
+        // MAX(seq), not MAX(seq) + 1: SQLite turns an integer overflow into a REAL.
         let sql = format!(
             "SELECT s.saga_id, s.status, s.note, \
-             COALESCE((SELECT MAX(e.seq) + 1 FROM staunch_saga_events e WHERE e.saga_id = s.saga_id), 0) \
+             (SELECT MAX(e.seq) FROM staunch_saga_events e WHERE e.saga_id = s.saga_id) \
              FROM staunch_sagas s WHERE s.saga_id IN ({})",
             placeholders(chunk.len(), 1)
         );
@@ -285,25 +328,49 @@ async fn fill_cache(
             cache.insert(Arc::from(*id), None);
         }
         for row in rows {
-            let id: String = row.try_get(0).map_err(db)?;
-            let status: String = row.try_get(1).map_err(db)?;
-            let next: i64 = row.try_get(3).map_err(db)?;
-            let known = Known {
-                next_seq: next.cast_unsigned(),
-                status: SagaStatus::parse(&status).unwrap_or(SagaStatus::Quarantined),
-                note: row.try_get(2).map_err(db)?,
+            let Ok(id) = row.try_get::<String, _>(0) else {
+                continue;
             };
-            cache.insert(Arc::from(id), Some(known));
+            let id: Arc<str> = Arc::from(id);
+            match known_from_row(&row) {
+                Ok(known) => {
+                    cache.insert(id, Some(known));
+                }
+                Err(why) => {
+                    tracing::warn!(saga_id = %id, why, "saga row cannot be used by the writer");
+                    cache.remove(&id);
+                    broken.insert(id, why);
+                }
+            }
         }
     }
-    Ok(())
+    Ok(broken)
+}
+
+fn known_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Known, String> {
+    let status: String = row.try_get(1).map_err(|e| e.to_string())?;
+    let max: Option<i64> = row
+        .try_get(3)
+        .map_err(|e| format!("its highest sequence number is not an integer ({e})"))?;
+    let next_seq = match max {
+        None => 0,
+        Some(max) => max
+            .checked_add(1)
+            .and_then(|next| u64::try_from(next).ok())
+            .ok_or_else(|| format!("its highest sequence number {max} has no next one"))?,
+    };
+    Ok(Known {
+        next_seq,
+        status: SagaStatus::parse(&status).unwrap_or(SagaStatus::Quarantined),
+        note: row.try_get(2).map_err(|e| e.to_string())?,
+    })
 }
 
 async fn write_batch(
     conn: &mut SqliteConnection,
-    events: &[(Arc<str>, u64, String)],
+    events: &[(Arc<str>, u64, &str)],
     summaries: &HashMap<Arc<str>, SummaryRow>,
-    quarantines: &[(String, String)],
+    quarantines: &[(&str, &str)],
 ) -> Result<(), sqlx::Error> {
     let now = crate::runner::now_ms().cast_signed();
     let mut tx = conn.begin().await?;
@@ -315,10 +382,7 @@ async fn write_batch(
         let mut query =
             sqlx::query(AssertSqlSafe(sql)).persistent(chunk.len() == ROWS_PER_STATEMENT);
         for (id, seq, payload) in chunk {
-            query = query
-                .bind(&**id)
-                .bind((*seq).cast_signed())
-                .bind(payload.as_str());
+            query = query.bind(&**id).bind((*seq).cast_signed()).bind(*payload);
         }
         query.execute(&mut *tx).await?;
     }
@@ -348,9 +412,9 @@ async fn write_batch(
             "UPDATE staunch_sagas SET status = ?, note = ?, updated_at_ms = ? WHERE saga_id = ?",
         )
         .bind(SagaStatus::Quarantined.as_str())
-        .bind(reason.as_str())
+        .bind(*reason)
         .bind(now)
-        .bind(id.as_str())
+        .bind(*id)
         .execute(&mut *tx)
         .await?;
     }
