@@ -4,17 +4,17 @@
 //! part behind a cargo feature of the same name, so a service compiles only what it uses, and
 //! it puts the parts together: [`ServiceBuilderExt`] adds the layers to
 //! `tower::ServiceBuilder`, [`Error`] is one error type for a whole stack, the presets
-//! [`http::client`] and `grpc::channel` build a well-ordered stack around a client, and
+//! [`http::client`] and [`grpc::channel`] build a well-ordered stack around a client, and
 //! [`StackConfig`] / [`Registry`] load stacks from a configuration file and reload them.
 //!
 //! | module | crate | what it gives |
 //! |---|---|---|
-//! | [`core`] | `staunch-core` | outcomes and classifiers (errors, HTTP, gRPC), backoff with jitter, rejections, configuration errors |
-//! | `circuit_breaker` | `staunch-circuit-breaker` | feature `circuit-breaker`: fail fast while a dependency is down |
-//! | `bulkhead` | `staunch-bulkhead` | feature `bulkhead`: cap concurrent calls so one slow dependency cannot take every task |
-//! | `timeout` | `staunch-timeout` | feature `timeout`: per-call limits and propagated deadlines |
-//! | `retry` | `staunch-retry` | feature `retry`: backoff, retry budgets, server hints, hedging |
-//! | `saga` | `staunch-saga` | feature `saga`: multi-service transactions with compensations and a durable log |
+//! | [`core`] | [`staunch-core`](https://docs.rs/staunch-core) | outcomes and classifiers (errors, HTTP, gRPC), backoff with jitter, rejections, configuration errors |
+//! | [`circuit_breaker`] | [`staunch-circuit-breaker`](https://docs.rs/staunch-circuit-breaker) | feature `circuit-breaker`: fail fast while a dependency is down |
+//! | [`bulkhead`] | [`staunch-bulkhead`](https://docs.rs/staunch-bulkhead) | feature `bulkhead`: cap concurrent calls so one slow dependency cannot take every task |
+//! | [`timeout`] | [`staunch-timeout`](https://docs.rs/staunch-timeout) | feature `timeout`: per-call limits and propagated deadlines |
+//! | [`retry`] | [`staunch-retry`](https://docs.rs/staunch-retry) | feature `retry`: backoff, retry budgets, server hints, hedging |
+//! | [`saga`] | [`staunch-saga`](https://docs.rs/staunch-saga) | feature `saga`: multi-service transactions with compensations and a durable log |
 //!
 //! The shared vocabulary is also available at the root: [`Outcome`], [`Classify`],
 //! [`Backoff`], [`Jitter`], [`ConfigError`].
@@ -35,12 +35,13 @@
 //!
 //! Each resilience tool is an **engine** with shared state, and a thin tower **layer** over it:
 //!
-//! - a circuit breaker (`CircuitBreaker`) counts the outcomes of calls and, while the
+//! - a circuit breaker ([`CircuitBreaker`](crate::circuit_breaker::CircuitBreaker)) counts the outcomes of calls and, while the
 //!   dependency is failing, refuses calls at once with a [`BreakerOpen`];
-//! - a bulkhead (`Bulkhead`) caps the calls in flight and refuses the rest with a
+//! - a bulkhead ([`Bulkhead`](crate::bulkhead::Bulkhead)) caps the calls in flight and refuses the rest with a
 //!   [`BulkheadFull`] (or lets them wait a bounded time);
-//! - a time limit (`TimeLimit`) cancels a call that takes too long, with an `Elapsed`;
-//! - a retry policy (`RetryPolicy`) makes another attempt after a transient failure, waiting
+//! - a time limit ([`TimeLimit`](crate::timeout::TimeLimit)) cancels a call that takes too
+//!   long, with an [`Elapsed`](crate::timeout::Elapsed);
+//! - a retry policy ([`RetryPolicy`](crate::retry::RetryPolicy)) makes another attempt after a transient failure, waiting
 //!   a jittered backoff, within an overall deadline and a retry budget shared by every clone.
 //!
 //! Engines are cheap handles (clones share the state) and outlive the layers built from
@@ -207,7 +208,7 @@
 //!
 //! # tonic
 //!
-//! `grpc::channel` (feature `tonic`) wraps a channel for a generated client: breaker
+//! [`grpc::channel`] (feature `tonic`) wraps a channel for a generated client: breaker
 //! (classified by gRPC status), attempt timeout, bulkhead. The client returns staunch's
 //! refusals as the `tonic::Status` codes gRPC clients expect: an open breaker is
 //! `UNAVAILABLE` with the time until its next probe in `grpc-retry-pushback-ms`, a full
@@ -364,14 +365,118 @@
 //!
 //! # Features
 //!
+//! Every feature compiles alone (`cargo add staunch --features X`), and each has an example
+//! below that needs nothing else:
+//!
 //! - `circuit-breaker`, `bulkhead`, `timeout`, `retry`, `saga`: the member crates. The four
 //!   middleware features together enable the presets, [`StackConfig::build`] and the
 //!   [`Registry`].
-//! - `serde`: (de)serializable settings ([`StackConfig`], [`RegistryConfig`]).
+//! - `serde`: (de)serializable settings ([`StackConfig`], [`RegistryConfig`]) and
+//!   serializable status ([`StackStatus`] and the engines' snapshots).
 //! - `reqwest`: classify `reqwest::Response` by status, replay `reqwest::Request`.
-//! - `tonic`: classify gRPC calls by status code; `grpc::channel`.
+//! - `tonic`: classify gRPC calls by status code; [`grpc::channel`], gRPC status codes for
+//!   staunch's errors ([`grpc::status_of`]).
 //! - `metrics`: emit through the `metrics` crate from every enabled part.
+//! - `postgres`: the saga engine's PostgreSQL store (and `saga`).
 //! - `full`: everything.
+//!
+//! `circuit-breaker` alone:
+//!
+//! ```
+//! # #[cfg(feature = "circuit-breaker")]
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use staunch::circuit_breaker::{CircuitBreaker, State};
+//!
+//! let breaker = CircuitBreaker::builder("payment").consecutive_failures(2).build().unwrap();
+//! for _ in 0..2 {
+//!     let _ = breaker.call(async { Err::<(), _>(std::io::Error::other("down")) }).await;
+//! }
+//! assert_eq!(breaker.state(), State::Open);
+//! # }
+//! # #[cfg(not(feature = "circuit-breaker"))] fn main() {}
+//! ```
+//!
+//! `bulkhead` alone:
+//!
+//! ```
+//! # #[cfg(feature = "bulkhead")]
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use staunch::bulkhead::Bulkhead;
+//!
+//! let bulkhead = Bulkhead::builder("inventory").max_concurrent(1).build().unwrap();
+//! let answer = bulkhead.run(async { 42 }).await.unwrap();
+//! assert_eq!((answer, bulkhead.in_flight()), (42, 0));
+//! # }
+//! # #[cfg(not(feature = "bulkhead"))] fn main() {}
+//! ```
+//!
+//! `timeout` alone:
+//!
+//! ```
+//! # #[cfg(feature = "timeout")]
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! use std::time::Duration;
+//! use staunch::timeout::TimeLimit;
+//!
+//! let limit = TimeLimit::new(Duration::from_millis(100)).unwrap();
+//! let err = limit.run(std::future::pending::<()>()).await.unwrap_err();
+//! assert_eq!(err.limit(), Duration::from_millis(100));
+//! # }
+//! # #[cfg(not(feature = "timeout"))] fn main() {}
+//! ```
+//!
+//! `retry` alone:
+//!
+//! ```
+//! # #[cfg(feature = "retry")]
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use staunch::retry::RetryPolicy;
+//!
+//! let calls = AtomicU32::new(0);
+//! let answer = RetryPolicy::builder().max_attempts(3).build().unwrap()
+//!     .retry(|| async {
+//!         match calls.fetch_add(1, Ordering::Relaxed) {
+//!             0 => Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+//!             _ => Ok(7u32),
+//!         }
+//!     })
+//!     .await
+//!     .unwrap();
+//! assert_eq!(answer, 7);
+//! # }
+//! # #[cfg(not(feature = "retry"))] fn main() {}
+//! ```
+//!
+//! `saga` alone:
+//!
+//! ```
+//! # #[cfg(feature = "saga")]
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use staunch::saga::{MemoryStore, SagaDefinition, SagaEngine, SagaOutcome, Step};
+//!
+//! let count = SagaDefinition::<u64>::builder("count", 1)
+//!     .step(Step::new("add", |n: u64, _ctx| async move { Ok(n + 1) }))
+//!     .build()
+//!     .unwrap();
+//! let engine = SagaEngine::new(MemoryStore::new());
+//! let handle = engine.start(&count, "count-1", 41).await.unwrap();
+//! assert!(matches!(handle.outcome().await.unwrap(), SagaOutcome::Completed(42)));
+//! # }
+//! # #[cfg(not(feature = "saga"))] fn main() {}
+//! ```
+//!
+//! `serde`, `reqwest`, `tonic` and `metrics` add to the parts above; alone, they give the
+//! shared vocabulary its adapters:
+//!
+//! ```
+//! # #[cfg(feature = "tonic")] {
+//! use staunch::{Classify, GrpcStatus, Outcome};
+//!
+//! let call: Result<tonic::Response<()>, tonic::Status> = Err(tonic::Status::unavailable("down"));
+//! assert_eq!(GrpcStatus::new().classify(&call), Outcome::Failure);
+//! # }
+//! ```
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
