@@ -121,9 +121,10 @@
 //! A successful call in the closed state reads the state word (shared, written only on
 //! transitions) and bumps a counter in the calling thread's *lane*: a cache-line-aligned shard
 //! of the counters, so concurrent callers on different cores never write the same line. The
-//! permit keeps its lane alive with a reference count that also lives on the lane's own lines:
-//! three uncontended atomic increments and decrements per call in all. A success on a window
-//! that holds `minimum_calls` cannot trip a breaker, so it never looks at the window. Failures and slow calls
+//! permit's reference to its lane is recycled per thread, so the success counter is the one
+//! atomic read-modify-write of a call (the crate's README has the figures). A success on a
+//! window that holds `minimum_calls` cannot trip a breaker, so it never looks at the window.
+//! Failures and slow calls
 //! take a short mutex on the slow path, sum the lanes and evaluate the window. The clock is
 //! read per call only when it matters: with a slow-call threshold (twice) or a time-based
 //! window (once). Nothing is allocated per call.
