@@ -694,6 +694,39 @@ mod sqlite {
     }
 
     #[tokio::test]
+    async fn a_row_the_database_refuses_fails_only_its_own_append() {
+        let dir = support::TempDir::new("refused");
+        let path = dir.file("s.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        for id in ["doomed", "fine"] {
+            seed_healthy(&store, id, "refused").await;
+        }
+        let mut conn = raw_conn(&path).await;
+        sqlx::query(
+            "CREATE TRIGGER refuse BEFORE INSERT ON staunch_saga_events \
+             WHEN NEW.saga_id = 'doomed' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let row = SagaEvent::StepFailed {
+            step: 0,
+            attempt: 1,
+            kind: StepErrorKind::Retryable,
+            error: "x".into(),
+        }
+        .encode();
+        let append =
+            |id: &str| Append::new(Arc::from(id), 2, vec![row.clone()], SagaStatus::Running);
+        let (doomed, fine) =
+            tokio::join!(store.append(append("doomed")), store.append(append("fine")));
+        assert!(doomed.is_err(), "{doomed:?}");
+        fine.unwrap();
+        assert_eq!(store.load("fine").await.unwrap().unwrap().events.len(), 3);
+        assert_eq!(store.load("doomed").await.unwrap().unwrap().events.len(), 2);
+    }
+
+    #[tokio::test]
     async fn invalid_utf8_inside_a_stored_state_quarantines_the_saga() {
         let dir = support::TempDir::new("utf8");
         let path = dir.file("s.db");
@@ -734,5 +767,81 @@ mod sqlite {
         }
         completes(&engine, &def, "ok").await;
         assert_eq!(store.load("bad").await.unwrap().unwrap().events.len(), 2);
+    }
+}
+
+// --- PostgreSQL: durations at their limits, one saga's bad value in a shared batch ---------
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lease_ttl_of_duration_max_is_usable() {
+        let Some((store, _guard)) = support::pg::store("ttl_max", Duration::MAX).await else {
+            return;
+        };
+        let def = linear("ttlmax", &[Script::Ok, Script::Ok], &calls());
+        let engine = SagaEngine::new(store.clone());
+        completes(&engine, &def, "t-1").await;
+        // Recovery claims with the same saturated expiry.
+        seed_healthy(&store, "t-2", "ttlmax").await;
+        store.release("t-2");
+        let report = engine.recover().await.unwrap();
+        assert!(
+            report.resumed.is_empty() || report.resumed == ["t-2"],
+            "{report:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_nul_in_one_sagas_note_fails_no_other_append() {
+        let Some((store, _guard)) = support::pg::store("nul_note", Duration::from_secs(15)).await
+        else {
+            return;
+        };
+        for id in ["nul", "fine"] {
+            seed_healthy(&store, id, "nul").await;
+        }
+        let row = SagaEvent::Stuck {
+            step: 0,
+            phase: Phase::Action,
+            error: "bad\0byte".into(),
+        }
+        .encode();
+        let append = |id: &str, note: &str| {
+            Append::new(Arc::from(id), 2, vec![row.clone()], SagaStatus::Stuck)
+                .with_note(Some(note.to_owned()))
+        };
+        let (nul, fine) = tokio::join!(
+            store.append(append("nul", "bad\0byte")),
+            store.append(append("fine", "plain"))
+        );
+        fine.unwrap();
+        // The note is a summary: its NUL is replaced (the log row keeps the exact message).
+        nul.unwrap();
+        let log = store.load("nul").await.unwrap().unwrap();
+        assert_eq!(log.summary.status, SagaStatus::Stuck);
+        assert_eq!(log.summary.note.as_deref(), Some("bad\u{fffd}byte"));
+        assert_eq!(log.events.len(), 3);
+        // The quarantine reason too.
+        store.quarantine("nul", "why\0not").await.unwrap();
+        // A value the database refuses in one create (a NUL in the definition name) fails
+        // that create alone, not the others of its batch.
+        let new = |id: &str, definition: &str| {
+            NewSaga::new(
+                Arc::from(id),
+                Arc::from(definition),
+                1,
+                SagaStatus::Running,
+                vec![started("nul").encode()],
+            )
+        };
+        let (bad, good) = tokio::join!(
+            store.create(new("bad-def", "nul\0def")),
+            store.create(new("good-def", "nul"))
+        );
+        assert!(bad.is_err(), "{bad:?}");
+        assert_eq!(good.unwrap(), Created::New);
     }
 }

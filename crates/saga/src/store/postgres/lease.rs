@@ -92,10 +92,10 @@ pub(super) async fn acquire(inner: &Inner, saga_id: &str) -> Result<(), StoreErr
 /// taken over is dropped from the held set so the next append fails fast. Ends when the
 /// store is dropped.
 pub(super) async fn heartbeat(inner: Weak<Inner>, interval: Duration) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        // A sleep, not an interval: a huge TTL (and so interval) saturates instead of
+        // overflowing the next tick's instant.
+        tokio::time::sleep(interval).await;
         let Some(inner) = inner.upgrade() else { return };
         if let Err(e) = renew(&inner).await {
             tracing::warn!(error = %e, owner = %inner.owner, "saga lease renewal failed");

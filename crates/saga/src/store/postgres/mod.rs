@@ -96,6 +96,7 @@ impl PostgresStoreBuilder {
 
     /// How long a lease lasts without renewal (default 15 s): a dead instance's sagas are
     /// taken over after at most this long (plus the claiming instance's recovery interval).
+    /// Any duration of at least 100 ms works; the recorded expiry saturates at 100 years.
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
         self.lease_ttl = ttl;
         self
@@ -307,8 +308,24 @@ impl Inner {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// The lease TTL in milliseconds, saturated at [`MAX_LEASE_MS`]: PostgreSQL cannot add
+    /// an interval of `i64::MAX` milliseconds to a timestamp.
     pub(super) fn ttl_ms(&self) -> i64 {
-        i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX)
+        i64::try_from(self.ttl.as_millis()).map_or(MAX_LEASE_MS, |ms| ms.min(MAX_LEASE_MS))
+    }
+}
+
+/// The longest lease the database is asked to record: 100 years (any longer TTL saturates
+/// to it; both mean "until released").
+const MAX_LEASE_MS: i64 = 100 * 365 * 24 * 60 * 60 * 1000;
+
+/// Text as PostgreSQL can store it: `text` columns refuse NUL, so a summary note (the log
+/// row keeps the exact message, JSON-escaped) has each NUL replaced by U+FFFD.
+pub(super) fn storable_note(note: &str) -> std::borrow::Cow<'_, str> {
+    if note.contains('\0') {
+        std::borrow::Cow::Owned(note.replace('\0', "\u{fffd}"))
+    } else {
+        std::borrow::Cow::Borrowed(note)
     }
 }
 
@@ -562,7 +579,7 @@ impl SagaStore for PostgresStore {
                  lease_expires_at = NULL, updated_at = now() WHERE saga_id = $3",
             )
             .bind(SagaStatus::Quarantined.as_str())
-            .bind(reason)
+            .bind(storable_note(reason))
             .bind(saga_id)
             .execute(&self.inner.pool)
             .await

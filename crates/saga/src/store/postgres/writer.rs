@@ -19,7 +19,7 @@ use sqlx::postgres::PgPool;
 use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::Inner;
+use super::{Inner, storable_note};
 use crate::error::StoreError;
 use crate::store::{Append, Created, NewSaga, SagaStatus};
 
@@ -78,6 +78,10 @@ async fn gather(rx: &mut mpsc::Receiver<Request>, batch: &mut Vec<Request>, max_
 type CreateReply = oneshot::Sender<Result<Created, StoreError>>;
 type AppendReply = oneshot::Sender<Result<(), StoreError>>;
 
+/// Writes a batch in one transaction. When that fails and the batch holds more than one
+/// request, each is retried in its own transaction (creates first, then appends in request
+/// order), so a value only one saga's request can break fails that request alone: one
+/// saga's bad row never fails another's append.
 async fn write(pool: &PgPool, owner: &str, ttl_ms: i64, requests: Vec<Request>) {
     let mut creates = Vec::new();
     let mut appends = Vec::new();
@@ -87,32 +91,68 @@ async fn write(pool: &PgPool, owner: &str, ttl_ms: i64, requests: Vec<Request>) 
             Request::Append(a, lease, reply) => appends.push((a, lease, reply)),
         }
     }
-    let result = async {
-        let mut tx = pool.begin().await?;
-        let created = write_creates(&mut tx, owner, ttl_ms, &creates).await?;
-        let outcomes = write_appends(&mut tx, owner, ttl_ms, &appends).await?;
-        tx.commit().await?;
-        Ok::<_, sqlx::Error>((created, outcomes))
-    }
-    .await;
+    let result = write_one_transaction(pool, owner, ttl_ms, &creates, &appends).await;
     match result {
-        Ok((created, outcomes)) => {
-            for ((_, reply), new) in creates.into_iter().zip(created) {
-                let _ = reply.send(Ok(if new { Created::New } else { Created::Exists }));
+        Ok((created, outcomes)) => answer(creates, appends, created, outcomes),
+        Err(e) if creates.len() + appends.len() > 1 => {
+            tracing::warn!(error = %e, "postgres saga store batch failed; writing its requests one by one");
+            for create in creates {
+                let one = vec![create];
+                match write_one_transaction(pool, owner, ttl_ms, &one, &[]).await {
+                    Ok((created, _)) => answer(one, Vec::new(), created, Vec::new()),
+                    Err(e) => fail(one, Vec::new(), &e),
+                }
             }
-            for ((_, _, reply), outcome) in appends.into_iter().zip(outcomes) {
-                let _ = reply.send(outcome);
+            for append in appends {
+                let one = vec![append];
+                match write_one_transaction(pool, owner, ttl_ms, &[], &one).await {
+                    Ok((_, outcomes)) => answer(Vec::new(), one, Vec::new(), outcomes),
+                    Err(e) => fail(Vec::new(), one, &e),
+                }
             }
         }
-        Err(e) => {
-            tracing::error!(error = %e, "postgres saga store batch failed");
-            for (_, reply) in creates {
-                let _ = reply.send(Err(db_str(&e)));
-            }
-            for (_, _, reply) in appends {
-                let _ = reply.send(Err(db_str(&e)));
-            }
-        }
+        Err(e) => fail(creates, appends, &e),
+    }
+}
+
+type Creates = Vec<(NewSaga, CreateReply)>;
+type Appends = Vec<(Append, i64, AppendReply)>;
+
+async fn write_one_transaction(
+    pool: &PgPool,
+    owner: &str,
+    ttl_ms: i64,
+    creates: &[(NewSaga, CreateReply)],
+    appends: &[(Append, i64, AppendReply)],
+) -> Result<(Vec<bool>, Vec<Result<(), StoreError>>), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let created = write_creates(&mut tx, owner, ttl_ms, creates).await?;
+    let outcomes = write_appends(&mut tx, owner, ttl_ms, appends).await?;
+    tx.commit().await?;
+    Ok((created, outcomes))
+}
+
+fn answer(
+    creates: Creates,
+    appends: Appends,
+    created: Vec<bool>,
+    outcomes: Vec<Result<(), StoreError>>,
+) {
+    for ((_, reply), new) in creates.into_iter().zip(created) {
+        let _ = reply.send(Ok(if new { Created::New } else { Created::Exists }));
+    }
+    for ((_, _, reply), outcome) in appends.into_iter().zip(outcomes) {
+        let _ = reply.send(outcome);
+    }
+}
+
+fn fail(creates: Creates, appends: Appends, e: &sqlx::Error) {
+    tracing::error!(error = %e, "postgres saga store write failed");
+    for (_, reply) in creates {
+        let _ = reply.send(Err(db_str(e)));
+    }
+    for (_, _, reply) in appends {
+        let _ = reply.send(Err(db_str(e)));
     }
 }
 
@@ -287,7 +327,7 @@ async fn append_round(
         firsts.push(a.first_seq.cast_signed());
         counts.push((a.events.len() as u64).cast_signed());
         statuses.push(a.status.as_str());
-        notes.push(a.note.as_deref());
+        notes.push(a.note.as_deref().map(|n| storable_note(n).into_owned()));
         terminal.push(a.status.is_terminal() || a.status == SagaStatus::Quarantined);
         for (k, payload) in a.events.iter().enumerate() {
             e_idx.push(i);
