@@ -197,3 +197,36 @@ async fn retries_around_a_generated_client_return_a_status() {
         .unwrap();
     assert_eq!(level.into_inner().qty, 6);
 }
+
+#[tokio::test]
+async fn a_full_bulkhead_is_resource_exhausted() {
+    let inventory = Inventory::default();
+    inventory.mode.store(HANG, Ordering::SeqCst);
+    let url = serve(inventory.clone()).await;
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .unwrap()
+        .connect_lazy();
+    let mut config = config();
+    config.bulkhead.max_concurrent = Some(1);
+    config.attempt_timeout = Some(Duration::from_secs(5));
+    let (channel, handle) = staunch::grpc::channel("inventory", channel, &config).unwrap();
+    let client = StockClient::new(channel);
+
+    let mut first = client.clone();
+    let hung = tokio::spawn(async move { first.check(query()).await });
+    // Bounded wait for the first call to hold the only permit.
+    for _ in 0..5_000 {
+        if handle.bulkhead().in_flight() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(handle.bulkhead().in_flight(), 1);
+    let status = client.clone().check(query()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        matches!(rejection_of(&status), Some(Rejection::BulkheadFull(_))),
+        "{status:?}"
+    );
+    hung.abort();
+}
