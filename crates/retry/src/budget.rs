@@ -25,25 +25,38 @@
 //! retries in the window < floor(ratio * requests in the window) + min_per_sec * ttl_secs
 //! ```
 //!
+//! A deposit older than `ttl` never counts, whether or not anything read the budget while it
+//! aged: a budget that nobody consulted during a hundred seconds of healthy traffic allows,
+//! when the outage starts, what the last `ttl` of that traffic earned, not what all of it did.
+//!
 //! # Cost
 //!
-//! A deposit happens on every request, so it reads no clock and takes no lock: it is a
-//! relaxed load and store (not a read-modify-write, which costs several times more) of a
-//! counter in the calling thread's shard. Threads are dealt 16 shards, each on its own cache
+//! A deposit happens on every request, so it takes no lock and almost never reads the clock:
+//! it is a relaxed load and store (not a read-modify-write, which costs several times more) of
+//! a counter in the calling thread's shard. Threads are dealt 16 shards, each on its own cache
 //! line, so they do not contend. With more than 16 threads two may share a shard, and when
 //! they deposit at the same instant one increment can be lost: the budget then counts slightly
 //! fewer requests, so it is slightly stricter, never looser. Request counts in the metrics
-//! are approximate in the same way. The deposits are dated when the budget is next
-//! consulted by a retry (under a mutex, off the success path): the requests counted since the
-//! previous consultation are spread evenly over the time between the two, and the part that
-//! falls outside the window is dropped. During an outage the budget is consulted constantly,
-//! so this dating is exact to a bucket; after a long quiet period it errs by crediting requests
-//! evenly over it, never by crediting old requests as recent.
+//! are approximate in the same way.
+//!
+//! Deposits are dated in batches, under a mutex, off the success path: when a retry consults
+//! the budget, when something reads it ([`remaining`](RetryBudget::remaining), the metrics),
+//! and on every 16th deposit of a shard once a bucket's time has passed (that deposit reads
+//! the clock and tries the mutex; if another thread holds it, it leaves the dating to it).
+//! Deposits counted since the previous dating are dated at that previous dating, the earliest
+//! moment they can have happened: a deposit can be dated early (it then leaves the window
+//! early, which makes the budget stricter), never late. Under steady traffic the dating runs
+//! once per bucket and is exact to a bucket, but for the deposits a thread makes between a
+//! bucket's end and its next 16th deposit; at any rate, early dating costs at most 16
+//! requests' worth of credit per thread. Tower's `TpsBudget` reads the clock on every deposit
+//! instead (and its window is up to a bucket longer): this budget allows at most as many
+//! retries as tower's, and fewer by at most one bucket's and 16 requests' worth of credit
+//! (see `tests/budget.rs`).
 
 use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 
 use staunch_core::{ConfigError, instant_after};
@@ -51,6 +64,8 @@ use tokio::time::Instant;
 
 const SHARDS: usize = 16;
 const BUCKETS: usize = 10;
+/// Every `SAMPLE`th deposit of a shard reads the clock (see the module docs).
+const SAMPLE: u64 = 16;
 
 /// A counter on its own cache line (128 bytes: x86 prefetches lines in pairs).
 #[derive(Debug, Default)]
@@ -123,10 +138,11 @@ struct Bucket {
 struct Window {
     buckets: [Bucket; BUCKETS],
     head: usize,
-    /// When the head bucket started; `None` until the first consultation.
-    head_start: Option<Instant>,
-    /// When deposits were last dated.
-    last_sync: Option<Instant>,
+    /// When the head bucket started.
+    head_start: Instant,
+    /// When deposits were last dated (at first, when the budget was created): the deposits
+    /// counted since happened at or after it.
+    last_sync: Instant,
     /// Deposits already dated.
     synced: u64,
 }
@@ -170,6 +186,7 @@ impl RetryBudget {
     }
 
     fn from_parts(limited: bool, ratio: f64, reserve: u64, ttl: Duration) -> Self {
+        let now = Instant::now();
         Self {
             inner: Arc::new(Inner {
                 deposits: Default::default(),
@@ -181,8 +198,8 @@ impl RetryBudget {
                 window: Mutex::new(Window {
                     buckets: [Bucket::default(); BUCKETS],
                     head: 0,
-                    head_start: None,
-                    last_sync: None,
+                    head_start: now,
+                    last_sync: now,
                     synced: 0,
                 }),
                 withdrawn: AtomicU64::new(0),
@@ -207,14 +224,32 @@ impl RetryBudget {
     }
 
     /// Records one request: a relaxed load and store of the calling thread's counter (see
-    /// the [module docs](self) for why that is not a read-modify-write).
+    /// the [module docs](self) for why that is not a read-modify-write, and for the one
+    /// deposit in 16 that also reads the clock).
     #[inline]
     pub fn deposit(&self) {
         let counter = &self.inner.deposits[shard()].0;
-        counter.store(
-            counter.load(Ordering::Relaxed).wrapping_add(1),
-            Ordering::Relaxed,
-        );
+        let count = counter.load(Ordering::Relaxed).wrapping_add(1);
+        counter.store(count, Ordering::Relaxed);
+        if count % SAMPLE == 0 && self.inner.limited {
+            self.date_deposits();
+        }
+    }
+
+    /// Dates the pending deposits if a bucket's time has passed since the head bucket
+    /// started, unless another thread is at the window (it dates them then).
+    #[cold]
+    #[inline(never)]
+    fn date_deposits(&self) {
+        let now = Instant::now();
+        let mut window = match self.inner.window.try_lock() {
+            Ok(window) => window,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        if now.saturating_duration_since(window.head_start) >= self.inner.width {
+            self.sync(&mut window, now);
+        }
     }
 
     /// Takes one retry from the budget; `false` (and nothing taken) when it is exhausted.
@@ -272,7 +307,7 @@ impl RetryBudget {
             .sum()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
+    fn lock(&self) -> MutexGuard<'_, Window> {
         // The window holds plain counters: a panic cannot leave it inconsistent.
         self.inner
             .window
@@ -288,7 +323,7 @@ impl RetryBudget {
     /// Expires old buckets and dates the deposits made since the last sync.
     fn sync(&self, window: &mut Window, now: Instant) {
         let width = self.inner.width;
-        let start = *window.head_start.get_or_insert(now);
+        let start = window.head_start;
         let passed = now.saturating_duration_since(start).as_nanos() / width.as_nanos().max(1);
         if passed > 0 {
             for _ in 0..passed.min(BUCKETS as u128) {
@@ -297,36 +332,30 @@ impl RetryBudget {
                 window.buckets[head] = Bucket::default();
             }
             // `passed` fits: it is at most (elapsed / width) which we just advanced by.
-            window.head_start = Some(instant_after(
+            window.head_start = instant_after(
                 start,
                 width.saturating_mul(passed.min(u128::from(u32::MAX)) as u32),
-            ));
+            );
         }
 
         let total = self.total_deposits();
         let pending = total.saturating_sub(window.synced);
         window.synced = total;
-        let last = window.last_sync.replace(now).unwrap_or(now);
+        let last = std::mem::replace(&mut window.last_sync, now);
         if pending == 0 {
             return;
         }
-        let span = now.saturating_duration_since(last);
-        if span <= width {
-            let head = window.head;
-            window.buckets[head].deposits += pending;
-            return;
-        }
-        // Spread the pending deposits evenly over `span`, keeping the part inside the window.
-        let inside = span.min(self.inner.ttl);
-        let credited = (u128::from(pending) * inside.as_nanos() / span.as_nanos()) as u64;
-        let spread =
-            (inside.as_nanos().div_ceil(width.as_nanos().max(1)) as usize).clamp(1, BUCKETS);
-        let per = credited / spread as u64;
-        let mut rest = credited - per * spread as u64;
-        for back in 0..spread {
-            let i = (window.head + BUCKETS - back) % BUCKETS;
-            window.buckets[i].deposits += per + u64::from(rest > 0);
-            rest = rest.saturating_sub(1);
+        // The pending deposits happened between `last` and `now`: date them at `last`, the
+        // earliest they can have happened, so that none counts for longer than `ttl`. They
+        // go to the bucket that holds `last`, or nowhere if it has expired.
+        let back = window
+            .head_start
+            .saturating_duration_since(last)
+            .as_nanos()
+            .div_ceil(width.as_nanos().max(1));
+        if back < BUCKETS as u128 {
+            let i = (window.head + BUCKETS - back as usize) % BUCKETS;
+            window.buckets[i].deposits += pending;
         }
     }
 }
@@ -459,20 +488,46 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn deposits_after_a_quiet_period_are_spread_not_credited_as_recent() {
+    async fn deposits_older_than_the_window_never_count_whoever_read_the_budget() {
+        for read_in_between in [false, true] {
+            let budget = RetryBudget::builder()
+                .ratio(1.0)
+                .min_per_sec(0)
+                .ttl(Duration::from_secs(10))
+                .build()
+                .unwrap();
+            for _ in 0..1000 {
+                budget.deposit();
+            }
+            if read_in_between {
+                assert_eq!(budget.remaining(), Some(1000));
+            }
+            // The 1000 requests happened 10.5 s ago: outside the window, none counts.
+            tokio::time::advance(Duration::from_millis(10_500)).await;
+            assert_eq!(budget.remaining(), Some(0), "read: {read_in_between}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deposits_are_dated_no_later_than_they_happened() {
         let budget = RetryBudget::builder()
             .ratio(1.0)
             .min_per_sec(0)
             .ttl(Duration::from_secs(10))
             .build()
             .unwrap();
-        assert_eq!(budget.remaining(), Some(0));
-        for _ in 0..1000 {
+        // Five deposits at t = 0, then silence until t = 9.5 s, five more, a read at 10.2 s.
+        for _ in 0..5 {
             budget.deposit();
         }
-        // The 1000 requests happened somewhere in the last 100 s: only a tenth is in the window.
-        tokio::time::advance(Duration::from_secs(100)).await;
-        assert_eq!(budget.remaining(), Some(100));
+        tokio::time::advance(Duration::from_millis(9_500)).await;
+        for _ in 0..5 {
+            budget.deposit();
+        }
+        tokio::time::advance(Duration::from_millis(700)).await;
+        // Nothing was dated in between, so all ten may be as old as t = 0: none counts. A
+        // budget that errs stricter after a silence, never looser.
+        assert_eq!(budget.remaining(), Some(0));
     }
 
     #[test]

@@ -193,3 +193,109 @@ proptest! {
         })?;
     }
 }
+
+/// Issue 16, item 4: `healthy` requests spaced `gap` apart, then 100 calls that always fail
+/// (three attempts allowed, 1 ms backoff), through the layer with the default budget.
+/// `read_every` reads the metrics every that many healthy requests (0: never). Returns the
+/// retries the outage got and the budget left after it.
+async fn retries_after_history(healthy: u32, gap: Duration, read_every: u32) -> (u64, u64) {
+    let policy = RetryPolicy::builder()
+        .max_attempts(3)
+        .backoff(constant(1))
+        .build()
+        .unwrap();
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls = Arc::new(AtomicU64::new(0));
+    let (is_down, counter) = (Arc::clone(&down), Arc::clone(&calls));
+    let svc = RetryLayer::new(policy.clone()).layer(tower::service_fn(move |_: u32| {
+        counter.fetch_add(1, Ordering::Relaxed);
+        let fail = is_down.load(Ordering::Relaxed);
+        async move {
+            if fail {
+                Err::<u32, BoxError>(
+                    std::io::Error::from(std::io::ErrorKind::ConnectionReset).into(),
+                )
+            } else {
+                Ok(1)
+            }
+        }
+    }));
+    for i in 0..healthy {
+        svc.clone().oneshot(i).await.unwrap();
+        if read_every > 0 && i % read_every == 0 {
+            let _ = policy.metrics();
+        }
+        tokio::time::advance(gap).await;
+    }
+    down.store(true, Ordering::Relaxed);
+    let before = calls.load(Ordering::Relaxed);
+    for i in 0..100 {
+        svc.clone().oneshot(i).await.unwrap_err();
+    }
+    let retries = calls.load(Ordering::Relaxed) - before - 100;
+    let left = policy.metrics().budget_left.unwrap();
+    (retries, left)
+}
+
+/// The same scenario against tower's `TpsBudget` with the same settings (10 s, 10 per
+/// second, 20%), which dates every deposit with the clock: the reference.
+async fn tower_retries_after_history(healthy: u32, gap: Duration) -> u64 {
+    use tower::retry::budget::{Budget, TpsBudget};
+    let budget = TpsBudget::new(Duration::from_secs(10), 10, 0.2);
+    for _ in 0..healthy {
+        budget.deposit();
+        tokio::time::advance(gap).await;
+    }
+    let mut retries = 0;
+    for _ in 0..100 {
+        budget.deposit();
+        for _ in 0..2 {
+            if !budget.withdraw() {
+                break;
+            }
+            retries += 1;
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+    }
+    retries
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unread_budget_credits_only_the_last_window_of_history() {
+    // 100 s of healthy traffic (1000 requests), then an outage. Only the last 10 s of the
+    // history earn retries: about 100 requests, 20 retries, plus 20 for the 100 failing
+    // requests and the reserve of 100. Crediting the whole history would allow 200.
+    let reference = tower_retries_after_history(1000, Duration::from_millis(100)).await;
+    assert!((135..=145).contains(&reference), "tower: {reference}");
+    for read_every in [0, 1, 10, 100] {
+        let (retries, left) =
+            retries_after_history(1000, Duration::from_millis(100), read_every).await;
+        // Never looser than tower's; stricter by at most the credit of one bucket (tower's
+        // window holds up to eleven tenths of its TTL, ours ten) and of 16 requests dated
+        // early (see the budget module docs): 0.2 * (10 + 16), 5 retries.
+        assert!(
+            retries <= reference && retries + 5 >= reference,
+            "read every {read_every}: {retries} retries, tower {reference}"
+        );
+        assert!(left <= 3, "read every {read_every}: {left} left");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_budget_read_or_not_holds_the_same_window() {
+    // 4000 requests, 20 per second, over 200 s: about 200 in the last window.
+    let gap = Duration::from_millis(50);
+    let reference = tower_retries_after_history(4000, gap).await;
+    assert!((155..=165).contains(&reference), "tower: {reference}");
+    let unread = retries_after_history(4000, gap, 0).await.0;
+    let read = retries_after_history(4000, gap, 7).await.0;
+    // Within 0.2 * (20 + 16), 7 retries, as above.
+    assert!(
+        unread <= reference && unread + 7 >= reference,
+        "{unread} vs tower {reference}"
+    );
+    assert!(
+        read <= reference && read + 7 >= reference,
+        "{read} vs tower {reference}"
+    );
+}
