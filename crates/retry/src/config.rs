@@ -49,6 +49,9 @@ pub(crate) struct Limits {
     pub(crate) attempt_timeout: Option<Duration>,
     pub(crate) max_total_time: Option<Duration>,
     pub(crate) retry_non_idempotent: bool,
+    /// The backoff has a `max_elapsed`: a call that may be retried reads the clock when it
+    /// starts, so that the first attempt's time counts.
+    pub(crate) clock_from_start: bool,
 }
 
 impl Limits {
@@ -296,9 +299,13 @@ impl RetryPolicyBuilder {
         self
     }
 
-    /// The waits between attempts (default [`Backoff::default`]). A `max_elapsed` set on the
-    /// backoff ends the retries once the time since the first attempt plus the next delay
-    /// would pass it.
+    /// The waits between attempts (default [`Backoff::default`]).
+    ///
+    /// A `max_elapsed` set on the backoff counts from the start of the first attempt: no
+    /// retry is made once the time since then plus the next delay would pass it. To know
+    /// when the first attempt started, a call that may be retried reads the clock when it
+    /// starts, but only with a `max_elapsed` set: without one, a call that succeeds at once
+    /// reads no clock.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self
@@ -405,6 +412,7 @@ impl RetryPolicyBuilder {
             attempt_timeout: shared.attempt_timeout,
             max_total_time: shared.max_total_time,
             retry_non_idempotent: shared.retry_non_idempotent,
+            clock_from_start: shared.backoff.max_elapsed().is_some(),
         };
         RetryPolicy { shared, limits }
     }

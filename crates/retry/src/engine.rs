@@ -4,7 +4,10 @@
 //! `Waiting` while the backoff timer runs, and `Readying` while it waits for the inner service
 //! to accept the next attempt. A single `Sleep` serves as the attempt timer and the backoff
 //! timer; it is created only when an attempt does not finish on its first poll or a retry is
-//! due, so a call that succeeds at once reads no clock and arms no timer.
+//! due, so a call that succeeds at once reads no clock and arms no timer. The one exception:
+//! with a backoff `max_elapsed`, which counts from the first attempt's start, a call that may
+//! be retried reads the clock when it starts (there is no later moment at which that start
+//! can be known).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -125,6 +128,7 @@ impl<A, Fut, C> Machine<A, Fut, C> {
         retryable: bool,
         handle: Arc<Handle<C>>,
     ) -> Self {
+        let started = start_clock(retryable, &handle.policy.limits);
         Self {
             attempt: Some(first),
             sleep: None,
@@ -133,7 +137,7 @@ impl<A, Fut, C> Machine<A, Fut, C> {
             retryable,
             made: 1,
             handle: Some(handle),
-            started: None,
+            started,
             schedule: None,
         }
     }
@@ -146,6 +150,7 @@ impl<A, Fut, C> Machine<A, Fut, C> {
 
     /// A machine that starts its first attempt when the attempts source is ready.
     pub(crate) fn idle(attempts: A, handle: Arc<Handle<C>>) -> Self {
+        let started = start_clock(true, &handle.policy.limits);
         Self {
             attempt: None,
             sleep: None,
@@ -154,7 +159,7 @@ impl<A, Fut, C> Machine<A, Fut, C> {
             retryable: true,
             made: 0,
             handle: Some(handle),
-            started: None,
+            started,
             schedule: None,
         }
     }
@@ -313,6 +318,17 @@ where
     }
 }
 
+/// When a call starts: read only when the backoff's `max_elapsed` needs the first
+/// attempt's start; otherwise the clock is first read when a timer or a retry needs it.
+#[inline]
+fn start_clock(retryable: bool, limits: &Limits) -> Option<Instant> {
+    if retryable && limits.clock_from_start {
+        Some(Instant::now())
+    } else {
+        None
+    }
+}
+
 /// The limits of the call's policy; none once the call has finished (a future polled again
 /// after it finished does not retry).
 #[inline]
@@ -322,6 +338,7 @@ fn limits_of<C>(handle: Option<&Handle<C>>) -> &Limits {
         attempt_timeout: None,
         max_total_time: None,
         retry_non_idempotent: false,
+        clock_from_start: false,
     };
     handle.map_or(&FINISHED, |h| &h.policy.limits)
 }

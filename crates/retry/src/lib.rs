@@ -31,10 +31,12 @@
 //! over a closure. [`HedgeLayer`] sends a second copy of a slow request instead of waiting for
 //! it to fail.
 //!
-//! The first attempt costs almost nothing: one relaxed atomic add (the budget deposit, on a
-//! counter of the calling thread), a copy of the request only when it could be retried, and
-//! no clock read, no timer and no shared state unless the attempt is still pending after its
-//! first poll (then a timer is armed if a timeout applies) or it failed in a retryable way.
+//! The first attempt costs almost nothing: a relaxed load and store (the budget deposit, on a
+//! counter of the calling thread; one deposit in 16 also reads the clock), a copy of the
+//! request only when it could be retried, and no clock read, no timer and no shared state
+//! unless the attempt is still pending after its first poll (then a timer is armed if a
+//! timeout applies), it failed in a retryable way, or the backoff has a `max_elapsed` (which
+//! counts from the first attempt's start, so that start is read).
 //!
 //! # Example
 //!

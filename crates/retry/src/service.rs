@@ -31,7 +31,8 @@ use crate::spare;
 /// call). For services whose clones are handles to shared state (reqwest, hyper and tonic
 /// clients, staunch's layers) that is the same; a service whose clones carry state of their
 /// own, set after the layer was built, retries with the state it had then. A call that
-/// succeeds on its first poll reads no clock, arms no timer, clones nothing and changes no
+/// succeeds on its first poll reads no clock (unless the backoff has a `max_elapsed`, see
+/// [`RetryPolicyBuilder::backoff`](crate::RetryPolicyBuilder::backoff)), arms no timer, clones nothing and changes no
 /// reference count.
 ///
 /// # Reference recycling

@@ -283,3 +283,64 @@ async fn a_call_that_cannot_be_retried_is_still_timed() {
     assert_eq!(start.elapsed(), Duration::from_millis(50));
     assert!(r.lock().unwrap().is_empty());
 }
+
+/// A backoff of a constant 100 ms whose `max_elapsed` is `ms`.
+fn ending_after(ms: u64) -> staunch_core::Backoff {
+    staunch_core::Backoff::constant(Duration::from_millis(100))
+        .jitter(staunch_core::Jitter::None)
+        .max_elapsed(Duration::from_millis(ms))
+        .build()
+        .unwrap()
+}
+
+/// An attempt that takes 950 ms and then fails with a reset.
+async fn slow_reset() -> Result<u32, BoxError> {
+    tokio::time::sleep(Duration::from_millis(950)).await;
+    Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset).into())
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_elapsed_counts_from_the_first_attempt_through_the_layer() {
+    // The first attempt takes 950 ms: with 100 ms of backoff the retry would start at
+    // 1050 ms, past the backoff's `max_elapsed` of 1 s, so there is none.
+    let r = reasons();
+    let policy = policy(&r)
+        .max_attempts(5)
+        .backoff(ending_after(1000))
+        .build()
+        .unwrap();
+    let calls = Calls::new();
+    let c = calls.clone();
+    let svc = RetryLayer::new(policy).layer(tower::service_fn(move |_: u32| {
+        c.hit();
+        slow_reset()
+    }));
+    let start = Instant::now();
+    let err = svc.oneshot(1).await.unwrap_err();
+    assert_eq!(calls.times_ms(), [0]);
+    assert_eq!(gave_up(&err).0, (1, GiveUpReason::BackoffEnded));
+    assert_eq!(start.elapsed(), Duration::from_millis(950));
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_elapsed_counts_from_the_first_attempt_without_tower() {
+    let r = reasons();
+    let policy = policy(&r)
+        .max_attempts(5)
+        .backoff(ending_after(1200))
+        .build()
+        .unwrap();
+    let calls = Calls::new();
+    let start = Instant::now();
+    let err = policy
+        .retry(|| {
+            calls.hit();
+            slow_reset()
+        })
+        .await
+        .unwrap_err();
+    // Attempts at 0 and 1050 ms; a third at 2100 ms would pass 1.2 s.
+    assert_eq!(calls.times_ms(), [0, 1050]);
+    assert_eq!(gave_up(&err).0, (2, GiveUpReason::BackoffEnded));
+    assert_eq!(start.elapsed(), Duration::from_millis(2000));
+}
