@@ -195,7 +195,11 @@ impl RetryPolicy {
             template: None,
             services: AtomicUsize::new(0),
         });
-        RetryCall::new(Machine::idle(FnAttempts(f), handle))
+        let attempts = FnAttempts {
+            make: f,
+            deadline: None,
+        };
+        RetryCall::new(Machine::idle(attempts, handle))
     }
 }
 

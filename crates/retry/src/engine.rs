@@ -42,6 +42,9 @@ pub(crate) trait Attempts<Fut> {
 
     /// Starts the next attempt; `keep_copy` says whether yet another may follow it.
     fn next(&mut self, keep_copy: bool) -> Option<Fut>;
+
+    /// The caller's deadline, if known: no retry waits past it.
+    fn deadline(&self) -> Option<Instant>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +143,11 @@ impl<A, Fut, C> Machine<A, Fut, C> {
             started,
             schedule: None,
         }
+    }
+
+    /// The attempts source, to configure before the first poll.
+    pub(crate) fn attempts_mut(&mut self) -> &mut A {
+        &mut self.attempts
     }
 
     /// Takes the policy handle out of a finished machine.
@@ -493,6 +501,13 @@ fn retry_or_give_up<A: Attempts<Fut>, Fut, T, C: RetryClassify<T>>(
     };
     if let Some(total) = limits.max_total_time
         && elapsed.saturating_add(delay) >= total
+    {
+        return stop(result, GiveUpReason::Deadline, true);
+    }
+    // The caller's deadline: a wait that would end at or past it is not started, and the
+    // last result (not a timeout of the attempt that would follow) is returned.
+    if let Some(deadline) = attempts.deadline()
+        && instant_after(now, delay) >= deadline
     {
         return stop(result, GiveUpReason::Deadline, true);
     }

@@ -17,7 +17,7 @@ use crate::metrics::{GiveUp, GiveUpReason};
 /// |---|---|
 /// | [`BudgetExhausted`](GiveUpReason::BudgetExhausted) | always (a retry was due) |
 /// | [`BackoffEnded`](GiveUpReason::BackoffEnded) | always (a retry was due) |
-/// | [`Deadline`](GiveUpReason::Deadline) | when the deadline left no time for a due retry's wait, or cut a retry while it waited for the inner service; when it cut an attempt, only if retries were made |
+/// | [`Deadline`](GiveUpReason::Deadline) | when the deadline (`max_total_time` or the caller's [`Deadline`](crate::Deadline)) left no time for a due retry's wait, or cut a retry while it waited for the inner service; when it cut an attempt, only if retries were made |
 /// | [`MaxAttempts`](GiveUpReason::MaxAttempts) | when retries were made (`max_attempts` above 1) |
 /// | [`ServerPushback`](GiveUpReason::ServerPushback) | when retries were made |
 /// | [`Rejected`](GiveUpReason::Rejected), [`NotReplayable`](GiveUpReason::NotReplayable) | never |

@@ -14,6 +14,7 @@ use crate::engine::{Attempts, Machine, Template};
 use crate::request::RetryRequest;
 use crate::service::ServiceAttempts;
 use crate::spare;
+use staunch_timeout::Deadline;
 
 pin_project! {
     /// The response future of [`Retry`](crate::Retry).
@@ -85,6 +86,35 @@ impl<F, Fut, C> RetryCall<F, Fut, C> {
     pub(crate) fn new(machine: Machine<FnAttempts<F>, Fut, C>) -> Self {
         Self { machine }
     }
+
+    /// Never waits for a retry past `deadline` (the caller's, e.g. the [`Deadline`] of the
+    /// request being served): a retry whose wait would end at or past it is not made, and
+    /// the last attempt's result is returned, annotated with
+    /// [`GiveUpReason::Deadline`](crate::GiveUpReason::Deadline). Call it before the first
+    /// poll; a running attempt is not cut at the deadline (give the closure's future a
+    /// timeout for that).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// use std::time::Duration;
+    /// use staunch_retry::{Deadline, GiveUpReason, RetryExhausted, RetryPolicy};
+    ///
+    /// let policy = RetryPolicy::builder().build().unwrap();
+    /// let err = policy
+    ///     .retry(|| async { Err::<(), _>(std::io::Error::from(std::io::ErrorKind::ConnectionReset)) })
+    ///     .with_deadline(Deadline::after(Duration::from_millis(1)))
+    ///     .await
+    ///     .unwrap_err();
+    /// let gave_up = err.downcast_ref::<RetryExhausted>().unwrap();
+    /// assert_eq!(gave_up.reason(), GiveUpReason::Deadline);
+    /// assert!(gave_up.last().is::<std::io::Error>());
+    /// # }
+    /// ```
+    #[must_use = "futures do nothing unless polled"]
+    pub fn with_deadline(mut self, deadline: Deadline) -> Self {
+        self.machine.attempts_mut().deadline = Some(deadline.instant());
+        self
+    }
 }
 
 impl<F, Fut, C> fmt::Debug for RetryCall<F, Fut, C> {
@@ -109,8 +139,11 @@ where
     }
 }
 
-/// Attempts made by calling a closure.
-pub(crate) struct FnAttempts<F>(pub(crate) F);
+/// Attempts made by calling a closure, and the deadline it was given.
+pub(crate) struct FnAttempts<F> {
+    pub(crate) make: F,
+    pub(crate) deadline: Option<tokio::time::Instant>,
+}
 
 impl<F, Fut> Attempts<Fut> for FnAttempts<F>
 where
@@ -129,6 +162,10 @@ where
     }
 
     fn next(&mut self, _: bool) -> Option<Fut> {
-        Some((self.0)())
+        Some((self.make)())
+    }
+
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.deadline
     }
 }

@@ -20,7 +20,8 @@
 //!   default); a negative pushback stops retrying.
 //! - **Deadlines**: `max_total_time` bounds the whole call, attempts and waits included (a
 //!   wait that would end past it is skipped); `attempt_timeout` cancels a slow attempt and
-//!   retries it. Timed-out attempts surface as [`Elapsed`].
+//!   retries it; the caller's [`Deadline`] is never waited past (see [Deadlines](#deadlines)).
+//!   Timed-out attempts surface as [`Elapsed`].
 //!
 //! # The model
 //!
@@ -112,6 +113,39 @@
 //! # }
 //! ```
 //!
+//! # Deadlines
+//!
+//! No retry waits past the caller's deadline: a backoff wait or a server hint
+//! (`Retry-After`, `grpc-retry-pushback-ms`) that would end at or past it is not started, and
+//! the last attempt's real result comes back at once, annotated with
+//! [`GiveUpReason::Deadline`] (the 503 itself with the [`GiveUp`] in its extensions, or the
+//! error in a [`RetryExhausted`]), rather than a timeout of an attempt that had no time left.
+//! The layer reads the caller's deadline from the request ([`RetryRequest::deadline`]: the
+//! [`Deadline`] in an `http::Request`'s extensions); without tower, give it to
+//! [`RetryCall::with_deadline`]. The same rule applies to the policy's own
+//! [`max_total_time`](RetryPolicyBuilder::max_total_time), counted from the first attempt.
+//! Cutting an attempt that is still running at the deadline is the timeout layer's job
+//! (`staunch-timeout`'s `Timeout` reads the same `Deadline`), or `max_total_time`'s.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! use std::time::Duration;
+//! use staunch_retry::{Deadline, GiveUp, GiveUpReason, RetryLayer, RetryPolicy};
+//! use tower::{Layer, ServiceExt};
+//!
+//! // A dependency that answers 503 and asks for a second's pause.
+//! let svc = RetryLayer::new(RetryPolicy::default()).layer(tower::service_fn(|_: http::Request<()>| async {
+//!     Ok::<_, std::io::Error>(http::Response::builder().status(503).header("retry-after", "1").body(()).unwrap())
+//! }));
+//! let mut req = http::Request::get("http://127.0.0.1/stock").body(()).unwrap();
+//! req.extensions_mut().insert(Deadline::after(Duration::from_millis(100)));
+//! let res = svc.oneshot(req).await.unwrap();
+//! // 100 ms left: the 503 comes back at once, saying why it was not retried.
+//! assert_eq!(res.status(), 503);
+//! assert_eq!(res.extensions().get::<GiveUp>().map(|g| g.reason), Some(GiveUpReason::Deadline));
+//! # }
+//! ```
+//!
 //! # Observability
 //!
 //! `tracing` debug events for every retry, give-up and hedge; [`RetryPolicy::metrics`] for a
@@ -163,7 +197,7 @@ pub use crate::layer::RetryLayer;
 pub use crate::metrics::{GiveUp, GiveUpReason, RetryMetrics, Retrying};
 pub use crate::request::{IDEMPOTENCY_KEY, RetryRequest, TryCloneBody, is_idempotent};
 pub use crate::service::Retry;
-pub use staunch_timeout::Elapsed;
+pub use staunch_timeout::{Deadline, Elapsed};
 
 /// The error type of the retry and hedge services: any error, boxed (as `tower::BoxError`).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -38,7 +38,8 @@ pub enum GiveUpReason {
     /// The retry budget is exhausted: the dependency is failing for many requests, and
     /// retrying would add load to it.
     BudgetExhausted,
-    /// The overall deadline (`max_total_time`) has passed or would pass during the wait.
+    /// The overall deadline (`max_total_time`) or the caller's
+    /// [`Deadline`](crate::Deadline) has passed or would pass during the wait.
     Deadline,
     /// The backoff's `max_elapsed` ended the schedule.
     BackoffEnded,

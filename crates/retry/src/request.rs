@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use http::{HeaderMap, Method};
+use staunch_timeout::Deadline;
 
 use crate::body::ReplayBody;
 
@@ -44,6 +45,14 @@ pub trait RetryRequest: Sized {
 
     /// A copy for another attempt, or `None` when this request can only be sent once.
     fn try_replay(&self) -> Option<Self>;
+
+    /// The caller's deadline, past which no retry waits (see the crate docs' section on
+    /// deadlines). Default `None`; an `http::Request` gives the [`Deadline`] in its
+    /// extensions. Read only when a retry is considered, never on a call that succeeds.
+    #[inline]
+    fn deadline(&self) -> Option<Deadline> {
+        None
+    }
 }
 
 macro_rules! clone_requests {
@@ -122,6 +131,10 @@ pub fn is_idempotent(method: &Method, headers: &HeaderMap) -> bool {
 impl<B: TryCloneBody> RetryRequest for http::Request<B> {
     fn is_idempotent(&self) -> bool {
         is_idempotent(self.method(), self.headers())
+    }
+
+    fn deadline(&self) -> Option<Deadline> {
+        Deadline::of(self)
     }
 
     fn try_replay(&self) -> Option<Self> {

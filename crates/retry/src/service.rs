@@ -216,6 +216,13 @@ where
         self.backup.is_some()
     }
 
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.backup
+            .as_ref()
+            .and_then(RetryRequest::deadline)
+            .map(|d| d.instant())
+    }
+
     fn next(&mut self, keep_copy: bool) -> Option<S::Future> {
         let req = self.backup.take()?;
         if keep_copy {

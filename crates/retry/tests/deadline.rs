@@ -344,3 +344,96 @@ async fn max_elapsed_counts_from_the_first_attempt_without_tower() {
     assert_eq!(gave_up(&err).0, (2, GiveUpReason::BackoffEnded));
     assert_eq!(start.elapsed(), Duration::from_millis(2000));
 }
+
+/// A GET carrying a `Deadline` `ms` from now.
+fn get_within(ms: u64) -> http::Request<String> {
+    let mut req = get();
+    req.extensions_mut()
+        .insert(staunch_timeout::Deadline::after(Duration::from_millis(ms)));
+    req
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_hint_past_the_request_deadline_returns_the_response_at_once() {
+    // Issue 16, item 7: a 503 with `Retry-After: 1` and 100 ms left. Waiting the second
+    // would pass the deadline: the 503 comes back now, saying why it was not retried.
+    let r = reasons();
+    let policy = policy(&r).max_attempts(3).build().unwrap();
+    let calls = Calls::new();
+    let c = calls.clone();
+    let svc = RetryLayer::new(policy).layer(tower::service_fn(move |_: http::Request<String>| {
+        c.hit();
+        async { Ok::<_, BoxError>(response(503, &[("retry-after", "1")])) }
+    }));
+    let start = Instant::now();
+    let res = svc.oneshot(get_within(100)).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(calls.times_ms(), [0]);
+    assert_eq!(response_gave_up(&res), Some((1, GiveUpReason::Deadline)));
+    assert_eq!(*r.lock().unwrap(), [GiveUpReason::Deadline]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_waits_stop_at_the_request_deadline() {
+    // 400 ms waits and 1 s left: attempts at 0, 400 and 800 ms; the next wait would end at
+    // 1200 ms, past the deadline, so the third 503 is returned at 800 ms.
+    let r = reasons();
+    let policy = policy(&r)
+        .max_attempts(10)
+        .backoff(support::constant(400))
+        .build()
+        .unwrap();
+    let calls = Calls::new();
+    let svc = RetryLayer::new(policy).layer(always(&calls, 503));
+    let start = Instant::now();
+    let res = svc.oneshot(get_within(1000)).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(calls.times_ms(), [0, 400, 800]);
+    assert_eq!(start.elapsed(), Duration::from_millis(800));
+    assert_eq!(response_gave_up(&res), Some((3, GiveUpReason::Deadline)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_error_past_the_request_deadline_is_the_last_error() {
+    let r = reasons();
+    let policy = policy(&r).backoff(support::constant(400)).build().unwrap();
+    let svc = RetryLayer::new(policy).layer(tower::service_fn(|_: http::Request<String>| async {
+        Err::<http::Response<()>, BoxError>(
+            std::io::Error::from(std::io::ErrorKind::ConnectionReset).into(),
+        )
+    }));
+    let err = svc.oneshot(get_within(300)).await.unwrap_err();
+    let (annotation, last) = gave_up(&err);
+    assert_eq!(annotation, (1, GiveUpReason::Deadline));
+    assert!(
+        last.is::<std::io::Error>(),
+        "the reset, not a timeout: {last}"
+    );
+    assert!(Elapsed::find(&*err).is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_closure_engine_honours_a_deadline_it_is_given() {
+    let r = reasons();
+    let policy = policy(&r)
+        .max_attempts(10)
+        .backoff(support::constant(400))
+        .build()
+        .unwrap();
+    let calls = Calls::new();
+    let start = Instant::now();
+    let res = policy
+        .retry(|| {
+            calls.hit();
+            async { Ok::<_, BoxError>(response(503, &[])) }
+        })
+        .with_deadline(staunch_timeout::Deadline::after(Duration::from_millis(
+            1000,
+        )))
+        .await
+        .unwrap();
+    assert_eq!(calls.times_ms(), [0, 400, 800]);
+    assert_eq!(start.elapsed(), Duration::from_millis(800));
+    assert_eq!(response_gave_up(&res), Some((3, GiveUpReason::Deadline)));
+}
