@@ -56,7 +56,8 @@
 //! # Rejections
 //!
 //! [`BreakerOpen`] and [`BulkheadFull`] are the cheap errors a circuit breaker and a bulkhead
-//! return when they refuse a call. They live here so that any layer (retry above all, which
+//! return when they refuse a call, and [`DeadlineExpired`] the one a timeout layer returns for a
+//! call it did not send because the caller's deadline had already passed. They live here so that any layer (retry above all, which
 //! must never retry them) can recognise them with [`rejection_of`], even inside a boxed error,
 //! and so that a breaker can ignore them with [`IgnoreRejections`].
 //!
@@ -90,7 +91,8 @@ pub use crate::config::ConfigError;
 pub use crate::grpc::GrpcStatus;
 pub use crate::http::HttpStatus;
 pub use crate::rejection::{
-    BreakerOpen, BulkheadFull, BulkheadFullReason, IgnoreRejections, Rejection, rejection_of,
+    BreakerOpen, BulkheadFull, BulkheadFullReason, DeadlineExpired, IgnoreRejections, Rejection,
+    rejection_of,
 };
 pub use crate::spare::{ArcSpare, SpareSlot};
 pub use crate::time::{FAR_FUTURE, Moment, instant_after};

@@ -1,8 +1,10 @@
 //! Rejections: calls a resilience layer refused to run, and how to recognise them anywhere.
 //!
-//! A rejection means "back off": the circuit is open or the bulkhead is full. Retrying one
-//! defeats the layer that produced it, so a retry policy must recognise it even after it was
-//! boxed into a `tower::BoxError` and wrapped by other errors. The types live here, in the
+//! A rejection means "back off": the circuit is open or the bulkhead is full, or the caller's
+//! deadline had passed before the call was sent. Retrying one defeats the layer that produced
+//! it, so a retry policy must recognise it even after it was boxed into a `tower::BoxError` and
+//! wrapped by other errors; and a rejected call never reached the dependency, so a circuit
+//! breaker must not count it ([`IgnoreRejections`]). The types live here, in the
 //! crate every other staunch crate shares, so that the retry layer can recognise them without
 //! depending on the circuit-breaker or bulkhead crates ([`rejection_of`]).
 
@@ -124,13 +126,56 @@ impl fmt::Display for BulkheadFull {
 
 impl Error for BulkheadFull {}
 
+/// The caller's deadline had already passed when a layer was about to send the call, so the
+/// layer refused it without calling inward: nothing reached the dependency.
+///
+/// Made by the timeout crate's layers (a per-call time limit or deadline propagation) for a
+/// request whose `Deadline` is over; a call that *was* sent and then cut off is an `Elapsed`
+/// instead. Like the other rejections it is never retried (the caller has stopped waiting) and
+/// never counted by a circuit breaker wrapped in [`IgnoreRejections`] (the dependency did
+/// nothing wrong). A cheap value like [`BreakerOpen`]; it carries the name of the layer that
+/// refused the call, when that layer has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadlineExpired {
+    name: Option<Arc<str>>,
+}
+
+impl DeadlineExpired {
+    /// A refusal by the layer called `name` (if it has a name).
+    pub fn new(name: Option<Arc<str>>) -> Self {
+        Self { name }
+    }
+
+    /// The name of the layer that refused the call, if it has one (a named time limit's).
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+}
+
+impl fmt::Display for DeadlineExpired {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("call not sent")?;
+        if let Some(name) = &self.name {
+            write!(f, " by `{name}`")?;
+        }
+        f.write_str(
+            ": the caller's deadline had already passed (the caller stopped waiting, do not retry)",
+        )
+    }
+}
+
+impl Error for DeadlineExpired {}
+
 /// A rejection found by [`rejection_of`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Rejection<'a> {
     /// A circuit breaker refused the call.
     BreakerOpen(&'a BreakerOpen),
     /// A bulkhead refused the call.
     BulkheadFull(&'a BulkheadFull),
+    /// The caller's deadline had passed before the call was sent.
+    DeadlineExpired(&'a DeadlineExpired),
 }
 
 impl Rejection<'_> {
@@ -138,7 +183,7 @@ impl Rejection<'_> {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Rejection::BreakerOpen(e) => e.retry_after(),
-            Rejection::BulkheadFull(_) => None,
+            Rejection::BulkheadFull(_) | Rejection::DeadlineExpired(_) => None,
         }
     }
 }
@@ -165,17 +210,22 @@ pub fn rejection_of<'a>(err: &'a (dyn Error + 'static)) -> Option<Rejection<'a>>
         if let Some(full) = e.downcast_ref::<BulkheadFull>() {
             return Some(Rejection::BulkheadFull(full));
         }
+        if let Some(expired) = e.downcast_ref::<DeadlineExpired>() {
+            return Some(Rejection::DeadlineExpired(expired));
+        }
         current = e.source();
     }
     None
 }
 
 /// Wraps a classifier so that a rejection from a layer further in (a full bulkhead, an inner
-/// breaker that is open) counts as [`Outcome::Ignored`] instead of a failure.
+/// breaker that is open, a call not sent because its deadline had passed) counts as
+/// [`Outcome::Ignored`] instead of a failure.
 ///
 /// A circuit breaker measures the health of the dependency. A bulkhead below it that is full
 /// says the *caller* is saturated, not that the dependency is failing: counting it would trip
-/// the breaker on local load. Wrap a breaker's classifier in this whenever a bulkhead (or
+/// the breaker on local load. A call refused because its caller's deadline was over never
+/// reached the dependency at all. Wrap a breaker's classifier in this whenever a bulkhead (or
 /// another breaker) sits between it and the dependency; the `staunch` facade's stacks do.
 ///
 /// Rejections are recognised in boxed errors (`Box<dyn Error + Send + Sync>`, i.e.
@@ -264,6 +314,26 @@ mod tests {
         ));
         let plain = Wrapper(Box::new(std::io::Error::other("x")));
         assert_eq!(rejection_of(&plain), None);
+    }
+
+    #[test]
+    fn an_expired_deadline_is_a_rejection_the_breaker_ignores() {
+        type BoxError = Box<dyn Error + Send + Sync>;
+        let expired = DeadlineExpired::new(Some(Arc::from("payment")));
+        let wrapped = Wrapper(Box::new(expired.clone()));
+        assert_eq!(
+            rejection_of(&wrapped),
+            Some(Rejection::DeadlineExpired(&expired))
+        );
+        assert_eq!(Rejection::DeadlineExpired(&expired).retry_after(), None);
+        let classify = IgnoreRejections::new(crate::AnyError::new());
+        let refused: Result<(), BoxError> = Err(Box::new(wrapped));
+        assert_eq!(classify.classify(&refused), Outcome::Ignored);
+        let text = expired.to_string();
+        assert!(text.contains("not sent by `payment`"), "{text}");
+        assert!(text.contains("deadline had already passed"), "{text}");
+        let unnamed = DeadlineExpired::new(None).to_string();
+        assert!(unnamed.starts_with("call not sent: "), "{unnamed}");
     }
 
     #[test]
