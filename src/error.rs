@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
-use staunch_core::{BreakerOpen, BulkheadFull, Rejection, rejection_of};
+use staunch_core::{BreakerOpen, BulkheadFull, DeadlineExpired, Rejection, rejection_of};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -17,6 +17,12 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Why a call through a staunch stack failed: the wrapped service's own error `E`, or the
 /// layer that refused or cancelled the call.
+///
+/// A call that never reached the dependency is a rejection ([`is_rejection`](Error::is_rejection)):
+/// [`BreakerOpen`](Error::BreakerOpen), [`BulkheadFull`](Error::BulkheadFull), or
+/// [`DeadlineExpired`](Error::DeadlineExpired) when the caller's deadline had passed before it
+/// was sent; rejections are never retried and never counted by the stack's breaker.
+/// [`Elapsed`](Error::Elapsed) is a call that was sent and cut off.
 ///
 /// The layers return a boxed error (as tower layers do); [`Error::from_box`] (or
 /// [`TypedErrorsLayer`] outermost, which the presets add) turns it back into something to `match`:
@@ -77,7 +83,11 @@ pub enum Error<E> {
     BreakerOpen(BreakerOpen),
     /// A bulkhead refused the call: too many calls in flight. Not retried.
     BulkheadFull(BulkheadFull),
-    /// A time limit (per attempt, overall, or a propagated deadline) cancelled the call.
+    /// The call was not sent: the caller's deadline (the request's `Deadline`) had already
+    /// passed. Not retried, and not counted by the breaker: the dependency never saw it.
+    DeadlineExpired(DeadlineExpired),
+    /// A time limit (per attempt, overall, or a propagated deadline) cancelled a call that
+    /// had been sent.
     #[cfg(feature = "timeout")]
     Elapsed(staunch_timeout::Elapsed),
     /// The retry layer stopped retrying a retryable failure: `max_attempts` were made, the
@@ -133,7 +143,10 @@ where
         match rejection_of(&*err) {
             Some(Rejection::BreakerOpen(open)) => return Error::BreakerOpen(open.clone()),
             Some(Rejection::BulkheadFull(full)) => return Error::BulkheadFull(full.clone()),
-            None => {}
+            Some(Rejection::DeadlineExpired(expired)) => {
+                return Error::DeadlineExpired(expired.clone());
+            }
+            Some(_) | None => {}
         }
         #[cfg(feature = "timeout")]
         if let Some(elapsed) = staunch_timeout::Elapsed::find(&*err) {
@@ -151,6 +164,7 @@ where
             Error::Inner(e) => Box::new(e),
             Error::BreakerOpen(e) => Box::new(e),
             Error::BulkheadFull(e) => Box::new(e),
+            Error::DeadlineExpired(e) => Box::new(e),
             #[cfg(feature = "timeout")]
             Error::Elapsed(e) => Box::new(e),
             #[cfg(feature = "retry")]
@@ -193,10 +207,13 @@ where
 }
 
 impl<E> Error<E> {
-    /// `true` when a breaker or a bulkhead refused the call (it was not made, and retrying
-    /// it now would not help).
+    /// `true` when a breaker or a bulkhead refused the call, or it was not sent because its
+    /// deadline had passed (it was not made, and retrying it now would not help).
     pub fn is_rejection(&self) -> bool {
-        matches!(self, Error::BreakerOpen(_) | Error::BulkheadFull(_))
+        matches!(
+            self,
+            Error::BreakerOpen(_) | Error::BulkheadFull(_) | Error::DeadlineExpired(_)
+        )
     }
 
     /// What the last attempt ran into: this error, or the `last` of
@@ -240,6 +257,7 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
             Error::Inner(e) => e.fmt(f),
             Error::BreakerOpen(e) => write!(f, "call rejected by circuit breaker `{}`", e.name()),
             Error::BulkheadFull(e) => write!(f, "call rejected by bulkhead `{}`", e.name()),
+            Error::DeadlineExpired(_) => f.write_str("call not sent: its deadline had passed"),
             #[cfg(feature = "timeout")]
             Error::Elapsed(_) => f.write_str("call cancelled by a time limit"),
             #[cfg(feature = "retry")]
@@ -266,6 +284,7 @@ impl<E: StdError + 'static> StdError for Error<E> {
             // boxed and passed through another layer.
             Error::BreakerOpen(e) => Some(e),
             Error::BulkheadFull(e) => Some(e),
+            Error::DeadlineExpired(e) => Some(e),
             #[cfg(feature = "timeout")]
             Error::Elapsed(e) => Some(e),
             #[cfg(feature = "retry")]
@@ -285,6 +304,12 @@ impl<E> From<BreakerOpen> for Error<E> {
 impl<E> From<BulkheadFull> for Error<E> {
     fn from(e: BulkheadFull) -> Self {
         Error::BulkheadFull(e)
+    }
+}
+
+impl<E> From<DeadlineExpired> for Error<E> {
+    fn from(e: DeadlineExpired) -> Self {
+        Error::DeadlineExpired(e)
     }
 }
 

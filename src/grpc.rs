@@ -15,7 +15,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use staunch_bulkhead::{BulkheadLayer, BulkheadService};
-use staunch_core::{AnyError, BreakerOpen, BulkheadFull, ConfigError, GrpcStatus};
+use staunch_core::{AnyError, BreakerOpen, BulkheadFull, ConfigError, DeadlineExpired, GrpcStatus};
 use staunch_retry::{RetryCall, RetryClassify, RetryOn, RetryPolicy, RetryResponse};
 use staunch_timeout::{Elapsed, Timeout, TimeoutLayer};
 
@@ -214,6 +214,8 @@ where
 /// - a [`BreakerOpen`] is `UNAVAILABLE`, with the milliseconds until the breaker's next probe in
 ///   [`grpc-retry-pushback-ms`](RETRY_PUSHBACK_KEY) when the breaker knows them;
 /// - a [`BulkheadFull`] is `RESOURCE_EXHAUSTED` (the caller is saturated: back off);
+/// - a [`DeadlineExpired`] (the call was not sent: its deadline had already passed) is
+///   `DEADLINE_EXCEEDED`;
 /// - an [`Elapsed`] is `DEADLINE_EXCEEDED`.
 ///
 /// The error itself becomes the status's source (so [`rejection_of`](crate::rejection_of)
@@ -258,6 +260,9 @@ fn code_of(err: &(dyn StdError + 'static)) -> Option<Status> {
         }
         if let Some(full) = e.downcast_ref::<BulkheadFull>() {
             return Some(Status::resource_exhausted(full.to_string()));
+        }
+        if let Some(expired) = e.downcast_ref::<DeadlineExpired>() {
+            return Some(Status::deadline_exceeded(expired.to_string()));
         }
         if let Some(elapsed) = e.downcast_ref::<Elapsed>() {
             return Some(Status::deadline_exceeded(elapsed.to_string()));

@@ -109,7 +109,7 @@ impl<S> AttemptDeadline<S> {
 
 impl<S, B> Service<http::Request<B>> for AttemptDeadline<S>
 where
-    S: Service<http::Request<B>>,
+    S: Service<http::Request<B>> + Clone,
     S::Error: Into<BoxError>,
 {
     type Response = S::Response;

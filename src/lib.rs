@@ -534,7 +534,7 @@ pub use staunch_timeout as timeout;
 pub use staunch_core::GrpcStatus;
 pub use staunch_core::{
     AnyError, Backoff, BackoffSchedule, BreakerOpen, BulkheadFull, Classify, ConfigError,
-    HttpStatus, Jitter, Outcome, Rejection, classify_fn, rejection_of,
+    DeadlineExpired, HttpStatus, Jitter, Outcome, Rejection, classify_fn, rejection_of,
 };
 
 #[cfg(feature = "circuit-breaker")]

@@ -3,17 +3,17 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use pin_project_lite::pin_project;
+use staunch_core::DeadlineExpired;
 
-use crate::error::Elapsed;
 use crate::limit::Limited;
 use crate::service::BoxError;
 
 pin_project! {
     /// The response future of [`Timeout`](crate::Timeout): the inner response, the inner
-    /// error boxed, or a boxed [`Elapsed`].
+    /// error boxed, a boxed [`Elapsed`](crate::Elapsed) when the call was cut off, or a boxed
+    /// [`DeadlineExpired`] when it was not sent because its deadline had passed.
     ///
     /// # Cancel safety
     ///
@@ -30,7 +30,7 @@ pin_project! {
     #[project = StateProj]
     enum State<F> {
         Running { #[pin] call: Limited<F> },
-        Expired,
+        Expired { expired: DeadlineExpired },
     }
 }
 
@@ -41,9 +41,9 @@ impl<F> ResponseFuture<F> {
         }
     }
 
-    pub(crate) fn expired() -> Self {
+    pub(crate) fn expired(expired: DeadlineExpired) -> Self {
         Self {
-            state: State::Expired,
+            state: State::Expired { expired },
         }
     }
 }
@@ -52,7 +52,7 @@ impl<F> std::fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.state {
             State::Running { call } => f.debug_tuple("ResponseFuture").field(call).finish(),
-            State::Expired => f.write_str("ResponseFuture(Expired)"),
+            State::Expired { .. } => f.write_str("ResponseFuture(Expired)"),
         }
     }
 }
@@ -72,7 +72,7 @@ where
                 Ok(Err(err)) => Err(err.into()),
                 Err(elapsed) => Err(elapsed.into()),
             }),
-            StateProj::Expired => Poll::Ready(Err(Elapsed::new(Duration::ZERO).into())),
+            StateProj::Expired { expired } => Poll::Ready(Err(Box::new(expired.clone()))),
         }
     }
 }

@@ -17,6 +17,12 @@
 //! [`TimeoutOverride`]) and the deadline. The [`Elapsed`] error says which limit applied, so
 //! a log line reads "timed out after 180ms" when only 180 ms of the deadline was left.
 //!
+//! A call whose deadline has already passed is not sent at all: [`Timeout`] and
+//! [`PropagateDeadline`] refuse it with a [`DeadlineExpired`](staunch_core::DeadlineExpired)
+//! rejection, which circuit breakers do not count and retry layers never retry (it never
+//! reached the dependency), after giving back whatever the inner service reserved for it (a
+//! bulkhead's permit); [`Elapsed`] is kept for calls that were sent and cut off.
+//!
 //! # The fast path costs almost nothing
 //!
 //! Many calls finish on their first poll (a cache hit, an in-process service, a ready
@@ -122,8 +128,9 @@
 //!
 //! A `debug` event when a call times out; `trace` events when a request is refused because
 //! its deadline had passed and when a malformed header is ignored. A named [`TimeLimit`] keeps
-//! counters ([`TimeLimit::metrics`]) and, with the `metrics` feature, increments
-//! `staunch_timeout_elapsed_total{name}`.
+//! counters ([`TimeLimit::metrics`]: timers armed, calls cut off, calls refused because their
+//! deadline had passed) and, with the `metrics` feature, increments
+//! `staunch_timeout_elapsed_total{name}` and `staunch_timeout_refused_total{name}`.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -58,6 +58,7 @@ pub(crate) struct Shared {
     name: Arc<str>,
     armed: AtomicU64,
     elapsed: AtomicU64,
+    refused: AtomicU64,
 }
 
 /// A snapshot of a named [`TimeLimit`]'s counters.
@@ -67,9 +68,12 @@ pub(crate) struct Shared {
 pub struct TimeoutMetrics {
     /// Calls that did not finish on their first poll, so a timer was armed for them.
     pub timers_armed: u64,
-    /// Calls cut off by their limit or deadline (including calls refused because their
-    /// deadline had already passed).
+    /// Calls that were started and then cut off by their limit or deadline.
     pub elapsed: u64,
+    /// Calls refused without being sent because their deadline had already passed (answered
+    /// with a [`DeadlineExpired`](staunch_core::DeadlineExpired) rejection): not counted in
+    /// `elapsed`, since nothing was waited for.
+    pub refused: u64,
 }
 
 impl TimeLimit {
@@ -95,6 +99,7 @@ impl TimeLimit {
                     name,
                     armed: AtomicU64::new(0),
                     elapsed: AtomicU64::new(0),
+                    refused: AtomicU64::new(0),
                 })
             }),
         }
@@ -116,7 +121,13 @@ impl TimeLimit {
         self.shared.as_deref().map(|s| TimeoutMetrics {
             timers_armed: s.armed.load(Ordering::Relaxed),
             elapsed: s.elapsed.load(Ordering::Relaxed),
+            refused: s.refused.load(Ordering::Relaxed),
         })
+    }
+
+    /// The name, for a rejection to carry.
+    pub(crate) fn shared_name(&self) -> Option<Arc<str>> {
+        self.shared.as_deref().map(|s| Arc::clone(&s.name))
     }
 
     /// Runs `future` under the configured limit.
@@ -144,9 +155,15 @@ impl TimeLimit {
         self.prepare(limits).run(future)
     }
 
-    /// Counts and reports a call refused because its deadline had passed before it started.
+    /// Counts a call refused because its deadline had passed before it started (the `trace`
+    /// event is the caller's).
     pub(crate) fn record_expired(&self) {
-        report_elapsed(self.shared.as_deref(), Duration::ZERO);
+        if let Some(shared) = self.shared.as_deref() {
+            shared.refused.fetch_add(1, Ordering::Relaxed);
+            #[cfg(feature = "metrics")]
+            metrics::counter!("staunch_timeout_refused_total", "name" => shared.name.to_string())
+                .increment(1);
+        }
     }
 
     /// Everything a [`Limited`] needs but the future: taken before the future is made, so
@@ -351,7 +368,8 @@ mod tests {
             limit.metrics(),
             Some(TimeoutMetrics {
                 timers_armed: 2,
-                elapsed: 1
+                elapsed: 1,
+                refused: 0,
             })
         );
     }

@@ -8,15 +8,14 @@ use std::time::Duration;
 
 use http::HeaderName;
 use pin_project_lite::pin_project;
-use staunch_core::instant_after;
+use staunch_core::{DeadlineExpired, instant_after};
 use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::config::{DeadlineLayerBuilder, GRPC_TIMEOUT, Headers, PropagateDeadlineLayerBuilder};
 use crate::deadline::Deadline;
-use crate::error::Elapsed;
-use crate::service::BoxError;
+use crate::service::{BoxError, release_readiness};
 use crate::wire::{self, HeaderFormat};
 
 /// Sets the [`Deadline`] of incoming requests: the earliest of the deadline the request
@@ -171,9 +170,14 @@ impl DeadlineLayer {
 /// caller stops waiting. Put it on the client side, around the HTTP or gRPC client.
 ///
 /// The value is rounded down, never giving the callee more time than remains; a shorter value
-/// the request already carries (say, a timeout a gRPC client set) is kept. A request whose
-/// deadline has already passed is not sent: the call fails at once with [`Elapsed`] (limit
-/// zero). A request without a deadline is sent unchanged.
+/// the request already carries (say, a timeout a gRPC client set) is kept. A request without
+/// a deadline is sent unchanged.
+///
+/// A request whose deadline has already passed (or leaves no more than the margin) is not
+/// sent: the call fails at once with a [`DeadlineExpired`] rejection, which circuit breakers
+/// do not count and retry layers do not retry, and whatever the inner service reserved in
+/// `poll_ready` is given back first (the handle made ready is replaced by a clone of it,
+/// hence `S: Clone`).
 ///
 /// The callee computes its own deadline when the request arrives, so it ends up later than the
 /// caller's by the time the request spent in transit. A
@@ -271,7 +275,7 @@ impl<S> PropagateDeadline<S> {
 
 impl<S, B> Service<http::Request<B>> for PropagateDeadline<S>
 where
-    S: Service<http::Request<B>>,
+    S: Service<http::Request<B>> + Clone,
     S::Error: Into<BoxError>,
 {
     type Response = S::Response;
@@ -291,8 +295,11 @@ where
                     ?deadline,
                     "deadline passed before the request was sent; refused"
                 );
+                release_readiness(&mut self.inner);
                 return PropagateFuture {
-                    state: PropagateState::Expired,
+                    state: PropagateState::Expired {
+                        expired: DeadlineExpired::new(None),
+                    },
                 };
             }
             let headers = request.headers_mut();
@@ -330,7 +337,7 @@ fn write_if_earlier(
 
 pin_project! {
     /// The response future of [`PropagateDeadline`]: the inner response, the inner error boxed,
-    /// or a boxed [`Elapsed`] when the deadline had passed before sending.
+    /// or a boxed [`DeadlineExpired`] when the deadline had passed before sending.
     #[must_use = "futures do nothing unless polled"]
     pub struct PropagateFuture<F> {
         #[pin]
@@ -342,7 +349,7 @@ pin_project! {
     #[project = PropagateStateProj]
     enum PropagateState<F> {
         Sent { #[pin] call: F },
-        Expired,
+        Expired { expired: DeadlineExpired },
     }
 }
 
@@ -350,7 +357,7 @@ impl<F> std::fmt::Debug for PropagateFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match self.state {
             PropagateState::Sent { .. } => "Sent",
-            PropagateState::Expired => "Expired",
+            PropagateState::Expired { .. } => "Expired",
         };
         f.debug_tuple("PropagateFuture").field(&state).finish()
     }
@@ -366,7 +373,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             PropagateStateProj::Sent { call } => call.poll(cx).map_err(Into::into),
-            PropagateStateProj::Expired => Poll::Ready(Err(Elapsed::new(Duration::ZERO).into())),
+            PropagateStateProj::Expired { expired } => Poll::Ready(Err(Box::new(expired.clone()))),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::task::{Context, Poll};
 
+use staunch_core::DeadlineExpired;
 use tower_service::Service;
 
 use crate::future::ResponseFuture;
@@ -66,7 +67,7 @@ impl<S, L> Timeout<S, L> {
 
 impl<S, R, L> Service<R> for Timeout<S, L>
 where
-    S: Service<R>,
+    S: Service<R> + Clone,
     S::Error: Into<BoxError>,
     L: ReadLimits<R>,
 {
@@ -90,9 +91,19 @@ where
                 "deadline passed before the call started; refused"
             );
             self.limit.record_expired();
-            return ResponseFuture::expired();
+            release_readiness(&mut self.inner);
+            return ResponseFuture::expired(DeadlineExpired::new(self.limit.shared_name()));
         }
         let prepared = self.limit.prepare(limits);
         ResponseFuture::running(prepared.run(self.inner.call(request)))
     }
+}
+
+/// Gives back whatever `inner`'s `poll_ready` reserved for the call that is not being made
+/// (a bulkhead's permit, say): the handle driven ready is dropped and a fresh clone, which
+/// starts not ready, takes its place. Only a refused call pays for the clone.
+#[cold]
+pub(crate) fn release_readiness<S: Clone>(inner: &mut S) {
+    let fresh = inner.clone();
+    drop(std::mem::replace(inner, fresh));
 }

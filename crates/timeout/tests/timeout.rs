@@ -201,9 +201,15 @@ async fn an_expired_deadline_is_refused_without_calling_the_inner_service() {
     let mut req = http::Request::new(());
     req.extensions_mut().insert(deadline);
     let err = svc.ready().await.unwrap().call(req).await.unwrap_err();
-    assert_eq!(elapsed_of(&err).limit(), Duration::ZERO);
+    // Refused, not timed out: a rejection naming the limit, counted apart from timeouts.
+    let refused = err
+        .downcast_ref::<staunch_core::DeadlineExpired>()
+        .expect("a DeadlineExpired rejection");
+    assert_eq!(refused.name(), Some("downstream"));
+    assert!(!err.is::<Elapsed>());
     assert_eq!(probe.calls(), 0);
-    assert_eq!(limit.metrics().unwrap().elapsed, 1);
+    let metrics = limit.metrics().unwrap();
+    assert_eq!((metrics.elapsed, metrics.refused), (0, 1));
 }
 
 /// Polls `fut` once with a no-op waker, outside any tokio runtime.
