@@ -163,13 +163,17 @@ pin_project! {
     ///
     /// # Cancel safety
     ///
-    /// Dropping it releases the permit, or the place in the queue, and drops the future.
+    /// Dropping it drops the future first and only then releases the permit (or the place in
+    /// the queue): a cancelled call's destructor still runs inside the bulkhead, so no queued
+    /// call starts while it does.
     #[must_use = "futures do nothing unless polled"]
     pub struct Run<F> {
-        acquire: Acquire,
-        permit: Option<Permit>,
+        // Declared first so that it is dropped first (fields drop in declaration order): the
+        // permit must outlive everything the future's destructor does.
         #[pin]
         future: F,
+        acquire: Acquire,
+        permit: Option<Permit>,
     }
 }
 
@@ -185,9 +189,9 @@ impl<F> fmt::Debug for Run<F> {
 impl<F> Run<F> {
     pub(crate) fn new(acquire: Acquire, future: F) -> Self {
         Self {
+            future,
             acquire,
             permit: None,
-            future,
         }
     }
 }

@@ -12,6 +12,9 @@
 //! - A call needs a [`Permit`]. There are `max_concurrent` of them; a permit is held until the
 //!   call finishes or its future is dropped (with the `http` feature, optionally until the
 //!   response body has been read to the end).
+//! - A cancelled call's future is dropped before its permit is released ([`Bulkhead::run`]
+//!   and every layer), so no waiting call starts while the cancelled call's destructor still
+//!   runs.
 //! - When none is free, a call may wait up to `max_wait`, in FIFO order, with at most
 //!   `max_queued` callers waiting. Otherwise it is rejected with [`BulkheadFull`], a cheap
 //!   typed error carrying the bulkhead's name, its limit and the [`BulkheadFullReason`].

@@ -80,6 +80,8 @@ impl<S, K, F: Clone> Layer<S> for PartitionedBulkheadLayer<K, F> {
 /// service at once. When it has to wait, the ready inner service is moved into the response
 /// future (a fresh clone takes its place, which is why `S: Clone` is required), and the
 /// future calls it once the permits arrive, or fails with [`BulkheadFull`] at the deadline.
+/// A call turned away at once (no waiting allowed) drops the ready inner service for a fresh
+/// clone too, so nothing the inner service reserved in `poll_ready` stays behind.
 pub struct PartitionedBulkheadService<S, K, F> {
     inner: S,
     bulkhead: PartitionedBulkhead<K>,
@@ -129,7 +131,13 @@ where
             // Counts the rejection and names the bulkhead that is full.
             return match self.bulkhead.try_acquire(&key) {
                 Ok(permit) => PartitionedResponseFuture::running(permit, self.inner.call(req)),
-                Err(full) => PartitionedResponseFuture::rejected(Box::new(full)),
+                Err(full) => {
+                    // The inner service was made ready for this call: give back what it
+                    // reserved (a bulkhead further in, say) by dropping the ready handle.
+                    let fresh = self.inner.clone();
+                    drop(std::mem::replace(&mut self.inner, fresh));
+                    PartitionedResponseFuture::rejected(Box::new(full))
+                }
             };
         }
         // Take the service that was driven ready; leave a fresh clone for the next call.
@@ -159,39 +167,41 @@ pin_project! {
     /// Dropping it releases its permits or its place in the queue.
     #[must_use = "futures do nothing unless polled"]
     pub struct PartitionedResponseFuture<S, Req, Fut> {
+        // Declared first so that it is dropped first (fields drop in declaration order): a
+        // cancelled call's destructor runs while its permit is still held.
+        #[pin]
+        future: Option<Fut>,
         waiting: Option<Box<Waiting<S, Req>>>,
         permit: Option<PartitionPermit>,
         rejected: Option<Box<BulkheadFull>>,
-        #[pin]
-        future: Option<Fut>,
     }
 }
 
 impl<S, Req, Fut> PartitionedResponseFuture<S, Req, Fut> {
     fn running(permit: PartitionPermit, future: Fut) -> Self {
         Self {
+            future: Some(future),
             waiting: None,
             permit: Some(permit),
             rejected: None,
-            future: Some(future),
         }
     }
 
     fn waiting(waiting: Box<Waiting<S, Req>>) -> Self {
         Self {
+            future: None,
             waiting: Some(waiting),
             permit: None,
             rejected: None,
-            future: None,
         }
     }
 
     fn rejected(full: Box<BulkheadFull>) -> Self {
         Self {
+            future: None,
             waiting: None,
             permit: None,
             rejected: Some(full),
-            future: None,
         }
     }
 }
