@@ -92,7 +92,7 @@ impl<S, C> BreakerService<S, C> {
 
 impl<S, C, Req> Service<Req> for BreakerService<S, C>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
     S::Error: Into<BoxError> + 'static,
     C: Classify<S::Response, S::Error> + Clone,
 {

@@ -15,6 +15,7 @@ use crate::config::CircuitBreakerConfig;
 use crate::error::CircuitBreakerError;
 use crate::future::ResponseFuture;
 use crate::permit::Permit;
+use crate::service::release_readiness;
 
 /// The breakers of a [`KeyedCircuitBreakerLayer`], created on first use of each key.
 ///
@@ -195,6 +196,11 @@ impl<S, K, F: Clone, C: Clone> Layer<S> for KeyedCircuitBreakerLayer<K, F, C> {
 }
 
 /// A service behind per-key circuit breakers; made by [`KeyedCircuitBreakerLayer`].
+///
+/// `poll_ready` is the inner service's (the key, and so the breaker, is known only in
+/// `call`). When the key's breaker rejects the call, whatever the inner service reserved in
+/// `poll_ready` is given back first, by replacing the handle made ready with a fresh clone
+/// of it (hence `S: Clone`).
 pub struct KeyedCircuitBreakerService<S, K, F, C> {
     inner: S,
     registry: Arc<BreakerRegistry<K>>,
@@ -226,7 +232,7 @@ impl<S: Clone, K, F: Clone, C: Clone> Clone for KeyedCircuitBreakerService<S, K,
 
 impl<S, K, F, C, Req> Service<Req> for KeyedCircuitBreakerService<S, K, F, C>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
     K: Hash + Eq + Clone + fmt::Display,
     F: Fn(&Req) -> K,
     C: Classify<S::Response, S::Error> + Clone,
@@ -244,18 +250,19 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         let breaker = self.registry.breaker_for(&(self.key)(&req));
         let cancelled = self.classifier.classify_cancelled();
-        let (inner, classifier) = (&mut self.inner, &self.classifier);
-        let call = move |permit: Permit| {
+        let classifier = &self.classifier;
+        let call = move |inner: &mut S, permit: Permit| {
             ResponseFuture::called(
                 inner.call(req),
                 permit.cancelled_as(cancelled),
                 classifier.clone(),
             )
         };
-        breaker.acquire_into(
-            (),
-            |(), permit| call(permit),
-            |(), open| ResponseFuture::rejected(open, self.classifier.clone()),
-        )
+        breaker.acquire_into(&mut self.inner, call, |inner, open| {
+            // The key is known only now, after the inner service was made ready for this
+            // call: give back what it reserved.
+            release_readiness(inner);
+            ResponseFuture::rejected(open, classifier.clone())
+        })
     }
 }

@@ -18,7 +18,11 @@ use crate::permit::Permit;
 /// service's. While it rejects them (open and still waiting, forced open, or half-open with
 /// every probe slot taken), `poll_ready` answers ready at once *without polling the inner
 /// service*, and the following `call` is rejected: a call the breaker is going to refuse never
-/// waits for a permit of a bulkhead further in, nor reserves one.
+/// waits for a permit of a bulkhead further in, nor reserves one. When the breaker starts
+/// rejecting between `poll_ready` and `call` (another task tripped it, or took the last
+/// half-open probe slot), whatever the inner service reserved is given back before the
+/// rejection: the handle made ready is dropped for a fresh clone of it, which is why the inner
+/// service must be `Clone` (a clone of a tower service starts not ready).
 #[derive(Debug)]
 pub struct CircuitBreakerService<S, C> {
     inner: S,
@@ -77,7 +81,7 @@ impl<S, C> CircuitBreakerService<S, C> {
 
 impl<S, C, Req> Service<Req> for CircuitBreakerService<S, C>
 where
-    S: Service<Req>,
+    S: Service<Req> + Clone,
     C: Classify<S::Response, S::Error> + Clone,
 {
     type Response = S::Response;
@@ -108,18 +112,28 @@ where
             );
         }
         let cancelled = self.classifier.classify_cancelled();
-        let (inner, classifier) = (&mut self.inner, &self.classifier);
-        let call = move |permit: Permit| {
+        let classifier = &self.classifier;
+        let call = move |inner: &mut S, permit: Permit| {
             ResponseFuture::called(
                 inner.call(req),
                 permit.cancelled_as(cancelled),
                 classifier.clone(),
             )
         };
-        self.breaker.acquire_into(
-            (),
-            |(), permit| call(permit),
-            |(), open| ResponseFuture::rejected(open, self.classifier.clone()),
-        )
+        self.breaker
+            .acquire_into(&mut self.inner, call, |inner, open| {
+                // The inner service was made ready for this call: give back what it reserved.
+                release_readiness(inner);
+                ResponseFuture::rejected(open, classifier.clone())
+            })
     }
+}
+
+/// Gives back whatever `inner`'s `poll_ready` reserved for a call the breaker refuses (a
+/// bulkhead's permit, say): the handle driven ready is dropped and a fresh clone, which starts
+/// not ready, takes its place. Only a rejected call pays for the clone.
+#[cold]
+pub(crate) fn release_readiness<S: Clone>(inner: &mut S) {
+    let fresh = inner.clone();
+    drop(std::mem::replace(inner, fresh));
 }
