@@ -1,11 +1,12 @@
 //! The response future of a call through a breaker.
 
 use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
-use staunch_core::{BreakerOpen, Classify};
+use staunch_core::{BreakerOpen, Classify, Outcome};
 
 use crate::error::CircuitBreakerError;
 use crate::permit::Permit;
@@ -18,6 +19,11 @@ pin_project! {
     ///
     /// Dropping it before it finishes reports the call as cancelled (the classifier's
     /// `classify_cancelled`, ignored by default) and gives a half-open probe slot back.
+    ///
+    /// # Panics
+    ///
+    /// A panic while polling the call counts as a failure (a client that panics on every
+    /// call is a failing dependency), and then goes on unwinding to the caller unchanged.
     ///
     /// # Panics
     ///
@@ -74,7 +80,15 @@ where
         let this = self.project();
         match this.kind.project() {
             KindProj::Called { future, permit } => {
-                let result = ready!(future.poll(cx));
+                // The future is not used again after a panic: the unwind goes on at once.
+                let polled = catch_unwind(AssertUnwindSafe(|| future.poll(cx)));
+                let result = match polled {
+                    Ok(poll) => ready!(poll),
+                    Err(panic) => {
+                        permit.report(Outcome::Failure);
+                        resume_unwind(panic)
+                    }
+                };
                 permit.report(this.classifier.classify(&result));
                 Poll::Ready(result.map_err(CircuitBreakerError::Inner))
             }

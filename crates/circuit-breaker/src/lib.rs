@@ -43,6 +43,13 @@
 //! 4xx do not), or `GrpcStatus` (the `tonic` feature of `staunch-core`) for a tonic
 //! `Channel`, which it wraps like any other `tower::Service<http::Request<_>>`.
 //!
+//! What counts: the classifier decides for each result; a call whose future is dropped before
+//! it finishes counts as the classifier's `classify_cancelled` (ignored by default); a panic
+//! while polling the call counts as a failure, and then unwinds to the caller unchanged; a
+//! call that never reached the dependency (a rejection further in, found by
+//! [`rejection_of`](staunch_core::rejection_of)) is ignored once the classifier is wrapped in
+//! [`IgnoreRejections`](staunch_core::IgnoreRejections), as the `staunch` facade does.
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
