@@ -161,6 +161,7 @@ mod layer;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod permit;
+mod reconfigure;
 mod service;
 mod state;
 mod window;
