@@ -11,18 +11,40 @@ use tower_service::Service;
 
 use crate::config::{RegistryConfig, StackConfig};
 use crate::http::AttemptDeadline;
-use crate::stack::{Stack, StackHandle};
+use crate::stack::{Rebuilt, Stack, StackHandle};
 
 /// Stacks by name (`"payment"`, `"inventory"`), built from a [`RegistryConfig`] (typically a
 /// file) and reloadable while the services using them run.
 ///
 /// A [`reload`](Registry::reload) is all or nothing: every stack of the new configuration is
 /// built first, and if one setting is invalid the error names its path and **every stack
-/// keeps running on the old configuration**. When it succeeds, services obtained from
-/// [`client`](Registry::client) switch to the new engines for the calls they accept from then
-/// on; calls in flight finish on the old ones. A reload builds fresh engines: a breaker starts
-/// closed, counters start at zero. A stack missing from the new configuration is removed
-/// from the registry; services already using it keep its last engines.
+/// keeps running on the old configuration**.
+///
+/// # What a reload keeps
+///
+/// Operators reload during incidents, so a reload keeps every engine whose settings did not
+/// change, and a changed engine carries over what stays meaningful. A stack whose section is
+/// equal to the running one ([`StackConfig`]'s `PartialEq`) is not touched at all: same
+/// engines, and services from [`client`](Registry::client) keep their stacks. For a changed
+/// section, engine by engine:
+///
+/// | what changed | kept | reset |
+/// |---|---|---|
+/// | nothing in the engine's settings | the engine itself: breaker state and window, calls in flight, budget, metrics | nothing |
+/// | breaker thresholds only (`failure_rate_threshold`, `slow_call_rate_threshold`, `slow_call_duration`, `minimum_calls`, `consecutive_failures`) | state (an open breaker stays open until the same instant; half-open becomes open with no time left, so the next call probes again), a count window's calls, failures in a row, counters, `last_trip` | a time window's calls; results of calls in flight (they report to the old breaker); event subscriptions (subscribe to the new [`handle`](Registry::handle)'s breaker) |
+/// | other breaker settings (`sliding_window`, `open_duration`, half-open settings) | nothing | a fresh breaker: closed, empty window |
+/// | bulkhead `max_concurrent` only | the bulkhead, resized: calls in flight count against the new limit, waiters keep their place ([`Bulkhead::set_max_concurrent`](staunch_bulkhead::Bulkhead::set_max_concurrent)) | an adaptive limit's estimate restarts at the new value; an unset `max_queued` stays what it was |
+/// | other bulkhead settings (`max_wait`, `max_queued`, `adaptive`) | nothing | a fresh bulkhead: calls in flight finish on the old one and are **not** counted by the new one |
+/// | retry settings or the stack's `timeout`, `retry.budget` unchanged | the budget (its window of requests and retries) | the policy's metrics ([`RetryPolicy::metrics`](staunch_retry::RetryPolicy::metrics)) |
+/// | `retry.budget` | nothing | a fresh budget and policy |
+/// | `hedge` (or the retry policy it draws on) | the budget, as above | the observed latencies of a percentile delay |
+/// | `attempt_timeout`, `deadline` | (no state) | new layers |
+///
+/// A stack missing from the new configuration is removed from the registry; services
+/// already using it keep its last engines. A stack the registry does not have (new, or
+/// removed by an earlier reload) starts with fresh engines. When a stack changed, services
+/// obtained from [`client`](Registry::client) move to its new engines for the calls they
+/// accept from then on; calls in flight finish on the engines they started on.
 ///
 /// ```
 /// use staunch::{Registry, RegistryConfig, StackConfig};
@@ -48,6 +70,16 @@ pub struct Registry {
 struct Slot {
     generation: AtomicU64,
     current: RwLock<Current>,
+}
+
+/// What a reload does to one stack of the new configuration.
+enum Plan {
+    /// Same settings: same engines, and services keep their stacks.
+    Unchanged,
+    /// New settings: engines built from the running ones ([`StackConfig::rebuild`]).
+    Changed(Rebuilt),
+    /// A stack the registry did not have.
+    Added(StackHandle),
 }
 
 #[derive(Clone)]
@@ -94,30 +126,60 @@ impl Registry {
     ///
     /// The first invalid setting; nothing changes then.
     pub fn reload(&self, config: &RegistryConfig) -> Result<(), ConfigError> {
-        let mut built = Vec::with_capacity(config.stacks.len());
-        for (name, stack) in &config.stacks {
-            built.push((name, stack.clone(), stack.build(name)?));
-        }
+        // One reload at a time: each compares against what the previous one left.
         let mut stacks = self.stacks.write().unwrap_or_else(PoisonError::into_inner);
-        stacks.retain(|name, _| config.stacks.contains_key(name));
-        for (name, config, handle) in built {
-            let current = Current { config, handle };
-            match stacks.get(name.as_str()) {
+        // Validate and build everything before anything running changes.
+        let mut plans = Vec::with_capacity(config.stacks.len());
+        for (name, stack) in &config.stacks {
+            let plan = match stacks.get(name.as_str()) {
                 Some(slot) => {
-                    *slot.current.write().unwrap_or_else(PoisonError::into_inner) = current;
-                    slot.generation.fetch_add(1, Ordering::Release);
+                    let current = slot.current();
+                    if current.config == *stack {
+                        Plan::Unchanged
+                    } else {
+                        Plan::Changed(stack.rebuild(name, &current.config, &current.handle)?)
+                    }
                 }
-                None => {
+                None => Plan::Added(stack.build(name)?),
+            };
+            plans.push((name, stack, plan));
+        }
+        stacks.retain(|name, _| {
+            let keep = config.stacks.contains_key(name);
+            if !keep {
+                tracing::debug!(stack = %name, "stack removed from the configuration");
+            }
+            keep
+        });
+        for (name, config, plan) in plans {
+            match plan {
+                Plan::Unchanged => {
+                    tracing::debug!(stack = %name, "stack configuration unchanged, engines kept");
+                }
+                Plan::Changed(rebuilt) => {
+                    if let Some(slot) = stacks.get(name.as_str()) {
+                        let handle = rebuilt.apply();
+                        *slot.current.write().unwrap_or_else(PoisonError::into_inner) = Current {
+                            config: config.clone(),
+                            handle,
+                        };
+                        slot.generation.fetch_add(1, Ordering::Release);
+                    }
+                }
+                Plan::Added(handle) => {
                     stacks.insert(
                         name.clone(),
                         Arc::new(Slot {
                             generation: AtomicU64::new(0),
-                            current: RwLock::new(current),
+                            current: RwLock::new(Current {
+                                config: config.clone(),
+                                handle,
+                            }),
                         }),
                     );
+                    tracing::debug!(stack = %name, "stack added");
                 }
             }
-            tracing::debug!(stack = %name, "stack configuration loaded");
         }
         Ok(())
     }

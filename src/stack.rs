@@ -236,7 +236,7 @@ impl StackConfig {
         let timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT);
         limit("timeout", timeout)?;
         let breaker = self
-            .breaker
+            .effective_breaker()
             .build(&name)
             .map_err(|e| rescope(e, &name, "breaker"))?;
         let bulkhead = self
@@ -267,6 +267,203 @@ impl StackConfig {
             outgoing_deadline,
             incoming_deadline,
         })
+    }
+}
+
+impl StackConfig {
+    /// The breaker's settings as the stack builds them.
+    fn effective_breaker(&self) -> BreakerConfig {
+        self.breaker.clone()
+    }
+
+    /// Builds the engines of this configuration for stack `name`, which runs `engines`
+    /// built from `running`, keeping what stays meaningful (the table in the
+    /// [`Registry`](crate::Registry) docs). Nothing running changes until
+    /// [`Rebuilt::apply`]: a reload validates every stack first.
+    pub(crate) fn rebuild(
+        &self,
+        name: &str,
+        running: &StackConfig,
+        engines: &StackHandle,
+    ) -> Result<Rebuilt, ConfigError> {
+        // Everything is validated (and error paths named) exactly as for a new stack.
+        let fresh = self.build(name)?;
+        let mut changes = Changes::default();
+
+        let (old_breaker, new_breaker) = (running.effective_breaker(), self.effective_breaker());
+        let breaker = if old_breaker == new_breaker {
+            engines.breaker.clone()
+        } else if old_breaker.with_thresholds_of(&new_breaker) == new_breaker {
+            changes.breaker = Change::Carried;
+            engines.breaker.reconfigured(fresh.breaker.config().clone())
+        } else {
+            changes.breaker = Change::Rebuilt;
+            fresh.breaker.clone()
+        };
+
+        let (bulkhead, resize) = if running.bulkhead == self.bulkhead {
+            (engines.bulkhead.clone(), None)
+        } else if running.bulkhead.with_limit_of(&self.bulkhead) == self.bulkhead {
+            changes.bulkhead = Change::Carried;
+            let limit = fresh.bulkhead.max_concurrent();
+            (
+                engines.bulkhead.clone(),
+                Some((limit, fresh.bulkhead.clone())),
+            )
+        } else {
+            changes.bulkhead = Change::Rebuilt;
+            (fresh.bulkhead.clone(), None)
+        };
+
+        let retry_kept = running.retry == self.retry && running.timeout == self.timeout;
+        let retry = if retry_kept {
+            engines.retry.clone()
+        } else if running.retry.budget == self.retry.budget {
+            changes.retry = Change::Carried;
+            let timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT);
+            self.retry
+                .build_sharing(name, timeout, Some(engines.retry.budget().clone()))
+                .map_err(|e| e.within("retry").within(name))?
+        } else {
+            changes.retry = Change::Rebuilt;
+            fresh.retry.clone()
+        };
+
+        let hedge = if retry_kept && running.hedge == self.hedge {
+            engines.hedge.clone()
+        } else {
+            self.hedge
+                .as_ref()
+                .map(|h| h.build(retry.clone()))
+                .transpose()
+                .map_err(|e| e.within(name))?
+        };
+        let attempt_timeout = if running.attempt_timeout == self.attempt_timeout {
+            engines.attempt_timeout.clone()
+        } else {
+            fresh.attempt_timeout.clone()
+        };
+        let (outgoing_deadline, incoming_deadline) = if running.deadline == self.deadline {
+            (
+                engines.outgoing_deadline.clone(),
+                engines.incoming_deadline.clone(),
+            )
+        } else {
+            (
+                fresh.outgoing_deadline.clone(),
+                fresh.incoming_deadline.clone(),
+            )
+        };
+        Ok(Rebuilt {
+            handle: StackHandle {
+                name: Arc::clone(&engines.name),
+                breaker,
+                bulkhead,
+                retry,
+                attempt_timeout,
+                hedge,
+                outgoing_deadline,
+                incoming_deadline,
+            },
+            resize,
+            changes,
+        })
+    }
+}
+
+/// What a reload did to one engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// Its settings did not change: the same engine.
+    #[default]
+    Kept,
+    /// A new engine (or the same one resized) that carries the old one's state.
+    Carried,
+    /// A new engine, from nothing.
+    Rebuilt,
+}
+
+impl Change {
+    fn as_str(self) -> &'static str {
+        match self {
+            Change::Kept => "kept",
+            Change::Carried => "carried over",
+            Change::Rebuilt => "rebuilt",
+        }
+    }
+}
+
+/// What a reload did to a stack's stateful engines, for its log line.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Changes {
+    breaker: Change,
+    bulkhead: Change,
+    retry: Change,
+}
+
+/// The engines of a changed stack, ready to replace the running ones
+/// ([`StackConfig::rebuild`]).
+pub(crate) struct Rebuilt {
+    handle: StackHandle,
+    /// The kept bulkhead's new limit, and a fresh bulkhead in case the resize is refused.
+    resize: Option<(usize, Bulkhead)>,
+    changes: Changes,
+}
+
+impl Rebuilt {
+    /// Resizes the kept bulkhead, if its limit changed, and returns the new engines.
+    pub(crate) fn apply(self) -> StackHandle {
+        let Rebuilt {
+            mut handle,
+            resize,
+            changes,
+        } = self;
+        if let Some((limit, fresh)) = resize
+            && let Err(err) = handle.bulkhead.set_max_concurrent(limit)
+        {
+            // Not expected: the same limit was accepted by a fresh bulkhead of the same
+            // settings. Take that one rather than leave the old limit in place.
+            tracing::warn!(
+                stack = %handle.name,
+                error = %err,
+                "bulkhead resize refused; calls in flight are not counted against the new limit"
+            );
+            handle.bulkhead = fresh;
+        }
+        tracing::debug!(
+            stack = %handle.name,
+            breaker = changes.breaker.as_str(),
+            bulkhead = changes.bulkhead.as_str(),
+            retry = changes.retry.as_str(),
+            "stack configuration changed"
+        );
+        handle
+    }
+}
+
+impl BulkheadConfig {
+    /// These settings with `other`'s limit: the settings a running bulkhead can change
+    /// ([`Bulkhead::set_max_concurrent`], which counts the calls in flight).
+    fn with_limit_of(&self, other: &BulkheadConfig) -> BulkheadConfig {
+        BulkheadConfig {
+            max_concurrent: other.max_concurrent,
+            ..self.clone()
+        }
+    }
+}
+
+impl BreakerConfig {
+    /// These settings with `other`'s thresholds: the settings a breaker can change while
+    /// keeping its state and window ([`CircuitBreaker::reconfigured`]).
+    fn with_thresholds_of(&self, other: &BreakerConfig) -> BreakerConfig {
+        BreakerConfig {
+            failure_rate_threshold: other.failure_rate_threshold,
+            slow_call_rate_threshold: other.slow_call_rate_threshold,
+            slow_call_duration: other.slow_call_duration,
+            minimum_calls: other.minimum_calls,
+            consecutive_failures: other.consecutive_failures,
+            ..self.clone()
+        }
     }
 }
 
@@ -378,6 +575,17 @@ impl RetryConfig {
         name: &str,
         max_total_time: std::time::Duration,
     ) -> Result<RetryPolicy, ConfigError> {
+        self.build_sharing(name, max_total_time, None)
+    }
+
+    /// [`build`](Self::build), drawing on `budget` (a running policy's) instead of a new
+    /// budget from the `budget` section, when given.
+    fn build_sharing(
+        &self,
+        name: &str,
+        max_total_time: std::time::Duration,
+        budget: Option<RetryBudget>,
+    ) -> Result<RetryPolicy, ConfigError> {
         let mut b = RetryPolicy::builder()
             .name(name)
             .max_total_time(max_total_time);
@@ -393,8 +601,10 @@ impl RetryConfig {
         if let Some(v) = self.retry_non_idempotent {
             b = b.retry_non_idempotent(v);
         }
-        if let Some(budget) = &self.budget {
-            b = b.budget(budget.build()?);
+        match (budget, &self.budget) {
+            (Some(shared), _) => b = b.budget(shared),
+            (None, Some(budget)) => b = b.budget(budget.build()?),
+            (None, None) => {}
         }
         b.build()
     }

@@ -299,8 +299,13 @@ async fn a_call_in_flight_finishes_on_the_old_stack() {
     tokio::task::yield_now().await;
     assert_eq!(old.bulkhead().in_flight(), 1);
 
-    // The reload drops `inventory` and gives `payment` new engines.
-    let mut config = good_with("max_concurrent = 8", "max_concurrent = 4");
+    // The reload drops `inventory` and gives `payment` a new bulkhead: its `max_wait`
+    // changes too (a new limit alone resizes the running bulkhead, which keeps counting the
+    // calls in flight: tests/reload.rs).
+    let mut config = good_with(
+        "max_concurrent = 8\nmax_wait = \"20ms\"",
+        "max_concurrent = 4\nmax_wait = \"10ms\"",
+    );
     config.stacks.remove("inventory");
     registry.reload(&config).unwrap();
     assert_eq!(registry.names(), ["payment"]);
