@@ -19,7 +19,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// Every field is optional: an unset field keeps the layer's own default (documented on each
 /// builder), except the two timeouts, whose defaults are [`DEFAULT_TIMEOUT`] and
-/// [`DEFAULT_ATTEMPT_TIMEOUT`]. With the `serde` feature it reads from and writes to any
+/// [`DEFAULT_ATTEMPT_TIMEOUT`], and the breaker's failure-rate threshold, which follows the
+/// retries' `max_attempts` ([`BreakerConfig::default_failure_rate_threshold`]: 79 % with the
+/// default 3 attempts, because the breaker sees every attempt). With the `serde` feature it reads from and writes to any
 /// serde format; durations are written in human form (`"250ms"`, `"30s"`), unknown fields are
 /// an error (a typo must not silently fall back to a default).
 ///
@@ -110,7 +112,11 @@ pub struct StackConfig {
 )]
 #[non_exhaustive]
 pub struct BreakerConfig {
-    /// Trips when at least this percentage of calls failed, in `(0, 100]` (default 50).
+    /// Trips when at least this percentage of calls (attempts, behind the stack's retries)
+    /// failed, in `(0, 100]`. Default in a stack: the attempt failure rate at which half the
+    /// calls fail after all their retries, 79 with the default 3 attempts (50 with 1, 71
+    /// with 2; see [`BreakerConfig::default_failure_rate_threshold`]). Built alone
+    /// ([`BreakerConfig::build`]): the breaker's own default, 50.
     #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub failure_rate_threshold: Option<f64>,
     /// Trips when at least this percentage of calls were slow, in `(0, 100]` (default 100).
@@ -156,6 +162,33 @@ pub struct BreakerConfig {
         )
     )]
     pub max_half_open_duration: Option<Duration>,
+}
+
+impl BreakerConfig {
+    /// The failure-rate threshold of a stack whose configuration sets none, for a stack that
+    /// makes up to `max_attempts` attempts per call: the attempt failure rate at which half
+    /// the calls still fail after all their attempts, `100 × 0.5^(1/max_attempts)` rounded
+    /// to a whole percent (50, 71, 79, 84, 87 for 1 to 5 attempts; 0 counts as 1).
+    ///
+    /// Why: the breaker sits inside the retries and sees every attempt. The usual 50 % (the
+    /// breaker crate's default, resilience4j's) is meant for a breaker that sees calls; with
+    /// three attempts, a dependency failing half its attempts fails only one call in eight,
+    /// and one that fails every call's first attempt fails none, yet a 50 % breaker would cut
+    /// it off. At this threshold the breaker opens when about half the *calls* would fail
+    /// anyway. It is also always above the highest failure rate retries can hide entirely
+    /// (`(n - 1) / n`: every call succeeding at its last attempt, 67 % for three attempts),
+    /// since `(1 - 1/n)^n < 1/e < 1/2`.
+    ///
+    /// ```
+    /// use staunch::BreakerConfig;
+    ///
+    /// assert_eq!(BreakerConfig::default_failure_rate_threshold(1), 50.0);
+    /// assert_eq!(BreakerConfig::default_failure_rate_threshold(3), 79.0);
+    /// ```
+    pub fn default_failure_rate_threshold(max_attempts: u32) -> f64 {
+        let attempts = f64::from(max_attempts.max(1));
+        (100.0 * 0.5_f64.powf(attempts.recip())).round()
+    }
 }
 
 /// A breaker's sliding window: `{ kind = "count", size = 100 }` or
@@ -245,6 +278,11 @@ pub struct RetryConfig {
     /// The retry budget (default: 20% of requests plus 10 per second, over 10 s).
     #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub budget: Option<BudgetConfig>,
+}
+
+impl RetryConfig {
+    /// Attempts per call when `max_attempts` is not set (the retry policy's own default).
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 }
 
 /// A backoff: `{ strategy = "exponential", base = "100ms", max_delay = "2s", jitter = "full" }`.

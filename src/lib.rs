@@ -104,10 +104,21 @@
 //! - `retry.max_attempts` (default 3) with jittered exponential backoff, and the budget
 //!   (default: retries add at most 20% to the request rate, plus 10 per second): keep the
 //!   budget on; it is what stops a fleet of clients from multiplying an outage.
-//! - `breaker.failure_rate_threshold` (default 50%) over the last 100 calls with at least 20:
-//!   for a dependency with little traffic use a time window (`{ kind = "time", duration =
-//!   "60s", buckets = 60 }`) so old calls age out. `open_duration` (default 10 s): about the
-//!   time the dependency takes to recover.
+//! - `breaker.failure_rate_threshold` (default 79% with the default 3 attempts) over the last
+//!   100 attempts with at least 20. The breaker sits inside the retries and sees every
+//!   *attempt*: a dependency failing half its attempts fails one call in eight after three
+//!   attempts, and one failing every call's first attempt fails none, yet a breaker at 50%
+//!   (resilience4j's default, and the breaker crate's, meant for a breaker that sees calls)
+//!   would cut either off for `open_duration`. So the default is the attempt failure rate at
+//!   which about half the *calls* fail after all their attempts, `100 × 0.5^(1/max_attempts)`:
+//!   50% with 1 attempt, 71% with 2, 79% with 3
+//!   ([`BreakerConfig::default_failure_rate_threshold`]). It is always above what retries
+//!   can hide entirely (every call succeeding at its last attempt: 67% with 3). Set it
+//!   yourself (50 is the usual choice) when most calls are not retried: the preset retries
+//!   only idempotent requests, so a dependency that mostly takes `POST`s without an
+//!   `Idempotency-Key` sees calls, not attempts. For a dependency with little traffic use a
+//!   time window (`{ kind = "time", duration = "60s", buckets = 60 }`) so old calls age out.
+//!   `open_duration` (default 10 s): about the time the dependency takes to recover.
 //! - `bulkhead.max_concurrent` (default 25): the dependency's share of concurrent calls, by
 //!   Little's law its request rate times its p99 latency, with some headroom.
 //!

@@ -40,6 +40,10 @@ use crate::stack::{Rebuilt, Stack, StackHandle};
 /// | `hedge` (or the retry policy it draws on) | the budget, as above | the observed latencies of a percentile delay |
 /// | `attempt_timeout`, `deadline` | (no state) | new layers |
 ///
+/// The breaker's default threshold follows `retry.max_attempts`
+/// ([`BreakerConfig::default_failure_rate_threshold`](crate::BreakerConfig::default_failure_rate_threshold)),
+/// so with the threshold unset, a new `max_attempts` changes the breaker's thresholds too.
+///
 /// A stack missing from the new configuration is removed from the registry; services
 /// already using it keep its last engines. A stack the registry does not have (new, or
 /// removed by an earlier reload) starts with fresh engines. When a stack changed, services

@@ -271,9 +271,19 @@ impl StackConfig {
 }
 
 impl StackConfig {
-    /// The breaker's settings as the stack builds them.
+    /// The breaker's settings with the stack's default failure-rate threshold filled in
+    /// ([`BreakerConfig::default_failure_rate_threshold`] of the retry's `max_attempts`).
     fn effective_breaker(&self) -> BreakerConfig {
-        self.breaker.clone()
+        let mut breaker = self.breaker.clone();
+        if breaker.failure_rate_threshold.is_none() {
+            let attempts = self
+                .retry
+                .max_attempts
+                .unwrap_or(RetryConfig::DEFAULT_MAX_ATTEMPTS);
+            breaker.failure_rate_threshold =
+                Some(BreakerConfig::default_failure_rate_threshold(attempts));
+        }
+        breaker
     }
 
     /// Builds the engines of this configuration for stack `name`, which runs `engines`

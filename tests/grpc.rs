@@ -80,6 +80,9 @@ fn config() -> StackConfig {
     config.attempt_timeout = Some(Duration::from_millis(200));
     config.timeout = Some(Duration::from_secs(2));
     config.breaker.minimum_calls = Some(2);
+    // One failure in two calls trips it (the stack's default threshold, 79 % with three
+    // attempts, would wait for more).
+    config.breaker.failure_rate_threshold = Some(50.0);
     config.breaker.open_duration = Some(Duration::from_secs(30));
     config
 }
