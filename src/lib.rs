@@ -48,12 +48,15 @@
 //! them, so a status endpoint can read them and an operator can force a breaker open. A
 //! rejection is a small typed value that says "back off": no retry layer of staunch ever
 //! retries one, and the breakers this crate puts in a stack ([`BreakerLayer`]) never count a
-//! bulkhead's rejection as the dependency failing.
+//! bulkhead's rejection as the dependency failing. A call whose caller's `Deadline` had
+//! already passed is not sent at all: it is the rejection [`DeadlineExpired`], which no layer
+//! counts or retries, and no layer that answers a call itself keeps a bulkhead permit for it.
 //!
 //! Every layer returns `tower::BoxError`; [`Error<E>`](Error) (through [`TypedErrorsLayer`], which
 //! the HTTP preset puts outermost) gives it back as an enum to `match`: the client's own
-//! error `E`, `BreakerOpen`, `BulkheadFull`, `Elapsed`, `RetriesExhausted` and
-//! `BudgetExhausted` (with the last attempt's error inside), or `Other`.
+//! error `E`, `BreakerOpen`, `BulkheadFull`, `DeadlineExpired`, `Elapsed`,
+//! `RetriesExhausted` and `BudgetExhausted` (with the last attempt's error inside), or
+//! `Other`.
 //!
 //! # The order of layers
 //!
@@ -203,6 +206,7 @@
 //!         match err.last() {
 //!             Error::BreakerOpen(open) => println!("payment is down: {open}"),
 //!             Error::BulkheadFull(_) => println!("too many calls to payment in flight"),
+//!             Error::DeadlineExpired(_) => println!("not sent: our caller stopped waiting"),
 //!             Error::Elapsed(elapsed) => println!("no answer within {:?}", elapsed.limit()),
 //!             Error::Inner(e) => println!("transport error: {e}"),
 //!             other => println!("{other}"),

@@ -92,7 +92,7 @@ fn the_partitioned_layer_drops_a_cancelled_future_before_its_permit() {
     let seen = Seen::default();
     let (b, s) = (partition.clone(), Arc::clone(&seen));
     let mut svc =
-        PartitionedBulkheadLayer::new(partitions, |_: &()| "acme").layer(service_fn(move |()| {
+        PartitionedBulkheadLayer::new(partitions, |(): &()| "acme").layer(service_fn(move |()| {
             Observed {
                 bulkhead: b.clone(),
                 seen: Arc::clone(&s),
