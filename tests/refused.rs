@@ -109,7 +109,7 @@ async fn a_deadline_within_the_margin_is_not_sent_nor_counted() {
     let (addr, hits) = server().await;
     let mut config = config();
     let mut outgoing = OutgoingDeadlineConfig::default();
-    outgoing.margin = Some(Duration::from_secs(60));
+    outgoing.margin = Some(Duration::from_mins(1));
     let mut deadline = DeadlineConfig::default();
     deadline.outgoing = Some(outgoing);
     config.deadline = Some(deadline);
