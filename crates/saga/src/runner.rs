@@ -46,6 +46,9 @@ pub(crate) struct Runner<S: SagaState> {
     /// An event this runner recorded broke a log rule (an engine bug): nothing more is
     /// appended, and the saga is marked stuck with this error.
     pub(crate) broken: Option<crate::error::LoadError>,
+    /// The summary may disagree with the log (resumed from a log that is already stuck or
+    /// settled): the first flush writes the status even without rows.
+    resync: bool,
 }
 
 impl<S: SagaState> Runner<S> {
@@ -80,6 +83,7 @@ impl<S: SagaState> Runner<S> {
             prelogged: None,
             deadline,
             broken: None,
+            resync: false,
         };
         if runner.def.steps.first().is_some_and(|s| s.group.is_none()) {
             runner.record(SagaEvent::StepStarted {
@@ -115,7 +119,9 @@ impl<S: SagaState> Runner<S> {
             let spent = Duration::from_millis(now_ms().saturating_sub(progress.started_at_ms));
             Instant::now().checked_add(d.saturating_sub(spent))
         });
+        let resync = !matches!(progress.stage, Stage::Forward | Stage::Compensating);
         Ok(Self {
+            resync,
             shared,
             def,
             id,
@@ -151,9 +157,10 @@ impl<S: SagaState> Runner<S> {
                 error: error.clone(),
             });
         }
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && !self.resync {
             return Ok(());
         }
+        self.resync = false;
         let (status, note) = self.progress.status();
         let events = std::mem::take(&mut self.pending);
         let append =
@@ -250,6 +257,10 @@ impl<S: SagaState> Runner<S> {
 
     /// Runs until the saga ends or gets stuck, flushing every transition.
     pub(crate) async fn drive(&mut self) -> Result<RawOutcome, SagaError> {
+        if self.resync {
+            // Resumed from a log that is already stuck or settled: the summary follows it.
+            self.flush().await?;
+        }
         loop {
             match self.progress.stage.clone() {
                 Stage::Forward => {

@@ -306,7 +306,12 @@ impl SagaStore for SqliteStore {
             };
             let summary = summary_from_row(&row)?;
             let rows = sqlx::query(
-                "SELECT seq, payload FROM staunch_saga_events WHERE saga_id = ? ORDER BY seq",
+                // SQLite columns hold any type: a crafted REAL or TEXT sequence number reads
+                // as an integer (a truncated or zero one breaks the sequence rule and
+                // quarantines the saga), a payload of any type as bytes (checked for UTF-8):
+                // one bad row never fails the read.
+                "SELECT CAST(seq AS INTEGER), CAST(payload AS BLOB) FROM staunch_saga_events \
+                 WHERE saga_id = ? ORDER BY seq",
             )
             .bind(saga_id)
             .fetch_all(&mut *tx)

@@ -312,10 +312,13 @@ async fn fill_cache(
     missing.sort_unstable();
     missing.dedup();
     for chunk in missing.chunks(ROWS_PER_STATEMENT) {
-        // MAX(seq), not MAX(seq) + 1: SQLite turns an integer overflow into a REAL.
+        // MAX(seq), not MAX(seq) + 1: SQLite turns an integer overflow into a REAL. Each
+        // seq is read as an integer, exactly as `load` reads it, so the writer and the
+        // engine agree on where a log with a crafted REAL or TEXT seq ends.
         let sql = format!(
             "SELECT s.saga_id, s.status, s.note, \
-             (SELECT MAX(e.seq) FROM staunch_saga_events e WHERE e.saga_id = s.saga_id) \
+             (SELECT MAX(CAST(e.seq AS INTEGER)) FROM staunch_saga_events e \
+              WHERE e.saga_id = s.saga_id) \
              FROM staunch_sagas s WHERE s.saga_id IN ({})",
             placeholders(chunk.len(), 1)
         );
