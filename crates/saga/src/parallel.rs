@@ -50,8 +50,8 @@ struct Member {
 impl<S: SagaState> Runner<S> {
     /// The group to compensate in parallel, when step `j` (the next to compensate) is in one.
     pub(crate) fn parallel_compensation(&self, j: u32) -> Option<u32> {
-        let g = self.def.steps[j as usize].group?;
-        (self.def.groups[g as usize].compensation == GroupCompensation::Parallel).then_some(g)
+        let g = self.def.steps.get(j as usize)?.group?;
+        (self.def.groups.get(g as usize)?.compensation == GroupCompensation::Parallel).then_some(g)
     }
 
     /// While compensating, an action attempt with no result can only be a group member the
@@ -74,7 +74,10 @@ impl<S: SagaState> Runner<S> {
     /// Runs the members of group `g` that have not completed; leaves the progress at its
     /// next stage (forward past the group, compensating, or stuck).
     pub(crate) async fn forward_group(&mut self, g: u32) -> Result<(), SagaError> {
-        let group = &self.def.groups[g as usize];
+        // Group indexes come from the definition itself (a step's `group`), never from the log.
+        let Some(group) = self.def.groups.get(g as usize) else {
+            return Ok(());
+        };
         let (on_failure, first_member) = (group.on_failure, group.first);
         let members: Vec<u32> = group
             .members()
@@ -97,10 +100,15 @@ impl<S: SagaState> Runner<S> {
             .collect();
         let decision = open
             .iter()
-            .map(|&(i, _)| match self.def.steps[i as usize].on_interrupted {
-                OnInterrupted::Compensate if self.pivot_done() => (i, OnInterrupted::Stuck),
-                other => (i, other),
-            })
+            .map(
+                |&(i, _)| match self.def.steps.get(i as usize).map(|s| s.on_interrupted) {
+                    None => (i, OnInterrupted::Rerun),
+                    Some(OnInterrupted::Compensate) if self.pivot_done() => {
+                        (i, OnInterrupted::Stuck)
+                    }
+                    Some(other) => (i, other),
+                },
+            )
             .find(|(_, d)| *d != OnInterrupted::Rerun);
         let deadline_passed = self.deadline_passed();
         if decision.is_some() || deadline_passed {
@@ -135,8 +143,11 @@ impl<S: SagaState> Runner<S> {
         }
         // The join restarts from the log: the state before the group (as it was when its first
         // completed member was applied) and the results of the members completed so far.
-        let done: Vec<(u32, MemberResult)> = self.def.groups[g as usize]
-            .members()
+        let done: Vec<(u32, MemberResult)> = self
+            .def
+            .groups
+            .get(g as usize)
+            .map_or(0..0, crate::group::GroupInner::members)
             .filter_map(|i| Some((i, self.progress.steps.get(i as usize)?.member.clone()?)))
             .collect();
         let base = match done.iter().min_by_key(|(_, m)| m.seq) {
@@ -168,11 +179,17 @@ impl<S: SagaState> Runner<S> {
 
     /// Runs the compensations of group `g`'s members that need one, all at once.
     pub(crate) async fn compensate_group(&mut self, g: u32) -> Result<(), SagaError> {
-        let members: Vec<u32> = self.def.groups[g as usize]
+        let Some(group) = self.def.groups.get(g as usize) else {
+            return Ok(());
+        };
+        let members: Vec<u32> = group
             .members()
             .filter(|&i| {
                 let p = self.progress.steps.get(i as usize);
-                self.def.steps[i as usize].compensation.is_some()
+                self.def
+                    .steps
+                    .get(i as usize)
+                    .is_some_and(|s| s.compensation.is_some())
                     && p.is_some_and(|p| (p.completed || p.in_doubt) && !p.compensated)
             })
             .collect();
@@ -210,7 +227,9 @@ impl<S: SagaState> Runner<S> {
         step: u32,
         phase: Phase,
     ) {
-        let def = &self.def.steps[step as usize];
+        let Some(def) = self.def.steps.get(step as usize) else {
+            return;
+        };
         let Some(f) = (match phase {
             Phase::Action => Some(Arc::clone(&def.action)),
             Phase::Compensate => def.compensation.clone(),
@@ -267,11 +286,20 @@ impl<S: SagaState> Runner<S> {
         cancel: bool,
         join: &mut Join<S>,
     ) -> Result<Option<(u32, StepError)>, SagaError> {
-        let merge = Arc::clone(&self.def.groups[g as usize].merge);
+        let Some(merge) = self
+            .def
+            .groups
+            .get(g as usize)
+            .map(|g| Arc::clone(&g.merge))
+        else {
+            return Ok(None);
+        };
         let mut set = JoinSet::new();
         let mut tracks = HashMap::with_capacity(members.len());
         for &i in members {
-            let step = &self.def.steps[i as usize];
+            let Some(step) = self.def.steps.get(i as usize) else {
+                continue;
+            };
             let policy = match phase {
                 Phase::Action => step.retry,
                 Phase::Compensate => step.compensation_retry,
@@ -392,7 +420,11 @@ impl<S: SagaState> Runner<S> {
                                 },
                             });
                             let retriable_step = phase == Phase::Action
-                                && self.def.steps[step as usize].kind == StepKind::Retriable;
+                                && self
+                                    .def
+                                    .steps
+                                    .get(step as usize)
+                                    .is_some_and(|s| s.kind == StepKind::Retriable);
                             let may_retry = kind != StepErrorKind::Deadline
                                 && (retriable_step || kind.is_retryable());
                             let attempts_left =

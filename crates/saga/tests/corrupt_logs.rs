@@ -342,7 +342,7 @@ fn recovery_of_corrupted_logs_on_the_memory_store() {
                     .unwrap();
                 let engine = SagaEngine::new(store.clone());
                 engine.register(&def);
-                recover_and_check(&store, &engine, &def, &lens, Duration::from_secs(3600)).await
+                recover_and_check(&store, &engine, &def, &lens, Duration::from_hours(1)).await
             })
         })
         .unwrap();
@@ -386,7 +386,7 @@ mod sqlite {
         if len == 0 {
             return;
         }
-        let seq = |i: &usize| (i % len) as i64;
+        let seq = |i: &usize| i64::try_from(i % len).unwrap();
         let q = match d {
             RowDamage::None => return,
             RowDamage::Gap(i) => {

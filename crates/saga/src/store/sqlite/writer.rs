@@ -61,14 +61,15 @@ enum Outcome {
 impl Request {
     fn answer(self, outcome: Outcome) {
         match (self, outcome) {
-            (Self::Create(_, r), Outcome::Created) => drop(r.send(Ok(Created::New))),
+            (Self::Create(_, r), Outcome::Created | Outcome::Done) => {
+                drop(r.send(Ok(Created::New)));
+            }
             (Self::Create(_, r), Outcome::Exists) => drop(r.send(Ok(Created::Exists))),
             (Self::Create(_, r), Outcome::Refused(e)) => drop(r.send(Err(e))),
             (Self::Append(_, r) | Self::Quarantine(_, _, r), Outcome::Refused(e)) => {
                 drop(r.send(Err(e)));
             }
             (Self::Append(_, r) | Self::Quarantine(_, _, r), _) => drop(r.send(Ok(()))),
-            (Self::Create(_, r), Outcome::Done) => drop(r.send(Ok(Created::New))),
         }
     }
 
