@@ -45,6 +45,38 @@
 //!   [`OnInterrupted::Compensate`] or [`OnInterrupted::Stuck`]. A saga whose definition is not
 //!   registered, or whose log does not decode, is quarantined; nothing is deleted.
 //!
+//! # Quarantine: what a log must satisfy, and what never stops the engine
+//!
+//! Before a log is replayed every row is checked; a row that breaks a rule quarantines its
+//! saga ([`SagaStatus::Quarantined`], the [`LoadError`] naming the row and the
+//! [`LogRule`] in its note and in the [`RecoveryReport`]), keeps every row, and every other
+//! saga runs on. The rules, one sentence each:
+//!
+//! - **Sequence**: rows are numbered 0, 1, 2, ... without a gap (a missing row is never
+//!   "resumed" into an append conflict).
+//! - **UTF-8**: every row is valid UTF-8; a row that is not is never repaired lossily.
+//! - **Started first**: the first row, and only the first, is `started`.
+//! - **Terminal last**: nothing follows `completed`, `compensated` or `resolved`.
+//! - **Step index**: every step index (including `failed_step`) names a step of the
+//!   registered definition; per-step memory is sized by the definition, never by a stored
+//!   value.
+//! - **Attempt counter**: attempts count up by one from 1, and a failure names an attempt
+//!   that started, so no counter can overflow.
+//! - **Operator on stuck**: an operator action names the stuck step of a stuck saga.
+//!
+//! And at run time:
+//!
+//! - Every duration a builder accepts is usable: deadlines, retry waits, timeouts, lease
+//!   TTLs, busy timeouts and recovery intervals saturate instead of overflowing an instant.
+//! - A panic anywhere in a saga's task (engine code, a group's `merge`, the store) marks the
+//!   saga stuck on the step its log is at (quarantined when that cannot be written) with the
+//!   panic message, resolves its handles with [`SagaError::Panicked`] and removes it from
+//!   the engine, so [`SagaEngine::stuck`] lists it and the operator API applies.
+//! - A step output (or compensation output) that cannot be serialized makes the saga stuck
+//!   ([`StepErrorKind::Unstorable`]): its effect happened, so it is never run again silently.
+//! - A store batch isolates its sagas: one saga's bad row or value fails only its own request.
+//! - Recovery releases every saga it claimed on every path, errors and panics included.
+//!
 //! # Example
 //!
 //! ```
