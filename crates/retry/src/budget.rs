@@ -231,7 +231,7 @@ impl RetryBudget {
         let counter = &self.inner.deposits[shard()].0;
         let count = counter.load(Ordering::Relaxed).wrapping_add(1);
         counter.store(count, Ordering::Relaxed);
-        if count % SAMPLE == 0 && self.inner.limited {
+        if count.is_multiple_of(SAMPLE) && self.inner.limited {
             self.date_deposits();
         }
     }

@@ -160,9 +160,16 @@ const GRPC_RESOURCE_EXHAUSTED: u32 = 8;
 ///
 /// - **Errors**: connection failures and timeouts: a staunch [`Elapsed`], an `io::Error` of a
 ///   connection kind (refused, reset, aborted, not connected, broken pipe, timed out) anywhere
-///   in the source chain, and with the `reqwest` feature a `reqwest::Error` that
-///   `is_connect()` or `is_timeout()`. Other errors (a bad URL, a body that failed to
-///   decode) are not retried.
+///   in the source chain, with the `reqwest` feature a `reqwest::Error` that `is_connect()`
+///   or `is_timeout()`, and with the `hyper` feature (which `reqwest` enables) a
+///   `hyper::Error` that `is_incomplete_message()` anywhere in the chain. Other errors (a bad
+///   URL, a body that failed to decode) are not retried.
+/// - **A connection closed without an answer is a reset**: a server that closes the
+///   connection before answering (hyper's "connection closed before message completed") is
+///   retried like one that resets it, for the requests that may be retried at all (idempotent
+///   methods, or an `Idempotency-Key`; see [`RetryRequest`](crate::RetryRequest)), as Envoy's
+///   and Istio's `reset` condition does; the check is hyper's typed
+///   `is_incomplete_message()`, never the message text.
 /// - **HTTP responses**: 502, 503, 504 and 429, honouring `Retry-After`.
 /// - **gRPC responses** (seen as HTTP responses by a layer around a channel): a `grpc-status`
 ///   header of `UNAVAILABLE` or `RESOURCE_EXHAUSTED`, honouring `grpc-retry-pushback-ms`
@@ -356,6 +363,15 @@ pub fn is_transient(err: &(dyn Error + 'static)) -> bool {
         #[cfg(feature = "reqwest")]
         if let Some(r) = e.downcast_ref::<reqwest::Error>()
             && (r.is_connect() || r.is_timeout())
+        {
+            return true;
+        }
+        // The server closed the connection before a complete answer ("connection closed
+        // before message completed"): for a request that may be retried at all (idempotent,
+        // or with an `Idempotency-Key`), the same transient failure as a reset.
+        #[cfg(feature = "hyper")]
+        if let Some(h) = e.downcast_ref::<hyper::Error>()
+            && h.is_incomplete_message()
         {
             return true;
         }

@@ -159,7 +159,9 @@
 //!
 //! - `reqwest`: `reqwest::Request` is replayable (`try_clone`), `reqwest::Response` is
 //!   classified by status and headers, and `reqwest::Error`s that are connect errors or
-//!   timeouts are retried.
+//!   timeouts are retried; enables `hyper`.
+//! - `hyper`: a `hyper::Error` that is an incomplete message (the server closed the
+//!   connection without answering) is retried like a reset, for idempotent requests.
 //! - `tonic`: `tonic::Status` errors with a retryable code are retried (honouring
 //!   `grpc-retry-pushback-ms` in their metadata) and `tonic::Response` is classified, so
 //!   [`RetryPolicy::retry`] works around generated gRPC clients.
