@@ -62,8 +62,8 @@ impl Stock for Inventory {
     }
 }
 
-/// Starts the server on a free loopback port; its address.
-async fn serve(inventory: Inventory) -> String {
+/// Starts the server on a free loopback port; a channel to it, connected on first use.
+async fn serve(inventory: Inventory) -> tonic::transport::Channel {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let incoming = TcpIncoming::from(listener);
@@ -72,7 +72,9 @@ async fn serve(inventory: Inventory) -> String {
             .add_service(StockServer::new(inventory))
             .serve_with_incoming(incoming),
     );
-    format!("http://{addr}")
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy()
 }
 
 fn config() -> StackConfig {
@@ -96,10 +98,7 @@ fn query() -> Request<StockQuery> {
 #[tokio::test]
 async fn an_open_breaker_is_unavailable_with_a_retry_hint() {
     let inventory = Inventory::default();
-    let url = serve(inventory.clone()).await;
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .unwrap()
-        .connect_lazy();
+    let channel = serve(inventory.clone()).await;
     let (channel, handle) = staunch::grpc::channel("inventory", channel, &config()).unwrap();
     let mut client = StockClient::new(channel);
 
@@ -146,10 +145,7 @@ async fn an_open_breaker_is_unavailable_with_a_retry_hint() {
 async fn an_attempt_that_times_out_is_deadline_exceeded() {
     let inventory = Inventory::default();
     inventory.mode.store(HANG, Ordering::SeqCst);
-    let url = serve(inventory.clone()).await;
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .unwrap()
-        .connect_lazy();
+    let channel = serve(inventory.clone()).await;
     let (channel, _handle) = staunch::grpc::channel("inventory", channel, &config()).unwrap();
     let mut client = StockClient::new(channel);
 
@@ -165,10 +161,7 @@ async fn an_attempt_that_times_out_is_deadline_exceeded() {
 async fn retries_around_a_generated_client_return_a_status() {
     let inventory = Inventory::default();
     inventory.mode.store(UNAVAILABLE, Ordering::SeqCst);
-    let url = serve(inventory.clone()).await;
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .unwrap()
-        .connect_lazy();
+    let channel = serve(inventory.clone()).await;
     let mut config = config();
     config.breaker.minimum_calls = Some(100);
     let (channel, handle) = staunch::grpc::channel("inventory", channel, &config).unwrap();
@@ -205,10 +198,7 @@ async fn retries_around_a_generated_client_return_a_status() {
 async fn a_full_bulkhead_is_resource_exhausted() {
     let inventory = Inventory::default();
     inventory.mode.store(HANG, Ordering::SeqCst);
-    let url = serve(inventory.clone()).await;
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .unwrap()
-        .connect_lazy();
+    let channel = serve(inventory.clone()).await;
     let mut config = config();
     config.bulkhead.max_concurrent = Some(1);
     config.attempt_timeout = Some(Duration::from_secs(5));
