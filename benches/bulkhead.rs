@@ -1,5 +1,6 @@
-//! Per-call overhead of the layer over a bare `service_fn`, side by side with peer crates.
-//! Groups: `uncontended` (1 task) and `contended` (2 tasks on 2 threads sharing one layer).
+//! Per-call overhead of the layer over a bare service, side by side with peer crates, in the
+//! groups of `support::bench_rows!` (`uncontended`, `contended`, `pending`: the permit is held
+//! across a pending poll, `alternating`: one task, two bulkheads in turn).
 //!
 //! Every bulkhead has far more permits than callers, so each case measures the cost of taking
 //! and giving back a free permit:
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use staunch::bulkhead::{Bulkhead, PartitionedBulkhead, PartitionedBulkheadLayer};
+use support::Bare;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
@@ -78,34 +80,38 @@ fn staunch_layer(max_wait: Duration) -> staunch::bulkhead::BulkheadLayer {
         .layer()
 }
 
-fn staunch_partitioned() -> impl Service<u64, Error = support::BoxError> + Clone + Send + 'static {
+fn staunch_partitioned(
+    inner: Bare,
+) -> impl Service<u64, Error = support::BoxError> + Clone + Send + 'static {
     let partitions = PartitionedBulkhead::builder("bench")
         .partition(0u8, PERMITS)
         .build()
         .expect("valid partitioned bulkhead");
-    PartitionedBulkheadLayer::new(partitions, |_: &u64| 0u8).layer(support::bare())
+    PartitionedBulkheadLayer::new(partitions, |_: &u64| 0u8).layer(inner)
 }
 
-fn semaphore() -> SemaphoreService<
-    impl Service<u64, Future: Unpin, Error = support::BoxError> + Clone + Send + 'static,
-> {
+fn semaphore(inner: Bare) -> SemaphoreService<Bare> {
     SemaphoreService {
-        inner: support::bare(),
+        inner,
         semaphore: Arc::new(Semaphore::new(PERMITS)),
     }
 }
 
-fn tower_limit() -> impl Service<u64, Error = support::BoxError> + Clone + Send + 'static {
-    tower::limit::ConcurrencyLimitLayer::new(PERMITS).layer(support::bare())
+fn tower_limit(
+    inner: Bare,
+) -> impl Service<u64, Error = support::BoxError> + Clone + Send + 'static {
+    tower::limit::ConcurrencyLimitLayer::new(PERMITS).layer(inner)
 }
 
-fn tower_resilience() -> impl Service<u64, Error: std::fmt::Debug> + Clone + Send + 'static {
+fn tower_resilience(
+    inner: Bare,
+) -> impl Service<u64, Error: std::fmt::Debug> + Clone + Send + 'static {
     tower_resilience::bulkhead::BulkheadLayer::builder()
         .max_concurrent_calls(PERMITS)
         .reject_when_full()
         .build()
         .expect("valid tower-resilience bulkhead")
-        .layer(support::bare())
+        .layer(inner)
 }
 
 fn engine_direct(c: &mut Criterion) {
@@ -132,82 +138,14 @@ fn engine_direct(c: &mut Criterion) {
 
 fn benches(c: &mut Criterion) {
     let rt = support::runtime();
-
-    let mut group = c.benchmark_group("uncontended");
-    support::uncontended(&mut group, &rt, "bare service_fn", support::bare());
-    {
-        let _ctx = rt.enter();
-        support::uncontended(
-            &mut group,
-            &rt,
-            "staunch bulkhead",
-            staunch_layer(Duration::ZERO).layer(support::bare()),
-        );
-        support::uncontended(
-            &mut group,
-            &rt,
-            "staunch bulkhead, max_wait 10ms",
-            staunch_layer(Duration::from_millis(10)).layer(support::bare()),
-        );
-        support::uncontended(
-            &mut group,
-            &rt,
-            "staunch partitioned bulkhead",
-            staunch_partitioned(),
-        );
-        support::uncontended(
-            &mut group,
-            &rt,
-            "tokio Semaphore try_acquire_owned",
-            semaphore(),
-        );
-        support::uncontended(&mut group, &rt, "tower ConcurrencyLimit", tower_limit());
-        support::uncontended(
-            &mut group,
-            &rt,
-            "tower-resilience bulkhead",
-            tower_resilience(),
-        );
-    }
-    group.finish();
-
-    let mut group = c.benchmark_group("contended");
-    support::contended(&mut group, &rt, "bare service_fn", support::bare());
-    {
-        let _ctx = rt.enter();
-        support::contended(
-            &mut group,
-            &rt,
-            "staunch bulkhead",
-            staunch_layer(Duration::ZERO).layer(support::bare()),
-        );
-        support::contended(
-            &mut group,
-            &rt,
-            "staunch bulkhead, max_wait 10ms",
-            staunch_layer(Duration::from_millis(10)).layer(support::bare()),
-        );
-        support::contended(
-            &mut group,
-            &rt,
-            "staunch partitioned bulkhead",
-            staunch_partitioned(),
-        );
-        support::contended(
-            &mut group,
-            &rt,
-            "tokio Semaphore try_acquire_owned",
-            semaphore(),
-        );
-        support::contended(&mut group, &rt, "tower ConcurrencyLimit", tower_limit());
-        support::contended(
-            &mut group,
-            &rt,
-            "tower-resilience bulkhead",
-            tower_resilience(),
-        );
-    }
-    group.finish();
+    bench_rows!(c, &rt, {
+        "staunch bulkhead" => |inner| staunch_layer(Duration::ZERO).layer(inner),
+        "staunch bulkhead, max_wait 10ms" => |inner| staunch_layer(Duration::from_millis(10)).layer(inner),
+        "staunch partitioned bulkhead" => staunch_partitioned,
+        "tokio Semaphore try_acquire_owned" => semaphore,
+        "tower ConcurrencyLimit" => tower_limit,
+        "tower-resilience bulkhead" => tower_resilience,
+    });
 }
 
 criterion_group!(name = group; config = Criterion::default(); targets = benches, engine_direct);

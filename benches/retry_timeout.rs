@@ -1,7 +1,8 @@
-//! Per-call overhead of staunch's retry layer over a bare `service_fn` when the first attempt
-//! succeeds at once, side by side with tower's `Retry` (with a no-op policy, and with tower's
-//! own retry budget like staunch's default) and tower-resilience's retry.
-//! Groups: `uncontended` (1 task) and `contended` (2 tasks on 2 threads sharing one layer).
+//! Per-call overhead of staunch's retry layer over a bare service when the first attempt
+//! succeeds, side by side with tower's `Retry` (with a no-op policy, and with tower's own retry
+//! budget like staunch's default) and tower-resilience's retry, in the groups of
+//! `support::bench_rows!` (`uncontended`, `contended`, `pending`: the attempt pends once, so
+//! the retry timers are armed, `alternating`).
 //! Timeouts are benched in `benches/timeout.rs`.
 
 mod support;
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use staunch::retry::{RetryBudget, RetryLayer, RetryPolicy};
-use support::BoxError;
+use support::{Bare, BoxError};
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::{Layer, Service};
 
@@ -68,12 +69,16 @@ impl tower::retry::Policy<u64, u64, BoxError> for TowerRetryBudget {
     }
 }
 
-fn staunch_default() -> impl Service<u64, Error: std::fmt::Debug> + Clone + Send + 'static {
+fn staunch_default(
+    inner: Bare,
+) -> impl Service<u64, Error: std::fmt::Debug> + Clone + Send + 'static {
     // The defaults: 3 attempts, jittered exponential backoff, a 20% budget.
-    RetryLayer::new(RetryPolicy::builder().build().expect("valid policy")).layer(support::bare())
+    RetryLayer::new(RetryPolicy::builder().build().expect("valid policy")).layer(inner)
 }
 
-fn staunch_timeouts() -> impl Service<u64, Error: std::fmt::Debug> + Clone + Send + 'static {
+fn staunch_timeouts(
+    inner: Bare,
+) -> impl Service<u64, Error: std::fmt::Debug> + Clone + Send + 'static {
     // With a per-attempt timeout and an overall deadline: no timer is armed when the
     // attempt is ready at once.
     let policy = RetryPolicy::builder()
@@ -81,96 +86,50 @@ fn staunch_timeouts() -> impl Service<u64, Error: std::fmt::Debug> + Clone + Sen
         .max_total_time(Duration::from_secs(3))
         .build()
         .expect("valid policy");
-    RetryLayer::new(policy).layer(support::bare())
+    RetryLayer::new(policy).layer(inner)
 }
 
-fn staunch_unlimited() -> impl Service<u64, Error: std::fmt::Debug> + Clone + Send + 'static {
+fn staunch_unlimited(
+    inner: Bare,
+) -> impl Service<u64, Error: std::fmt::Debug> + Clone + Send + 'static {
     let policy = RetryPolicy::builder()
         .budget(RetryBudget::unlimited())
         .build()
         .expect("valid policy");
-    RetryLayer::new(policy).layer(support::bare())
+    RetryLayer::new(policy).layer(inner)
 }
 
-fn tower_retry() -> impl Service<u64, Error: std::fmt::Debug> + Clone + Send + 'static {
-    tower::retry::RetryLayer::new(TowerRetryErrors(2)).layer(support::bare())
+fn tower_retry(inner: Bare) -> impl Service<u64, Error: std::fmt::Debug> + Clone + Send + 'static {
+    tower::retry::RetryLayer::new(TowerRetryErrors(2)).layer(inner)
 }
 
-fn tower_retry_budget() -> impl Service<u64, Error: std::fmt::Debug> + Clone + Send + 'static {
+fn tower_retry_budget(
+    inner: Bare,
+) -> impl Service<u64, Error: std::fmt::Debug> + Clone + Send + 'static {
     let budget = Arc::new(TpsBudget::new(Duration::from_secs(10), 10, 0.2));
-    tower::retry::RetryLayer::new(TowerRetryBudget { budget, left: 2 }).layer(support::bare())
+    tower::retry::RetryLayer::new(TowerRetryBudget { budget, left: 2 }).layer(inner)
 }
 
-fn tower_resilience() -> impl Service<u64, Error: std::fmt::Debug> + Clone + Send + 'static {
+fn tower_resilience(
+    inner: Bare,
+) -> impl Service<u64, Error: std::fmt::Debug> + Clone + Send + 'static {
     tower_resilience::retry::RetryLayer::<u64, u64, BoxError>::builder()
         .max_attempts(3)
         .exponential_backoff(Duration::from_millis(100))
         .build()
-        .layer(support::bare())
+        .layer(inner)
 }
 
 fn benches(c: &mut Criterion) {
     let rt = support::runtime();
-
-    let mut group = c.benchmark_group("uncontended");
-    support::uncontended(&mut group, &rt, "bare service_fn", support::bare());
-    support::uncontended(&mut group, &rt, "staunch retry", staunch_default());
-    support::uncontended(
-        &mut group,
-        &rt,
-        "staunch retry (timeouts)",
-        staunch_timeouts(),
-    );
-    support::uncontended(
-        &mut group,
-        &rt,
-        "staunch retry (no budget)",
-        staunch_unlimited(),
-    );
-    support::uncontended(&mut group, &rt, "tower retry", tower_retry());
-    support::uncontended(
-        &mut group,
-        &rt,
-        "tower retry (TpsBudget)",
-        tower_retry_budget(),
-    );
-    support::uncontended(
-        &mut group,
-        &rt,
-        "tower-resilience retry",
-        tower_resilience(),
-    );
-    group.finish();
-
-    let mut group = c.benchmark_group("contended");
-    support::contended(&mut group, &rt, "bare service_fn", support::bare());
-    support::contended(&mut group, &rt, "staunch retry", staunch_default());
-    support::contended(
-        &mut group,
-        &rt,
-        "staunch retry (timeouts)",
-        staunch_timeouts(),
-    );
-    support::contended(
-        &mut group,
-        &rt,
-        "staunch retry (no budget)",
-        staunch_unlimited(),
-    );
-    support::contended(&mut group, &rt, "tower retry", tower_retry());
-    support::contended(
-        &mut group,
-        &rt,
-        "tower retry (TpsBudget)",
-        tower_retry_budget(),
-    );
-    support::contended(
-        &mut group,
-        &rt,
-        "tower-resilience retry",
-        tower_resilience(),
-    );
-    group.finish();
+    bench_rows!(c, &rt, {
+        "staunch retry" => staunch_default,
+        "staunch retry (timeouts)" => staunch_timeouts,
+        "staunch retry (no budget)" => staunch_unlimited,
+        "tower retry" => tower_retry,
+        "tower retry (TpsBudget)" => tower_retry_budget,
+        "tower-resilience retry" => tower_resilience,
+    });
 }
 
 criterion_group!(name = group; config = Criterion::default(); targets = benches);

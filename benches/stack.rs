@@ -1,8 +1,8 @@
 //! Per-call cost of the full stack on the success path: retry, circuit breaker, per-attempt
-//! timeout and bulkhead over a bare `service_fn` that answers at once, side by side with the
-//! same stack from tower-resilience and with tower's own layers where they exist (tower has no
-//! circuit breaker: retry, timeout, concurrency limit).
-//! Groups: `uncontended` (1 task) and `contended` (2 tasks on 2 threads sharing one stack).
+//! timeout and bulkhead over a bare service, side by side with the same stack from
+//! tower-resilience and with tower's own layers where they exist (tower has no circuit breaker:
+//! retry, timeout, concurrency limit), in the groups of `support::bench_rows!` (`uncontended`,
+//! `contended`, `pending`: the inner future pends once, so timers are armed, `alternating`).
 
 mod support;
 
@@ -15,7 +15,7 @@ use staunch::bulkhead::{Bulkhead, BulkheadLayer};
 use staunch::circuit_breaker::CircuitBreaker;
 use staunch::retry::{RetryLayer, RetryPolicy};
 use staunch::timeout::{TimeLimit, TimeoutLayer};
-use support::BoxError;
+use support::{Bare, BoxError};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 const PERMITS: usize = 1024;
@@ -23,7 +23,9 @@ const LIMIT: Duration = Duration::from_secs(1);
 
 /// The staunch stack, in the order the presets use: retry outside the breaker, the
 /// per-attempt timeout inside it, the bulkhead innermost. Default settings otherwise.
-fn staunch_stack() -> impl Service<u64, Response = u64, Error = BoxError> + Clone + Send + 'static {
+fn staunch_stack(
+    inner: Bare,
+) -> impl Service<u64, Response = u64, Error = BoxError> + Clone + Send + 'static {
     ServiceBuilder::new()
         .layer(RetryLayer::new(
             RetryPolicy::builder()
@@ -45,16 +47,17 @@ fn staunch_stack() -> impl Service<u64, Response = u64, Error = BoxError> + Clon
                 .build()
                 .expect("valid bulkhead"),
         ))
-        .service(support::bare())
+        .service(inner)
 }
 
 /// The same stack under [`TypedErrorsLayer`](staunch::TypedErrorsLayer), as the HTTP preset builds it:
 /// errors typed as `staunch::Error<E>`.
-fn staunch_typed()
--> impl Service<u64, Response = u64, Error: std::fmt::Debug> + Clone + Send + 'static {
+fn staunch_typed(
+    inner: Bare,
+) -> impl Service<u64, Response = u64, Error: std::fmt::Debug> + Clone + Send + 'static {
     ServiceBuilder::new()
         .layer(staunch::TypedErrorsLayer::<std::io::Error>::new())
-        .service(staunch_stack())
+        .service(staunch_stack(inner))
 }
 
 /// A tower retry policy that retries errors up to twice: only its success path runs here.
@@ -79,25 +82,27 @@ impl tower::retry::Policy<u64, u64, BoxError> for TowerRetryErrors {
 }
 
 /// tower's own layers: retry, timeout, concurrency limit (no circuit breaker in tower).
-fn tower_stack()
--> impl Service<u64, Response = u64, Error: std::fmt::Debug> + Clone + Send + 'static {
+fn tower_stack(
+    inner: Bare,
+) -> impl Service<u64, Response = u64, Error: std::fmt::Debug> + Clone + Send + 'static {
     ServiceBuilder::new()
         .layer(tower::retry::RetryLayer::new(TowerRetryErrors(2)))
         .layer(tower::timeout::TimeoutLayer::new(LIMIT))
         .layer(tower::limit::ConcurrencyLimitLayer::new(PERMITS))
-        .service(support::bare())
+        .service(inner)
         .map_err(Into::<BoxError>::into)
 }
 
 /// tower-resilience's retry, circuit breaker, time limiter and bulkhead, in the same order.
-fn tower_resilience_stack()
--> impl Service<u64, Response = u64, Error: std::fmt::Debug> + Clone + Send + 'static {
+fn tower_resilience_stack(
+    inner: Bare,
+) -> impl Service<u64, Response = u64, Error: std::fmt::Debug> + Clone + Send + 'static {
     let bulkhead = tower_resilience::bulkhead::BulkheadLayer::builder()
         .max_concurrent_calls(PERMITS)
         .reject_when_full()
         .build()
         .expect("valid bulkhead")
-        .layer(support::bare())
+        .layer(inner)
         .map_err(|e| -> BoxError { Box::new(e) });
     let limited = tower_resilience::timelimiter::TimeLimiterLayer::builder()
         .timeout_duration(LIMIT)
@@ -118,43 +123,12 @@ fn tower_resilience_stack()
 
 fn benches(c: &mut Criterion) {
     let rt = support::runtime();
-    let _ctx = rt.enter();
-
-    let mut group = c.benchmark_group("uncontended");
-    support::uncontended(&mut group, &rt, "bare service_fn", support::bare());
-    support::uncontended(&mut group, &rt, "staunch stack", staunch_stack());
-    support::uncontended(
-        &mut group,
-        &rt,
-        "staunch stack (typed errors)",
-        staunch_typed(),
-    );
-    support::uncontended(&mut group, &rt, "tower stack (no breaker)", tower_stack());
-    support::uncontended(
-        &mut group,
-        &rt,
-        "tower-resilience stack",
-        tower_resilience_stack(),
-    );
-    group.finish();
-
-    let mut group = c.benchmark_group("contended");
-    support::contended(&mut group, &rt, "bare service_fn", support::bare());
-    support::contended(&mut group, &rt, "staunch stack", staunch_stack());
-    support::contended(
-        &mut group,
-        &rt,
-        "staunch stack (typed errors)",
-        staunch_typed(),
-    );
-    support::contended(&mut group, &rt, "tower stack (no breaker)", tower_stack());
-    support::contended_spin(
-        &mut group,
-        &rt,
-        "tower-resilience stack",
-        tower_resilience_stack(),
-    );
-    group.finish();
+    bench_rows!(c, &rt, {
+        "staunch stack" => staunch_stack,
+        "staunch stack (typed errors)" => staunch_typed,
+        "tower stack (no breaker)" => tower_stack,
+        "tower-resilience stack" => tower_resilience_stack,
+    });
 }
 
 criterion_group!(name = group; config = Criterion::default(); targets = benches);

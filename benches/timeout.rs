@@ -1,7 +1,7 @@
-//! Per-call overhead of staunch's `TimeoutLayer` over a bare `service_fn` when the inner future
-//! is ready at once, side by side with tower's `Timeout` and tower-resilience's time limiter.
-//! Groups: `uncontended` (1 task) and `contended` (2 tasks on 2 threads sharing one layer),
-//! plus `http` (1 task, `http::Request` so the extensions are read).
+//! Per-call overhead of staunch's `TimeoutLayer` over a bare service, side by side with tower's
+//! `Timeout` and tower-resilience's time limiter, in the groups of `support::bench_rows!`
+//! (`uncontended`, `contended`, `pending`: the inner future pends once so a timer is armed,
+//! `alternating`), plus `http` (1 task, `http::Request` so the extensions are read).
 
 mod support;
 
@@ -32,61 +32,12 @@ fn benches(c: &mut Criterion) {
         .timeout_duration(LIMIT)
         .build();
 
-    let mut group = c.benchmark_group("uncontended");
-    support::uncontended(&mut group, &rt, "bare service_fn", support::bare());
-    support::uncontended(
-        &mut group,
-        &rt,
-        "staunch timeout",
-        staunch.layer(support::bare()),
-    );
-    support::uncontended(
-        &mut group,
-        &rt,
-        "staunch timeout (named)",
-        named.layer(support::bare()),
-    );
-    support::uncontended(
-        &mut group,
-        &rt,
-        "tower timeout",
-        tower_timeout.layer(support::bare()),
-    );
-    support::uncontended(
-        &mut group,
-        &rt,
-        "tower-resilience time limiter",
-        resilience.layer(support::bare()),
-    );
-    group.finish();
-
-    let mut group = c.benchmark_group("contended");
-    support::contended(&mut group, &rt, "bare service_fn", support::bare());
-    support::contended(
-        &mut group,
-        &rt,
-        "staunch timeout",
-        staunch.layer(support::bare()),
-    );
-    support::contended(
-        &mut group,
-        &rt,
-        "staunch timeout (named)",
-        named.layer(support::bare()),
-    );
-    support::contended(
-        &mut group,
-        &rt,
-        "tower timeout",
-        tower_timeout.layer(support::bare()),
-    );
-    support::contended(
-        &mut group,
-        &rt,
-        "tower-resilience time limiter",
-        resilience.layer(support::bare()),
-    );
-    group.finish();
+    bench_rows!(c, &rt, {
+        "staunch timeout" => |inner| staunch.layer(inner),
+        "staunch timeout (named)" => |inner| named.layer(inner),
+        "tower timeout" => |inner| tower_timeout.layer(inner),
+        "tower-resilience time limiter" => |inner| resilience.layer(inner),
+    });
 
     // `http::Request`: the default reader looks for an override and a deadline in the
     // extensions. Both cases build the request, so the difference is the layer's.
@@ -96,27 +47,25 @@ fn benches(c: &mut Criterion) {
         || service_fn(|req: http::Request<u64>| ready(Ok::<_, support::BoxError>(*req.body())));
     let mut bare = bare_http();
     group.bench_function(BenchmarkId::from_parameter("bare service_fn"), |b| {
-        b.iter(|| support::call_now(&mut bare, http::Request::new(std::hint::black_box(1u64))));
+        b.iter(|| support::call(&mut bare, http::Request::new(std::hint::black_box(1u64))));
     });
     let mut timed = TimeoutLayer::new(LIMIT)
         .expect("valid limit")
         .layer(bare_http());
     group.bench_function(BenchmarkId::from_parameter("staunch timeout"), |b| {
-        b.iter(|| support::call_now(&mut timed, http::Request::new(std::hint::black_box(1u64))));
+        b.iter(|| support::call(&mut timed, http::Request::new(std::hint::black_box(1u64))));
     });
     let mut blind = staunch.layer(bare_http());
     group.bench_function(
         BenchmarkId::from_parameter("staunch timeout (ignore_request)"),
         |b| {
-            b.iter(|| {
-                support::call_now(&mut blind, http::Request::new(std::hint::black_box(1u64)))
-            });
+            b.iter(|| support::call(&mut blind, http::Request::new(std::hint::black_box(1u64))));
         },
     );
     let mut tower_timed = tower_timeout.layer(bare_http());
     group.bench_function(BenchmarkId::from_parameter("tower timeout"), |b| {
         b.iter(|| {
-            support::call_now(
+            support::call(
                 &mut tower_timed,
                 http::Request::new(std::hint::black_box(1u64)),
             )
