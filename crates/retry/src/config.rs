@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use staunch_core::{Backoff, ConfigError};
@@ -12,7 +12,7 @@ use std::future::Future;
 use crate::BoxError;
 use crate::budget::RetryBudget;
 use crate::classify::{RetryClassify, RetryOn, RetryResponse};
-use crate::engine::{Handle, Machine};
+use crate::engine::{ClassifiedPolicy, Machine};
 use crate::future::{FnAttempts, RetryCall};
 use crate::metrics::{GiveUp, RetryMetrics, Retrying};
 
@@ -189,17 +189,15 @@ impl RetryPolicy {
         E: Into<BoxError>,
     {
         self.shared.budget.deposit();
-        let handle = Arc::new(Handle {
+        let policy = Arc::new(ClassifiedPolicy {
             policy: self.clone(),
             classify,
-            template: None,
-            services: AtomicUsize::new(0),
         });
         let attempts = FnAttempts {
             make: f,
             deadline: None,
         };
-        RetryCall::new(Machine::idle(attempts, handle))
+        RetryCall::new(Machine::idle(attempts, policy))
     }
 }
 

@@ -12,7 +12,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -29,13 +28,8 @@ use crate::metrics::{GiveUp, GiveUpReason, Retrying};
 
 /// The source of attempts: a service and a copy of the request, or a closure.
 pub(crate) trait Attempts<Fut> {
-    /// Waits until another attempt can start. `template` is the handle's
-    /// [`template`](Handle::template), if it has one.
-    fn poll_ready(
-        &mut self,
-        cx: &mut Context<'_>,
-        template: Option<&Template>,
-    ) -> Poll<Result<(), BoxError>>;
+    /// Waits until another attempt can start.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>>;
 
     /// Whether another attempt can be made (the request could be copied).
     fn can_replay(&self) -> bool;
@@ -60,30 +54,21 @@ enum Timer {
     Backoff,
     /// Waiting for the inner service to accept the next attempt, until the overall deadline.
     Readying,
+    /// The call returned its result. Polling again breaks the `Future` contract; it is
+    /// answered with an error rather than a new attempt or a panic.
+    Finished,
 }
 
-/// What every call holds until it finishes: the policy (its limits time the attempt), the
-/// classifier, and for the tower service the kept clone of the inner service.
+/// A retry policy with the classifier that decides what it retries.
 ///
-/// The clones of a [`Retry`](crate::Retry) share one `Arc<Handle>`; each response future
-/// holds a reference to it, recycled through the thread's spare (see
-/// `crate::spare`) so that a call does not change the reference count. The alignment keeps
-/// the count off the cache lines of neighbouring allocations.
-#[repr(align(128))]
-pub(crate) struct Handle<C> {
+/// The clones of a [`Retry`](crate::Retry) share one, and a call that may be retried holds a
+/// reference to it until it finishes: a retry may happen after the service that made the call
+/// was dropped (tower's `oneshot` drops it before polling). A call that cannot be retried
+/// holds none.
+pub(crate) struct ClassifiedPolicy<C> {
     pub(crate) policy: RetryPolicy,
     pub(crate) classify: C,
-    /// For the tower service: a `Mutex<S>` holding a clone of the inner service, which a
-    /// retry clones to make its attempt, so that a call which is not retried never clones the
-    /// inner service. `None` for closures.
-    pub(crate) template: Option<Box<Template>>,
-    /// How many `Retry` services hold this handle (0 for closures): once none does, a
-    /// finished call's reference is dropped rather than kept as a spare.
-    pub(crate) services: AtomicUsize,
 }
-
-/// A type-erased [`Handle::template`].
-pub(crate) type Template = dyn std::any::Any + Send + Sync;
 
 /// The backoff schedule, drawn on the first retry only (seeding its RNG is not free).
 type Schedule = Option<Box<BackoffSchedule>>;
@@ -97,11 +82,12 @@ pin_project! {
         sleep: Option<Sleep>,
         timer: Timer,
         attempts: A,
-        // Whether this call may be retried at all; when not, its result is returned as it is.
-        retryable: bool,
+        // A copy of the policy's limits: they time every attempt, retried or not.
+        limits: Limits,
         made: u32,
-        // The policy (its limits included) and the classifier; taken when the call finishes.
-        handle: Option<Arc<Handle<C>>>,
+        // The policy and the classifier, for a call that may be retried; `None` for one that
+        // cannot (its result is returned as it is). Dropped when the call finishes.
+        policy: Option<Arc<ClassifiedPolicy<C>>>,
         started: Option<Instant>,
         schedule: Schedule,
     }
@@ -123,23 +109,24 @@ impl<A, Fut, C> std::fmt::Debug for Machine<A, Fut, C> {
 }
 
 impl<A, Fut, C> Machine<A, Fut, C> {
-    /// A machine whose first attempt is already running.
+    /// A machine whose first attempt is already running; `policy` is `None` when the call
+    /// cannot be retried.
     #[inline]
     pub(crate) fn running(
         first: Fut,
         attempts: A,
-        retryable: bool,
-        handle: Arc<Handle<C>>,
+        limits: Limits,
+        policy: Option<Arc<ClassifiedPolicy<C>>>,
     ) -> Self {
-        let started = start_clock(retryable, &handle.policy.limits);
+        let started = start_clock(policy.is_some(), &limits);
         Self {
             attempt: Some(first),
             sleep: None,
             timer: Timer::First,
             attempts,
-            retryable,
+            limits,
             made: 1,
-            handle: Some(handle),
+            policy,
             started,
             schedule: None,
         }
@@ -150,23 +137,18 @@ impl<A, Fut, C> Machine<A, Fut, C> {
         &mut self.attempts
     }
 
-    /// Takes the policy handle out of a finished machine.
-    #[inline]
-    pub(crate) fn take_handle(self: Pin<&mut Self>) -> Option<Arc<Handle<C>>> {
-        self.project().handle.take()
-    }
-
     /// A machine that starts its first attempt when the attempts source is ready.
-    pub(crate) fn idle(attempts: A, handle: Arc<Handle<C>>) -> Self {
-        let started = start_clock(true, &handle.policy.limits);
+    pub(crate) fn idle(attempts: A, policy: Arc<ClassifiedPolicy<C>>) -> Self {
+        let limits = policy.policy.limits;
+        let started = start_clock(true, &limits);
         Self {
             attempt: None,
             sleep: None,
             timer: Timer::Idle,
             attempts,
-            retryable: true,
+            limits,
             made: 0,
-            handle: Some(handle),
+            policy: Some(policy),
             started,
             schedule: None,
         }
@@ -181,7 +163,26 @@ where
     C: RetryClassify<T>,
 {
     #[inline]
-    pub(crate) fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T, BoxError>> {
+    pub(crate) fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<T, BoxError>> {
+        if self.timer == Timer::Finished {
+            return Poll::Ready(Err("a retry future was polled after it completed".into()));
+        }
+        let out = self.as_mut().poll_attempts(cx);
+        if out.is_ready() {
+            let this = self.project();
+            *this.timer = Timer::Finished;
+            // A finished call lets go of the policy (its hooks, its classifier) at once,
+            // whenever the future itself is dropped.
+            *this.policy = None;
+        }
+        out
+    }
+
+    #[inline]
+    fn poll_attempts(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T, BoxError>> {
         let mut this = self.project();
         // What the fast path learnt from polling the first attempt, for the slow path.
         let mut polled = None;
@@ -191,9 +192,9 @@ where
             // The fast path: the first attempt, before any timer or retry was needed.
             match fut.poll(cx) {
                 Poll::Ready(Ok(response)) => {
-                    let verdict = match this.handle.as_deref() {
-                        Some(handle) if *this.retryable => handle.classify.classify(Ok(&response)),
-                        _ => Verdict::Done,
+                    let verdict = match this.policy.as_deref() {
+                        Some(policy) => policy.classify.classify(Ok(&response)),
+                        None => Verdict::Done,
                     };
                     if verdict == Verdict::Done {
                         this.attempt.set(None);
@@ -202,14 +203,14 @@ where
                     polled = Some(Poll::Ready((Ok(response), Some(verdict))));
                 }
                 Poll::Ready(Err(e)) => {
-                    if !*this.retryable {
+                    if this.policy.is_none() {
                         this.attempt.set(None);
                         return Poll::Ready(Err(e.into()));
                     }
                     polled = Some(Poll::Ready((Err(e.into()), None)));
                 }
                 Poll::Pending => {
-                    let limits = limits_of(this.handle.as_deref());
+                    let limits = &this.limits;
                     if limits.attempt_timeout.is_none() && limits.max_total_time.is_none() {
                         return Poll::Pending;
                     }
@@ -231,7 +232,7 @@ where
                     Poll::Pending => {
                         if *this.timer == Timer::Idle {
                             arm_attempt_timer(
-                                limits_of(this.handle.as_deref()),
+                                this.limits,
                                 this.started,
                                 this.timer,
                                 this.sleep.as_mut(),
@@ -258,8 +259,8 @@ where
                     overall,
                     classified,
                     *this.made,
-                    limits_of(this.handle.as_deref()),
-                    this.handle.as_deref().filter(|_| *this.retryable),
+                    this.limits,
+                    this.policy.as_deref(),
                     this.started,
                     this.schedule,
                     this.attempts,
@@ -277,17 +278,15 @@ where
                 }
                 *this.timer = Timer::Idle;
             } else {
-                let template = this.handle.as_deref().and_then(|h| h.template.as_deref());
-                match this.attempts.poll_ready(cx, template) {
+                match this.attempts.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => {
                         // The inner service is not ready (a full bulkhead below, a buffer):
                         // the overall deadline still holds while we wait for it.
-                        let (Some(total), Some(start)) = (
-                            limits_of(this.handle.as_deref()).max_total_time,
-                            *this.started,
-                        ) else {
+                        let (Some(total), Some(start)) =
+                            (this.limits.max_total_time, *this.started)
+                        else {
                             return Poll::Pending;
                         };
                         if *this.timer != Timer::Readying {
@@ -301,19 +300,18 @@ where
                         // A retry was due (the last attempt's result was dropped when its
                         // wait began): the deadline refused it.
                         let err: BoxError = Box::new(Elapsed::new(total));
-                        let Some(handle) = this.handle.as_deref().filter(|_| *this.retryable)
-                        else {
+                        let Some(policy) = this.policy.as_deref() else {
                             return Poll::Ready(Err(err));
                         };
                         let event = GiveUp {
                             attempts: *this.made,
                             reason: GiveUpReason::Deadline,
                         };
-                        return Poll::Ready(give_up(Err(err), event, true, handle));
+                        return Poll::Ready(give_up(Err(err), event, true, policy));
                     }
                 }
                 *this.timer = Timer::Idle;
-                let keep_copy = *this.made + 1 < limits_of(this.handle.as_deref()).max_attempts;
+                let keep_copy = *this.made + 1 < this.limits.max_attempts;
                 let Some(fut) = this.attempts.next(keep_copy) else {
                     // Only reachable if `can_replay` lied; nothing to send.
                     return Poll::Ready(Err("the request could not be replayed".into()));
@@ -335,20 +333,6 @@ fn start_clock(retryable: bool, limits: &Limits) -> Option<Instant> {
     } else {
         None
     }
-}
-
-/// The limits of the call's policy; none once the call has finished (a future polled again
-/// after it finished does not retry).
-#[inline]
-fn limits_of<C>(handle: Option<&Handle<C>>) -> &Limits {
-    static FINISHED: Limits = Limits {
-        max_attempts: 1,
-        attempt_timeout: None,
-        max_total_time: None,
-        retry_non_idempotent: false,
-        clock_from_start: false,
-    };
-    handle.map_or(&FINISHED, |h| &h.policy.limits)
 }
 
 fn set_sleep(mut sleep: Pin<&mut Option<Sleep>>, until: Instant) {
@@ -395,12 +379,12 @@ fn decide<A: Attempts<Fut>, Fut, C: RetryClassify<T>, T>(
     classified: Option<Verdict>,
     made: u32,
     limits: &Limits,
-    handle: Option<&Handle<C>>,
+    policy: Option<&ClassifiedPolicy<C>>,
     started: &mut Option<Instant>,
     schedule: &mut Schedule,
     attempts: &A,
 ) -> Next<Result<T, BoxError>> {
-    let Some(handle) = handle else {
+    let Some(policy) = policy else {
         // This call could never be retried: return what it gave.
         return Next::Return(result);
     };
@@ -408,13 +392,13 @@ fn decide<A: Attempts<Fut>, Fut, C: RetryClassify<T>, T>(
     let verdict = if overall_elapsed {
         None
     } else {
-        Some(classified.unwrap_or_else(|| handle.classify.classify(result.as_ref())))
+        Some(classified.unwrap_or_else(|| policy.classify.classify(result.as_ref())))
     };
     if verdict == Some(Verdict::Done) {
         return Next::Return(result);
     }
     retry_or_give_up(
-        result, verdict, made, limits, handle, started, schedule, attempts,
+        result, verdict, made, limits, policy, started, schedule, attempts,
     )
 }
 
@@ -425,15 +409,15 @@ fn give_up<T, C: RetryClassify<T>>(
     result: Result<T, BoxError>,
     event: GiveUp,
     due: bool,
-    handle: &Handle<C>,
+    policy: &ClassifiedPolicy<C>,
 ) -> Result<T, BoxError> {
-    handle.policy.shared.gave_up(event);
+    policy.policy.shared.gave_up(event);
     if !event.annotates(due) {
         return result;
     }
     match result {
         Ok(mut response) => {
-            handle.classify.annotate(&mut response, event);
+            policy.classify.annotate(&mut response, event);
             Ok(response)
         }
         Err(last) => Err(Box::new(RetryExhausted::from_event(event, last))),
@@ -448,7 +432,7 @@ fn retry_or_give_up<A: Attempts<Fut>, Fut, T, C: RetryClassify<T>>(
     verdict: Option<Verdict>,
     made: u32,
     limits: &Limits,
-    handle: &Handle<C>,
+    policy: &ClassifiedPolicy<C>,
     started: &mut Option<Instant>,
     schedule: &mut Schedule,
     attempts: &A,
@@ -461,7 +445,7 @@ fn retry_or_give_up<A: Attempts<Fut>, Fut, T, C: RetryClassify<T>>(
             attempts: made,
             reason,
         };
-        Next::Return(give_up(result, event, due, handle))
+        Next::Return(give_up(result, event, due, policy))
     };
     if let Err(e) = &result
         && let Some(rejection) = rejection_of(&**e)
@@ -486,7 +470,7 @@ fn retry_or_give_up<A: Attempts<Fut>, Fut, T, C: RetryClassify<T>>(
     if !attempts.can_replay() {
         return stop(result, GiveUpReason::NotReplayable, false);
     }
-    let shared = &handle.policy.shared;
+    let shared = &policy.policy.shared;
     let now = Instant::now();
     let start = *started.get_or_insert(now);
     let elapsed = now.saturating_duration_since(start);

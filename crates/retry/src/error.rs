@@ -26,7 +26,9 @@ use crate::metrics::{GiveUp, GiveUpReason};
 /// (a 4xx-like business error), rejections, requests that cannot be retried (not idempotent,
 /// not replayable), and the error of a call allowed a single attempt.
 ///
-/// The original error is the [`source`](Error::source), so
+/// Its `Display` says what happened ("gave up after 3 attempts (max attempts reached)"),
+/// not what the last attempt's error says: that error is the [`source`](Error::source), so
+/// an error reporter that walks the chain prints each message once, and
 /// [`rejection_of`](staunch_core::rejection_of), [`Elapsed::find`](crate::Elapsed::find) and
 /// any walk of the source chain still find what it holds; [`last`](Self::last) and
 /// [`into_last`](Self::into_last) give it back to downcast.
@@ -38,6 +40,7 @@ use crate::metrics::{GiveUp, GiveUpReason};
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// use std::error::Error;
 /// use staunch_retry::{GiveUpReason, RetryExhausted, RetryPolicy, RetryBudget};
 ///
 /// let policy = RetryPolicy::builder().max_attempts(3).budget(RetryBudget::unlimited()).build().unwrap();
@@ -48,7 +51,8 @@ use crate::metrics::{GiveUp, GiveUpReason};
 /// let gave_up = err.downcast_ref::<RetryExhausted>().unwrap();
 /// assert_eq!((gave_up.attempts(), gave_up.reason()), (3, GiveUpReason::MaxAttempts));
 /// assert!(gave_up.last().is::<std::io::Error>());
-/// assert!(err.to_string().starts_with("gave up after 3 attempts (max attempts reached): "));
+/// assert_eq!(err.to_string(), "gave up after 3 attempts (max attempts reached)");
+/// assert_eq!(err.source().unwrap().to_string(), "connection reset");
 /// # }
 /// ```
 #[derive(Debug)]
@@ -123,11 +127,9 @@ impl fmt::Display for RetryExhausted {
             GiveUpReason::InnerGaveUp => "an inner retry layer gave up",
             GiveUpReason::Rejected => "rejected by a layer below",
         };
-        write!(
-            f,
-            "gave up after {attempts} attempt{plural} ({why}): {}",
-            self.last
-        )
+        // The last error is the `source()`, not part of this message: an error reporter
+        // (`anyhow`'s `{:#}`, `tracing`'s error chains) prints it next, once.
+        write!(f, "gave up after {attempts} attempt{plural} ({why})")
     }
 }
 
@@ -180,11 +182,49 @@ mod tests {
         );
         assert_eq!(
             err.to_string(),
-            "gave up after 2 attempts (backoff max_elapsed reached): reset"
+            "gave up after 2 attempts (backoff max_elapsed reached)"
         );
         assert_eq!(err.source().unwrap().to_string(), "reset");
         assert_eq!(err.give_up().attempts, 2);
         let boxed: BoxError = Box::new(err);
         assert!(RetryExhausted::find(&*boxed).is_some());
+    }
+
+    /// An error reporter prints `Display` and then each `source()`: the last error's message
+    /// must appear once, through the source only.
+    #[test]
+    fn display_leaves_the_cause_to_source() {
+        let cause = "connection reset by peer 10.0.0.7:443";
+        for reason in [
+            GiveUpReason::MaxAttempts,
+            GiveUpReason::BudgetExhausted,
+            GiveUpReason::Deadline,
+            GiveUpReason::BackoffEnded,
+            GiveUpReason::ServerPushback,
+        ] {
+            let err = RetryExhausted::new(3, reason, Box::new(std::io::Error::other(cause)));
+            let display = err.to_string();
+            assert!(!display.contains(cause), "{reason}: {display}");
+            assert!(
+                display.starts_with("gave up after 3 attempts ("),
+                "{display}"
+            );
+            let source = err.source().expect("the last error is the source");
+            assert_eq!(source.to_string(), cause);
+            assert!(source.is::<std::io::Error>());
+            // The whole chain, as a reporter prints it, names the cause exactly once.
+            let mut chain = Vec::new();
+            let mut next: Option<&(dyn Error + 'static)> = Some(&err);
+            while let Some(e) = next {
+                chain.push(e.to_string());
+                next = e.source();
+            }
+            assert_eq!(chain.join(": ").matches(cause).count(), 1, "{chain:?}");
+        }
+        let one = RetryExhausted::new(1, GiveUpReason::Deadline, "down".into());
+        assert_eq!(
+            one.to_string(),
+            "gave up after 1 attempt (overall deadline reached)"
+        );
     }
 }

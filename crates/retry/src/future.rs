@@ -10,10 +10,9 @@ use tower_service::Service;
 
 use crate::BoxError;
 use crate::classify::RetryClassify;
-use crate::engine::{Attempts, Machine, Template};
+use crate::engine::{Attempts, Machine};
 use crate::request::RetryRequest;
 use crate::service::ServiceAttempts;
-use crate::spare;
 use staunch_timeout::Deadline;
 
 pin_project! {
@@ -49,23 +48,16 @@ impl<S: Service<Req>, Req, C> fmt::Debug for ResponseFuture<S, Req, C> {
 
 impl<S, Req, C> Future for ResponseFuture<S, Req, C>
 where
-    S: Service<Req> + Clone + 'static,
+    S: Service<Req>,
     S::Error: Into<BoxError>,
     Req: RetryRequest,
-    C: RetryClassify<S::Response> + Send + Sync + 'static,
+    C: RetryClassify<S::Response>,
 {
     type Output = Result<S::Response, BoxError>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut machine = self.project().machine;
-        let out = machine.as_mut().poll(cx);
-        if out.is_ready()
-            && let Some(handle) = machine.take_handle()
-        {
-            spare::release(handle);
-        }
-        out
+        self.project().machine.poll(cx)
     }
 }
 
@@ -149,11 +141,7 @@ impl<F, Fut> Attempts<Fut> for FnAttempts<F>
 where
     F: FnMut() -> Fut,
 {
-    fn poll_ready(
-        &mut self,
-        _: &mut Context<'_>,
-        _: Option<&Template>,
-    ) -> Poll<Result<(), BoxError>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
     }
 

@@ -153,8 +153,12 @@ impl<S: Clone> Layer<S> for HedgeLayer {
 /// [`HedgeLayer`].
 ///
 /// A call does not clone the inner service: the layer keeps one clone of it, made when the
-/// layer was built, and a hedge clones that one to send its attempt (as a retry does, see
-/// [`Retry`](crate::Retry)). Clones of a `Hedge` share the policy and that kept clone.
+/// layer was built, and a hedge clones that one to send its attempt. So a hedge goes through
+/// the service as it was when the layer was built, unlike a retry, which goes through a clone
+/// of the service that made the call (see [`Retry`](crate::Retry)); for services whose clones
+/// are handles to shared state (reqwest, hyper and tonic clients, staunch's layers) that is
+/// the same. Clones of a `Hedge` share the policy and that kept clone, which is dropped with
+/// the last `Hedge` and the last call that may hedge.
 pub struct Hedge<S> {
     inner: S,
     shared: Arc<Shared<S>>,

@@ -55,7 +55,7 @@ impl<C> RetryLayer<C> {
     }
 }
 
-impl<S: Clone + Send + 'static, C: Clone> Layer<S> for RetryLayer<C> {
+impl<S, C: Clone> Layer<S> for RetryLayer<C> {
     type Service = Retry<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {

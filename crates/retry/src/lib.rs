@@ -183,7 +183,6 @@ mod layer;
 mod metrics;
 mod request;
 mod service;
-mod spare;
 
 pub use crate::body::{DEFAULT_REPLAY_CAP, ReplayBody, buffer_request};
 pub use crate::budget::{RetryBudget, RetryBudgetBuilder};

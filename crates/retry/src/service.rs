@@ -1,8 +1,7 @@
 //! [`Retry`]: the tower service.
 
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tower_service::Service;
@@ -11,10 +10,9 @@ use crate::BoxError;
 use crate::budget::RetryBudget;
 use crate::classify::{RetryClassify, RetryOn};
 use crate::config::{Limits, RetryPolicy};
-use crate::engine::{Attempts, Handle, Machine, Template};
+use crate::engine::{Attempts, ClassifiedPolicy, Machine};
 use crate::future::ResponseFuture;
 use crate::request::RetryRequest;
-use crate::spare;
 
 /// Retries calls to the inner service according to a [`RetryPolicy`]; built by
 /// [`RetryLayer`](crate::RetryLayer).
@@ -23,57 +21,28 @@ use crate::spare;
 /// boxed (`tower::BoxError`), so a timed-out attempt can surface as
 /// [`Elapsed`](staunch_timeout::Elapsed).
 ///
-/// The request is copied before the first attempt only when it could be retried (more than
-/// one attempt allowed, the request is idempotent or the policy allows it, and
-/// [`RetryRequest::try_replay`] gives a copy). The inner service is not cloned per call: the
-/// layer keeps one clone of it, made when the layer was built, and a retry clones that one to
-/// make its attempt (tower's own `Retry` clones the service that made the call, on every
-/// call). For services whose clones are handles to shared state (reqwest, hyper and tonic
-/// clients, staunch's layers) that is the same; a service whose clones carry state of their
-/// own, set after the layer was built, retries with the state it had then. A call that
-/// succeeds on its first poll reads no clock (unless the backoff has a `max_elapsed`, see
-/// [`RetryPolicyBuilder::backoff`](crate::RetryPolicyBuilder::backoff)), arms no timer, clones nothing and changes no
-/// reference count.
+/// A retry goes through a clone of the service that made the call, taken when the call was
+/// made, as tower's own `Retry` does: a balancer, or a service whose clones carry state of
+/// their own, retries with its own state. That clone, and the copy of the request, are made
+/// only when the request could be retried (more than one attempt allowed, the request is
+/// idempotent or the policy allows it, and [`RetryRequest::try_replay`] gives a copy); a
+/// request that cannot be retried (a POST without an `Idempotency-Key`, by default) is sent
+/// without either. A call that may be retried also takes a reference to the policy, since
+/// its future may outlive the service (`ServiceExt::oneshot` drops the service before
+/// polling); the future lets go of it when it finishes. Nothing is kept anywhere else: once
+/// every `Retry`, layer and response future is dropped, the inner service, the policy's
+/// hooks and the classifier are dropped too.
 ///
-/// # Reference recycling
-///
-/// A response future owns a reference to the policy, the classifier and the kept service,
-/// since it may outlive the service it came from (tower's `oneshot` drops the service before
-/// polling). Rather than take and drop an `Arc` reference per call (two atomic
-/// read-modify-writes, the larger part of this layer's cost on a call that succeeds), a
-/// finished future leaves its reference with the thread that polled it, and the next call on
-/// that thread reuses it. Once no service is left, a finished call keeps nothing, and
-/// dropping the last service clears the dropping thread's spare, so on a single-threaded
-/// runtime nothing outlives the services. With several threads, a thread that kept a spare
-/// before the last service was dropped elsewhere holds on to the policy (hooks, classifier
-/// and the kept clone of the inner service included) until it finishes a call through
-/// another retry layer or exits: at most one per thread.
+/// A call that succeeds on its first poll reads no clock (unless the backoff has a
+/// `max_elapsed`, see [`RetryPolicyBuilder::backoff`](crate::RetryPolicyBuilder::backoff)),
+/// arms no timer and allocates nothing.
 pub struct Retry<S, C = RetryOn> {
     inner: S,
-    // The budget and the limits are also in the handle; kept here too so the success path
-    // reaches them without chasing pointers.
+    // The budget handle and the limits are also in the policy; kept here too so every call
+    // reaches them without chasing pointers (the limits are copied into its future).
     budget: RetryBudget,
     limits: Limits,
-    handle: Owned<C>,
-}
-
-/// A service's reference to the policy handle, counted in `Handle::services`; dropping the
-/// last one clears the dropping thread's spare reference to the handle.
-struct Owned<C>(Arc<Handle<C>>);
-
-impl<C> Owned<C> {
-    fn new(handle: Arc<Handle<C>>) -> Self {
-        handle.services.fetch_add(1, Ordering::Relaxed);
-        Self(handle)
-    }
-}
-
-impl<C> Drop for Owned<C> {
-    fn drop(&mut self) {
-        if self.0.services.fetch_sub(1, Ordering::AcqRel) == 1 {
-            spare::forget(Arc::as_ptr(&self.0).cast());
-        }
-    }
+    policy: Arc<ClassifiedPolicy<C>>,
 }
 
 impl<S: Clone, C> Clone for Retry<S, C> {
@@ -83,7 +52,7 @@ impl<S: Clone, C> Clone for Retry<S, C> {
             inner: self.inner.clone(),
             budget: self.budget.clone(),
             limits: self.limits,
-            handle: Owned::new(Arc::clone(&self.handle.0)),
+            policy: Arc::clone(&self.policy),
         }
     }
 }
@@ -92,42 +61,26 @@ impl<S: fmt::Debug, C: fmt::Debug> fmt::Debug for Retry<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Retry")
             .field("inner", &self.inner)
-            .field("policy", &self.handle.0.policy)
-            .field("classify", &self.handle.0.classify)
+            .field("policy", &self.policy.policy)
+            .field("classify", &self.policy.classify)
             .finish()
     }
 }
 
-impl<S: Clone + Send + 'static, C> Retry<S, C> {
+impl<S, C> Retry<S, C> {
     /// Wraps `inner`.
-    ///
-    /// A clone of `inner` is kept with the policy: a retry clones it to make its attempt, so
-    /// that a call which is not retried never clones the inner service.
     pub fn new(inner: S, policy: RetryPolicy, classify: C) -> Self {
-        let template: Box<Template> = Box::new(Mutex::new(inner.clone()));
         Self {
             inner,
             budget: policy.shared.budget.clone(),
             limits: policy.limits,
-            handle: Owned::new(Arc::new(Handle {
-                policy,
-                classify,
-                template: Some(template),
-                services: AtomicUsize::new(0),
-            })),
+            policy: Arc::new(ClassifiedPolicy { policy, classify }),
         }
     }
-}
 
-impl<S, C> Retry<S, C> {
     /// The policy (and through it the budget and the metrics).
     pub fn policy(&self) -> &RetryPolicy {
-        &self.handle.0.policy
-    }
-
-    #[cfg(test)]
-    pub(crate) fn handle(&self) -> &Arc<Handle<C>> {
-        &self.handle.0
+        &self.policy.policy
     }
 
     /// The inner service.
@@ -143,10 +96,10 @@ impl<S, C> Retry<S, C> {
 
 impl<S, C, Req> Service<Req> for Retry<S, C>
 where
-    S: Service<Req> + Clone + 'static,
+    S: Service<Req> + Clone,
     S::Error: Into<BoxError>,
     Req: RetryRequest,
-    C: RetryClassify<S::Response> + Send + Sync + 'static,
+    C: RetryClassify<S::Response>,
 {
     type Response = S::Response;
     type Error = BoxError;
@@ -162,22 +115,22 @@ where
         self.budget.deposit();
         let may_retry = self.limits.may_retry(req.is_idempotent());
         let backup = if may_retry { req.try_replay() } else { None };
-        // Every call holds the handle: its limits time the attempt. A request that may be
-        // retried but could not be copied (a body over the replay cap) is retryable, so that
-        // giving up on it is reported as `NotReplayable`.
-        let handle = spare::acquire(&self.handle.0);
-        let attempts = ServiceAttempts {
-            service: None,
-            backup,
-        };
-        // Called last, so that the attempt's future goes straight into the response future.
+        // A request that may be retried but could not be copied (a body over the replay cap)
+        // still holds the policy, so that giving up on it is reported as `NotReplayable`.
+        let policy = may_retry.then(|| Arc::clone(&self.policy));
         let first = self.inner.call(req);
-        ResponseFuture::new(Machine::running(first, attempts, may_retry, handle))
+        // Cloned after the call, as tower does: the clone is of the service that made it, and
+        // inherits no readiness (the retry polls it ready before its attempt). Only a request
+        // with a copy can be retried, so only then is the service cloned.
+        let service = backup.as_ref().map(|_| self.inner.clone());
+        let attempts = ServiceAttempts { service, backup };
+        ResponseFuture::new(Machine::running(first, attempts, self.limits, policy))
     }
 }
 
-/// A copy of the request, and once a retry is due a clone of the inner service, for the next
-/// attempt.
+/// A copy of the request and a clone of the service that made the call, for the next
+/// attempt. The service is cloned only for a request with a copy, so `backup` is set only
+/// while `service` is.
 pub(crate) struct ServiceAttempts<S, Req> {
     service: Option<S>,
     backup: Option<Req>,
@@ -185,30 +138,16 @@ pub(crate) struct ServiceAttempts<S, Req> {
 
 impl<S, Req> Attempts<S::Future> for ServiceAttempts<S, Req>
 where
-    S: Service<Req> + Clone + 'static,
+    S: Service<Req>,
     S::Error: Into<BoxError>,
     Req: RetryRequest,
 {
-    fn poll_ready(
-        &mut self,
-        cx: &mut Context<'_>,
-        template: Option<&Template>,
-    ) -> Poll<Result<(), BoxError>> {
-        if self.service.is_none() {
-            // The first retry of this call: clone the service kept with the policy.
-            let template = template.and_then(|t| t.downcast_ref::<Mutex<S>>());
-            let Some(template) = template else {
-                return Poll::Ready(Err("the retry layer has no service to retry with".into()));
-            };
-            let service = template
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
-            self.service = Some(service);
-        }
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         match &mut self.service {
             Some(s) => s.poll_ready(cx).map_err(Into::into),
-            None => Poll::Ready(Ok(())),
+            // Not reached: a retry is made only when the request was copied, and then the
+            // service was cloned too.
+            None => Poll::Ready(Err("the retry layer has no service to retry with".into())),
         }
     }
 
