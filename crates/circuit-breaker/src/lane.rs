@@ -5,19 +5,15 @@
 //! never trip a breaker (it only lowers the failure rate). So a success only bumps a counter in
 //! the calling thread's lane; failures and slow calls take the slow path and read the sum of
 //! the lanes when they evaluate the window. Each lane is its own cache-line-aligned allocation
-//! that the call's permit holds a reference to (a permit may outlive the breaker). That
-//! reference is recycled: a permit that has reported leaves it as its thread's spare, and the
-//! next permit for the same lane on that thread takes it, so a call changes no reference
-//! count (two atomic read-modify-writes saved per call). A spare keeps its lane's memory, and
-//! nothing else (a lane refers to its breaker weakly), until the thread reports a call of
-//! another breaker or exits.
+//! that the call's permit holds an `Arc` reference to, taken per call as tower does (a permit
+//! may outlive the breaker); the lane refers to its breaker weakly, so a permit never keeps a
+//! dropped breaker alive.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use crossbeam_utils::CachePadded;
-use staunch_core::{ArcSpare, SpareSlot};
 use tokio::time::Instant;
 
 use crate::core::Core;
@@ -142,11 +138,7 @@ static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     static THREAD_INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
-    static SPARE_SLOT: SpareSlot<CachePadded<Lane>> = const { SpareSlot::new(None) };
 }
-
-/// The permits' references to their lanes, recycled per thread (see the module docs).
-pub(crate) const SPARE: ArcSpare<CachePadded<Lane>> = ArcSpare::new(&SPARE_SLOT);
 
 /// A small number for the current thread, handed out round-robin on first use, so that
 /// threads spread evenly over the lanes.
@@ -170,30 +162,24 @@ mod tests {
     use crate::{CircuitBreaker, State};
 
     fn breaker() -> CircuitBreaker {
-        CircuitBreaker::builder("recycled").build().unwrap()
+        CircuitBreaker::builder("lanes").build().unwrap()
     }
 
     #[test]
-    fn a_reported_permit_leaves_its_lane_reference_for_the_next_one() {
+    fn a_permit_holds_its_lane_only_until_it_reports() {
         let breaker = breaker();
         let lane = Arc::clone(breaker.lane());
         // The breaker's reference and ours.
         assert_eq!(Arc::strong_count(&lane), 2);
-        breaker.try_acquire().unwrap().success();
-        // Plus the thread's spare.
-        assert_eq!(Arc::strong_count(&lane), 3);
         let permit = breaker.try_acquire().unwrap();
-        // The permit took the spare: a fresh reference would make four.
         assert_eq!(Arc::strong_count(&lane), 3);
-        // Dropping an unreported permit (a cancelled call) recycles it too.
-        drop(permit);
-        assert_eq!(Arc::strong_count(&lane), 3);
-        for _ in 0..1000 {
-            breaker.try_acquire().unwrap().success();
-        }
-        assert_eq!(Arc::strong_count(&lane), 3);
+        permit.success();
+        assert_eq!(Arc::strong_count(&lane), 2);
+        // Dropping an unreported permit (a cancelled call) lets go of it too.
+        drop(breaker.try_acquire().unwrap());
+        assert_eq!(Arc::strong_count(&lane), 2);
         assert_eq!(breaker.state(), State::Closed);
-        assert_eq!(breaker.snapshot().successful_calls, 1001);
+        assert_eq!(breaker.snapshot().successful_calls, 1);
     }
 
     #[test]
@@ -202,7 +188,6 @@ mod tests {
         let lane = Arc::downgrade(breaker.lane());
         let permit = breaker.try_acquire().unwrap();
         drop(breaker);
-        // Only the permit holds the lane now; reporting must not keep it as a spare.
         assert_eq!(lane.strong_count(), 1);
         permit.failure();
         assert!(lane.upgrade().is_none());
@@ -217,8 +202,42 @@ mod tests {
         }
         assert_eq!(a.snapshot().successful_calls, 100);
         assert_eq!(b.snapshot().successful_calls, 100);
-        // `b` reported last: its lane is the spare; `a`'s was dropped when replaced.
+        // Nothing but each breaker holds its lane between calls.
         assert_eq!(Arc::strong_count(a.lane()), 1);
-        assert_eq!(Arc::strong_count(b.lane()), 2);
+        assert_eq!(Arc::strong_count(b.lane()), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_breaker_leaves_nothing_alive_on_worker_threads() {
+        let breaker = breaker();
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let breaker = breaker.clone();
+                tokio::spawn(async move {
+                    let mut used = Vec::new();
+                    for _ in 0..100 {
+                        // The lane of the worker thread that makes this call.
+                        used.push(Arc::downgrade(breaker.lane()));
+                        let call = breaker.call(async {
+                            tokio::task::yield_now().await;
+                            Ok::<_, std::io::Error>(())
+                        });
+                        call.await.unwrap();
+                    }
+                    used
+                })
+            })
+            .collect();
+        let mut lanes = Vec::new();
+        for task in tasks {
+            lanes.extend(task.await.unwrap());
+        }
+        assert_eq!(breaker.snapshot().successful_calls, 800);
+        drop(breaker);
+        // The workers are still running: a reference one of them kept would still be alive.
+        assert!(
+            lanes.iter().all(|lane| lane.upgrade().is_none()),
+            "a lane outlived its breaker"
+        );
     }
 }

@@ -12,7 +12,7 @@ use staunch_core::Outcome;
 use tokio::time::Instant;
 
 use crate::core::{lane_epoch, nanos};
-use crate::lane::{Lane, SPARE, WARMING};
+use crate::lane::{Lane, WARMING};
 use crate::state::Word;
 use crate::window::TimeGeometry;
 
@@ -88,7 +88,7 @@ impl Permit {
             NOT_TIMED
         };
         Self {
-            lane: Some(SPARE.take(lane)),
+            lane: Some(Arc::clone(lane)),
             word,
             start,
             flags: kind as u64 | (outcome_code(Outcome::Ignored) << 8),
@@ -126,7 +126,7 @@ impl Permit {
     #[inline(always)]
     pub(crate) fn report(&mut self, outcome: Outcome) {
         if let Some(lane) = self.lane.take() {
-            self.finish(lane, outcome);
+            self.count(&lane, outcome);
         }
     }
 
@@ -140,12 +140,6 @@ impl Permit {
     #[inline]
     pub fn failure(self) {
         self.record(Outcome::Failure);
-    }
-
-    #[inline(always)]
-    fn finish(&self, lane: Arc<CachePadded<Lane>>, outcome: Outcome) {
-        self.count(&lane, outcome);
-        SPARE.give_back(lane);
     }
 
     #[inline(always)]
@@ -229,7 +223,7 @@ impl Drop for Permit {
     #[inline(always)]
     fn drop(&mut self) {
         if let Some(lane) = self.lane.take() {
-            self.finish(lane, outcome_from(self.flags >> 8));
+            self.count(&lane, outcome_from(self.flags >> 8));
         }
     }
 }
