@@ -17,6 +17,7 @@ use crossbeam_utils::CachePadded;
 use tokio::time::Instant;
 
 use crate::core::Core;
+use crate::sync::{self, spin_loop};
 use crate::window::TimeGeometry;
 
 /// The breaker state every call reads; written only on transitions, so it stays shared in
@@ -64,43 +65,117 @@ pub(crate) struct Lane {
 }
 
 /// A bucket of successes in one lane of a time window.
+///
+/// A success adds to the bucket when it holds the call's tag, and takes the bucket over
+/// (rotates it) when it holds an older epoch: the rotating thread marks the tag `ROTATING`,
+/// resets the count to its own call and publishes the new tag. The count word carries the
+/// [stamp](TimeGeometry::stamp) of the tag it counts for, so that an add that raced with a
+/// rotation (it read the old tag, the count was reset before it added) sees that it landed
+/// under another tag and takes itself back. The loom models in `lane/loom_model.rs` check
+/// that every success is counted once under its own tag, or reported as not counted.
 #[derive(Debug, Default)]
 pub(crate) struct TimeBucket {
     /// [`TimeGeometry::tag`] of the bucket's generation and epoch, or `ROTATING`.
-    pub(crate) tag: AtomicU64,
-    pub(crate) count: AtomicU64,
+    tag: sync::AtomicU64,
+    /// `stamp << COUNT_BITS | count`: the successes counted for the tag whose stamp it is.
+    count: sync::AtomicU64,
 }
 
 const ROTATING: u64 = u64::MAX;
 
+/// Bits of a bucket's count: 17 trillion successes of one lane in one bucket.
+const COUNT_BITS: u32 = 44;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+
+/// How often a success looks again at a bucket that another thread is rotating before it
+/// gives up on the bucket. A rotation is two stores, so a few spins are enough unless the
+/// rotating thread was preempted in between, and then waiting for it would stall an async
+/// worker for as long as the scheduler keeps it off the CPU. Small under loom, so that the
+/// models reach the give-up path.
+#[cfg(not(loom))]
+const ROTATION_SPINS: u32 = 64;
+#[cfg(loom)]
+const ROTATION_SPINS: u32 = 1;
+
+/// What [`TimeBucket::add`] did with a success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Added {
+    /// Counted in the bucket.
+    Counted,
+    /// Dropped: the bucket moved to a later epoch, so the call is older than the window.
+    Stale,
+    /// Not counted: another thread was rotating the bucket and did not finish within
+    /// `ROTATION_SPINS` spins. The caller counts the success elsewhere.
+    Busy,
+}
+
+fn stamp_of(word: u64) -> u64 {
+    word >> COUNT_BITS
+}
+
 impl TimeBucket {
     /// Adds one success to the bucket of `tag`, taking the bucket over when it still holds an
-    /// older epoch. A stale tag (the bucket already moved past it) drops the count: the call
-    /// is older than the window.
-    pub(crate) fn add(&self, tag: u64) {
+    /// older epoch. Never waits for another thread for more than `ROTATION_SPINS` spins.
+    pub(crate) fn add(&self, tag: u64) -> Added {
+        let stamp = TimeGeometry::stamp(tag);
+        let mut spins = 0;
         loop {
             let current = self.tag.load(Ordering::Acquire);
             if current == tag {
-                self.count.fetch_add(1, Ordering::Relaxed);
-                return;
+                let before = self.count.fetch_add(1, Ordering::Relaxed);
+                if stamp_of(before) == stamp {
+                    return Added::Counted;
+                }
+                // The bucket was rotated between the two loads: the add went to a later
+                // epoch's count, which must not have it.
+                self.take_back(before + 1);
+                return Added::Stale;
             }
             if current == ROTATING {
-                std::hint::spin_loop();
+                if spins == ROTATION_SPINS {
+                    return Added::Busy;
+                }
+                spins += 1;
+                spin_loop();
                 continue;
             }
             if TimeGeometry::is_newer(current, tag) {
-                return;
+                return Added::Stale;
             }
-            // Claim the bucket, zero it with our call in it, then publish the new tag: a
-            // writer that sees the new tag only ever adds to the fresh count.
+            // Claim the bucket, reset it to our call, then publish the new tag: a writer that
+            // sees the new tag only ever adds to the fresh count.
             if self
                 .tag
                 .compare_exchange(current, ROTATING, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
-                self.count.store(1, Ordering::Relaxed);
+                // A swap rather than a store: every write of the count is then a
+                // read-modify-write, one chain in which each reads the one before (what the
+                // stamps rely on). The cost is the same on the rare rotation path, and loom
+                // models such a chain exactly (a plain relaxed store it may order after a
+                // read-modify-write that it must precede).
+                self.count
+                    .swap((stamp << COUNT_BITS) | 1, Ordering::Relaxed);
                 self.tag.store(tag, Ordering::Release);
-                return;
+                return Added::Counted;
+            }
+        }
+    }
+
+    /// Subtracts an add that landed in the count `word` of another tag, unless the bucket
+    /// was rotated again since (which discarded that count, the add with it).
+    fn take_back(&self, mut word: u64) {
+        let stamp = stamp_of(word);
+        while stamp_of(word) == stamp {
+            // The add is in `word`, so its count is at least 1.
+            match self.count.compare_exchange_weak(
+                word,
+                word - 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(actual) => word = actual,
             }
         }
     }
@@ -113,10 +188,10 @@ impl TimeBucket {
         {
             return 0;
         }
-        let count = self.count.load(Ordering::Relaxed);
-        // A rotation between the two loads would pair the old tag with the new count.
-        if self.tag.load(Ordering::Acquire) == tag {
-            count
+        let word = self.count.load(Ordering::Relaxed);
+        // A rotation after the tag was read pairs it with a later epoch's count.
+        if stamp_of(word) == TimeGeometry::stamp(tag) {
+            word & COUNT_MASK
         } else {
             0
         }
@@ -155,7 +230,10 @@ pub(crate) fn thread_index() -> usize {
     })
 }
 
-#[cfg(test)]
+#[cfg(all(test, loom))]
+mod loom_model;
+
+#[cfg(all(test, not(loom)))]
 mod tests {
     use std::sync::Arc;
 
@@ -205,6 +283,30 @@ mod tests {
         // Nothing but each breaker holds its lane between calls.
         assert_eq!(Arc::strong_count(a.lane()), 1);
         assert_eq!(Arc::strong_count(b.lane()), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_does_not_wait_for_a_rotation_that_never_finishes() {
+        let breaker = CircuitBreaker::builder("stuck")
+            .time_window(std::time::Duration::from_secs(10), 10)
+            .minimum_calls(3)
+            .build()
+            .unwrap();
+        breaker.try_acquire().unwrap().failure();
+        // A rotator preempted halfway through every bucket of this thread's lane.
+        for bucket in &breaker.lane().buckets {
+            bucket
+                .tag
+                .store(super::ROTATING, std::sync::atomic::Ordering::Release);
+        }
+        breaker.try_acquire().unwrap().success();
+        breaker.try_acquire().unwrap().success();
+        let snapshot = breaker.snapshot();
+        // Counted once each, in the locked window: the failure rate is a third.
+        assert_eq!(snapshot.calls_in_window, 3);
+        assert_eq!(snapshot.failures_in_window, 1);
+        assert_eq!(snapshot.successful_calls, 2);
+        assert_eq!(breaker.state(), State::Closed);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

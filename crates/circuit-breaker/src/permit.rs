@@ -12,7 +12,7 @@ use staunch_core::Outcome;
 use tokio::time::Instant;
 
 use crate::core::{lane_epoch, nanos};
-use crate::lane::{Lane, WARMING};
+use crate::lane::{Added, Lane, WARMING};
 use crate::state::Word;
 use crate::window::TimeGeometry;
 
@@ -177,13 +177,20 @@ impl Permit {
                         hot.consecutive.fetch_and(WARMING, Ordering::Relaxed);
                     }
                     lane.successes.fetch_add(1, Ordering::Relaxed);
+                    let mut added = Added::Counted;
                     if let Some(geometry) = lane.time {
                         let now = now.unwrap_or_else(Instant::now);
                         let epoch = lane_epoch(geometry, lane, now);
-                        lane.buckets[geometry.index(epoch)]
+                        added = lane.buckets[geometry.index(epoch)]
                             .add(TimeGeometry::tag(self.word.generation(), epoch));
                     }
-                    if consecutive & WARMING != 0
+                    if added == Added::Busy {
+                        // Another thread is rotating the bucket (perhaps preempted halfway):
+                        // count the call in the locked window instead of waiting for it.
+                        if let Some(core) = lane.core.upgrade() {
+                            core.on_uncounted_success(self.word);
+                        }
+                    } else if consecutive & WARMING != 0
                         && let Some(core) = lane.core.upgrade()
                     {
                         core.on_warming_success(self.word);
