@@ -6,9 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use staunch_core::{
-    ArcSpare, BulkheadFull, BulkheadFullReason, ConfigError, Outcome, SpareSlot, instant_after,
-};
+use staunch_core::{BulkheadFull, BulkheadFullReason, ConfigError, Outcome, instant_after};
 use tokio::time::Instant;
 
 use crate::acquire::{Acquire, Run};
@@ -348,8 +346,8 @@ impl Inner {
 /// ```
 #[must_use = "the permit is released as soon as it is dropped"]
 pub struct Permit {
-    /// `None` only while the permit is dropped. The reference is recycled through the
-    /// thread's spare (see `SPARE`).
+    /// A reference of its own, taken per permit: a permit may outlive every `Bulkhead`
+    /// handle. `None` only while the permit is dropped.
     bulkhead: Option<Bulkhead>,
     /// When the permit was granted, as nanoseconds since `Inner::epoch` plus one; zero when
     /// the bulkhead is not adaptive. A plain integer rather than `Option<Instant>`: it keeps
@@ -370,9 +368,7 @@ impl Permit {
     /// Wraps a permit already counted in `bulkhead`'s `in_flight`.
     #[inline]
     pub(crate) fn new(bulkhead: &Bulkhead) -> Self {
-        let bulkhead = Bulkhead {
-            inner: SPARE.take(&bulkhead.inner),
-        };
+        let bulkhead = bulkhead.clone();
         let started = if bulkhead.inner.is_adaptive {
             let since = Instant::now().saturating_duration_since(bulkhead.inner.epoch);
             u64::try_from(since.as_nanos())
@@ -419,23 +415,9 @@ impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(bulkhead) = self.bulkhead.take() {
             bulkhead.inner.permits.release();
-            SPARE.give_back(bulkhead.inner);
         }
     }
 }
-
-thread_local! {
-    static SPARE_SLOT: SpareSlot<Inner> = const { SpareSlot::new(None) };
-}
-
-/// The permits' references to their bulkhead, recycled per thread.
-///
-/// A permit may outlive every `Bulkhead` handle, so it owns a reference; taking and dropping
-/// an `Arc` reference per call costs two atomic read-modify-writes. Instead a released permit
-/// leaves its reference as its thread's spare and the next permit of the same bulkhead on that
-/// thread takes it: a call changes no reference count. A spare keeps only the bulkhead's
-/// memory (no user code) until the thread releases a permit of another bulkhead or exits.
-const SPARE: ArcSpare<Inner> = ArcSpare::new(&SPARE_SLOT);
 
 #[cfg(test)]
 mod tests {
@@ -444,33 +426,24 @@ mod tests {
     use super::Bulkhead;
 
     fn bulkhead(limit: usize) -> Bulkhead {
-        Bulkhead::builder("recycled")
+        Bulkhead::builder("references")
             .max_concurrent(limit)
             .build()
             .unwrap()
     }
 
     #[test]
-    fn a_released_permit_leaves_its_reference_for_the_next_one() {
+    fn a_permit_holds_its_bulkhead_only_until_it_is_released() {
         let b = bulkhead(2);
         assert_eq!(Arc::strong_count(&b.inner), 1);
-        drop(b.try_acquire().unwrap());
-        // The handle's reference and the thread's spare.
-        assert_eq!(Arc::strong_count(&b.inner), 2);
         let permit = b.try_acquire().unwrap();
-        // The permit took the spare: a fresh reference would make three.
         assert_eq!(Arc::strong_count(&b.inner), 2);
         assert_eq!(b.in_flight(), 1);
         let second = b.try_acquire().unwrap();
-        assert_eq!(Arc::strong_count(&b.inner), 3);
         assert!(b.try_acquire().is_err(), "the limit still holds");
         drop((permit, second));
         assert_eq!(b.in_flight(), 0);
-        for _ in 0..1000 {
-            drop(b.try_acquire().unwrap());
-        }
-        assert_eq!(Arc::strong_count(&b.inner), 2);
-        assert_eq!(b.in_flight(), 0);
+        assert_eq!(Arc::strong_count(&b.inner), 1);
     }
 
     #[test]
@@ -492,8 +465,40 @@ mod tests {
             drop(b.try_acquire().unwrap());
         }
         assert_eq!((a.in_flight(), b.in_flight()), (0, 0));
-        // `b` released last: its reference is the spare; `a`'s was dropped when replaced.
+        // Nothing but the handle holds a bulkhead between calls.
         assert_eq!(Arc::strong_count(&a.inner), 1);
-        assert_eq!(Arc::strong_count(&b.inner), 2);
+        assert_eq!(Arc::strong_count(&b.inner), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_bulkhead_leaves_nothing_alive_on_worker_threads() {
+        // Waiting, so that permits are also handed from task to task.
+        let b = Bulkhead::builder("references")
+            .max_concurrent(2)
+            .max_wait(std::time::Duration::from_secs(60))
+            .max_queued(8)
+            .build()
+            .unwrap();
+        let weak = Arc::downgrade(&b.inner);
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let b = b.clone();
+                tokio::spawn(async move {
+                    for _ in 0..100 {
+                        b.run(tokio::task::yield_now()).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(b.in_flight(), 0);
+        drop(b);
+        // The workers are still running: a reference one of them kept would still be alive.
+        assert!(
+            weak.upgrade().is_none(),
+            "the bulkhead outlived its last handle"
+        );
     }
 }

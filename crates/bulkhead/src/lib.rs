@@ -113,6 +113,7 @@ mod metrics;
 mod partition;
 mod service;
 mod state;
+mod sync;
 
 pub use crate::acquire::{Acquire, Run};
 pub use crate::adaptive::{AdaptiveLimit, Aimd, Vegas};

@@ -11,11 +11,17 @@
 //! Invariant (held whenever the mutex is free): the queue is empty, or every permit is taken
 //! (`in_flight >= limit`). Every operation that frees capacity (a release that sees the flag,
 //! a resize, a cancelled grant) restores it by granting permits to the head of the queue.
+//!
+//! The loom models in `state/loom_model.rs` race the fast path, the queue, the handoff, a
+//! cancelled or timed-out waiter and a resize, and check that no permit is lost or doubled
+//! and no wake-up is lost.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
 use std::task::Waker;
+
+use crate::sync::{AtomicBool, AtomicU64, Mutex, MutexGuard};
 
 /// The largest limit the packed word can hold.
 pub(crate) const MAX_LIMIT: usize = (1 << 31) - 1;
@@ -266,7 +272,10 @@ fn wake_all(wakers: Vec<Waker>) {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, loom))]
+mod loom_model;
+
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

@@ -226,6 +226,30 @@ impl Core {
         }
     }
 
+    /// A time-window success that its lane's bucket did not take, because another thread was
+    /// rotating the bucket and did not finish within a bounded spin: recorded in the locked
+    /// window as a call that neither failed nor was slow, so that it is counted once, in the
+    /// epoch it ended in (the lane's `successes` total has it already). Evaluated like
+    /// [`on_warming_success`](Self::on_warming_success), which it replaces for this call.
+    pub(crate) fn on_uncounted_success(&self, word: Word) {
+        let mut slow = self.lock();
+        if self.word() != word {
+            return;
+        }
+        let now = self.now_nanos();
+        let epoch = slow.window.geometry().map_or(0, |g| g.epoch(now));
+        let lanes = self.lane_successes(word, now);
+        slow.window
+            .record(false, false, lanes, word.generation(), epoch);
+        let counts = slow.window.counts(lanes, word.generation(), epoch);
+        self.track_warming(counts);
+        if word.state() == State::Closed
+            && let Some(reason) = self.rate_exceeded(counts)
+        {
+            self.open(&mut slow, word, now, reason, counts, 0);
+        }
+    }
+
     /// Successes skip the window's evaluation unless the window is below `minimum_calls`.
     fn track_warming(&self, counts: Counts) {
         if counts.calls < u64::from(self.config.minimum_calls) {

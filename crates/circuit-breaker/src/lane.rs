@@ -5,22 +5,19 @@
 //! never trip a breaker (it only lowers the failure rate). So a success only bumps a counter in
 //! the calling thread's lane; failures and slow calls take the slow path and read the sum of
 //! the lanes when they evaluate the window. Each lane is its own cache-line-aligned allocation
-//! that the call's permit holds a reference to (a permit may outlive the breaker). That
-//! reference is recycled: a permit that has reported leaves it as its thread's spare, and the
-//! next permit for the same lane on that thread takes it, so a call changes no reference
-//! count (two atomic read-modify-writes saved per call). A spare keeps its lane's memory, and
-//! nothing else (a lane refers to its breaker weakly), until the thread reports a call of
-//! another breaker or exits.
+//! that the call's permit holds an `Arc` reference to, taken per call as tower does (a permit
+//! may outlive the breaker); the lane refers to its breaker weakly, so a permit never keeps a
+//! dropped breaker alive.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 
 use crossbeam_utils::CachePadded;
-use staunch_core::{ArcSpare, SpareSlot};
 use tokio::time::Instant;
 
 use crate::core::Core;
+use crate::sync::{self, spin_loop};
 use crate::window::TimeGeometry;
 
 /// The breaker state every call reads; written only on transitions, so it stays shared in
@@ -68,43 +65,117 @@ pub(crate) struct Lane {
 }
 
 /// A bucket of successes in one lane of a time window.
+///
+/// A success adds to the bucket when it holds the call's tag, and takes the bucket over
+/// (rotates it) when it holds an older epoch: the rotating thread marks the tag `ROTATING`,
+/// resets the count to its own call and publishes the new tag. The count word carries the
+/// [stamp](TimeGeometry::stamp) of the tag it counts for, so that an add that raced with a
+/// rotation (it read the old tag, the count was reset before it added) sees that it landed
+/// under another tag and takes itself back. The loom models in `lane/loom_model.rs` check
+/// that every success is counted once under its own tag, or reported as not counted.
 #[derive(Debug, Default)]
 pub(crate) struct TimeBucket {
     /// [`TimeGeometry::tag`] of the bucket's generation and epoch, or `ROTATING`.
-    pub(crate) tag: AtomicU64,
-    pub(crate) count: AtomicU64,
+    tag: sync::AtomicU64,
+    /// `stamp << COUNT_BITS | count`: the successes counted for the tag whose stamp it is.
+    count: sync::AtomicU64,
 }
 
 const ROTATING: u64 = u64::MAX;
 
+/// Bits of a bucket's count: 17 trillion successes of one lane in one bucket.
+const COUNT_BITS: u32 = 44;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+
+/// How often a success looks again at a bucket that another thread is rotating before it
+/// gives up on the bucket. A rotation is two stores, so a few spins are enough unless the
+/// rotating thread was preempted in between, and then waiting for it would stall an async
+/// worker for as long as the scheduler keeps it off the CPU. Small under loom, so that the
+/// models reach the give-up path.
+#[cfg(not(loom))]
+const ROTATION_SPINS: u32 = 64;
+#[cfg(loom)]
+const ROTATION_SPINS: u32 = 1;
+
+/// What [`TimeBucket::add`] did with a success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Added {
+    /// Counted in the bucket.
+    Counted,
+    /// Dropped: the bucket moved to a later epoch, so the call is older than the window.
+    Stale,
+    /// Not counted: another thread was rotating the bucket and did not finish within
+    /// `ROTATION_SPINS` spins. The caller counts the success elsewhere.
+    Busy,
+}
+
+fn stamp_of(word: u64) -> u64 {
+    word >> COUNT_BITS
+}
+
 impl TimeBucket {
     /// Adds one success to the bucket of `tag`, taking the bucket over when it still holds an
-    /// older epoch. A stale tag (the bucket already moved past it) drops the count: the call
-    /// is older than the window.
-    pub(crate) fn add(&self, tag: u64) {
+    /// older epoch. Never waits for another thread for more than `ROTATION_SPINS` spins.
+    pub(crate) fn add(&self, tag: u64) -> Added {
+        let stamp = TimeGeometry::stamp(tag);
+        let mut spins = 0;
         loop {
             let current = self.tag.load(Ordering::Acquire);
             if current == tag {
-                self.count.fetch_add(1, Ordering::Relaxed);
-                return;
+                let before = self.count.fetch_add(1, Ordering::Relaxed);
+                if stamp_of(before) == stamp {
+                    return Added::Counted;
+                }
+                // The bucket was rotated between the two loads: the add went to a later
+                // epoch's count, which must not have it.
+                self.take_back(before + 1);
+                return Added::Stale;
             }
             if current == ROTATING {
-                std::hint::spin_loop();
+                if spins == ROTATION_SPINS {
+                    return Added::Busy;
+                }
+                spins += 1;
+                spin_loop();
                 continue;
             }
             if TimeGeometry::is_newer(current, tag) {
-                return;
+                return Added::Stale;
             }
-            // Claim the bucket, zero it with our call in it, then publish the new tag: a
-            // writer that sees the new tag only ever adds to the fresh count.
+            // Claim the bucket, reset it to our call, then publish the new tag: a writer that
+            // sees the new tag only ever adds to the fresh count.
             if self
                 .tag
                 .compare_exchange(current, ROTATING, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
-                self.count.store(1, Ordering::Relaxed);
+                // A swap rather than a store: every write of the count is then a
+                // read-modify-write, one chain in which each reads the one before (what the
+                // stamps rely on). The cost is the same on the rare rotation path, and loom
+                // models such a chain exactly (a plain relaxed store it may order after a
+                // read-modify-write that it must precede).
+                self.count
+                    .swap((stamp << COUNT_BITS) | 1, Ordering::Relaxed);
                 self.tag.store(tag, Ordering::Release);
-                return;
+                return Added::Counted;
+            }
+        }
+    }
+
+    /// Subtracts an add that landed in the count `word` of another tag, unless the bucket
+    /// was rotated again since (which discarded that count, the add with it).
+    fn take_back(&self, mut word: u64) {
+        let stamp = stamp_of(word);
+        while stamp_of(word) == stamp {
+            // The add is in `word`, so its count is at least 1.
+            match self.count.compare_exchange_weak(
+                word,
+                word - 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(actual) => word = actual,
             }
         }
     }
@@ -117,10 +188,10 @@ impl TimeBucket {
         {
             return 0;
         }
-        let count = self.count.load(Ordering::Relaxed);
-        // A rotation between the two loads would pair the old tag with the new count.
-        if self.tag.load(Ordering::Acquire) == tag {
-            count
+        let word = self.count.load(Ordering::Relaxed);
+        // A rotation after the tag was read pairs it with a later epoch's count.
+        if stamp_of(word) == TimeGeometry::stamp(tag) {
+            word & COUNT_MASK
         } else {
             0
         }
@@ -142,11 +213,7 @@ static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     static THREAD_INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
-    static SPARE_SLOT: SpareSlot<CachePadded<Lane>> = const { SpareSlot::new(None) };
 }
-
-/// The permits' references to their lanes, recycled per thread (see the module docs).
-pub(crate) const SPARE: ArcSpare<CachePadded<Lane>> = ArcSpare::new(&SPARE_SLOT);
 
 /// A small number for the current thread, handed out round-robin on first use, so that
 /// threads spread evenly over the lanes.
@@ -163,37 +230,34 @@ pub(crate) fn thread_index() -> usize {
     })
 }
 
-#[cfg(test)]
+#[cfg(all(test, loom))]
+mod loom_model;
+
+#[cfg(all(test, not(loom)))]
 mod tests {
     use std::sync::Arc;
 
     use crate::{CircuitBreaker, State};
 
     fn breaker() -> CircuitBreaker {
-        CircuitBreaker::builder("recycled").build().unwrap()
+        CircuitBreaker::builder("lanes").build().unwrap()
     }
 
     #[test]
-    fn a_reported_permit_leaves_its_lane_reference_for_the_next_one() {
+    fn a_permit_holds_its_lane_only_until_it_reports() {
         let breaker = breaker();
         let lane = Arc::clone(breaker.lane());
         // The breaker's reference and ours.
         assert_eq!(Arc::strong_count(&lane), 2);
-        breaker.try_acquire().unwrap().success();
-        // Plus the thread's spare.
-        assert_eq!(Arc::strong_count(&lane), 3);
         let permit = breaker.try_acquire().unwrap();
-        // The permit took the spare: a fresh reference would make four.
         assert_eq!(Arc::strong_count(&lane), 3);
-        // Dropping an unreported permit (a cancelled call) recycles it too.
-        drop(permit);
-        assert_eq!(Arc::strong_count(&lane), 3);
-        for _ in 0..1000 {
-            breaker.try_acquire().unwrap().success();
-        }
-        assert_eq!(Arc::strong_count(&lane), 3);
+        permit.success();
+        assert_eq!(Arc::strong_count(&lane), 2);
+        // Dropping an unreported permit (a cancelled call) lets go of it too.
+        drop(breaker.try_acquire().unwrap());
+        assert_eq!(Arc::strong_count(&lane), 2);
         assert_eq!(breaker.state(), State::Closed);
-        assert_eq!(breaker.snapshot().successful_calls, 1001);
+        assert_eq!(breaker.snapshot().successful_calls, 1);
     }
 
     #[test]
@@ -202,7 +266,6 @@ mod tests {
         let lane = Arc::downgrade(breaker.lane());
         let permit = breaker.try_acquire().unwrap();
         drop(breaker);
-        // Only the permit holds the lane now; reporting must not keep it as a spare.
         assert_eq!(lane.strong_count(), 1);
         permit.failure();
         assert!(lane.upgrade().is_none());
@@ -217,8 +280,66 @@ mod tests {
         }
         assert_eq!(a.snapshot().successful_calls, 100);
         assert_eq!(b.snapshot().successful_calls, 100);
-        // `b` reported last: its lane is the spare; `a`'s was dropped when replaced.
+        // Nothing but each breaker holds its lane between calls.
         assert_eq!(Arc::strong_count(a.lane()), 1);
-        assert_eq!(Arc::strong_count(b.lane()), 2);
+        assert_eq!(Arc::strong_count(b.lane()), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_does_not_wait_for_a_rotation_that_never_finishes() {
+        let breaker = CircuitBreaker::builder("stuck")
+            .time_window(std::time::Duration::from_secs(10), 10)
+            .minimum_calls(3)
+            .build()
+            .unwrap();
+        breaker.try_acquire().unwrap().failure();
+        // A rotator preempted halfway through every bucket of this thread's lane.
+        for bucket in &breaker.lane().buckets {
+            bucket
+                .tag
+                .store(super::ROTATING, std::sync::atomic::Ordering::Release);
+        }
+        breaker.try_acquire().unwrap().success();
+        breaker.try_acquire().unwrap().success();
+        let snapshot = breaker.snapshot();
+        // Counted once each, in the locked window: the failure rate is a third.
+        assert_eq!(snapshot.calls_in_window, 3);
+        assert_eq!(snapshot.failures_in_window, 1);
+        assert_eq!(snapshot.successful_calls, 2);
+        assert_eq!(breaker.state(), State::Closed);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_breaker_leaves_nothing_alive_on_worker_threads() {
+        let breaker = breaker();
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let breaker = breaker.clone();
+                tokio::spawn(async move {
+                    let mut used = Vec::new();
+                    for _ in 0..100 {
+                        // The lane of the worker thread that makes this call.
+                        used.push(Arc::downgrade(breaker.lane()));
+                        let call = breaker.call(async {
+                            tokio::task::yield_now().await;
+                            Ok::<_, std::io::Error>(())
+                        });
+                        call.await.unwrap();
+                    }
+                    used
+                })
+            })
+            .collect();
+        let mut lanes = Vec::new();
+        for task in tasks {
+            lanes.extend(task.await.unwrap());
+        }
+        assert_eq!(breaker.snapshot().successful_calls, 800);
+        drop(breaker);
+        // The workers are still running: a reference one of them kept would still be alive.
+        assert!(
+            lanes.iter().all(|lane| lane.upgrade().is_none()),
+            "a lane outlived its breaker"
+        );
     }
 }

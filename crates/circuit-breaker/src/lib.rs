@@ -164,6 +164,7 @@ mod permit;
 mod reconfigure;
 mod service;
 mod state;
+mod sync;
 mod window;
 
 pub use crate::breaker::{CircuitBreaker, Snapshot, Trip};

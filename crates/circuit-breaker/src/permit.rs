@@ -12,7 +12,7 @@ use staunch_core::Outcome;
 use tokio::time::Instant;
 
 use crate::core::{lane_epoch, nanos};
-use crate::lane::{Lane, SPARE, WARMING};
+use crate::lane::{Added, Lane, WARMING};
 use crate::state::Word;
 use crate::window::TimeGeometry;
 
@@ -88,7 +88,7 @@ impl Permit {
             NOT_TIMED
         };
         Self {
-            lane: Some(SPARE.take(lane)),
+            lane: Some(Arc::clone(lane)),
             word,
             start,
             flags: kind as u64 | (outcome_code(Outcome::Ignored) << 8),
@@ -126,7 +126,7 @@ impl Permit {
     #[inline(always)]
     pub(crate) fn report(&mut self, outcome: Outcome) {
         if let Some(lane) = self.lane.take() {
-            self.finish(lane, outcome);
+            self.count(&lane, outcome);
         }
     }
 
@@ -140,12 +140,6 @@ impl Permit {
     #[inline]
     pub fn failure(self) {
         self.record(Outcome::Failure);
-    }
-
-    #[inline(always)]
-    fn finish(&self, lane: Arc<CachePadded<Lane>>, outcome: Outcome) {
-        self.count(&lane, outcome);
-        SPARE.give_back(lane);
     }
 
     #[inline(always)]
@@ -183,13 +177,20 @@ impl Permit {
                         hot.consecutive.fetch_and(WARMING, Ordering::Relaxed);
                     }
                     lane.successes.fetch_add(1, Ordering::Relaxed);
+                    let mut added = Added::Counted;
                     if let Some(geometry) = lane.time {
                         let now = now.unwrap_or_else(Instant::now);
                         let epoch = lane_epoch(geometry, lane, now);
-                        lane.buckets[geometry.index(epoch)]
+                        added = lane.buckets[geometry.index(epoch)]
                             .add(TimeGeometry::tag(self.word.generation(), epoch));
                     }
-                    if consecutive & WARMING != 0
+                    if added == Added::Busy {
+                        // Another thread is rotating the bucket (perhaps preempted halfway):
+                        // count the call in the locked window instead of waiting for it.
+                        if let Some(core) = lane.core.upgrade() {
+                            core.on_uncounted_success(self.word);
+                        }
+                    } else if consecutive & WARMING != 0
                         && let Some(core) = lane.core.upgrade()
                     {
                         core.on_warming_success(self.word);
@@ -229,7 +230,7 @@ impl Drop for Permit {
     #[inline(always)]
     fn drop(&mut self) {
         if let Some(lane) = self.lane.take() {
-            self.finish(lane, outcome_from(self.flags >> 8));
+            self.count(&lane, outcome_from(self.flags >> 8));
         }
     }
 }

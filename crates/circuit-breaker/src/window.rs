@@ -50,6 +50,13 @@ impl TimeGeometry {
         ((generation & GENERATION_MASK) << EPOCH_BITS) | (epoch & EPOCH_MASK)
     }
 
+    /// A short fingerprint of `tag` (the low 4 bits of its generation and 16 of its epoch)
+    /// that fits beside a count in one word: two tags a bucket holds one after the other
+    /// differ in it unless 16 transitions or 65,536 epochs passed in between.
+    pub(crate) fn stamp(tag: u64) -> u64 {
+        (((tag >> EPOCH_BITS) & 0xF) << 16) | (tag & 0xFFFF)
+    }
+
     /// Oldest and newest epoch of the window ending at `now_epoch`.
     pub(crate) fn span(self, now_epoch: u64) -> (u64, u64) {
         (now_epoch.saturating_sub(self.buckets - 1), now_epoch)

@@ -81,7 +81,6 @@ mod config;
 mod grpc;
 mod http;
 mod rejection;
-mod spare;
 mod time;
 
 pub use crate::backoff::{Backoff, BackoffBuilder, BackoffSchedule, Jitter, Strategy};
@@ -94,7 +93,6 @@ pub use crate::rejection::{
     BreakerOpen, BulkheadFull, BulkheadFullReason, DeadlineExpired, IgnoreRejections, Rejection,
     rejection_of,
 };
-pub use crate::spare::{ArcSpare, SpareSlot};
 pub use crate::time::{FAR_FUTURE, Moment, instant_after};
 
 #[cfg(test)]

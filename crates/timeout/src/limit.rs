@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use staunch_core::{ArcSpare, SpareSlot, instant_after};
+use staunch_core::instant_after;
 use tokio::time::{Instant, Sleep};
 
 use crate::config::TimeLimitBuilder;
@@ -174,7 +174,7 @@ impl TimeLimit {
         Prepared {
             limit: limits.limit.unwrap_or(self.limit),
             deadline: limits.deadline,
-            shared: self.shared.as_ref().map(take),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -246,9 +246,6 @@ impl<F: Future> Future for Limited<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         if let Poll::Ready(output) = this.inner.poll(cx) {
-            if this.shared.is_some() {
-                give_back(this.shared);
-            }
             return Poll::Ready(Ok(output));
         }
         if this.sleep.is_none() {
@@ -270,35 +267,7 @@ impl<F: Future> Future for Limited<F> {
             ready!(sleep.poll(cx));
         }
         report_elapsed(this.shared.as_deref(), *this.limit);
-        give_back(this.shared);
         Poll::Ready(Err(Elapsed::new(*this.limit)))
-    }
-}
-
-thread_local! {
-    static SPARE_SLOT: SpareSlot<Shared> = const { SpareSlot::new(None) };
-}
-
-/// The references of named limits' futures to their shared counters, recycled per thread: a
-/// finished future leaves its reference for the next call of the same limit on its thread, so
-/// a call changes no reference count (two atomic read-modify-writes on a count every clone
-/// shares). A spare keeps only the counters and the name alive until its thread finishes a
-/// call of another named limit or exits.
-const SPARE: ArcSpare<Shared> = ArcSpare::new(&SPARE_SLOT);
-
-/// A reference for a call of a named limit, from the spare when it can. Out of line, like
-/// [`give_back`], so that the code of an unnamed limit (which has none) stays small.
-#[inline(never)]
-fn take(shared: &Arc<Shared>) -> Arc<Shared> {
-    SPARE.take(shared)
-}
-
-/// Gives a finished future's reference back to the spare. Out of line, so that the poll of an
-/// unnamed limit (which has none) stays small enough to be inlined into its caller.
-#[inline(never)]
-fn give_back(shared: &mut Option<Arc<Shared>>) {
-    if let Some(shared) = shared.take() {
-        SPARE.give_back(shared);
     }
 }
 
@@ -319,10 +288,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_call_of_a_named_limit_changes_no_reference_count() {
+    fn a_call_of_a_named_limit_holds_its_counters_until_it_is_dropped() {
         let limit = TimeLimit::builder()
             .limit(Duration::from_secs(1))
-            .name("recycled")
+            .name("counted")
             .build()
             .unwrap();
         let shared = Arc::clone(limit.shared.as_ref().unwrap());
@@ -330,20 +299,46 @@ mod tests {
         assert_eq!(Arc::strong_count(&shared), 2);
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
-        let mut call = std::pin::pin!(limit.run(async { 1 }));
+        let mut call = Box::pin(limit.run(async { 1 }));
+        assert_eq!(Arc::strong_count(&shared), 3);
         assert_eq!(call.as_mut().poll(&mut cx), Poll::Ready(Ok(1)));
-        // The finished call left its reference as the thread's spare.
-        assert_eq!(Arc::strong_count(&shared), 3);
-        for i in 0..100 {
-            let mut call = std::pin::pin!(limit.run(async move { i }));
-            // The running call took the spare: a fresh reference would make four.
-            assert_eq!(Arc::strong_count(&shared), 3);
-            assert_eq!(call.as_mut().poll(&mut cx), Poll::Ready(Ok(i)));
-        }
-        assert_eq!(Arc::strong_count(&shared), 3);
-        // A call dropped before it finished drops its reference.
+        drop(call);
+        assert_eq!(Arc::strong_count(&shared), 2);
+        // A call dropped before it finished drops its reference too.
         drop(limit.run(async { 0 }));
         assert_eq!(Arc::strong_count(&shared), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_named_limit_leaves_nothing_alive_on_worker_threads() {
+        let limit = TimeLimit::builder()
+            .limit(Duration::from_secs(60))
+            .name("dropped")
+            .build()
+            .unwrap();
+        let weak = Arc::downgrade(limit.shared.as_ref().unwrap());
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let limit = limit.clone();
+                tokio::spawn(async move {
+                    for _ in 0..100 {
+                        // Ready at once, then pending once (a timer is armed).
+                        limit.run(async {}).await.unwrap();
+                        limit.run(tokio::task::yield_now()).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(limit.metrics().map(|m| m.timers_armed), Some(800));
+        drop(limit);
+        // The workers are still running: a reference one of them kept would still be alive.
+        assert!(
+            weak.upgrade().is_none(),
+            "the counters outlived the last limit"
+        );
     }
 
     #[tokio::test(start_paused = true)]
