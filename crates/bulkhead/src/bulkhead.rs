@@ -475,7 +475,7 @@ mod tests {
         // Waiting, so that permits are also handed from task to task.
         let b = Bulkhead::builder("references")
             .max_concurrent(2)
-            .max_wait(std::time::Duration::from_secs(60))
+            .max_wait(std::time::Duration::from_mins(1))
             .max_queued(8)
             .build()
             .unwrap();

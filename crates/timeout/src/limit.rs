@@ -312,7 +312,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_dropped_named_limit_leaves_nothing_alive_on_worker_threads() {
         let limit = TimeLimit::builder()
-            .limit(Duration::from_secs(60))
+            .limit(Duration::from_mins(1))
             .name("dropped")
             .build()
             .unwrap();
