@@ -122,6 +122,16 @@ fn spawn<S: SagaState>(mut runner: Runner<S>) {
             // The unwind guard: whatever panics in here, the saga is marked and its handles
             // answered, and the engine forgets it.
             let result = AssertUnwindSafe(runner.drive()).catch_unwind().await;
+            // An append that does not continue the stored log (a row missing at its end, or
+            // written by something else) means the log is not what the runner replayed: the
+            // saga is quarantined rather than resumed into the same conflict forever.
+            if let Ok(Err(SagaError::Store(conflict @ StoreError::Conflict { .. }))) = &result {
+                let reason = format!(
+                    "the stored log does not continue where the engine replayed it ({conflict})"
+                );
+                tracing::error!(saga_id = %runner.id, reason, "saga quarantined");
+                guard::quarantine_counted(&runner.shared, &runner.def, &runner.id, &reason).await;
+            }
             let failure = match &result {
                 Err(panic) => Some(panic_message(&**panic)),
                 Ok(Err(SagaError::Load { error, .. })) if runner.broken.is_some() => {

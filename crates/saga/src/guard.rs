@@ -62,6 +62,19 @@ pub(crate) async fn mark<S: SagaState>(
     marked
 }
 
+/// Quarantines saga `id` with `reason` (its log cannot be continued) and counts it. Never
+/// panics.
+pub(crate) async fn quarantine_counted<S: SagaState>(
+    shared: &Arc<Shared>,
+    def: &Arc<DefinitionInner<S>>,
+    id: &Arc<str>,
+    reason: &str,
+) {
+    if quarantine(shared, id, reason).await == Marked::Quarantined {
+        shared.counters.count(Count::Quarantined, &def.name);
+    }
+}
+
 async fn quarantine(shared: &Arc<Shared>, id: &str, reason: &str) -> Marked {
     match AssertUnwindSafe(shared.store.quarantine(id, reason))
         .catch_unwind()

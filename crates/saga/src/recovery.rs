@@ -199,6 +199,13 @@ impl SagaEngine {
             })?;
         let events = decode_log(&log).map_err(ResumeError::Load)?;
         let (name, version) = named_definition(&events).map_err(ResumeError::Load)?;
+        if log.summary.definition != name || log.summary.version != version {
+            return Err(ResumeError::Load(LoadError::Inconsistent(format!(
+                "its summary names definition `{}` version {} but its log was started by `{name}` \
+                 version {version}",
+                log.summary.definition, log.summary.version
+            ))));
+        }
         let def = self.shared.definition(name, version).ok_or_else(|| {
             ResumeError::Load(LoadError::UnknownDefinition {
                 name: name.to_owned(),

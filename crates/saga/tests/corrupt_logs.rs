@@ -16,8 +16,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::value::RawValue;
 use staunch_saga::{
-    MemoryStore, NewSaga, ParallelGroup, Phase, SagaDefinition, SagaEngine, SagaError, SagaEvent,
-    SagaOutcome, SagaStatus, SagaStore, StepErrorKind,
+    ListFilter, MemoryStore, NewSaga, ParallelGroup, Phase, SagaDefinition, SagaEngine, SagaError,
+    SagaEvent, SagaOutcome, SagaStatus, SagaStore, StepErrorKind,
 };
 use support::{Script, Trail, calls, step, trail};
 
@@ -368,7 +368,26 @@ mod sqlite {
         NotUtf8(usize),
         /// A payload of another SQLite type.
         IntegerPayload(usize),
+        /// A summary row the engine cannot use: the statement changes `staunch_sagas`.
+        Summary(&'static str),
+        /// A saga id that is not UTF-8, in the summary and every event row.
+        IdNotUtf8,
     }
+
+    /// Damage to a saga's summary row (`?` is the saga id).
+    const SUMMARY_DAMAGE: &[&str] = &[
+        "UPDATE staunch_sagas SET version = 'one' WHERE saga_id = ?",
+        "UPDATE staunch_sagas SET version = version + 0.5 WHERE saga_id = ?",
+        "UPDATE staunch_sagas SET version = 1099511627776 WHERE saga_id = ?",
+        "UPDATE staunch_sagas SET version = -1 WHERE saga_id = ?",
+        "UPDATE staunch_sagas SET note = CAST(COALESCE(note, '') AS BLOB) || X'FF' WHERE saga_id = ?",
+        "UPDATE staunch_sagas SET note = X'00FF' WHERE saga_id = ?",
+        "UPDATE staunch_sagas SET definition = CAST(definition AS BLOB) || X'C3' WHERE saga_id = ?",
+        "UPDATE staunch_sagas SET definition = 17 WHERE saga_id = ?",
+        "UPDATE staunch_sagas SET status = CAST(status AS BLOB) || X'FF' WHERE saga_id = ?",
+        "UPDATE staunch_sagas SET status = 'paused' WHERE saga_id = ?",
+        "UPDATE staunch_sagas SET status = 3 WHERE saga_id = ?",
+    ];
 
     fn damage() -> impl Strategy<Value = RowDamage> {
         prop_oneof![
@@ -379,16 +398,43 @@ mod sqlite {
             1 => any::<usize>().prop_map(RowDamage::RealSeq),
             2 => any::<usize>().prop_map(RowDamage::NotUtf8),
             1 => any::<usize>().prop_map(RowDamage::IntegerPayload),
+            3 => proptest::sample::select(SUMMARY_DAMAGE).prop_map(RowDamage::Summary),
+            1 => Just(RowDamage::IdNotUtf8),
         ]
     }
 
     async fn apply(conn: &mut sqlx::SqliteConnection, id: &str, len: usize, d: &RowDamage) {
+        match d {
+            RowDamage::Summary(sql) => {
+                sqlx::query(*sql)
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await
+                    .unwrap();
+                return;
+            }
+            RowDamage::IdNotUtf8 => {
+                for table in ["staunch_sagas", "staunch_saga_events"] {
+                    let sql = format!(
+                        "UPDATE {table} SET saga_id = CAST(saga_id AS BLOB) || X'FF' \
+                         WHERE saga_id = ?"
+                    );
+                    sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(id)
+                        .execute(&mut *conn)
+                        .await
+                        .unwrap();
+                }
+                return;
+            }
+            _ => {}
+        }
         if len == 0 {
             return;
         }
         let seq = |i: &usize| i64::try_from(i % len).unwrap();
         let q = match d {
-            RowDamage::None => return,
+            RowDamage::None | RowDamage::Summary(_) | RowDamage::IdNotUtf8 => return,
             RowDamage::Gap(i) => {
                 sqlx::query("DELETE FROM staunch_saga_events WHERE saga_id = ? AND seq = ?")
                     .bind(id)
@@ -425,6 +471,67 @@ mod sqlite {
         match d {
             RowDamage::Gap(_) if len > 0 => len - 1,
             _ => len,
+        }
+    }
+
+    /// Each kind of unusable summary row, alone beside a healthy saga: listing works and shows
+    /// it quarantined with a note, recovery resumes the healthy saga, which completes.
+    #[tokio::test]
+    async fn an_unusable_summary_row_is_listed_quarantined_and_fails_nothing_else() {
+        let def = definition();
+        let damages = SUMMARY_DAMAGE
+            .iter()
+            .map(|sql| RowDamage::Summary(sql))
+            .chain([RowDamage::IdNotUtf8]);
+        for damage in damages {
+            let dir = support::TempDir::new("summary");
+            let path = dir.file("s.db");
+            let store = SqliteStore::open(&path).await.unwrap();
+            for id in ["damaged", "healthy"] {
+                let new = NewSaga::new(
+                    Arc::from(id),
+                    Arc::from(DEF),
+                    1,
+                    SagaStatus::Running,
+                    healthy_rows(),
+                );
+                store.create(new).await.unwrap();
+            }
+            drop(store);
+            let url = format!("sqlite://{}", path.display());
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            apply(&mut conn, "damaged", 2, &damage).await;
+            conn.close().await.unwrap();
+
+            let store = SqliteStore::open(&path).await.unwrap();
+            let all = store.list(&ListFilter::all()).await.unwrap();
+            assert_eq!(all.len(), 2, "{damage:?}: {all:?}");
+            let engine = SagaEngine::new(store.clone());
+            engine.register(&def);
+            let report = engine.recover().await.unwrap();
+            assert_eq!(report.resumed, ["healthy"], "{damage:?}: {report:?}");
+            let all = store.list(&ListFilter::all()).await.unwrap();
+            assert_eq!(
+                all[0].status,
+                SagaStatus::Quarantined,
+                "{damage:?}: {all:?}"
+            );
+            assert!(all[0].note.is_some(), "{damage:?}: {all:?}");
+            let quarantined = store
+                .list(&ListFilter::status(SagaStatus::Quarantined))
+                .await
+                .unwrap();
+            assert_eq!(quarantined.len(), 1, "{damage:?}: {quarantined:?}");
+            let outcome = engine
+                .start(&def, "healthy", trail())
+                .await
+                .unwrap()
+                .outcome()
+                .await;
+            assert!(
+                matches!(outcome, Ok(SagaOutcome::Completed(_))),
+                "{damage:?}: {outcome:?}"
+            );
         }
     }
 
@@ -481,10 +588,180 @@ mod sqlite {
                     for (i, ((rows, _), d)) in sagas.iter().enumerate() {
                         let id = format!("bad-{i:02}");
                         apply(&mut conn, &id, rows.len(), d).await;
-                        lens.push((id, kept(rows.len(), d)));
+                        // A saga whose id was damaged cannot be loaded by its old id.
+                        if !matches!(d, RowDamage::IdNotUtf8) {
+                            lens.push((id, kept(rows.len(), d)));
+                        }
                     }
                     conn.close().await.unwrap();
                     let store = open().await.unwrap();
+                    let engine = SagaEngine::new(store.clone());
+                    engine.register(&def);
+                    recover_and_check(&store, &engine, &def, &lens, Duration::from_secs(10))
+                        .await?;
+                    // Every summary still lists (none is lost, none fails the listing), none
+                    // is left resumable, and an unusable summary says why.
+                    let all = store.list(&ListFilter::all()).await;
+                    let all = all.map_err(|e| TestCaseError::fail(format!("list failed: {e}")))?;
+                    prop_assert_eq!(all.len(), sagas.len() + 1);
+                    for ((_, d), summary) in sagas.iter().zip(&all) {
+                        prop_assert!(!summary.status.is_resumable(), "{summary:?}");
+                        if matches!(d, RowDamage::Summary(_) | RowDamage::IdNotUtf8) {
+                            prop_assert_eq!(summary.status, SagaStatus::Quarantined);
+                            prop_assert!(summary.note.is_some(), "{summary:?}");
+                        }
+                    }
+                    let quarantined = store
+                        .list(&ListFilter::status(SagaStatus::Quarantined))
+                        .await
+                        .map_err(|e| TestCaseError::fail(format!("list failed: {e}")))?;
+                    let damaged = sagas
+                        .iter()
+                        .filter(|(_, d)| matches!(d, RowDamage::Summary(_) | RowDamage::IdNotUtf8))
+                        .count();
+                    prop_assert!(quarantined.len() >= damaged, "{quarantined:?}");
+                    Ok(())
+                })
+            })
+            .unwrap();
+    }
+}
+
+/// The same logs written through the PostgreSQL store's writer (its group commit and lease
+/// bookkeeping), with the damage only a database can hold (gaps, foreign sequence numbers).
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
+    use staunch_saga::sqlx::{self, Connection};
+
+    #[derive(Debug, Clone)]
+    enum RowDamage {
+        None,
+        /// A gap: the row is deleted.
+        Gap(usize),
+        /// A sequence number that is not the row's position.
+        Seq(usize, i64),
+        /// The summary names another definition than the log's first row.
+        Definition,
+    }
+
+    fn damage() -> impl Strategy<Value = RowDamage> {
+        prop_oneof![
+            3 => Just(RowDamage::None),
+            2 => any::<usize>().prop_map(RowDamage::Gap),
+            1 => (any::<usize>(), prop_oneof![Just(i64::MAX), Just(-5i64), Just(1_000i64)])
+                .prop_map(|(i, s)| RowDamage::Seq(i, s)),
+            1 => Just(RowDamage::Definition),
+        ]
+    }
+
+    async fn apply(
+        conn: &mut sqlx::PgConnection,
+        schema: &str,
+        id: &str,
+        len: usize,
+        d: &RowDamage,
+    ) -> usize {
+        let seq = |i: &usize| i64::try_from(i % len.max(1)).unwrap();
+        let (sql, kept) = match d {
+            RowDamage::None => return len,
+            RowDamage::Gap(_) if len == 0 => return len,
+            RowDamage::Seq(..) if len == 0 => return len,
+            RowDamage::Gap(i) => (
+                format!(
+                    "DELETE FROM {schema}.staunch_saga_events WHERE saga_id = $1 AND seq = {}",
+                    seq(i)
+                ),
+                len - 1,
+            ),
+            RowDamage::Seq(i, s) => (
+                format!(
+                    "UPDATE {schema}.staunch_saga_events SET seq = {s} \
+                     WHERE saga_id = $1 AND seq = {} AND NOT EXISTS \
+                     (SELECT 1 FROM {schema}.staunch_saga_events WHERE saga_id = $1 AND seq = {s})",
+                    seq(i)
+                ),
+                len,
+            ),
+            RowDamage::Definition => (
+                format!(
+                    "UPDATE {schema}.staunch_sagas SET definition = 'other' WHERE saga_id = $1"
+                ),
+                len,
+            ),
+        };
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        kept
+    }
+
+    #[test]
+    fn recovery_of_corrupted_logs_written_through_postgres() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let Some((store, guard)) =
+            rt.block_on(support::pg::store("corrupt_logs", Duration::from_secs(30)))
+        else {
+            return;
+        };
+        let conn = rt
+            .block_on(sqlx::PgConnection::connect(&guard.url))
+            .unwrap();
+        let conn = tokio::sync::Mutex::new(conn);
+        let def = definition();
+        let mut runner = TestRunner::new(Config {
+            cases: (cases() / 20).max(1),
+            failure_persistence: None,
+            max_shrink_iters: 32,
+            ..Config::default()
+        });
+        let strategy = proptest::collection::vec((log(), damage()), 1..6);
+        let schema = guard.schema.clone();
+        runner
+            .run(&strategy, |sagas| {
+                rt.block_on(async {
+                    let mut conn = conn.lock().await;
+                    let truncate =
+                        format!("TRUNCATE {schema}.staunch_sagas, {schema}.staunch_saga_events");
+                    sqlx::query(sqlx::AssertSqlSafe(truncate))
+                        .execute(&mut *conn)
+                        .await
+                        .unwrap();
+                    let mut ids = Vec::new();
+                    for (i, ((rows, compensating), _)) in sagas.iter().enumerate() {
+                        let id = format!("bad-{i}");
+                        let new = NewSaga::new(
+                            Arc::from(id.as_str()),
+                            Arc::from(DEF),
+                            1,
+                            status(*compensating),
+                            rows.clone(),
+                        );
+                        store.create(new).await.unwrap();
+                        ids.push(id);
+                    }
+                    let new = NewSaga::new(
+                        Arc::from("healthy"),
+                        Arc::from(DEF),
+                        1,
+                        SagaStatus::Running,
+                        healthy_rows(),
+                    );
+                    store.create(new).await.unwrap();
+                    // Written by an instance that then let go of them, as after a crash.
+                    for id in ids.iter().map(String::as_str).chain(["healthy"]) {
+                        store.release(id);
+                    }
+                    let mut lens = Vec::new();
+                    for (id, ((rows, _), d)) in ids.into_iter().zip(&sagas) {
+                        let kept = apply(&mut conn, &schema, &id, rows.len(), d).await;
+                        lens.push((id, kept));
+                    }
                     let engine = SagaEngine::new(store.clone());
                     engine.register(&def);
                     recover_and_check(&store, &engine, &def, &lens, Duration::from_secs(10)).await

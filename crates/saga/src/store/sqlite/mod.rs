@@ -269,15 +269,68 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The summary columns, read so that no stored value fails the read: SQLite columns hold any
+/// type, so text is read as bytes (and checked for UTF-8) and a version that is not an integer
+/// reads as `NULL`. [`summary_from_row`] turns what cannot be used into a quarantined summary.
+const SUMMARY_COLUMNS: &str = "CAST(saga_id AS BLOB), CAST(definition AS BLOB), \
+     CASE WHEN typeof(version) = 'integer' THEN version END, CAST(status AS BLOB), \
+     CAST(note AS BLOB)";
+
+/// A summary row as the engine can use it. A row with a field that cannot be read (text that
+/// is not UTF-8, a version that is not a `u32`, an unknown status) is reported as
+/// [`SagaStatus::Quarantined`] with a note naming the fields, so it is never resumed, an
+/// operator sees it, and it fails nothing else; the stored row is left untouched.
 fn summary_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<SagaSummary, StoreError> {
-    let status: String = row.try_get("status").map_err(db)?;
-    let version: i64 = row.try_get("version").map_err(db)?;
+    let mut damage: Vec<&str> = Vec::new();
+    let mut text = |index: usize, field: &'static str| -> Result<Option<String>, StoreError> {
+        let bytes: Option<Vec<u8>> = row.try_get(index).map_err(db)?;
+        Ok(bytes.map(|bytes| match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => {
+                damage.push(field);
+                String::from_utf8_lossy(e.as_bytes()).into_owned()
+            }
+        }))
+    };
+    let saga_id = text(0, "saga_id is not UTF-8")?.unwrap_or_default();
+    let definition = text(1, "definition is not UTF-8")?.unwrap_or_default();
+    let status = text(3, "status is not UTF-8")?.unwrap_or_default();
+    let note = text(4, "note is not UTF-8")?;
+    let version: Option<i64> = row.try_get(2).map_err(db)?;
+    let version = match version.and_then(|v| u32::try_from(v).ok()) {
+        Some(version) => version,
+        None => {
+            damage.push("version is not an integer from 0 to 4294967295");
+            0
+        }
+    };
+    let status = match SagaStatus::parse(&status) {
+        Some(status) => status,
+        None => {
+            damage.push("status is not a saga status");
+            SagaStatus::Quarantined
+        }
+    };
+    if damage.is_empty() {
+        return Ok(SagaSummary {
+            saga_id,
+            definition,
+            version,
+            status,
+            note,
+        });
+    }
+    let mut why = format!("the summary row cannot be used: {}", damage.join("; "));
+    if let Some(note) = note {
+        why.push_str("; stored note: ");
+        why.push_str(&note);
+    }
     Ok(SagaSummary {
-        saga_id: row.try_get("saga_id").map_err(db)?,
-        definition: row.try_get("definition").map_err(db)?,
-        version: u32::try_from(version).unwrap_or(u32::MAX),
-        status: SagaStatus::parse(&status).unwrap_or(SagaStatus::Quarantined),
-        note: row.try_get("note").map_err(db)?,
+        saga_id,
+        definition,
+        version,
+        status: SagaStatus::Quarantined,
+        note: Some(why),
     })
 }
 
@@ -294,13 +347,12 @@ impl SagaStore for SqliteStore {
         Box::pin(async move {
             let mut conn = self.inner.reader.acquire().await.map_err(db)?;
             let mut tx = conn.begin().await.map_err(db)?;
-            let Some(row) = sqlx::query(
-                "SELECT saga_id, definition, version, status, note FROM staunch_sagas WHERE saga_id = ?",
-            )
-            .bind(saga_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?
+            let sql = format!("SELECT {SUMMARY_COLUMNS} FROM staunch_sagas WHERE saga_id = ?");
+            let Some(row) = sqlx::query(AssertSqlSafe(sql))
+                .bind(saga_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?
             else {
                 return Ok(None);
             };
@@ -337,10 +389,14 @@ impl SagaStore for SqliteStore {
         filter: &'a ListFilter,
     ) -> BoxFuture<'a, Result<Vec<SagaSummary>, StoreError>> {
         Box::pin(async move {
-            let mut sql = String::from(
-                "SELECT saga_id, definition, version, status, note FROM staunch_sagas WHERE 1 = 1",
-            );
-            if !filter.statuses.is_empty() {
+            // A row whose summary cannot be used reads as quarantined whatever its stored
+            // status (see `summary_from_row`), so the status filter is applied to the rows as
+            // read; the database narrows the candidates first where that cannot lose one.
+            let wants_quarantined = filter.statuses.contains(&SagaStatus::Quarantined);
+            let push_statuses = !filter.statuses.is_empty() && !wants_quarantined;
+            let push_limit = filter.statuses.is_empty();
+            let mut sql = format!("SELECT {SUMMARY_COLUMNS} FROM staunch_sagas WHERE 1 = 1");
+            if push_statuses {
                 sql.push_str(" AND status IN (");
                 sql.push_str(&placeholders(filter.statuses.len(), 1));
                 sql.push(')');
@@ -349,21 +405,34 @@ impl SagaStore for SqliteStore {
                 sql.push_str(" AND definition = ?");
             }
             sql.push_str(" ORDER BY saga_id");
-            if filter.limit.is_some() {
+            let limit = filter.limit.filter(|_| push_limit);
+            if limit.is_some() {
                 sql.push_str(" LIMIT ?");
             }
             let mut query = sqlx::query(AssertSqlSafe(sql));
-            for status in &filter.statuses {
-                query = query.bind(status.as_str());
+            if push_statuses {
+                for status in &filter.statuses {
+                    query = query.bind(status.as_str());
+                }
             }
             if let Some(d) = &filter.definition {
                 query = query.bind(d.as_str());
             }
-            if let Some(limit) = filter.limit {
+            if let Some(limit) = limit {
                 query = query.bind(i64::try_from(limit).unwrap_or(i64::MAX));
             }
             let rows = query.fetch_all(&self.inner.reader).await.map_err(db)?;
-            rows.iter().map(summary_from_row).collect()
+            let mut summaries = Vec::new();
+            for row in &rows {
+                if filter.limit.is_some_and(|limit| summaries.len() >= limit) {
+                    break;
+                }
+                let summary = summary_from_row(row)?;
+                if filter.statuses.is_empty() || filter.statuses.contains(&summary.status) {
+                    summaries.push(summary);
+                }
+            }
+            Ok(summaries)
         })
     }
 
