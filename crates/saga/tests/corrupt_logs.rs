@@ -665,8 +665,7 @@ mod postgres {
         let seq = |i: &usize| i64::try_from(i % len.max(1)).unwrap();
         let (sql, kept) = match d {
             RowDamage::None => return len,
-            RowDamage::Gap(_) if len == 0 => return len,
-            RowDamage::Seq(..) if len == 0 => return len,
+            RowDamage::Gap(_) | RowDamage::Seq(..) if len == 0 => return len,
             RowDamage::Gap(i) => (
                 format!(
                     "DELETE FROM {schema}.staunch_saga_events WHERE saga_id = $1 AND seq = {}",

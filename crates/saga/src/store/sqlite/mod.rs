@@ -297,20 +297,16 @@ fn summary_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<SagaSummary, StoreE
     let status = text(3, "status is not UTF-8")?.unwrap_or_default();
     let note = text(4, "note is not UTF-8")?;
     let version: Option<i64> = row.try_get(2).map_err(db)?;
-    let version = match version.and_then(|v| u32::try_from(v).ok()) {
-        Some(version) => version,
-        None => {
+    let version = version
+        .and_then(|v| u32::try_from(v).ok())
+        .unwrap_or_else(|| {
             damage.push("version is not an integer from 0 to 4294967295");
             0
-        }
-    };
-    let status = match SagaStatus::parse(&status) {
-        Some(status) => status,
-        None => {
-            damage.push("status is not a saga status");
-            SagaStatus::Quarantined
-        }
-    };
+        });
+    let status = SagaStatus::parse(&status).unwrap_or_else(|| {
+        damage.push("status is not a saga status");
+        SagaStatus::Quarantined
+    });
     if damage.is_empty() {
         return Ok(SagaSummary {
             saga_id,
