@@ -1366,6 +1366,53 @@ mod properties {
             })
     }
 
+    /// A hostile stack repaired until it builds: each field a build refuses is dropped (and
+    /// its section, when the section then no longer reads), so what is left is a usable
+    /// configuration that keeps every extreme value the builders accept.
+    fn usable_hostile_stack() -> impl Strategy<Value = StackConfig> {
+        hostile_stack().prop_map(|config| {
+            let mut value = serde_json::to_value(&config).unwrap();
+            for _ in 0..64 {
+                let Ok(candidate) = serde_json::from_value::<StackConfig>(value.clone()) else {
+                    break;
+                };
+                let Err(err) = candidate.build("svc") else {
+                    return candidate;
+                };
+                let path: Vec<&str> = err
+                    .field()
+                    .strip_prefix("svc.")
+                    .unwrap_or_default()
+                    .split('.')
+                    .collect();
+                if !remove_field(&mut value, &path) {
+                    break;
+                }
+            }
+            StackConfig::default()
+        })
+    }
+
+    /// Removes the field at `path` (the deepest part of it that exists) from `value`, and
+    /// then the section holding it if the section no longer reads as a `StackConfig` part.
+    fn remove_field(value: &mut Value, path: &[&str]) -> bool {
+        for depth in (1..=path.len()).rev() {
+            let parent: String = path[..depth - 1].iter().map(|k| format!("/{k}")).collect();
+            let removed = value
+                .pointer_mut(&parent)
+                .and_then(Value::as_object_mut)
+                .and_then(|map| map.remove(path[depth - 1]))
+                .is_some();
+            if removed {
+                if depth > 1 && serde_json::from_value::<StackConfig>(value.clone()).is_err() {
+                    return remove_field(value, &path[..depth - 1]);
+                }
+                return true;
+            }
+        }
+        false
+    }
+
     static PANICS: AtomicUsize = AtomicUsize::new(0);
 
     /// Counts panics anywhere in the process: a background task's panic (a breaker's timer)
@@ -1469,7 +1516,9 @@ mod properties {
 
     /// Builds `config` and, when it is accepted, makes `calls` calls through the stack (and
     /// its hedge and deadline layers) with clock jumps of up to ten years between them.
-    fn exercise(config: &StackConfig, seed: u64, calls: usize) -> Result<(), TestCaseError> {
+    /// Builds `config` and, when it is accepted, makes `calls` calls through it. `Ok(true)`
+    /// when it was accepted, `Ok(false)` when it was refused naming a real field.
+    fn exercise(config: &StackConfig, seed: u64, calls: usize) -> Result<bool, TestCaseError> {
         let mut file = RegistryConfig::default();
         file.stacks.insert("svc".to_owned(), config.clone());
         let registry = match Registry::new(&file) {
@@ -1482,7 +1531,7 @@ mod properties {
                     field,
                     err
                 );
-                return Ok(());
+                return Ok(false);
             }
         };
         // A whole stack's futures nest deeply in a debug build: more stack than a test
@@ -1534,7 +1583,7 @@ mod properties {
             .unwrap()
             .join();
         prop_assert!(outcome.is_ok(), "a call panicked");
-        Ok(())
+        Ok(true)
     }
 
     /// Runs `f` on a thread with a 64 MiB stack.
@@ -1621,13 +1670,31 @@ mod properties {
     /// ten years, never panic (not in the call, not in a background task).
     #[test]
     fn any_value_is_refused_by_name_or_usable_for_hundreds_of_calls() {
-        check(2048, (hostile_stack(), any::<u64>()), |(config, seed)| {
+        static ACCEPTED: AtomicU64 = AtomicU64::new(0);
+        static REFUSED: AtomicU64 = AtomicU64::new(0);
+        // Half hostile as generated (mostly refused), half repaired until usable.
+        let configs = prop_oneof![hostile_stack(), usable_hostile_stack()];
+        check(2048, (configs, any::<u64>()), |(config, seed)| {
             count_panics();
             let before = PANICS.load(Ordering::SeqCst);
-            exercise(&config, seed, 100)?;
+            let accepted = exercise(&config, seed, 100)?;
             prop_assert_eq!(PANICS.load(Ordering::SeqCst), before, "a task panicked");
+            let tally = if accepted { &ACCEPTED } else { &REFUSED };
+            tally.fetch_add(1, Ordering::Relaxed);
             Ok(())
         });
+        // Both halves of the property are exercised: a generator whose every config is
+        // refused (or accepted) would pass while testing nothing of the other half.
+        let (accepted, refused) = (
+            ACCEPTED.load(Ordering::Relaxed),
+            REFUSED.load(Ordering::Relaxed),
+        );
+        println!("hostile configs: {accepted} accepted and used, {refused} refused by name");
+        let total = accepted + refused;
+        assert!(
+            accepted * 4 >= total && refused * 4 >= total,
+            "each outcome should be at least a quarter of the cases: {accepted} accepted, {refused} refused"
+        );
     }
 
     /// A value of the wrong type anywhere in a file, TOML or JSON, is refused naming
