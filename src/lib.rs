@@ -497,9 +497,13 @@
 
 #[cfg(feature = "circuit-breaker")]
 mod breaker;
+#[cfg(all(
+    feature = "circuit-breaker",
+    feature = "bulkhead",
+    feature = "timeout",
+    feature = "retry"
+))]
 mod config;
-#[cfg(feature = "serde")]
-mod duration;
 mod error;
 mod ext;
 #[cfg(all(
@@ -554,12 +558,13 @@ pub use staunch_core::{
 
 #[cfg(feature = "circuit-breaker")]
 pub use crate::breaker::{BreakerFuture, BreakerLayer, BreakerService};
-pub use crate::config::{
-    AdaptiveConfig, AimdConfig, BackoffConfig, BackoffStrategy, BreakerConfig, BudgetConfig,
-    BulkheadConfig, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_TIMEOUT, DeadlineConfig, HeaderFormatConfig,
-    HedgeConfig, IncomingDeadlineConfig, JitterConfig, OutgoingDeadlineConfig,
-    PartitionedBulkheadConfig, RegistryConfig, RetryConfig, StackConfig, VegasConfig, WindowConfig,
-};
+#[cfg(all(
+    feature = "circuit-breaker",
+    feature = "bulkhead",
+    feature = "timeout",
+    feature = "retry"
+))]
+pub use crate::config::{DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_TIMEOUT, RegistryConfig, StackConfig};
 pub use crate::error::{BoxError, Error, TypedErrors, TypedErrorsFuture, TypedErrorsLayer};
 pub use crate::ext::ServiceBuilderExt;
 #[cfg(all(
@@ -576,7 +581,21 @@ pub use crate::registry::{Registry, Reloading};
     feature = "retry"
 ))]
 pub use crate::stack::{Stack, StackHandle, StackStatus};
+#[cfg(feature = "bulkhead")]
+pub use staunch_bulkhead::{
+    AdaptiveConfig, AimdConfig, BulkheadConfig, PartitionedBulkheadConfig, VegasConfig,
+};
+#[cfg(feature = "circuit-breaker")]
+pub use staunch_circuit_breaker::{BreakerConfig, WindowConfig};
 pub use staunch_core::IgnoreRejections;
+pub use staunch_core::{BackoffConfig, BackoffStrategy, JitterConfig};
+#[cfg(feature = "retry")]
+pub use staunch_retry::{BudgetConfig, HedgeConfig, RetryConfig};
+#[cfg(feature = "timeout")]
+pub use staunch_timeout::{
+    DeadlineConfig, HeaderFormat as HeaderFormatConfig, IncomingDeadlineConfig,
+    OutgoingDeadlineConfig,
+};
 
 #[cfg(all(
     test,

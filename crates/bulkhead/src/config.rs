@@ -103,6 +103,13 @@ impl BulkheadBuilder {
         ))
     }
 
+    /// Validates and builds, errors naming the field alone: for a settings section
+    /// ([`BulkheadConfig`](crate::BulkheadConfig)), whose place in a file the caller knows.
+    pub(crate) fn build_in_section(self) -> Result<Bulkhead, ConfigError> {
+        self.validate()?;
+        self.build()
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if self.name.is_empty() {
             return Err(ConfigError::new("name", "must not be empty"));
@@ -117,15 +124,18 @@ impl BulkheadBuilder {
             ));
         }
         if let Some(adaptive) = &self.adaptive {
-            adaptive
-                .validate(self.max_concurrent)
-                .map_err(|e| e.within("adaptive"))?;
+            adaptive.validate().map_err(|e| e.within("adaptive"))?;
+            adaptive.check_initial(self.max_concurrent)?;
         }
         Ok(())
     }
 }
 
-pub(crate) fn validate_limit(field: &'static str, n: usize) -> Result<(), ConfigError> {
+pub(crate) fn validate_limit(
+    field: impl Into<std::borrow::Cow<'static, str>>,
+    n: usize,
+) -> Result<(), ConfigError> {
+    let field = field.into();
     if n == 0 {
         return Err(ConfigError::new(field, "must be at least 1"));
     }
@@ -168,7 +178,7 @@ mod tests {
             .adaptive(AdaptiveLimit::vegas().min_limit(1).max_limit(40))
             .build()
             .unwrap_err();
-        assert_eq!(e.field(), "p.adaptive.max_concurrent");
+        assert_eq!(e.field(), "p.max_concurrent");
     }
 
     #[test]

@@ -112,6 +112,7 @@ mod layer;
 mod metrics;
 mod partition;
 mod service;
+mod settings;
 mod state;
 mod sync;
 
@@ -130,6 +131,9 @@ pub use crate::partition::{
     PartitionedBulkheadLayer, PartitionedBulkheadService, PartitionedResponseFuture,
 };
 pub use crate::service::BulkheadService;
+pub use crate::settings::{
+    AdaptiveConfig, AimdConfig, BulkheadConfig, PartitionedBulkheadConfig, VegasConfig,
+};
 
 #[cfg(test)]
 mod tests {

@@ -282,6 +282,13 @@ impl CircuitBreakerBuilder {
         Ok(CircuitBreaker::from_config(config))
     }
 
+    /// Validates and builds, errors naming the field alone: for a settings section
+    /// ([`BreakerConfig`](crate::BreakerConfig)), whose place in a file the caller knows.
+    pub(crate) fn build_in_section(self) -> Result<CircuitBreaker, ConfigError> {
+        validate(&self.config)?;
+        Ok(CircuitBreaker::from_config(self.config))
+    }
+
     /// Validates the settings without building a breaker: for per-key breakers, which are
     /// built later from the shared settings.
     ///

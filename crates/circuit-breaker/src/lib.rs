@@ -163,6 +163,7 @@ mod metrics;
 mod permit;
 mod reconfigure;
 mod service;
+mod settings;
 mod state;
 mod sync;
 mod window;
@@ -178,6 +179,7 @@ pub use crate::keyed::{BreakerRegistry, KeyedCircuitBreakerLayer, KeyedCircuitBr
 pub use crate::layer::CircuitBreakerLayer;
 pub use crate::permit::Permit;
 pub use crate::service::CircuitBreakerService;
+pub use crate::settings::{BreakerConfig, WindowConfig};
 pub use crate::state::State;
 
 #[cfg(test)]

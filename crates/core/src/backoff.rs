@@ -278,7 +278,7 @@ impl BackoffBuilder {
         let base = match b.strategy {
             Strategy::Constant { delay } => {
                 if delay.is_zero() {
-                    return Err(ConfigError::new("delay", "must be greater than zero"));
+                    return Err(ConfigError::new("base", "must be greater than zero"));
                 }
                 delay
             }
@@ -558,7 +558,7 @@ mod tests {
     fn invalid_settings_name_their_field() {
         let field = |b: BackoffBuilder| b.build().unwrap_err().field().to_owned();
         assert_eq!(field(Backoff::exponential(Duration::ZERO)), "base");
-        assert_eq!(field(Backoff::constant(Duration::ZERO)), "delay");
+        assert_eq!(field(Backoff::constant(Duration::ZERO)), "base");
         assert_eq!(
             field(Backoff::exponential(ms(1)).multiplier(0.5)),
             "multiplier"

@@ -72,3 +72,18 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+/// Applies optional settings to a builder, so a settings type forwards each of its fields in
+/// one line: `Bulkhead::builder(name).maybe(self.max_wait, BulkheadBuilder::max_wait)`.
+pub trait Maybe: Sized {
+    /// `set(self, value)` when `value` is set, `self` unchanged otherwise.
+    #[must_use]
+    fn maybe<V>(self, value: Option<V>, set: impl FnOnce(Self, V) -> Self) -> Self {
+        match value {
+            Some(value) => set(self, value),
+            None => self,
+        }
+    }
+}
+
+impl<T> Maybe for T {}

@@ -75,17 +75,21 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backoff;
+mod backoff_config;
 mod classify;
 mod config;
 #[cfg(feature = "tonic")]
 mod grpc;
 mod http;
 mod rejection;
+#[cfg(feature = "serde")]
+pub mod settings;
 mod time;
 
 pub use crate::backoff::{Backoff, BackoffBuilder, BackoffSchedule, Jitter, Strategy};
+pub use crate::backoff_config::{BackoffConfig, BackoffStrategy, JitterConfig};
 pub use crate::classify::{AnyError, Classify, FnClassifier, Outcome, classify_fn};
-pub use crate::config::ConfigError;
+pub use crate::config::{ConfigError, Maybe};
 #[cfg(feature = "tonic")]
 pub use crate::grpc::GrpcStatus;
 pub use crate::http::HttpStatus;

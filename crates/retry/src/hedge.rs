@@ -82,7 +82,8 @@ impl HedgeLayer {
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] when the delay is zero or the percentile is outside `(0, 1)`.
+    /// A [`ConfigError`] naming `hedge.delay` when the delay (or a percentile's fallback) is
+    /// zero, `hedge.percentile` when the percentile is outside `(0, 1)`.
     pub fn new(policy: RetryPolicy, delay: HedgeDelay) -> Result<Self, ConfigError> {
         let (delay, latency) = match delay {
             HedgeDelay::Fixed(d) => {
@@ -106,9 +107,12 @@ impl HedgeLayer {
                     .within("hedge"));
                 }
                 if fallback.is_zero() {
-                    return Err(
-                        ConfigError::new("fallback", "must be greater than zero").within("hedge")
-                    );
+                    // One name for the delay whichever form it takes: a file's `hedge.delay`.
+                    return Err(ConfigError::new(
+                        "delay",
+                        "(the fallback of a percentile delay) must be greater than zero",
+                    )
+                    .within("hedge"));
                 }
                 (
                     fallback,

@@ -183,6 +183,7 @@ mod layer;
 mod metrics;
 mod request;
 mod service;
+mod settings;
 
 pub use crate::body::{DEFAULT_REPLAY_CAP, ReplayBody, buffer_request};
 pub use crate::budget::{RetryBudget, RetryBudgetBuilder};
@@ -198,6 +199,8 @@ pub use crate::layer::RetryLayer;
 pub use crate::metrics::{GiveUp, GiveUpReason, RetryMetrics, Retrying};
 pub use crate::request::{IDEMPOTENCY_KEY, RetryRequest, TryCloneBody, is_idempotent};
 pub use crate::service::Retry;
+pub use crate::settings::{BudgetConfig, HedgeConfig, RetryConfig};
+pub use staunch_core::{BackoffConfig, BackoffStrategy, JitterConfig};
 pub use staunch_timeout::{Deadline, Elapsed};
 
 /// The error type of the retry and hedge services: any error, boxed (as `tower::BoxError`).

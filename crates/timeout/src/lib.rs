@@ -144,6 +144,7 @@ mod limit;
 mod propagate;
 mod request;
 mod service;
+mod settings;
 pub mod wire;
 
 pub use crate::config::{
@@ -160,4 +161,5 @@ pub use crate::propagate::{
 };
 pub use crate::request::{FromExtensions, IgnoreRequest, ReadLimits, RequestLimits};
 pub use crate::service::{BoxError, Timeout};
+pub use crate::settings::{DeadlineConfig, IncomingDeadlineConfig, OutgoingDeadlineConfig};
 pub use crate::wire::HeaderFormat;

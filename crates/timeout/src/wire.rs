@@ -22,8 +22,11 @@ const GRPC_UNITS: [(u8, u128); 6] = [
     (b'H', 3_600_000_000_000),
 ];
 
-/// How a remaining time is written in an HTTP header other than `grpc-timeout`.
+/// How a remaining time is written in an HTTP header other than `grpc-timeout`; in settings
+/// files `"grpc_timeout"` or `"millis"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 #[non_exhaustive]
 pub enum HeaderFormat {
     /// The gRPC `grpc-timeout` syntax: up to eight digits and a unit, `H` (hours), `M`

@@ -75,7 +75,21 @@ impl AdaptiveLimit {
         }
     }
 
-    pub(crate) fn validate(&self, initial: usize) -> Result<(), ConfigError> {
+    /// The initial limit (the bulkhead's `max_concurrent`) lies within the bounds.
+    pub(crate) fn check_initial(&self, initial: usize) -> Result<(), ConfigError> {
+        let (min, max) = self.bounds();
+        if !(min..=max).contains(&initial) {
+            return Err(ConfigError::new(
+                "max_concurrent",
+                format!(
+                    "is the initial adaptive limit and must lie within [{min}, {max}] (got {initial})"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let (min, max) = self.bounds();
         if min == 0 {
             return Err(ConfigError::new("min_limit", "must be at least 1"));
@@ -90,14 +104,6 @@ impl AdaptiveLimit {
             return Err(ConfigError::new(
                 "max_limit",
                 format!("must be at most {MAX_LIMIT} (got {max})"),
-            ));
-        }
-        if !(min..=max).contains(&initial) {
-            return Err(ConfigError::new(
-                "max_concurrent",
-                format!(
-                    "is the initial adaptive limit and must lie within [{min}, {max}] (got {initial})"
-                ),
             ));
         }
         let ratio = match self {
@@ -293,35 +299,35 @@ mod tests {
             (3.0, 3.0, "beta"),
         ] {
             let e = AdaptiveLimit::from(Vegas::default().alpha(alpha).beta(beta))
-                .validate(1)
+                .validate()
                 .unwrap_err();
             assert_eq!(e.field(), field, "alpha {alpha}, beta {beta}: {e}");
         }
         AdaptiveLimit::from(Vegas::default().alpha(0.0).beta(0.5))
-            .validate(1)
+            .validate()
             .unwrap();
     }
 
     #[test]
     fn invalid_bounds_are_rejected_naming_the_field() {
         let e = AdaptiveLimit::from(Aimd::default().min_limit(5).max_limit(4))
-            .validate(4)
+            .validate()
             .unwrap_err();
         assert_eq!(e.field(), "max_limit");
         let e = AdaptiveLimit::from(Aimd::default().min_limit(0))
-            .validate(4)
+            .validate()
             .unwrap_err();
         assert_eq!(e.field(), "min_limit");
         let e = AdaptiveLimit::from(Vegas::default().max_limit(8))
-            .validate(9)
+            .check_initial(9)
             .unwrap_err();
         assert_eq!(e.field(), "max_concurrent");
         let e = AdaptiveLimit::from(Vegas::default().alpha(4.0).beta(4.0))
-            .validate(4)
+            .validate()
             .unwrap_err();
         assert_eq!(e.field(), "beta");
         let e = AdaptiveLimit::from(Aimd::default().backoff_ratio(1.0))
-            .validate(4)
+            .validate()
             .unwrap_err();
         assert_eq!(e.field(), "backoff_ratio");
     }
