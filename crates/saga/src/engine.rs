@@ -92,7 +92,17 @@ pub(crate) trait Resume: Send + Sync {
         shared: &Arc<Shared>,
         id: Arc<str>,
         progress: Progress,
-    ) -> Result<(), LoadError>;
+    ) -> Result<Replayed, LoadError>;
+}
+
+/// What resuming a replayed log started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Replayed {
+    /// The saga was unfinished: a runner drives it on.
+    Resumed,
+    /// The log had already ended (the saga finished after it was listed, or its summary was
+    /// stale): the runner only corrects the summary and answers handles, counting nothing.
+    Settled,
 }
 
 impl<S: SagaState> Resume for Arc<DefinitionInner<S>> {
@@ -105,11 +115,16 @@ impl<S: SagaState> Resume for Arc<DefinitionInner<S>> {
         shared: &Arc<Shared>,
         id: Arc<str>,
         progress: Progress,
-    ) -> Result<(), LoadError> {
+    ) -> Result<Replayed, LoadError> {
         let runner = Runner::resume(Arc::clone(shared), Arc::clone(self), id, progress)
             .map_err(LoadError::Inconsistent)?;
+        let replayed = if runner.replayed_settled() {
+            Replayed::Settled
+        } else {
+            Replayed::Resumed
+        };
         spawn(runner);
-        Ok(())
+        Ok(replayed)
     }
 }
 
@@ -145,7 +160,10 @@ fn spawn<S: SagaState>(mut runner: Runner<S>) {
             // Whatever happened, this process stops driving it: a leased store lets the
             // lease expire (terminal appends already released it).
             runner.shared.store.release(&runner.id);
-            runner.shared.publish(&runner.id, &runner.def.name, result);
+            let counted = !runner.replayed_settled();
+            runner
+                .shared
+                .publish(&runner.id, &runner.def.name, result, counted);
         }
         .instrument(span),
     );
@@ -175,11 +193,14 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Answers the saga's handles and forgets it; counts the outcome when `counted` (a
+    /// replay of a log that had already ended was counted when it ended).
     pub(crate) fn publish(
         &self,
         id: &Arc<str>,
         definition: &str,
         result: Result<RawOutcome, SagaError>,
+        counted: bool,
     ) {
         let what = match &result {
             Ok(RawOutcome::Completed(_)) => Some(Count::Completed),
@@ -188,7 +209,9 @@ impl Shared {
             Ok(RawOutcome::Resolved { .. }) => Some(Count::Resolved),
             Err(_) => None,
         };
-        if let Some(what) = what {
+        if let Some(what) = what
+            && counted
+        {
             self.counters.count(what, definition);
         }
         match &result {

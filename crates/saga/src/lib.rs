@@ -135,7 +135,9 @@
 //! A `tracing` span `saga` per saga run and `saga_step` per attempt; debug events on
 //! transitions, a warning when a saga gets stuck. [`SagaEngine::metrics`] gives counters
 //! (started, completed, compensated, stuck, step attempts and latency); the `metrics` feature
-//! emits them through the `metrics` crate with a `name` label (the definition).
+//! emits them through the `metrics` crate with a `name` label (the definition). Each saga's
+//! outcome is counted once, by the runner that reached it: recovery that finds a log already
+//! ended (the saga finished while the pass ran) counts nothing.
 //! [`SagaEngine::inspect`] returns a saga's timeline; [`SagaEngine::list`] filters by status
 //! and definition.
 #![deny(missing_docs)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 
 use crate::definition::{DefinitionInner, SagaState};
-use crate::engine::{SagaEngine, Shared};
+use crate::engine::{Replayed, SagaEngine, Shared};
 use crate::error::{LoadError, LogRule, SagaError, StoreError};
 use crate::event::SagaEvent;
 use crate::metrics::Count;
@@ -24,6 +24,10 @@ pub struct RecoveryReport {
     pub quarantined: Vec<(String, LoadError)>,
     /// Sagas skipped because this engine already runs them.
     pub already_running: Vec<String>,
+    /// Sagas listed as unfinished whose log had already ended when they were claimed (they
+    /// finished in between, or their summary was stale): the summary is corrected and
+    /// nothing runs or is counted again.
+    pub settled: Vec<String>,
 }
 
 /// One row of a saga's timeline, as returned by [`SagaEngine::inspect`].
@@ -101,6 +105,11 @@ impl SagaEngine {
     /// registered, or whose log does not decode, is quarantined (status `Quarantined`, the
     /// reason in its note, nothing deleted) and reported; the others are resumed.
     ///
+    /// Each saga is counted once: one listed as unfinished whose log has ended by the time
+    /// it is claimed (its runner finished in between) is reported in
+    /// [`settled`](RecoveryReport::settled), and neither its outcome nor a resume is counted
+    /// again.
+    ///
     /// With a store shared by several instances, only sagas nobody drives are resumed (see
     /// [`SagaStore::claim_resumable`](crate::SagaStore::claim_resumable)): no owner, an expired
     /// lease, or a lease of this instance's owner id it no longer uses. Run it continuously
@@ -142,11 +151,15 @@ impl SagaEngine {
                     ))))
                 });
             let failure = match resumed {
-                Ok(()) => {
+                Ok(Replayed::Resumed) => {
                     self.shared
                         .counters
                         .count(Count::Resumed, &summary.definition);
                     report.resumed.push(summary.saga_id);
+                    continue;
+                }
+                Ok(Replayed::Settled) => {
+                    report.settled.push(summary.saga_id);
                     continue;
                 }
                 Err(ResumeError::Store(e)) => e,
@@ -187,7 +200,7 @@ impl SagaEngine {
         Ok(report)
     }
 
-    async fn resume(&self, id: &Arc<str>) -> Result<(), ResumeError> {
+    async fn resume(&self, id: &Arc<str>) -> Result<Replayed, ResumeError> {
         let log = self
             .shared
             .store
@@ -340,7 +353,9 @@ impl SagaEngine {
                         });
                     match pass {
                         Ok(report) => {
-                            let n = report.resumed.len() + report.quarantined.len();
+                            let n = report.resumed.len()
+                                + report.quarantined.len()
+                                + report.settled.len();
                             if n > 0 {
                                 tracing::debug!(
                                     resumed = report.resumed.len(),

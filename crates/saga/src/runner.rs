@@ -49,6 +49,9 @@ pub(crate) struct Runner<S: SagaState> {
     /// The summary may disagree with the log (resumed from a log that is already stuck or
     /// settled): the first flush writes the status even without rows.
     resync: bool,
+    /// Resumed from a log that had already ended (stuck or settled): its outcome was
+    /// counted when it happened, so driving it counts nothing.
+    settled: bool,
 }
 
 impl<S: SagaState> Runner<S> {
@@ -84,6 +87,7 @@ impl<S: SagaState> Runner<S> {
             deadline,
             broken: None,
             resync: false,
+            settled: false,
         };
         if runner.def.steps.first().is_some_and(|s| s.group.is_none()) {
             runner.record(SagaEvent::StepStarted {
@@ -122,6 +126,7 @@ impl<S: SagaState> Runner<S> {
         let resync = !matches!(progress.stage, Stage::Forward | Stage::Compensating);
         Ok(Self {
             resync,
+            settled: resync,
             shared,
             def,
             id,
@@ -133,6 +138,11 @@ impl<S: SagaState> Runner<S> {
             deadline,
             broken: None,
         })
+    }
+
+    /// Whether the replayed log had already ended before this runner drove it.
+    pub(crate) fn replayed_settled(&self) -> bool {
+        self.settled
     }
 
     pub(crate) fn record(&mut self, event: SagaEvent) {
