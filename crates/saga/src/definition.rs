@@ -52,14 +52,17 @@ pub enum OnInterrupted {
 }
 
 /// Attempts, backoff and per-attempt timeout for an action or a compensation.
+///
+/// (Formerly `RetryPolicy`; the deprecated alias remains. `staunch_retry::RetryPolicy` is the
+/// unrelated policy of the retry layer for calls.)
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RetryPolicy {
+pub struct StepRetry {
     pub(crate) max_attempts: Option<u32>,
     pub(crate) backoff: Backoff,
     pub(crate) timeout: Option<Duration>,
 }
 
-impl Default for RetryPolicy {
+impl Default for StepRetry {
     /// 3 attempts, the default [`Backoff`] (exponential from 100 ms, full jitter), no timeout.
     fn default() -> Self {
         Self {
@@ -70,7 +73,7 @@ impl Default for RetryPolicy {
     }
 }
 
-impl RetryPolicy {
+impl StepRetry {
     /// A policy with `max_attempts` attempts (the first included) and the default backoff.
     pub fn new(max_attempts: u32) -> Self {
         Self {
@@ -123,8 +126,8 @@ pub struct Step<S> {
     pub(crate) kind: StepKind,
     pub(crate) action: StepFn<S>,
     pub(crate) compensation: Option<StepFn<S>>,
-    pub(crate) retry: RetryPolicy,
-    pub(crate) compensation_retry: RetryPolicy,
+    pub(crate) retry: StepRetry,
+    pub(crate) compensation_retry: StepRetry,
     pub(crate) on_interrupted: OnInterrupted,
     /// The parallel group this step belongs to (index into the definition's groups).
     pub(crate) group: Option<u32>,
@@ -165,8 +168,8 @@ impl<S: SagaState> Step<S> {
             kind: StepKind::Compensatable,
             action: boxed(action),
             compensation: None,
-            retry: RetryPolicy::default(),
-            compensation_retry: RetryPolicy::new(5),
+            retry: StepRetry::default(),
+            compensation_retry: StepRetry::new(5),
             on_interrupted: OnInterrupted::Rerun,
             group: None,
             retry_set: false,
@@ -200,14 +203,14 @@ impl<S: SagaState> Step<S> {
     }
 
     /// The action's retry policy (default: 3 attempts; retriable steps: unlimited).
-    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+    pub fn retry(mut self, policy: StepRetry) -> Self {
         self.retry = policy;
         self.retry_set = true;
         self
     }
 
     /// The compensation's retry policy (default: 5 attempts, default backoff).
-    pub fn compensation_retry(mut self, policy: RetryPolicy) -> Self {
+    pub fn compensation_retry(mut self, policy: StepRetry) -> Self {
         self.compensation_retry = policy;
         self
     }

@@ -29,7 +29,7 @@ use crate::store::{Created, ListFilter, NewSaga, SagaStatus, SagaStore, SagaSumm
 ///
 /// ```
 /// use staunch_saga::{
-///     MemoryStore, RetryPolicy, SagaDefinition, SagaEngine, SagaOutcome, Step, StepError,
+///     MemoryStore, StepRetry, SagaDefinition, SagaEngine, SagaOutcome, Step, StepError,
 /// };
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -37,7 +37,7 @@ use crate::store::{Created, ListFilter, NewSaga, SagaStatus, SagaStore, SagaSumm
 /// let def = SagaDefinition::<u32>::builder("transfer", 1)
 ///     .step(Step::new("debit", |n, _| async move { Ok(n) })
 ///         .compensate(|_n, _| async move { Err(StepError::fail("ledger locked")) })
-///         .compensation_retry(RetryPolicy::new(1)))
+///         .compensation_retry(StepRetry::new(1)))
 ///     .step(Step::new("credit", |_n, _| async move { Err(StepError::fail("account closed")) }))
 ///     .build()?;
 /// let engine = SagaEngine::new(MemoryStore::new());

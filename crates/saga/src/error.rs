@@ -6,7 +6,7 @@ use std::fmt;
 /// The error a step's action or compensation returns: retryable or a business failure.
 ///
 /// A retryable error (a timeout, a 503, a dropped connection) is retried with the step's
-/// [`RetryPolicy`](crate::RetryPolicy). A business failure (card declined, out of stock) is
+/// [`StepRetry`](crate::StepRetry). A business failure (card declined, out of stock) is
 /// final: the saga starts compensating at once. Only the message is kept: it is written to
 /// the durable log, so it must make sense after a restart.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,7 @@
 //! [`Stuck`](SagaOutcome::Stuck) and waits for an operator ([`SagaEngine::retry_stuck`],
 //! [`SagaEngine::skip_stuck`], [`SagaEngine::resolve`]); never a silent log line.
 //!
-//! - **Errors** are [`StepError::retryable`] (retried with the step's [`RetryPolicy`]: a
+//! - **Errors** are [`StepError::retryable`] (retried with the step's [`StepRetry`]: a
 //!   `staunch-core` [`Backoff`](staunch_core::Backoff), attempt limit, per-attempt timeout) or
 //!   [`StepError::fail`] (a business failure: compensate now). A panic in a step is caught
 //!   and counts as a business failure of that step.
@@ -161,9 +161,13 @@ mod store;
 
 pub use context::{Phase, StepContext, idempotency_key};
 pub use definition::{
-    OnInterrupted, RetryPolicy, SagaDefinition, SagaDefinitionBuilder, SagaState, Step, StepKind,
+    OnInterrupted, SagaDefinition, SagaDefinitionBuilder, SagaState, Step, StepKind, StepRetry,
 };
 pub use engine::SagaEngine;
+
+/// The step retry policy's former name.
+#[deprecated(note = "renamed `StepRetry` (the old name clashed with `staunch_retry::RetryPolicy`)")]
+pub type RetryPolicy = StepRetry;
 pub use error::{LoadError, LogRule, SagaError, StepError, StepErrorKind, StoreError};
 pub use event::{LOG_FORMAT_VERSION, SagaEvent};
 pub use group::{GroupCompensation, GroupFailure, ParallelGroup};

@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::context::Phase;
-use crate::definition::{OnInterrupted, RetryPolicy, SagaState, StepKind};
+use crate::definition::{OnInterrupted, SagaState, StepKind, StepRetry};
 use crate::error::{SagaError, StepError, StepErrorKind};
 use crate::event::SagaEvent;
 use crate::group::{GroupCompensation, GroupFailure};
@@ -40,7 +40,7 @@ fn decode<S: SagaState>(raw: &serde_json::value::RawValue) -> Result<S, SagaErro
 
 /// A member's retry bookkeeping.
 struct Member {
-    policy: RetryPolicy,
+    policy: StepRetry,
     schedule: BackoffSchedule,
     first_start: Instant,
     tries: u32,

@@ -13,8 +13,8 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use staunch_saga::{
     Append, Created, ListFilter, LoadError, LogRule, MemoryStore, NewSaga, ParallelGroup, Phase,
-    RetryPolicy, SagaDefinition, SagaEngine, SagaError, SagaEvent, SagaLog, SagaOutcome,
-    SagaStatus, SagaStore, SagaSummary, Step, StepError, StepErrorKind, StoreError,
+    SagaDefinition, SagaEngine, SagaError, SagaEvent, SagaLog, SagaOutcome, SagaStatus, SagaStore,
+    SagaSummary, Step, StepError, StepErrorKind, StepRetry, StoreError,
 };
 use support::{Script, Trail, calls, linear, seen, trail};
 
@@ -89,7 +89,7 @@ async fn a_saga_deadline_of_duration_max_is_usable() {
     let def = SagaDefinition::builder("forever", 1)
         .step(
             Step::new("only", a).retry(
-                RetryPolicy::new(2).timeout(Duration::MAX).backoff(
+                StepRetry::new(2).timeout(Duration::MAX).backoff(
                     staunch_core::Backoff::constant(Duration::MAX)
                         .build()
                         .unwrap(),
