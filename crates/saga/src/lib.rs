@@ -150,14 +150,16 @@ mod error;
 mod event;
 mod group;
 mod guard;
+mod log;
 mod metrics;
 mod operator;
 mod outcome;
-mod parallel;
 mod recovery;
 mod replay;
 mod runner;
+mod shared;
 mod store;
+mod task;
 
 pub use context::{Phase, StepContext, idempotency_key};
 pub use definition::{
@@ -171,9 +173,10 @@ pub type RetryPolicy = StepRetry;
 pub use error::{LoadError, LogRule, SagaError, StepError, StepErrorKind, StoreError};
 pub use event::{LOG_FORMAT_VERSION, SagaEvent};
 pub use group::{GroupCompensation, GroupFailure, ParallelGroup};
+pub use log::{SagaTimeline, TimelineEntry};
 pub use metrics::SagaMetrics;
 pub use outcome::{SagaHandle, SagaOutcome};
-pub use recovery::{RecoveryLoop, RecoveryReport, SagaTimeline, TimelineEntry};
+pub use recovery::{RecoveryLoop, RecoveryReport};
 pub use store::{
     Append, Created, ListFilter, MemoryStore, NewSaga, SagaLog, SagaStatus, SagaStore, SagaSummary,
     StoredEvent,

@@ -464,6 +464,7 @@ struct SlowClaim {
     inner: MemoryStore,
     listed: Arc<tokio::sync::Notify>,
     gate: Arc<tokio::sync::Notify>,
+    passes: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl SagaStore for SlowClaim {
@@ -491,6 +492,8 @@ impl SagaStore for SlowClaim {
     }
     fn claim_resumable(&self, limit: usize) -> BoxFuture<'_, Result<Vec<SagaSummary>, StoreError>> {
         Box::pin(async move {
+            self.passes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let listed = self.inner.claim_resumable(limit).await?;
             self.listed.notify_one();
             self.gate.notified().await;
@@ -617,9 +620,28 @@ fn the_recovery_loop_beside_healthy_sagas_on_sqlite_counts_each_saga_once() {
             }
             // Let passes that listed the last sagas finish.
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            recovery.stop();
+            recovery.stop().await;
             let m = engine.metrics();
             assert_eq!((m.started, m.completed, m.resumed), (320, 320, 0), "{m:?}");
             assert_eq!(m.in_flight, 0);
         });
+}
+
+#[test]
+fn stopping_the_recovery_loop_waits_for_the_pass_under_way_and_starts_no_other() {
+    use std::sync::atomic::Ordering::SeqCst;
+    runtime().block_on(async {
+        let store = SlowClaim::default();
+        let engine = SagaEngine::new(store.clone());
+        let recovery = engine.spawn_recovery(std::time::Duration::from_secs(1));
+        store.listed.notified().await;
+        let stopping = tokio::spawn(recovery.stop());
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        assert!(!stopping.is_finished(), "stop waits for the pass under way");
+        store.gate.notify_one();
+        stopping.await.unwrap();
+        assert_eq!(store.passes.load(SeqCst), 1);
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        assert_eq!(store.passes.load(SeqCst), 1, "no pass after stop");
+    });
 }
