@@ -75,7 +75,8 @@
 //! - A step output (or compensation output) that cannot be serialized makes the saga stuck
 //!   ([`StepErrorKind::Unstorable`]): its effect happened, so it is never run again silently.
 //! - A store batch isolates its sagas: one saga's bad row or value fails only its own request.
-//! - Recovery releases every saga it claimed on every path, errors and panics included.
+//! - Recovery releases every saga it claimed on every path, errors, panics and a cancelled
+//!   pass (a dropped [`RecoveryLoop`]) included.
 //!
 //! # Example
 //!
@@ -148,7 +149,6 @@ mod definition;
 mod engine;
 mod error;
 mod event;
-mod group;
 mod guard;
 mod log;
 mod metrics;
@@ -163,7 +163,8 @@ mod task;
 
 pub use context::{Phase, StepContext, idempotency_key};
 pub use definition::{
-    OnInterrupted, SagaDefinition, SagaDefinitionBuilder, SagaState, Step, StepKind, StepRetry,
+    GroupCompensation, GroupFailure, OnInterrupted, ParallelGroup, SagaDefinition,
+    SagaDefinitionBuilder, SagaState, Step, StepKind, StepRetry,
 };
 pub use engine::SagaEngine;
 
@@ -172,7 +173,6 @@ pub use engine::SagaEngine;
 pub type RetryPolicy = StepRetry;
 pub use error::{LoadError, LogRule, SagaError, StepError, StepErrorKind, StoreError};
 pub use event::{LOG_FORMAT_VERSION, SagaEvent};
-pub use group::{GroupCompensation, GroupFailure, ParallelGroup};
 pub use log::{SagaTimeline, TimelineEntry};
 pub use metrics::SagaMetrics;
 pub use outcome::{SagaHandle, SagaOutcome};

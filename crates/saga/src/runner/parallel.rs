@@ -7,10 +7,11 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 
 use crate::context::Phase;
-use crate::definition::{OnInterrupted, SagaState, StepKind};
+use crate::definition::{
+    GroupCompensation, GroupFailure, GroupInner, OnInterrupted, SagaState, StepKind,
+};
 use crate::error::{SagaError, StepError, StepErrorKind};
 use crate::event::SagaEvent;
-use crate::group::{GroupCompensation, GroupFailure};
 use crate::replay::MemberResult;
 
 use super::{Retries, Runner, failed_event, started_event, to_raw};
@@ -143,7 +144,7 @@ impl<S: SagaState> Runner<S> {
             .def
             .groups
             .get(g as usize)
-            .map_or(0..0, crate::group::GroupInner::members)
+            .map_or(0..0, GroupInner::members)
             .filter_map(|i| Some((i, self.progress.steps.get(i as usize)?.member.clone()?)))
             .collect();
         let base = match done.iter().min_by_key(|(_, m)| m.seq) {

@@ -12,7 +12,11 @@ use staunch_core::{Backoff, ConfigError};
 
 use crate::context::StepContext;
 use crate::error::StepError;
-use crate::group::{GroupInner, ParallelGroup};
+
+mod group;
+
+pub(crate) use group::GroupInner;
+pub use group::{GroupCompensation, GroupFailure, ParallelGroup};
 
 /// A saga state: any serde type the steps pass along and update.
 pub trait SagaState: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
