@@ -207,6 +207,7 @@ impl SagaEngine {
             }
         }
     }
+
     /// Sagas waiting for an operator.
     pub async fn stuck(&self) -> Result<Vec<SagaSummary>, SagaError> {
         self.list(&ListFilter::status(SagaStatus::Stuck)).await
