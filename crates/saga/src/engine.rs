@@ -1,24 +1,23 @@
-//! The engine: starts sagas, runs them on tokio tasks, recovers them, and the operator API.
+//! The engine's public face: [`SagaEngine`] and every method of it. Each method delegates
+//! to the module that owns its job (runners and their tasks, recovery, the operator API,
+//! log reading); this file owns none of that logic, only `start`'s handshake with the store.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::Arc;
 
-use futures_util::FutureExt;
 use tokio::sync::watch;
-use tracing::Instrument;
 
-use crate::definition::{DefinitionInner, SagaDefinition, SagaState};
-use crate::error::{LoadError, SagaError, StoreError};
+use crate::definition::{SagaDefinition, SagaState};
+use crate::error::SagaError;
 use crate::event::SagaEvent;
-use crate::guard;
-use crate::metrics::{Count, Counters, SagaMetrics};
-use crate::outcome::{Published, RawOutcome, SagaHandle, Stopped};
-use crate::recovery::{SagaTimeline, TimelineEntry, panic_message, settled_outcome};
-use crate::replay::Progress;
+use crate::log::{SagaTimeline, settled_outcome};
+use crate::metrics::{Count, SagaMetrics};
+use crate::outcome::SagaHandle;
+use crate::recovery::{self, RecoveryLoop, RecoveryReport};
 use crate::runner::Runner;
+use crate::shared::{Entry, Shared};
 use crate::store::{Created, ListFilter, NewSaga, SagaStatus, SagaStore, SagaSummary};
+use crate::{operator, task};
 
 /// Runs sagas against a [`SagaStore`]. Cheap to clone; clones share everything.
 ///
@@ -29,7 +28,7 @@ use crate::store::{Created, ListFilter, NewSaga, SagaStatus, SagaStore, SagaSumm
 ///
 /// ```
 /// use staunch_saga::{
-///     MemoryStore, RetryPolicy, SagaDefinition, SagaEngine, SagaOutcome, Step, StepError,
+///     MemoryStore, StepRetry, SagaDefinition, SagaEngine, SagaOutcome, Step, StepError,
 /// };
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -37,7 +36,7 @@ use crate::store::{Created, ListFilter, NewSaga, SagaStatus, SagaStore, SagaSumm
 /// let def = SagaDefinition::<u32>::builder("transfer", 1)
 ///     .step(Step::new("debit", |n, _| async move { Ok(n) })
 ///         .compensate(|_n, _| async move { Err(StepError::fail("ledger locked")) })
-///         .compensation_retry(RetryPolicy::new(1)))
+///         .compensation_retry(StepRetry::new(1)))
 ///     .step(Step::new("credit", |_n, _| async move { Err(StepError::fail("account closed")) }))
 ///     .build()?;
 /// let engine = SagaEngine::new(MemoryStore::new());
@@ -53,216 +52,19 @@ use crate::store::{Created, ListFilter, NewSaga, SagaStatus, SagaStore, SagaSumm
 /// ```
 #[derive(Clone)]
 pub struct SagaEngine {
-    pub(crate) shared: Arc<Shared>,
+    shared: Arc<Shared>,
 }
 
 impl fmt::Debug for SagaEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SagaEngine")
-            .field("store", &self.shared.store)
-            .field("metrics", &self.shared.counters.snapshot())
+            .field("store", self.shared.store())
+            .field("metrics", &self.shared.metrics())
             .finish_non_exhaustive()
     }
 }
 
-pub(crate) struct Shared {
-    pub(crate) store: Arc<dyn SagaStore>,
-    pub(crate) counters: Counters,
-    registry: RwLock<Registry>,
-    live: Mutex<HashMap<Arc<str>, Live>>,
-}
-
-/// Registered definitions by name and version.
-type Registry = HashMap<(Arc<str>, u32), Arc<dyn Resume>>;
-
-/// A saga this engine runs or has handles waiting on.
-pub(crate) struct Live {
-    pub(crate) tx: watch::Sender<Published>,
-    /// A runner of this process drives it.
-    pub(crate) running: bool,
-    /// Its definition, once known (recovery claims before it loads the log).
-    pub(crate) definition: Option<(Arc<str>, u32)>,
-}
-
-/// A registered definition with its state type erased, so recovery can resume any saga.
-pub(crate) trait Resume: Send + Sync {
-    fn step_count(&self) -> usize;
-    fn resume(
-        &self,
-        shared: &Arc<Shared>,
-        id: Arc<str>,
-        progress: Progress,
-    ) -> Result<(), LoadError>;
-}
-
-impl<S: SagaState> Resume for Arc<DefinitionInner<S>> {
-    fn step_count(&self) -> usize {
-        self.steps.len()
-    }
-
-    fn resume(
-        &self,
-        shared: &Arc<Shared>,
-        id: Arc<str>,
-        progress: Progress,
-    ) -> Result<(), LoadError> {
-        let runner = Runner::resume(Arc::clone(shared), Arc::clone(self), id, progress)
-            .map_err(LoadError::Inconsistent)?;
-        spawn(runner);
-        Ok(())
-    }
-}
-
-fn spawn<S: SagaState>(mut runner: Runner<S>) {
-    let span = tracing::info_span!("saga", saga_id = %runner.id, definition = %runner.def.name);
-    let in_flight = InFlight::enter(Arc::clone(&runner.shared), Arc::clone(&runner.def.name));
-    tokio::spawn(
-        async move {
-            let _in_flight = in_flight;
-            // The unwind guard: whatever panics in here, the saga is marked and its handles
-            // answered, and the engine forgets it.
-            let result = AssertUnwindSafe(runner.drive()).catch_unwind().await;
-            // An append that does not continue the stored log (a row missing at its end, or
-            // written by something else) means the log is not what the runner replayed: the
-            // saga is quarantined rather than resumed into the same conflict forever.
-            if let Ok(Err(SagaError::Store(conflict @ StoreError::Conflict { .. }))) = &result {
-                let reason = format!(
-                    "the stored log does not continue where the engine replayed it ({conflict})"
-                );
-                tracing::error!(saga_id = %runner.id, reason, "saga quarantined");
-                guard::quarantine_counted(&runner.shared, &runner.def, &runner.id, &reason).await;
-            }
-            let failure = match &result {
-                Err(panic) => Some(panic_message(&**panic)),
-                Ok(Err(SagaError::Load { error, .. })) if runner.broken.is_some() => {
-                    Some(format!("the engine recorded an invalid event ({error})"))
-                }
-                Ok(_) => None,
-            };
-            let result = match (result, failure) {
-                (Ok(result), None) => result,
-                (_, message) => {
-                    let message = message.unwrap_or_default();
-                    tracing::error!(saga_id = %runner.id, message, "the saga's task panicked");
-                    let reason = format!("the saga's task panicked: {message}");
-                    guard::mark(&runner.shared, &runner.def, &runner.id, &reason).await;
-                    Err(SagaError::Panicked {
-                        saga_id: runner.id.to_string(),
-                        message,
-                    })
-                }
-            };
-            // Whatever happened, this process stops driving it: a leased store lets the
-            // lease expire (terminal appends already released it).
-            runner.shared.store.release(&runner.id);
-            runner.shared.publish(&runner.id, &runner.def.name, result);
-        }
-        .instrument(span),
-    );
-}
-
-/// Counts a running saga task; the count drops even if the task is cancelled.
-struct InFlight(Arc<Shared>, Arc<str>);
-
-impl InFlight {
-    fn enter(shared: Arc<Shared>, definition: Arc<str>) -> Self {
-        shared.counters.in_flight(&definition, 1);
-        Self(shared, definition)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.counters.in_flight(&self.1, -1);
-    }
-}
-
-impl Shared {
-    pub(crate) fn live(&self) -> MutexGuard<'_, HashMap<Arc<str>, Live>> {
-        // Held only for map operations that cannot panic half-way.
-        self.live
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    pub(crate) fn publish(
-        &self,
-        id: &Arc<str>,
-        definition: &str,
-        result: Result<RawOutcome, SagaError>,
-    ) {
-        let what = match &result {
-            Ok(RawOutcome::Completed(_)) => Some(Count::Completed),
-            Ok(RawOutcome::Compensated { .. }) => Some(Count::Compensated),
-            Ok(RawOutcome::Stuck { .. }) => Some(Count::Stuck),
-            Ok(RawOutcome::Resolved { .. }) => Some(Count::Resolved),
-            Err(_) => None,
-        };
-        if let Some(what) = what {
-            self.counters.count(what, definition);
-        }
-        match &result {
-            Ok(RawOutcome::Stuck { step, error, .. }) => {
-                tracing::warn!(saga_id = %id, step, error, "saga is stuck and needs an operator");
-            }
-            Ok(_) => tracing::debug!(saga_id = %id, "saga finished"),
-            Err(SagaError::Store(StoreError::LeaseLost { .. })) => {
-                self.counters.count(Count::LeaseLost, definition);
-                tracing::warn!(saga_id = %id, "saga lease lost: another instance drives it now; stopping here");
-            }
-            Err(e) => tracing::error!(saga_id = %id, error = %e, "saga runner stopped"),
-        }
-        let published = result.map_err(|e| match e {
-            SagaError::Store(StoreError::LeaseLost { .. }) => Stopped::LeaseLost,
-            SagaError::Panicked { message, .. } => Stopped::Panicked(message),
-            e => Stopped::Other(e.to_string()),
-        });
-        if let Some(live) = self.live().remove(id) {
-            live.tx.send_replace(Some(published));
-        }
-    }
-
-    pub(crate) fn definition(&self, name: &str, version: u32) -> Option<Arc<dyn Resume>> {
-        let registry = self
-            .registry
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        registry.get(&(Arc::from(name), version)).cloned()
-    }
-
-    /// Marks a saga as driven by a runner of this process; false if one already drives it.
-    pub(crate) fn claim(&self, id: &Arc<str>) -> bool {
-        let mut live = self.live();
-        match live.get_mut(id) {
-            Some(l) if l.running => false,
-            Some(l) => {
-                l.running = true;
-                true
-            }
-            None => {
-                let (tx, _) = watch::channel(None);
-                live.insert(
-                    Arc::clone(id),
-                    Live {
-                        tx,
-                        running: true,
-                        definition: None,
-                    },
-                );
-                true
-            }
-        }
-    }
-
-    pub(crate) fn unclaim(&self, id: &str) {
-        let mut live = self.live();
-        if let Some(l) = live.get_mut(id) {
-            l.running = false;
-        }
-    }
-}
-
-/// Removes a claim made by `start` when the call is cancelled or fails before a runner
+/// Forgets a saga claimed by `start` when the call is cancelled or fails before a runner
 /// takes it over.
 struct ClaimGuard<'a> {
     shared: &'a Shared,
@@ -273,7 +75,7 @@ struct ClaimGuard<'a> {
 impl Drop for ClaimGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.shared.live().remove(&self.id);
+            self.shared.forget(&self.id);
         }
     }
 }
@@ -287,45 +89,19 @@ impl SagaEngine {
     /// An engine over a shared store.
     pub fn from_arc(store: Arc<dyn SagaStore>) -> Self {
         Self {
-            shared: Arc::new(Shared {
-                store,
-                counters: Counters::default(),
-                registry: RwLock::new(HashMap::new()),
-                live: Mutex::new(HashMap::new()),
-            }),
+            shared: Arc::new(Shared::new(store)),
         }
     }
 
     /// The store.
     pub fn store(&self) -> &Arc<dyn SagaStore> {
-        &self.shared.store
+        self.shared.store()
     }
 
     /// Makes a definition known for recovery and operator actions. Registering the same
     /// name and version again replaces it.
     pub fn register<S: SagaState>(&self, definition: &SagaDefinition<S>) {
-        let mut registry = self
-            .shared
-            .registry
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        registry.insert(
-            (Arc::clone(&definition.inner.name), definition.inner.version),
-            Arc::new(Arc::clone(&definition.inner)),
-        );
-    }
-
-    fn register_if_absent<S: SagaState>(&self, definition: &SagaDefinition<S>) {
-        let key = (Arc::clone(&definition.inner.name), definition.inner.version);
-        let known = self
-            .shared
-            .registry
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains_key(&key);
-        if !known {
-            self.register(definition);
-        }
+        self.shared.register(&definition.inner);
     }
 
     /// Starts a saga, or returns the existing one with this id (start is idempotent).
@@ -346,34 +122,23 @@ impl SagaEngine {
         input: S,
     ) -> Result<SagaHandle<S>, SagaError> {
         let id: Arc<str> = saga_id.into();
-        self.register_if_absent(definition);
-        let rx = {
-            let mut live = self.shared.live();
-            if let Some(l) = live.get(&id) {
-                if let Some((name, version)) = &l.definition
-                    && (**name != *definition.inner.name || *version != definition.inner.version)
-                {
-                    return Err(SagaError::DefinitionMismatch {
-                        saga_id: id.to_string(),
-                        definition: name.to_string(),
-                        version: *version,
-                    });
-                }
-                return Ok(SagaHandle::new(id, l.tx.subscribe()));
+        self.shared.register_if_absent(&definition.inner);
+        let rx = match self
+            .shared
+            .enter(&id, &definition.inner.name, definition.inner.version)
+        {
+            Entry::Claimed(rx) => rx,
+            Entry::Existing(rx) => return Ok(SagaHandle::new(id, rx)),
+            Entry::Mismatch {
+                definition,
+                version,
+            } => {
+                return Err(SagaError::DefinitionMismatch {
+                    saga_id: id.to_string(),
+                    definition,
+                    version,
+                });
             }
-            let (tx, rx) = watch::channel(None);
-            live.insert(
-                Arc::clone(&id),
-                Live {
-                    tx,
-                    running: true,
-                    definition: Some((
-                        Arc::clone(&definition.inner.name),
-                        definition.inner.version,
-                    )),
-                },
-            );
-            rx
         };
         let mut guard = ClaimGuard {
             shared: &self.shared,
@@ -386,8 +151,7 @@ impl SagaEngine {
             Arc::clone(&id),
             input,
         )?;
-        let events = std::mem::take(&mut runner.pending);
-        runner.flushed = runner.progress.next_seq;
+        let events = runner.take_first_events();
         let new = NewSaga::new(
             Arc::clone(&id),
             Arc::clone(&definition.inner.name),
@@ -395,19 +159,17 @@ impl SagaEngine {
             SagaStatus::Running,
             events,
         );
-        match self.shared.store.create(new).await? {
+        match self.shared.store().create(new).await? {
             Created::New => {
                 guard.armed = false;
-                self.shared
-                    .counters
-                    .count(Count::Started, &definition.inner.name);
-                spawn(runner);
+                self.shared.count(Count::Started, &definition.inner.name);
+                task::spawn(runner);
                 Ok(SagaHandle::new(id, rx))
             }
             Created::Exists => {
                 let log = self
                     .shared
-                    .store
+                    .store()
                     .load(&id)
                     .await?
                     .ok_or_else(|| SagaError::NotFound(id.to_string()))?;
@@ -445,6 +207,7 @@ impl SagaEngine {
             }
         }
     }
+
     /// Sagas waiting for an operator.
     pub async fn stuck(&self) -> Result<Vec<SagaSummary>, SagaError> {
         self.list(&ListFilter::status(SagaStatus::Stuck)).await
@@ -452,30 +215,112 @@ impl SagaEngine {
 
     /// Sagas matching `filter` (status and definition), in id order.
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<SagaSummary>, SagaError> {
-        Ok(self.shared.store.list(filter).await?)
+        Ok(self.shared.store().list(filter).await?)
     }
 
     /// A saga's summary and timeline; rows that do not decode are shown with their error.
     pub async fn inspect(&self, saga_id: &str) -> Result<Option<SagaTimeline>, SagaError> {
-        let Some(log) = self.shared.store.load(saga_id).await? else {
-            return Ok(None);
-        };
-        let entries = log
-            .events
-            .iter()
-            .map(|row| TimelineEntry {
-                seq: row.seq,
-                event: SagaEvent::decode(row.seq, &row.payload),
-            })
-            .collect();
-        Ok(Some(SagaTimeline {
-            summary: log.summary,
-            entries,
-        }))
+        let log = self.shared.store().load(saga_id).await?;
+        Ok(log.map(SagaTimeline::of))
     }
 
     /// A snapshot of the engine's counters.
     pub fn metrics(&self) -> SagaMetrics {
-        self.shared.counters.snapshot()
+        self.shared.metrics()
+    }
+
+    /// Resumes every saga whose log says it is running or compensating and that this engine
+    /// does not already run.
+    ///
+    /// A step whose attempt started without a recorded result is handled by its
+    /// [`OnInterrupted`](crate::OnInterrupted) setting: by default it runs again with the
+    /// same idempotency key, so delivery is at-least-once. A saga whose definition is not
+    /// registered, or whose log does not decode, is quarantined (status `Quarantined`, the
+    /// reason in its note, nothing deleted) and reported; the others are resumed.
+    ///
+    /// Each saga is counted once: one listed as unfinished whose log has ended by the time
+    /// it is claimed (its runner finished in between) is reported in
+    /// [`settled`](RecoveryReport::settled), and neither its outcome nor a resume is counted
+    /// again.
+    ///
+    /// With a store shared by several instances, only sagas nobody drives are resumed (see
+    /// [`SagaStore::claim_resumable`](crate::SagaStore::claim_resumable)): no owner, an expired
+    /// lease, or a lease of this instance's owner id it no longer uses. Run it continuously
+    /// with [`spawn_recovery`](Self::spawn_recovery).
+    pub async fn recover(&self) -> Result<RecoveryReport, SagaError> {
+        self.recover_at_most(usize::MAX).await
+    }
+
+    /// Like [`recover`](Self::recover), claiming at most `limit` sagas. With a store shared
+    /// by several instances (leases), only sagas nobody drives are claimed: no owner, or an
+    /// expired lease.
+    ///
+    /// A store without leases cannot tell which of its unfinished sagas this engine runs, so
+    /// for it every pass lists them all and `limit` is ignored.
+    pub async fn recover_at_most(&self, limit: usize) -> Result<RecoveryReport, SagaError> {
+        recovery::recover(&self.shared, limit).await
+    }
+
+    /// Runs recovery now and then `interval` after each pass on a background task, for as
+    /// long as the returned [`RecoveryLoop`] lives. Any interval works: one shorter than the
+    /// timer's 1 ms resolution (zero included) waits 1 ms, a huge one saturates.
+    ///
+    /// With a store shared by several instances ([`PostgresStore`](crate::PostgresStore)),
+    /// every instance runs this loop: each pass claims (up to 256 at a time) the sagas whose
+    /// lease expired, so a dead instance's sagas are resumed elsewhere within the lease TTL
+    /// plus `interval`. Pick an `interval` well under the TTL (a third of it, say). With a
+    /// single-process store one pass at startup is enough; the loop then only finds sagas
+    /// whose runner stopped on a store error.
+    ///
+    /// Register every definition first. Errors of a pass (and panics inside one) are logged
+    /// and the next pass retries.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime.
+    pub fn spawn_recovery(&self, interval: std::time::Duration) -> RecoveryLoop {
+        recovery::spawn_loop(Arc::clone(&self.shared), interval)
+    }
+
+    /// Operator: runs the stuck step (action or compensation) again with a fresh attempt
+    /// budget; the saga continues from there. Returns a handle for the new outcome.
+    pub async fn retry_stuck<S: SagaState>(
+        &self,
+        saga_id: &str,
+    ) -> Result<SagaHandle<S>, SagaError> {
+        operator::act(
+            &self.shared,
+            saga_id,
+            |step| SagaEvent::OperatorRetried { step },
+            true,
+        )
+        .await
+    }
+
+    /// Operator: skips the stuck step (a skipped action counts as done, a skipped
+    /// compensation as done) and continues. Returns a handle for the new outcome.
+    pub async fn skip_stuck<S: SagaState>(
+        &self,
+        saga_id: &str,
+    ) -> Result<SagaHandle<S>, SagaError> {
+        operator::act(
+            &self.shared,
+            saga_id,
+            |step| SagaEvent::OperatorSkipped { step },
+            true,
+        )
+        .await
+    }
+
+    /// Operator: marks a stuck saga resolved (terminal), with a note for the log.
+    pub async fn resolve(&self, saga_id: &str, note: impl Into<String>) -> Result<(), SagaError> {
+        let note = note.into();
+        let _: SagaHandle<()> = operator::act(
+            &self.shared,
+            saga_id,
+            move |_| SagaEvent::OperatorResolved { note: note.clone() },
+            false,
+        )
+        .await?;
+        Ok(())
     }
 }

@@ -6,7 +6,7 @@ use std::fmt;
 /// The error a step's action or compensation returns: retryable or a business failure.
 ///
 /// A retryable error (a timeout, a 503, a dropped connection) is retried with the step's
-/// [`RetryPolicy`](crate::RetryPolicy). A business failure (card declined, out of stock) is
+/// [`StepRetry`](crate::StepRetry). A business failure (card declined, out of stock) is
 /// final: the saga starts compensating at once. Only the message is kept: it is written to
 /// the durable log, so it must make sense after a restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -284,4 +284,13 @@ pub enum SagaError {
         /// Why the runner stopped.
         reason: String,
     },
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
 }

@@ -8,11 +8,12 @@ use futures_util::FutureExt;
 
 use crate::context::Phase;
 use crate::definition::{DefinitionInner, SagaState};
-use crate::engine::Shared;
+use crate::error::panic_message;
 use crate::event::SagaEvent;
+use crate::log::decode_log;
 use crate::metrics::Count;
-use crate::recovery::{decode_log, panic_message};
 use crate::replay::{Progress, Stage};
+use crate::shared::Shared;
 use crate::store::Append;
 
 /// How a saga whose task failed was marked.
@@ -52,8 +53,8 @@ pub(crate) async fn mark<S: SagaState>(
         }
     };
     match marked {
-        Marked::Stuck => shared.counters.count(Count::Stuck, &def.name),
-        Marked::Quarantined => shared.counters.count(Count::Quarantined, &def.name),
+        Marked::Stuck => shared.count(Count::Stuck, &def.name),
+        Marked::Quarantined => shared.count(Count::Quarantined, &def.name),
         Marked::Settled => {}
         Marked::Unmarked => {
             tracing::error!(saga_id = %id, reason, "the saga's task failed and it cannot be marked; it resumes on recovery");
@@ -71,12 +72,12 @@ pub(crate) async fn quarantine_counted<S: SagaState>(
     reason: &str,
 ) {
     if quarantine(shared, id, reason).await == Marked::Quarantined {
-        shared.counters.count(Count::Quarantined, &def.name);
+        shared.count(Count::Quarantined, &def.name);
     }
 }
 
 async fn quarantine(shared: &Arc<Shared>, id: &str, reason: &str) -> Marked {
-    match AssertUnwindSafe(shared.store.quarantine(id, reason))
+    match AssertUnwindSafe(shared.store().quarantine(id, reason))
         .catch_unwind()
         .await
     {
@@ -100,7 +101,7 @@ async fn append_stuck<S: SagaState>(
     reason: &str,
 ) -> Result<Marked, String> {
     let log = shared
-        .store
+        .store()
         .load(id)
         .await
         .map_err(|e| e.to_string())?
@@ -125,7 +126,7 @@ async fn append_stuck<S: SagaState>(
     let append =
         Append::new(Arc::clone(id), first_seq, vec![event.encode()], status).with_note(note);
     shared
-        .store
+        .store()
         .append(append)
         .await
         .map_err(|e| e.to_string())?;

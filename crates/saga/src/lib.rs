@@ -13,7 +13,7 @@
 //! [`Stuck`](SagaOutcome::Stuck) and waits for an operator ([`SagaEngine::retry_stuck`],
 //! [`SagaEngine::skip_stuck`], [`SagaEngine::resolve`]); never a silent log line.
 //!
-//! - **Errors** are [`StepError::retryable`] (retried with the step's [`RetryPolicy`]: a
+//! - **Errors** are [`StepError::retryable`] (retried with the step's [`StepRetry`]: a
 //!   `staunch-core` [`Backoff`](staunch_core::Backoff), attempt limit, per-attempt timeout) or
 //!   [`StepError::fail`] (a business failure: compensate now). A panic in a step is caught
 //!   and counts as a business failure of that step.
@@ -75,7 +75,8 @@
 //! - A step output (or compensation output) that cannot be serialized makes the saga stuck
 //!   ([`StepErrorKind::Unstorable`]): its effect happened, so it is never run again silently.
 //! - A store batch isolates its sagas: one saga's bad row or value fails only its own request.
-//! - Recovery releases every saga it claimed on every path, errors and panics included.
+//! - Recovery releases every saga it claimed on every path, errors, panics and a cancelled
+//!   pass (a dropped [`RecoveryLoop`]) included.
 //!
 //! # Example
 //!
@@ -135,7 +136,9 @@
 //! A `tracing` span `saga` per saga run and `saga_step` per attempt; debug events on
 //! transitions, a warning when a saga gets stuck. [`SagaEngine::metrics`] gives counters
 //! (started, completed, compensated, stuck, step attempts and latency); the `metrics` feature
-//! emits them through the `metrics` crate with a `name` label (the definition).
+//! emits them through the `metrics` crate with a `name` label (the definition). Each saga's
+//! outcome is counted once, by the runner that reached it: recovery that finds a log already
+//! ended (the saga finished while the pass ran) counts nothing.
 //! [`SagaEngine::inspect`] returns a saga's timeline; [`SagaEngine::list`] filters by status
 //! and definition.
 #![deny(missing_docs)]
@@ -146,28 +149,34 @@ mod definition;
 mod engine;
 mod error;
 mod event;
-mod group;
 mod guard;
+mod log;
 mod metrics;
 mod operator;
 mod outcome;
-mod parallel;
 mod recovery;
 mod replay;
 mod runner;
+mod shared;
 mod store;
+mod task;
 
 pub use context::{Phase, StepContext, idempotency_key};
 pub use definition::{
-    OnInterrupted, RetryPolicy, SagaDefinition, SagaDefinitionBuilder, SagaState, Step, StepKind,
+    GroupCompensation, GroupFailure, OnInterrupted, ParallelGroup, SagaDefinition,
+    SagaDefinitionBuilder, SagaState, Step, StepKind, StepRetry,
 };
 pub use engine::SagaEngine;
+
+/// The step retry policy's former name.
+#[deprecated(note = "renamed `StepRetry` (the old name clashed with `staunch_retry::RetryPolicy`)")]
+pub type RetryPolicy = StepRetry;
 pub use error::{LoadError, LogRule, SagaError, StepError, StepErrorKind, StoreError};
 pub use event::{LOG_FORMAT_VERSION, SagaEvent};
-pub use group::{GroupCompensation, GroupFailure, ParallelGroup};
+pub use log::{SagaTimeline, TimelineEntry};
 pub use metrics::SagaMetrics;
 pub use outcome::{SagaHandle, SagaOutcome};
-pub use recovery::{RecoveryLoop, RecoveryReport, SagaTimeline, TimelineEntry};
+pub use recovery::{RecoveryLoop, RecoveryReport};
 pub use store::{
     Append, Created, ListFilter, MemoryStore, NewSaga, SagaLog, SagaStatus, SagaStore, SagaSummary,
     StoredEvent,

@@ -88,7 +88,7 @@ async fn apply(pool: &SqlitePool, ctx: &StepContext, kind: &str) -> Result<(), S
 fn definition(pool: SqlitePool) -> SagaDefinition<Order> {
     let p = [pool.clone(), pool.clone(), pool.clone(), pool.clone(), pool];
     let [p1, p2, p3, p4, p5] = p;
-    let fast = staunch_saga::RetryPolicy::new(3).backoff(
+    let fast = staunch_saga::StepRetry::new(3).backoff(
         staunch_core::Backoff::constant(Duration::from_millis(5))
             .jitter(staunch_core::Jitter::None)
             .build()

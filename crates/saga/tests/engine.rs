@@ -628,7 +628,7 @@ fn invalid_definitions_are_config_errors_naming_the_field() {
         .unwrap_err();
     assert_eq!(e.field(), "saga.pivot-comp.steps[0].compensation");
     let e = SagaDefinition::builder("zero", 1)
-        .step(step("a", Script::Ok, None, &c).retry(staunch_saga::RetryPolicy::new(0)))
+        .step(step("a", Script::Ok, None, &c).retry(staunch_saga::StepRetry::new(0)))
         .build()
         .unwrap_err();
     assert_eq!(e.field(), "saga.zero.steps[0].retry.max_attempts");
@@ -842,4 +842,11 @@ async fn a_retriable_step_without_a_policy_has_no_attempt_limit() {
         seen(&calls).iter().filter(|c| *c == "ship:action").count(),
         26
     );
+}
+
+#[test]
+#[allow(deprecated)]
+fn the_former_retry_policy_name_is_a_deprecated_alias_of_step_retry() {
+    let policy: staunch_saga::RetryPolicy = staunch_saga::StepRetry::new(2);
+    assert_eq!(policy.max_attempts(), Some(2));
 }

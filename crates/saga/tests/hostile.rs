@@ -13,8 +13,8 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use staunch_saga::{
     Append, Created, ListFilter, LoadError, LogRule, MemoryStore, NewSaga, ParallelGroup, Phase,
-    RetryPolicy, SagaDefinition, SagaEngine, SagaError, SagaEvent, SagaLog, SagaOutcome,
-    SagaStatus, SagaStore, SagaSummary, Step, StepError, StepErrorKind, StoreError,
+    SagaDefinition, SagaEngine, SagaError, SagaEvent, SagaLog, SagaOutcome, SagaStatus, SagaStore,
+    SagaSummary, Step, StepError, StepErrorKind, StepRetry, StoreError,
 };
 use support::{Script, Trail, calls, linear, seen, trail};
 
@@ -89,7 +89,7 @@ async fn a_saga_deadline_of_duration_max_is_usable() {
     let def = SagaDefinition::builder("forever", 1)
         .step(
             Step::new("only", a).retry(
-                RetryPolicy::new(2).timeout(Duration::MAX).backoff(
+                StepRetry::new(2).timeout(Duration::MAX).backoff(
                     staunch_core::Backoff::constant(Duration::MAX)
                         .build()
                         .unwrap(),
@@ -494,12 +494,14 @@ async fn a_compensation_output_that_cannot_be_stored_is_stuck() {
 
 // --- recovery releases every claim --------------------------------------------------------
 
-/// A memory store whose `quarantine` fails, recording every release.
+/// A memory store whose `quarantine` fails, recording every release; `load` of the saga
+/// named in `hang` never finishes.
 #[derive(Debug, Clone, Default)]
 struct NoQuarantine {
     inner: MemoryStore,
     released: Arc<Mutex<Vec<String>>>,
     fail: Arc<AtomicBool>,
+    hang: Arc<Mutex<Option<String>>>,
 }
 
 impl SagaStore for NoQuarantine {
@@ -510,6 +512,9 @@ impl SagaStore for NoQuarantine {
         self.inner.append(append)
     }
     fn load<'a>(&'a self, saga_id: &'a str) -> BoxFuture<'a, Result<Option<SagaLog>, StoreError>> {
+        if self.hang.lock().unwrap().as_deref() == Some(saga_id) {
+            return Box::pin(std::future::pending());
+        }
         self.inner.load(saga_id)
     }
     fn list<'a>(
@@ -564,6 +569,70 @@ async fn a_failing_quarantine_releases_every_claimed_saga() {
     let report = engine.recover().await.unwrap();
     assert_eq!(report.resumed, ["b-ok", "c-ok"]);
     assert_eq!(rule_of(&report, "a-bad"), Some((1, LogRule::StepIndex)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_quarantine_gives_back_the_claims_before_and_after_it() {
+    let def = linear("rel-mid", &[Script::Ok], &calls());
+    let store = NoQuarantine::default();
+    store.fail.store(true, Ordering::SeqCst);
+    seed_healthy(&store, "a-ok", "rel-mid").await;
+    seed(
+        &store,
+        "b-bad",
+        "rel-mid",
+        &[
+            started("rel-mid"),
+            SagaEvent::StepStarted {
+                step: 9,
+                attempt: 1,
+            },
+        ],
+    )
+    .await;
+    seed_healthy(&store, "c-ok", "rel-mid").await;
+    let engine = SagaEngine::new(store.clone());
+    engine.register(&def);
+    assert!(engine.recover().await.is_err());
+    // `a-ok` was resumed before the failure and completes; the others are released.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut released = store.released.lock().unwrap().clone();
+    released.sort();
+    assert_eq!(released, ["a-ok", "b-bad", "c-ok"]);
+    assert_eq!(engine.metrics().completed, 1);
+    store.fail.store(false, Ordering::SeqCst);
+    let report = engine.recover().await.unwrap();
+    assert_eq!(report.resumed, ["c-ok"]);
+    assert_eq!(rule_of(&report, "b-bad"), Some((1, LogRule::StepIndex)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_recovery_pass_gives_back_every_claim() {
+    let def = linear("cancel", &[Script::Ok], &calls());
+    let store = NoQuarantine::default();
+    *store.hang.lock().unwrap() = Some("b-hang".into());
+    seed_healthy(&store, "a-ok", "cancel").await;
+    seed_healthy(&store, "b-hang", "cancel").await;
+    seed_healthy(&store, "c-ok", "cancel").await;
+    let engine = SagaEngine::new(store.clone());
+    engine.register(&def);
+    let pass = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.recover().await }
+    });
+    // `a-ok` is resumed (and completes); the pass then waits on `b-hang`'s log.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!pass.is_finished());
+    pass.abort();
+    assert!(pass.await.unwrap_err().is_cancelled());
+    let mut released = store.released.lock().unwrap().clone();
+    released.sort();
+    assert_eq!(released, ["a-ok", "b-hang", "c-ok"]);
+    // Nothing is left claimed in the engine either: the next pass resumes both.
+    *store.hang.lock().unwrap() = None;
+    let report = engine.recover().await.unwrap();
+    assert_eq!(report.resumed, ["b-hang", "c-ok"]);
+    assert!(report.already_running.is_empty(), "{report:?}");
 }
 
 // --- SQLite: crafted rows in a real file ----------------------------------------------------

@@ -218,7 +218,7 @@ async fn operator_actions_take_the_lease_of_a_stuck_saga_from_another_instance()
         .step(
             Step::new("debit", |n, _| async move { Ok(n) })
                 .compensate(|_n, _| async move { Err(StepError::fail("ledger locked")) })
-                .compensation_retry(staunch_saga::RetryPolicy::new(1)),
+                .compensation_retry(staunch_saga::StepRetry::new(1)),
         )
         .step(Step::new("credit", |_n, _| async move {
             Err::<u32, _>(StepError::fail("account closed"))

@@ -8,9 +8,11 @@ mod support;
 
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use staunch_saga::{
-    ListFilter, LoadError, MemoryStore, OnInterrupted, Phase, SagaDefinition, SagaEngine,
-    SagaError, SagaEvent, SagaOutcome, SagaStatus, Step,
+    Append, Created, ListFilter, LoadError, MemoryStore, NewSaga, OnInterrupted, Phase,
+    SagaDefinition, SagaEngine, SagaError, SagaEvent, SagaLog, SagaOutcome, SagaStatus, SagaStore,
+    SagaSummary, Step, StepError, StoreError,
 };
 use support::{Calls, Script, Trail, calls, fast_retry, scripted, seen, step, trail};
 
@@ -450,5 +452,196 @@ fn the_recovery_loop_resumes_stopped_sagas_and_does_not_spin_on_running_ones() {
         assert_eq!(engine.metrics().in_flight, 300, "the others still hang");
         drop(recovery);
         drop(hanging);
+    });
+}
+
+// --- a saga listed while running and finished before recovery claims it -------------------
+
+/// A memory store whose `claim_resumable` lists the unfinished sagas, tells the test, then
+/// waits for the test before returning them: the listed sagas finish in between.
+#[derive(Debug, Clone, Default)]
+struct SlowClaim {
+    inner: MemoryStore,
+    listed: Arc<tokio::sync::Notify>,
+    gate: Arc<tokio::sync::Notify>,
+    passes: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl SagaStore for SlowClaim {
+    fn create(&self, saga: NewSaga) -> BoxFuture<'_, Result<Created, StoreError>> {
+        self.inner.create(saga)
+    }
+    fn append(&self, append: Append) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.inner.append(append)
+    }
+    fn load<'a>(&'a self, saga_id: &'a str) -> BoxFuture<'a, Result<Option<SagaLog>, StoreError>> {
+        self.inner.load(saga_id)
+    }
+    fn list<'a>(
+        &'a self,
+        filter: &'a ListFilter,
+    ) -> BoxFuture<'a, Result<Vec<SagaSummary>, StoreError>> {
+        self.inner.list(filter)
+    }
+    fn quarantine<'a>(
+        &'a self,
+        saga_id: &'a str,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.inner.quarantine(saga_id, reason)
+    }
+    fn claim_resumable(&self, limit: usize) -> BoxFuture<'_, Result<Vec<SagaSummary>, StoreError>> {
+        Box::pin(async move {
+            self.passes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let listed = self.inner.claim_resumable(limit).await?;
+            self.listed.notify_one();
+            self.gate.notified().await;
+            Ok(listed)
+        })
+    }
+}
+
+/// A one-step definition whose step waits for a permit of `gate`, then succeeds or fails;
+/// with `stuck_compensation` a first step's compensation fails for good.
+fn gated(
+    name: &str,
+    gate: &Arc<tokio::sync::Semaphore>,
+    succeed: bool,
+    stuck_compensation: bool,
+) -> SagaDefinition<Trail> {
+    let calls = calls();
+    let first = if stuck_compensation {
+        Script::Fail
+    } else {
+        Script::Ok
+    };
+    let gate = Arc::clone(gate);
+    SagaDefinition::builder(name, 1)
+        .step(step("first", Script::Ok, Some(first), &calls).compensation_retry(fast_retry(1)))
+        .step(Step::new("wait", move |t: Trail, _| {
+            let gate = Arc::clone(&gate);
+            async move {
+                gate.acquire().await.unwrap().forget();
+                if succeed {
+                    Ok(t)
+                } else {
+                    Err(StepError::fail("declined"))
+                }
+            }
+        }))
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_saga_that_finishes_between_listing_and_claiming_is_counted_once() {
+    runtime().block_on(async {
+        let store = SlowClaim::default();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let defs = [
+            gated("done", &gate, true, false),
+            gated("undone", &gate, false, false),
+            gated("stuck", &gate, false, true),
+        ];
+        let engine = SagaEngine::new(store.clone());
+        let mut handles = Vec::new();
+        for def in &defs {
+            handles.push(engine.start(def, def.name(), trail()).await.unwrap());
+        }
+        // The pass lists the three while they run ...
+        let pass = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.recover().await }
+        });
+        store.listed.notified().await;
+        // ... they finish ...
+        gate.add_permits(3);
+        let mut outcomes = Vec::new();
+        for h in handles {
+            outcomes.push(h.outcome().await.unwrap());
+        }
+        assert!(matches!(outcomes[0], SagaOutcome::Completed(_)));
+        assert!(matches!(outcomes[1], SagaOutcome::Compensated { .. }));
+        assert!(matches!(outcomes[2], SagaOutcome::Stuck { .. }));
+        // ... and only then does the pass claim them.
+        store.gate.notify_one();
+        let report = pass.await.unwrap().unwrap();
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        assert!(report.resumed.is_empty(), "{report:?}");
+        assert_eq!(report.settled, ["done", "stuck", "undone"]);
+        let m = engine.metrics();
+        assert_eq!(
+            (m.started, m.completed, m.compensated, m.stuck, m.resumed),
+            (3, 1, 1, 1, 0),
+            "{m:?}"
+        );
+        assert_eq!(m.in_flight, 0);
+        // Their summaries are untouched and every settled outcome is still readable.
+        assert_eq!(engine.stuck().await.unwrap().len(), 1);
+        for def in &defs {
+            let log = store.load(def.name()).await.unwrap().unwrap();
+            assert!(!log.summary.status.is_resumable(), "{:?}", log.summary);
+            let again = engine.start(def, def.name(), trail()).await.unwrap();
+            assert!(again.outcome().await.is_ok());
+        }
+        assert_eq!(engine.metrics(), m, "reading outcomes counts nothing");
+    });
+}
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn the_recovery_loop_beside_healthy_sagas_on_sqlite_counts_each_saga_once() {
+    let dir = support::TempDir::new("recount");
+    let path = dir.file("sagas.db");
+    let calls = calls();
+    let def = support::linear("recount", &[Script::Ok, Script::Ok, Script::Ok], &calls);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let engine = SagaEngine::new(staunch_saga::SqliteStore::open(&path).await.unwrap());
+            engine.register(&def);
+            let recovery = engine.spawn_recovery(std::time::Duration::from_millis(1));
+            let mut handles = Vec::new();
+            for n in 0..320 {
+                handles.push(
+                    engine
+                        .start(&def, format!("r{n:03}"), trail())
+                        .await
+                        .unwrap(),
+                );
+            }
+            for h in handles {
+                let outcome = h.outcome().await.unwrap();
+                assert!(matches!(outcome, SagaOutcome::Completed(_)), "{outcome:?}");
+            }
+            // Let passes that listed the last sagas finish.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            recovery.stop().await;
+            let m = engine.metrics();
+            assert_eq!((m.started, m.completed, m.resumed), (320, 320, 0), "{m:?}");
+            assert_eq!(m.in_flight, 0);
+        });
+}
+
+#[test]
+fn stopping_the_recovery_loop_waits_for_the_pass_under_way_and_starts_no_other() {
+    use std::sync::atomic::Ordering::SeqCst;
+    runtime().block_on(async {
+        let store = SlowClaim::default();
+        let engine = SagaEngine::new(store.clone());
+        let recovery = engine.spawn_recovery(std::time::Duration::from_secs(1));
+        store.listed.notified().await;
+        let stopping = tokio::spawn(recovery.stop());
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        assert!(!stopping.is_finished(), "stop waits for the pass under way");
+        store.gate.notify_one();
+        stopping.await.unwrap();
+        assert_eq!(store.passes.load(SeqCst), 1);
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        assert_eq!(store.passes.load(SeqCst), 1, "no pass after stop");
     });
 }

@@ -45,8 +45,8 @@ use staunch::circuit_breaker::{CircuitBreaker, CircuitBreakerError, CircuitBreak
 use staunch::core::Rejection;
 use staunch::retry::{RetryBudget, RetryLayer, RetryPolicy};
 use staunch::saga::{
-    ListFilter, Phase, RetryPolicy as StepRetry, SagaDefinition, SagaEngine, SagaOutcome,
-    SqliteStore, Step, StepContext, StepError, StepErrorKind, idempotency_key,
+    ListFilter, Phase, SagaDefinition, SagaEngine, SagaOutcome, SqliteStore, Step, StepContext,
+    StepError, StepErrorKind, StepRetry, idempotency_key,
 };
 use staunch::{
     Backoff, ConfigError, GrpcStatus, HttpStatus, IgnoreRejections, Jitter, StackStatus,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use staunch_core::{Backoff, Jitter};
-use staunch_saga::{Phase, RetryPolicy, SagaDefinition, Step, StepContext, StepError};
+use staunch_saga::{Phase, SagaDefinition, Step, StepContext, StepError, StepRetry};
 
 /// The saga state: what the steps did, in order.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,8 +70,8 @@ pub type StepFuture = futures_util::future::BoxFuture<'static, Result<Trail, Ste
 /// Changes a scripted step's behaviour from the test.
 pub type Switch = Arc<Mutex<Script>>;
 
-pub fn fast_retry(max_attempts: u32) -> RetryPolicy {
-    RetryPolicy::new(max_attempts).backoff(
+pub fn fast_retry(max_attempts: u32) -> StepRetry {
+    StepRetry::new(max_attempts).backoff(
         Backoff::constant(Duration::from_millis(10))
             .jitter(Jitter::None)
             .build()

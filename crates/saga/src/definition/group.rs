@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::definition::{SagaState, Step};
+use super::{SagaState, Step};
 
 /// What the other members of a [`ParallelGroup`] do when one fails for good.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

@@ -12,7 +12,11 @@ use staunch_core::{Backoff, ConfigError};
 
 use crate::context::StepContext;
 use crate::error::StepError;
-use crate::group::{GroupInner, ParallelGroup};
+
+mod group;
+
+pub(crate) use group::GroupInner;
+pub use group::{GroupCompensation, GroupFailure, ParallelGroup};
 
 /// A saga state: any serde type the steps pass along and update.
 pub trait SagaState: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
@@ -52,14 +56,17 @@ pub enum OnInterrupted {
 }
 
 /// Attempts, backoff and per-attempt timeout for an action or a compensation.
+///
+/// (Formerly `RetryPolicy`; the deprecated alias remains. `staunch_retry::RetryPolicy` is the
+/// unrelated policy of the retry layer for calls.)
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RetryPolicy {
+pub struct StepRetry {
     pub(crate) max_attempts: Option<u32>,
     pub(crate) backoff: Backoff,
     pub(crate) timeout: Option<Duration>,
 }
 
-impl Default for RetryPolicy {
+impl Default for StepRetry {
     /// 3 attempts, the default [`Backoff`] (exponential from 100 ms, full jitter), no timeout.
     fn default() -> Self {
         Self {
@@ -70,7 +77,7 @@ impl Default for RetryPolicy {
     }
 }
 
-impl RetryPolicy {
+impl StepRetry {
     /// A policy with `max_attempts` attempts (the first included) and the default backoff.
     pub fn new(max_attempts: u32) -> Self {
         Self {
@@ -123,8 +130,8 @@ pub struct Step<S> {
     pub(crate) kind: StepKind,
     pub(crate) action: StepFn<S>,
     pub(crate) compensation: Option<StepFn<S>>,
-    pub(crate) retry: RetryPolicy,
-    pub(crate) compensation_retry: RetryPolicy,
+    pub(crate) retry: StepRetry,
+    pub(crate) compensation_retry: StepRetry,
     pub(crate) on_interrupted: OnInterrupted,
     /// The parallel group this step belongs to (index into the definition's groups).
     pub(crate) group: Option<u32>,
@@ -165,8 +172,8 @@ impl<S: SagaState> Step<S> {
             kind: StepKind::Compensatable,
             action: boxed(action),
             compensation: None,
-            retry: RetryPolicy::default(),
-            compensation_retry: RetryPolicy::new(5),
+            retry: StepRetry::default(),
+            compensation_retry: StepRetry::new(5),
             on_interrupted: OnInterrupted::Rerun,
             group: None,
             retry_set: false,
@@ -200,14 +207,14 @@ impl<S: SagaState> Step<S> {
     }
 
     /// The action's retry policy (default: 3 attempts; retriable steps: unlimited).
-    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+    pub fn retry(mut self, policy: StepRetry) -> Self {
         self.retry = policy;
         self.retry_set = true;
         self
     }
 
     /// The compensation's retry policy (default: 5 attempts, default backoff).
-    pub fn compensation_retry(mut self, policy: RetryPolicy) -> Self {
+    pub fn compensation_retry(mut self, policy: StepRetry) -> Self {
         self.compensation_retry = policy;
         self
     }

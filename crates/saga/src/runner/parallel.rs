@@ -4,17 +4,17 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use staunch_core::BackoffSchedule;
 use tokio::task::JoinSet;
-use tokio::time::Instant;
 
 use crate::context::Phase;
-use crate::definition::{OnInterrupted, RetryPolicy, SagaState, StepKind};
+use crate::definition::{
+    GroupCompensation, GroupFailure, GroupInner, OnInterrupted, SagaState, StepKind,
+};
 use crate::error::{SagaError, StepError, StepErrorKind};
 use crate::event::SagaEvent;
-use crate::group::{GroupCompensation, GroupFailure};
 use crate::replay::MemberResult;
-use crate::runner::{Runner, to_raw};
+
+use super::{Retries, Runner, failed_event, started_event, to_raw};
 
 /// What a member task reports.
 enum Report<S> {
@@ -40,10 +40,7 @@ fn decode<S: SagaState>(raw: &serde_json::value::RawValue) -> Result<S, SagaErro
 
 /// A member's retry bookkeeping.
 struct Member {
-    policy: RetryPolicy,
-    schedule: BackoffSchedule,
-    first_start: Instant,
-    tries: u32,
+    retries: Retries,
     in_flight: bool,
 }
 
@@ -147,7 +144,7 @@ impl<S: SagaState> Runner<S> {
             .def
             .groups
             .get(g as usize)
-            .map_or(0..0, crate::group::GroupInner::members)
+            .map_or(0..0, GroupInner::members)
             .filter_map(|i| Some((i, self.progress.steps.get(i as usize)?.member.clone()?)))
             .collect();
         let base = match done.iter().min_by_key(|(_, m)| m.seq) {
@@ -211,13 +208,6 @@ impl<S: SagaState> Runner<S> {
         Ok(())
     }
 
-    fn started_event(phase: Phase, step: u32, attempt: u32) -> SagaEvent {
-        match phase {
-            Phase::Action => SagaEvent::StepStarted { step, attempt },
-            Phase::Compensate => SagaEvent::CompensationStarted { step, attempt },
-        }
-    }
-
     /// Logs and spawns the next attempt of `step`.
     fn launch(
         &mut self,
@@ -249,8 +239,8 @@ impl<S: SagaState> Runner<S> {
             });
             return;
         };
-        self.record(Self::started_event(phase, step, attempt));
-        track.tries += 1;
+        self.record(started_event(phase, step, attempt));
+        track.retries.started();
         track.in_flight = true;
         let deadline = (phase == Phase::Action && !self.pivot_done())
             .then_some(self.deadline)
@@ -262,7 +252,7 @@ impl<S: SagaState> Runner<S> {
             step,
             phase,
             attempt,
-            track.policy.timeout,
+            track.retries.timeout(),
             deadline,
         );
         set.spawn(async move {
@@ -307,10 +297,7 @@ impl<S: SagaState> Runner<S> {
             tracks.insert(
                 i,
                 Member {
-                    policy,
-                    schedule: policy.backoff.schedule(),
-                    first_start: Instant::now(),
-                    tries: 0,
+                    retries: Retries::new(policy),
                     in_flight: false,
                 },
             );
@@ -379,20 +366,13 @@ impl<S: SagaState> Runner<S> {
                                     let error =
                                         StepError::new(StepErrorKind::Unstorable, e.to_string());
                                     tracing::warn!(saga_id = %self.id, step, %error, "group member output cannot be stored");
-                                    self.record(match phase {
-                                        Phase::Action => SagaEvent::StepFailed {
-                                            step,
-                                            attempt,
-                                            kind: StepErrorKind::Unstorable,
-                                            error: error.message().to_owned(),
-                                        },
-                                        Phase::Compensate => SagaEvent::CompensationFailed {
-                                            step,
-                                            attempt,
-                                            kind: StepErrorKind::Unstorable,
-                                            error: error.message().to_owned(),
-                                        },
-                                    });
+                                    self.record(failed_event(
+                                        phase,
+                                        step,
+                                        attempt,
+                                        StepErrorKind::Unstorable,
+                                        error.message().to_owned(),
+                                    ));
                                     if failure.is_none() {
                                         failure = Some((step, error));
                                         if cancel {
@@ -405,35 +385,18 @@ impl<S: SagaState> Runner<S> {
                         Err(error) => {
                             let attempt = self.attempts(step, phase);
                             let (kind, message) = (error.kind(), error.message().to_owned());
-                            self.record(match phase {
-                                Phase::Action => SagaEvent::StepFailed {
-                                    step,
-                                    attempt,
-                                    kind,
-                                    error: message,
-                                },
-                                Phase::Compensate => SagaEvent::CompensationFailed {
-                                    step,
-                                    attempt,
-                                    kind,
-                                    error: message,
-                                },
-                            });
+                            self.record(failed_event(phase, step, attempt, kind, message));
                             let retriable_step = phase == Phase::Action
                                 && self
                                     .def
                                     .steps
                                     .get(step as usize)
                                     .is_some_and(|s| s.kind == StepKind::Retriable);
-                            let may_retry = kind != StepErrorKind::Deadline
-                                && (retriable_step || kind.is_retryable());
-                            let attempts_left =
-                                track.policy.max_attempts.is_none_or(|m| track.tries < m);
-                            let delay = (failure.is_none() && may_retry && attempts_left)
-                                .then(|| {
-                                    track.schedule.next_delay_after(track.first_start.elapsed())
-                                })
-                                .flatten();
+                            let delay = if failure.is_none() {
+                                track.retries.next_delay(kind, retriable_step)
+                            } else {
+                                None
+                            };
                             if let Some(delay) = delay {
                                 tracing::debug!(saga_id = %self.id, step, attempt, ?delay, %error, "retrying group member");
                                 set.spawn(async move {

@@ -13,12 +13,17 @@ use tracing::Instrument;
 
 use crate::context::{Phase, StepContext};
 use crate::definition::{DefinitionInner, OnInterrupted, SagaState, StepFn, StepKind};
-use crate::engine::Shared;
-use crate::error::{SagaError, StepError, StepErrorKind};
+use crate::error::{LoadError, SagaError, StepError, StepErrorKind, panic_message};
 use crate::event::SagaEvent;
 use crate::outcome::RawOutcome;
 use crate::replay::{Progress, Stage};
+use crate::shared::Shared;
 use crate::store::Append;
+
+mod parallel;
+mod retry;
+
+use retry::Retries;
 
 pub(crate) fn to_raw<S: SagaState>(state: &S) -> Result<Box<RawValue>, SagaError> {
     serde_json::value::to_raw_value(state).map_err(|e| SagaError::State(e.to_string()))
@@ -30,25 +35,29 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// The only writer of one saga's log while it runs here.
 pub(crate) struct Runner<S: SagaState> {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) def: Arc<DefinitionInner<S>>,
-    pub(crate) id: Arc<str>,
-    pub(crate) state: S,
-    pub(crate) progress: Progress,
+    shared: Arc<Shared>,
+    def: Arc<DefinitionInner<S>>,
+    id: Arc<str>,
+    state: S,
+    progress: Progress,
     /// Encoded events recorded but not yet appended.
-    pub(crate) pending: Vec<String>,
+    pending: Vec<String>,
     /// Sequence number of the first pending event.
-    pub(crate) flushed: u64,
+    flushed: u64,
     /// A step whose open attempt this runner logged itself (not an interrupted one).
-    pub(crate) prelogged: Option<u32>,
-    pub(crate) deadline: Option<Instant>,
+    prelogged: Option<u32>,
+    deadline: Option<Instant>,
     /// An event this runner recorded broke a log rule (an engine bug): nothing more is
     /// appended, and the saga is marked stuck with this error.
-    pub(crate) broken: Option<crate::error::LoadError>,
+    broken: Option<LoadError>,
     /// The summary may disagree with the log (resumed from a log that is already stuck or
     /// settled): the first flush writes the status even without rows.
     resync: bool,
+    /// Resumed from a log that had already ended (stuck or settled): its outcome was
+    /// counted when it happened, so driving it counts nothing.
+    settled: bool,
 }
 
 impl<S: SagaState> Runner<S> {
@@ -84,6 +93,7 @@ impl<S: SagaState> Runner<S> {
             deadline,
             broken: None,
             resync: false,
+            settled: false,
         };
         if runner.def.steps.first().is_some_and(|s| s.group.is_none()) {
             runner.record(SagaEvent::StepStarted {
@@ -122,6 +132,7 @@ impl<S: SagaState> Runner<S> {
         let resync = !matches!(progress.stage, Stage::Forward | Stage::Compensating);
         Ok(Self {
             resync,
+            settled: resync,
             shared,
             def,
             id,
@@ -133,6 +144,36 @@ impl<S: SagaState> Runner<S> {
             deadline,
             broken: None,
         })
+    }
+
+    /// The events [`new`](Self::new) recorded (`started`, and the first attempt when the
+    /// first step is not in a group), for the caller to write with
+    /// [`SagaStore::create`](crate::SagaStore::create); from then on they count as appended.
+    pub(crate) fn take_first_events(&mut self) -> Vec<String> {
+        self.flushed = self.progress.next_seq;
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Whether the replayed log had already ended before this runner drove it.
+    pub(crate) fn replayed_settled(&self) -> bool {
+        self.settled
+    }
+
+    pub(crate) fn id(&self) -> &Arc<str> {
+        &self.id
+    }
+
+    pub(crate) fn definition(&self) -> &Arc<DefinitionInner<S>> {
+        &self.def
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Whether the runner stopped because it recorded an invalid event (an engine bug).
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken.is_some()
     }
 
     pub(crate) fn record(&mut self, event: SagaEvent) {
@@ -165,7 +206,7 @@ impl<S: SagaState> Runner<S> {
         let events = std::mem::take(&mut self.pending);
         let append =
             Append::new(Arc::clone(&self.id), self.flushed, events, status).with_note(note);
-        self.shared.store.append(append).await?;
+        self.shared.store().append(append).await?;
         self.flushed = self.progress.next_seq;
         Ok(())
     }
@@ -225,20 +266,13 @@ impl<S: SagaState> Runner<S> {
     pub(crate) fn unstorable(&mut self, step: u32, phase: Phase, attempt: u32, error: &SagaError) {
         let error = StepError::new(StepErrorKind::Unstorable, error.to_string());
         tracing::warn!(saga_id = %self.id, step, %phase, %error, "step output cannot be stored: saga is stuck");
-        self.record(match phase {
-            Phase::Action => SagaEvent::StepFailed {
-                step,
-                attempt,
-                kind: StepErrorKind::Unstorable,
-                error: error.message().to_owned(),
-            },
-            Phase::Compensate => SagaEvent::CompensationFailed {
-                step,
-                attempt,
-                kind: StepErrorKind::Unstorable,
-                error: error.message().to_owned(),
-            },
-        });
+        self.record(failed_event(
+            phase,
+            step,
+            attempt,
+            StepErrorKind::Unstorable,
+            error.message().to_owned(),
+        ));
         self.record(SagaEvent::Stuck {
             step,
             phase,
@@ -267,7 +301,7 @@ impl<S: SagaState> Runner<S> {
                     if let Some(i) = self.next_forward() {
                         match self.def.steps.get(i as usize).and_then(|s| s.group) {
                             Some(g) => self.forward_group(g).await?,
-                            None => self.forward(i).await?,
+                            None => self.run_step(i, Phase::Action).await?,
                         }
                     } else {
                         self.record(SagaEvent::Completed);
@@ -280,7 +314,7 @@ impl<S: SagaState> Runner<S> {
                     if let Some(j) = self.next_compensation() {
                         match self.parallel_compensation(j) {
                             Some(g) => self.compensate_group(g).await?,
-                            None => self.compensate(j).await?,
+                            None => self.run_step(j, Phase::Compensate).await?,
                         }
                     } else {
                         let (failed_step, error) =
@@ -330,214 +364,186 @@ impl<S: SagaState> Runner<S> {
         self.record(SagaEvent::CompensationBegan { failed_step, error });
     }
 
-    /// One forward step, retries included; leaves the progress at its next stage.
-    async fn forward(&mut self, i: u32) -> Result<(), SagaError> {
+    /// One step in `phase` (its action, or its compensation), retries included; leaves the
+    /// progress at its next stage. The retry loop of every sequential step.
+    async fn run_step(&mut self, i: u32, phase: Phase) -> Result<(), SagaError> {
         let Some(step) = self.def.steps.get(i as usize) else {
             return Ok(());
         };
-        let (kind, policy, action, on_interrupted) = (
-            step.kind,
-            step.retry,
-            Arc::clone(&step.action),
-            step.on_interrupted,
-        );
-        let open = self
-            .progress
-            .steps
-            .get(i as usize)
-            .is_some_and(|p| p.action_open);
-        let mut reuse_open = self.prelogged.take() == Some(i) && open;
-        if open && !reuse_open {
-            // The process stopped during this attempt: its effect is unknown.
-            let attempt = self.attempts(i, Phase::Action);
-            let decision = match on_interrupted {
-                OnInterrupted::Compensate if self.pivot_done() => OnInterrupted::Stuck,
-                other => other,
-            };
-            tracing::debug!(saga_id = %self.id, step = i, attempt, ?decision, "interrupted step found");
-            if decision != OnInterrupted::Rerun {
-                let error = "the process stopped during the attempt".to_owned();
-                self.record(SagaEvent::StepFailed {
-                    step: i,
-                    attempt,
-                    kind: StepErrorKind::Interrupted,
-                    error: error.clone(),
-                });
-                if decision == OnInterrupted::Compensate {
-                    self.begin_compensation(i, error);
-                } else {
-                    self.record(SagaEvent::Stuck {
-                        step: i,
-                        phase: Phase::Action,
-                        error,
-                    });
-                }
-                return Ok(());
-            }
-        }
-        let mut schedule = policy.backoff.schedule();
-        let first_start = Instant::now();
-        let mut tries = 0u32;
+        let (policy, f) = match phase {
+            Phase::Action => (step.retry, Arc::clone(&step.action)),
+            Phase::Compensate => match step.compensation.clone() {
+                Some(c) => (step.compensation_retry, c),
+                None => return Ok(()),
+            },
+        };
+        let retriable_step = phase == Phase::Action && step.kind == StepKind::Retriable;
+        let mut reuse_open = match phase {
+            Phase::Action => match self.open_attempt(i) {
+                Some(reuse) => reuse,
+                None => return Ok(()),
+            },
+            Phase::Compensate => false,
+        };
+        let mut retries = Retries::new(policy);
         loop {
-            if self.deadline_passed() {
-                // An attempt logged as started (by this runner, or by a process that stopped)
-                // has an unknown effect: mark it so the step is compensated too.
-                if let Some(p) = self.progress.steps.get(i as usize)
-                    && p.action_open
-                {
-                    let attempt = p.action_attempts;
-                    self.record(SagaEvent::StepFailed {
-                        step: i,
-                        attempt,
-                        kind: StepErrorKind::Deadline,
-                        error: "saga deadline passed".into(),
-                    });
-                }
-                self.begin_compensation(i, "saga deadline passed".into());
+            if phase == Phase::Action && self.deadline_passed() {
+                self.deadline_reached(i);
                 return Ok(());
             }
-            let attempt = if reuse_open {
-                reuse_open = false;
-                self.attempts(i, Phase::Action)
+            let attempt = if std::mem::take(&mut reuse_open) {
+                self.attempts(i, phase)
             } else {
-                let Some(attempt) = self.attempts(i, Phase::Action).checked_add(1) else {
-                    self.counter_exhausted(i, Phase::Action);
+                let Some(attempt) = self.attempts(i, phase).checked_add(1) else {
+                    self.counter_exhausted(i, phase);
                     return Ok(());
                 };
-                self.record(SagaEvent::StepStarted { step: i, attempt });
+                self.record(started_event(phase, i, attempt));
                 attempt
             };
             self.flush().await?;
-            tries += 1;
-            let deadline = if self.pivot_done() {
-                None
-            } else {
+            retries.started();
+            let deadline = if phase == Phase::Action && !self.pivot_done() {
                 self.deadline
+            } else {
+                None
             };
             match self
-                .call(&action, i, Phase::Action, attempt, policy.timeout, deadline)
+                .call(&f, i, phase, attempt, retries.timeout(), deadline)
                 .await
             {
                 Ok(new_state) => {
-                    match to_raw(&new_state) {
-                        Ok(raw) => {
-                            self.state = new_state;
-                            self.record(SagaEvent::StepCompleted {
-                                step: i,
-                                state: raw,
-                                member: None,
-                            });
-                        }
-                        Err(e) => self.unstorable(i, Phase::Action, attempt, &e),
-                    }
+                    self.store_output(i, phase, attempt, new_state);
                     return Ok(());
                 }
                 Err(error) => {
-                    self.record(SagaEvent::StepFailed {
-                        step: i,
+                    let kind = error.kind();
+                    self.record(failed_event(
+                        phase,
+                        i,
                         attempt,
-                        kind: error.kind(),
-                        error: error.message().to_owned(),
-                    });
-                    if error.kind() == StepErrorKind::Deadline {
+                        kind,
+                        error.message().to_owned(),
+                    ));
+                    if phase == Phase::Action && kind == StepErrorKind::Deadline {
                         self.begin_compensation(i, error.to_string());
                         return Ok(());
                     }
-                    let may_retry = kind == StepKind::Retriable || error.kind().is_retryable();
-                    let attempts_left = policy.max_attempts.is_none_or(|m| tries < m);
-                    if may_retry
-                        && attempts_left
-                        && let Some(delay) = schedule.next_delay_after(first_start.elapsed())
-                    {
+                    if let Some(delay) = retries.next_delay(kind, retriable_step) {
                         self.flush().await?;
-                        tracing::debug!(saga_id = %self.id, step = i, attempt, ?delay, %error, "retrying step");
+                        tracing::debug!(saga_id = %self.id, step = i, %phase, attempt, ?delay, %error, "retrying step");
                         tokio::time::sleep(delay).await;
                         continue;
                     }
-                    if self.pivot_done() {
-                        self.record(SagaEvent::Stuck {
-                            step: i,
-                            phase: Phase::Action,
-                            error: error.to_string(),
-                        });
-                    } else {
-                        self.begin_compensation(i, error.to_string());
-                    }
+                    self.give_up(i, phase, &error);
                     return Ok(());
                 }
             }
         }
     }
 
-    /// One compensation, retries included.
-    async fn compensate(&mut self, j: u32) -> Result<(), SagaError> {
-        let Some(step) = self.def.steps.get(j as usize) else {
-            return Ok(());
+    /// Deals with an attempt of action `i` logged without a result. `Some(reuse)` to go on
+    /// (`reuse`: this runner logged it itself and runs it now); `None` when the step's
+    /// [`OnInterrupted`] setting settled it (compensate or stuck).
+    fn open_attempt(&mut self, i: u32) -> Option<bool> {
+        let open = self
+            .progress
+            .steps
+            .get(i as usize)
+            .is_some_and(|p| p.action_open);
+        let reuse_open = self.prelogged.take() == Some(i) && open;
+        if !open || reuse_open {
+            return Some(reuse_open);
+        }
+        // The process stopped during this attempt: its effect is unknown.
+        let attempt = self.attempts(i, Phase::Action);
+        let on_interrupted = self
+            .def
+            .steps
+            .get(i as usize)
+            .map_or(OnInterrupted::Rerun, |s| s.on_interrupted);
+        let decision = match on_interrupted {
+            OnInterrupted::Compensate if self.pivot_done() => OnInterrupted::Stuck,
+            other => other,
         };
-        let policy = step.compensation_retry;
-        let Some(compensation) = step.compensation.clone() else {
-            return Ok(());
-        };
-        let mut schedule = policy.backoff.schedule();
-        let first_start = Instant::now();
-        let mut tries = 0u32;
-        loop {
-            let Some(attempt) = self.attempts(j, Phase::Compensate).checked_add(1) else {
-                self.counter_exhausted(j, Phase::Compensate);
-                return Ok(());
-            };
-            self.record(SagaEvent::CompensationStarted { step: j, attempt });
-            self.flush().await?;
-            tries += 1;
-            match self
-                .call(
-                    &compensation,
-                    j,
-                    Phase::Compensate,
-                    attempt,
-                    policy.timeout,
-                    None,
-                )
-                .await
-            {
-                Ok(new_state) => {
-                    match to_raw(&new_state) {
-                        Ok(raw) => {
-                            self.state = new_state;
-                            self.record(SagaEvent::CompensationCompleted {
-                                step: j,
-                                state: raw,
-                            });
-                        }
-                        Err(e) => self.unstorable(j, Phase::Compensate, attempt, &e),
-                    }
-                    return Ok(());
-                }
-                Err(error) => {
-                    self.record(SagaEvent::CompensationFailed {
-                        step: j,
-                        attempt,
-                        kind: error.kind(),
-                        error: error.message().to_owned(),
-                    });
-                    let attempts_left = policy.max_attempts.is_none_or(|m| tries < m);
-                    if error.kind().is_retryable()
-                        && attempts_left
-                        && let Some(delay) = schedule.next_delay_after(first_start.elapsed())
-                    {
-                        self.flush().await?;
-                        tracing::debug!(saga_id = %self.id, step = j, attempt, ?delay, %error, "retrying compensation");
-                        tokio::time::sleep(delay).await;
-                        continue;
-                    }
-                    tracing::warn!(saga_id = %self.id, step = j, %error, "compensation exhausted: saga is stuck");
-                    self.record(SagaEvent::Stuck {
-                        step: j,
-                        phase: Phase::Compensate,
-                        error: error.to_string(),
-                    });
-                    return Ok(());
-                }
+        tracing::debug!(saga_id = %self.id, step = i, attempt, ?decision, "interrupted step found");
+        if decision == OnInterrupted::Rerun {
+            return Some(false);
+        }
+        let error = "the process stopped during the attempt".to_owned();
+        self.record(SagaEvent::StepFailed {
+            step: i,
+            attempt,
+            kind: StepErrorKind::Interrupted,
+            error: error.clone(),
+        });
+        if decision == OnInterrupted::Compensate {
+            self.begin_compensation(i, error);
+        } else {
+            self.record(SagaEvent::Stuck {
+                step: i,
+                phase: Phase::Action,
+                error,
+            });
+        }
+        None
+    }
+
+    /// The saga deadline passed before the next attempt of action `i`: compensate.
+    fn deadline_reached(&mut self, i: u32) {
+        // An attempt logged as started (by this runner, or by a process that stopped) has an
+        // unknown effect: mark it so the step is compensated too.
+        if let Some(p) = self.progress.steps.get(i as usize)
+            && p.action_open
+        {
+            let attempt = p.action_attempts;
+            self.record(SagaEvent::StepFailed {
+                step: i,
+                attempt,
+                kind: StepErrorKind::Deadline,
+                error: "saga deadline passed".into(),
+            });
+        }
+        self.begin_compensation(i, "saga deadline passed".into());
+    }
+
+    /// Records a successful attempt's output (stuck when it cannot be stored).
+    fn store_output(&mut self, step: u32, phase: Phase, attempt: u32, new_state: S) {
+        match to_raw(&new_state) {
+            Ok(state) => {
+                self.state = new_state;
+                self.record(match phase {
+                    Phase::Action => SagaEvent::StepCompleted {
+                        step,
+                        state,
+                        member: None,
+                    },
+                    Phase::Compensate => SagaEvent::CompensationCompleted { step, state },
+                });
+            }
+            Err(e) => self.unstorable(step, phase, attempt, &e),
+        }
+    }
+
+    /// A step failed for good: an action compensates the saga (stuck after the pivot), a
+    /// compensation leaves it stuck.
+    fn give_up(&mut self, step: u32, phase: Phase, error: &StepError) {
+        match phase {
+            Phase::Action if !self.pivot_done() => {
+                self.begin_compensation(step, error.to_string());
+            }
+            Phase::Action => self.record(SagaEvent::Stuck {
+                step,
+                phase,
+                error: error.to_string(),
+            }),
+            Phase::Compensate => {
+                tracing::warn!(saga_id = %self.id, step, %error, "compensation exhausted: saga is stuck");
+                self.record(SagaEvent::Stuck {
+                    step,
+                    phase,
+                    error: error.to_string(),
+                });
             }
         }
     }
@@ -614,17 +620,44 @@ impl<S: SagaState> Runner<S> {
                 },
                 None => attempt_fut.await,
             };
-            shared
-                .counters
-                .attempt(&definition, &name, started.elapsed(), result.is_err());
+            shared.attempt(&definition, &name, started.elapsed(), result.is_err());
             result
         }
     }
 }
 
 fn panicked(payload: &(dyn std::any::Any + Send)) -> StepError {
-    StepError::new(
-        StepErrorKind::Panicked,
-        crate::recovery::panic_message(payload),
-    )
+    StepError::new(StepErrorKind::Panicked, panic_message(payload))
+}
+
+/// The event that logs the start of an attempt.
+fn started_event(phase: Phase, step: u32, attempt: u32) -> SagaEvent {
+    match phase {
+        Phase::Action => SagaEvent::StepStarted { step, attempt },
+        Phase::Compensate => SagaEvent::CompensationStarted { step, attempt },
+    }
+}
+
+/// The event that logs a failed attempt.
+fn failed_event(
+    phase: Phase,
+    step: u32,
+    attempt: u32,
+    kind: StepErrorKind,
+    error: String,
+) -> SagaEvent {
+    match phase {
+        Phase::Action => SagaEvent::StepFailed {
+            step,
+            attempt,
+            kind,
+            error,
+        },
+        Phase::Compensate => SagaEvent::CompensationFailed {
+            step,
+            attempt,
+            kind,
+            error,
+        },
+    }
 }

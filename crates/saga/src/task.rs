@@ -1,0 +1,90 @@
+//! A saga's tokio task: drives its runner under the unwind guard, then answers its handles
+//! and stops driving it here.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use tracing::Instrument;
+
+use crate::definition::{DefinitionInner, SagaState};
+use crate::error::{LoadError, SagaError, StoreError, panic_message};
+use crate::guard;
+use crate::replay::Progress;
+use crate::runner::Runner;
+use crate::shared::{Replayed, Resume, Shared};
+
+impl<S: SagaState> Resume for Arc<DefinitionInner<S>> {
+    fn step_count(&self) -> usize {
+        self.steps.len()
+    }
+
+    fn resume(
+        &self,
+        shared: &Arc<Shared>,
+        id: Arc<str>,
+        progress: Progress,
+    ) -> Result<Replayed, LoadError> {
+        let runner = Runner::resume(Arc::clone(shared), Arc::clone(self), id, progress)
+            .map_err(LoadError::Inconsistent)?;
+        let replayed = if runner.replayed_settled() {
+            Replayed::Settled
+        } else {
+            Replayed::Resumed
+        };
+        spawn(runner);
+        Ok(replayed)
+    }
+}
+
+/// Runs `runner` on its own task until the saga ends, gets stuck, or its runner stops.
+pub(crate) fn spawn<S: SagaState>(mut runner: Runner<S>) {
+    let id = Arc::clone(runner.id());
+    let def = Arc::clone(runner.definition());
+    let shared = Arc::clone(runner.shared());
+    let span = tracing::info_span!("saga", saga_id = %id, definition = %def.name);
+    let in_flight = shared.in_flight(Arc::clone(&def.name));
+    tokio::spawn(
+        async move {
+            let _in_flight = in_flight;
+            // The unwind guard: whatever panics in here, the saga is marked and its handles
+            // answered, and the engine forgets it.
+            let result = AssertUnwindSafe(runner.drive()).catch_unwind().await;
+            // An append that does not continue the stored log (a row missing at its end, or
+            // written by something else) means the log is not what the runner replayed: the
+            // saga is quarantined rather than resumed into the same conflict forever.
+            if let Ok(Err(SagaError::Store(conflict @ StoreError::Conflict { .. }))) = &result {
+                let reason = format!(
+                    "the stored log does not continue where the engine replayed it ({conflict})"
+                );
+                tracing::error!(saga_id = %id, reason, "saga quarantined");
+                guard::quarantine_counted(&shared, &def, &id, &reason).await;
+            }
+            let failure = match &result {
+                Err(panic) => Some(panic_message(&**panic)),
+                Ok(Err(SagaError::Load { error, .. })) if runner.is_broken() => {
+                    Some(format!("the engine recorded an invalid event ({error})"))
+                }
+                Ok(_) => None,
+            };
+            let result = match (result, failure) {
+                (Ok(result), None) => result,
+                (_, message) => {
+                    let message = message.unwrap_or_default();
+                    tracing::error!(saga_id = %id, message, "the saga's task panicked");
+                    let reason = format!("the saga's task panicked: {message}");
+                    guard::mark(&shared, &def, &id, &reason).await;
+                    Err(SagaError::Panicked {
+                        saga_id: id.to_string(),
+                        message,
+                    })
+                }
+            };
+            // Whatever happened, this process stops driving it: a leased store lets the
+            // lease expire (terminal appends already released it).
+            shared.store().release(&id);
+            shared.publish(&id, &def.name, result, !runner.replayed_settled());
+        }
+        .instrument(span),
+    );
+}
