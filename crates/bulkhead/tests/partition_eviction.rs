@@ -33,7 +33,11 @@ fn a_new_tenant_after_1024_idle_ones_gets_its_own_capacity() {
     let held: Vec<PartitionPermit> = (10_000..11_000)
         .map(|key| tenants.try_acquire(&key).expect("a partition of its own"))
         .collect();
-    assert_eq!(tenants.created_partitions(), 1024, "never more than the bound");
+    assert_eq!(
+        tenants.created_partitions(),
+        1024,
+        "never more than the bound"
+    );
     assert_eq!(tenants.overflow().in_flight(), 0);
     for (key, permit) in (10_000..).zip(&held) {
         assert_eq!(permit.partition().bulkhead().name(), format!("t[{key}]"));
@@ -53,7 +57,9 @@ fn a_partition_with_a_permit_out_is_kept_and_takes_its_permit_back() {
         drop(tenants.try_acquire(&key).unwrap());
     }
     assert_eq!(tenants.created_partitions(), 1024);
-    let partition = tenants.find_partition(&0).expect("kept while its permit is out");
+    let partition = tenants
+        .find_partition(&0)
+        .expect("kept while its permit is out");
     assert_eq!(partition.in_flight(), 1);
     assert!(
         tenants.try_acquire(&0).is_err(),
@@ -107,7 +113,10 @@ async fn a_partition_with_a_waiting_call_is_kept() {
     for key in 1..=8 {
         drop(tenants.try_acquire(&key).unwrap());
     }
-    assert!(tenants.find_partition(&0).is_some(), "kept for its waiting call");
+    assert!(
+        tenants.find_partition(&0).is_some(),
+        "kept for its waiting call"
+    );
     let permit = waiting.await.unwrap();
     assert_eq!(permit.partition().bulkhead().name(), "t[0]");
 }
@@ -123,12 +132,18 @@ fn the_overflow_partition_takes_new_keys_only_while_no_partition_is_idle() {
     let mut held: Vec<PartitionPermit> = (0..4).map(|k| tenants.try_acquire(&k).unwrap()).collect();
     let shared = tenants.try_acquire(&100).unwrap();
     assert_eq!(shared.partition().bulkhead().name(), "t[overflow]");
-    assert!(tenants.try_acquire(&101).is_err(), "one overflow permit, taken");
+    assert!(
+        tenants.try_acquire(&101).is_err(),
+        "one overflow permit, taken"
+    );
 
     // A kept handle pins its partition just as a permit does.
     let pinned = held[2].partition().bulkhead().clone();
     drop(held.remove(2));
-    assert!(tenants.try_acquire(&102).is_err(), "still every partition busy");
+    assert!(
+        tenants.try_acquire(&102).is_err(),
+        "still every partition busy"
+    );
     drop(pinned);
     let own = tenants.try_acquire(&102).unwrap();
     assert_eq!(own.partition().bulkhead().name(), "t[102]");
@@ -212,7 +227,8 @@ impl Model {
             };
             let gone = self.partitions.remove(&evicted);
             prop_assert!(
-                gone.as_ref().is_some_and(|p| p.held == 0 && p.stamp == oldest),
+                gone.as_ref()
+                    .is_some_and(|p| p.held == 0 && p.stamp == oldest),
                 "evicted {evicted} ({gone:?}), not one of the least recently used idle ones"
             );
         } else {
@@ -230,7 +246,10 @@ impl Model {
 
     fn partition(&mut self, route: Route) -> &mut ModelPartition {
         match route {
-            Route::Own(key) => self.partitions.get_mut(&key).expect("routed to an existing key"),
+            Route::Own(key) => self
+                .partitions
+                .get_mut(&key)
+                .expect("routed to an existing key"),
             Route::Overflow => &mut self.overflow,
         }
     }
@@ -258,7 +277,9 @@ impl Model {
 }
 
 fn keys(tenants: &PartitionedBulkhead<u32>) -> Vec<u32> {
-    (0..8).filter(|k| tenants.find_partition(k).is_some()).collect()
+    (0..8)
+        .filter(|k| tenants.find_partition(k).is_some())
+        .collect()
 }
 
 fn check(tenants: &PartitionedBulkhead<u32>, model: &Model) -> Result<(), TestCaseError> {
@@ -297,7 +318,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Hold(key) | Op::Touch(key) => {
                 let before = keys(&tenants);
                 let result = tenants.try_acquire(&key);
-                let evicted = before.into_iter().find(|k| tenants.find_partition(k).is_none());
+                let evicted = before
+                    .into_iter()
+                    .find(|k| tenants.find_partition(k).is_none());
                 let route = model.route(key, evicted)?;
                 prop_assert_eq!(result.is_ok(), model.acquire(route));
                 if let Ok(permit) = result {

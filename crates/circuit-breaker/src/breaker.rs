@@ -239,7 +239,12 @@ impl CircuitBreaker {
             }
             State::ForcedOpen | State::Disabled | State::MetricsOnly => false,
         };
-        verdict_over && self.core.lanes.iter().all(|lane| Arc::strong_count(lane) == 1)
+        verdict_over
+            && self
+                .core
+                .lanes
+                .iter()
+                .all(|lane| Arc::strong_count(lane) == 1)
     }
 
     #[inline(always)]

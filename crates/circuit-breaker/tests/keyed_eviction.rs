@@ -98,7 +98,9 @@ async fn new_keys_past_the_bound_get_their_own_breakers_once_old_keys_are_idle()
         "no new key needed the overflow breaker"
     );
     for key in 10_000..11_000 {
-        let breaker = registry.get(&key).expect("every new key has its own breaker");
+        let breaker = registry
+            .get(&key)
+            .expect("every new key has its own breaker");
         assert_eq!(breaker.name(), format!("keys/{key}"));
     }
     // The least recently used went first.
@@ -179,7 +181,10 @@ async fn the_overflow_breaker_takes_new_keys_only_while_no_breaker_is_idle() {
     drop(pinned);
 
     call(&mut svc, 102, true).await.unwrap();
-    assert!(registry.get(&102).is_some(), "key 2 was idle: 102 took its place");
+    assert!(
+        registry.get(&102).is_some(),
+        "key 2 was idle: 102 took its place"
+    );
     assert!(registry.get(&2).is_none());
     assert_eq!(registry.len(), 4);
     assert_eq!(registry.overflow().snapshot().successful_calls, 2);
@@ -298,7 +303,10 @@ impl Model {
 
     fn breaker(&mut self, route: Route) -> &mut ModelBreaker {
         match route {
-            Route::Own(key) => self.breakers.get_mut(&key).expect("routed to an existing key"),
+            Route::Own(key) => self
+                .breakers
+                .get_mut(&key)
+                .expect("routed to an existing key"),
             Route::Overflow => &mut self.overflow,
         }
     }

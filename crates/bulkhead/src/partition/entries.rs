@@ -164,10 +164,12 @@ impl<K: Hash + Eq + Clone, V> Entries<K, V> {
 mod tests {
     use super::{Added, Entries};
 
-    fn add(entries: &mut Entries<u32, u32>, key: u32, busy: &[u32]) -> Option<Option<u32>> {
+    /// Adds `key` with the keys in `busy` not evictable: `Ok(evicted key)`, or `Err(())`
+    /// when the map is full.
+    fn add(entries: &mut Entries<u32, u32>, key: u32, busy: &[u32]) -> Result<Option<u32>, ()> {
         match entries.add(&key, || key, |v| !busy.contains(v)) {
-            Added::Inserted { evicted, .. } => Some(evicted),
-            Added::Full => None,
+            Added::Inserted { evicted, .. } => Ok(evicted),
+            Added::Full => Err(()),
         }
     }
 
@@ -175,13 +177,13 @@ mod tests {
     fn the_least_recently_used_evictable_entry_makes_room() {
         let mut entries = Entries::new(3);
         for key in 0..3 {
-            assert_eq!(add(&mut entries, key, &[]), Some(None));
+            assert_eq!(add(&mut entries, key, &[]), Ok(None));
         }
         // 0 is used again after 1 and 2 were added; 1 is busy.
         assert!(entries.get(&0).is_some());
-        assert_eq!(add(&mut entries, 3, &[1]), Some(Some(2)));
-        assert_eq!(add(&mut entries, 4, &[1]), Some(Some(0)));
-        assert_eq!(add(&mut entries, 5, &[1, 3, 4]), None);
+        assert_eq!(add(&mut entries, 3, &[1]), Ok(Some(2)));
+        assert_eq!(add(&mut entries, 4, &[1]), Ok(Some(0)));
+        assert_eq!(add(&mut entries, 5, &[1, 3, 4]), Err(()));
         assert_eq!(entries.len(), 3);
     }
 
@@ -189,33 +191,33 @@ mod tests {
     fn candidates_used_since_the_search_are_skipped() {
         let mut entries = Entries::new(16);
         for key in 0..16 {
-            add(&mut entries, key, &[]);
+            assert_eq!(add(&mut entries, key, &[]), Ok(None));
         }
         // The search keeps 0 and 1 (16 / 8) as candidates and evicts 0.
-        assert_eq!(add(&mut entries, 16, &[]), Some(Some(0)));
+        assert_eq!(add(&mut entries, 16, &[]), Ok(Some(0)));
         assert!(entries.get(&1).is_some());
         // 1 was used since: skipped, and the next search finds 2.
-        assert_eq!(add(&mut entries, 17, &[]), Some(Some(2)));
+        assert_eq!(add(&mut entries, 17, &[]), Ok(Some(2)));
     }
 
     #[test]
     fn a_fruitless_search_is_not_repeated_for_the_next_new_keys() {
         let mut entries = Entries::new(16);
         for key in 0..16 {
-            add(&mut entries, key, &[]);
+            assert_eq!(add(&mut entries, key, &[]), Ok(None));
         }
         let all: Vec<u32> = (0..16).collect();
-        assert_eq!(add(&mut entries, 16, &all), None);
+        assert_eq!(add(&mut entries, 16, &all), Err(()));
         // Two new keys (16 / 8) skip the search even though 0 is now evictable.
-        assert_eq!(add(&mut entries, 17, &[]), None);
-        assert_eq!(add(&mut entries, 18, &[]), None);
-        assert_eq!(add(&mut entries, 19, &[]), Some(Some(0)));
+        assert_eq!(add(&mut entries, 17, &[]), Err(()));
+        assert_eq!(add(&mut entries, 18, &[]), Err(()));
+        assert_eq!(add(&mut entries, 19, &[]), Ok(Some(0)));
     }
 
     #[test]
     fn a_bound_of_zero_adds_nothing() {
         let mut entries = Entries::new(0);
-        assert_eq!(add(&mut entries, 1, &[]), None);
+        assert_eq!(add(&mut entries, 1, &[]), Err(()));
         assert_eq!(entries.len(), 0);
     }
 }

@@ -47,7 +47,9 @@ use crate::config::{DEFAULT_MAX_CONCURRENT, validate_limit};
 /// key's calls always count against one partition: a partition is never replaced while a
 /// permit of it is out, and a permit released later goes back to the partition it came from.
 /// Configured partitions are never evicted. Evicting a partition forgets its rejection
-/// counters; if the key comes back it starts with a fresh partition and the default limit.
+/// counters and any limit set on it with
+/// [`set_max_concurrent`](Bulkhead::set_max_concurrent); if the key comes back it starts with
+/// a fresh partition and the default limit (configure the key for a limit that lasts).
 ///
 /// "Least recently used" counts calls, not time: taking a key's partition stamps it with a
 /// clock that moves when a key is added. Finding an idle partition reads every partition, so
