@@ -116,18 +116,20 @@ impl<K: Hash + Eq + Clone + fmt::Display> BreakerRegistry<K> {
             return breaker.clone();
         }
         let make = || self.config.breaker(format!("{}/{key}", self.config.name));
-        match map.add(key, make, CircuitBreaker::is_evictable) {
-            Added::Inserted { value, evicted } => {
-                if let Some(evicted) = evicted {
-                    tracing::debug!(breaker = %self.config.name, %evicted, %key, "idle per-key breaker evicted for a new key");
-                }
-                value.clone()
-            }
+        let (breaker, evicted) = match map.add(key, make, CircuitBreaker::is_evictable) {
+            Added::Inserted { value, evicted } => (value.clone(), evicted),
             Added::Full => {
+                drop(map);
                 tracing::trace!(breaker = %self.config.name, %key, "every per-key breaker is busy; key shares the overflow breaker");
-                self.overflow.clone()
+                return self.overflow.clone();
             }
+        };
+        drop(map);
+        // Dropped (and logged) outside the lock.
+        if let Some((evicted, _)) = evicted {
+            tracing::debug!(breaker = %self.config.name, %evicted, %key, "idle per-key breaker evicted for a new key");
         }
+        breaker
     }
 }
 

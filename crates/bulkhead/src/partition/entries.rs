@@ -40,8 +40,12 @@ struct Entry<V> {
 
 /// Where a key that was not found went.
 pub(crate) enum Added<'a, K, V> {
-    /// It got an entry of its own, after evicting `evicted` if the map was full.
-    Inserted { value: &'a V, evicted: Option<K> },
+    /// It got an entry of its own, after evicting `evicted` if the map was full (handed back
+    /// so that the caller can drop it after releasing its lock).
+    Inserted {
+        value: &'a V,
+        evicted: Option<(K, V)>,
+    },
     /// The map is full and nothing in it may be evicted.
     Full,
 }
@@ -103,7 +107,7 @@ impl<K: Hash + Eq + Clone, V> Entries<K, V> {
         let mut evicted = None;
         if self.map.len() >= self.max {
             match self.take_candidate(&evictable) {
-                Some(k) => evicted = Some(k),
+                Some(entry) => evicted = Some(entry),
                 None => return Added::Full,
             }
         }
@@ -117,10 +121,10 @@ impl<K: Hash + Eq + Clone, V> Entries<K, V> {
         }
     }
 
-    /// Removes the oldest entry that may be evicted and returns its key, searching again
+    /// Removes the oldest entry that may be evicted and returns it, searching again
     /// when the candidates run out (unless the last search found nothing and new keys are
     /// still skipping the search).
-    fn take_candidate(&mut self, evictable: &impl Fn(&V) -> bool) -> Option<K> {
+    fn take_candidate(&mut self, evictable: &impl Fn(&V) -> bool) -> Option<(K, V)> {
         if self.max == 0 {
             return None;
         }
@@ -130,8 +134,7 @@ impl<K: Hash + Eq + Clone, V> Entries<K, V> {
                     e.used.load(Ordering::Relaxed) == stamp && evictable(&e.value)
                 });
                 if still {
-                    self.map.remove(&key);
-                    return Some(key);
+                    return self.map.remove(&key).map(|entry| (key, entry.value));
                 }
             }
             if self.skip > 0 {
@@ -168,7 +171,7 @@ mod tests {
     /// when the map is full.
     fn add(entries: &mut Entries<u32, u32>, key: u32, busy: &[u32]) -> Result<Option<u32>, ()> {
         match entries.add(&key, || key, |v| !busy.contains(v)) {
-            Added::Inserted { evicted, .. } => Ok(evicted),
+            Added::Inserted { evicted, .. } => Ok(evicted.map(|(k, _)| k)),
             Added::Full => Err(()),
         }
     }

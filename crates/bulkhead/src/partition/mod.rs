@@ -175,19 +175,21 @@ where
                 inner.max_queued,
             )
         };
-        match partitions.add(key, make, is_idle) {
-            Added::Inserted { value, evicted } => {
-                if let Some(evicted) = evicted {
-                    tracing::debug!(bulkhead = %inner.name, evicted = ?evicted, key = ?key, "idle bulkhead partition evicted for a new key");
-                }
-                tracing::debug!(bulkhead = %value.name(), limit = inner.default_limit, "bulkhead partition created");
-                value.clone()
-            }
+        let (partition, evicted) = match partitions.add(key, make, is_idle) {
+            Added::Inserted { value, evicted } => (value.clone(), evicted),
             Added::Full => {
+                drop(partitions);
                 tracing::trace!(bulkhead = %inner.name, key = ?key, "every bulkhead partition is busy; key shares the overflow partition");
-                inner.overflow.clone()
+                return inner.overflow.clone();
             }
+        };
+        drop(partitions);
+        // Dropped (and logged) outside the lock.
+        if let Some((evicted, _)) = evicted {
+            tracing::debug!(bulkhead = %inner.name, evicted = ?evicted, key = ?key, "idle bulkhead partition evicted for a new key");
         }
+        tracing::debug!(bulkhead = %partition.name(), limit = inner.default_limit, "bulkhead partition created");
+        partition
     }
 
     /// The bulkhead of `key` if it has one now (configured or created), without creating one
