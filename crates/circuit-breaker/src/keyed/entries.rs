@@ -65,10 +65,14 @@ impl<K, V> Entries<K, V> {
         self.map.len()
     }
 
-    /// How many candidates one search keeps, and how many new keys skip the search after a
-    /// search that found nothing.
+    /// How many candidates one search keeps (at least one), and how many new keys skip the
+    /// search after a search that found nothing: `max / 8`, or none below 16 entries, where
+    /// every new key searches.
     fn batch(&self) -> usize {
-        self.max / 8
+        match self.max / 8 {
+            0 | 1 => 0,
+            n => n,
+        }
     }
 }
 
@@ -215,6 +219,17 @@ mod tests {
         assert_eq!(add(&mut entries, 17, &[]), Err(()));
         assert_eq!(add(&mut entries, 18, &[]), Err(()));
         assert_eq!(add(&mut entries, 19, &[]), Ok(Some(0)));
+    }
+
+    #[test]
+    fn below_16_entries_a_fruitless_search_is_repeated_for_the_next_key() {
+        let mut entries = Entries::new(15);
+        for key in 0..15 {
+            assert_eq!(add(&mut entries, key, &[]), Ok(None));
+        }
+        let all: Vec<u32> = (0..15).collect();
+        assert_eq!(add(&mut entries, 15, &all), Err(()));
+        assert_eq!(add(&mut entries, 16, &[]), Ok(Some(0)));
     }
 
     #[test]
