@@ -40,8 +40,10 @@ use self::entries::{Added, Entries};
 /// Evicting a breaker forgets its window (the recent failures that did not trip it) and its
 /// counters; if the key comes back it starts closed with an empty window. An open breaker whose
 /// period is over lets the key's next calls through as ordinary calls instead of probes, and
-/// trips again after `minimum_calls` failures. Subscribers to an evicted breaker's events see
-/// the channel close.
+/// trips again as a fresh breaker does (on its failure rate once `minimum_calls` calls are in
+/// the window, or on `consecutive_failures`). Subscribers to an evicted breaker's events see
+/// the channel close. A flood of distinct new keys can so flush the windows of idle keys, but
+/// never reopen a tripped key or disturb one with calls in flight.
 ///
 /// "Least recently used" counts calls, not time: each call stamps its key's breaker with a
 /// clock that moves when a key is added. Finding an idle breaker reads every breaker, so one
