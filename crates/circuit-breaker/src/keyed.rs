@@ -43,7 +43,8 @@ use self::entries::{Added, Entries};
 /// trips again as a fresh breaker does (on its failure rate once `minimum_calls` calls are in
 /// the window, or on `consecutive_failures`). Subscribers to an evicted breaker's events see
 /// the channel close. A flood of distinct new keys can so flush the windows of idle keys, but
-/// never reopen a tripped key or disturb one with calls in flight.
+/// never let calls through to a key tripped within its open period, nor disturb one with calls
+/// in flight.
 ///
 /// "Least recently used" counts calls, not time: each call stamps its key's breaker with a
 /// clock that moves when a key is added. Finding an idle breaker reads every breaker, so one
