@@ -150,8 +150,11 @@ async fn unknown_keys_get_lazily_created_partitions_up_to_a_bound() {
         .build()
         .unwrap();
     assert_eq!(tenants.partition(&"api").max_concurrent(), 5);
-    assert_eq!(tenants.partition(&"x").name(), "hosts[\"x\"]");
-    assert_eq!(tenants.partition(&"y").name(), "hosts[\"y\"]");
+    // Kept handles pin `x` and `y`: they cannot be evicted for `z` and `w`.
+    let x = tenants.partition(&"x");
+    let y = tenants.partition(&"y");
+    assert_eq!(x.name(), "hosts[\"x\"]");
+    assert_eq!(y.name(), "hosts[\"y\"]");
     assert_eq!(tenants.partition(&"z").name(), "hosts[overflow]");
     assert_eq!(tenants.partition(&"w").name(), "hosts[overflow]");
     let _z = tenants.try_acquire(&"z").unwrap();

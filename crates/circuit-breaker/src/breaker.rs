@@ -219,6 +219,34 @@ impl CircuitBreaker {
         self.core.word().state()
     }
 
+    /// Whether a [`BreakerRegistry`](crate::BreakerRegistry) holding this handle may forget
+    /// the breaker. Nothing else may refer to it: no other handle (this is the registry's own)
+    /// and no call in flight (a permit holds its lane). And forgetting it must lose no verdict
+    /// still in force: closed, open with its open period over, or half-open with no probe
+    /// running (the permit check covers probes). Open within its period, or in a state set by
+    /// hand, it is kept.
+    ///
+    /// The counts are read in this order so that a permit taken through another handle is
+    /// seen: a handle exists until after its permit does.
+    pub(crate) fn is_evictable(&self) -> bool {
+        if Arc::strong_count(&self.core) != 1 {
+            return false;
+        }
+        let verdict_over = match self.core.word().state() {
+            State::Closed | State::HalfOpen => true,
+            State::Open => {
+                self.core.now_nanos() >= self.core.hot.open_until.load(Ordering::Relaxed)
+            }
+            State::ForcedOpen | State::Disabled | State::MetricsOnly => false,
+        };
+        verdict_over
+            && self
+                .core
+                .lanes
+                .iter()
+                .all(|lane| Arc::strong_count(lane) == 1)
+    }
+
     #[inline(always)]
     pub(crate) fn lane(&self) -> &Arc<CachePadded<Lane>> {
         let lanes = &self.core.lanes;

@@ -1,9 +1,8 @@
 //! Per-key breakers: one breaker per downstream (host, tenant, ...), picked per request.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 use std::task::{Context, Poll};
 
 use staunch_core::{AnyError, Classify};
@@ -17,16 +16,54 @@ use crate::future::ResponseFuture;
 use crate::permit::Permit;
 use crate::service::release_readiness;
 
+mod entries;
+
+use self::entries::{Added, Entries};
+
 /// The breakers of a [`KeyedCircuitBreakerLayer`], created on first use of each key.
 ///
-/// Bounded: once `max_breakers` keys have a breaker, requests for any *other* key share one
-/// overflow breaker (named `<name>/overflow`), so a flood of distinct keys (say, URIs with
-/// attacker-chosen hosts) cannot grow memory without bound, and those calls are still
-/// protected. Watch [`overflow`](Self::overflow): if it sees traffic, raise the bound.
+/// # Bounded, by evicting idle breakers
+///
+/// At most `max_breakers` keys have a breaker. When a new key arrives and the bound is
+/// reached, the least recently used *idle* breaker is evicted and the new key gets a fresh
+/// breaker of its own. A breaker is idle when the registry can forget it without losing
+/// anything:
+///
+/// - no call is in flight through it (no response future or [`Permit`] of it is alive), and
+///   no [`CircuitBreaker`] handle of it is kept outside the registry (one returned by
+///   [`get`](Self::get) or [`breaker_for`](Self::breaker_for) pins it while you hold it);
+/// - it is closed, open with its open period over (it would let a probe through), or
+///   half-open with no probe running. A breaker open within its open period is never evicted,
+///   so a tripped key keeps refusing calls however many other keys pass; nor is one in a state
+///   set by hand (forced open, disabled, metrics only).
+///
+/// Evicting a breaker forgets its window (the recent failures that did not trip it) and its
+/// counters; if the key comes back it starts closed with an empty window. An open breaker whose
+/// period is over lets the key's next calls through as ordinary calls instead of probes, and
+/// trips again as a fresh breaker does (on its failure rate once `minimum_calls` calls are in
+/// the window, or on `consecutive_failures`). Subscribers to an evicted breaker's events see
+/// the channel close. A flood of distinct new keys can so flush the windows of idle keys, but
+/// never let calls through to a key tripped within its open period, nor disturb one with calls
+/// in flight.
+///
+/// "Least recently used" counts calls, not time: each call stamps its key's breaker with a
+/// clock that moves when a key is added. Finding an idle breaker reads every breaker, so one
+/// search keeps the `max_breakers / 8` oldest idle ones for the next new keys (each checked
+/// again before it goes), and after a search that found none idle, the next
+/// `max_breakers / 8` new keys use the overflow breaker without searching. Below 16 breakers
+/// every new key searches.
+///
+/// # The overflow breaker
+///
+/// Only when no breaker is idle does a new key share the overflow breaker (named
+/// `<name>/overflow`), so that a flood of distinct keys (say, URIs with attacker-chosen hosts)
+/// while every breaker is busy cannot grow memory without bound, and those calls are still
+/// protected. Watch [`overflow`](Self::overflow): if it sees traffic, many keys are busy or
+/// open at once, and the bound is too low.
 pub struct BreakerRegistry<K> {
     config: CircuitBreakerConfig,
     max_breakers: usize,
-    breakers: RwLock<HashMap<K, CircuitBreaker>>,
+    breakers: RwLock<Entries<K, CircuitBreaker>>,
     overflow: CircuitBreaker,
 }
 
@@ -41,53 +78,60 @@ impl<K> fmt::Debug for BreakerRegistry<K> {
 }
 
 impl<K> BreakerRegistry<K> {
-    /// How many per-key breakers exist (the overflow breaker not included).
-    pub fn len(&self) -> usize {
-        self.breakers
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
+    fn read(&self) -> RwLockReadGuard<'_, Entries<K, CircuitBreaker>> {
+        self.breakers.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `true` when no per-key breaker has been created yet.
+    /// How many per-key breakers exist (the overflow breaker not included).
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    /// `true` when no per-key breaker exists.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// The breaker shared by keys beyond the bound.
+    /// The breaker shared by new keys while every per-key breaker is busy.
     pub fn overflow(&self) -> &CircuitBreaker {
         &self.overflow
     }
 }
 
 impl<K: Hash + Eq + Clone + fmt::Display> BreakerRegistry<K> {
-    /// The breaker of `key`, if one was created.
+    /// The breaker of `key`, if it has one now (looking does not count as a use; the handle
+    /// keeps the breaker from being evicted while you hold it).
     pub fn get(&self, key: &K) -> Option<CircuitBreaker> {
-        self.breakers
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(key)
-            .cloned()
+        self.read().peek(key).cloned()
     }
 
-    /// The breaker for `key`: existing, newly created, or the overflow breaker when the
-    /// bound is reached.
+    /// The breaker for `key`: existing, newly created (evicting an idle one when the bound is
+    /// reached), or the overflow breaker when no breaker is idle. Counts as a use of the key.
     pub fn breaker_for(&self, key: &K) -> CircuitBreaker {
-        if let Some(breaker) = self.get(key) {
-            return breaker;
+        if let Some(breaker) = self.read().get(key) {
+            return breaker.clone();
         }
         let mut map = self
             .breakers
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(breaker) = map.get(key) {
             return breaker.clone();
         }
-        if map.len() >= self.max_breakers {
-            return self.overflow.clone();
+        let make = || self.config.breaker(format!("{}/{key}", self.config.name));
+        let (breaker, evicted) = match map.add(key, make, CircuitBreaker::is_evictable) {
+            Added::Inserted { value, evicted } => (value.clone(), evicted),
+            Added::Full => {
+                drop(map);
+                tracing::trace!(breaker = %self.config.name, %key, "every per-key breaker is busy; key shares the overflow breaker");
+                return self.overflow.clone();
+            }
+        };
+        drop(map);
+        // Dropped (and logged) outside the lock.
+        if let Some((evicted, _)) = evicted {
+            tracing::debug!(breaker = %self.config.name, %evicted, %key, "idle per-key breaker evicted for a new key");
         }
-        let breaker = self.config.breaker(format!("{}/{key}", self.config.name));
-        map.insert(key.clone(), breaker.clone());
         breaker
     }
 }
@@ -96,7 +140,9 @@ impl<K: Hash + Eq + Clone + fmt::Display> BreakerRegistry<K> {
 /// example the URI authority, so that one failing host does not open the circuit for all).
 ///
 /// Breakers are created lazily from shared settings and named `<name>/<key>`; there are at
-/// most `max_breakers` of them (see [`BreakerRegistry`] for what happens past the bound).
+/// most `max_breakers` of them: past the bound a new key evicts the least recently used idle
+/// breaker, and shares an overflow breaker only while none is idle (see [`BreakerRegistry`]
+/// for what counts as idle: an open breaker is kept while its open period lasts).
 /// Looking a breaker up takes a read lock on the registry, so a keyed breaker costs more per
 /// call than a single [`CircuitBreakerLayer`](crate::CircuitBreakerLayer).
 ///
@@ -157,7 +203,7 @@ impl<K, F> KeyedCircuitBreakerLayer<K, F> {
             registry: Arc::new(BreakerRegistry {
                 config,
                 max_breakers,
-                breakers: RwLock::new(HashMap::new()),
+                breakers: RwLock::new(Entries::new(max_breakers)),
                 overflow,
             }),
             key,

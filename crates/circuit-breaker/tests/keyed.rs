@@ -72,13 +72,17 @@ async fn a_failing_host_opens_only_its_own_breaker() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn keys_past_the_bound_share_the_overflow_breaker() {
+async fn keys_past_the_bound_share_the_overflow_breaker_while_no_breaker_is_idle() {
     let layer = layer(2);
     let registry = layer.registry();
     let svc = layer.layer(upstream());
+    // Handles kept outside the registry pin `a` and `b`: they cannot be evicted.
+    let mut pinned = Vec::new();
     for host in ["a.internal", "b.internal", "c.internal", "down.internal"] {
         svc.clone().oneshot(request(host)).await.unwrap();
+        pinned.extend(registry.get(&host.to_string()));
     }
+    assert_eq!(pinned.len(), 2);
     assert_eq!(registry.len(), 2, "never more than the bound");
     assert!(registry.get(&"c.internal".to_string()).is_none());
     assert_eq!(registry.overflow().name(), "upstream/overflow");

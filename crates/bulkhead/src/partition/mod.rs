@@ -9,6 +9,7 @@
 //! A call takes its key's permit first and the global permit second, so calls queued on a
 //! saturated key hold no global permit while they wait.
 
+mod entries;
 mod service;
 
 use std::collections::HashMap;
@@ -16,12 +17,13 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::pin::Pin;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use staunch_core::{BulkheadFull, ConfigError};
 
+use self::entries::{Added, Entries};
 pub use self::service::{
     PartitionedBulkheadLayer, PartitionedBulkheadService, PartitionedResponseFuture,
 };
@@ -33,9 +35,35 @@ use crate::config::{DEFAULT_MAX_CONCURRENT, validate_limit};
 /// [`PartitionedBulkhead::builder`]. Clones share the partitions.
 ///
 /// Partitions for keys without a configured limit are created on first use with the
-/// default limit, up to `max_partitions` of them; further unknown keys share one overflow
-/// partition (also with the default limit), so a flood of distinct keys cannot grow memory
-/// without bound.
+/// default limit, up to `max_partitions` of them.
+///
+/// # Bounded, by evicting idle partitions
+///
+/// When a new key arrives and `max_partitions` partitions exist, the least recently used
+/// *idle* created partition is evicted and the new key gets a fresh partition of its own. A
+/// partition is idle when nothing but the partitioned bulkhead refers to it: no permit of it
+/// is held, no call waits for one, and no [`Bulkhead`] handle of it (from
+/// [`partition`](Self::partition) or [`find_partition`](Self::find_partition)) is kept. So a
+/// key's calls always count against one partition: a partition is never replaced while a
+/// permit of it is out, and a permit released later goes back to the partition it came from.
+/// Configured partitions are never evicted. Evicting a partition forgets its rejection
+/// counters and any limit set on it with
+/// [`set_max_concurrent`](Bulkhead::set_max_concurrent); if the key comes back it starts with
+/// a fresh partition and the default limit (configure the key for a limit that lasts).
+///
+/// "Least recently used" counts calls, not time: taking a key's partition stamps it with a
+/// clock that moves when a key is added. Finding an idle partition reads every partition, so
+/// one search keeps the `max_partitions / 8` oldest idle ones for the next new keys (each
+/// checked again before it goes), and after a search that found none idle, the next
+/// `max_partitions / 8` new keys use the overflow partition without searching. Below 16
+/// partitions every new key searches.
+///
+/// # The overflow partition
+///
+/// Only when no created partition is idle does a new key share the overflow partition (with
+/// the default limit, named `name[overflow]`), so a flood of distinct keys while every
+/// partition is busy cannot grow memory without bound. If [`overflow`](Self::overflow) sees
+/// traffic, many keys are busy at once and `max_partitions` is too low.
 ///
 /// ```
 /// use staunch_bulkhead::PartitionedBulkhead;
@@ -63,8 +91,7 @@ struct Inner<K> {
     /// (the usual per-downstream setup) is scanned linearly, which beats hashing the key.
     configured: Configured<K>,
     /// Partitions created on first use for other keys.
-    created: RwLock<HashMap<K, Bulkhead>>,
-    max_partitions: usize,
+    created: RwLock<Entries<K, Bulkhead>>,
     default_limit: usize,
     overflow: Bulkhead,
     global: Option<Bulkhead>,
@@ -120,22 +147,16 @@ where
         &self.inner.name
     }
 
-    /// The bulkhead of `key`, creating it with the default limit on first use.
+    /// The bulkhead of `key`, creating it with the default limit on first use (evicting an
+    /// idle partition when `max_partitions` exist), or the overflow partition when none is
+    /// idle. Counts as a use of the key; the handle keeps its partition from being evicted
+    /// while you hold it.
     pub fn partition(&self, key: &K) -> Bulkhead {
         let inner = &*self.inner;
-        let configured = match &inner.configured {
-            Configured::Few(list) => list.iter().find(|(k, _)| k == key).map(|(_, b)| b),
-            Configured::Many(map) => map.get(key),
-        };
-        if let Some(b) = configured {
+        if let Some(b) = inner.configured(key) {
             return b.clone();
         }
-        if let Some(b) = inner
-            .created
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
-        {
+        if let Some(b) = inner.read().get(key) {
             return b.clone();
         }
         let mut partitions = inner
@@ -145,20 +166,51 @@ where
         if let Some(b) = partitions.get(key) {
             return b.clone();
         }
-        if partitions.len() >= inner.max_partitions {
-            tracing::trace!(bulkhead = %inner.name, key = ?key, "partition limit reached; key shares the overflow partition");
-            return inner.overflow.clone();
+        let make = || {
+            make_partition(
+                &inner.name,
+                &format!("{key:?}"),
+                inner.default_limit,
+                inner.max_wait,
+                inner.max_queued,
+            )
+        };
+        let (partition, evicted) = match partitions.add(key, make, is_idle) {
+            Added::Inserted { value, evicted } => (value.clone(), evicted),
+            Added::Full => {
+                drop(partitions);
+                tracing::trace!(bulkhead = %inner.name, key = ?key, "every bulkhead partition is busy; key shares the overflow partition");
+                return inner.overflow.clone();
+            }
+        };
+        drop(partitions);
+        // Dropped (and logged) outside the lock.
+        if let Some((evicted, _)) = evicted {
+            tracing::debug!(bulkhead = %inner.name, evicted = ?evicted, key = ?key, "idle bulkhead partition evicted for a new key");
         }
-        let bulkhead = make_partition(
-            &inner.name,
-            &format!("{key:?}"),
-            inner.default_limit,
-            inner.max_wait,
-            inner.max_queued,
-        );
-        partitions.insert(key.clone(), bulkhead.clone());
-        tracing::debug!(bulkhead = %bulkhead.name(), limit = inner.default_limit, "bulkhead partition created");
-        bulkhead
+        tracing::debug!(bulkhead = %partition.name(), limit = inner.default_limit, "bulkhead partition created");
+        partition
+    }
+
+    /// The bulkhead of `key` if it has one now (configured or created), without creating one
+    /// or counting as a use.
+    pub fn find_partition(&self, key: &K) -> Option<Bulkhead> {
+        let inner = &*self.inner;
+        match inner.configured(key) {
+            Some(b) => Some(b.clone()),
+            None => inner.read().peek(key).cloned(),
+        }
+    }
+
+    /// How many partitions were created on first use and exist now (configured partitions
+    /// and the overflow partition not included); at most `max_partitions`.
+    pub fn created_partitions(&self) -> usize {
+        self.inner.read().len()
+    }
+
+    /// The partition shared by new keys while every created partition is busy.
+    pub fn overflow(&self) -> &Bulkhead {
+        &self.inner.overflow
     }
 
     /// The global cap across all keys, if configured.
@@ -208,6 +260,25 @@ where
     pub(crate) fn max_wait(&self) -> Duration {
         self.inner.max_wait
     }
+}
+
+impl<K: Hash + Eq> Inner<K> {
+    fn configured(&self, key: &K) -> Option<&Bulkhead> {
+        match &self.configured {
+            Configured::Few(list) => list.iter().find(|(k, _)| k == key).map(|(_, b)| b),
+            Configured::Many(map) => map.get(key),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Entries<K, Bulkhead>> {
+        self.created.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Whether a created partition may be evicted: nothing else refers to it (no permit, no
+/// waiting call, no handle: each holds a reference), so it has nothing in flight.
+fn is_idle(partition: &Bulkhead) -> bool {
+    Arc::strong_count(&partition.inner) == 1 && partition.in_flight() == 0
 }
 
 fn make_partition(
@@ -264,7 +335,9 @@ where
         self
     }
 
-    /// How many partitions may be created on the fly for unconfigured keys (default 1024).
+    /// How many partitions may exist at once for unconfigured keys (default 1024); past it, a
+    /// new key evicts the least recently used idle one, or shares the overflow partition while
+    /// none is idle.
     pub fn max_partitions(mut self, n: usize) -> Self {
         self.max_partitions = n;
         self
@@ -302,9 +375,8 @@ where
                 } else {
                     Configured::Many(map)
                 },
-                created: RwLock::new(HashMap::new()),
+                created: RwLock::new(Entries::new(self.max_partitions)),
                 name,
-                max_partitions: self.max_partitions,
                 default_limit: self.default_limit,
                 overflow,
                 global,
