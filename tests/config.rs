@@ -787,6 +787,17 @@ big = 2
     let err = toml::from_str::<PartitionedBulkheadConfig>(&text.replace("max_queued", "queued"))
         .unwrap_err();
     assert!(err.to_string().contains("queued"), "{err}");
+    // Read through staunch's loaders, a layer's own section names the path and refuses an
+    // array, as the stack's sections do.
+    let err = staunch::settings::from_toml::<PartitionedBulkheadConfig>("max_wait = 5")
+        .unwrap_err();
+    assert_eq!(err.field(), "max_wait", "{err}");
+    let err = staunch::settings::from_json::<PartitionedBulkheadConfig>(r#"{ "partitions": [1] }"#)
+        .unwrap_err();
+    assert_eq!(err.field(), "partitions", "{err}");
+    let err = staunch::settings::from_json::<staunch::BulkheadConfig>(r#"[32, "20ms"]"#)
+        .unwrap_err();
+    assert!(err.rule().contains("table of bulkhead settings"), "{err}");
 }
 
 #[test]
