@@ -234,9 +234,9 @@ pub fn rejection_of<'a>(err: &'a (dyn Error + 'static)) -> Option<Rejection<'a>>
 ///
 /// ```
 /// use std::sync::Arc;
-/// use staunch_core::{AnyError, BulkheadFull, BulkheadFullReason, Classify, IgnoreRejections, Outcome};
-///
-/// type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// use staunch_core::{
+///     AnyError, BoxError, BulkheadFull, BulkheadFullReason, Classify, IgnoreRejections, Outcome,
+/// };
 ///
 /// let classify = IgnoreRejections::new(AnyError::new());
 /// let full: Result<(), BoxError> =
@@ -272,7 +272,7 @@ where
         // `Err` is generic, so a boxed error is recognised by type; this is one type-id
         // comparison on the error path and nothing on the success path.
         if let Err(err) = result
-            && let Some(boxed) = (err as &dyn Any).downcast_ref::<Box<dyn Error + Send + Sync>>()
+            && let Some(boxed) = (err as &dyn Any).downcast_ref::<crate::BoxError>()
             && rejection_of(&**boxed).is_some()
         {
             return Outcome::Ignored;
@@ -318,7 +318,7 @@ mod tests {
 
     #[test]
     fn an_expired_deadline_is_a_rejection_the_breaker_ignores() {
-        type BoxError = Box<dyn Error + Send + Sync>;
+        use crate::BoxError;
         let expired = DeadlineExpired::new(Some(Arc::from("payment")));
         let wrapped = Wrapper(Box::new(expired.clone()));
         assert_eq!(
