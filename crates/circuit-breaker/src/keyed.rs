@@ -101,7 +101,7 @@ impl<K: Hash + Eq + Clone + fmt::Display> BreakerRegistry<K> {
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn main() -> Result<(), staunch_core::BoxError> {
 /// use staunch_circuit_breaker::{CircuitBreaker, KeyedCircuitBreakerLayer};
 /// use staunch_core::HttpStatus;
 /// use tower::{Layer, Service, ServiceExt};

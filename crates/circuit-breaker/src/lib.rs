@@ -62,7 +62,7 @@
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn main() -> Result<(), staunch_core::BoxError> {
 //! use std::time::Duration;
 //! use staunch_circuit_breaker::{BreakerOpen, CircuitBreaker, CircuitBreakerLayer, State};
 //! use staunch_core::HttpStatus;
