@@ -142,8 +142,10 @@ async fn rejections_of_layers_further_in_are_not_counted_by_default() {
     for rejection in rejections {
         // The default classifier, and one the user chose: both ignore rejections.
         let default = breaker("default");
-        let mut svc = CircuitBreakerLayer::new(default.clone())
-            .layer(service_fn(move |()| async move { Err::<(), _>(rejection()) }));
+        let mut svc =
+            CircuitBreakerLayer::new(default.clone()).layer(service_fn(move |()| async move {
+                Err::<(), _>(rejection())
+            }));
         let http = breaker("http");
         let mut with_http = CircuitBreakerLayer::new(http.clone())
             .with_classifier(HttpStatus::new())
@@ -152,7 +154,10 @@ async fn rejections_of_layers_further_in_are_not_counted_by_default() {
             }));
         for _ in 0..3 {
             let err = svc.ready().await.unwrap().call(()).await.unwrap_err();
-            assert!(rejection_of(&*err).is_some(), "passed through as it is: {err}");
+            assert!(
+                rejection_of(&*err).is_some(),
+                "passed through as it is: {err}"
+            );
             let err = with_http.ready().await.unwrap().call(()).await.unwrap_err();
             assert!(rejection_of(&*err).is_some(), "{err}");
         }
@@ -181,12 +186,16 @@ async fn rejections_of_layers_further_in_are_not_counted_by_default() {
         let err = svc.clone().oneshot(()).await.unwrap_err();
         assert!(err.is::<BulkheadFull>());
     }
-    assert_eq!(registry.get(&"a".to_owned()).unwrap().state(), State::Closed);
+    assert_eq!(
+        registry.get(&"a".to_owned()).unwrap().state(),
+        State::Closed
+    );
 
     // Whereas an error of the dependency is counted.
     let counted = breaker("counted");
-    let svc = CircuitBreakerLayer::new(counted.clone())
-        .layer(service_fn(|()| async { Err::<(), BoxError>("reset".into()) }));
+    let svc = CircuitBreakerLayer::new(counted.clone()).layer(service_fn(|()| async {
+        Err::<(), BoxError>("reset".into())
+    }));
     svc.oneshot(()).await.unwrap_err();
     assert_eq!(counted.state(), State::Open);
 }
@@ -199,7 +208,10 @@ async fn the_engine_error_says_each_thing_once() {
         .await
         .unwrap_err();
     assert!(matches!(failed, CircuitBreakerError::Inner(_)));
-    assert_eq!(failed.to_string(), "call through the circuit breaker failed");
+    assert_eq!(
+        failed.to_string(),
+        "call through the circuit breaker failed"
+    );
     assert_eq!(
         failed.source().map(ToString::to_string).as_deref(),
         Some("connection reset by peer"),
@@ -207,7 +219,10 @@ async fn the_engine_error_says_each_thing_once() {
     );
     assert_eq!(
         assert_says_each_thing_once(&failed),
-        ["call through the circuit breaker failed", "connection reset by peer"]
+        [
+            "call through the circuit breaker failed",
+            "connection reset by peer"
+        ]
     );
 
     let rejected = breaker
