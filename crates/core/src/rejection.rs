@@ -225,8 +225,9 @@ pub fn rejection_of<'a>(err: &'a (dyn Error + 'static)) -> Option<Rejection<'a>>
 /// A circuit breaker measures the health of the dependency. A bulkhead below it that is full
 /// says the *caller* is saturated, not that the dependency is failing: counting it would trip
 /// the breaker on local load. A call refused because its caller's deadline was over never
-/// reached the dependency at all. Wrap a breaker's classifier in this whenever a bulkhead (or
-/// another breaker) sits between it and the dependency; the `staunch` facade's stacks do.
+/// reached the dependency at all. The layers of `staunch-circuit-breaker` wrap their
+/// classifier in this themselves; wrap yours when you drive a breaker by hand with results
+/// that may carry a rejection from further in.
 ///
 /// Rejections are recognised in boxed errors (`Box<dyn Error + Send + Sync>`, i.e.
 /// `tower::BoxError`, what the staunch layers return), anywhere in their source chain; other
