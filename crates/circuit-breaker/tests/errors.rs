@@ -86,7 +86,7 @@ async fn an_open_breaker_is_a_boxed_breaker_open() {
 
     // The per-key layer too.
     let config = CircuitBreaker::builder("hosts").build_config().unwrap();
-    let layer = KeyedCircuitBreakerLayer::new(config, 4, |_: &()| "a".to_owned());
+    let layer = KeyedCircuitBreakerLayer::new(config, 4, |(): &()| "a".to_owned());
     let registry = layer.registry();
     let svc = layer.layer(service_fn(|()| async { Ok::<(), io::Error>(()) }));
     svc.clone().oneshot(()).await.unwrap();
@@ -173,7 +173,7 @@ async fn rejections_of_layers_further_in_are_not_counted_by_default() {
         .consecutive_failures(1)
         .build_config()
         .unwrap();
-    let layer = KeyedCircuitBreakerLayer::new(config, 4, |_: &()| "a".to_owned());
+    let layer = KeyedCircuitBreakerLayer::new(config, 4, |(): &()| "a".to_owned());
     let registry = layer.registry();
     let svc = layer.layer(service_fn(|()| async {
         Err::<(), BoxError>(Box::new(BulkheadFull::new(
