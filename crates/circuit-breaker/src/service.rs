@@ -56,7 +56,8 @@ impl<S: Clone, C: Clone> Clone for CircuitBreakerService<S, C> {
 }
 
 impl<S, C> CircuitBreakerService<S, C> {
-    /// Wraps `inner` in `breaker`, classifying results with `classifier`.
+    /// Wraps `inner` in `breaker`, classifying results with `classifier` (rejections by layers
+    /// further in are ignored whatever it says).
     pub fn new(inner: S, breaker: CircuitBreaker, classifier: C) -> Self {
         Self {
             inner,
