@@ -20,7 +20,7 @@ use tower::{Layer, Service, ServiceBuilder};
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use staunch::BoxError;
 
 fn bare() -> impl Service<u64, Response = u64, Error = BoxError> + Clone + Send + 'static {
     tower::service_fn(|x: u64| ready(Ok::<u64, BoxError>(x)))
