@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use http_body_util::BodyExt;
 use tower::{Layer, Service, ServiceExt};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use staunch::BoxError;
 type Call = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
 
 /// One client under test: makes one request to `/hello` and reads the body.

@@ -10,9 +10,8 @@ use std::future::{Ready, ready};
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use staunch::BreakerLayer;
 use staunch::bulkhead::{Bulkhead, BulkheadLayer};
-use staunch::circuit_breaker::CircuitBreaker;
+use staunch::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use staunch::retry::{RetryLayer, RetryPolicy};
 use staunch::timeout::{TimeLimit, TimeoutLayer};
 use support::{Bare, BoxError};
@@ -33,7 +32,7 @@ fn staunch_stack(
                 .build()
                 .expect("valid policy"),
         ))
-        .layer(BreakerLayer::new(
+        .layer(CircuitBreakerLayer::new(
             CircuitBreaker::builder("bench")
                 .build()
                 .expect("valid breaker"),

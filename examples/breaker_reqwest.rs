@@ -62,8 +62,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             let request = reqwest::Request::new(reqwest::Method::GET, url.parse()?);
             let answer = match prices.clone().oneshot(request).await {
                 Ok(response) => format!("HTTP {}", response.status().as_u16()),
-                Err(err) if err.is_open() => {
-                    let hint = err.as_open().and_then(staunch::BreakerOpen::retry_after);
+                Err(err) if err.is::<staunch::BreakerOpen>() => {
+                    let hint = err
+                        .downcast_ref::<staunch::BreakerOpen>()
+                        .and_then(staunch::BreakerOpen::retry_after);
                     format!("refused at once (retry after {hint:?})")
                 }
                 Err(err) => format!("error: {err}"),

@@ -13,7 +13,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 /// The boxed error every staunch layer returns (the same type as `tower::BoxError`).
-pub type BoxError = Box<dyn StdError + Send + Sync>;
+pub use staunch_core::BoxError;
 
 /// Why a call through a staunch stack failed: the wrapped service's own error `E`, or the
 /// layer that refused or cancelled the call.

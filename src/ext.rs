@@ -44,23 +44,25 @@ pub trait ServiceBuilderExt<L>: Sized {
     /// first (outermost).
     fn typed_errors<E>(self) -> ServiceBuilder<Stack<crate::TypedErrorsLayer<E>, L>>;
 
-    /// Adds a circuit breaker counting every error as a failure ([`BreakerLayer::new`]).
+    /// Adds a circuit breaker counting every error as a failure, except rejections by the
+    /// layers after it ([`CircuitBreakerLayer::new`]).
     ///
-    /// [`BreakerLayer::new`]: crate::BreakerLayer::new
+    /// [`CircuitBreakerLayer::new`]: staunch_circuit_breaker::CircuitBreakerLayer::new
     #[cfg(feature = "circuit-breaker")]
     fn circuit_breaker(
         self,
         breaker: staunch_circuit_breaker::CircuitBreaker,
-    ) -> ServiceBuilder<Stack<crate::BreakerLayer, L>>;
+    ) -> ServiceBuilder<Stack<staunch_circuit_breaker::CircuitBreakerLayer, L>>;
 
     /// Adds a circuit breaker that classifies results with `classifier` (e.g.
-    /// [`HttpStatus`](crate::HttpStatus) so that 5xx responses count as failures).
+    /// [`HttpStatus`](crate::HttpStatus) so that 5xx responses count as failures); rejections
+    /// by the layers after it are still not counted.
     #[cfg(feature = "circuit-breaker")]
     fn circuit_breaker_with<C>(
         self,
         breaker: staunch_circuit_breaker::CircuitBreaker,
         classifier: C,
-    ) -> ServiceBuilder<Stack<crate::BreakerLayer<C>, L>>;
+    ) -> ServiceBuilder<Stack<staunch_circuit_breaker::CircuitBreakerLayer<C>, L>>;
 
     /// Adds a bulkhead.
     #[cfg(feature = "bulkhead")]
@@ -113,8 +115,8 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     fn circuit_breaker(
         self,
         breaker: staunch_circuit_breaker::CircuitBreaker,
-    ) -> ServiceBuilder<Stack<crate::BreakerLayer, L>> {
-        self.layer(crate::BreakerLayer::new(breaker))
+    ) -> ServiceBuilder<Stack<staunch_circuit_breaker::CircuitBreakerLayer, L>> {
+        self.layer(staunch_circuit_breaker::CircuitBreakerLayer::new(breaker))
     }
 
     #[cfg(feature = "circuit-breaker")]
@@ -122,8 +124,10 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         breaker: staunch_circuit_breaker::CircuitBreaker,
         classifier: C,
-    ) -> ServiceBuilder<Stack<crate::BreakerLayer<C>, L>> {
-        self.layer(crate::BreakerLayer::with_classifier(breaker, classifier))
+    ) -> ServiceBuilder<Stack<staunch_circuit_breaker::CircuitBreakerLayer<C>, L>> {
+        self.layer(
+            staunch_circuit_breaker::CircuitBreakerLayer::new(breaker).with_classifier(classifier),
+        )
     }
 
     #[cfg(feature = "bulkhead")]

@@ -15,11 +15,11 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use staunch_bulkhead::{BulkheadLayer, BulkheadService};
+use staunch_circuit_breaker::{CircuitBreakerLayer, CircuitBreakerService};
 use staunch_core::{AnyError, BreakerOpen, BulkheadFull, ConfigError, DeadlineExpired, GrpcStatus};
 use staunch_retry::{RetryCall, RetryClassify, RetryOn, RetryPolicy, RetryResponse};
 use staunch_timeout::{Elapsed, Timeout, TimeoutLayer};
 
-use crate::breaker::{BreakerLayer, BreakerService};
 use crate::config::StackConfig;
 use crate::error::BoxError;
 use crate::http::AttemptDeadline;
@@ -32,8 +32,9 @@ pub const RETRY_PUSHBACK_KEY: &str = "grpc-retry-pushback-ms";
 
 /// A tonic channel wrapped by [`channel`]: circuit breaker, per-attempt timeout, bulkhead,
 /// with [`GrpcErrors`] outermost so that a generated client's `Status` has the right code.
-pub type Channel<S> =
-    GrpcErrors<BreakerService<Timeout<BulkheadService<AttemptDeadline<S>, AnyError>>, GrpcStatus>>;
+pub type Channel<S> = GrpcErrors<
+    CircuitBreakerService<Timeout<BulkheadService<AttemptDeadline<S>, AnyError>>, GrpcStatus>,
+>;
 
 /// Wraps a tonic channel (any `Service<http::Request<tonic::body::Body>>`) for a generated
 /// client: circuit breaker ([`GrpcStatus`]: `UNAVAILABLE`, `DEADLINE_EXCEEDED`, ... count as
@@ -73,8 +74,9 @@ where
     let inner = AttemptDeadline::new(inner, &handle);
     let bulkhead = BulkheadLayer::new(handle.bulkhead().clone()).layer(inner);
     let attempt = TimeoutLayer::from_limit(handle.attempt_timeout().clone()).layer(bulkhead);
-    let breaker =
-        BreakerLayer::with_classifier(handle.breaker().clone(), GrpcStatus::new()).layer(attempt);
+    let breaker = CircuitBreakerLayer::new(handle.breaker().clone())
+        .with_classifier(GrpcStatus::new())
+        .layer(attempt);
     Ok((GrpcErrors::new(breaker), GrpcHandle { stack: handle }))
 }
 

@@ -47,12 +47,15 @@
 //! Engines are cheap handles (clones share the state) and outlive the layers built from
 //! them, so a status endpoint can read them and an operator can force a breaker open. A
 //! rejection is a small typed value that says "back off": no retry layer of staunch ever
-//! retries one, and the breakers this crate puts in a stack ([`BreakerLayer`]) never count a
+//! retries one, and no breaker
+//! ([`CircuitBreakerLayer`](crate::circuit_breaker::CircuitBreakerLayer)) ever counts a
 //! bulkhead's rejection as the dependency failing. A call whose caller's `Deadline` had
 //! already passed is not sent at all: it is the rejection [`DeadlineExpired`], which no layer
 //! counts or retries, and no layer that answers a call itself keeps a bulkhead permit for it.
 //!
-//! Every layer returns `tower::BoxError`; [`Error<E>`](Error) (through [`TypedErrorsLayer`], which
+//! Every layer returns [`BoxError`] (`tower::BoxError`): a rejection is a boxed typed value
+//! (`err.downcast_ref::<BreakerOpen>()`, or [`rejection_of`] through any wrapping), the
+//! client's own error is boxed as it is. [`Error<E>`](Error) (through [`TypedErrorsLayer`], which
 //! the HTTP preset puts outermost) gives it back as an enum to `match`: the client's own
 //! error `E`, `BreakerOpen`, `BulkheadFull`, `DeadlineExpired`, `Elapsed`,
 //! `RetriesExhausted` and `BudgetExhausted` (with the last attempt's error inside), or
@@ -495,8 +498,6 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-#[cfg(feature = "circuit-breaker")]
-mod breaker;
 #[cfg(all(
     feature = "circuit-breaker",
     feature = "bulkhead",
@@ -556,8 +557,6 @@ pub use staunch_core::{
     DeadlineExpired, HttpStatus, Jitter, Outcome, Rejection, classify_fn, rejection_of,
 };
 
-#[cfg(feature = "circuit-breaker")]
-pub use crate::breaker::{BreakerFuture, BreakerLayer, BreakerService};
 #[cfg(all(
     feature = "circuit-breaker",
     feature = "bulkhead",
@@ -628,8 +627,8 @@ mod tests {
         assert_send_sync::<Error<std::io::Error>>();
         assert_send_sync::<TypedErrorsLayer<std::io::Error>>();
         assert_send_sync::<IgnoreRejections<HttpStatus>>();
-        assert_send_sync::<BreakerLayer<HttpStatus>>();
-        assert_send_sync::<BreakerService<Inner, HttpStatus>>();
+        assert_send_sync::<circuit_breaker::CircuitBreakerLayer<HttpStatus>>();
+        assert_send_sync::<circuit_breaker::CircuitBreakerService<Inner, HttpStatus>>();
         assert_send_sync::<StackConfig>();
         assert_send_sync::<RegistryConfig>();
         assert_send_sync::<StackHandle>();

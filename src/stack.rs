@@ -5,25 +5,26 @@ use std::fmt;
 use std::sync::Arc;
 
 use staunch_bulkhead::{Bulkhead, BulkheadLayer, BulkheadMetrics, BulkheadService};
-use staunch_circuit_breaker::{CircuitBreaker, Snapshot};
+use staunch_circuit_breaker::{
+    CircuitBreaker, CircuitBreakerLayer, CircuitBreakerService, Snapshot,
+};
 use staunch_core::{AnyError, ConfigError};
 use staunch_retry::{HedgeLayer, Retry, RetryBudget, RetryLayer, RetryMetrics, RetryPolicy};
 use staunch_timeout::{DeadlineLayer, PropagateDeadlineLayer, TimeLimit, Timeout, TimeoutLayer};
 use tower_layer::Layer;
 
-use crate::breaker::{BreakerLayer, BreakerService};
 use crate::config::{DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_TIMEOUT, StackConfig};
 use crate::error::TypedErrors;
 use staunch_circuit_breaker::BreakerConfig;
 use staunch_retry::RetryConfig;
 
 /// A service wrapped in the full stack, outermost first: [`TypedErrors`] (errors become
-/// [`staunch::Error<E>`](crate::Error)), [`Retry`], the circuit breaker ([`BreakerService`]
-/// with classifier `C`), the per-attempt [`Timeout`], the bulkhead ([`BulkheadService`]), then
+/// [`staunch::Error<E>`](crate::Error)), [`Retry`], the circuit breaker
+/// ([`CircuitBreakerService`] with classifier `C`), the per-attempt [`Timeout`], the bulkhead ([`BulkheadService`]), then
 /// `S`. `E` is `S`'s error type. Built by [`StackHandle::wrap`] and the presets
 /// ([`http::client`](crate::http::client), `grpc::channel`).
 pub type Stack<S, C, E> =
-    TypedErrors<Retry<BreakerService<Timeout<BulkheadService<S, AnyError>>, C>>, E>;
+    TypedErrors<Retry<CircuitBreakerService<Timeout<BulkheadService<S, AnyError>>, C>>, E>;
 
 /// Every engine of one stack, for status endpoints and manual control (force a breaker open,
 /// resize a bulkhead, read the retry budget). Clones share the engines.
@@ -184,8 +185,9 @@ impl StackHandle {
     {
         let bulkhead = BulkheadLayer::new(self.bulkhead.clone()).layer(inner);
         let attempt = TimeoutLayer::from_limit(self.attempt_timeout.clone()).layer(bulkhead);
-        let breaker =
-            BreakerLayer::with_classifier(self.breaker.clone(), classifier).layer(attempt);
+        let breaker = CircuitBreakerLayer::new(self.breaker.clone())
+            .with_classifier(classifier)
+            .layer(attempt);
         let retry = RetryLayer::new(self.retry.clone()).layer(breaker);
         TypedErrors::new(retry)
     }

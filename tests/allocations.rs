@@ -11,9 +11,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
-use staunch::BreakerLayer;
 use staunch::bulkhead::{Bulkhead, BulkheadLayer};
-use staunch::circuit_breaker::CircuitBreaker;
+use staunch::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
 use staunch::retry::{RetryLayer, RetryPolicy};
 use staunch::timeout::{TimeLimit, TimeoutLayer};
 use tower::{Layer, Service, ServiceBuilder};
@@ -21,7 +20,7 @@ use tower::{Layer, Service, ServiceBuilder};
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use staunch::BoxError;
 
 fn bare() -> impl Service<u64, Response = u64, Error = BoxError> + Clone + Send + 'static {
     tower::service_fn(|x: u64| ready(Ok::<u64, BoxError>(x)))
@@ -88,7 +87,7 @@ fn calls_that_succeed_at_once_allocate_nothing() {
     let cases: [(&str, usize); 5] = [
         (
             "circuit breaker",
-            allocations_per_1000_calls(BreakerLayer::new(breaker()).layer(bare())),
+            allocations_per_1000_calls(CircuitBreakerLayer::new(breaker()).layer(bare())),
         ),
         (
             "bulkhead",
@@ -111,7 +110,7 @@ fn calls_that_succeed_at_once_allocate_nothing() {
             allocations_per_1000_calls(
                 ServiceBuilder::new()
                     .layer(RetryLayer::new(policy()))
-                    .layer(BreakerLayer::new(breaker()))
+                    .layer(CircuitBreakerLayer::new(breaker()))
                     .layer(
                         TimeoutLayer::from_limit(TimeLimit::new(Duration::from_secs(1)).unwrap())
                             .ignore_request(),
@@ -127,7 +126,7 @@ fn calls_that_succeed_at_once_allocate_nothing() {
 
     // The counter works: a call that boxes its error allocates.
     let failing = tower::service_fn(|_: u64| ready(Err::<u64, BoxError>("no".into())));
-    let mut svc = BreakerLayer::new(breaker()).layer(failing);
+    let mut svc = CircuitBreakerLayer::new(breaker()).layer(failing);
     let region = Region::new(GLOBAL);
     let mut cx = Context::from_waker(Waker::noop());
     assert!(svc.poll_ready(&mut cx).is_ready());

@@ -789,14 +789,14 @@ big = 2
     assert!(err.to_string().contains("queued"), "{err}");
     // Read through staunch's loaders, a layer's own section names the path and refuses an
     // array, as the stack's sections do.
-    let err = staunch::settings::from_toml::<PartitionedBulkheadConfig>("max_wait = 5")
-        .unwrap_err();
+    let err =
+        staunch::settings::from_toml::<PartitionedBulkheadConfig>("max_wait = 5").unwrap_err();
     assert_eq!(err.field(), "max_wait", "{err}");
     let err = staunch::settings::from_json::<PartitionedBulkheadConfig>(r#"{ "partitions": [1] }"#)
         .unwrap_err();
     assert_eq!(err.field(), "partitions", "{err}");
-    let err = staunch::settings::from_json::<staunch::BulkheadConfig>(r#"[32, "20ms"]"#)
-        .unwrap_err();
+    let err =
+        staunch::settings::from_json::<staunch::BulkheadConfig>(r#"[32, "20ms"]"#).unwrap_err();
     assert!(err.rule().contains("table of bulkhead settings"), "{err}");
 }
 

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use staunch::bulkhead::{Bulkhead, BulkheadLayer, PartitionedBulkhead, PartitionedBulkheadLayer};
 use staunch::circuit_breaker::{
-    CircuitBreaker, CircuitBreakerError, CircuitBreakerLayer, KeyedCircuitBreakerLayer, State,
+    CircuitBreaker, CircuitBreakerLayer, KeyedCircuitBreakerLayer, State,
 };
 use staunch::timeout::{Deadline, Elapsed, PropagateDeadlineLayer, TimeLimit, TimeoutLayer};
 use staunch::{
-    DeadlineConfig, DeadlineExpired, Error, OutgoingDeadlineConfig, Rejection, StackConfig,
-    WindowConfig, rejection_of,
+    BreakerOpen, DeadlineConfig, DeadlineExpired, Error, OutgoingDeadlineConfig, Rejection,
+    StackConfig, WindowConfig, rejection_of,
 };
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -235,7 +235,7 @@ async fn a_breaker_rejecting_in_call_gives_back_the_bulkhead_permit() {
         .call(http::Request::new(String::new()))
         .await
         .unwrap_err();
-    assert!(matches!(err, CircuitBreakerError::Open(_)), "{err:?}");
+    assert!(err.is::<BreakerOpen>(), "{err:?}");
     assert_eq!(bulkhead.metrics().in_flight, 0);
 }
 
@@ -256,7 +256,7 @@ async fn a_keyed_breaker_rejecting_gives_back_the_bulkhead_permit() {
         .call(http::Request::new(String::new()))
         .await
         .unwrap_err();
-    assert!(matches!(err, CircuitBreakerError::Open(_)), "{err:?}");
+    assert!(err.is::<BreakerOpen>(), "{err:?}");
     assert_eq!(bulkhead.metrics().in_flight, 0);
 }
 

@@ -133,6 +133,95 @@ async fn a_bulkhead_rejection_is_not_retried_nor_counted_by_the_breaker() {
     assert_eq!(handle.bulkhead().in_flight(), 0);
 }
 
+/// The same stack of the layer crates' own layers (retry -> breaker -> bulkhead), without the
+/// preset or `TypedErrorsLayer`: the breaker layer ignores rejections from further in by
+/// default, and every error is a `BoxError` to downcast.
+#[tokio::test(start_paused = true)]
+async fn a_stack_of_the_crates_layers_neither_counts_nor_retries_a_full_bulkhead() {
+    use staunch::bulkhead::BulkheadLayer;
+    use staunch::circuit_breaker::CircuitBreakerLayer;
+    use staunch::retry::RetryLayer;
+    use staunch::{BulkheadFull, HttpStatus};
+
+    let release = Arc::new(Notify::new());
+    let gate = Arc::clone(&release);
+    let inner = service_fn(move |req: Request| {
+        let gate = Arc::clone(&gate);
+        async move {
+            if req.uri().path() == "/hang" {
+                gate.notified().await;
+                return Ok(response(200));
+            }
+            Err::<Response, _>(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "connection reset by peer",
+            ))
+        }
+    });
+    let breaker = CircuitBreaker::builder("inventory")
+        .consecutive_failures(1)
+        .build()
+        .unwrap();
+    let bulkhead = Bulkhead::builder("inventory")
+        .max_concurrent(1)
+        .build()
+        .unwrap();
+    let policy = RetryPolicy::builder()
+        .max_attempts(3)
+        .backoff(
+            staunch::Backoff::constant(Duration::from_millis(10))
+                .jitter(staunch::Jitter::None)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let client = ServiceBuilder::new()
+        .layer(RetryLayer::new(policy.clone()))
+        .layer(CircuitBreakerLayer::new(breaker.clone()).with_classifier(HttpStatus::new()))
+        .layer(BulkheadLayer::new(bulkhead.clone()))
+        .service(inner);
+
+    // The first call takes the only permit and waits.
+    let hang = http::Request::get("http://127.0.0.1/hang")
+        .body(String::new())
+        .unwrap();
+    let running = tokio::spawn(client.clone().oneshot(hang));
+    tokio::task::yield_now().await;
+    assert_eq!(bulkhead.in_flight(), 1);
+
+    for _ in 0..3 {
+        let err: BoxError = client.clone().oneshot(get()).await.unwrap_err();
+        let full = err
+            .downcast_ref::<BulkheadFull>()
+            .expect("the bulkhead's rejection, boxed as it is");
+        assert_eq!(full.reason(), BulkheadFullReason::NoPermit);
+    }
+    assert_eq!(policy.metrics().retries, 0, "a rejection is not retried");
+    let snapshot = breaker.snapshot();
+    assert_eq!(
+        snapshot.state,
+        State::Closed,
+        "local load, not a failing dependency"
+    );
+    assert_eq!(snapshot.failed_calls, 0);
+
+    release.notify_one();
+    assert_eq!(running.await.unwrap().unwrap().status(), 200);
+
+    // Whereas a failure of the dependency is counted: it trips this breaker at once, the
+    // retry meets the boxed `BreakerOpen` and stops there.
+    let err = client.oneshot(get()).await.unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<BreakerOpen>().map(BreakerOpen::name),
+        Some("inventory"),
+        "{err}"
+    );
+    assert_eq!(breaker.state(), State::Open);
+    assert_eq!(breaker.snapshot().failed_calls, 1);
+    assert_eq!(policy.metrics().retries, 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_attempt_timeout_triggers_a_retry() {
     let calls = Arc::new(AtomicU32::new(0));

@@ -25,8 +25,8 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, BenchmarkId};
 use tower::Service;
 
-/// The error type of the bare inner service.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The error type of the bare inner service (and of every staunch layer).
+pub use staunch::BoxError;
 
 /// A runtime whose context layers that need timers run in.
 pub fn runtime() -> tokio::runtime::Runtime {

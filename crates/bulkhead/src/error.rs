@@ -7,4 +7,4 @@
 pub use staunch_core::{BulkheadFull, BulkheadFullReason};
 
 /// The boxed error type of the bulkhead services (the same as `tower::BoxError`).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use staunch_core::BoxError;

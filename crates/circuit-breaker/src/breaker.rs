@@ -16,7 +16,7 @@ use tokio::sync::broadcast;
 use crate::config::{CircuitBreakerBuilder, CircuitBreakerConfig};
 use crate::core::{Core, probe_tag};
 use crate::events::{Event, TransitionReason};
-use crate::future::ResponseFuture;
+use crate::future::CallFuture;
 use crate::lane::{Lane, lane_count, thread_index};
 use crate::permit::{Kind, Permit};
 use crate::state::{State, Word};
@@ -433,7 +433,7 @@ impl CircuitBreaker {
     /// Dropping the returned future before it finishes counts as a cancelled call (ignored),
     /// and gives a half-open probe slot back.
     #[inline]
-    pub fn call<F, T, E>(&self, future: F) -> ResponseFuture<F, AnyError>
+    pub fn call<F, T, E>(&self, future: F) -> CallFuture<F, AnyError>
     where
         F: Future<Output = Result<T, E>>,
     {
@@ -447,7 +447,7 @@ impl CircuitBreaker {
     ///
     /// As [`call`](Self::call), with the classifier's `classify_cancelled` outcome.
     #[inline]
-    pub fn call_with<F, C, T, E>(&self, classifier: C, future: F) -> ResponseFuture<F, C>
+    pub fn call_with<F, C, T, E>(&self, classifier: C, future: F) -> CallFuture<F, C>
     where
         F: Future<Output = Result<T, E>>,
         C: Classify<T, E>,
@@ -456,9 +456,9 @@ impl CircuitBreaker {
         self.acquire_into(
             (future, classifier),
             |(future, classifier), permit| {
-                ResponseFuture::called(future, permit.cancelled_as(cancelled), classifier)
+                CallFuture::called(future, permit.cancelled_as(cancelled), classifier)
             },
-            |(_, classifier), open| ResponseFuture::rejected(open, classifier),
+            |(_, classifier), open| CallFuture::rejected(open, classifier),
         )
     }
 

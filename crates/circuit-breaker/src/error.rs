@@ -1,17 +1,24 @@
-//! The error of a call through a breaker: rejected, or the inner call's own error.
+//! The error of a call run by the engine ([`CircuitBreaker::call`](crate::CircuitBreaker::call)):
+//! rejected, or the call's own error.
 
 use std::error::Error;
 use std::fmt;
 
 pub use staunch_core::BreakerOpen;
 
-/// A call through a circuit breaker failed: the breaker refused it, or the call itself failed.
+/// A call run by [`CircuitBreaker::call`](crate::CircuitBreaker::call) failed: the breaker
+/// refused it, or the call itself failed.
 ///
-/// Match on it without downcasting. It implements [`std::error::Error`] when the inner error
-/// does, so it converts into `tower::BoxError` with `?`; [`rejection_of`] finds the
-/// [`BreakerOpen`] inside a boxed one (its `source()`), which is how a retry layer knows not to
-/// retry it. For an inner error that is already a `BoxError`, use
-/// [`into_box_error`](Self::into_box_error).
+/// Match on it without downcasting. The tower services do not return it: like every staunch
+/// layer they return a [`BoxError`](staunch_core::BoxError), the boxed [`BreakerOpen`] or the
+/// inner error itself, which is what [`into_box_error`](Self::into_box_error) makes of this.
+/// It implements [`std::error::Error`] when the inner error does, so it converts into a
+/// `BoxError` with `?` too; [`rejection_of`] finds the [`BreakerOpen`] inside (its
+/// `source()`), which is how a retry layer knows not to retry it.
+///
+/// Its `Display` says what happened and its `source()` is the cause, so an error report
+/// (`anyhow`'s `{:#}`) says each thing once: `call through the circuit breaker failed:
+/// connection reset`, not the inner message twice.
 ///
 /// [`rejection_of`]: staunch_core::rejection_of
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,14 +69,14 @@ impl<E> From<BreakerOpen> for CircuitBreakerError<E> {
     }
 }
 
-impl<E: fmt::Display> fmt::Display for CircuitBreakerError<E> {
+impl<E> fmt::Display for CircuitBreakerError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             // The details are in the source, so that reports do not say them twice.
             CircuitBreakerError::Open(open) => {
                 write!(f, "call rejected by circuit breaker `{}`", open.name())
             }
-            CircuitBreakerError::Inner(e) => e.fmt(f),
+            CircuitBreakerError::Inner(_) => f.write_str("call through the circuit breaker failed"),
         }
     }
 }

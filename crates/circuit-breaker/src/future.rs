@@ -1,4 +1,6 @@
-//! The response future of a call through a breaker.
+//! The futures of a call through a breaker: [`CallFuture`] for the engine's
+//! [`CircuitBreaker::call`](crate::CircuitBreaker::call), [`ResponseFuture`] for the tower
+//! services.
 
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
@@ -6,14 +8,15 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
-use staunch_core::{BreakerOpen, Classify, Outcome};
+use staunch_core::{BoxError, BreakerOpen, Classify, IgnoreRejections, Outcome};
 
 use crate::error::CircuitBreakerError;
 use crate::permit::Permit;
 
 pin_project! {
-    /// The future of a call through a [`CircuitBreaker`](crate::CircuitBreaker) or its layer:
-    /// the call itself, holding its permit, or a rejection that resolves at once.
+    /// The future of [`CircuitBreaker::call`](crate::CircuitBreaker::call) and
+    /// [`call_with`](crate::CircuitBreaker::call_with): the call itself, holding its permit,
+    /// or a rejection that resolves at once to [`CircuitBreakerError::Open`].
     ///
     /// # Cancel safety
     ///
@@ -24,13 +27,10 @@ pin_project! {
     ///
     /// A panic while polling the call counts as a failure (a client that panics on every
     /// call is a failing dependency), and then goes on unwinding to the caller unchanged.
-    ///
-    /// # Panics
-    ///
     /// Polling it again after it returned `Ready` panics, as for most futures.
     #[derive(Debug)]
     #[must_use = "futures do nothing unless polled"]
-    pub struct ResponseFuture<F, C> {
+    pub struct CallFuture<F, C> {
         #[pin]
         kind: Kind<F>,
         classifier: C,
@@ -52,7 +52,7 @@ pin_project! {
     }
 }
 
-impl<F, C> ResponseFuture<F, C> {
+impl<F, C> CallFuture<F, C> {
     pub(crate) fn called(future: F, permit: Permit, classifier: C) -> Self {
         Self {
             kind: Kind::Called { future, permit },
@@ -68,7 +68,7 @@ impl<F, C> ResponseFuture<F, C> {
     }
 }
 
-impl<F, C, T, E> Future for ResponseFuture<F, C>
+impl<F, C, T, E> Future for CallFuture<F, C>
 where
     F: Future<Output = Result<T, E>>,
     C: Classify<T, E>,
@@ -93,8 +93,65 @@ where
                 Poll::Ready(result.map_err(CircuitBreakerError::Inner))
             }
             KindProj::Rejected { open } => Poll::Ready(Err(CircuitBreakerError::Open(
-                open.take().expect("ResponseFuture polled after completion"),
+                open.take().expect("CallFuture polled after completion"),
             ))),
         }
+    }
+}
+
+pin_project! {
+    /// The response future of [`CircuitBreakerService`](crate::CircuitBreakerService) and
+    /// [`KeyedCircuitBreakerService`](crate::KeyedCircuitBreakerService): the call's response,
+    /// or a [`BoxError`] that is a boxed [`BreakerOpen`] when the breaker refused the call,
+    /// else the inner service's error converted with `Into<BoxError>` (not wrapped).
+    ///
+    /// Results are classified with the layer's classifier wrapped in [`IgnoreRejections`]: a
+    /// rejection by a layer further in (a full bulkhead) is not counted.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`CallFuture`]: dropping it reports the call as cancelled and gives a half-open
+    /// probe slot back.
+    ///
+    /// # Panics
+    ///
+    /// As [`CallFuture`]: a panic of the inner future counts as a failure and goes on
+    /// unwinding; polling again after `Ready` panics.
+    #[derive(Debug)]
+    #[must_use = "futures do nothing unless polled"]
+    pub struct ResponseFuture<F, C> {
+        #[pin]
+        call: CallFuture<F, IgnoreRejections<C>>,
+    }
+}
+
+impl<F, C> ResponseFuture<F, C> {
+    pub(crate) fn called(future: F, permit: Permit, classifier: C) -> Self {
+        Self {
+            call: CallFuture::called(future, permit, IgnoreRejections::new(classifier)),
+        }
+    }
+
+    pub(crate) fn rejected(open: BreakerOpen, classifier: C) -> Self {
+        Self {
+            call: CallFuture::rejected(open, IgnoreRejections::new(classifier)),
+        }
+    }
+}
+
+impl<F, C, T, E> Future for ResponseFuture<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    C: Classify<T, E>,
+    E: Into<BoxError> + 'static,
+{
+    type Output = Result<T, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project()
+            .call
+            .poll(cx)
+            .map_err(CircuitBreakerError::into_box_error)
     }
 }

@@ -5,13 +5,12 @@ use std::hash::Hash;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 use std::task::{Context, Poll};
 
-use staunch_core::{AnyError, Classify};
+use staunch_core::{AnyError, BoxError, Classify};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::breaker::CircuitBreaker;
 use crate::config::CircuitBreakerConfig;
-use crate::error::CircuitBreakerError;
 use crate::future::ResponseFuture;
 use crate::permit::Permit;
 use crate::service::release_readiness;
@@ -148,7 +147,7 @@ impl<K: Hash + Eq + Clone + fmt::Display> BreakerRegistry<K> {
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn main() -> Result<(), staunch_core::BoxError> {
 /// use staunch_circuit_breaker::{CircuitBreaker, KeyedCircuitBreakerLayer};
 /// use staunch_core::HttpStatus;
 /// use tower::{Layer, Service, ServiceExt};
@@ -213,7 +212,8 @@ impl<K, F> KeyedCircuitBreakerLayer<K, F> {
 }
 
 impl<K, F, C> KeyedCircuitBreakerLayer<K, F, C> {
-    /// Uses `classifier` to decide which results count as failures.
+    /// Uses `classifier` to decide which results count as failures (rejections by layers
+    /// further in are ignored, as for [`CircuitBreakerLayer`](crate::CircuitBreakerLayer)).
     pub fn with_classifier<C2>(self, classifier: C2) -> KeyedCircuitBreakerLayer<K, F, C2> {
         KeyedCircuitBreakerLayer {
             registry: self.registry,
@@ -242,6 +242,9 @@ impl<S, K, F: Clone, C: Clone> Layer<S> for KeyedCircuitBreakerLayer<K, F, C> {
 }
 
 /// A service behind per-key circuit breakers; made by [`KeyedCircuitBreakerLayer`].
+///
+/// Errors are as for [`CircuitBreakerService`](crate::CircuitBreakerService): a boxed
+/// [`BreakerOpen`](crate::BreakerOpen) naming the key's breaker, or the inner error as it is.
 ///
 /// `poll_ready` is the inner service's (the key, and so the breaker, is known only in
 /// `call`). When the key's breaker rejects the call, whatever the inner service reserved in
@@ -280,17 +283,16 @@ impl<S, K, F, C, Req> Service<Req> for KeyedCircuitBreakerService<S, K, F, C>
 where
     S: Service<Req> + Clone,
     K: Hash + Eq + Clone + fmt::Display,
+    S::Error: Into<BoxError> + 'static,
     F: Fn(&Req) -> K,
     C: Classify<S::Response, S::Error> + Clone,
 {
     type Response = S::Response;
-    type Error = CircuitBreakerError<S::Error>;
+    type Error = BoxError;
     type Future = ResponseFuture<S::Future, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner
-            .poll_ready(cx)
-            .map_err(CircuitBreakerError::Inner)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {

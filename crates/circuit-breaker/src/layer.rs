@@ -12,7 +12,15 @@ use crate::service::CircuitBreakerService;
 /// Every service made by one layer shares the layer's breaker. The default classifier is
 /// [`AnyError`]; pass [`HttpStatus::new()`](staunch_core::HttpStatus) for HTTP clients
 /// (reqwest, hyper, axum: 5xx and 429 are failures) or `GrpcStatus::new()` (feature `tonic` of
-/// `staunch-core`) for a tonic `Channel`.
+/// `staunch-core`) for a tonic `Channel`. Whatever the classifier, a rejection by a layer
+/// further in (a full bulkhead, an open inner breaker, a call not sent because its deadline
+/// had passed) is never counted: the classifier is wrapped in
+/// [`IgnoreRejections`](staunch_core::IgnoreRejections), because such a call never reached the
+/// dependency.
+///
+/// The service's error is a [`BoxError`](staunch_core::BoxError), as for every staunch layer:
+/// a boxed [`BreakerOpen`](crate::BreakerOpen) when the breaker refused the call, else the
+/// inner service's error as it is (see [`CircuitBreakerService`]).
 ///
 /// ```
 /// # fn main() -> Result<(), staunch_core::ConfigError> {
@@ -37,7 +45,8 @@ pub struct CircuitBreakerLayer<C = AnyError> {
 }
 
 impl CircuitBreakerLayer {
-    /// A layer around `breaker` that counts every `Err` as a failure.
+    /// A layer around `breaker` that counts every `Err` as a failure, except rejections by
+    /// layers further in.
     pub fn new(breaker: CircuitBreaker) -> Self {
         Self {
             breaker,
@@ -47,7 +56,8 @@ impl CircuitBreakerLayer {
 }
 
 impl<C> CircuitBreakerLayer<C> {
-    /// Uses `classifier` to decide which results count as failures.
+    /// Uses `classifier` to decide which results count as failures (rejections by layers
+    /// further in are still ignored).
     pub fn with_classifier<C2>(self, classifier: C2) -> CircuitBreakerLayer<C2> {
         CircuitBreakerLayer {
             breaker: self.breaker,

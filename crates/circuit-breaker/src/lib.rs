@@ -47,14 +47,24 @@
 //! it finishes counts as the classifier's `classify_cancelled` (ignored by default); a panic
 //! while polling the call counts as a failure, and then unwinds to the caller unchanged; a
 //! call that never reached the dependency (a rejection further in, found by
-//! [`rejection_of`](staunch_core::rejection_of)) is ignored once the classifier is wrapped in
-//! [`IgnoreRejections`](staunch_core::IgnoreRejections), as the `staunch` facade does.
+//! [`rejection_of`](staunch_core::rejection_of)) is ignored: the layers wrap their classifier
+//! in [`IgnoreRejections`](staunch_core::IgnoreRejections).
+//!
+//! # Errors
+//!
+//! The tower services return a [`BoxError`](staunch_core::BoxError), as every staunch layer
+//! and tower's own do, so they compose with a retry or timeout layer without adapters. A
+//! refused call is a boxed [`BreakerOpen`] (`err.downcast_ref::<BreakerOpen>()`, or
+//! [`rejection_of`](staunch_core::rejection_of) through any wrapping); a call that was made and
+//! failed gives the inner service's error converted with `Into<BoxError>`, not wrapped.
+//! [`CircuitBreaker::call`], used without tower, returns the typed [`CircuitBreakerError`]
+//! instead, to match without downcasting.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn main() -> Result<(), staunch_core::BoxError> {
 //! use std::time::Duration;
-//! use staunch_circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, State};
+//! use staunch_circuit_breaker::{BreakerOpen, CircuitBreaker, CircuitBreakerLayer, State};
 //! use staunch_core::HttpStatus;
 //! use tower::{Service, ServiceBuilder, ServiceExt};
 //!
@@ -76,9 +86,11 @@
 //!     assert_eq!(response.status(), 503);
 //! }
 //! assert_eq!(breaker.state(), State::Open);
+//! // Like every staunch layer, the service returns a `BoxError`: the rejection is a boxed
+//! // `BreakerOpen` (an inner error would be the client's own error, boxed as it is).
 //! let rejected = payment.ready().await?.call(http::Request::new(())).await.unwrap_err();
-//! assert!(rejected.is_open());
-//! assert!(rejected.as_open().unwrap().retry_after().unwrap() <= Duration::from_secs(5));
+//! let open = rejected.downcast_ref::<BreakerOpen>().expect("the breaker refused the call");
+//! assert!(open.retry_after().unwrap() <= Duration::from_secs(5));
 //! # Ok(()) }
 //! ```
 //!
@@ -174,7 +186,7 @@ pub use crate::config::{
 };
 pub use crate::error::{BreakerOpen, CircuitBreakerError};
 pub use crate::events::{Event, TransitionReason};
-pub use crate::future::ResponseFuture;
+pub use crate::future::{CallFuture, ResponseFuture};
 pub use crate::keyed::{BreakerRegistry, KeyedCircuitBreakerLayer, KeyedCircuitBreakerService};
 pub use crate::layer::CircuitBreakerLayer;
 pub use crate::permit::Permit;
@@ -203,6 +215,9 @@ mod tests {
         assert_send_sync_unpin::<CircuitBreakerError<std::io::Error>>();
         assert_send_sync_unpin::<
             ResponseFuture<std::future::Ready<Result<(), ()>>, staunch_core::AnyError>,
+        >();
+        assert_send_sync_unpin::<
+            CallFuture<std::future::Ready<Result<(), ()>>, staunch_core::AnyError>,
         >();
         assert_send_sync_unpin::<BreakerRegistry<String>>();
         assert_send_sync_unpin::<KeyedCircuitBreakerLayer<String, fn(&()) -> String>>();

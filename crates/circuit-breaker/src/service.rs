@@ -2,18 +2,26 @@
 
 use std::task::{Context, Poll};
 
-use staunch_core::Classify;
+use staunch_core::{BoxError, Classify};
 use tower_service::Service;
 
 use crate::breaker::CircuitBreaker;
-use crate::error::CircuitBreakerError;
 use crate::future::ResponseFuture;
 use crate::permit::Permit;
 
 /// A service behind a circuit breaker.
 ///
+/// Its error is a [`BoxError`], like every staunch layer's: a boxed
+/// [`BreakerOpen`](crate::BreakerOpen) when the breaker refused the call (find it with
+/// `err.downcast_ref::<BreakerOpen>()` or [`rejection_of`](staunch_core::rejection_of)), else
+/// the inner service's own error converted with `Into<BoxError>`, not wrapped in another type
+/// (`err.downcast_ref::<std::io::Error>()` finds a client's I/O error). Results are classified
+/// with the classifier wrapped in [`IgnoreRejections`](staunch_core::IgnoreRejections): a
+/// rejection by a layer further in (a full bulkhead, an inner breaker) is not counted as the
+/// dependency failing.
+///
 /// The breaker never fails `poll_ready` (tower treats that as terminal): an open breaker
-/// rejects in `call`, with a future that resolves at once to [`CircuitBreakerError::Open`]
+/// rejects in `call`, with a future that resolves at once to the boxed `BreakerOpen`
 /// without calling the inner service. While the breaker admits calls, readiness is the inner
 /// service's. While it rejects them (open and still waiting, forced open, or half-open with
 /// every probe slot taken), `poll_ready` answers ready at once *without polling the inner
@@ -48,7 +56,8 @@ impl<S: Clone, C: Clone> Clone for CircuitBreakerService<S, C> {
 }
 
 impl<S, C> CircuitBreakerService<S, C> {
-    /// Wraps `inner` in `breaker`, classifying results with `classifier`.
+    /// Wraps `inner` in `breaker`, classifying results with `classifier` (rejections by layers
+    /// further in are ignored whatever it says).
     pub fn new(inner: S, breaker: CircuitBreaker, classifier: C) -> Self {
         Self {
             inner,
@@ -82,10 +91,11 @@ impl<S, C> CircuitBreakerService<S, C> {
 impl<S, C, Req> Service<Req> for CircuitBreakerService<S, C>
 where
     S: Service<Req> + Clone,
+    S::Error: Into<BoxError> + 'static,
     C: Classify<S::Response, S::Error> + Clone,
 {
     type Response = S::Response;
-    type Error = CircuitBreakerError<S::Error>;
+    type Error = BoxError;
     type Future = ResponseFuture<S::Future, C>;
 
     #[inline]
@@ -95,9 +105,7 @@ where
             return Poll::Ready(Ok(()));
         }
         self.skipped_inner = false;
-        self.inner
-            .poll_ready(cx)
-            .map_err(CircuitBreakerError::Inner)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     #[inline]

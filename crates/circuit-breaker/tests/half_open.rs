@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use staunch_circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, State};
+use staunch_circuit_breaker::{BreakerOpen, CircuitBreaker, CircuitBreakerLayer, State};
 use tokio::sync::Semaphore;
 use tower::{Layer, ServiceExt};
 
@@ -68,7 +68,7 @@ async fn hundred_concurrent_calls_exactly_n_reach_the_service_and_dropped_probes
             tokio::spawn(async move {
                 start.wait().await;
                 if let Err(e) = svc.oneshot(()).await {
-                    assert!(e.is_open());
+                    assert!(e.is::<BreakerOpen>());
                     rejected.fetch_add(1, Ordering::SeqCst);
                 }
             })

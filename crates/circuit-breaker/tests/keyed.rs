@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use staunch_circuit_breaker::{CircuitBreaker, KeyedCircuitBreakerLayer, State};
+use staunch_circuit_breaker::{BreakerOpen, CircuitBreaker, KeyedCircuitBreakerLayer, State};
 use staunch_core::HttpStatus;
 use tower::{Layer, ServiceExt};
 
@@ -66,7 +66,10 @@ async fn a_failing_host_opens_only_its_own_breaker() {
         .oneshot(request("down.internal"))
         .await
         .unwrap_err();
-    assert_eq!(err.as_open().unwrap().name(), "upstream/down.internal");
+    assert_eq!(
+        err.downcast_ref::<BreakerOpen>().unwrap().name(),
+        "upstream/down.internal"
+    );
     assert!(svc.clone().oneshot(request("up.internal")).await.is_ok());
     assert_eq!(registry.len(), 2);
 }
@@ -101,7 +104,10 @@ async fn keys_past_the_bound_share_the_overflow_breaker_while_no_breaker_is_idle
         .oneshot(request("c.internal"))
         .await
         .unwrap_err();
-    assert_eq!(err.as_open().unwrap().name(), "upstream/overflow");
+    assert_eq!(
+        err.downcast_ref::<BreakerOpen>().unwrap().name(),
+        "upstream/overflow"
+    );
     assert!(
         svc.clone().oneshot(request("a.internal")).await.is_ok(),
         "keys with their own breaker are unaffected"

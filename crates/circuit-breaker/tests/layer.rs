@@ -37,7 +37,10 @@ async fn poll_ready_never_fails_and_open_rejects_in_call_without_calling_inner()
     let mut cx = Context::from_waker(Waker::noop());
     assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
     let err = svc.call(()).await.unwrap_err();
-    assert_eq!(err.as_open().map(BreakerOpen::name), Some("inventory"));
+    assert_eq!(
+        err.downcast_ref::<BreakerOpen>().map(BreakerOpen::name),
+        Some("inventory")
+    );
     assert_eq!(hits.load(Ordering::SeqCst), 0);
     breaker.reset();
     let ok = svc.ready().await.unwrap().call(()).await.unwrap();
@@ -85,9 +88,8 @@ async fn rejections_convert_into_box_error_and_are_recognised() {
     let svc = CircuitBreakerLayer::new(breaker.clone()).layer(tower::service_fn(|()| async {
         Ok::<(), std::io::Error>(())
     }));
-    let err = svc.oneshot(()).await.unwrap_err();
-    assert!(err.is_open());
-    let boxed: BoxError = err.into();
+    let boxed: BoxError = svc.oneshot(()).await.unwrap_err();
+    assert!(boxed.is::<BreakerOpen>());
     match rejection_of(&*boxed) {
         Some(Rejection::BreakerOpen(open)) => assert_eq!(open.name(), "ledger"),
         other => panic!("expected a breaker rejection, got {other:?}"),
@@ -328,7 +330,8 @@ async fn a_rejecting_breaker_is_ready_without_waiting_for_the_inner_service() {
     assert_eq!(gate.polls(), 1, "the inner service was polled");
     let err = svc.call(()).await.unwrap_err();
     assert_eq!(
-        err.as_open().and_then(BreakerOpen::retry_after),
+        err.downcast_ref::<BreakerOpen>()
+            .and_then(BreakerOpen::retry_after),
         Some(Duration::from_secs(6))
     );
     assert_eq!(gate.calls.load(Ordering::SeqCst), 0);
@@ -345,7 +348,7 @@ async fn a_rejecting_breaker_is_ready_without_waiting_for_the_inner_service() {
     assert_eq!(breaker.state(), State::HalfOpen);
     assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
     assert_eq!(gate.polls(), 2);
-    assert!(svc.call(()).await.unwrap_err().as_open().is_some());
+    assert!(svc.call(()).await.unwrap_err().is::<BreakerOpen>());
     // The probe slot comes back when the probe is dropped: readiness is the inner's again.
     drop(probe);
     assert!(svc.poll_ready(&mut cx).is_pending());
@@ -361,6 +364,6 @@ async fn a_rejecting_breaker_is_ready_without_waiting_for_the_inner_service() {
     clone.ready().await.unwrap().call(()).await.unwrap();
     assert_eq!(gate.calls.load(Ordering::SeqCst), 1);
     // The original still owes a rejection for the readiness it skipped.
-    assert!(svc.call(()).await.unwrap_err().as_open().is_some());
+    assert!(svc.call(()).await.unwrap_err().is::<BreakerOpen>());
     assert_eq!(gate.calls.load(Ordering::SeqCst), 1);
 }

@@ -6,7 +6,7 @@ use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt;
 use staunch_circuit_breaker::{
-    CircuitBreaker, CircuitBreakerError, CircuitBreakerLayer, KeyedCircuitBreakerLayer, State,
+    BreakerOpen, CircuitBreaker, CircuitBreakerLayer, KeyedCircuitBreakerLayer, State,
 };
 use tower::{Layer, Service, ServiceExt, service_fn};
 
@@ -58,7 +58,7 @@ async fn panicking_calls_through_the_layer_open_the_breaker() {
         .call(http::Request::new(()))
         .await
         .unwrap_err();
-    assert!(matches!(err, CircuitBreakerError::Open(_)));
+    assert!(err.is::<BreakerOpen>(), "{err:?}");
 }
 
 #[tokio::test(start_paused = true)]

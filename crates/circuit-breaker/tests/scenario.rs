@@ -10,7 +10,7 @@ use axum::Router;
 use axum::extract::State as AxumState;
 use axum::http::StatusCode;
 use axum::routing::get;
-use staunch_circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, State};
+use staunch_circuit_breaker::{BreakerOpen, CircuitBreaker, CircuitBreakerLayer, State};
 use staunch_core::HttpStatus;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
@@ -83,7 +83,9 @@ async fn breaker_opens_on_500s_fails_fast_and_closes_after_recovery() {
             .call(request())
             .await
             .unwrap_err();
-        let open = err.as_open().expect("a rejection, not a transport error");
+        let open = err
+            .downcast_ref::<BreakerOpen>()
+            .expect("a rejection, not a transport error");
         assert_eq!(open.name(), "payment");
         assert!(open.retry_after().is_some_and(|d| d <= open_for));
     }

@@ -99,6 +99,15 @@ pub use crate::rejection::{
 };
 pub use crate::time::{FAR_FUTURE, Moment, instant_after};
 
+/// The error every staunch tower layer returns: any error, boxed (the same type as
+/// `tower::BoxError`).
+///
+/// A layer's own refusals are boxed typed values ([`BreakerOpen`], [`BulkheadFull`],
+/// [`DeadlineExpired`], ...): find them with `err.downcast_ref::<BreakerOpen>()` or, anywhere
+/// in the source chain, with [`rejection_of`]. The wrapped service's own error is boxed as it
+/// is, so `err.downcast_ref::<std::io::Error>()` finds a client's I/O error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -225,8 +225,9 @@ pub fn rejection_of<'a>(err: &'a (dyn Error + 'static)) -> Option<Rejection<'a>>
 /// A circuit breaker measures the health of the dependency. A bulkhead below it that is full
 /// says the *caller* is saturated, not that the dependency is failing: counting it would trip
 /// the breaker on local load. A call refused because its caller's deadline was over never
-/// reached the dependency at all. Wrap a breaker's classifier in this whenever a bulkhead (or
-/// another breaker) sits between it and the dependency; the `staunch` facade's stacks do.
+/// reached the dependency at all. The layers of `staunch-circuit-breaker` wrap their
+/// classifier in this themselves; wrap yours when you drive a breaker by hand with results
+/// that may carry a rejection from further in.
 ///
 /// Rejections are recognised in boxed errors (`Box<dyn Error + Send + Sync>`, i.e.
 /// `tower::BoxError`, what the staunch layers return), anywhere in their source chain; other
@@ -234,9 +235,9 @@ pub fn rejection_of<'a>(err: &'a (dyn Error + 'static)) -> Option<Rejection<'a>>
 ///
 /// ```
 /// use std::sync::Arc;
-/// use staunch_core::{AnyError, BulkheadFull, BulkheadFullReason, Classify, IgnoreRejections, Outcome};
-///
-/// type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// use staunch_core::{
+///     AnyError, BoxError, BulkheadFull, BulkheadFullReason, Classify, IgnoreRejections, Outcome,
+/// };
 ///
 /// let classify = IgnoreRejections::new(AnyError::new());
 /// let full: Result<(), BoxError> =
@@ -272,7 +273,7 @@ where
         // `Err` is generic, so a boxed error is recognised by type; this is one type-id
         // comparison on the error path and nothing on the success path.
         if let Err(err) = result
-            && let Some(boxed) = (err as &dyn Any).downcast_ref::<Box<dyn Error + Send + Sync>>()
+            && let Some(boxed) = (err as &dyn Any).downcast_ref::<crate::BoxError>()
             && rejection_of(&**boxed).is_some()
         {
             return Outcome::Ignored;
@@ -318,7 +319,7 @@ mod tests {
 
     #[test]
     fn an_expired_deadline_is_a_rejection_the_breaker_ignores() {
-        type BoxError = Box<dyn Error + Send + Sync>;
+        use crate::BoxError;
         let expired = DeadlineExpired::new(Some(Arc::from("payment")));
         let wrapped = Wrapper(Box::new(expired.clone()));
         assert_eq!(

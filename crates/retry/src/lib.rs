@@ -204,7 +204,7 @@ pub use staunch_core::{BackoffConfig, BackoffStrategy, JitterConfig};
 pub use staunch_timeout::{Deadline, Elapsed};
 
 /// The error type of the retry and hedge services: any error, boxed (as `tower::BoxError`).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use staunch_core::BoxError;
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,7 @@ use crate::request::{FromExtensions, ReadLimits};
 
 /// The error type of a [`Timeout`]: the inner service's error or an [`Elapsed`](crate::Elapsed),
 /// boxed as tower's own `Timeout` does. Test for a timeout with `err.is::<Elapsed>()`.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use staunch_core::BoxError;
 
 /// Cuts each call off when its time limit passes or its deadline arrives, whichever is first.
 ///

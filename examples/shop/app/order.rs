@@ -41,25 +41,22 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use staunch::bulkhead::Bulkhead;
-use staunch::circuit_breaker::{CircuitBreaker, CircuitBreakerError, CircuitBreakerLayer, Event};
+use staunch::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, Event};
 use staunch::core::Rejection;
 use staunch::retry::{RetryBudget, RetryLayer, RetryPolicy};
 use staunch::saga::{
     ListFilter, Phase, SagaDefinition, SagaEngine, SagaOutcome, SqliteStore, Step, StepContext,
     StepError, StepErrorKind, StepRetry, idempotency_key,
 };
-use staunch::{
-    Backoff, ConfigError, GrpcStatus, HttpStatus, IgnoreRejections, Jitter, StackStatus,
-    rejection_of,
-};
+use staunch::{Backoff, ConfigError, GrpcStatus, HttpStatus, Jitter, StackStatus, rejection_of};
 use tokio::time::Instant;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
 use super::shipping::{CancelShipment, Channel, ChannelError, CreateShipment, ShippingClient};
 
-/// Any error, boxed.
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Any error, boxed: what every staunch layer returns.
+pub(crate) use staunch::BoxError;
 
 /// An HTTP client wrapped in the staunch stack.
 pub(crate) type HttpClient = BoxCloneSyncService<reqwest::Request, reqwest::Response, BoxError>;
@@ -163,10 +160,9 @@ impl Guards {
         let bulkhead = self.bulkhead.clone();
         let service = ServiceBuilder::new()
             .layer(RetryLayer::new(self.retry.clone()))
-            .map_err(|err: CircuitBreakerError<BoxError>| err.into_box_error())
+            // The breaker ignores the bulkhead's rejections (`BulkheadFull` in the error).
             .layer(
-                CircuitBreakerLayer::new(self.breaker.clone())
-                    .with_classifier(IgnoreRejections::new(HttpStatus::new())),
+                CircuitBreakerLayer::new(self.breaker.clone()).with_classifier(HttpStatus::new()),
             )
             .service_fn(move |req: reqwest::Request| {
                 // The permit is taken in the call, once the breaker has let it through (see
@@ -188,10 +184,9 @@ impl Guards {
     fn grpc(&self, channel: tonic::transport::Channel) -> Channel {
         let bulkhead = self.bulkhead.clone();
         let service = ServiceBuilder::new()
-            .map_err(|err: CircuitBreakerError<BoxError>| ChannelError(err.into_box_error()))
+            .map_err(ChannelError)
             .layer(
-                CircuitBreakerLayer::new(self.breaker.clone())
-                    .with_classifier(IgnoreRejections::new(GrpcStatus::new())),
+                CircuitBreakerLayer::new(self.breaker.clone()).with_classifier(GrpcStatus::new()),
             )
             .service_fn(move |req: http::Request<tonic::body::Body>| {
                 let mut channel = channel.clone();
