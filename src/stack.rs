@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use staunch_bulkhead::{Bulkhead, BulkheadLayer, BulkheadMetrics, BulkheadService};
 use staunch_circuit_breaker::{
@@ -214,19 +215,24 @@ impl StackConfig {
             return Err(ConfigError::new("name", "must not be empty"));
         }
         let name: Arc<str> = Arc::from(name);
-        let limit = |field: &'static str, d| {
-            TimeLimit::builder()
-                .limit(d)
-                .name(Arc::clone(&name))
-                .build()
-                .map_err(|e| ConfigError::new(field, e.rule().to_owned()).within(&name))
+        // The stack's own two fields; every other section is validated by its layer.
+        let positive = |field: &'static str, d: Option<Duration>, default| match d {
+            Some(d) if d.is_zero() => {
+                Err(ConfigError::new(field, "must be greater than zero").within(&name))
+            }
+            d => Ok(d.unwrap_or(default)),
         };
-        let attempt_timeout = limit(
+        let attempt = positive(
             "attempt_timeout",
-            self.attempt_timeout.unwrap_or(DEFAULT_ATTEMPT_TIMEOUT),
+            self.attempt_timeout,
+            DEFAULT_ATTEMPT_TIMEOUT,
         )?;
-        let timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT);
-        limit("timeout", timeout)?;
+        let timeout = positive("timeout", self.timeout, DEFAULT_TIMEOUT)?;
+        let attempt_timeout = TimeLimit::builder()
+            .limit(attempt)
+            .name(Arc::clone(&name))
+            .build()
+            .map_err(|e| e.within(&name))?;
         let breaker = self
             .effective_breaker()
             .build(&name)

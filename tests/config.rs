@@ -1408,7 +1408,7 @@ mod properties {
     /// then the section holding it if the section no longer reads as a `StackConfig` part.
     fn remove_field(value: &mut Value, path: &[&str]) -> bool {
         for depth in (1..=path.len()).rev() {
-            let parent: String = path[..depth - 1].iter().map(|k| format!("/{k}")).collect();
+            let parent: String = path[..depth - 1].iter().flat_map(|k| ["/", k]).collect();
             let removed = value
                 .pointer_mut(&parent)
                 .and_then(Value::as_object_mut)

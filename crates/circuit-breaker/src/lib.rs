@@ -193,6 +193,8 @@ pub use crate::permit::Permit;
 pub use crate::service::CircuitBreakerService;
 pub use crate::settings::{BreakerConfig, WindowConfig};
 pub use crate::state::State;
+/// The error of the tower services (an open breaker is a boxed [`BreakerOpen`]).
+pub use staunch_core::BoxError;
 
 #[cfg(test)]
 mod tests {

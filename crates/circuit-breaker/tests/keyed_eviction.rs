@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use staunch_circuit_breaker::{
-    BreakerRegistry, CircuitBreaker, CircuitBreakerError, KeyedCircuitBreakerLayer, State,
+    BoxError, BreakerOpen, BreakerRegistry, CircuitBreaker, KeyedCircuitBreakerLayer, State,
 };
 use tokio::sync::oneshot;
 use tower::{Layer, Service, ServiceExt};
@@ -52,7 +52,7 @@ type Keyed = staunch_circuit_breaker::KeyedCircuitBreakerService<
     ByKey,
     staunch_core::AnyError,
 >;
-type CallResult = Result<(), CircuitBreakerError<std::io::Error>>;
+type CallResult = Result<(), BoxError>;
 type Response = staunch_circuit_breaker::ResponseFuture<UpstreamFuture, staunch_core::AnyError>;
 
 /// Per-key breakers, at most `max`, each tripped by one failure and open for a minute.
@@ -110,7 +110,10 @@ async fn new_keys_past_the_bound_get_their_own_breakers_once_old_keys_are_idle()
     // Tripping one new key leaves the other new keys' calls flowing.
     call(&mut svc, 10_000, false).await.unwrap_err();
     let err = call(&mut svc, 10_000, true).await.unwrap_err();
-    assert_eq!(err.as_open().unwrap().name(), "keys/10000");
+    assert_eq!(
+        err.downcast_ref::<BreakerOpen>().unwrap().name(),
+        "keys/10000"
+    );
     for key in 10_001..11_000 {
         call(&mut svc, key, true).await.unwrap();
     }
@@ -127,7 +130,7 @@ async fn an_open_breaker_is_kept_while_its_open_period_lasts() {
     assert_eq!(registry.len(), 1024);
     let err = call(&mut svc, 0, true).await.unwrap_err();
     assert_eq!(
-        err.as_open().unwrap().name(),
+        err.downcast_ref::<BreakerOpen>().unwrap().name(),
         "keys/0",
         "the tripped key still refuses through its own breaker"
     );
@@ -366,7 +369,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let route = model.route(key, evicted)?;
                 let breaker = model.breaker(route);
                 if breaker.open {
-                    prop_assert!(matches!(result, Err(e) if e.is_open()));
+                    prop_assert!(matches!(result, Err(e) if e.is::<BreakerOpen>()));
                 } else {
                     prop_assert_eq!(result.is_ok(), ok);
                     model.finish(route, ok);
@@ -379,7 +382,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let route = model.route(key, evicted)?;
                 let breaker = model.breaker(route);
                 if breaker.open {
-                    prop_assert!(matches!(future.await, Err(e) if e.is_open()));
+                    prop_assert!(matches!(future.await, Err(e) if e.is::<BreakerOpen>()));
                 } else {
                     breaker.in_flight += 1;
                     held.push((route, tx, future));
