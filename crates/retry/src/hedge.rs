@@ -12,7 +12,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -136,15 +136,12 @@ impl HedgeLayer {
     }
 }
 
-impl<S: Clone> Layer<S> for HedgeLayer {
+impl<S> Layer<S> for HedgeLayer {
     type Service = Hedge<S>;
 
     fn layer(&self, inner: S) -> Hedge<S> {
         Hedge {
-            shared: Arc::new(Shared {
-                policy: self.policy.clone(),
-                template: Mutex::new(inner.clone()),
-            }),
+            policy: self.policy.clone(),
             inner,
             delay: self.delay,
             latency: self.latency.clone(),
@@ -156,34 +153,24 @@ impl<S: Clone> Layer<S> for HedgeLayer {
 /// Sends a second attempt when the first is slower than the hedge delay; built by
 /// [`HedgeLayer`].
 ///
-/// A call does not clone the inner service: the layer keeps one clone of it, made when the
-/// layer was built, and a hedge clones that one to send its attempt. So a hedge goes through
-/// the service as it was when the layer was built, unlike a retry, which goes through a clone
-/// of the service that made the call (see [`Retry`](crate::Retry)); for services whose clones
-/// are handles to shared state (reqwest, hyper and tonic clients, staunch's layers) that is
-/// the same. Clones of a `Hedge` share the policy and that kept clone, which is dropped with
-/// the last `Hedge` and the last call that may hedge.
+/// A call that may hedge (its request can be replayed and the policy allows retrying it)
+/// clones the service that makes it, and a hedge goes through that clone, as a retry does
+/// (see [`Retry`](crate::Retry)); a call that cannot hedge clones nothing. Clones of a `Hedge`
+/// share the policy; nothing of it outlives the last `Hedge` and the last call.
 pub struct Hedge<S> {
     inner: S,
-    shared: Arc<Shared<S>>,
+    policy: RetryPolicy,
     delay: Duration,
     latency: Option<Arc<Latency>>,
     count_requests: bool,
 }
 
-/// What the clones of a [`Hedge`] and their calls that may hedge share.
-struct Shared<S> {
-    policy: RetryPolicy,
-    /// The clone of the inner service a hedge is sent through (cloned again per hedge).
-    template: Mutex<S>,
-}
-
 impl<S: Clone> Clone for Hedge<S> {
-    /// Clones the inner service; the clone shares the policy and the kept clone.
+    /// Clones the inner service; the clone shares the policy.
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            shared: Arc::clone(&self.shared),
+            policy: self.policy.clone(),
             delay: self.delay,
             latency: self.latency.clone(),
             count_requests: self.count_requests,
@@ -204,7 +191,7 @@ impl<S: fmt::Debug> fmt::Debug for Hedge<S> {
 impl<S> Hedge<S> {
     /// The policy whose budget the hedges draw on.
     pub fn policy(&self) -> &RetryPolicy {
-        &self.shared.policy
+        &self.policy
     }
 
     /// The inner service.
@@ -228,7 +215,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let policy = &self.shared.policy;
+        let policy = &self.policy;
         if self.count_requests {
             policy.shared.budget.deposit();
         }
@@ -237,20 +224,24 @@ where
         } else {
             None
         };
-        // Only a call that may hedge needs the policy and the kept service later.
-        let shared = backup.as_ref().map(|_| Arc::clone(&self.shared));
+        // Only a call that may hedge needs the policy and a service later: a clone of the
+        // one making the call, readied when the hedge is due.
+        let hedge = backup
+            .as_ref()
+            .map(|_| (self.policy.clone(), self.inner.clone()));
         let first = self.inner.call(req);
         let (delay, started) = match &self.latency {
             Some(l) => (l.delay(), Some(Instant::now())),
             None => (self.delay, None),
         };
+        let (policy, service) = hedge.unzip();
         HedgeFuture {
             first: Some(first),
             second: None,
             sleep: None,
-            service: None,
+            service,
             backup,
-            shared,
+            policy,
             delay,
             stage: Stage::Single,
             started,
@@ -288,10 +279,10 @@ pin_project! {
         second: Option<S::Future>,
         #[pin]
         sleep: Option<Sleep>,
-        // The hedge's service, cloned from the kept one once the hedge is due.
+        // The hedge's service: a clone of the one that made the call.
         service: Option<S>,
         backup: Option<Req>,
-        shared: Option<Arc<Shared<S>>>,
+        policy: Option<RetryPolicy>,
         delay: Duration,
         stage: Stage,
         started: Option<Instant>,
@@ -366,16 +357,9 @@ where
                         return Poll::Pending;
                     }
                     this.sleep.set(None);
-                    match this.shared.as_deref() {
-                        Some(shared) if shared.policy.shared.budget.try_withdraw() => {
-                            shared.policy.shared.hedged();
-                            *this.service = Some(
-                                shared
-                                    .template
-                                    .lock()
-                                    .unwrap_or_else(PoisonError::into_inner)
-                                    .clone(),
-                            );
+                    match this.policy.as_ref() {
+                        Some(policy) if policy.shared.budget.try_withdraw() => {
+                            policy.shared.hedged();
                             *this.stage = Stage::Readying;
                         }
                         _ => {

@@ -270,7 +270,7 @@ impl Service<u32> for Counted {
 }
 
 #[tokio::test(start_paused = true)]
-async fn only_a_hedge_clones_the_inner_service_and_clones_share_the_policy() {
+async fn a_hedge_goes_through_a_clone_of_the_service_that_made_the_call() {
     let policy = RetryPolicy::builder()
         .budget(RetryBudget::unlimited())
         .build()
@@ -281,30 +281,42 @@ async fn only_a_hedge_clones_the_inner_service_and_clones_share_the_policy() {
         clones: Arc::clone(&clones),
         calls: Arc::clone(&calls),
     };
-    let mut svc = HedgeLayer::new(policy, HedgeDelay::Fixed(Duration::from_millis(100)))
-        .unwrap()
-        .layer(inner);
-    // The layer keeps one clone, to hedge with.
-    assert_eq!(clones.load(Ordering::SeqCst), 1);
+    let layer = HedgeLayer::new(policy, HedgeDelay::Fixed(Duration::from_millis(100))).unwrap();
+    let mut svc = layer.layer(inner);
+    // Building the layer keeps no clone of the service.
+    assert_eq!(clones.load(Ordering::SeqCst), 0);
 
-    // The first call is slow: the hedge clones the kept service and wins.
+    // A call that may hedge clones the service making it; the slow first attempt is hedged
+    // through that clone, which wins.
     let start = Instant::now();
     assert_eq!(svc.ready().await.unwrap().call(1).await.unwrap(), 1);
     assert_eq!(start.elapsed(), Duration::from_millis(110));
     assert_eq!(calls.load(Ordering::SeqCst), 2);
-    assert_eq!(clones.load(Ordering::SeqCst), 2);
+    assert_eq!(clones.load(Ordering::SeqCst), 1);
 
-    // Calls faster than the hedge delay clone nothing.
+    // Every call that may hedge takes its clone, hedged or not.
     for i in 0..10 {
         assert_eq!(svc.ready().await.unwrap().call(i).await.unwrap(), i);
     }
     assert_eq!(calls.load(Ordering::SeqCst), 12);
-    assert_eq!(clones.load(Ordering::SeqCst), 2);
+    assert_eq!(clones.load(Ordering::SeqCst), 11);
 
     // A clone of the layer clones the inner service once and shares the policy.
     let mut other = svc.clone();
-    assert_eq!(clones.load(Ordering::SeqCst), 3);
+    assert_eq!(clones.load(Ordering::SeqCst), 12);
     other.ready().await.unwrap().call(5).await.unwrap();
     assert_eq!(svc.policy().metrics().requests, 12);
     assert_eq!(svc.policy().metrics().hedges, 1);
+
+    // A call that cannot hedge (the policy makes one attempt) clones nothing.
+    let once = RetryPolicy::builder().max_attempts(1).build().unwrap();
+    let mut single = HedgeLayer::new(once, HedgeDelay::Fixed(Duration::from_millis(100)))
+        .unwrap()
+        .layer(Counted {
+            clones: Arc::clone(&clones),
+            calls: Arc::clone(&calls),
+        });
+    let before = clones.load(Ordering::SeqCst);
+    single.ready().await.unwrap().call(1).await.unwrap();
+    assert_eq!(clones.load(Ordering::SeqCst), before);
 }
