@@ -52,7 +52,7 @@
 //!
 //! # Errors
 //!
-//! The tower services return a [`BoxError`](staunch_core::BoxError), as every staunch layer
+//! The tower services return a [`BoxError`], as every staunch layer
 //! and tower's own do, so they compose with a retry or timeout layer without adapters. A
 //! refused call is a boxed [`BreakerOpen`] (`err.downcast_ref::<BreakerOpen>()`, or
 //! [`rejection_of`](staunch_core::rejection_of) through any wrapping); a call that was made and
