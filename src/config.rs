@@ -11,7 +11,7 @@ use staunch_retry::{HedgeConfig, RetryConfig};
 use staunch_timeout::DeadlineConfig;
 
 #[cfg(feature = "serde")]
-pub(crate) mod load;
+mod load;
 
 /// The per-attempt time limit when none is configured.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);

@@ -564,17 +564,8 @@ pub use staunch_core::{
     feature = "retry"
 ))]
 pub use crate::config::{DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_TIMEOUT, RegistryConfig, StackConfig};
-/// Reading settings from files: TOML, JSON or any serde format, errors naming the field path.
-#[cfg(all(
-    feature = "serde",
-    feature = "circuit-breaker",
-    feature = "bulkhead",
-    feature = "timeout",
-    feature = "retry"
-))]
-pub mod settings {
-    pub use crate::config::load::{from_deserializer, from_json, from_toml};
-}
+#[cfg(feature = "serde")]
+pub mod settings;
 pub use crate::error::{BoxError, Error, TypedErrors, TypedErrorsFuture, TypedErrorsLayer};
 pub use crate::ext::ServiceBuilderExt;
 #[cfg(all(

@@ -4,80 +4,21 @@
 
 use std::fmt;
 
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer};
+use serde::Deserializer;
 use staunch_core::ConfigError;
 
 use super::{RegistryConfig, StackConfig};
+use crate::settings::{from_deserializer, from_json, from_toml};
 
 staunch_core::tables! {
     StackConfig: "a table of stack settings", serialize;
-}
-
-/// The error of a file that does not fit the schema: the field path and what was wrong.
-fn path_error<E: fmt::Display>(err: serde_path_to_error::Error<E>) -> ConfigError {
-    let path = err.path().to_string();
-    let field = if path == "." {
-        "(document)".to_owned()
-    } else {
-        path
-    };
-    ConfigError::new(field, format!("is invalid: {}", err.inner()))
-}
-
-/// Reads settings of any type (a [`StackConfig`], a [`RegistryConfig`], a layer's own
-/// section such as `PartitionedBulkheadConfig`, or your own settings embedding them) from
-/// TOML text.
-///
-/// Unlike `toml::from_str`, the error names the whole path of the offending field
-/// (`payment.breaker.sliding_window.size`), and a staunch section written as an array instead
-/// of a table is refused. The values are checked (ranges, rules) when the settings are built,
-/// not here.
-///
-/// # Errors
-///
-/// A [`ConfigError`] whose field is the path of the value that does not fit (`(document)` for
-/// a syntax error before any field), with the parser's message (and the line and column).
-pub fn from_toml<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
-    let deserializer = toml::Deserializer::parse(text)
-        .map_err(|e| ConfigError::new("(document)", format!("is invalid: {e}")))?;
-    serde_path_to_error::deserialize(deserializer).map_err(path_error)
-}
-
-/// Reads settings of any type from JSON text; errors as for [`from_toml`].
-///
-/// # Errors
-///
-/// A [`ConfigError`] naming the path of the value that does not fit.
-pub fn from_json<T: DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
-    let mut deserializer = serde_json::Deserializer::from_str(text);
-    let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(path_error)?;
-    deserializer
-        .end()
-        .map_err(|e| ConfigError::new("(document)", format!("is invalid: {e}")))?;
-    Ok(value)
-}
-
-/// Reads settings of any type from any serde format (YAML, RON, ...), naming the field path
-/// in errors as [`from_toml`] does.
-///
-/// # Errors
-///
-/// A [`ConfigError`] naming the path of the value that does not fit.
-pub fn from_deserializer<'de, T, D>(deserializer: D) -> Result<T, ConfigError>
-where
-    T: Deserialize<'de>,
-    D: Deserializer<'de>,
-    D::Error: fmt::Display,
-{
-    serde_path_to_error::deserialize(deserializer).map_err(path_error)
 }
 
 /// `from_toml`, `from_json` and `from_deserializer` as associated functions.
 macro_rules! loaders {
     ($($ty:ident),*) => {$(
         impl $ty {
-            /// Reads the settings from TOML text; see [`settings::from_toml`](from_toml).
+            /// Reads the settings from TOML text; see [`settings::from_toml`](crate::settings::from_toml).
             ///
             /// # Errors
             ///
@@ -86,7 +27,7 @@ macro_rules! loaders {
                 from_toml(text)
             }
 
-            /// Reads the settings from JSON text; see [`settings::from_json`](from_json).
+            /// Reads the settings from JSON text; see [`settings::from_json`](crate::settings::from_json).
             ///
             /// # Errors
             ///
@@ -96,7 +37,7 @@ macro_rules! loaders {
             }
 
             /// Reads the settings from any serde format; see
-            /// [`settings::from_deserializer`](from_deserializer).
+            /// [`settings::from_deserializer`](crate::settings::from_deserializer).
             ///
             /// # Errors
             ///

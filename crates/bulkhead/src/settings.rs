@@ -247,17 +247,22 @@ impl PartitionedBulkheadConfig {
     /// ```
     pub fn build(&self, name: &str) -> Result<PartitionedBulkhead<String>, ConfigError> {
         type P = PartitionedBulkheadBuilder<String>;
+        let shared = |b: P| {
+            b.maybe(self.default_limit, P::default_limit)
+                .maybe(self.global_limit, P::global_limit)
+                .maybe(self.max_partitions, P::max_partitions)
+                .maybe(self.max_wait, P::max_wait)
+                .maybe(self.max_queued, P::max_queued)
+        };
+        // The shared settings are checked first, then each key's limit under its file path
+        // (`partitions.<key>`; the builder would name it `partitions["key"].max_concurrent`).
+        shared(PartitionedBulkhead::builder(name)).build()?;
         let mut b = PartitionedBulkhead::builder(name);
         for (key, &limit) in &self.partitions {
             validate_limit(format!("partitions.{key}"), limit).map_err(|e| e.within(name))?;
             b = b.partition(key.clone(), limit);
         }
-        b.maybe(self.default_limit, P::default_limit)
-            .maybe(self.global_limit, P::global_limit)
-            .maybe(self.max_partitions, P::max_partitions)
-            .maybe(self.max_wait, P::max_wait)
-            .maybe(self.max_queued, P::max_queued)
-            .build()
+        shared(b).build()
     }
 }
 

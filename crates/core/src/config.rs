@@ -75,6 +75,10 @@ impl std::error::Error for ConfigError {}
 
 /// Applies optional settings to a builder, so a settings type forwards each of its fields in
 /// one line: `Bulkhead::builder(name).maybe(self.max_wait, BulkheadBuilder::max_wait)`.
+///
+/// Shared by the staunch crates' settings types; not meant for use elsewhere, and not covered
+/// by semver.
+#[doc(hidden)]
 pub trait Maybe: Sized {
     /// `set(self, value)` when `value` is set, `self` unchanged otherwise.
     #[must_use]

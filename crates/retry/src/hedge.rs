@@ -154,8 +154,10 @@ impl<S> Layer<S> for HedgeLayer {
 /// [`HedgeLayer`].
 ///
 /// A call that may hedge (its request can be replayed and the policy allows retrying it)
-/// clones the service that makes it, and a hedge goes through that clone, as a retry does
-/// (see [`Retry`](crate::Retry)); a call that cannot hedge clones nothing. Clones of a `Hedge`
+/// clones the service that makes it, and a hedge goes through that clone once it is ready,
+/// as a retry does (see [`Retry`](crate::Retry)); a call that cannot hedge clones nothing. As
+/// in tower, a clone must start unready: a service that reserves capacity in `poll_ready`
+/// must not copy the reservation into its clones (staunch's layers do not). Clones of a `Hedge`
 /// share the policy; nothing of it outlives the last `Hedge` and the last call.
 pub struct Hedge<S> {
     inner: S,
@@ -387,7 +389,13 @@ where
                         }
                     }
                 }
-                Stage::Settled => return Poll::Pending,
+                Stage::Settled => {
+                    // Nothing more is sent: let go of the hedge's service and request now,
+                    // not when the attempts end.
+                    *this.service = None;
+                    *this.backup = None;
+                    return Poll::Pending;
+                }
             }
         }
     }

@@ -63,17 +63,37 @@ pub(crate) async fn mark<S: SagaState>(
     marked
 }
 
-/// Quarantines saga `id` with `reason` (its log cannot be continued) and counts it. Never
-/// panics.
+/// Why saga `id`'s log cannot be continued at `expected` although it holds exactly the
+/// `expected` rows the runner continued from (the store's next sequence number is elsewhere),
+/// or `None` when the log changed (another writer) or cannot be read. Never panics.
+pub(crate) async fn unfollowable(shared: &Arc<Shared>, id: &str, expected: u64) -> Option<String> {
+    let log = AssertUnwindSafe(shared.store().load(id))
+        .catch_unwind()
+        .await
+        .ok()?
+        .ok()??;
+    let rows = u64::try_from(log.events.len()).ok()?;
+    (rows == expected && log.summary.status.is_resumable()).then(|| {
+        format!(
+            "its log holds {rows} rows but the store does not take row {expected} (a row is \
+             missing at the end of the log)"
+        )
+    })
+}
+
+/// Quarantines saga `id` with `reason` (its log cannot be continued) and counts it; whether
+/// it was quarantined. Never panics.
 pub(crate) async fn quarantine_counted<S: SagaState>(
     shared: &Arc<Shared>,
     def: &Arc<DefinitionInner<S>>,
     id: &Arc<str>,
     reason: &str,
-) {
-    if quarantine(shared, id, reason).await == Marked::Quarantined {
+) -> bool {
+    let done = quarantine(shared, id, reason).await == Marked::Quarantined;
+    if done {
         shared.count(Count::Quarantined, &def.name);
     }
+    done
 }
 
 async fn quarantine(shared: &Arc<Shared>, id: &str, reason: &str) -> Marked {

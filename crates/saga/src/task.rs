@@ -50,15 +50,21 @@ pub(crate) fn spawn<S: SagaState>(mut runner: Runner<S>) {
             // The unwind guard: whatever panics in here, the saga is marked and its handles
             // answered, and the engine forgets it.
             let result = AssertUnwindSafe(runner.drive()).catch_unwind().await;
-            // An append that does not continue the stored log (a row missing at its end, or
-            // written by something else) means the log is not what the runner replayed: the
-            // saga is quarantined rather than resumed into the same conflict forever.
-            if let Ok(Err(SagaError::Store(conflict @ StoreError::Conflict { .. }))) = &result {
-                let reason = format!(
-                    "the stored log does not continue where the engine replayed it ({conflict})"
-                );
+            // An append that does not continue the stored log although every row the runner
+            // continued from is there (the store's next sequence number is past a row that is
+            // missing at the end) can never succeed: the saga is quarantined rather than
+            // resumed into the same conflict forever. A log that grew (another writer) is left.
+            let mut result = result;
+            if let Ok(Err(SagaError::Store(StoreError::Conflict { expected, .. }))) = &result
+                && let Some(reason) = guard::unfollowable(&shared, &id, *expected).await
+            {
                 tracing::error!(saga_id = %id, reason, "saga quarantined");
-                guard::quarantine_counted(&shared, &def, &id, &reason).await;
+                if guard::quarantine_counted(&shared, &def, &id, &reason).await {
+                    result = Ok(Err(SagaError::Quarantined {
+                        saga_id: id.to_string(),
+                        reason,
+                    }));
+                }
             }
             let failure = match &result {
                 Err(panic) => Some(panic_message(&**panic)),

@@ -387,6 +387,8 @@ mod sqlite {
         "UPDATE staunch_sagas SET status = CAST(status AS BLOB) || X'FF' WHERE saga_id = ?",
         "UPDATE staunch_sagas SET status = 'paused' WHERE saga_id = ?",
         "UPDATE staunch_sagas SET status = 3 WHERE saga_id = ?",
+        "UPDATE staunch_sagas SET status = CAST(status AS BLOB) WHERE saga_id = ?",
+        "UPDATE staunch_sagas SET definition = CAST(definition AS BLOB) WHERE saga_id = ?",
     ];
 
     fn damage() -> impl Strategy<Value = RowDamage> {

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::TryStreamExt;
 use futures_util::future::BoxFuture;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -274,7 +275,7 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {
 /// reads as `NULL`. [`summary_from_row`] turns what cannot be used into a quarantined summary.
 const SUMMARY_COLUMNS: &str = "CAST(saga_id AS BLOB), CAST(definition AS BLOB), \
      CASE WHEN typeof(version) = 'integer' THEN version END, CAST(status AS BLOB), \
-     CAST(note AS BLOB)";
+     CAST(note AS BLOB), typeof(saga_id), typeof(definition), typeof(status), typeof(note)";
 
 /// A summary row as the engine can use it. A row with a field that cannot be read (text that
 /// is not UTF-8, a version that is not a `u32`, an unknown status) is reported as
@@ -282,9 +283,15 @@ const SUMMARY_COLUMNS: &str = "CAST(saga_id AS BLOB), CAST(definition AS BLOB), 
 /// operator sees it, and it fails nothing else; the stored row is left untouched.
 fn summary_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<SagaSummary, StoreError> {
     let mut damage: Vec<&str> = Vec::new();
-    let mut text = |index: usize, field: &'static str| -> Result<Option<String>, StoreError> {
+    // Text stored as another SQLite type (a BLOB, a number) reads as bytes but never matches
+    // the text the filters and lookups bind, so it is damage too.
+    let mut text = |index: usize, kind_index: usize, nullable: bool, field: &'static str| {
+        let kind: String = row.try_get(kind_index).map_err(db)?;
+        if kind != "text" && !(nullable && kind == "null") {
+            damage.push(field);
+        }
         let bytes: Option<Vec<u8>> = row.try_get(index).map_err(db)?;
-        Ok(bytes.map(|bytes| match String::from_utf8(bytes) {
+        Ok::<_, StoreError>(bytes.map(|bytes| match String::from_utf8(bytes) {
             Ok(text) => text,
             Err(e) => {
                 damage.push(field);
@@ -292,10 +299,10 @@ fn summary_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<SagaSummary, StoreE
             }
         }))
     };
-    let saga_id = text(0, "saga_id is not UTF-8")?.unwrap_or_default();
-    let definition = text(1, "definition is not UTF-8")?.unwrap_or_default();
-    let status = text(3, "status is not UTF-8")?.unwrap_or_default();
-    let note = text(4, "note is not UTF-8")?;
+    let saga_id = text(0, 5, false, "saga_id is not UTF-8 text")?.unwrap_or_default();
+    let definition = text(1, 6, false, "definition is not UTF-8 text")?.unwrap_or_default();
+    let status = text(3, 7, false, "status is not UTF-8 text")?.unwrap_or_default();
+    let note = text(4, 8, true, "note is not UTF-8 text")?;
     let version: Option<i64> = row.try_get(2).map_err(db)?;
     let version = version
         .and_then(|v| u32::try_from(v).ok())
@@ -417,13 +424,14 @@ impl SagaStore for SqliteStore {
             if let Some(limit) = limit {
                 query = query.bind(i64::try_from(limit).unwrap_or(i64::MAX));
             }
-            let rows = query.fetch_all(&self.inner.reader).await.map_err(db)?;
+            // Streamed, so a filtered listing stops at its limit instead of reading the table.
+            let mut rows = query.fetch(&self.inner.reader);
             let mut summaries = Vec::new();
-            for row in &rows {
-                if filter.limit.is_some_and(|limit| summaries.len() >= limit) {
+            while filter.limit.is_none_or(|limit| summaries.len() < limit) {
+                let Some(row) = rows.try_next().await.map_err(db)? else {
                     break;
-                }
-                let summary = summary_from_row(row)?;
+                };
+                let summary = summary_from_row(&row)?;
                 if filter.statuses.is_empty() || filter.statuses.contains(&summary.status) {
                     summaries.push(summary);
                 }
