@@ -15,9 +15,7 @@ use crate::future::ResponseFuture;
 use crate::permit::Permit;
 use crate::service::release_readiness;
 
-mod entries;
-
-use self::entries::{Added, Entries};
+use staunch_core::entries::{Added, Entries};
 
 /// The breakers of a [`KeyedCircuitBreakerLayer`], created on first use of each key.
 ///

@@ -78,6 +78,8 @@ mod backoff;
 mod backoff_config;
 mod classify;
 mod config;
+#[doc(hidden)]
+pub mod entries;
 #[cfg(feature = "tonic")]
 mod grpc;
 mod http;

@@ -9,7 +9,6 @@
 //! A call takes its key's permit first and the global permit second, so calls queued on a
 //! saturated key hold no global permit while they wait.
 
-mod entries;
 mod service;
 
 use std::collections::HashMap;
@@ -23,13 +22,13 @@ use std::time::Duration;
 
 use staunch_core::{BulkheadFull, ConfigError};
 
-use self::entries::{Added, Entries};
 pub use self::service::{
     PartitionedBulkheadLayer, PartitionedBulkheadService, PartitionedResponseFuture,
 };
 use crate::acquire::Acquire;
 use crate::bulkhead::{Bulkhead, Permit};
 use crate::config::{DEFAULT_MAX_CONCURRENT, validate_limit};
+use staunch_core::entries::{Added, Entries};
 
 /// A bulkhead per key, with a default limit and an optional global cap; build one with
 /// [`PartitionedBulkhead::builder`]. Clones share the partitions.

@@ -14,13 +14,17 @@
 //! the overflow entry without searching again. A flood of new keys therefore costs amortized
 //! constant work per key, whether or not the entries can be evicted. Below 16 entries every
 //! new key searches and the choice is exact.
+//!
+//! Shared by the per-key breakers and the partitioned bulkhead; not meant for use elsewhere,
+//! and not covered by semver.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The entries, behind the caller's lock: lookups need `&self`, adding a key `&mut self`.
-pub(crate) struct Entries<K, V> {
+#[derive(Debug)]
+pub struct Entries<K, V> {
     map: HashMap<K, Entry<V>>,
     /// Advances when a key is added.
     clock: AtomicU64,
@@ -32,6 +36,7 @@ pub(crate) struct Entries<K, V> {
     skip: usize,
 }
 
+#[derive(Debug)]
 struct Entry<V> {
     value: V,
     /// The clock at the entry's last lookup.
@@ -39,7 +44,8 @@ struct Entry<V> {
 }
 
 /// Where a key that was not found went.
-pub(crate) enum Added<'a, K, V> {
+#[derive(Debug)]
+pub enum Added<'a, K, V> {
     /// It got an entry of its own, after evicting `evicted` if the map was full (handed back
     /// so that the caller can drop it after releasing its lock).
     Inserted {
@@ -51,7 +57,7 @@ pub(crate) enum Added<'a, K, V> {
 }
 
 impl<K, V> Entries<K, V> {
-    pub(crate) fn new(max: usize) -> Self {
+    pub fn new(max: usize) -> Self {
         Self {
             map: HashMap::new(),
             clock: AtomicU64::new(0),
@@ -61,8 +67,12 @@ impl<K, V> Entries<K, V> {
         }
     }
 
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 
     /// How many candidates one search keeps (at least one), and how many new keys skip the
@@ -78,13 +88,13 @@ impl<K, V> Entries<K, V> {
 
 impl<K: Hash + Eq + Clone, V> Entries<K, V> {
     /// The entry of `key`, without marking it used.
-    pub(crate) fn peek(&self, key: &K) -> Option<&V> {
+    pub fn peek(&self, key: &K) -> Option<&V> {
         self.map.get(key).map(|e| &e.value)
     }
 
     /// The entry of `key`, marked used.
     #[inline]
-    pub(crate) fn get(&self, key: &K) -> Option<&V> {
+    pub fn get(&self, key: &K) -> Option<&V> {
         let entry = self.map.get(key)?;
         let now = self.clock.load(Ordering::Relaxed);
         // Only a stale stamp is written, so a hot key's cache line stays shared.
@@ -96,7 +106,7 @@ impl<K: Hash + Eq + Clone, V> Entries<K, V> {
 
     /// Adds `key` (which the caller just failed to find) with the value `make` builds,
     /// evicting the least recently used entry for which `evictable` holds if the map is full.
-    pub(crate) fn add(
+    pub fn add(
         &mut self,
         key: &K,
         make: impl FnOnce() -> V,
