@@ -7,13 +7,17 @@
 //! of the client runtime's threads. Each run sends from `C` concurrent callers (32 by default)
 //! for `S` seconds (3) after one second of warm-up, and reports requests per second, latency
 //! percentiles and client CPU per request; with several runs each figure is the range
-//! (min–max) over the runs.
+//! (min–max) over the runs. `--requests N` sends a fixed number of requests per run
+//! instead (N/4 to warm up), for counting instructions per request with
+//! `valgrind --tool=callgrind --separate-threads=yes`, which does not depend on what else
+//! the machine runs.
 //!
 //! Rows, each answering the same `GET /hello` with a 5-byte body that the caller reads:
 //! - `reqwest send`: `client.get(url).send()` then `.bytes()`, no tower at all;
 //! - `staunch adapter`: `staunch::http::reqwest(client)` as a tower service, bare;
 //! - `staunch preset`: `staunch::http::client` (retry, breaker, attempt timeout, bulkhead)
-//!   with the default configuration plus a 1 s attempt timeout, over the adapter;
+//!   with the default configuration plus a 1 s attempt timeout and room for 1024 calls in
+//!   the bulkhead (as the peer's), over the adapter;
 //! - `tower-resilience stack`: its retry, circuit breaker, time limiter and bulkhead over
 //!   the adapter, in the same order.
 #![allow(
@@ -26,7 +30,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -88,6 +92,9 @@ where
 struct Options {
     runs: usize,
     secs: u64,
+    /// A fixed number of requests per run instead of a fixed time (`--requests N`; the
+    /// warm-up then sends N/4): for counting instructions per request under callgrind.
+    requests: Option<u64>,
     callers: usize,
     filter: Option<String>,
 }
@@ -96,6 +103,7 @@ fn options() -> Options {
     let mut o = Options {
         runs: 3,
         secs: 3,
+        requests: None,
         callers: 32,
         filter: None,
     };
@@ -110,6 +118,7 @@ fn options() -> Options {
             "--runs" => o.runs = value("--runs").max(1),
             "--secs" => o.secs = value("--secs").max(1) as u64,
             "--callers" => o.callers = value("--callers").max(1),
+            "--requests" => o.requests = Some(value("--requests").max(1) as u64),
             // cargo bench passes `--bench`; criterion-style filters are a row name part.
             "--bench" => {}
             other if !other.starts_with('-') => o.filter = Some(other.to_owned()),
@@ -185,16 +194,24 @@ fn measure<C: Client>(
     url: &str,
     o: &Options,
 ) -> Figures {
-    let run = |secs: f64, record: bool| {
+    // A run ends after `secs` seconds or, with `--requests`, after that many requests.
+    let run = |secs: f64, requests: Option<u64>, record: bool| {
         let stop = Arc::new(AtomicBool::new(false));
+        let left = Arc::new(AtomicU64::new(requests.unwrap_or(u64::MAX)));
         let tasks: Vec<_> = (0..o.callers)
             .map(|_| {
                 let mut client = client.clone();
                 let url = url.to_owned();
-                let stop = Arc::clone(&stop);
+                let (stop, left) = (Arc::clone(&stop), Arc::clone(&left));
                 rt.spawn(async move {
                     let mut latencies = Vec::with_capacity(if record { 1 << 16 } else { 0 });
-                    while !stop.load(Ordering::Relaxed) {
+                    while !stop.load(Ordering::Relaxed)
+                        && left
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                n.checked_sub(1)
+                            })
+                            .is_ok()
+                    {
                         let start = Instant::now();
                         client.get(&url).await.expect("request failed");
                         if record {
@@ -207,9 +224,11 @@ fn measure<C: Client>(
             .collect();
         let cpu_before = cpu_ns(tids);
         let start = Instant::now();
-        // The main thread waits outside the runtime: the callers run on its worker.
-        std::thread::sleep(Duration::from_secs_f64(secs));
-        stop.store(true, Ordering::Relaxed);
+        if requests.is_none() {
+            // The main thread waits outside the runtime: the callers run on its worker.
+            std::thread::sleep(Duration::from_secs_f64(secs));
+            stop.store(true, Ordering::Relaxed);
+        }
         let mut all: Vec<u64> = rt.block_on(async {
             let mut all = Vec::new();
             for task in tasks {
@@ -222,8 +241,8 @@ fn measure<C: Client>(
         all.sort_unstable();
         (all, elapsed, cpu)
     };
-    run(1.0, false);
-    let (latencies, elapsed, cpu) = run(o.secs as f64, true);
+    run(1.0, o.requests.map(|n| (n / 4).max(1)), false);
+    let (latencies, elapsed, cpu) = run(o.secs as f64, o.requests, true);
     let n = latencies.len().max(1);
     let pct = |p: f64| latencies[((n - 1) as f64 * p) as usize] as f64 / 1e3;
     Figures {
@@ -296,6 +315,8 @@ fn main() {
     let adapter = staunch::http::reqwest::<String>(client.clone());
     let mut config = staunch::StackConfig::default();
     config.attempt_timeout = Some(Duration::from_secs(1));
+    // Like the peer's bulkhead below: room for every caller, so no row refuses calls.
+    config.bulkhead.max_concurrent = Some(1024);
     let (preset, _handle) =
         staunch::http::client("bench", adapter.clone(), &config).expect("valid preset");
 

@@ -191,23 +191,40 @@ where
 pub fn reqwest<B>(client: ::reqwest::Client) -> Reqwest<B> {
     Reqwest {
         client,
+        urls: std::sync::Arc::new(UrlCache::default()),
         _body: std::marker::PhantomData,
     }
 }
 
-/// The service returned by [`reqwest()`]: converts the request with
-/// `reqwest::Request::try_from` (an invalid URL fails the call with a `reqwest::Error`),
-/// sends it, and converts the answer into an `http::Response<reqwest::Body>`.
+/// The service returned by [`reqwest()`]: turns the `http::Request` into a
+/// `reqwest::Request`, sends it with `reqwest::Client::execute`, and converts the answer into
+/// an `http::Response<reqwest::Body>`.
+///
+/// reqwest addresses requests by `Url`, so the request's `Uri` must become one; parsing a URL
+/// (its host above all) is a large share of what a request costs the client on loopback. The
+/// clones of one adapter remember the last URL they converted: a request to the same URI
+/// reuses a copy, one to the same scheme and authority parses only its path and query, and
+/// only a new origin is parsed in full. The memory never makes a request wait: when another
+/// clone is using it at that moment, the URL is parsed in full. A request whose URI reqwest
+/// does not accept (no scheme or host, say) fails its call with a `reqwest::Error`.
+///
+/// A request with extensions is converted with `reqwest::Request::try_from`, which keeps
+/// them (reqwest reads its per-request settings from there) and parses its URL in full.
 #[cfg(feature = "reqwest")]
 pub struct Reqwest<B> {
     client: ::reqwest::Client,
+    urls: std::sync::Arc<UrlCache>,
     _body: std::marker::PhantomData<fn(B)>,
 }
 
 #[cfg(feature = "reqwest")]
 impl<B> Clone for Reqwest<B> {
     fn clone(&self) -> Self {
-        reqwest(self.client.clone())
+        Reqwest {
+            client: self.client.clone(),
+            urls: std::sync::Arc::clone(&self.urls),
+            _body: std::marker::PhantomData,
+        }
     }
 }
 
@@ -226,6 +243,65 @@ impl<B> Reqwest<B> {
     pub fn client(&self) -> &::reqwest::Client {
         &self.client
     }
+
+    /// `request` as reqwest's own request type.
+    fn convert(&self, request: http::Request<B>) -> Result<::reqwest::Request, ::reqwest::Error>
+    where
+        B: Into<::reqwest::Body>,
+    {
+        if !request.extensions().is_empty() {
+            return ::reqwest::Request::try_from(request);
+        }
+        let (parts, body) = request.into_parts();
+        let Some(url) = self.urls.url_of(&parts.uri) else {
+            // Not a URL reqwest accepts: its own conversion makes the error.
+            return ::reqwest::Request::try_from(http::Request::from_parts(parts, body));
+        };
+        let mut converted = ::reqwest::Request::new(parts.method, url);
+        *converted.headers_mut() = parts.headers;
+        *converted.version_mut() = parts.version;
+        *converted.body_mut() = Some(body.into());
+        Ok(converted)
+    }
+}
+
+/// The last URI an adapter converted and its URL; see [`Reqwest`].
+#[cfg(feature = "reqwest")]
+#[derive(Default)]
+struct UrlCache(std::sync::Mutex<Option<(http::Uri, ::reqwest::Url)>>);
+
+#[cfg(feature = "reqwest")]
+impl UrlCache {
+    /// `uri` as a `Url`, or `None` when it is not a valid one.
+    fn url_of(&self, uri: &http::Uri) -> Option<::reqwest::Url> {
+        // `try_lock`: a clone using the memory right now is never waited for.
+        let Ok(mut last) = self.0.try_lock() else {
+            return parse(uri);
+        };
+        if let Some((last_uri, last_url)) = last.as_ref() {
+            if last_uri == uri {
+                return Some(last_url.clone());
+            }
+            if last_uri.scheme() == uri.scheme() && last_uri.authority() == uri.authority() {
+                let mut url = last_url.clone();
+                url.set_path(uri.path());
+                url.set_query(uri.query());
+                *last = Some((uri.clone(), url.clone()));
+                return Some(url);
+            }
+        }
+        let url = parse(uri)?;
+        *last = Some((uri.clone(), url.clone()));
+        Some(url)
+    }
+}
+
+/// The full parse, as `reqwest::Request::try_from` does it; only absolute URIs with a host
+/// are URLs here (reqwest refuses the others when sending).
+#[cfg(feature = "reqwest")]
+fn parse(uri: &http::Uri) -> Option<::reqwest::Url> {
+    uri.host()?;
+    ::reqwest::Url::parse(&uri.to_string()).ok()
 }
 
 #[cfg(feature = "reqwest")]
@@ -245,7 +321,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        match ::reqwest::Request::try_from(req) {
+        match self.convert(req) {
             Ok(req) => ReqwestFuture {
                 sending: Some(self.client.call(req)),
                 invalid: None,
@@ -296,5 +372,126 @@ impl std::future::Future for ReqwestFuture {
                 .take()
                 .expect("ReqwestFuture polled after completion"))),
         }
+    }
+}
+
+#[cfg(all(test, feature = "reqwest"))]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What `reqwest::Request::try_from` makes of `uri`.
+    fn reference(uri: &http::Uri) -> Option<::reqwest::Url> {
+        ::reqwest::Request::try_from(http::Request::get(uri.clone()).body(String::new()).ok()?)
+            .ok()
+            .map(|r| r.url().clone())
+    }
+
+    fn segment() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                Just("a".to_owned()),
+                Just("B".to_owned()),
+                Just(".".to_owned()),
+                Just("..".to_owned()),
+                Just("%2e".to_owned()),
+                Just("%2F".to_owned()),
+                Just("%zz".to_owned()),
+                Just("~!$&'()*+,;=:@".to_owned()),
+                Just("é".to_owned()),
+                Just("\\".to_owned()),
+                Just("|^`".to_owned()),
+                Just(String::new()),
+            ],
+            0..4,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    fn uri() -> impl Strategy<Value = String> {
+        let origin = prop_oneof![
+            Just("http://127.0.0.1:8080"),
+            Just("http://LocalHost"),
+            Just("https://example.com:443"),
+            Just("http://user:pw@[::1]:9"),
+            Just("ws://h"),
+            Just("foo://h"),
+        ];
+        let query = prop_oneof![
+            Just(None),
+            Just(Some(String::new())),
+            segment().prop_map(Some),
+            (segment(), segment()).prop_map(|(k, v)| Some(format!("{k}={v}&{v}"))),
+        ];
+        (origin, prop::collection::vec(segment(), 0..4), query).prop_map(|(o, path, q)| {
+            let mut uri = o.to_owned();
+            for p in path {
+                uri.push('/');
+                uri.push_str(&p);
+            }
+            if let Some(q) = q {
+                uri.push('?');
+                uri.push_str(&q);
+            }
+            uri
+        })
+    }
+
+    proptest! {
+        /// Whatever the adapter converted before, a URI becomes the URL reqwest's own
+        /// conversion makes of it, or is refused as it refuses it.
+        #[test]
+        fn remembered_urls_are_the_urls_reqwest_would_parse(uris in prop::collection::vec(uri(), 1..12)) {
+            let cache = UrlCache::default();
+            for text in &uris {
+                let Ok(uri) = text.parse::<http::Uri>() else { continue };
+                let expected = reference(&uri);
+                prop_assert_eq!(cache.url_of(&uri), expected.clone(), "{}", text);
+                // A repeat is answered from memory, identically.
+                prop_assert_eq!(cache.url_of(&uri), expected, "{}", text);
+            }
+        }
+    }
+
+    #[test]
+    fn a_uri_reqwest_cannot_send_is_refused_by_reqwest_s_own_conversion() {
+        let adapter = reqwest::<String>(::reqwest::Client::new());
+        for text in ["/relative", "example.com"] {
+            let request = http::Request::get(text).body(String::new()).unwrap();
+            assert!(adapter.convert(request).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_request_keeps_its_method_headers_version_and_body() {
+        let adapter = reqwest::<String>(::reqwest::Client::new());
+        for _ in 0..2 {
+            let request = http::Request::post("http://127.0.0.1:1/orders?id=7")
+                .header("idempotency-key", "k-1")
+                .version(http::Version::HTTP_11)
+                .body("{}".to_owned())
+                .unwrap();
+            let converted = adapter.convert(request).unwrap();
+            assert_eq!(converted.method(), http::Method::POST);
+            assert_eq!(converted.url().as_str(), "http://127.0.0.1:1/orders?id=7");
+            assert_eq!(converted.headers()["idempotency-key"], "k-1");
+            assert_eq!(converted.version(), http::Version::HTTP_11);
+            assert_eq!(
+                converted.body().and_then(|b| b.as_bytes()),
+                Some(&b"{}"[..])
+            );
+        }
+    }
+
+    #[test]
+    fn a_request_with_extensions_keeps_them_through_reqwest_s_conversion() {
+        let adapter = reqwest::<String>(::reqwest::Client::new());
+        let mut request = http::Request::get("http://127.0.0.1:1/")
+            .body(String::new())
+            .unwrap();
+        request.extensions_mut().insert(7_u8);
+        let converted = adapter.convert(request).unwrap();
+        let back: http::Request<::reqwest::Body> = converted.try_into().unwrap();
+        assert_eq!(back.extensions().get::<u8>(), Some(&7));
     }
 }

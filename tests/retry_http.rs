@@ -1,6 +1,6 @@
-//! Retries through the HTTP preset and a real reqwest client on loopback (issue 16): a
-//! server that closes the connection without answering, and a server hint that would pass
-//! the caller's deadline.
+//! The HTTP preset and the reqwest adapter with a real reqwest client on loopback: a server
+//! that closes the connection without answering, a server hint that would pass the caller's
+//! deadline, and the adapter sending every request where reqwest itself would.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -132,4 +132,89 @@ async fn a_retry_after_past_the_callers_deadline_returns_the_503_at_once() {
         "returned without waiting: {:?}",
         started.elapsed()
     );
+}
+
+/// A server answering every request with what it received: method, request target and host.
+async fn echo() -> std::net::SocketAddr {
+    let app = axum::Router::new().fallback(
+        |method: http::Method, uri: http::Uri, headers: http::HeaderMap| async move {
+            let host = headers
+                .get("host")
+                .map(|h| h.to_str().unwrap_or("?").to_owned());
+            format!("{method} {uri} {}", host.unwrap_or_default())
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// The adapter remembers the URLs it converted; whatever it remembers, each request reaches
+/// the server exactly as reqwest's own `send` sends it, also from clones used at once.
+#[tokio::test]
+async fn the_adapter_sends_every_request_where_reqwest_itself_sends_it() {
+    let (a, b) = (echo().await, echo().await);
+    let paths = [
+        "/",
+        "/orders",
+        "/orders",
+        "/orders?id=1",
+        "/orders?id=2",
+        "/orders/7/../8",
+        "/a%2Fb",
+        "/%7euser",
+        "/x?",
+        "/x?q=%20&r",
+        "/orders",
+        "/",
+        "/~!$&'()*+,;=:@",
+    ];
+    // Runs of one origin (each path after the previous one), then other origins, so each
+    // way of converting is taken: a repeat, a new path or query, a new origin.
+    let origins = [
+        a.to_string(),
+        format!("localhost:{}", a.port()),
+        b.to_string(),
+    ];
+    let uris: Vec<String> = origins
+        .iter()
+        .flat_map(|origin| {
+            paths
+                .iter()
+                .map(move |path| format!("http://{origin}{path}"))
+        })
+        .collect();
+    let client = reqwest::Client::new();
+    let adapter = staunch::http::reqwest::<String>(client.clone());
+    let read = |res: http::Response<reqwest::Body>| async move {
+        use http_body_util::BodyExt;
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    };
+    for round in 0..2 {
+        let mut calls = Vec::new();
+        for uri in &uris {
+            let mut adapter = adapter.clone();
+            let (client, uri) = (client.clone(), uri.clone());
+            calls.push(tokio::spawn(async move {
+                let request = http::Request::get(uri.as_str())
+                    .body(String::new())
+                    .unwrap();
+                let sent = adapter.ready().await.unwrap().call(request).await.unwrap();
+                let by_reqwest = client.get(uri.as_str()).send().await.unwrap();
+                let by_reqwest: http::Response<reqwest::Body> = by_reqwest.into();
+                (uri, sent, by_reqwest)
+            }));
+            if round == 0 {
+                // One at a time first, so every conversion goes through the memory.
+                let (uri, sent, by_reqwest) = calls.pop().unwrap().await.unwrap();
+                assert_eq!(read(sent).await, read(by_reqwest).await, "{uri}");
+            }
+        }
+        for call in calls {
+            let (uri, sent, by_reqwest) = call.await.unwrap();
+            assert_eq!(read(sent).await, read(by_reqwest).await, "{uri}");
+        }
+    }
 }
