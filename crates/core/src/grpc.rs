@@ -188,7 +188,8 @@ impl<B, E> Classify<http::Response<B>, E> for GrpcStatus {
 
 /// Reads a `grpc-status` header; an absent or malformed one is `None`.
 fn grpc_status_header(headers: &http::HeaderMap) -> Option<Code> {
-    let value = headers.get("grpc-status")?.to_str().ok()?;
+    static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+    let value = headers.get(&GRPC_STATUS)?.to_str().ok()?;
     let n: i32 = value.trim().parse().ok()?;
     ALL_CODES.get(usize::try_from(n).ok()?).copied()
 }

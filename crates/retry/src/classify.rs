@@ -152,6 +152,10 @@ impl<T> RetryResponse for tonic::Response<T> {}
 impl<T> RetryResponse for Option<T> {}
 
 /// gRPC `UNAVAILABLE`.
+/// Looked up on every response: a `HeaderName` is found without parsing the name first, as
+/// a `&str` key would be.
+static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 const GRPC_UNAVAILABLE: u32 = 14;
 /// gRPC `RESOURCE_EXHAUSTED`.
 const GRPC_RESOURCE_EXHAUSTED: u32 = 8;
@@ -291,7 +295,7 @@ impl RetryOn {
             };
         }
         if let Some(headers) = headers
-            && let Some(code) = headers.get("grpc-status")
+            && let Some(code) = headers.get(&GRPC_STATUS)
             && let Some(code) = code.to_str().ok().and_then(|c| c.parse::<u32>().ok())
             && code < 32
             && self.grpc_codes & (1 << code) != 0
