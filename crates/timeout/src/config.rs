@@ -22,6 +22,12 @@ pub const GRPC_TIMEOUT: &str = "grpc-timeout";
 pub struct TimeLimitBuilder {
     limit: Option<Duration>,
     name: Option<Arc<str>>,
+    precision: Option<Duration>,
+}
+
+impl TimeLimitBuilder {
+    /// How late a timeout may fire when unset: 1 ms.
+    pub const DEFAULT_PRECISION: Duration = Duration::from_millis(1);
 }
 
 impl TimeLimitBuilder {
@@ -36,6 +42,15 @@ impl TimeLimitBuilder {
     /// each call clones an `Arc`; leave it unnamed on the hottest paths.
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.name = Some(name.into());
+        self
+    }
+
+    /// How late a timeout may fire at most (default [`DEFAULT_PRECISION`](Self::DEFAULT_PRECISION),
+    /// 1 ms; never early): the limit's timer wakes at most once per `precision`, so timeouts
+    /// that fall due close together are handled in one wake. Zero wakes for every distinct
+    /// end. See [the timer](TimeLimit#the-timer).
+    pub fn precision(mut self, precision: Duration) -> Self {
+        self.precision = Some(precision);
         self
     }
 
@@ -54,7 +69,11 @@ impl TimeLimitBuilder {
         if self.name.as_deref().is_some_and(str::is_empty) {
             return Err(ConfigError::new("name", "must not be empty"));
         }
-        Ok(TimeLimit::from_parts(limit, self.name))
+        Ok(TimeLimit::from_parts(
+            limit,
+            self.name,
+            self.precision.unwrap_or(Self::DEFAULT_PRECISION),
+        ))
     }
 }
 

@@ -145,6 +145,7 @@ mod propagate;
 mod request;
 mod service;
 mod settings;
+mod wheel;
 pub mod wire;
 
 pub use crate::config::{
