@@ -34,17 +34,16 @@ use crate::wheel::{Key, Wheel};
 ///
 /// A limit and its clones share one deadline timer, not one tokio timer per call: a call that
 /// pends takes an entry in the limit's own table (a clock read and a short lock), and one
-/// driver task per limit sleeps until the earliest end and wakes the calls that are due. The
-/// driver is spawned on the runtime of the first call that waits, exits once no call is
-/// waiting (at its next wake) or as soon as the limit and all its calls are dropped, and holds
-/// nothing that keeps the limit alive. If its runtime shuts down while calls of the limit
-/// still wait elsewhere, those calls are woken and the next of them to be polled starts a new
-/// driver on its own runtime.
+/// driver task per runtime sleeps until the earliest end and wakes the calls that are due.
+/// A driver is spawned by the first call that waits on its runtime, exits once no call is
+/// waiting there (at its next wake) or as soon as the limit and all its calls are dropped, and
+/// holds nothing that keeps the limit alive. If its runtime shuts down while calls it was
+/// timing are still polled elsewhere, they are woken and register again where they are.
 ///
 /// A call never times out early: it reads the clock when polled and gives up only once its
 /// end has passed. It may time out up to [`precision`](TimeLimitBuilder::precision) late
-/// (default 1 ms), since the driver wakes at most once per `precision`; when timeouts are
-/// further apart than that, each fires at its exact end (so under tokio's paused clock, a lone
+/// (default 1 ms), since a driver wakes at most once per `precision`; when timeouts are
+/// further apart than that, each fires at its exact end (so under tokio's paused clock a lone
 /// timeout fires exactly when due).
 ///
 /// Cloning is cheap (a reference count) and clones share the timer and the
@@ -163,6 +162,13 @@ impl TimeLimit {
         self.shared.wheel.waiting()
     }
 
+    /// Driver tasks of this limit's timer running right now (one per runtime it has calls
+    /// waiting on, until their next wake).
+    #[doc(hidden)]
+    pub fn drivers(&self) -> usize {
+        self.shared.wheel.drivers()
+    }
+
     /// The name, for a rejection to carry.
     pub(crate) fn shared_name(&self) -> Option<Arc<str>> {
         self.shared.counters.as_ref().map(|c| Arc::clone(&c.name))
@@ -253,9 +259,9 @@ pin_project! {
     ///
     /// # Panics
     ///
-    /// When the inner future returns `Pending` and the limit's timer has no driver running,
-    /// starting one panics outside a tokio runtime with the time driver enabled, as any
-    /// `tokio::time::sleep` does. A future that finishes on its first poll needs no runtime.
+    /// When the inner future returns `Pending`, waiting on the limit's timer panics outside a
+    /// tokio runtime with the time driver enabled, as any `tokio::time::sleep` does. A future
+    /// that finishes on its first poll needs no runtime.
     #[must_use = "futures do nothing unless polled"]
     pub struct Limited<F> {
         #[pin]

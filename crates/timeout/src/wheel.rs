@@ -1,11 +1,12 @@
 //! The deadline timer of one [`TimeLimit`](crate::TimeLimit): its waiting calls share one
-//! tokio timer, driven by one task.
+//! tokio timer per runtime, driven by one task.
 //!
-//! Arming a tokio `Sleep` per call costs a timer-wheel entry in the runtime (an atomic state
-//! machine, a lock on the driver, a cancellation on drop). Here a call that pends takes a slot
-//! in a slab behind a plain `Mutex` and pushes its end onto a min-heap; a call that finishes
-//! frees its slot. One **driver task**, spawned on the runtime of the first call that needs
-//! it, sleeps until the earliest end, wakes the calls that are due, and sleeps again.
+//! Arming a tokio `Sleep` per call costs an entry in the runtime's timer wheel (an atomic state
+//! machine, a lock on the time driver, a cancellation on drop). Here a call that pends takes a
+//! slot in a slab behind a plain `Mutex` and pushes its end onto a min-heap; a call that
+//! finishes frees its slot. One **driver task** per runtime the limit is used on (its *lane*),
+//! spawned by the first call there that waits, sleeps until the earliest end, wakes the calls
+//! that are due, and sleeps again.
 //!
 //! - **Never early, exact when alone.** A call decides it has expired by reading the clock
 //!   when it is polled; the driver only wakes it. The driver sleeps to the exact earliest end,
@@ -13,16 +14,18 @@
 //!   `precision` of the driver's last wake is woken `precision` after that wake, so at most
 //!   `precision` late. With tokio's paused clock a lone timer therefore fires exactly at its
 //!   end.
+//! - **Its own clock per runtime.** A lane's driver sleeps on its runtime's clock, which is
+//!   the clock its calls read (two runtimes with paused clocks do not share a driver).
 //! - **Lazy deletion.** A finished call frees its slot but leaves its heap item, which the
 //!   driver discards when it reaches the top; when stale items outnumber live ones (plus a
-//!   small constant) the heap is compacted in place, so it never holds much more than twice
-//!   the waiting calls, and in steady state neither the slab nor the heap allocates.
-//! - **Nothing alive after its owner.** The driver holds only a `Weak` to the wheel and exits
-//!   at its first wake with nothing left to wake, or at once when the wheel is dropped (the
-//!   wheel wakes it on drop).
-//! - **Runtimes come and go.** When the driver task is dropped without finishing (its runtime
-//!   shut down), its guard marks the wheel driverless and wakes every waiting call: each one
-//!   registers again from wherever it is polled, and the first spawns a new driver there.
+//!   small constant) the heaps are compacted in place, so they never hold much more than twice
+//!   the waiting calls, and in steady state neither the slab nor a heap allocates.
+//! - **Nothing alive after its owner.** A driver holds only a `Weak` to the wheel and exits at
+//!   its first wake with nothing left to wake, or at once when the wheel is dropped (the wheel
+//!   wakes it on drop).
+//! - **Runtimes come and go.** When a driver task is dropped without finishing (its runtime
+//!   shut down), its guard removes the lane and wakes the calls that lane was timing: each one
+//!   registers again from wherever it is polled, starting a driver there if needed.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -34,9 +37,10 @@ use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use staunch_core::instant_after;
+use tokio::runtime::{Handle, Id};
 use tokio::time::{Instant, Sleep};
 
-/// Stale heap items tolerated beyond twice the live entries before the heap is compacted.
+/// Stale heap items tolerated beyond twice the live entries before the heaps are compacted.
 const SLACK: usize = 64;
 
 /// The timer shared by the clones of one limit.
@@ -56,16 +60,22 @@ struct State {
     entries: Vec<Entry>,
     free: Vec<u32>,
     live: usize,
-    /// Every entry with a waker has exactly one item here (plus stale items of freed or
-    /// fired ones, discarded lazily).
+    /// One per runtime with a driver; almost always one.
+    lanes: Vec<Lane>,
+    /// Numbers the drivers, so that a guard finds its own lane and no other.
+    next_driver: u64,
+}
+
+/// The calls timed by the driver on one runtime.
+struct Lane {
+    runtime: Id,
+    driver: u64,
+    /// Every entry with a waker has exactly one item in one lane (plus stale items of freed
+    /// or woken entries, discarded lazily).
     heap: BinaryHeap<Reverse<Due>>,
-    /// A driver task exists (or is being spawned).
-    running: bool,
-    /// Bumped for every driver spawned, so a driver that exited cannot be taken for the next.
-    driver_id: u64,
     /// What the driver's sleep is set to (or will be, once it is polled).
     target: Instant,
-    driver_waker: Option<Waker>,
+    waker: Option<Waker>,
     /// When the driver last woke calls: the next wake is no sooner than `precision` after.
     last_fire: Option<Instant>,
 }
@@ -85,11 +95,11 @@ struct Due {
     generation: u32,
 }
 
-/// What a registration asks of the driver, done after the lock is released.
+/// What a registration asks of a driver, done once the lock is released.
 enum Nudge {
     None,
     Wake(Waker),
-    Spawn { target: Instant, id: u64 },
+    Spawn { target: Instant, driver: u64 },
 }
 
 impl std::fmt::Debug for Wheel {
@@ -109,12 +119,8 @@ impl Wheel {
                 entries: Vec::new(),
                 free: Vec::new(),
                 live: 0,
-                heap: BinaryHeap::new(),
-                running: false,
-                driver_id: 0,
-                target: Instant::now(),
-                driver_waker: None,
-                last_fire: None,
+                lanes: Vec::new(),
+                next_driver: 0,
             }),
         }
     }
@@ -133,12 +139,19 @@ impl Wheel {
         self.lock().live
     }
 
+    /// Driver tasks running (one per runtime with waiting calls, until their next wake).
+    pub(crate) fn drivers(&self) -> usize {
+        self.lock().lanes.len()
+    }
+
     /// Registers a call ending at `end`, to be woken through `waker`.
     ///
     /// # Panics
     ///
-    /// When a driver must be started outside a tokio runtime with the time driver enabled.
+    /// Outside a tokio runtime, or when a driver must be started on a runtime without the time
+    /// driver, as `tokio::time::sleep` does.
     pub(crate) fn insert(self: &Arc<Self>, end: Instant, waker: &Waker) -> Key {
+        let runtime = Handle::current().id();
         let mut guard = self.lock();
         let state = &mut *guard;
         let generation;
@@ -166,51 +179,52 @@ impl Wheel {
         };
         state.live += 1;
         let key = Key { index, generation };
-        let nudge = self.schedule(state, key, end);
+        let nudge = self.schedule(state, key, end, runtime);
         drop(guard);
         nudge_driver(self, nudge);
         key
     }
 
-    /// Called when a registered call is polled again before its end: keeps its waker current
+    /// Called when a registered call is polled again before its end: keeps its waker current,
     /// and schedules it again if it was woken without being due (its driver went away).
     pub(crate) fn refresh(self: &Arc<Self>, key: Key, waker: &Waker) {
         let mut guard = self.lock();
-        let state = &mut *guard;
-        let Some(entry) = state.entries.get_mut(key.index as usize) else {
+        let Some(entry) = owned(&mut guard.entries, key) else {
             return;
         };
-        if !entry.occupied || entry.generation != key.generation {
+        if let Some(current) = &mut entry.waker {
+            if !current.will_wake(waker) {
+                let old = std::mem::replace(current, waker.clone());
+                drop(guard);
+                drop(old);
+            }
             return;
         }
-        match &mut entry.waker {
-            Some(current) => {
-                if !current.will_wake(waker) {
-                    let old = std::mem::replace(current, waker.clone());
-                    drop(guard);
-                    drop(old);
-                }
-            }
-            None => {
-                entry.waker = Some(waker.clone());
-                let end = entry.end;
-                let nudge = self.schedule(state, key, end);
-                drop(guard);
-                nudge_driver(self, nudge);
-            }
+        // Not scheduled: find this runtime's lane (outside the lock: it may panic).
+        drop(guard);
+        let runtime = Handle::current().id();
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(entry) = owned(&mut state.entries, key) else {
+            return;
+        };
+        if entry.waker.is_some() {
+            return;
         }
+        entry.waker = Some(waker.clone());
+        let end = entry.end;
+        let nudge = self.schedule(state, key, end, runtime);
+        drop(guard);
+        nudge_driver(self, nudge);
     }
 
     /// Frees a call's slot (it finished, timed out or was dropped).
     pub(crate) fn remove(&self, key: Key) {
         let mut guard = self.lock();
         let state = &mut *guard;
-        let Some(entry) = state.entries.get_mut(key.index as usize) else {
+        let Some(entry) = owned(&mut state.entries, key) else {
             return;
         };
-        if !entry.occupied || entry.generation != key.generation {
-            return;
-        }
         entry.occupied = false;
         entry.generation = entry.generation.wrapping_add(1);
         let waker = entry.waker.take();
@@ -221,36 +235,46 @@ impl Wheel {
         drop(waker);
     }
 
-    /// Pushes the heap item of `key` and says what the driver needs.
-    fn schedule(&self, state: &mut State, key: Key, end: Instant) -> Nudge {
-        if state.heap.len() >= 2 * state.live + SLACK {
+    /// Pushes the heap item of `key` onto the lane of `runtime` and says what its driver
+    /// needs.
+    fn schedule(&self, state: &mut State, key: Key, end: Instant, runtime: Id) -> Nudge {
+        let items: usize = state.lanes.iter().map(|lane| lane.heap.len()).sum();
+        if items >= 2 * state.live + SLACK {
             let entries = &state.entries;
-            state
-                .heap
-                .retain(|Reverse(due)| is_scheduled(entries, due));
+            for lane in &mut state.lanes {
+                lane.heap.retain(|Reverse(due)| is_scheduled(entries, due));
+            }
         }
-        state.heap.push(Reverse(Due {
+        let due = Reverse(Due {
             end,
             index: key.index,
             generation: key.generation,
-        }));
-        let earliest = match state.last_fire {
+        });
+        let Some(lane) = state.lanes.iter_mut().find(|lane| lane.runtime == runtime) else {
+            state.next_driver = state.next_driver.wrapping_add(1);
+            let mut heap = BinaryHeap::new();
+            heap.push(due);
+            state.lanes.push(Lane {
+                runtime,
+                driver: state.next_driver,
+                heap,
+                target: end,
+                waker: None,
+                last_fire: None,
+            });
+            return Nudge::Spawn {
+                target: end,
+                driver: state.next_driver,
+            };
+        };
+        lane.heap.push(due);
+        let earliest = match lane.last_fire {
             Some(last) => end.max(instant_after(last, self.precision)),
             None => end,
         };
-        if !state.running {
-            state.running = true;
-            state.driver_id = state.driver_id.wrapping_add(1);
-            state.target = earliest;
-            state.driver_waker = None;
-            return Nudge::Spawn {
-                target: earliest,
-                id: state.driver_id,
-            };
-        }
-        if earliest < state.target {
-            state.target = earliest;
-            if let Some(waker) = state.driver_waker.take() {
+        if earliest < lane.target {
+            lane.target = earliest;
+            if let Some(waker) = lane.waker.take() {
                 return Nudge::Wake(waker);
             }
         }
@@ -260,17 +284,21 @@ impl Wheel {
 
 impl Drop for Wheel {
     fn drop(&mut self) {
-        // The driver sleeps until the next end: wake it so it sees the wheel is gone and exits.
-        let waker = self
-            .state
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .driver_waker
-            .take();
-        if let Some(waker) = waker {
-            waker.wake();
+        // The drivers sleep until the next end: wake them so they see the wheel is gone.
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        for lane in &mut state.lanes {
+            if let Some(waker) = lane.waker.take() {
+                waker.wake();
+            }
         }
     }
+}
+
+/// The entry `key` names, if it still holds that slot.
+fn owned(entries: &mut [Entry], key: Key) -> Option<&mut Entry> {
+    entries
+        .get_mut(key.index as usize)
+        .filter(|entry| entry.occupied && entry.generation == key.generation)
 }
 
 fn is_scheduled(entries: &[Entry], due: &Due) -> bool {
@@ -279,29 +307,27 @@ fn is_scheduled(entries: &[Entry], due: &Due) -> bool {
     })
 }
 
-/// Acts on what a registration asked of the driver, once the lock is released.
+/// Acts on what a registration asked of a driver, once the lock is released.
 fn nudge_driver(wheel: &Arc<Wheel>, nudge: Nudge) {
     match nudge {
         Nudge::None => {}
         Nudge::Wake(waker) => waker.wake(),
-        Nudge::Spawn { target, id } => spawn_driver(wheel, target, id),
+        Nudge::Spawn { target, driver } => spawn_driver(wheel, target, driver),
     }
 }
 
-/// Starts the driver on the current runtime.
+/// Starts the driver of a new lane on the current runtime.
 ///
 /// # Panics
 ///
-/// Outside a tokio runtime with the time driver enabled, as `tokio::time::sleep` does; the
-/// wheel is then left without a driver, so the next registration tries again.
-fn spawn_driver(wheel: &Arc<Wheel>, target: Instant, id: u64) {
+/// On a runtime without the time driver, as `tokio::time::sleep` does; the guard then removes
+/// the lane, so the next registration tries again.
+fn spawn_driver(wheel: &Arc<Wheel>, target: Instant, driver: u64) {
     let guard = DriverGuard {
         wheel: Arc::downgrade(wheel),
-        id,
+        driver,
         exited: false,
     };
-    // Creating the sleep is what panics outside a runtime with timers; the guard then
-    // unwinds and clears the mark.
     let sleep = tokio::time::sleep_until(target);
     drop(tokio::spawn(Driver {
         sleep,
@@ -310,11 +336,11 @@ fn spawn_driver(wheel: &Arc<Wheel>, target: Instant, id: u64) {
     }));
 }
 
-/// Marks the wheel driverless when its driver goes away without exiting (its runtime shut
-/// down, or it could not be started), and wakes every waiting call so it registers again.
+/// Removes its lane when the driver goes away without exiting (its runtime shut down, or it
+/// could not be started), and wakes the calls the lane was timing so they register again.
 struct DriverGuard {
     wheel: Weak<Wheel>,
-    id: u64,
+    driver: u64,
     exited: bool,
 }
 
@@ -326,19 +352,25 @@ impl Drop for DriverGuard {
         let Some(wheel) = self.wheel.upgrade() else {
             return;
         };
-        let mut state = wheel.lock();
-        if !state.running || state.driver_id != self.id {
+        let mut guard = wheel.lock();
+        let state = &mut *guard;
+        let Some(at) = state.lanes.iter().position(|l| l.driver == self.driver) else {
             return;
-        }
-        state.running = false;
-        state.driver_waker = None;
-        state.heap.clear();
-        let orphans: Vec<Waker> = state
-            .entries
-            .iter_mut()
-            .filter_map(|entry| entry.waker.take())
+        };
+        let lane = state.lanes.swap_remove(at);
+        let orphans: Vec<Waker> = lane
+            .heap
+            .into_iter()
+            .filter_map(|Reverse(due)| {
+                let entry = state.entries.get_mut(due.index as usize)?;
+                if entry.occupied && entry.generation == due.generation {
+                    entry.waker.take()
+                } else {
+                    None
+                }
+            })
             .collect();
-        drop(state);
+        drop(guard);
         for waker in orphans {
             waker.wake();
         }
@@ -346,7 +378,7 @@ impl Drop for DriverGuard {
 }
 
 pin_project! {
-    /// The driver task: sleeps until the earliest end and wakes the calls that are due.
+    /// A lane's driver task: sleeps until the earliest end and wakes the calls that are due.
     struct Driver {
         #[pin]
         sleep: Sleep,
@@ -368,53 +400,54 @@ impl Future for Driver {
             };
             let mut guard = wheel.lock();
             let state = &mut *guard;
-            if this.sleep.deadline() != state.target {
-                this.sleep.as_mut().reset(state.target);
+            let driver = this.guard.driver;
+            let Some(at) = state.lanes.iter().position(|l| l.driver == driver) else {
+                this.guard.exited = true;
+                return Poll::Ready(());
+            };
+            let lane = &mut state.lanes[at];
+            if this.sleep.deadline() != lane.target {
+                this.sleep.as_mut().reset(lane.target);
             }
             if this.sleep.as_mut().poll(cx).is_pending() {
-                if !state
-                    .driver_waker
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()))
-                {
-                    state.driver_waker = Some(cx.waker().clone());
+                if !lane.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    lane.waker = Some(cx.waker().clone());
                 }
                 return Poll::Pending;
             }
             let now = Instant::now();
-            while let Some(Reverse(top)) = state.heap.peek() {
+            while let Some(Reverse(top)) = lane.heap.peek() {
                 if !is_scheduled(&state.entries, top) {
-                    state.heap.pop();
+                    lane.heap.pop();
                     continue;
                 }
                 if top.end > now {
                     break;
                 }
                 let index = top.index as usize;
-                state.heap.pop();
+                lane.heap.pop();
                 if let Some(waker) = state.entries[index].waker.take() {
                     this.due.push(waker);
                 }
             }
             if !this.due.is_empty() {
-                state.last_fire = Some(now);
+                lane.last_fire = Some(now);
             }
-            let next = state.heap.peek().map(|Reverse(top)| top.end);
-            let exit = next.is_none();
-            match next {
-                Some(end) => {
-                    state.target = match state.last_fire {
-                        Some(last) => end.max(instant_after(last, wheel.precision)),
-                        None => end,
+            let exit = match lane.heap.peek() {
+                Some(Reverse(top)) => {
+                    lane.target = match lane.last_fire {
+                        Some(last) => top.end.max(instant_after(last, wheel.precision)),
+                        None => top.end,
                     };
+                    false
                 }
                 None => {
-                    // Nothing scheduled: exit; the next registration spawns a driver.
-                    state.running = false;
-                    state.driver_waker = None;
+                    // Nothing scheduled: exit; the next registration here spawns a driver.
+                    state.lanes.swap_remove(at);
                     this.guard.exited = true;
+                    true
                 }
-            }
+            };
             drop(guard);
             drop(wheel);
             for waker in this.due.drain(..) {
