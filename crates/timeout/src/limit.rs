@@ -418,6 +418,31 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn nothing_is_left_alive_once_a_limit_and_its_calls_are_dropped() {
+        let limit = TimeLimit::new(Duration::from_secs(60)).unwrap();
+        let shared = Arc::downgrade(&limit.shared);
+        let wheel = Arc::downgrade(&limit.shared.wheel);
+        let metrics = tokio::runtime::Handle::current().metrics();
+        // A call that waits spawns the driver, which sleeps until its end (a minute away).
+        limit
+            .run(tokio::time::sleep(Duration::from_millis(1)))
+            .await
+            .unwrap();
+        assert_eq!((limit.drivers(), metrics.num_alive_tasks()), (1, 1));
+        // A call still waiting when the limit is dropped keeps the timer until it goes.
+        let mut waiting = Box::pin(limit.run(std::future::pending::<()>()));
+        assert!(futures::poll!(waiting.as_mut()).is_pending());
+        drop(limit);
+        assert!(wheel.upgrade().is_some());
+        drop(waiting);
+        assert!(shared.upgrade().is_none(), "the limit's state outlived it");
+        assert!(wheel.upgrade().is_none(), "the timer outlived its limit");
+        // The dropped timer woke its driver, which exits at once.
+        tokio::task::yield_now().await;
+        assert_eq!(metrics.num_alive_tasks(), 0, "the driver outlived its timer");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn named_limits_count_armed_timers_and_timeouts() {
         let limit = TimeLimit::builder()
             .limit(Duration::from_millis(10))
