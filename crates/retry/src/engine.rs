@@ -7,7 +7,9 @@
 //! due, so a call that succeeds at once reads no clock and arms no timer. The one exception:
 //! with a backoff `max_elapsed`, which counts from the first attempt's start, a call that may
 //! be retried reads the clock when it starts (there is no later moment at which that start
-//! can be known).
+//! can be known). With `attempts_cut_by`, a running attempt that the time limit inside the
+//! retry ends first gets no timer at all (`CutInside`): that limit's timer is the call's only
+//! one.
 
 use std::future::Future;
 use std::pin::Pin;
