@@ -207,7 +207,9 @@ fn calls_allocate_nothing_whether_ready_at_once_or_pending_once() {
         ),
         (
             "bulkhead",
-            allocations_per_1000_pending_calls(BulkheadLayer::new(bulkhead()).layer(bare_pending())),
+            allocations_per_1000_pending_calls(
+                BulkheadLayer::new(bulkhead()).layer(bare_pending()),
+            ),
         ),
         (
             "timeout",

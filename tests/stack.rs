@@ -329,7 +329,13 @@ async fn an_attempt_past_the_overall_deadline_is_cut_exactly_at_it() {
     request
         .extensions_mut()
         .insert(staunch::timeout::TimeoutOverride(Duration::from_secs(5)));
-    let err = client.ready().await.unwrap().call(request).await.unwrap_err();
+    let err = client
+        .ready()
+        .await
+        .unwrap()
+        .call(request)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Elapsed(_)), "{err:?}");
     assert_eq!(start.elapsed(), Duration::from_millis(250));
     assert_eq!(handle.attempt_timeout().waiting(), 0);

@@ -61,8 +61,11 @@ async fn an_attempt_the_inner_limit_cuts_first_arms_no_retry_timer() {
 #[tokio::test(start_paused = true)]
 async fn the_overall_deadline_still_fires_exactly_when_it_comes_first() {
     let calls = Calls::new();
-    let svc = RetryLayer::new(policy(100, 60))
-        .layer(TimeoutLayer::new(Duration::from_millis(60)).unwrap().layer(hangs(&calls)));
+    let svc = RetryLayer::new(policy(100, 60)).layer(
+        TimeoutLayer::new(Duration::from_millis(60))
+            .unwrap()
+            .layer(hangs(&calls)),
+    );
     let start = Instant::now();
     let err = svc.oneshot(get()).await.unwrap_err();
     // Attempt 1 is cut by the inner limit at 60 ms; attempt 2 starts at 70 ms, and its
@@ -71,15 +74,20 @@ async fn the_overall_deadline_still_fires_exactly_when_it_comes_first() {
     assert_eq!(start.elapsed(), Duration::from_millis(100));
     let ((attempts, reason), last) = gave_up(&err);
     assert_eq!((attempts, reason), (2, GiveUpReason::Deadline));
-    let elapsed = last.downcast_ref::<Elapsed>().expect("the overall deadline");
+    let elapsed = last
+        .downcast_ref::<Elapsed>()
+        .expect("the overall deadline");
     assert_eq!(elapsed.limit(), Duration::from_millis(100));
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_longer_override_than_the_budget_left_is_read_and_the_deadline_fires() {
     let calls = Calls::new();
-    let svc = RetryLayer::new(policy(100, 60))
-        .layer(TimeoutLayer::new(Duration::from_millis(60)).unwrap().layer(hangs(&calls)));
+    let svc = RetryLayer::new(policy(100, 60)).layer(
+        TimeoutLayer::new(Duration::from_millis(60))
+            .unwrap()
+            .layer(hangs(&calls)),
+    );
     let mut request = get();
     request
         .extensions_mut()
@@ -105,13 +113,19 @@ async fn results_match_a_retry_that_times_every_attempt_itself() {
         if cut {
             builder = builder.attempts_cut_by(Duration::from_millis(50));
         }
-        let svc = RetryLayer::new(builder.build().unwrap())
-            .layer(TimeoutLayer::new(Duration::from_millis(50)).unwrap().layer(hangs(&calls)));
+        let svc = RetryLayer::new(builder.build().unwrap()).layer(
+            TimeoutLayer::new(Duration::from_millis(50))
+                .unwrap()
+                .layer(hangs(&calls)),
+        );
         let start = Instant::now();
         let err = svc.oneshot(get()).await.unwrap_err();
         assert_eq!(calls.times_ms(), [0, 55, 110], "cut: {cut}");
         assert_eq!(start.elapsed(), Duration::from_millis(160), "cut: {cut}");
-        assert!(err.to_string().contains("gave up after 3 attempts"), "{err}");
+        assert!(
+            err.to_string().contains("gave up after 3 attempts"),
+            "{err}"
+        );
     }
 }
 

@@ -419,7 +419,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn nothing_is_left_alive_once_a_limit_and_its_calls_are_dropped() {
-        let limit = TimeLimit::new(Duration::from_secs(60)).unwrap();
+        let limit = TimeLimit::new(Duration::from_mins(1)).unwrap();
         let shared = Arc::downgrade(&limit.shared);
         let wheel = Arc::downgrade(&limit.shared.wheel);
         let metrics = tokio::runtime::Handle::current().metrics();
@@ -439,7 +439,11 @@ mod tests {
         assert!(wheel.upgrade().is_none(), "the timer outlived its limit");
         // The dropped timer woke its driver, which exits at once.
         tokio::task::yield_now().await;
-        assert_eq!(metrics.num_alive_tasks(), 0, "the driver outlived its timer");
+        assert_eq!(
+            metrics.num_alive_tasks(),
+            0,
+            "the driver outlived its timer"
+        );
     }
 
     #[tokio::test(start_paused = true)]

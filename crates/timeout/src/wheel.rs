@@ -155,27 +155,24 @@ impl Wheel {
         let mut guard = self.lock();
         let state = &mut *guard;
         let generation;
-        let index = match state.free.pop() {
-            Some(index) => {
-                let entry = &mut state.entries[index as usize];
-                entry.end = end;
-                entry.waker = Some(waker.clone());
-                entry.occupied = true;
-                generation = entry.generation;
-                index
-            }
-            None => {
-                // Past `u32::MAX` slots the index would wrap: not reachable in memory.
-                let index = u32::try_from(state.entries.len()).unwrap_or(u32::MAX);
-                generation = 0;
-                state.entries.push(Entry {
-                    end,
-                    waker: Some(waker.clone()),
-                    generation,
-                    occupied: true,
-                });
-                index
-            }
+        let index = if let Some(index) = state.free.pop() {
+            let entry = &mut state.entries[index as usize];
+            entry.end = end;
+            entry.waker = Some(waker.clone());
+            entry.occupied = true;
+            generation = entry.generation;
+            index
+        } else {
+            // Past `u32::MAX` slots the index would wrap: not reachable in memory.
+            let index = u32::try_from(state.entries.len()).unwrap_or(u32::MAX);
+            generation = 0;
+            state.entries.push(Entry {
+                end,
+                waker: Some(waker.clone()),
+                generation,
+                occupied: true,
+            });
+            index
         };
         state.live += 1;
         let key = Key { index, generation };
@@ -433,20 +430,17 @@ impl Future for Driver {
             if !this.due.is_empty() {
                 lane.last_fire = Some(now);
             }
-            let exit = match lane.heap.peek() {
-                Some(Reverse(top)) => {
-                    lane.target = match lane.last_fire {
-                        Some(last) => top.end.max(instant_after(last, wheel.precision)),
-                        None => top.end,
-                    };
-                    false
-                }
-                None => {
-                    // Nothing scheduled: exit; the next registration here spawns a driver.
-                    state.lanes.swap_remove(at);
-                    this.guard.exited = true;
-                    true
-                }
+            let exit = if let Some(Reverse(top)) = lane.heap.peek() {
+                lane.target = match lane.last_fire {
+                    Some(last) => top.end.max(instant_after(last, wheel.precision)),
+                    None => top.end,
+                };
+                false
+            } else {
+                // Nothing scheduled: exit; the next registration here spawns a driver.
+                state.lanes.swap_remove(at);
+                this.guard.exited = true;
+                true
             };
             drop(guard);
             drop(wheel);

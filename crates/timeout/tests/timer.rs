@@ -31,7 +31,10 @@ fn limit(limit_ms: u64, precision_ms: u64) -> TimeLimit {
 }
 
 /// A call that never finishes by itself, and when it ended (from its start).
-async fn timed_out_after(limit: &TimeLimit, own: Option<Duration>) -> (Result<(), Elapsed>, Duration) {
+async fn timed_out_after(
+    limit: &TimeLimit,
+    own: Option<Duration>,
+) -> (Result<(), Elapsed>, Duration) {
     let start = Instant::now();
     let limits = RequestLimits {
         limit: own,
@@ -89,7 +92,9 @@ async fn a_dropped_call_frees_its_entry_and_the_driver_then_goes() {
     tokio::task::yield_now().await;
     assert_eq!(limit.drivers(), 0);
     assert_eq!(
-        tokio::runtime::Handle::current().metrics().num_alive_tasks(),
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks(),
         0
     );
 }
@@ -136,7 +141,7 @@ fn a_limit_serves_two_runtimes_one_after_the_other() {
         rt.block_on(async {
             let mut call = Box::pin(limit.run(pending::<()>()));
             assert!(futures::poll!(call.as_mut()).is_pending());
-            drop(tokio::spawn(async move { call.await }));
+            drop(tokio::spawn(call));
         });
         drop(rt);
         assert_eq!(limit.drivers(), 0);
@@ -150,10 +155,9 @@ fn a_runtime_left_idle_does_not_stall_another_runtimes_calls() {
     let limit = limit(40, 1);
     let idle = paused();
     // A call waits on `idle`, which is then no longer driven (not dropped).
-    let mut parked = idle.block_on(async {
-        let mut call = Box::pin(limit.run(pending::<()>()));
-        assert!(futures::poll!(call.as_mut()).is_pending());
-        call
+    let mut parked = Box::pin(limit.run(pending::<()>()));
+    idle.block_on(async {
+        assert!(futures::poll!(parked.as_mut()).is_pending());
     });
     let busy = paused();
     let (result, after) = busy.block_on(timed_out_after(&limit, None));
@@ -174,10 +178,9 @@ fn a_runtime_left_idle_does_not_stall_another_runtimes_calls() {
 fn a_call_of_a_dropped_runtime_registers_again_where_it_is_polled() {
     let limit = limit(50, 1);
     let first = paused();
-    let mut call = first.block_on(async {
-        let mut call = Box::pin(limit.run(pending::<()>()));
+    let mut call = Box::pin(limit.run(pending::<()>()));
+    first.block_on(async {
         assert!(futures::poll!(call.as_mut()).is_pending());
-        call
     });
     assert_eq!(limit.drivers(), 1);
     // Its driver's runtime goes: the call is woken, and its entry waits to be scheduled again.
