@@ -38,8 +38,9 @@ impl TimeLimitBuilder {
     }
 
     /// Names the limit: events and metrics carry the name, and the limit keeps counters
-    /// ([`TimeLimit::metrics`]). A named limit shares one counter block among its clones, so
-    /// each call clones an `Arc`; leave it unnamed on the hottest paths.
+    /// ([`TimeLimit::metrics`]), shared by its clones beside their timer. A call of a named
+    /// limit that pends or times out also updates a counter shared by every caller; leave it
+    /// unnamed on the hottest paths.
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.name = Some(name.into());
         self
