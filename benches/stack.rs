@@ -21,7 +21,9 @@ const PERMITS: usize = 1024;
 const LIMIT: Duration = Duration::from_secs(1);
 
 /// The staunch stack, in the order the presets use: retry outside the breaker, the
-/// per-attempt timeout inside it, the bulkhead innermost. Default settings otherwise.
+/// per-attempt timeout inside it, the bulkhead innermost; as in the presets, the retry knows
+/// the attempt limit inside it (`attempts_cut_by`), so a call that pends arms one timer.
+/// Default settings otherwise.
 fn staunch_stack(
     inner: Bare,
 ) -> impl Service<u64, Response = u64, Error = BoxError> + Clone + Send + 'static {
@@ -29,6 +31,7 @@ fn staunch_stack(
         .layer(RetryLayer::new(
             RetryPolicy::builder()
                 .max_total_time(Duration::from_secs(3))
+                .attempts_cut_by(LIMIT)
                 .build()
                 .expect("valid policy"),
         ))

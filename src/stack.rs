@@ -243,7 +243,8 @@ impl StackConfig {
             .map_err(|e| e.within("bulkhead").within(&name))?;
         let retry = self
             .retry
-            .build(&name, timeout, None)
+            .builder(&name, timeout, None)
+            .and_then(|b| b.attempts_cut_by(attempt).build())
             .map_err(|e| e.within("retry").within(&name))?;
         let hedge = self
             .hedge
@@ -323,14 +324,20 @@ impl StackConfig {
             (fresh.bulkhead.clone(), None)
         };
 
-        let retry_kept = running.retry == self.retry && running.timeout == self.timeout;
+        // The retry knows the attempt timeout too (it arms no timer of its own for an
+        // attempt that limit cuts first).
+        let retry_kept = running.retry == self.retry
+            && running.timeout == self.timeout
+            && running.attempt_timeout == self.attempt_timeout;
         let retry = if retry_kept {
             engines.retry.clone()
         } else if running.retry.budget == self.retry.budget {
             changes.retry = Change::Carried;
             let timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT);
+            let attempt = self.attempt_timeout.unwrap_or(DEFAULT_ATTEMPT_TIMEOUT);
             self.retry
-                .build(name, timeout, Some(engines.retry.budget().clone()))
+                .builder(name, timeout, Some(engines.retry.budget().clone()))
+                .and_then(|b| b.attempts_cut_by(attempt).build())
                 .map_err(|e| e.within("retry").within(name))?
         } else {
             changes.retry = Change::Rebuilt;

@@ -1,5 +1,6 @@
-//! Calls that succeed at once allocate nothing, through each layer and through the whole
-//! stack: counted by an instrumented global allocator.
+//! Calls allocate nothing, through each layer and through the whole stack, whether they
+//! succeed at once or pend once first (timers armed): counted by an instrumented global
+//! allocator.
 //!
 //! The allocator counts for the whole process, so this file holds a single test (the test
 //! harness runs the tests of one file in parallel threads of one process).
@@ -45,6 +46,63 @@ fn policy() -> RetryPolicy {
         .unwrap()
 }
 
+/// A service whose futures pend once (waking themselves), then answer: as a network call.
+fn bare_pending() -> impl Service<u64, Response = u64, Error = BoxError> + Clone + Send + 'static {
+    tower::service_fn(|x: u64| PendOnce {
+        value: x,
+        pended: false,
+    })
+}
+
+struct PendOnce {
+    value: u64,
+    pended: bool,
+}
+
+impl Future for PendOnce {
+    type Output = Result<u64, BoxError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.pended {
+            return Poll::Ready(Ok(self.value));
+        }
+        self.pended = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Polls `svc` ready, calls it, and polls the response twice: pending, then ready.
+fn call_pending<S: Service<u64, Response = u64>>(svc: &mut S, req: u64) -> u64
+where
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    assert!(matches!(svc.poll_ready(&mut cx), Poll::Ready(Ok(()))));
+    let mut fut = pin!(svc.call(req));
+    assert!(fut.as_mut().poll(&mut cx).is_pending(), "ready at once");
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(Ok(res)) => res,
+        other => panic!("not ready on the second poll: {other:?}"),
+    }
+}
+
+/// Allocations made by 1000 calls that pend once, after 500 calls of warm-up (the timer's
+/// first driver, its table and heap reach their steady size).
+fn allocations_per_1000_pending_calls<S: Service<u64, Response = u64>>(mut svc: S) -> usize
+where
+    S::Error: std::fmt::Debug,
+{
+    for i in 0..500 {
+        assert_eq!(call_pending(&mut svc, i), i);
+    }
+    let region = Region::new(GLOBAL);
+    for i in 0..1000 {
+        assert_eq!(call_pending(&mut svc, i), i);
+    }
+    region.change().allocations
+}
+
 /// Polls `svc` ready, calls it, and polls the response once: it must be ready.
 fn call_now<S: Service<u64, Response = u64>>(svc: &mut S, req: u64) -> u64
 where
@@ -76,8 +134,8 @@ where
 }
 
 #[test]
-fn calls_that_succeed_at_once_allocate_nothing() {
-    // Timers need a runtime context; none is armed on this path.
+fn calls_allocate_nothing_whether_ready_at_once_or_pending_once() {
+    // Timers need a runtime context; none is armed on the first path.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -123,6 +181,62 @@ fn calls_that_succeed_at_once_allocate_nothing() {
     for (layer, allocations) in cases {
         assert_eq!(allocations, 0, "{layer}: allocations in 1000 calls");
     }
+
+    // Calls that pend once: the timeout's timer entry, the retry's timers, the whole stack as
+    // the presets build it (one timer per call) and with a retry that times attempts itself.
+    let limit = TimeLimit::new(Duration::from_secs(1)).unwrap();
+    let cut = RetryPolicy::builder()
+        .max_total_time(Duration::from_secs(3))
+        .attempts_cut_by(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let stack = |policy: RetryPolicy| {
+        ServiceBuilder::new()
+            .layer(RetryLayer::new(policy))
+            .layer(CircuitBreakerLayer::new(breaker()))
+            .layer(TimeoutLayer::from_limit(limit.clone()).ignore_request())
+            .layer(BulkheadLayer::new(bulkhead()))
+            .service(bare_pending())
+    };
+    let pending: [(&str, usize); 6] = [
+        (
+            "circuit breaker",
+            allocations_per_1000_pending_calls(
+                CircuitBreakerLayer::new(breaker()).layer(bare_pending()),
+            ),
+        ),
+        (
+            "bulkhead",
+            allocations_per_1000_pending_calls(
+                BulkheadLayer::new(bulkhead()).layer(bare_pending()),
+            ),
+        ),
+        (
+            "timeout",
+            allocations_per_1000_pending_calls(
+                TimeoutLayer::from_limit(limit.clone())
+                    .ignore_request()
+                    .layer(bare_pending()),
+            ),
+        ),
+        (
+            "retry",
+            allocations_per_1000_pending_calls(RetryLayer::new(policy()).layer(bare_pending())),
+        ),
+        (
+            "all four stacked, one timer",
+            allocations_per_1000_pending_calls(stack(cut)),
+        ),
+        (
+            "all four stacked, retry timing attempts too",
+            allocations_per_1000_pending_calls(stack(policy())),
+        ),
+    ];
+    for (layer, allocations) in pending {
+        assert_eq!(allocations, 0, "{layer}: allocations in 1000 pending calls");
+    }
+    // Every call let go of its timer entry.
+    assert_eq!(limit.waiting(), 0);
 
     // The counter works: a call that boxes its error allocates.
     let failing = tower::service_fn(|_: u64| ready(Err::<u64, BoxError>("no".into())));

@@ -286,6 +286,62 @@ async fn the_overall_deadline_stops_the_retries() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_call_that_pends_arms_one_timer_for_the_whole_stack() {
+    // The inner future pends once, then answers.
+    let inner = service_fn(|_: Request| async {
+        tokio::task::yield_now().await;
+        Ok::<_, std::io::Error>(response(200))
+    });
+    let mut config = config(100, 3);
+    config.attempt_timeout = Some(Duration::from_millis(100));
+    config.timeout = Some(Duration::from_secs(1));
+    let (mut client, handle) = staunch::http::client("search", inner, &config).unwrap();
+    let attempt = handle.attempt_timeout();
+
+    let mut call = Box::pin(client.ready().await.unwrap().call(get()));
+    assert!(futures::poll!(call.as_mut()).is_pending());
+    // The attempt's limit holds the one timer; the retry knows that limit cuts the attempt
+    // before its overall deadline, so it arms none of its own (`staunch-retry`'s `cut` tests
+    // show the machine's side).
+    assert_eq!(attempt.waiting(), 1);
+    let policy = format!("{:?}", handle.retry());
+    assert!(policy.contains("attempts_cut_by: Some(100ms)"), "{policy}");
+    assert_eq!(call.await.unwrap().status(), 200);
+    assert_eq!(attempt.waiting(), 0);
+    assert_eq!(attempt.metrics().map(|m| m.timers_armed), Some(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_past_the_overall_deadline_is_cut_exactly_at_it() {
+    // The attempt limit (100 ms) would end the third attempt after the stack's 250 ms: the
+    // retry times that attempt itself, and the call ends at 250 ms exactly.
+    let inner = service_fn(|_: Request| async {
+        std::future::pending::<()>().await;
+        Ok::<_, std::io::Error>(response(200))
+    });
+    let mut config = config(100, 10);
+    config.attempt_timeout = Some(Duration::from_millis(100));
+    config.timeout = Some(Duration::from_millis(250));
+    let (mut client, handle) = staunch::http::client("search", inner, &config).unwrap();
+    let start = Instant::now();
+    let mut request = get();
+    // A longer limit of the request's own: the retry reads it as the attempt limit does.
+    request
+        .extensions_mut()
+        .insert(staunch::timeout::TimeoutOverride(Duration::from_secs(5)));
+    let err = client
+        .ready()
+        .await
+        .unwrap()
+        .call(request)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Elapsed(_)), "{err:?}");
+    assert_eq!(start.elapsed(), Duration::from_millis(250));
+    assert_eq!(handle.attempt_timeout().waiting(), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_breaker_counts_timed_out_attempts_as_failures() {
     // The per-attempt timeout sits inside the breaker: a hung attempt is a failure it sees,
     // not a cancellation it ignores.

@@ -48,6 +48,10 @@ pub(crate) struct Limits {
     pub(crate) max_attempts: u32,
     pub(crate) attempt_timeout: Option<Duration>,
     pub(crate) max_total_time: Option<Duration>,
+    /// The time limit inside the retry that cuts each attempt (for one call: the request's
+    /// override, if it has one): no timer of the retry's own is armed for an attempt that
+    /// limit ends first.
+    pub(crate) attempts_cut_by: Option<Duration>,
     pub(crate) retry_non_idempotent: bool,
     /// The backoff has a `max_elapsed`: a call that may be retried reads the clock when it
     /// starts, so that the first attempt's time counts.
@@ -68,6 +72,7 @@ pub(crate) struct Shared {
     pub(crate) backoff: Backoff,
     pub(crate) max_total_time: Option<Duration>,
     pub(crate) attempt_timeout: Option<Duration>,
+    pub(crate) attempts_cut_by: Option<Duration>,
     pub(crate) max_retry_after: Duration,
     pub(crate) retry_non_idempotent: bool,
     pub(crate) budget: RetryBudget,
@@ -87,6 +92,7 @@ impl fmt::Debug for RetryPolicy {
             .field("backoff", &s.backoff)
             .field("max_total_time", &s.max_total_time)
             .field("attempt_timeout", &s.attempt_timeout)
+            .field("attempts_cut_by", &s.attempts_cut_by)
             .field("max_retry_after", &s.max_retry_after)
             .field("retry_non_idempotent", &s.retry_non_idempotent)
             .field("budget", &s.budget)
@@ -255,6 +261,7 @@ pub struct RetryPolicyBuilder {
     backoff: Backoff,
     max_total_time: Option<Duration>,
     attempt_timeout: Option<Duration>,
+    attempts_cut_by: Option<Duration>,
     max_retry_after: Duration,
     retry_non_idempotent: bool,
     budget: Option<RetryBudget>,
@@ -279,6 +286,7 @@ impl Default for RetryPolicyBuilder {
             backoff: Backoff::default(),
             max_total_time: None,
             attempt_timeout: None,
+            attempts_cut_by: None,
             max_retry_after: Duration::from_secs(30),
             retry_non_idempotent: false,
             budget: None,
@@ -329,6 +337,25 @@ impl RetryPolicyBuilder {
         self
     }
 
+    /// Says that each attempt is cut by a time limit of this length inside the retry (a
+    /// [`TimeoutLayer`](staunch_timeout::TimeoutLayer) between this layer and the service, as
+    /// in staunch's stack), so that the retry arms no timer of its own for an attempt that
+    /// limit ends first: while an attempt runs, the overall deadline
+    /// ([`max_total_time`](Self::max_total_time)) and the [`attempt_timeout`](Self::attempt_timeout)
+    /// are timed by the retry only when they come before the attempt's start plus this limit.
+    /// Results are the same either way; a call that pends costs one timer instead of two.
+    ///
+    /// A request's own limit replaces it for that request, read as the `Timeout` layer reads
+    /// it ([`RetryRequest::timeout_override`](crate::RetryRequest::timeout_override): an
+    /// `http::Request`'s [`TimeoutOverride`](staunch_timeout::TimeoutOverride)). Set it only
+    /// when such a limit does cut every attempt: with none inside, an attempt still running at
+    /// the overall deadline would not be stopped until this long after its start. Default
+    /// unset.
+    pub fn attempts_cut_by(mut self, inner_limit: Duration) -> Self {
+        self.attempts_cut_by = Some(inner_limit);
+        self
+    }
+
     /// The longest server hint (`Retry-After`, `grpc-retry-pushback-ms`) honoured; longer
     /// hints are cut to it (default 30 s).
     pub fn max_retry_after(mut self, max_retry_after: Duration) -> Self {
@@ -372,7 +399,7 @@ impl RetryPolicyBuilder {
     /// # Errors
     ///
     /// A [`ConfigError`] naming the field when `max_attempts` is 0, or `max_total_time`,
-    /// `attempt_timeout` or `max_retry_after` is zero.
+    /// `attempt_timeout`, `attempts_cut_by` or `max_retry_after` is zero.
     pub fn build(self) -> Result<RetryPolicy, ConfigError> {
         if self.max_attempts == 0 {
             return Err(ConfigError::new(
@@ -383,6 +410,7 @@ impl RetryPolicyBuilder {
         for (field, value) in [
             ("max_total_time", self.max_total_time),
             ("attempt_timeout", self.attempt_timeout),
+            ("attempts_cut_by", self.attempts_cut_by),
             ("max_retry_after", Some(self.max_retry_after)),
         ] {
             if value.is_some_and(|d| d.is_zero()) {
@@ -400,6 +428,7 @@ impl RetryPolicyBuilder {
             backoff: self.backoff,
             max_total_time: self.max_total_time,
             attempt_timeout: self.attempt_timeout,
+            attempts_cut_by: self.attempts_cut_by,
             max_retry_after: self.max_retry_after,
             retry_non_idempotent: self.retry_non_idempotent,
             budget: self.budget.unwrap_or_default(),
@@ -413,6 +442,7 @@ impl RetryPolicyBuilder {
             max_attempts: shared.max_attempts,
             attempt_timeout: shared.attempt_timeout,
             max_total_time: shared.max_total_time,
+            attempts_cut_by: shared.attempts_cut_by,
             retry_non_idempotent: shared.retry_non_idempotent,
             clock_from_start: shared.backoff.max_elapsed().is_some(),
         };

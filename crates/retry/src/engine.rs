@@ -7,7 +7,9 @@
 //! due, so a call that succeeds at once reads no clock and arms no timer. The one exception:
 //! with a backoff `max_elapsed`, which counts from the first attempt's start, a call that may
 //! be retried reads the clock when it starts (there is no later moment at which that start
-//! can be known).
+//! can be known). With `attempts_cut_by`, a running attempt that the time limit inside the
+//! retry ends first gets no timer at all (`CutInside`): that limit's timer is the call's only
+//! one.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -50,6 +52,9 @@ enum Timer {
     /// The running attempt must finish by the timer; `limit` is what `Elapsed` reports, and
     /// `overall` says the overall deadline (not the attempt timeout) set it.
     Attempt { limit: Duration, overall: bool },
+    /// The running attempt has no timer: the time limit inside the retry
+    /// (`attempts_cut_by`) ends it before any limit of the retry's own would.
+    CutInside,
     /// Waiting before the next attempt.
     Backoff,
     /// Waiting for the inner service to accept the next attempt, until the overall deadline.
@@ -365,6 +370,14 @@ fn arm_attempt_timer(
         }
     }
     if let Some((until, limit, overall)) = deadline {
+        if let Some(inner) = limits.attempts_cut_by
+            && instant_after(now, inner) <= until
+        {
+            // The inner limit started its clock no later than `now`, so it ends the attempt
+            // first: timing it here too would only cost a second timer.
+            *timer = Timer::CutInside;
+            return;
+        }
         set_sleep(sleep, until);
         *timer = Timer::Attempt { limit, overall };
     }

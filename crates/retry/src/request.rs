@@ -53,6 +53,16 @@ pub trait RetryRequest: Sized {
     fn deadline(&self) -> Option<Deadline> {
         None
     }
+
+    /// The request's own time limit per attempt, replacing the policy's
+    /// [`attempts_cut_by`](crate::RetryPolicyBuilder::attempts_cut_by) for it, as a
+    /// [`TimeoutOverride`](staunch_timeout::TimeoutOverride) replaces the limit of the
+    /// `Timeout` layer inside. Default `None`; an `http::Request` gives the override in its
+    /// extensions. Read only when the policy sets `attempts_cut_by`.
+    #[inline]
+    fn timeout_override(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 macro_rules! clone_requests {
@@ -135,6 +145,17 @@ impl<B: TryCloneBody> RetryRequest for http::Request<B> {
 
     fn deadline(&self) -> Option<Deadline> {
         Deadline::of(self)
+    }
+
+    #[inline]
+    fn timeout_override(&self) -> Option<std::time::Duration> {
+        let extensions = self.extensions();
+        if extensions.is_empty() {
+            return None;
+        }
+        extensions
+            .get::<staunch_timeout::TimeoutOverride>()
+            .map(|o| o.0)
     }
 
     fn try_replay(&self) -> Option<Self> {

@@ -118,13 +118,19 @@ where
         // A request that may be retried but could not be copied (a body over the replay cap)
         // still holds the policy, so that giving up on it is reported as `NotReplayable`.
         let policy = may_retry.then(|| Arc::clone(&self.policy));
+        let mut limits = self.limits;
+        if limits.attempts_cut_by.is_some()
+            && let Some(own) = req.timeout_override()
+        {
+            limits.attempts_cut_by = Some(own);
+        }
         let first = self.inner.call(req);
         // Cloned after the call, as tower does: the clone is of the service that made it, and
         // inherits no readiness (the retry polls it ready before its attempt). Only a request
         // with a copy can be retried, so only then is the service cloned.
         let service = backup.as_ref().map(|_| self.inner.clone());
         let attempts = ServiceAttempts { service, backup };
-        ResponseFuture::new(Machine::running(first, attempts, self.limits, policy))
+        ResponseFuture::new(Machine::running(first, attempts, limits, policy))
     }
 }
 

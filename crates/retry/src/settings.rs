@@ -122,13 +122,30 @@ impl RetryConfig {
         max_total_time: Duration,
         budget: Option<RetryBudget>,
     ) -> Result<RetryPolicy, ConfigError> {
+        self.builder(name, max_total_time, budget)?.build()
+    }
+
+    /// Like [`build`](Self::build), stopping before the policy's own validation so the caller
+    /// can add what the section does not hold (e.g.
+    /// [`attempts_cut_by`](RetryPolicyBuilder::attempts_cut_by)).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for the `backoff` or `budget` sections; the rest is validated by
+    /// [`RetryPolicyBuilder::build`].
+    pub fn builder(
+        &self,
+        name: &str,
+        max_total_time: Duration,
+        budget: Option<RetryBudget>,
+    ) -> Result<RetryPolicyBuilder, ConfigError> {
         let backoff = self.backoff.as_ref().map(BackoffConfig::build).transpose();
         let budget = match (budget, &self.budget) {
             (Some(shared), _) => Some(shared),
             (None, Some(section)) => Some(section.build()?),
             (None, None) => None,
         };
-        RetryPolicy::builder()
+        Ok(RetryPolicy::builder()
             .name(name)
             .max_total_time(max_total_time)
             .maybe(self.max_attempts, RetryPolicyBuilder::max_attempts)
@@ -141,8 +158,7 @@ impl RetryConfig {
                 self.retry_non_idempotent,
                 RetryPolicyBuilder::retry_non_idempotent,
             )
-            .maybe(budget, RetryPolicyBuilder::budget)
-            .build()
+            .maybe(budget, RetryPolicyBuilder::budget))
     }
 }
 

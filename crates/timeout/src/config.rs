@@ -22,6 +22,12 @@ pub const GRPC_TIMEOUT: &str = "grpc-timeout";
 pub struct TimeLimitBuilder {
     limit: Option<Duration>,
     name: Option<Arc<str>>,
+    precision: Option<Duration>,
+}
+
+impl TimeLimitBuilder {
+    /// How late a timeout may fire when unset: 1 ms.
+    pub const DEFAULT_PRECISION: Duration = Duration::from_millis(1);
 }
 
 impl TimeLimitBuilder {
@@ -32,10 +38,20 @@ impl TimeLimitBuilder {
     }
 
     /// Names the limit: events and metrics carry the name, and the limit keeps counters
-    /// ([`TimeLimit::metrics`]). A named limit shares one counter block among its clones, so
-    /// each call clones an `Arc`; leave it unnamed on the hottest paths.
+    /// ([`TimeLimit::metrics`]), shared by its clones beside their timer. A call of a named
+    /// limit that pends or times out also updates a counter shared by every caller; leave it
+    /// unnamed on the hottest paths.
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.name = Some(name.into());
+        self
+    }
+
+    /// How late a timeout may fire at most (default [`DEFAULT_PRECISION`](Self::DEFAULT_PRECISION),
+    /// 1 ms; never early): the limit's timer wakes at most once per `precision`, so timeouts
+    /// that fall due close together are handled in one wake. Zero wakes for every distinct
+    /// end. See [the timer](TimeLimit#the-timer).
+    pub fn precision(mut self, precision: Duration) -> Self {
+        self.precision = Some(precision);
         self
     }
 
@@ -54,7 +70,11 @@ impl TimeLimitBuilder {
         if self.name.as_deref().is_some_and(str::is_empty) {
             return Err(ConfigError::new("name", "must not be empty"));
         }
-        Ok(TimeLimit::from_parts(limit, self.name))
+        Ok(TimeLimit::from_parts(
+            limit,
+            self.name,
+            self.precision.unwrap_or(Self::DEFAULT_PRECISION),
+        ))
     }
 }
 

@@ -29,8 +29,22 @@
 //! channel). tower's `Timeout` registers a timer for every call; here the inner future is
 //! polled first, and a timer is armed (and the clock read) only when it returns `Pending`. A
 //! call that completes at once costs a few nanoseconds and allocates nothing; a call that has
-//! to wait pays for one timer entry, held inline in the future. The relative limit therefore
-//! counts from the first `Pending`, not from `call`; a deadline is absolute.
+//! to wait pays for one entry in its limit's timer. The relative limit therefore counts from
+//! the first `Pending`, not from `call`; a deadline is absolute.
+//!
+//! # The timer
+//!
+//! A call that pends registers no tokio timer of its own: each [`TimeLimit`] (one per
+//! [`TimeoutLayer`], shared by its clones) keeps a table of its waiting calls and their ends
+//! behind a plain `Mutex`, and one driver task per runtime sleeps on a single tokio timer
+//! until the earliest end. Arming is a clock read, a short lock and a push onto a heap;
+//! finishing or dropping a call frees its entry. A timeout never fires early and at most
+//! [`precision`](TimeLimitBuilder::precision) late (1 ms by default; zero for exact wakes):
+//! the driver wakes at most once per `precision`, so timeouts that fall due together share a
+//! wake, and timeouts further apart fire at their exact end (exact under tokio's paused
+//! clock). The driver holds only a weak reference: it exits once nothing waits (at its next
+//! wake) and at once when the limit and its calls are dropped. See
+//! [the timer](TimeLimit#the-timer) for runtimes that come and go.
 //!
 //! # Example: a client call that honours the caller's deadline
 //!
@@ -145,6 +159,7 @@ mod propagate;
 mod request;
 mod service;
 mod settings;
+mod wheel;
 pub mod wire;
 
 pub use crate::config::{

@@ -4,17 +4,18 @@ use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use staunch_core::instant_after;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::config::TimeLimitBuilder;
 use crate::deadline::Deadline;
 use crate::error::Elapsed;
 use crate::request::RequestLimits;
+use crate::wheel::{Key, Wheel};
 
 /// A time limit for calls: the engine behind [`Timeout`](crate::Timeout), usable on any future
 /// without tower.
@@ -22,14 +23,31 @@ use crate::request::RequestLimits;
 /// [`run`](Self::run) wraps a future so it resolves to `Err(Elapsed)` once the limit passes;
 /// [`run_with`](Self::run_with) also honours a per-call override and a [`Deadline`], the
 /// earliest bound winning. The timer is armed lazily: a future that finishes on its first poll
-/// never creates one and never reads the clock, which is what makes the common fast call cost
+/// never arms one and never reads the clock, which is what makes the common fast call cost
 /// next to nothing.
 ///
 /// The clock for the relative limit starts when the wrapped future first returns `Pending`
 /// (the first moment there is anything to wait for); a deadline is absolute and is honoured
 /// exactly.
 ///
-/// Cloning is cheap and clones share the [metrics](Self::metrics) of a named limit.
+/// # The timer
+///
+/// A limit and its clones share one deadline timer, not one tokio timer per call: a call that
+/// pends takes an entry in the limit's own table (a clock read and a short lock), and one
+/// driver task per runtime sleeps until the earliest end and wakes the calls that are due.
+/// A driver is spawned by the first call that waits on its runtime, exits once no call is
+/// waiting there (at its next wake) or as soon as the limit and all its calls are dropped, and
+/// holds nothing that keeps the limit alive. If its runtime shuts down while calls it was
+/// timing are still polled elsewhere, they are woken and register again where they are.
+///
+/// A call never times out early: it reads the clock when polled and gives up only once its
+/// end has passed. It may time out up to [`precision`](TimeLimitBuilder::precision) late
+/// (default 1 ms), since a driver wakes at most once per `precision`; when timeouts are
+/// further apart than that, each fires at its exact end (so under tokio's paused clock a lone
+/// timeout fires exactly when due).
+///
+/// Cloning is cheap (a reference count) and clones share the timer and the
+/// [metrics](Self::metrics) of a named limit.
 ///
 /// ```
 /// use std::time::Duration;
@@ -48,13 +66,20 @@ use crate::request::RequestLimits;
 #[derive(Debug, Clone)]
 pub struct TimeLimit {
     limit: Duration,
-    shared: Option<Arc<Shared>>,
+    shared: Arc<Shared>,
 }
 
-/// State shared by the clones of a *named* [`TimeLimit`]; unnamed limits have none, so their
-/// calls touch no shared memory at all.
+/// State shared by the clones of a [`TimeLimit`]: the timer, and the counters of a named
+/// limit (an unnamed one keeps none, so its calls touch no counter).
 #[derive(Debug)]
 pub(crate) struct Shared {
+    // Its own allocation: the driver task holds a `Weak` to it alone.
+    wheel: Arc<Wheel>,
+    counters: Option<Counters>,
+}
+
+#[derive(Debug)]
+struct Counters {
     name: Arc<str>,
     armed: AtomicU64,
     elapsed: AtomicU64,
@@ -91,16 +116,17 @@ impl TimeLimit {
         TimeLimitBuilder::default()
     }
 
-    pub(crate) fn from_parts(limit: Duration, name: Option<Arc<str>>) -> Self {
+    pub(crate) fn from_parts(limit: Duration, name: Option<Arc<str>>, precision: Duration) -> Self {
         Self {
             limit,
-            shared: name.map(|name| {
-                Arc::new(Shared {
+            shared: Arc::new(Shared {
+                wheel: Arc::new(Wheel::new(precision)),
+                counters: name.map(|name| Counters {
                     name,
                     armed: AtomicU64::new(0),
                     elapsed: AtomicU64::new(0),
                     refused: AtomicU64::new(0),
-                })
+                }),
             }),
         }
     }
@@ -110,24 +136,42 @@ impl TimeLimit {
         self.limit
     }
 
+    /// How late a timeout may fire at most (see [the timer](Self#the-timer)).
+    pub fn precision(&self) -> Duration {
+        self.shared.wheel.precision()
+    }
+
     /// The name given at build time, if any.
     pub fn name(&self) -> Option<&str> {
-        self.shared.as_deref().map(|s| &*s.name)
+        self.shared.counters.as_ref().map(|c| &*c.name)
     }
 
     /// The counters of a named limit (shared by its clones); `None` for an unnamed one, which
-    /// keeps no counters so that its calls share no memory.
+    /// keeps no counters so that its calls share no counter.
     pub fn metrics(&self) -> Option<TimeoutMetrics> {
-        self.shared.as_deref().map(|s| TimeoutMetrics {
-            timers_armed: s.armed.load(Ordering::Relaxed),
-            elapsed: s.elapsed.load(Ordering::Relaxed),
-            refused: s.refused.load(Ordering::Relaxed),
+        self.shared.counters.as_ref().map(|c| TimeoutMetrics {
+            timers_armed: c.armed.load(Ordering::Relaxed),
+            elapsed: c.elapsed.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
         })
+    }
+
+    /// Calls of this limit (and its clones) waiting on its timer right now.
+    #[doc(hidden)]
+    pub fn waiting(&self) -> usize {
+        self.shared.wheel.waiting()
+    }
+
+    /// Driver tasks of this limit's timer running right now (one per runtime it has calls
+    /// waiting on, until their next wake).
+    #[doc(hidden)]
+    pub fn drivers(&self) -> usize {
+        self.shared.wheel.drivers()
     }
 
     /// The name, for a rejection to carry.
     pub(crate) fn shared_name(&self) -> Option<Arc<str>> {
-        self.shared.as_deref().map(|s| Arc::clone(&s.name))
+        self.shared.counters.as_ref().map(|c| Arc::clone(&c.name))
     }
 
     /// Runs `future` under the configured limit.
@@ -158,10 +202,10 @@ impl TimeLimit {
     /// Counts a call refused because its deadline had passed before it started (the `trace`
     /// event is the caller's).
     pub(crate) fn record_expired(&self) {
-        if let Some(shared) = self.shared.as_deref() {
-            shared.refused.fetch_add(1, Ordering::Relaxed);
+        if let Some(counters) = &self.shared.counters {
+            counters.refused.fetch_add(1, Ordering::Relaxed);
             #[cfg(feature = "metrics")]
-            metrics::counter!("staunch_timeout_refused_total", "name" => shared.name.to_string())
+            metrics::counter!("staunch_timeout_refused_total", "name" => counters.name.to_string())
                 .increment(1);
         }
     }
@@ -174,7 +218,7 @@ impl TimeLimit {
         Prepared {
             limit: limits.limit.unwrap_or(self.limit),
             deadline: limits.deadline,
-            shared: self.shared.clone(),
+            shared: Arc::clone(&self.shared),
         }
     }
 }
@@ -183,7 +227,7 @@ impl TimeLimit {
 pub(crate) struct Prepared {
     limit: Duration,
     deadline: Option<Deadline>,
-    shared: Option<Arc<Shared>>,
+    shared: Arc<Shared>,
 }
 
 impl Prepared {
@@ -191,10 +235,12 @@ impl Prepared {
     pub(crate) fn run<F: IntoFuture>(self, future: F) -> Limited<F::IntoFuture> {
         Limited {
             inner: future.into_future(),
-            sleep: None,
             limit: self.limit,
             deadline: self.deadline,
-            shared: self.shared,
+            timer: Timer {
+                shared: self.shared,
+                armed: None,
+            },
         }
     }
 }
@@ -203,29 +249,47 @@ pin_project! {
     /// A future limited in time by a [`TimeLimit`]: resolves to the inner output, or to
     /// [`Elapsed`] (carrying the limit that applied) when time runs out first.
     ///
-    /// The inner future is always polled before the timer, so an output that is ready at the
-    /// same moment the limit passes is returned rather than discarded.
+    /// The inner future is always polled before the clock is read, so an output that is ready
+    /// at the same moment the limit passes is returned rather than discarded.
     ///
     /// # Cancel safety
     ///
-    /// Dropping it drops the inner future and its timer (if one was armed) and holds nothing
-    /// else.
+    /// Dropping it drops the inner future and frees its entry in the limit's timer (if it was
+    /// waiting); it holds nothing else.
     ///
     /// # Panics
     ///
-    /// When the inner future returns `Pending`, arming the timer panics outside a tokio runtime
-    /// with the time driver enabled, as any `tokio::time::sleep` does. A future that finishes
-    /// on its first poll needs no runtime.
+    /// When the inner future returns `Pending`, waiting on the limit's timer panics outside a
+    /// tokio runtime with the time driver enabled, as any `tokio::time::sleep` does. A future
+    /// that finishes on its first poll needs no runtime.
     #[must_use = "futures do nothing unless polled"]
     pub struct Limited<F> {
         #[pin]
         inner: F,
-        #[pin]
-        sleep: Option<Sleep>,
         // The relative limit until the timer is armed; then the limit actually applied.
         limit: Duration,
         deadline: Option<Deadline>,
-        shared: Option<Arc<Shared>>,
+        timer: Timer,
+    }
+}
+
+/// A call's hold on its limit's timer: its entry, freed on drop.
+struct Timer {
+    shared: Arc<Shared>,
+    armed: Option<(Instant, Key)>,
+}
+
+impl Timer {
+    fn disarm(&mut self) {
+        if let Some((_, key)) = self.armed.take() {
+            self.shared.wheel.remove(key);
+        }
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        self.disarm();
     }
 }
 
@@ -234,7 +298,7 @@ impl<F> std::fmt::Debug for Limited<F> {
         f.debug_struct("Limited")
             .field("limit", &self.limit)
             .field("deadline", &self.deadline)
-            .field("armed", &self.sleep.is_some())
+            .field("armed", &self.timer.armed.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -244,39 +308,51 @@ impl<F: Future> Future for Limited<F> {
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         if let Poll::Ready(output) = this.inner.poll(cx) {
+            this.timer.disarm();
             return Poll::Ready(Ok(output));
         }
-        if this.sleep.is_none() {
-            // First `Pending`: only now is a timer worth its cost (clock read, timer entry).
-            let now = Instant::now();
-            let mut end = instant_after(now, *this.limit);
-            if let Some(deadline) = *this.deadline
-                && deadline.instant() < end
-            {
-                end = deadline.instant();
-                *this.limit = end.saturating_duration_since(now);
+        let now = Instant::now();
+        let timer = this.timer;
+        match timer.armed {
+            None => {
+                // First `Pending`: only now is a timer worth its cost (clock read, entry).
+                let mut end = instant_after(now, *this.limit);
+                if let Some(deadline) = *this.deadline
+                    && deadline.instant() < end
+                {
+                    end = deadline.instant();
+                    *this.limit = end.saturating_duration_since(now);
+                }
+                if let Some(counters) = &timer.shared.counters {
+                    counters.armed.fetch_add(1, Ordering::Relaxed);
+                }
+                if now < end {
+                    let key = timer.shared.wheel.insert(end, cx.waker());
+                    timer.armed = Some((end, key));
+                    return Poll::Pending;
+                }
             }
-            if let Some(shared) = this.shared.as_deref() {
-                shared.armed.fetch_add(1, Ordering::Relaxed);
+            Some((end, key)) => {
+                if now < end {
+                    timer.shared.wheel.refresh(key, cx.waker());
+                    return Poll::Pending;
+                }
+                timer.disarm();
             }
-            this.sleep.set(Some(tokio::time::sleep_until(end)));
         }
-        if let Some(sleep) = this.sleep.as_pin_mut() {
-            ready!(sleep.poll(cx));
-        }
-        report_elapsed(this.shared.as_deref(), *this.limit);
+        report_elapsed(timer.shared.counters.as_ref(), *this.limit);
         Poll::Ready(Err(Elapsed::new(*this.limit)))
     }
 }
 
-fn report_elapsed(shared: Option<&Shared>, limit: Duration) {
-    if let Some(shared) = shared {
-        shared.elapsed.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(name = &*shared.name, ?limit, "call timed out");
+fn report_elapsed(counters: Option<&Counters>, limit: Duration) {
+    if let Some(counters) = counters {
+        counters.elapsed.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(name = &*counters.name, ?limit, "call timed out");
         #[cfg(feature = "metrics")]
-        metrics::counter!("staunch_timeout_elapsed_total", "name" => shared.name.to_string())
+        metrics::counter!("staunch_timeout_elapsed_total", "name" => counters.name.to_string())
             .increment(1);
     } else {
         tracing::debug!(?limit, "call timed out");
@@ -294,7 +370,7 @@ mod tests {
             .name("counted")
             .build()
             .unwrap();
-        let shared = Arc::clone(limit.shared.as_ref().unwrap());
+        let shared = Arc::clone(&limit.shared);
         // The limit's reference and ours.
         assert_eq!(Arc::strong_count(&shared), 2);
         let waker = std::task::Waker::noop();
@@ -316,7 +392,7 @@ mod tests {
             .name("dropped")
             .build()
             .unwrap();
-        let weak = Arc::downgrade(limit.shared.as_ref().unwrap());
+        let weak = Arc::downgrade(&limit.shared);
         let tasks: Vec<_> = (0..8)
             .map(|_| {
                 let limit = limit.clone();
@@ -338,6 +414,35 @@ mod tests {
         assert!(
             weak.upgrade().is_none(),
             "the counters outlived the last limit"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_left_alive_once_a_limit_and_its_calls_are_dropped() {
+        let limit = TimeLimit::new(Duration::from_mins(1)).unwrap();
+        let shared = Arc::downgrade(&limit.shared);
+        let wheel = Arc::downgrade(&limit.shared.wheel);
+        let metrics = tokio::runtime::Handle::current().metrics();
+        // A call that waits spawns the driver, which sleeps until its end (a minute away).
+        limit
+            .run(tokio::time::sleep(Duration::from_millis(1)))
+            .await
+            .unwrap();
+        assert_eq!((limit.drivers(), metrics.num_alive_tasks()), (1, 1));
+        // A call still waiting when the limit is dropped keeps the timer until it goes.
+        let mut waiting = Box::pin(limit.run(std::future::pending::<()>()));
+        assert!(futures::poll!(waiting.as_mut()).is_pending());
+        drop(limit);
+        assert!(wheel.upgrade().is_some());
+        drop(waiting);
+        assert!(shared.upgrade().is_none(), "the limit's state outlived it");
+        assert!(wheel.upgrade().is_none(), "the timer outlived its limit");
+        // The dropped timer woke its driver, which exits at once.
+        tokio::task::yield_now().await;
+        assert_eq!(
+            metrics.num_alive_tasks(),
+            0,
+            "the driver outlived its timer"
         );
     }
 
