@@ -1,0 +1,151 @@
+//! Where keys live: the [`IdempotencyStore`] trait and its memory, SQLite and PostgreSQL stores.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::record::{Fingerprint, Outcome};
+
+pub(crate) mod memory;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+mod purge;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
+
+/// One request's hold on its key: the scoped key, the request's fingerprint and a token that
+/// names this attempt, so that a request whose lease expired and was taken over cannot finish
+/// or release the newer attempt's mark.
+///
+/// The layer puts it into the request's extensions before calling the handler; a handler
+/// that writes its response in its own transaction (`SqliteStore::finish_in`,
+/// `PostgresStore::finish_in`) reads it from there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    key: String,
+    fingerprint: Fingerprint,
+    token: i64,
+}
+
+impl Claim {
+    /// A claim on `key` (already scoped) for a request with this fingerprint, with a fresh
+    /// random token.
+    pub fn new(key: String, fingerprint: Fingerprint) -> Self {
+        Claim {
+            key,
+            fingerprint,
+            token: fastrand::i64(..),
+        }
+    }
+
+    /// The scoped key, as stored.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The request's fingerprint.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// The token of this attempt.
+    pub fn token(&self) -> i64 {
+        self.token
+    }
+}
+
+/// What [`IdempotencyStore::begin`] found for a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begin {
+    /// The key was free (never seen, expired, or its in-flight lease ran out): it is now
+    /// marked in flight for this claim, until the lease ends.
+    Started,
+    /// Another request holds the key and has not finished.
+    InFlight {
+        /// That request's fingerprint.
+        fingerprint: Fingerprint,
+    },
+    /// A request with this key has finished.
+    Finished {
+        /// That request's fingerprint.
+        fingerprint: Fingerprint,
+        /// What it answered.
+        outcome: Outcome,
+    },
+}
+
+/// A store refused or failed an operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database failed (connection, I/O, constraint).
+    #[error("idempotency store failed: {0}")]
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A stored row could not be read back: it was damaged or written by something else.
+    #[error("the idempotency record for key {key:?} is damaged: {what}")]
+    Corrupt {
+        /// The stored (scoped) key.
+        key: String,
+        /// What is wrong with it.
+        what: &'static str,
+    },
+    /// The claim's lease ended and another request took the key (or it was purged): this
+    /// attempt must not record its response. In a handler's transaction, roll back.
+    #[error("the idempotency key {key:?} is no longer held by this request (lease expired)")]
+    LeaseLost {
+        /// The stored (scoped) key.
+        key: String,
+    },
+}
+
+/// Storage for idempotency keys. The layer calls [`begin`](Self::begin) before the handler,
+/// then exactly one of [`finish`](Self::finish) (the response is kept) or
+/// [`release`](Self::release) (the key is free again: a 5xx by default, an error, a
+/// cancelled request).
+///
+/// Implementations must make `begin` atomic: of many concurrent calls for one free key,
+/// exactly one gets [`Begin::Started`].
+pub trait IdempotencyStore: Clone + Send + Sync + 'static {
+    /// Marks `claim`'s key in flight until `lease` from now, unless it is already held or
+    /// finished (then says which, with the holder's fingerprint).
+    fn begin(
+        &self,
+        claim: &Claim,
+        lease: Duration,
+    ) -> impl Future<Output = Result<Begin, StoreError>> + Send;
+
+    /// Records the outcome of `claim`, kept for `ttl`. Does nothing if the claim no longer
+    /// holds the key (its lease was taken over, or the outcome is already recorded, e.g. in
+    /// the handler's own transaction).
+    fn finish(
+        &self,
+        claim: &Claim,
+        outcome: &Outcome,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Frees `claim`'s key if the claim still holds it in flight.
+    fn release(&self, claim: &Claim) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Deletes every record whose TTL or lease has ended; returns how many. The stores also
+    /// run this in the background.
+    fn purge(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// Milliseconds since the Unix epoch, for durable expiry times (saturating, never panicking).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// `now` plus `d` in milliseconds, saturating.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn after_ms(now: i64, d: Duration) -> i64 {
+    now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// How often the stores purge by default.
+pub(crate) const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(60);
+
+pub(crate) use purge::PurgeTask;
