@@ -171,7 +171,7 @@ where
     };
     let fingerprint = Fingerprint::of(s.fingerprint, &parts.method, &parts.uri, &digest_input);
     drop(digest_input);
-    let claim = Claim::new(scoped_key(&scope, &key), fingerprint);
+    let claim = Claim::new(scoped_key(&scope, &key), fingerprint, s.ttl);
 
     if let Some(answer) = begin(&store, s, &claim).await {
         return Ok(answer);
@@ -365,10 +365,7 @@ impl<St: IdempotencyStore> Drop for ReleaseOnDrop<St> {
         if let Some(store) = self.store.take()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            let claim = std::mem::replace(
-                &mut self.claim,
-                Claim::new(String::new(), Fingerprint([0; 32])),
-            );
+            let claim = self.claim.clone();
             runtime.spawn(async move {
                 let _ = store.release(&claim).await;
             });

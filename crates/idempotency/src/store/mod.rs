@@ -24,17 +24,24 @@ pub struct Claim {
     key: String,
     fingerprint: Fingerprint,
     token: i64,
+    ttl: Duration,
 }
 
 impl Claim {
     /// A claim on `key` (already scoped) for a request with this fingerprint, with a fresh
-    /// random token.
-    pub fn new(key: String, fingerprint: Fingerprint) -> Self {
+    /// random token, whose record is kept for `ttl` once finished.
+    pub fn new(key: String, fingerprint: Fingerprint, ttl: Duration) -> Self {
         Claim {
             key,
             fingerprint,
             token: fastrand::i64(..),
+            ttl,
         }
+    }
+
+    /// How long the finished record is kept (the layer's `ttl`).
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     /// The scoped key, as stored.
@@ -143,6 +150,89 @@ pub(crate) fn now_ms() -> i64 {
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn after_ms(now: i64, d: Duration) -> i64 {
     now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A row as read from a SQL store, before it is trusted.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) struct RawRow {
+    pub(crate) fingerprint: Vec<u8>,
+    pub(crate) state: i64,
+    pub(crate) status: Option<i64>,
+    pub(crate) headers: Option<Vec<u8>>,
+    pub(crate) body: Option<Vec<u8>>,
+}
+
+/// Row states in the SQL stores.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) const IN_FLIGHT: i64 = 0;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) const STORED: i64 = 1;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) const NOT_STORED: i64 = 2;
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl RawRow {
+    /// Validates the row; a damaged one is [`StoreError::Corrupt`], never a panic.
+    pub(crate) fn decode(self, key: &str) -> Result<Begin, StoreError> {
+        use crate::record::{StoredResponse, decode_headers, decode_status};
+        let corrupt = |what| StoreError::Corrupt {
+            key: key.to_owned(),
+            what,
+        };
+        let fingerprint = Fingerprint::from_slice(&self.fingerprint)
+            .ok_or_else(|| corrupt("the fingerprint is not 32 bytes"))?;
+        let status = || {
+            self.status
+                .ok_or("the status code is missing")
+                .and_then(decode_status)
+                .map_err(corrupt)
+        };
+        match self.state {
+            IN_FLIGHT => Ok(Begin::InFlight { fingerprint }),
+            STORED => {
+                let status = status()?;
+                let headers = decode_headers(self.headers.as_deref().unwrap_or_default())
+                    .map_err(corrupt)?;
+                let body = self.body.ok_or_else(|| corrupt("the body is missing"))?;
+                Ok(Begin::Finished {
+                    fingerprint,
+                    outcome: Outcome::Stored(StoredResponse {
+                        status,
+                        headers,
+                        body: body.into(),
+                    }),
+                })
+            }
+            NOT_STORED => Ok(Begin::Finished {
+                fingerprint,
+                outcome: Outcome::NotStored { status: status()? },
+            }),
+            _ => Err(corrupt("the state is unknown")),
+        }
+    }
+}
+
+/// The columns a SQL store writes for an outcome: state, status, headers, body.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn outcome_columns(outcome: &Outcome) -> (i64, i64, Option<Vec<u8>>, Option<Vec<u8>>) {
+    match outcome {
+        Outcome::Stored(r) => (
+            STORED,
+            i64::from(r.status.as_u16()),
+            Some(crate::record::encode_headers(&r.headers)),
+            Some(r.body.to_vec()),
+        ),
+        Outcome::NotStored { status } => (NOT_STORED, i64::from(status.as_u16()), None, None),
+    }
+}
+
+/// How many times `begin` retries a key that was freed between its insert and its read.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) const BEGIN_ATTEMPTS: usize = 4;
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn db(e: sqlx::Error) -> StoreError {
+    StoreError::Database(Box::new(e))
 }
 
 /// How often the stores purge by default.
