@@ -111,6 +111,7 @@ pub enum Outcome {
 
 /// Encodes headers for storage: for each one, the name's length (u16), the name, the value's
 /// length (u32) and the value, all big-endian.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub(crate) fn encode_headers(headers: &HeaderMap) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, value) in headers {
@@ -125,6 +126,7 @@ pub(crate) fn encode_headers(headers: &HeaderMap) -> Vec<u8> {
 }
 
 /// Decodes [`encode_headers`]' output, refusing anything malformed (a damaged row).
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub(crate) fn decode_headers(mut bytes: &[u8]) -> Result<HeaderMap, &'static str> {
     fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], &'static str> {
         if bytes.len() < n {
@@ -150,6 +152,7 @@ pub(crate) fn decode_headers(mut bytes: &[u8]) -> Result<HeaderMap, &'static str
 }
 
 /// Reads a stored status code, refusing anything outside 100..=999.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub(crate) fn decode_status(status: i64) -> Result<StatusCode, &'static str> {
     u16::try_from(status)
         .ok()
