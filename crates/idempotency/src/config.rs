@@ -74,8 +74,8 @@ impl Default for IdempotencyBuilder {
             header: HeaderName::from_static("idempotency-key"),
             require_key: false,
             max_key_len: 255,
-            lease: Duration::from_secs(60),
-            ttl: Duration::from_secs(24 * 60 * 60),
+            lease: Duration::from_mins(1),
+            ttl: Duration::from_hours(24),
             max_stored_body: 1024 * 1024,
             max_request_body: 1024 * 1024,
             in_flight_wait: Duration::ZERO,
@@ -280,7 +280,10 @@ mod tests {
         assert_eq!(field(b().max_stored_body(0).build()), "max_stored_body");
         assert_eq!(field(b().max_request_body(0).build()), "max_request_body");
         assert!(b().build().is_ok());
-        let huge = b().lease(Duration::MAX).ttl(Duration::MAX).retry_after(Duration::MAX);
+        let huge = b()
+            .lease(Duration::MAX)
+            .ttl(Duration::MAX)
+            .retry_after(Duration::MAX);
         assert!(huge.build().is_ok());
     }
 

@@ -55,18 +55,17 @@ impl std::error::Error for KeyError {}
 /// the key is printable ASCII. Surrounding spaces are ignored.
 pub fn parse_key(value: &[u8], max_len: usize) -> Result<String, KeyError> {
     let value = trim(value);
-    let key = match value {
-        [b'"', inner @ ..] => unquote(inner)?,
-        _ => {
-            if value
-                .iter()
-                .any(|&b| !(0x21..=0x7e).contains(&b) || b == b'"' || b == b'\\')
-            {
-                return Err(KeyError::NotAscii);
-            }
-            // Printable ASCII, so one char per byte.
-            value.iter().map(|&b| char::from(b)).collect()
+    let key = if let [b'"', inner @ ..] = value {
+        unquote(inner)?
+    } else {
+        if value
+            .iter()
+            .any(|&b| !(0x21..=0x7e).contains(&b) || b == b'"' || b == b'\\')
+        {
+            return Err(KeyError::NotAscii);
         }
+        // Printable ASCII, so one char per byte.
+        value.iter().map(|&b| char::from(b)).collect()
     };
     if key.is_empty() {
         Err(KeyError::Empty)
@@ -119,11 +118,17 @@ mod tests {
     #[test]
     fn quoted_and_bare_keys_are_read() {
         let uuid = "8e03978e-40d5-43e8-bc93-6894a57f9324";
-        assert_eq!(parse_key(format!("\"{uuid}\"").as_bytes(), 255).unwrap(), uuid);
+        assert_eq!(
+            parse_key(format!("\"{uuid}\"").as_bytes(), 255).unwrap(),
+            uuid
+        );
         assert_eq!(parse_key(uuid.as_bytes(), 255).unwrap(), uuid);
         assert_eq!(parse_key(b"  \"a b\"\t", 255).unwrap(), "a b");
         assert_eq!(parse_key(br#""a\"b\\c""#, 255).unwrap(), r#"a"b\c"#);
-        assert_eq!(parse_key(b"saga-1:charge:action", 255).unwrap(), "saga-1:charge:action");
+        assert_eq!(
+            parse_key(b"saga-1:charge:action", 255).unwrap(),
+            "saga-1:charge:action"
+        );
     }
 
     #[test]
@@ -134,7 +139,10 @@ mod tests {
         assert_eq!(parse_key(b"abcd", 3), Err(KeyError::TooLong));
         assert_eq!(parse_key(b"\"abcd\"", 3), Err(KeyError::TooLong));
         assert_eq!(parse_key("clé".as_bytes(), 255), Err(KeyError::NotAscii));
-        assert_eq!(parse_key("\"clé\"".as_bytes(), 255), Err(KeyError::NotAscii));
+        assert_eq!(
+            parse_key("\"clé\"".as_bytes(), 255),
+            Err(KeyError::NotAscii)
+        );
         assert_eq!(parse_key(b"a b", 255), Err(KeyError::NotAscii));
         assert_eq!(parse_key(b"\"abc", 255), Err(KeyError::Malformed));
         assert_eq!(parse_key(b"\"ab\"c", 255), Err(KeyError::Malformed));

@@ -11,7 +11,12 @@ pub struct Fingerprint(pub [u8; 32]);
 
 impl Fingerprint {
     /// The fingerprint of a request from its parts, as the layer computes it.
-    pub fn of(parts: FingerprintParts, method: &http::Method, uri: &http::Uri, body: &[u8]) -> Self {
+    pub fn of(
+        parts: FingerprintParts,
+        method: &http::Method,
+        uri: &http::Uri,
+        body: &[u8],
+    ) -> Self {
         let mut hash = Sha256::new();
         // Each part is length-prefixed, so no two different requests hash the same input.
         let mut part = |tag: u8, bytes: &[u8]| {
@@ -195,7 +200,10 @@ mod tests {
         assert_ne!(base, Fingerprint::of(all, &http::Method::PUT, &uri, b"{}"));
         let other: http::Uri = "/orders?x=2".parse().unwrap();
         assert_ne!(base, Fingerprint::of(all, &post, &other, b"{}"));
-        let no_query = FingerprintParts { query: false, ..all };
+        let no_query = FingerprintParts {
+            query: false,
+            ..all
+        };
         assert_eq!(
             Fingerprint::of(no_query, &post, &uri, b"{}"),
             Fingerprint::of(no_query, &post, &other, b"{}")

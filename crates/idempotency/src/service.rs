@@ -195,8 +195,7 @@ where
     let (head, mut body) = response.into_parts();
     let mut buffer = BytesMut::new();
     loop {
-        let frame: Option<Result<_, BoxError>> =
-            body.frame().await.map(|r| r.map_err(Into::into));
+        let frame: Option<Result<_, BoxError>> = body.frame().await.map(|r| r.map_err(Into::into));
         match frame {
             None => break,
             Some(Ok(frame)) => {

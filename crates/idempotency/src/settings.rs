@@ -30,17 +30,26 @@ pub struct IdempotencyConfig {
     /// The longest key (default 255).
     pub max_key_len: Option<usize>,
     /// How long an in-flight mark holds its key (default 60 s).
-    #[cfg_attr(feature = "serde", serde(with = "staunch_core::settings::duration::option"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(with = "staunch_core::settings::duration::option")
+    )]
     pub lease: Option<Duration>,
     /// How long a finished record is kept (default 24 h).
-    #[cfg_attr(feature = "serde", serde(with = "staunch_core::settings::duration::option"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(with = "staunch_core::settings::duration::option")
+    )]
     pub ttl: Option<Duration>,
     /// The largest stored response body (default 1 MiB).
     pub max_stored_body: Option<usize>,
     /// The largest request body fingerprinted (default 1 MiB).
     pub max_request_body: Option<usize>,
     /// How long a repeat waits for the first request (default zero).
-    #[cfg_attr(feature = "serde", serde(with = "staunch_core::settings::duration::option"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(with = "staunch_core::settings::duration::option")
+    )]
     pub in_flight_wait: Option<Duration>,
     /// The response headers stored (default `content-type`, `location`).
     pub stored_headers: Option<Vec<String>>,
@@ -51,7 +60,10 @@ pub struct IdempotencyConfig {
     /// What a repeat of a too-large response gets (default `refuse_repeats`).
     pub oversized: Option<Oversized>,
     /// `Retry-After` on 503 (default 1 s).
-    #[cfg_attr(feature = "serde", serde(with = "staunch_core::settings::duration::option"))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(with = "staunch_core::settings::duration::option")
+    )]
     pub retry_after: Option<Duration>,
 }
 

@@ -39,7 +39,11 @@ async fn hundred_repeats<St: IdempotencyStore>(store: St) {
         assert_eq!((status, body.as_str()), (201, "charged 42 #1"));
         replays += usize::from(replayed);
     }
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "exactly one reached the handler");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "exactly one reached the handler"
+    );
     assert_eq!(replays, 99);
 }
 
@@ -59,7 +63,11 @@ async fn sqlite_store_runs_one_of_100_concurrent_repeats() {
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_store_runs_one_of_100_concurrent_repeats() {
-    let Some((pool, _schema)) = support::pg_pool("concurrent").await else { return };
-    let store = staunch_idempotency::PostgresStore::open(pool).await.unwrap();
+    let Some((pool, _schema)) = support::pg_pool("concurrent").await else {
+        return;
+    };
+    let store = staunch_idempotency::PostgresStore::open(pool)
+        .await
+        .unwrap();
     hundred_repeats(store).await;
 }

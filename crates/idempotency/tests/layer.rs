@@ -11,8 +11,8 @@ use axum::body::Body;
 use axum::routing::post;
 use http::Request;
 use staunch_idempotency::{
-    Begin, Claim, Idempotency, IdempotencyLayer, IdempotencyStore, MemoryStore, Outcome,
-    Oversized, StoreError,
+    Begin, Claim, Idempotency, IdempotencyLayer, IdempotencyStore, MemoryStore, Outcome, Oversized,
+    StoreError,
 };
 use support::{app, post_with_key, send};
 
@@ -37,7 +37,10 @@ async fn a_repeat_gets_the_stored_response_without_reaching_the_handler() {
     assert_eq!(response.headers()["content-type"], "text/plain");
     assert!(response.headers().get("x-call").is_none());
     // Another key runs.
-    assert_eq!(send(&app, post_with_key(Some("k2"), "10")).await.2, "charged 10 #2");
+    assert_eq!(
+        send(&app, post_with_key(Some("k2"), "10")).await.2,
+        "charged 10 #2"
+    );
     // No key, not required: passes through every time.
     assert_eq!(send(&app, post_with_key(None, "1")).await.2, "charged 1 #3");
     assert_eq!(send(&app, post_with_key(None, "1")).await.2, "charged 1 #4");
@@ -57,7 +60,11 @@ async fn a_key_reused_for_another_request_is_422() {
 #[tokio::test(start_paused = true)]
 async fn missing_and_bad_keys_are_400_with_a_reason() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let required = Idempotency::builder().require_key(true).max_key_len(8).build().unwrap();
+    let required = Idempotency::builder()
+        .require_key(true)
+        .max_key_len(8)
+        .build()
+        .unwrap();
     let app = app(MemoryStore::new(), required, calls.clone());
     for (key, reason) in [
         (None, "needs an Idempotency-Key"),
@@ -70,7 +77,10 @@ async fn missing_and_bad_keys_are_400_with_a_reason() {
         assert!(body.contains(reason), "{key:?}: {body}");
     }
     let non_ascii = Request::post("/charges")
-        .header("idempotency-key", http::HeaderValue::from_bytes(b"cl\xc3\xa9").unwrap())
+        .header(
+            "idempotency-key",
+            http::HeaderValue::from_bytes(b"cl\xc3\xa9").unwrap(),
+        )
         .body(Body::from("1"))
         .unwrap();
     let (status, _, body) = send(&app, non_ascii).await;
@@ -85,7 +95,12 @@ async fn missing_and_bad_keys_are_400_with_a_reason() {
 }
 
 /// A handler that blocks until released, to hold a key in flight.
-fn gated_app(store: MemoryStore, settings: Idempotency, gate: Arc<tokio::sync::Semaphore>, calls: Arc<AtomicUsize>) -> Router {
+fn gated_app(
+    store: MemoryStore,
+    settings: Idempotency,
+    gate: Arc<tokio::sync::Semaphore>,
+    calls: Arc<AtomicUsize>,
+) -> Router {
     Router::new()
         .route(
             "/charges",
@@ -109,12 +124,18 @@ async fn a_repeat_in_flight_is_409_or_waits_for_the_first() {
     });
     tokio::time::sleep(Duration::from_millis(1)).await;
     let (status, _, body) = send(&app, post_with_key(Some("k"), "")).await;
-    assert_eq!((status, body.contains("still being processed")), (409, true));
+    assert_eq!(
+        (status, body.contains("still being processed")),
+        (409, true)
+    );
     gate.add_permits(1);
     assert_eq!(first.await.unwrap(), (200, false, "done".into()));
 
     // With a wait: the repeat gets the first's response once it finishes.
-    let waiting = Idempotency::builder().in_flight_wait(Duration::from_secs(5)).build().unwrap();
+    let waiting = Idempotency::builder()
+        .in_flight_wait(Duration::from_secs(5))
+        .build()
+        .unwrap();
     let app = gated_app(MemoryStore::new(), waiting, gate.clone(), calls.clone());
     let first = tokio::spawn({
         let app = app.clone();
@@ -127,7 +148,7 @@ async fn a_repeat_in_flight_is_409_or_waits_for_the_first() {
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
     gate.add_permits(1);
-    assert_eq!(first.await.unwrap().1, false);
+    assert!(!first.await.unwrap().1);
     assert_eq!(repeat.await.unwrap(), (200, true, "done".into()));
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
@@ -141,22 +162,39 @@ async fn server_errors_are_not_stored_so_a_retry_runs_again() {
             "/charges",
             post(move || async move {
                 let n = counter.fetch_add(1, Ordering::SeqCst);
-                if n == 0 { (http::StatusCode::SERVICE_UNAVAILABLE, "down") } else { (http::StatusCode::NOT_FOUND, "no such card") }
+                if n == 0 {
+                    (http::StatusCode::SERVICE_UNAVAILABLE, "down")
+                } else {
+                    (http::StatusCode::NOT_FOUND, "no such card")
+                }
             }),
         )
         .layer(IdempotencyLayer::new(MemoryStore::new(), settings()));
     assert_eq!(send(&app, post_with_key(Some("k"), "")).await.0, 503);
-    assert_eq!(send(&app, post_with_key(Some("k"), "")).await, (404, false, "no such card".into()));
+    assert_eq!(
+        send(&app, post_with_key(Some("k"), "")).await,
+        (404, false, "no such card".into())
+    );
     // 4xx is stored by default.
-    assert_eq!(send(&app, post_with_key(Some("k"), "")).await, (404, true, "no such card".into()));
+    assert_eq!(
+        send(&app, post_with_key(Some("k"), "")).await,
+        (404, true, "no such card".into())
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_response_over_the_cap_is_sent_whole_but_not_replayed() {
-    for (oversized, repeat_status, runs) in [(Oversized::RefuseRepeats, 409, 1), (Oversized::Reprocess, 201, 2)] {
+    for (oversized, repeat_status, runs) in [
+        (Oversized::RefuseRepeats, 409, 1),
+        (Oversized::Reprocess, 201, 2),
+    ] {
         let calls = Arc::new(AtomicUsize::new(0));
-        let s = Idempotency::builder().max_stored_body(5).oversized(oversized).build().unwrap();
+        let s = Idempotency::builder()
+            .max_stored_body(5)
+            .oversized(oversized)
+            .build()
+            .unwrap();
         let app = app(MemoryStore::new(), s, calls.clone());
         let first = send(&app, post_with_key(Some("k"), "0123456789")).await;
         assert_eq!(first, (201, false, "charged 0123456789 #1".into()));
@@ -202,9 +240,14 @@ impl IdempotencyStore for Down {
 #[tokio::test(start_paused = true)]
 async fn a_store_failure_refuses_with_503_and_never_runs_the_handler() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let s = Idempotency::builder().retry_after(Duration::from_secs(3)).build().unwrap();
+    let s = Idempotency::builder()
+        .retry_after(Duration::from_secs(3))
+        .build()
+        .unwrap();
     let app = app(Down, s, calls.clone());
-    let response = tower::ServiceExt::oneshot(app, post_with_key(Some("k"), "1")).await.unwrap();
+    let response = tower::ServiceExt::oneshot(app, post_with_key(Some("k"), "1"))
+        .await
+        .unwrap();
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "3");
     assert_eq!(calls.load(Ordering::SeqCst), 0);
@@ -215,10 +258,18 @@ async fn keys_are_scoped_per_tenant() {
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = calls.clone();
     let by_tenant = |parts: &http::request::Parts| {
-        parts.headers.get("x-tenant")?.to_str().ok().map(str::to_owned)
+        parts
+            .headers
+            .get("x-tenant")?
+            .to_str()
+            .ok()
+            .map(str::to_owned)
     };
     let app = Router::new()
-        .route("/charges", post(move || async move { counter.fetch_add(1, Ordering::SeqCst).to_string() }))
+        .route(
+            "/charges",
+            post(move || async move { counter.fetch_add(1, Ordering::SeqCst).to_string() }),
+        )
         .layer(IdempotencyLayer::new(MemoryStore::new(), settings()).with_scope(by_tenant));
     let req = |tenant: Option<&str>| {
         let mut b = Request::post("/charges").header("idempotency-key", "k");
@@ -246,21 +297,27 @@ async fn an_in_flight_mark_lapses_with_its_lease_and_records_with_their_ttl() {
     let app = app(store.clone(), s.clone(), calls.clone());
     // A crashed process left this mark: same key, same request, never finished.
     let fingerprint = staunch_idempotency::Fingerprint::of(
-        Default::default(),
+        staunch_idempotency::FingerprintParts::default(),
         &http::Method::POST,
         &"/charges".parse().unwrap(),
         b"1",
     );
     let crashed = Claim::new("0::k".into(), fingerprint, s.ttl());
-    assert_eq!(store.begin(&crashed, s.lease()).await.unwrap(), Begin::Started);
+    assert_eq!(
+        store.begin(&crashed, s.lease()).await.unwrap(),
+        Begin::Started
+    );
     assert_eq!(send(&app, post_with_key(Some("k"), "1")).await.0, 409);
     tokio::time::advance(Duration::from_secs(11)).await;
     assert_eq!(send(&app, post_with_key(Some("k"), "1")).await.0, 201);
-    assert_eq!(send(&app, post_with_key(Some("k"), "1")).await.1, true);
+    assert!(send(&app, post_with_key(Some("k"), "1")).await.1);
     tokio::time::advance(Duration::from_secs(101)).await;
     assert_eq!(store.purge().await.unwrap(), 1);
     assert!(store.is_empty());
-    assert_eq!(send(&app, post_with_key(Some("k"), "1")).await, (201, false, "charged 1 #2".into()));
+    assert_eq!(
+        send(&app, post_with_key(Some("k"), "1")).await,
+        (201, false, "charged 1 #2".into())
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -269,14 +326,25 @@ async fn the_background_purge_runs_and_ends_when_the_store_is_dropped() {
     let before = metrics.num_alive_tasks();
     let store = MemoryStore::with_purge_interval(Duration::from_secs(1));
     assert_eq!(metrics.num_alive_tasks(), before + 1);
-    let claim = Claim::new("k".into(), staunch_idempotency::Fingerprint([0; 32]), Duration::from_secs(1));
-    store.begin(&claim, Duration::from_millis(500)).await.unwrap();
+    let claim = Claim::new(
+        "k".into(),
+        staunch_idempotency::Fingerprint([0; 32]),
+        Duration::from_secs(1),
+    );
+    store
+        .begin(&claim, Duration::from_millis(500))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(store.is_empty(), "purged in the background");
     drop(store);
     tokio::task::yield_now().await;
     tokio::task::yield_now().await;
-    assert_eq!(metrics.num_alive_tasks(), before, "the purge task ended with its store");
+    assert_eq!(
+        metrics.num_alive_tasks(),
+        before,
+        "the purge task ended with its store"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -296,7 +364,10 @@ async fn a_cancelled_request_frees_its_key() {
     tokio::task::yield_now().await;
     assert!(store.is_empty(), "the key was freed");
     gate.add_permits(1);
-    assert_eq!(send(&app, post_with_key(Some("k"), "")).await, (200, false, "done".into()));
+    assert_eq!(
+        send(&app, post_with_key(Some("k"), "")).await,
+        (200, false, "done".into())
+    );
 }
 
 #[test]

@@ -119,7 +119,12 @@ impl IdempotencyStore for MemoryStore {
         Ok(Begin::Started)
     }
 
-    async fn finish(&self, claim: &Claim, outcome: &Outcome, ttl: Duration) -> Result<(), StoreError> {
+    async fn finish(
+        &self,
+        claim: &Claim,
+        outcome: &Outcome,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
         let mut entries = lock(&self.inner);
         if let Some(e) = entries.get_mut(claim.key())
             && e.token == claim.token()

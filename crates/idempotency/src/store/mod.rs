@@ -191,8 +191,8 @@ impl RawRow {
             IN_FLIGHT => Ok(Begin::InFlight { fingerprint }),
             STORED => {
                 let status = status()?;
-                let headers = decode_headers(self.headers.as_deref().unwrap_or_default())
-                    .map_err(corrupt)?;
+                let headers =
+                    decode_headers(self.headers.as_deref().unwrap_or_default()).map_err(corrupt)?;
                 let body = self.body.ok_or_else(|| corrupt("the body is missing"))?;
                 Ok(Begin::Finished {
                     fingerprint,
@@ -236,6 +236,6 @@ pub(crate) fn db(e: sqlx::Error) -> StoreError {
 }
 
 /// How often the stores purge by default.
-pub(crate) const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_mins(1);
 
 pub(crate) use purge::PurgeTask;

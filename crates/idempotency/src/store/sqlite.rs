@@ -7,8 +7,8 @@ use sqlx::Row;
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
 
 use super::{
-    BEGIN_ATTEMPTS, Begin, Claim, DEFAULT_PURGE_INTERVAL, IdempotencyStore, PurgeTask,
-    RawRow, StoreError, after_ms, db, now_ms, outcome_columns,
+    BEGIN_ATTEMPTS, Begin, Claim, DEFAULT_PURGE_INTERVAL, IdempotencyStore, PurgeTask, RawRow,
+    StoreError, after_ms, db, now_ms, outcome_columns,
 };
 use crate::record::{Outcome, StoredResponse};
 
@@ -73,10 +73,7 @@ impl SqliteStore {
         sqlx::query(CREATE).execute(&pool).await.map_err(db)?;
         sqlx::query(CREATE_INDEX).execute(&pool).await.map_err(db)?;
         let (task, stop) = PurgeTask::channel();
-        let inner = Arc::new(Inner {
-            pool,
-            _purge: task,
-        });
+        let inner = Arc::new(Inner { pool, _purge: task });
         PurgeTask::spawn(
             Arc::downgrade(&inner),
             stop,
@@ -186,7 +183,12 @@ impl IdempotencyStore for SqliteStore {
         })
     }
 
-    async fn finish(&self, claim: &Claim, outcome: &Outcome, ttl: Duration) -> Result<(), StoreError> {
+    async fn finish(
+        &self,
+        claim: &Claim,
+        outcome: &Outcome,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
         let mut conn = self.inner.pool.acquire().await.map_err(db)?;
         match finish(&mut conn, claim, outcome, ttl).await {
             Err(StoreError::LeaseLost { .. }) | Ok(()) => Ok(()),
@@ -208,4 +210,3 @@ impl IdempotencyStore for SqliteStore {
         purge(&self.inner.pool).await
     }
 }
-

@@ -14,7 +14,11 @@ use staunch_idempotency::{Idempotency, IdempotencyLayer, IdempotencyStore};
 use tower::ServiceExt;
 
 /// A route `/charges` that counts its calls and answers 201 with `charged <body>`.
-pub fn app<St: IdempotencyStore>(store: St, settings: Idempotency, calls: Arc<AtomicUsize>) -> Router {
+pub fn app<St: IdempotencyStore>(
+    store: St,
+    settings: Idempotency,
+    calls: Arc<AtomicUsize>,
+) -> Router {
     Router::new()
         .route(
             "/charges",
@@ -44,7 +48,11 @@ pub async fn send(app: &Router, req: Request<Body>) -> (u16, bool, String) {
     let status = response.status().as_u16();
     let replayed = response.headers().get("idempotent-replayed").is_some();
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, replayed, String::from_utf8_lossy(&body).into_owned())
+    (
+        status,
+        replayed,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
 
 /// Serves `app` on a loopback port until the runtime ends.
@@ -88,7 +96,9 @@ impl Drop for SqliteFile {
 
 #[cfg(feature = "sqlite")]
 pub async fn sqlite_pool(tag: &str) -> (staunch_idempotency::sqlx::SqlitePool, SqliteFile) {
-    use staunch_idempotency::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+    use staunch_idempotency::sqlx::sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions,
+    };
     let path = std::env::temp_dir().join(format!("{}.db", unique(tag)));
     let options = SqliteConnectOptions::new()
         .filename(&path)
@@ -119,11 +129,16 @@ impl Drop for SchemaGuard {
         use staunch_idempotency::sqlx::{self, Connection};
         let (url, schema) = (self.url.clone(), self.schema.clone());
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async {
                 if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
                     let sql = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await;
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut conn)
+                        .await;
                 }
             });
         })
@@ -134,9 +149,9 @@ impl Drop for SchemaGuard {
 /// A pool on a fresh schema, or `None` (with the reason printed) without PostgreSQL.
 #[cfg(feature = "postgres")]
 pub async fn pg_pool(tag: &str) -> Option<(staunch_idempotency::sqlx::PgPool, SchemaGuard)> {
-    use std::str::FromStr;
-    use staunch_idempotency::sqlx::{self, Connection};
     use staunch_idempotency::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use staunch_idempotency::sqlx::{self, Connection};
+    use std::str::FromStr;
     let url = match std::env::var(URL_VAR) {
         Ok(url) if !url.is_empty() => url,
         _ => {
@@ -154,6 +169,10 @@ pub async fn pg_pool(tag: &str) -> Option<(staunch_idempotency::sqlx::PgPool, Sc
     let options = PgConnectOptions::from_str(&url)
         .unwrap()
         .options([("search_path", schema.as_str())]);
-    let pool = PgPoolOptions::new().max_connections(8).connect_with(options).await.unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+        .unwrap();
     Some((pool, SchemaGuard { url, schema }))
 }
