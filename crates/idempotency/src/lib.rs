@@ -31,6 +31,12 @@
 //! commit, neither exists and the key is free once its lease ends; after the commit, a repeat
 //! gets the recorded response.
 //!
+//! # The client side
+//!
+//! [`IdempotencyKey`] and [`IdempotencyKeyLayer`] send a key (a saga step's
+//! `StepContext::idempotency_key()`) as the header; staunch's retry layer then retries the
+//! POST, since a server behind this layer runs it once.
+//!
 //! # Features
 //!
 //! - `sqlite`: [`SqliteStore`]. `postgres`: [`PostgresStore`]. Both through `sqlx`.
@@ -40,6 +46,7 @@
 #![deny(missing_docs)]
 
 mod body;
+mod client;
 mod config;
 mod key;
 mod layer;
@@ -50,6 +57,7 @@ mod settings;
 mod store;
 
 pub use crate::body::IdempotencyBody;
+pub use crate::client::{IDEMPOTENCY_KEY, IdempotencyKey, IdempotencyKeyLayer, SetIdempotencyKey};
 pub use crate::config::{Idempotency, IdempotencyBuilder, Oversized, StorePolicy};
 pub use crate::key::{KeyError, parse_key};
 pub use crate::layer::IdempotencyLayer;
