@@ -49,7 +49,7 @@ async fn a_keyed_post_is_retried_and_runs_once() {
         .unwrap();
     req.extensions_mut()
         .insert(IdempotencyKey::new("order-7:charge:action").unwrap());
-    let response = tokio::time::timeout(Duration::from_secs(60), client.clone().oneshot(req))
+    let response = tokio::time::timeout(Duration::from_mins(1), client.clone().oneshot(req))
         .await
         .unwrap()
         .unwrap();
