@@ -47,7 +47,7 @@ proptest! {
     fn memory_store_matches_the_model(ops in proptest::collection::vec(op(), 1..60)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
         rt.block_on(async move {
-            let store = MemoryStore::with_purge_interval(Duration::from_secs(3600));
+            let store = MemoryStore::with_purge_interval(Duration::from_hours(1));
             let mut model: HashMap<u8, Row> = HashMap::new();
             let mut claims: Vec<(u8, u8, Claim)> = Vec::new();
             let mut now = 0u64;
