@@ -111,6 +111,48 @@ pub enum StoreError {
 ///
 /// Implementations must make `begin` atomic: of many concurrent calls for one free key,
 /// exactly one gets [`Begin::Started`].
+///
+/// A store that wraps another, here to count the requests that start:
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::time::Duration;
+/// use staunch_idempotency::{Begin, Claim, IdempotencyStore, MemoryStore, Outcome, StoreError};
+///
+/// #[derive(Debug, Clone, Default)]
+/// struct Counted {
+///     inner: MemoryStore,
+///     started: Arc<AtomicU64>,
+/// }
+///
+/// impl IdempotencyStore for Counted {
+///     async fn begin(&self, claim: &Claim, lease: Duration) -> Result<Begin, StoreError> {
+///         let found = self.inner.begin(claim, lease).await?;
+///         if found == Begin::Started {
+///             self.started.fetch_add(1, Ordering::Relaxed);
+///         }
+///         Ok(found)
+///     }
+///     async fn finish(&self, claim: &Claim, outcome: &Outcome, ttl: Duration) -> Result<(), StoreError> {
+///         self.inner.finish(claim, outcome, ttl).await
+///     }
+///     async fn release(&self, claim: &Claim) -> Result<(), StoreError> {
+///         self.inner.release(claim).await
+///     }
+///     async fn purge(&self) -> Result<u64, StoreError> {
+///         self.inner.purge().await
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let store = Counted::default();
+/// let claim = Claim::new("k".into(), staunch_idempotency::Fingerprint([0; 32]), Duration::from_secs(60));
+/// assert_eq!(store.begin(&claim, Duration::from_secs(5)).await.unwrap(), Begin::Started);
+/// assert_ne!(store.begin(&claim, Duration::from_secs(5)).await.unwrap(), Begin::Started);
+/// assert_eq!(store.started.load(Ordering::Relaxed), 1);
+/// # }
+/// ```
 pub trait IdempotencyStore: Clone + Send + Sync + 'static {
     /// Marks `claim`'s key in flight until `lease` from now, unless it is already held or
     /// finished (then says which, with the holder's fingerprint).

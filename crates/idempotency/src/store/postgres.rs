@@ -48,6 +48,10 @@ const PURGE: &str = "DELETE FROM staunch_idempotency WHERE expires_at <= $1";
 /// (the handler's own, so that [`finish_in`](Self::finish_in) can record a response in the
 /// handler's transaction). Survives restarts; expiry follows the wall clock. Clones share the
 /// pool; the background purge ends when the last clone is dropped.
+///
+/// The table is created in the pool's `search_path` (set it on the pool's connect options to
+/// use a schema of your own). Instances of a service may share it; each reads its own wall
+/// clock for leases and TTLs, so keep their clocks in sync well within the lease.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     inner: Arc<Inner>,
