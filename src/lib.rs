@@ -543,6 +543,8 @@ pub use staunch_core as core;
 pub use staunch_bulkhead as bulkhead;
 #[cfg(feature = "circuit-breaker")]
 pub use staunch_circuit_breaker as circuit_breaker;
+#[cfg(feature = "idempotency")]
+pub use staunch_idempotency as idempotency;
 #[cfg(feature = "retry")]
 pub use staunch_retry as retry;
 #[cfg(feature = "saga")]
