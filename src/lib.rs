@@ -395,8 +395,27 @@
 //! - `tonic`: classify gRPC calls by status code; [`grpc::channel`], gRPC status codes for
 //!   staunch's errors ([`grpc::status_of`]).
 //! - `metrics`: emit through the `metrics` crate from every enabled part.
-//! - `postgres`: the saga engine's PostgreSQL store (and `saga`).
+//! - `postgres`: the saga engine's PostgreSQL store (and `saga`); with `idempotency`, the
+//!   idempotency layer's PostgreSQL store too.
+//! - `idempotency`: the server-side `Idempotency-Key` layer ([`idempotency`]) with its
+//!   memory and SQLite stores.
 //! - `full`: everything.
+//!
+//! `idempotency` alone:
+//!
+//! ```
+//! # #[cfg(feature = "idempotency")]
+//! # fn main() {
+//! use staunch::idempotency::{Idempotency, IdempotencyLayer, MemoryStore, parse_key};
+//!
+//! let settings = Idempotency::builder().require_key(true).build().unwrap();
+//! let _layer = IdempotencyLayer::new(MemoryStore::new(), settings);
+//! // The header's value is a structured-field string; a bare token is accepted too.
+//! assert_eq!(parse_key(br#""order-7""#, 255).unwrap(), "order-7");
+//! assert_eq!(parse_key(b"order-7", 255).unwrap(), "order-7");
+//! # }
+//! # #[cfg(not(feature = "idempotency"))] fn main() {}
+//! ```
 //!
 //! `circuit-breaker` alone:
 //!
