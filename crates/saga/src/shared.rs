@@ -31,6 +31,9 @@ pub(crate) struct Shared {
 /// Registered definitions by name and version.
 type Registry = HashMap<(Arc<str>, u32), Arc<dyn Resume>>;
 
+/// A definition's name and version.
+pub(crate) type Named = (Arc<str>, u32);
+
 /// A saga this engine runs or has handles waiting on.
 struct Live {
     tx: watch::Sender<Published>,
@@ -265,7 +268,7 @@ impl Shared {
     pub(crate) fn subscribe_running(
         &self,
         id: &str,
-    ) -> Option<(watch::Receiver<Published>, Option<(Arc<str>, u32)>)> {
+    ) -> Option<(watch::Receiver<Published>, Option<Named>)> {
         self.live()
             .get(id)
             .filter(|l| l.running)

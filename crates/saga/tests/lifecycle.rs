@@ -436,7 +436,7 @@ fn twenty_thousand_unfinished_sagas_on_sqlite_recover_under_the_cap() {
         let def = counted("bulk", &gauge, Duration::ZERO);
         let engine = SagaEngine::builder(store).max_running(CAP).build().unwrap();
         engine.register(&def);
-        let began = std::time::Instant::now();
+        let began = tokio::time::Instant::now();
         let report = engine.recover().await.unwrap();
         assert_eq!(report.resumed.len(), N);
         while gauge.calls.load(SeqCst) < N || engine.metrics().completed < N as u64 {
@@ -447,8 +447,8 @@ fn twenty_thousand_unfinished_sagas_on_sqlite_recover_under_the_cap() {
             "recovered {N} sagas under a cap of {CAP} in {elapsed:?}: {:.0} sagas/s",
             N as f64 / elapsed.as_secs_f64()
         );
-        assert!(gauge.max.load(SeqCst) <= CAP, "{:?}", gauge);
-        assert!(gauge.max.load(SeqCst) > 1, "{:?}", gauge);
+        assert!(gauge.max.load(SeqCst) <= CAP, "{gauge:?}");
+        assert!(gauge.max.load(SeqCst) > 1, "{gauge:?}");
         let left = engine
             .list(&staunch_saga::ListFilter::status(SagaStatus::Running))
             .await
