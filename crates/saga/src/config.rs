@@ -61,6 +61,10 @@ impl SagaEngineBuilder {
     /// `start` beyond the cap waits in a queue (see [`max_queued`](Self::max_queued));
     /// recovery resumes sagas only as room frees up, so a restart with many unfinished sagas
     /// never fires more than `n` of them at the dependencies at once.
+    ///
+    /// A step that starts another saga on the same engine and waits for its outcome holds
+    /// its own room meanwhile: with every slot held that way, nothing moves. Give such child
+    /// sagas their own engine (or no cap).
     pub fn max_running(mut self, n: usize) -> Self {
         self.max_running = Some(n);
         self
@@ -69,6 +73,9 @@ impl SagaEngineBuilder {
     /// At most `n` sagas of the definition named `definition` (any version) run at once, on
     /// top of [`max_running`](Self::max_running). Setting it again for the same name
     /// replaces it.
+    ///
+    /// Recovery resumes sagas one after the other in id order: one waiting for its
+    /// definition's room holds back the sagas listed after it until room frees up.
     pub fn max_running_for(mut self, definition: impl Into<Arc<str>>, n: usize) -> Self {
         let definition = definition.into();
         self.per_definition.retain(|(name, _)| *name != definition);

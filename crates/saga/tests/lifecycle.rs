@@ -458,3 +458,37 @@ fn twenty_thousand_unfinished_sagas_on_sqlite_recover_under_the_cap() {
         assert!(matches!(last, SagaOutcome::Completed(_)));
     });
 }
+
+/// On a SQLite file across a restart: a handle by id taken before anything resumes the saga
+/// polls the file, and `start` of the same id resumes it; both see one outcome.
+#[cfg(feature = "sqlite")]
+#[test]
+fn after_a_restart_on_sqlite_start_resumes_and_a_handle_by_id_settles() {
+    use staunch_saga::SqliteStore;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = support::TempDir::new("restart");
+    let path = dir.file("restart.db");
+    rt.block_on(async {
+        let store = SqliteStore::open(&path).await.unwrap();
+        crashed(&store, "restart", ["s-1".to_owned()].into_iter()).await;
+        drop(store);
+        let gauge = Arc::new(Gauge::default());
+        let def = counted("restart", &gauge, Duration::from_millis(50));
+        let engine = SagaEngine::builder(SqliteStore::open(&path).await.unwrap())
+            .outcome_poll_interval(Duration::from_millis(10))
+            .build()
+            .unwrap();
+        let by_id = engine.handle(&def, "s-1").await.unwrap();
+        let waiting = tokio::spawn(by_id.outcome());
+        let started = engine.start(&def, "s-1", trail()).await.unwrap();
+        let outcome = started.outcome().await.unwrap();
+        assert!(matches!(outcome, SagaOutcome::Completed(_)));
+        assert_eq!(waiting.await.unwrap().unwrap(), outcome);
+        assert_eq!(gauge.calls.load(SeqCst), 1);
+        let report = engine.recover().await.unwrap();
+        assert!(report.resumed.is_empty(), "{report:?}");
+    });
+}
