@@ -492,3 +492,11 @@ fn after_a_restart_on_sqlite_start_resumes_and_a_handle_by_id_settles() {
         assert!(report.resumed.is_empty(), "{report:?}");
     });
 }
+
+#[test]
+fn the_new_public_types_are_send_sync_and_unpin() {
+    fn check<T: Send + Sync + Unpin>() {}
+    check::<staunch_saga::SagaEngineBuilder>();
+    check::<staunch_saga::SagaHandle<Trail>>();
+    check::<SagaEngine>();
+}
