@@ -5,24 +5,29 @@
 use std::fmt;
 use std::sync::Arc;
 
-use tokio::sync::watch;
-
+use crate::admission::{Admission, Permit};
+use crate::config::{DEFAULT_OUTCOME_POLL_INTERVAL, SagaEngineBuilder};
 use crate::definition::{SagaDefinition, SagaState};
 use crate::error::SagaError;
 use crate::event::SagaEvent;
-use crate::log::{SagaTimeline, settled_outcome};
+use crate::log::SagaTimeline;
 use crate::metrics::{Count, SagaMetrics};
-use crate::outcome::SagaHandle;
-use crate::recovery::{self, RecoveryLoop, RecoveryReport};
+use crate::outcome::{SagaHandle, SagaOutcome, stored_outcome};
+use crate::recovery::{self, RecoveryLoop, RecoveryReport, ResumeError};
 use crate::runner::Runner;
-use crate::shared::{Entry, Shared};
+use crate::shared::{Entry, Replayed, Resume, Shared};
 use crate::store::{Created, ListFilter, NewSaga, SagaStatus, SagaStore, SagaSummary};
 use crate::{operator, task};
 
 /// Runs sagas against a [`SagaStore`]. Cheap to clone; clones share everything.
 ///
 /// Each saga runs on its own tokio task (so the engine must be used inside a tokio runtime).
-/// Register every definition before calling [`recover`](Self::recover).
+/// Register every definition before calling [`recover`](Self::recover) (which refuses to run
+/// with none registered, [`SagaError::NothingRegistered`]). `start` and [`handle`](Self::handle)
+/// work before recovery too: `start` of an unfinished saga resumes it, a handle waits.
+///
+/// [`SagaEngine::builder`] caps how many sagas run at once (admission control); recovery is
+/// paced by the same caps.
 ///
 /// A compensation that keeps failing leaves the saga stuck until an operator acts:
 ///
@@ -88,8 +93,26 @@ impl SagaEngine {
 
     /// An engine over a shared store.
     pub fn from_arc(store: Arc<dyn SagaStore>) -> Self {
+        Self::with_settings(store, Admission::default(), DEFAULT_OUTCOME_POLL_INTERVAL)
+    }
+
+    /// An engine with settings: caps on running sagas, the start queue, the outcome poll.
+    pub fn builder(store: impl SagaStore) -> SagaEngineBuilder {
+        SagaEngineBuilder::new(Arc::new(store))
+    }
+
+    /// [`builder`](Self::builder) over a shared store.
+    pub fn builder_from_arc(store: Arc<dyn SagaStore>) -> SagaEngineBuilder {
+        SagaEngineBuilder::new(store)
+    }
+
+    pub(crate) fn with_settings(
+        store: Arc<dyn SagaStore>,
+        admission: Admission,
+        poll: std::time::Duration,
+    ) -> Self {
         Self {
-            shared: Arc::new(Shared::new(store)),
+            shared: Arc::new(Shared::new(store, admission, poll)),
         }
     }
 
@@ -109,12 +132,24 @@ impl SagaEngine {
     /// The `started` event and the first step's first attempt are durably appended before
     /// this returns; the saga then runs on its own task. Also registers the definition.
     ///
-    /// Errors: the id belongs to a saga of another definition, or is quarantined; the store
-    /// failed; the input does not serialize.
+    /// An existing saga with this id: a settled one gives a handle with its outcome; an
+    /// unfinished one that no runner here drives (after a restart, before or without
+    /// [`recover`](Self::recover)) is resumed here, like recovery would; one another
+    /// instance drives (a leased store) gives a handle that polls the store (see
+    /// [`SagaHandle::outcome`]). `input` is then ignored.
+    ///
+    /// Under a cap ([`SagaEngineBuilder::max_running`]) a new saga waits for room first,
+    /// in a bounded queue.
+    ///
+    /// Errors: the id belongs to a saga of another definition, or is quarantined; the
+    /// queue of waiting starts is full ([`SagaError::Overloaded`], nothing written); the
+    /// store failed; the input does not serialize; the log of an unfinished saga does not
+    /// load ([`SagaError::Load`]; recovery quarantines it).
     ///
     /// # Cancel safety
     /// If the future is dropped before it finishes, the saga may or may not have been
-    /// created; calling `start` again with the same id settles it either way.
+    /// created; calling `start` again with the same id settles it either way. A start
+    /// dropped while it waits for room leaves the queue and wrote nothing.
     pub async fn start<S: SagaState>(
         &self,
         definition: &SagaDefinition<S>,
@@ -145,6 +180,15 @@ impl SagaEngine {
             id: Arc::clone(&id),
             armed: true,
         };
+        let permit = self
+            .shared
+            .admission()
+            .admit_queued(&definition.inner.name)
+            .await
+            .map_err(|full| SagaError::Overloaded {
+                saga_id: id.to_string(),
+                queued: full.queued,
+            })?;
         let mut runner = Runner::new(
             Arc::clone(&self.shared),
             Arc::clone(&definition.inner),
@@ -163,49 +207,128 @@ impl SagaEngine {
             Created::New => {
                 guard.armed = false;
                 self.shared.count(Count::Started, &definition.inner.name);
-                task::spawn(runner);
+                task::spawn(runner, permit);
                 Ok(SagaHandle::new(id, rx))
             }
             Created::Exists => {
+                // The handle comes from what the store says, below (and a receiver kept
+                // here would keep the claim's entry alive after an unclaim).
+                drop((runner, rx));
                 let log = self
                     .shared
                     .store()
                     .load(&id)
                     .await?
                     .ok_or_else(|| SagaError::NotFound(id.to_string()))?;
-                let summary = &log.summary;
-                if summary.definition != *definition.inner.name
-                    || summary.version != definition.inner.version
-                {
-                    return Err(SagaError::DefinitionMismatch {
-                        saga_id: id.to_string(),
-                        definition: summary.definition.clone(),
-                        version: summary.version,
-                    });
+                check_definition(&id, &log.summary, definition)?;
+                let resume: Arc<dyn Resume> = Arc::new(Arc::clone(&definition.inner));
+                if let Some(outcome) = stored_outcome(&log, &*resume) {
+                    drop(guard);
+                    return Ok(SagaHandle::settled(id, outcome?));
                 }
-                if summary.status == SagaStatus::Quarantined {
-                    return Err(SagaError::Quarantined {
-                        saga_id: id.to_string(),
-                        reason: summary.note.clone().unwrap_or_default(),
-                    });
-                }
-                if summary.status.is_resumable() {
-                    // Not driven here yet: the handle waits for recovery to resume it.
-                    guard.armed = false;
-                    self.shared.unclaim(&id);
-                    return Ok(SagaHandle::new(id, rx));
-                }
-                let outcome =
-                    settled_outcome(&log, &definition.inner).map_err(|error| SagaError::Load {
-                        saga_id: id.to_string(),
-                        error,
-                    })?;
-                drop(guard);
-                let (tx, rx) = watch::channel(Some(Ok(outcome)));
-                drop(tx);
-                Ok(SagaHandle::new(id, rx))
+                self.resume_unfinished(&id, &definition.inner.name, permit)
+                    .await?;
+                guard.armed = false;
+                Ok(match self.shared.subscribe_running(&id) {
+                    Some((rx, _)) => SagaHandle::new(id, rx),
+                    // Another instance drives it, or its runner here already finished.
+                    None => SagaHandle::polling(id, Arc::clone(&self.shared), resume),
+                })
             }
         }
+    }
+
+    /// Resumes an unfinished saga `start` found in the store and claimed here; a leased
+    /// store gives its lease first (another instance may drive it: then it is left alone).
+    async fn resume_unfinished(
+        &self,
+        id: &Arc<str>,
+        definition: &str,
+        permit: Permit,
+    ) -> Result<(), SagaError> {
+        let store = self.shared.store();
+        match store.acquire(id).await {
+            Ok(()) => {}
+            Err(crate::StoreError::LeaseLost { .. }) => {
+                self.shared.unclaim(id);
+                return Ok(());
+            }
+            Err(e) => {
+                self.shared.unclaim(id);
+                return Err(e.into());
+            }
+        }
+        match recovery::resume(&self.shared, id, permit).await {
+            Ok(Replayed::Resumed) => {
+                self.shared.count(Count::Resumed, definition);
+                Ok(())
+            }
+            Ok(Replayed::Settled) => Ok(()),
+            Err(e) => {
+                self.shared.unclaim(id);
+                store.release(id);
+                Err(match e {
+                    ResumeError::Store(e) => e.into(),
+                    ResumeError::Load(error) => SagaError::Load {
+                        saga_id: id.to_string(),
+                        error,
+                    },
+                })
+            }
+        }
+    }
+
+    /// A handle for the saga `saga_id` of `definition`, without starting anything: it gives
+    /// the outcome of a settled saga at once, and waits for an unfinished one, whether a
+    /// runner of this engine drives it (started or resumed here, the ids of a
+    /// [`RecoveryReport`] included) or not (another instance drives it, or it waits for
+    /// recovery: the handle then polls the store, see [`SagaHandle::outcome`]).
+    ///
+    /// Errors: no saga has this id ([`SagaError::NotFound`]); it belongs to another
+    /// definition; it is quarantined; the store failed.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only reads.
+    pub async fn handle<S: SagaState>(
+        &self,
+        definition: &SagaDefinition<S>,
+        saga_id: impl Into<Arc<str>>,
+    ) -> Result<SagaHandle<S>, SagaError> {
+        let id: Arc<str> = saga_id.into();
+        if let Some((rx, known)) = self.shared.subscribe_running(&id) {
+            if let Some((name, version)) = known
+                && (*name != *definition.inner.name || version != definition.inner.version)
+            {
+                return Err(SagaError::DefinitionMismatch {
+                    saga_id: id.to_string(),
+                    definition: name.to_string(),
+                    version,
+                });
+            }
+            return Ok(SagaHandle::new(id, rx));
+        }
+        let log = self
+            .shared
+            .store()
+            .load(&id)
+            .await?
+            .ok_or_else(|| SagaError::NotFound(id.to_string()))?;
+        check_definition(&id, &log.summary, definition)?;
+        let resume: Arc<dyn Resume> = Arc::new(Arc::clone(&definition.inner));
+        Ok(match stored_outcome(&log, &*resume) {
+            Some(outcome) => SagaHandle::settled(id, outcome?),
+            None => SagaHandle::polling(id, Arc::clone(&self.shared), resume),
+        })
+    }
+
+    /// The outcome of the saga `saga_id` of `definition`: `handle(definition, saga_id)`
+    /// then [`SagaHandle::outcome`] (same errors; cancel safe).
+    pub async fn outcome<S: SagaState>(
+        &self,
+        definition: &SagaDefinition<S>,
+        saga_id: impl Into<Arc<str>>,
+    ) -> Result<SagaOutcome<S>, SagaError> {
+        self.handle(definition, saga_id).await?.outcome().await
     }
 
     /// Sagas waiting for an operator.
@@ -323,4 +446,20 @@ impl SagaEngine {
         .await?;
         Ok(())
     }
+}
+
+/// The stored saga `id` belongs to `definition`.
+fn check_definition<S: SagaState>(
+    id: &str,
+    summary: &SagaSummary,
+    definition: &SagaDefinition<S>,
+) -> Result<(), SagaError> {
+    if summary.definition != *definition.inner.name || summary.version != definition.inner.version {
+        return Err(SagaError::DefinitionMismatch {
+            saga_id: id.to_owned(),
+            definition: summary.definition.clone(),
+            version: summary.version,
+        });
+    }
+    Ok(())
 }

@@ -275,6 +275,21 @@ pub enum SagaError {
         /// The panic message.
         message: String,
     },
+    /// The engine's caps are reached and its queue of waiting starts is full
+    /// ([`SagaEngineBuilder::max_queued`](crate::SagaEngineBuilder::max_queued)); nothing
+    /// was written. Try again later.
+    #[error("saga `{saga_id}` not started: the engine is at its cap and {queued} starts wait")]
+    Overloaded {
+        /// The saga.
+        saga_id: String,
+        /// How many starts were waiting.
+        queued: usize,
+    },
+    /// [`recover`](crate::SagaEngine::recover) ran before any definition was registered: it
+    /// would have quarantined every unfinished saga as unknown. Every saga it claimed was
+    /// given back untouched.
+    #[error("recovery needs the definitions first: register them, then recover")]
+    NothingRegistered,
     /// The runner driving the saga stopped without an outcome (store failure or shutdown);
     /// the saga resumes on the next recovery.
     #[error("saga `{saga_id}` stopped without an outcome ({reason}); it resumes on recovery")]

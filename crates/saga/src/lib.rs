@@ -144,6 +144,8 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod admission;
+mod config;
 mod context;
 mod definition;
 mod engine;
@@ -161,6 +163,7 @@ mod shared;
 mod store;
 mod task;
 
+pub use config::{DEFAULT_MAX_QUEUED, DEFAULT_OUTCOME_POLL_INTERVAL, SagaEngineBuilder};
 pub use context::{Phase, StepContext, idempotency_key};
 pub use definition::{
     GroupCompensation, GroupFailure, OnInterrupted, ParallelGroup, SagaDefinition,

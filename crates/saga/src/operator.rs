@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::admission::Permit;
 use crate::definition::SagaState;
 use crate::error::{LoadError, SagaError};
 use crate::event::SagaEvent;
@@ -46,6 +47,13 @@ pub(crate) async fn act<S: SagaState>(
             saga_id: saga_id.to_owned(),
             status: log.summary.status,
         });
+    };
+    // A saga this action resumes runs under the engine's caps like any other: wait for room
+    // before claiming it (a cancelled wait holds nothing).
+    let permit = if resume {
+        shared.admission().admit(name).await
+    } else {
+        Permit::default()
     };
     let event = event(step);
     tracing::info!(saga_id, ?event, "operator action");
@@ -95,7 +103,7 @@ pub(crate) async fn act<S: SagaState>(
             })
         });
     let resumed = def.and_then(|def| {
-        def.resume(shared, Arc::clone(&id), progress)
+        def.resume(shared, Arc::clone(&id), progress, permit)
             .map_err(load_err)
     });
     if let Err(e) = resumed {

@@ -10,6 +10,8 @@ use tokio::sync::watch;
 use crate::context::Phase;
 use crate::definition::SagaState;
 use crate::error::SagaError;
+use crate::shared::{Resume, Shared};
+use crate::store::{SagaLog, SagaStatus};
 
 /// What awaiting a saga gives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,25 +100,88 @@ impl RawOutcome {
 }
 
 /// Waits for a saga's outcome. Dropping it does not affect the saga.
+///
+/// From [`SagaEngine::start`](crate::SagaEngine::start), an operator action, or by id from
+/// [`SagaEngine::handle`](crate::SagaEngine::handle).
 pub struct SagaHandle<S> {
     saga_id: Arc<str>,
-    rx: watch::Receiver<Published>,
+    source: Source,
     _state: PhantomData<fn() -> S>,
+}
+
+/// Where a handle hears the outcome from.
+enum Source {
+    /// The saga's runner in this process (or its outcome, already known).
+    Runner(watch::Receiver<Published>),
+    /// No runner of this engine drives the saga (another instance does, or it waits for
+    /// recovery): the store, polled, until a runner here takes it up.
+    Store {
+        shared: Arc<Shared>,
+        definition: Arc<dyn Resume>,
+    },
 }
 
 impl<S> fmt::Debug for SagaHandle<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let source = match self.source {
+            Source::Runner(_) => "runner",
+            Source::Store { .. } => "store",
+        };
         f.debug_struct("SagaHandle")
             .field("saga_id", &self.saga_id)
+            .field("source", &source)
             .finish_non_exhaustive()
     }
+}
+
+/// The outcome a stored saga's log gives, `None` while it is unfinished.
+pub(crate) fn stored_outcome(
+    log: &SagaLog,
+    definition: &dyn Resume,
+) -> Option<Result<RawOutcome, SagaError>> {
+    let status = log.summary.status;
+    if status.is_resumable() {
+        return None;
+    }
+    let saga_id = &log.summary.saga_id;
+    Some(if status == SagaStatus::Quarantined {
+        Err(SagaError::Quarantined {
+            saga_id: saga_id.clone(),
+            reason: log.summary.note.clone().unwrap_or_default(),
+        })
+    } else {
+        definition.settled(log).map_err(|error| SagaError::Load {
+            saga_id: saga_id.clone(),
+            error,
+        })
+    })
 }
 
 impl<S: SagaState> SagaHandle<S> {
     pub(crate) fn new(saga_id: Arc<str>, rx: watch::Receiver<Published>) -> Self {
         Self {
             saga_id,
-            rx,
+            source: Source::Runner(rx),
+            _state: PhantomData,
+        }
+    }
+
+    /// A handle that already knows the outcome.
+    pub(crate) fn settled(saga_id: Arc<str>, outcome: RawOutcome) -> Self {
+        let (tx, rx) = watch::channel(Some(Ok(outcome)));
+        drop(tx);
+        Self::new(saga_id, rx)
+    }
+
+    /// A handle for a saga no runner of this engine drives: it polls the store.
+    pub(crate) fn polling(
+        saga_id: Arc<str>,
+        shared: Arc<Shared>,
+        definition: Arc<dyn Resume>,
+    ) -> Self {
+        Self {
+            saga_id,
+            source: Source::Store { shared, definition },
             _state: PhantomData,
         }
     }
@@ -128,22 +193,38 @@ impl<S: SagaState> SagaHandle<S> {
 
     /// Waits until the saga completes, is compensated, gets stuck or is resolved.
     ///
+    /// A saga that a runner of this engine drives is heard from directly. One that no
+    /// runner here drives (another instance runs it, or it waits for recovery) is reloaded
+    /// from the store every
+    /// [`outcome_poll_interval`](crate::SagaEngineBuilder::outcome_poll_interval) (500 ms by
+    /// default) until it settles or a runner of this engine takes it up.
+    ///
     /// Errors: the runner stopped without an outcome (a store failure:
     /// [`SagaError::Interrupted`]; another instance took the saga over:
     /// [`SagaError::LeaseLost`]; something panicked in the saga's task, which marked the
-    /// saga stuck or quarantined: [`SagaError::Panicked`]), or the final state cannot be decoded as `S`. A saga that was not running in this process when the handle
-    /// was made waits for [`recover`](crate::SagaEngine::recover) to resume it.
+    /// saga stuck or quarantined: [`SagaError::Panicked`]); the saga is quarantined; the
+    /// store failed while polling; or the final state cannot be decoded as `S`.
     ///
     /// # Cancel safety
-    /// Cancel safe: dropping the future only stops waiting.
-    pub async fn outcome(mut self) -> Result<SagaOutcome<S>, SagaError> {
+    /// Cancel safe: dropping the future only stops waiting; it holds nothing else.
+    pub async fn outcome(self) -> Result<SagaOutcome<S>, SagaError> {
+        let mut rx = match self.source {
+            Source::Runner(ref rx) => rx.clone(),
+            Source::Store {
+                ref shared,
+                ref definition,
+            } => match poll(shared, &self.saga_id, &**definition).await {
+                Polled::Settled(raw) => return raw?.decode(),
+                Polled::Runner(rx) => rx,
+            },
+        };
         loop {
-            let seen = self.rx.borrow_and_update().clone();
+            let seen = rx.borrow_and_update().clone();
             if let Some(published) = seen {
                 return self.finish(published);
             }
-            if self.rx.changed().await.is_err() {
-                let last = self.rx.borrow().clone();
+            if rx.changed().await.is_err() {
+                let last = rx.borrow().clone();
                 return match last {
                     Some(published) => self.finish(published),
                     None => Err(SagaError::Interrupted {
@@ -170,5 +251,33 @@ impl<S: SagaState> SagaHandle<S> {
                 reason,
             }),
         }
+    }
+}
+
+/// What polling the store for a saga found.
+enum Polled {
+    Settled(Result<RawOutcome, SagaError>),
+    /// A runner of this engine drives it now.
+    Runner(watch::Receiver<Published>),
+}
+
+/// Reloads the saga every poll interval until it settles or a runner here takes it up.
+async fn poll(shared: &Shared, id: &str, definition: &dyn Resume) -> Polled {
+    loop {
+        // Checked before each load: a runner here that finishes after this check has
+        // written its last row before the load reads the log.
+        if let Some((rx, _)) = shared.subscribe_running(id) {
+            return Polled::Runner(rx);
+        }
+        match shared.store().load(id).await {
+            Err(e) => return Polled::Settled(Err(e.into())),
+            Ok(None) => return Polled::Settled(Err(SagaError::NotFound(id.to_owned()))),
+            Ok(Some(log)) => {
+                if let Some(outcome) = stored_outcome(&log, definition) {
+                    return Polled::Settled(outcome);
+                }
+            }
+        }
+        tokio::time::sleep(shared.poll_interval()).await;
     }
 }

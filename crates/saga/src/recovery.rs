@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tokio::sync::watch;
 
+use crate::admission::Permit;
 use crate::error::{LoadError, SagaError, StoreError, panic_message};
 use crate::log::{decode_log, named_definition};
 use crate::metrics::Count;
@@ -17,6 +18,10 @@ use crate::shared::{Replayed, Shared};
 use crate::store::SagaSummary;
 
 /// What [`SagaEngine::recover`](crate::SagaEngine::recover) did.
+///
+/// Every id in it is accepted by [`SagaEngine::handle`](crate::SagaEngine::handle) and
+/// [`SagaEngine::outcome`](crate::SagaEngine::outcome), which wait for (or return) that
+/// saga's outcome.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RecoveryReport {
@@ -33,24 +38,35 @@ pub struct RecoveryReport {
 }
 
 /// One recovery pass over at most `limit` claimed sagas (every unfinished one for a store
-/// without leases).
+/// without leases), each resumed once there is room for it under the engine's caps.
 pub(crate) async fn recover(
     shared: &Arc<Shared>,
     limit: usize,
 ) -> Result<RecoveryReport, SagaError> {
+    // A leased store: claim only what can run now (a claimed saga waiting for room would
+    // hold a lease that another instance with room could use); the next pass takes more.
+    // A store without leases lists every unfinished saga; each waits for room below.
     let limit = if shared.store().lease_ttl().is_some() {
-        limit
+        limit.min(shared.admission().available())
     } else {
         usize::MAX
     };
+    if limit == 0 {
+        return Ok(RecoveryReport::default());
+    }
     let mut report = RecoveryReport::default();
     let claimed = shared.store().claim_resumable(limit).await?;
+    let nothing_registered = !claimed.is_empty() && !shared.has_definitions();
     // Every claimed saga is resumed (its runner releases it), quarantined, or released: on
     // every path, errors, panics and a cancelled pass included (the guards below).
     let mut pending = Pending {
         shared,
         rest: claimed.into_iter(),
     };
+    if nothing_registered {
+        // Every claimed saga would be quarantined as unknown: give them back (`pending`).
+        return Err(SagaError::NothingRegistered);
+    }
     for summary in pending.rest.by_ref() {
         let id: Arc<str> = Arc::from(summary.saga_id.as_str());
         if !shared.claim(&id) {
@@ -63,7 +79,9 @@ pub(crate) async fn recover(
             id: &id,
             armed: true,
         };
-        let resumed = AssertUnwindSafe(resume(shared, &id))
+        // Paced by the caps: wait for room (cancel safe; `held` gives the claims back).
+        let permit = shared.admission().admit(&summary.definition).await;
+        let resumed = AssertUnwindSafe(resume(shared, &id, permit))
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| {
@@ -114,8 +132,13 @@ async fn quarantine(shared: &Shared, id: &str, error: &LoadError) -> Result<(), 
         })
 }
 
-/// Loads, checks and replays a claimed saga's log and spawns its runner.
-async fn resume(shared: &Arc<Shared>, id: &Arc<str>) -> Result<Replayed, ResumeError> {
+/// Loads, checks and replays a saga's log (claimed here, and in a leased store) and spawns
+/// its runner holding `permit`.
+pub(crate) async fn resume(
+    shared: &Arc<Shared>,
+    id: &Arc<str>,
+    permit: Permit,
+) -> Result<Replayed, ResumeError> {
     let log = shared
         .store()
         .load(id)
@@ -138,11 +161,11 @@ async fn resume(shared: &Arc<Shared>, id: &Arc<str>) -> Result<Replayed, ResumeE
         })
     })?;
     let progress = Progress::replay(&events, def.step_count()).map_err(ResumeError::Load)?;
-    def.resume(shared, Arc::clone(id), progress)
+    def.resume(shared, Arc::clone(id), progress, permit)
         .map_err(ResumeError::Load)
 }
 
-enum ResumeError {
+pub(crate) enum ResumeError {
     Store(StoreError),
     Load(LoadError),
 }

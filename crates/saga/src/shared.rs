@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::admission::{Admission, Permit};
 use crate::definition::{DefinitionInner, SagaState};
 use crate::error::{LoadError, SagaError, StoreError};
 use crate::metrics::{Count, Counters, SagaMetrics};
 use crate::outcome::{Published, RawOutcome, Stopped};
 use crate::replay::Progress;
-use crate::store::SagaStore;
+use crate::store::{SagaLog, SagaStore};
 
 /// The state one engine and all its clones share.
 pub(crate) struct Shared {
@@ -23,10 +24,15 @@ pub(crate) struct Shared {
     counters: Counters,
     registry: RwLock<Registry>,
     live: Mutex<HashMap<Arc<str>, Live>>,
+    admission: Admission,
+    poll: Duration,
 }
 
 /// Registered definitions by name and version.
 type Registry = HashMap<(Arc<str>, u32), Arc<dyn Resume>>;
+
+/// A definition's name and version.
+pub(crate) type Named = (Arc<str>, u32);
 
 /// A saga this engine runs or has handles waiting on.
 struct Live {
@@ -57,7 +63,10 @@ pub(crate) trait Resume: Send + Sync {
         shared: &Arc<Shared>,
         id: Arc<str>,
         progress: Progress,
+        permit: Permit,
     ) -> Result<Replayed, LoadError>;
+    /// The outcome of a saga whose log has ended (or is stuck).
+    fn settled(&self, log: &SagaLog) -> Result<RawOutcome, LoadError>;
 }
 
 /// What resuming a replayed log started.
@@ -81,13 +90,25 @@ pub(crate) enum Entry {
 }
 
 impl Shared {
-    pub(crate) fn new(store: Arc<dyn SagaStore>) -> Self {
+    pub(crate) fn new(store: Arc<dyn SagaStore>, admission: Admission, poll: Duration) -> Self {
         Self {
             store,
             counters: Counters::default(),
             registry: RwLock::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
+            admission,
+            poll,
         }
+    }
+
+    /// The engine's caps.
+    pub(crate) fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// How often a handle polls the store for a saga no runner here drives.
+    pub(crate) fn poll_interval(&self) -> Duration {
+        self.poll
     }
 
     /// The store.
@@ -143,6 +164,15 @@ impl Shared {
         }
     }
 
+    /// Whether any definition is registered.
+    pub(crate) fn has_definitions(&self) -> bool {
+        !self
+            .registry
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
     pub(crate) fn definition(&self, name: &str, version: u32) -> Option<Arc<dyn Resume>> {
         let registry = self.registry.read().unwrap_or_else(PoisonError::into_inner);
         registry.get(&(Arc::from(name), version)).cloned()
@@ -158,7 +188,7 @@ impl Shared {
     /// `start` of saga `id` with definition `name`/`version`: claims it when it is new here.
     pub(crate) fn enter(&self, id: &Arc<str>, name: &Arc<str>, version: u32) -> Entry {
         let mut live = self.live();
-        if let Some(l) = live.get(id) {
+        if let Some(l) = live.get_mut(id) {
             if let Some((known, known_version)) = &l.definition
                 && (**known != **name || *known_version != version)
             {
@@ -167,7 +197,13 @@ impl Shared {
                     version: *known_version,
                 };
             }
-            return Entry::Existing(l.tx.subscribe());
+            if l.running {
+                return Entry::Existing(l.tx.subscribe());
+            }
+            // Known here with nobody driving it (handles wait for it): `start` drives it.
+            l.running = true;
+            l.definition = Some((Arc::clone(name), version));
+            return Entry::Claimed(l.tx.subscribe());
         }
         let entry = Live::new(true, Some((Arc::clone(name), version)));
         let rx = entry.tx.subscribe();
@@ -215,11 +251,28 @@ impl Shared {
         }
     }
 
-    /// No runner of this process drives the saga any more; its handles keep waiting.
+    /// No runner of this process drives the saga any more; its handles keep waiting (and
+    /// without a handle waiting, it is forgotten).
     pub(crate) fn unclaim(&self, id: &str) {
-        if let Some(l) = self.live().get_mut(id) {
+        let mut live = self.live();
+        if let Some(l) = live.get_mut(id) {
             l.running = false;
+            if l.tx.receiver_count() == 0 {
+                live.remove(id);
+            }
         }
+    }
+
+    /// A receiver for the saga's next outcome if a runner of this process drives it, with
+    /// the definition it runs under when known.
+    pub(crate) fn subscribe_running(
+        &self,
+        id: &str,
+    ) -> Option<(watch::Receiver<Published>, Option<Named>)> {
+        self.live()
+            .get(id)
+            .filter(|l| l.running)
+            .map(|l| (l.tx.subscribe(), l.definition.clone()))
     }
 
     /// Forgets a saga claimed by `start` that no runner took over; its handles close.

@@ -7,12 +7,16 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use tracing::Instrument;
 
+use crate::admission::Permit;
 use crate::definition::{DefinitionInner, SagaState};
 use crate::error::{LoadError, SagaError, StoreError, panic_message};
 use crate::guard;
+use crate::log::settled_outcome;
+use crate::outcome::RawOutcome;
 use crate::replay::Progress;
 use crate::runner::Runner;
 use crate::shared::{Replayed, Resume, Shared};
+use crate::store::SagaLog;
 
 impl<S: SagaState> Resume for Arc<DefinitionInner<S>> {
     fn step_count(&self) -> usize {
@@ -24,6 +28,7 @@ impl<S: SagaState> Resume for Arc<DefinitionInner<S>> {
         shared: &Arc<Shared>,
         id: Arc<str>,
         progress: Progress,
+        permit: Permit,
     ) -> Result<Replayed, LoadError> {
         let runner = Runner::resume(Arc::clone(shared), Arc::clone(self), id, progress)
             .map_err(LoadError::Inconsistent)?;
@@ -32,13 +37,18 @@ impl<S: SagaState> Resume for Arc<DefinitionInner<S>> {
         } else {
             Replayed::Resumed
         };
-        spawn(runner);
+        spawn(runner, permit);
         Ok(replayed)
+    }
+
+    fn settled(&self, log: &SagaLog) -> Result<RawOutcome, LoadError> {
+        settled_outcome(log, self)
     }
 }
 
-/// Runs `runner` on its own task until the saga ends, gets stuck, or its runner stops.
-pub(crate) fn spawn<S: SagaState>(mut runner: Runner<S>) {
+/// Runs `runner` on its own task until the saga ends, gets stuck, or its runner stops; the
+/// task holds `permit` (its room under the engine's caps) until then.
+pub(crate) fn spawn<S: SagaState>(mut runner: Runner<S>, permit: Permit) {
     let id = Arc::clone(runner.id());
     let def = Arc::clone(runner.definition());
     let shared = Arc::clone(runner.shared());
@@ -47,6 +57,9 @@ pub(crate) fn spawn<S: SagaState>(mut runner: Runner<S>) {
     tokio::spawn(
         async move {
             let _in_flight = in_flight;
+            // Room under the caps, freed before the handles hear the outcome (a caller that
+            // starts the next saga on hearing it finds the room).
+            let permit = permit;
             // The unwind guard: whatever panics in here, the saga is marked and its handles
             // answered, and the engine forgets it.
             let result = AssertUnwindSafe(runner.drive()).catch_unwind().await;
@@ -89,6 +102,7 @@ pub(crate) fn spawn<S: SagaState>(mut runner: Runner<S>) {
             // Whatever happened, this process stops driving it: a leased store lets the
             // lease expire (terminal appends already released it).
             shared.store().release(&id);
+            drop(permit);
             shared.publish(&id, &def.name, result, !runner.replayed_settled());
         }
         .instrument(span),

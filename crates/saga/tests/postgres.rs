@@ -728,3 +728,113 @@ async fn a_cancelled_create_leaves_no_lease_behind_and_its_saga_is_claimable() {
         assert!(claimed.is_empty());
     }
 }
+
+/// A handle by id (and a `start` of the same id) on an instance that does not drive the saga
+/// polls the store: it settles once the owner finishes, and nothing runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_on_another_instance_polls_until_the_owner_finishes() {
+    let Some((store_a, guard)) = pg::store("byid", Duration::from_secs(30)).await else {
+        return;
+    };
+    let store_b = pg::another(&guard, Duration::from_secs(30)).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let (g, r) = (Arc::clone(&gate), Arc::clone(&runs));
+    let def = SagaDefinition::<u32>::builder("remote", 1)
+        .step(Step::new("wait", move |n, _| {
+            let (g, r) = (Arc::clone(&g), Arc::clone(&r));
+            async move {
+                r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = g.acquire().await.map(tokio::sync::SemaphorePermit::forget);
+                Ok(n + 1)
+            }
+        }))
+        .build()
+        .unwrap();
+    let engine_a = SagaEngine::new(store_a);
+    let owner = engine_a.start(&def, "r-1", 1).await.unwrap();
+    let engine_b = SagaEngine::builder(store_b)
+        .outcome_poll_interval(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let by_id = engine_b.handle(&def, "r-1").await.unwrap();
+    // `start` on the instance that does not hold the lease does not run it again.
+    let started = engine_b.start(&def, "r-1", 99).await.unwrap();
+    let waiting = tokio::spawn(async move { (by_id.outcome().await, started.outcome().await) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished());
+    gate.add_permits(1);
+    assert!(matches!(
+        owner.outcome().await,
+        Ok(SagaOutcome::Completed(2))
+    ));
+    let (a, b) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the polling handles settle within a few poll intervals")
+        .unwrap();
+    assert!(matches!(a, Ok(SagaOutcome::Completed(2))), "{a:?}");
+    assert!(matches!(b, Ok(SagaOutcome::Completed(2))), "{b:?}");
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(matches!(
+        engine_b.outcome(&def, "r-2").await,
+        Err(SagaError::NotFound(_))
+    ));
+}
+
+/// Recovery on a leased store claims no more sagas than the cap has room for; a dead
+/// instance's sagas are taken over in paced passes and all finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_under_a_cap_claims_only_what_fits() {
+    let Some((_store, guard)) = pg::store("paced", TTL).await else {
+        return;
+    };
+    // A dead instance: its runtime is dropped with 40 sagas mid-step.
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let hang = SagaDefinition::<u32>::builder("paced", 1)
+                    .step(Step::new("work", |_n, _| {
+                        std::future::pending::<Result<u32, StepError>>()
+                    }))
+                    .build()
+                    .unwrap();
+                let engine_a = SagaEngine::new(pg::another(&guard, TTL).await);
+                for i in 0..40 {
+                    engine_a.start(&hang, format!("p-{i:02}"), i).await.unwrap();
+                }
+            });
+        });
+    });
+    let now = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let max = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (n, m) = (Arc::clone(&now), Arc::clone(&max));
+    let work = SagaDefinition::<u32>::builder("paced", 1)
+        .step(Step::new("work", move |x, _| {
+            let (n, m) = (Arc::clone(&n), Arc::clone(&m));
+            async move {
+                use std::sync::atomic::Ordering::SeqCst;
+                m.fetch_max(n.fetch_add(1, SeqCst) + 1, SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                n.fetch_sub(1, SeqCst);
+                Ok(x)
+            }
+        }))
+        .build()
+        .unwrap();
+    let engine_b = SagaEngine::builder(pg::another(&guard, TTL).await)
+        .max_running(4)
+        .build()
+        .unwrap();
+    engine_b.register(&work);
+    tokio::time::sleep(TTL + Duration::from_millis(500)).await;
+    let first = engine_b.recover().await.unwrap();
+    assert!(first.resumed.len() <= 4, "{first:?}");
+    let recovery = engine_b.spawn_recovery(Duration::from_millis(50));
+    wait_for("all 40 completed", Duration::from_secs(30), || {
+        engine_b.metrics().completed == 40
+    })
+    .await;
+    recovery.stop().await;
+    assert!(max.load(std::sync::atomic::Ordering::SeqCst) <= 4);
+}

@@ -96,10 +96,10 @@ fn an_interrupted_action_reruns_with_the_same_idempotency_key() {
     runtime().block_on(async {
         let engine = SagaEngine::new(store.clone());
         engine.register(&f.def);
-        // A handle taken before recovery waits for it.
+        // `start` before recovery resumes the unfinished saga itself; recovery leaves it.
         let handle = engine.start(&f.def, "r1", trail()).await.unwrap();
         let report = engine.recover().await.unwrap();
-        assert_eq!(report.resumed, ["r1"]);
+        assert!(report.resumed.is_empty(), "{report:?}");
         let outcome = handle.outcome().await.unwrap();
         assert!(matches!(outcome, SagaOutcome::Completed(_)), "{outcome:?}");
     });
