@@ -142,13 +142,46 @@ struct EnvelopeIn {
 impl SagaEvent {
     /// Encodes the event as a log row.
     pub fn encode(&self) -> String {
+        // Written into a buffer sized for the whole row, so a row carrying a state is not
+        // copied over and over while `serde_json` grows its default 128-byte buffer.
+        let mut row = Vec::with_capacity(self.encoded_len_hint());
         // Serializing these plain enums cannot fail: every field is a string, a number or
-        // already-valid JSON.
-        serde_json::to_string(&EnvelopeOut {
+        // already-valid JSON, and what `serde_json` writes is UTF-8.
+        let envelope = EnvelopeOut {
             v: LOG_FORMAT_VERSION,
             e: self,
-        })
-        .unwrap_or_default()
+        };
+        if serde_json::to_writer(&mut row, &envelope).is_err() {
+            return String::new();
+        }
+        String::from_utf8(row).unwrap_or_default()
+    }
+
+    /// About the length of the encoded row: the envelope and field names, plus the states
+    /// and texts it carries (text that needs escaping grows the buffer once more).
+    fn encoded_len_hint(&self) -> usize {
+        const ENVELOPE: usize = 96;
+        let carried = match self {
+            Self::Started {
+                definition, input, ..
+            } => definition.len() + input.get().len(),
+            Self::StepCompleted { state, member, .. } => {
+                state.get().len() + member.as_ref().map_or(0, |m| m.get().len())
+            }
+            Self::CompensationCompleted { state, .. } => state.get().len(),
+            Self::StepFailed { error, .. }
+            | Self::CompensationFailed { error, .. }
+            | Self::CompensationBegan { error, .. }
+            | Self::Stuck { error, .. }
+            | Self::Compensated { error, .. } => error.len(),
+            Self::OperatorResolved { note } => note.len(),
+            Self::StepStarted { .. }
+            | Self::CompensationStarted { .. }
+            | Self::OperatorRetried { .. }
+            | Self::OperatorSkipped { .. }
+            | Self::Completed => 0,
+        };
+        ENVELOPE.saturating_add(carried)
     }
 
     /// Decodes a log row written by [`encode`](Self::encode).
