@@ -7,6 +7,9 @@
 //!   `synchronous=FULL`) appending the same rows (two log rows per saga per transition, four
 //!   transitions per saga, plus the summary row inserted by the first and updated by the
 //!   last) in the same batches of 256 sagas, with raw sqlx and no engine.
+//! - `sqlite_rusqlite_same_rows`: the same rows in the same batches and statements on the
+//!   same file, through `rusqlite` on the bench's own blocking thread (no async runtime, no
+//!   hop to a driver thread per statement): what the driver's per-statement cost is.
 //! - `postgres_256` (feature `postgres`, needs `STAUNCH_TEST_POSTGRES_URL`; skipped with a
 //!   note otherwise): the same sagas on a `PostgresStore` (leases, fenced group-commit
 //!   appends) in a fresh schema on the loopback server.
@@ -111,6 +114,49 @@ async fn raw_batch(
     tx.commit().await
 }
 
+/// [`raw_batch`] through `rusqlite`, on the calling thread.
+fn rusqlite_batch(
+    conn: &mut rusqlite::Connection,
+    ids: &[String],
+    round: u64,
+    payloads: &[String; 2],
+) -> rusqlite::Result<()> {
+    use rusqlite::ToSql;
+    let tx = conn.transaction()?;
+    let rows = vec!["(?,?,?)"; ids.len() * 2].join(",");
+    let sql = format!("INSERT INTO staunch_saga_events (saga_id, seq, payload) VALUES {rows}");
+    let seqs = [(round * 2).cast_signed(), (round * 2 + 1).cast_signed()];
+    let mut params: Vec<&dyn ToSql> = Vec::with_capacity(ids.len() * 6);
+    for id in ids {
+        for (seq, p) in seqs.iter().zip(payloads) {
+            params.extend([id as &dyn ToSql, seq, p]);
+        }
+    }
+    tx.execute(&sql, params.as_slice())?;
+    if round == 0 || round == 3 {
+        let rows = vec!["(?,?,?,?,?,?)"; ids.len()].join(",");
+        let sql = format!(
+            "INSERT INTO staunch_sagas (saga_id, definition, version, status, note, updated_at_ms) \
+             VALUES {rows} ON CONFLICT (saga_id) DO UPDATE SET status = excluded.status, note = excluded.note, \
+             updated_at_ms = excluded.updated_at_ms"
+        );
+        let status = if round == 0 { "running" } else { "completed" };
+        let mut params: Vec<&dyn ToSql> = Vec::with_capacity(ids.len() * 6);
+        for id in ids {
+            params.extend([
+                id as &dyn ToSql,
+                &"bench",
+                &1_i64,
+                &status,
+                &rusqlite::types::Null,
+                &0_i64,
+            ]);
+        }
+        tx.execute(&sql, params.as_slice())?;
+    }
+    tx.commit()
+}
+
 fn benches(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -173,6 +219,22 @@ fn benches(c: &mut Criterion) {
             });
         });
     });
+    let mut lite = rusqlite::Connection::open(&path).expect("rusqlite connection");
+    lite.pragma_update(None, "journal_mode", "WAL")
+        .expect("WAL");
+    lite.pragma_update(None, "synchronous", "FULL")
+        .expect("synchronous=FULL");
+    group.bench_function("sqlite_rusqlite_same_rows", |b| {
+        b.iter(|| {
+            let ids: Vec<String> = (0..CONCURRENCY)
+                .map(|_| format!("lite-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)))
+                .collect();
+            for round in 0..4 {
+                rusqlite_batch(&mut lite, &ids, round, &payloads).expect("rusqlite batch");
+            }
+        });
+    });
+    drop(lite);
     #[cfg(feature = "postgres")]
     postgres::benches(&mut group, &rt, &def, &payloads);
     group.finish();

@@ -445,6 +445,7 @@ impl SagaStore for SqliteStore {
         saga_id: &'a str,
         reason: &'a str,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(self.request(|tx| Request::Quarantine(saga_id.to_owned(), reason.to_owned(), tx)))
+        let (saga_id, reason) = (Arc::from(saga_id), reason.to_owned());
+        Box::pin(self.request(move |tx| Request::Quarantine(saga_id, reason, tx)))
     }
 }

@@ -29,11 +29,11 @@ const MAX_CACHED: usize = 1_000_000;
 pub(super) enum Request {
     Create(NewSaga, oneshot::Sender<Result<Created, StoreError>>),
     Append(Append, oneshot::Sender<Result<(), StoreError>>),
-    Quarantine(String, String, oneshot::Sender<Result<(), StoreError>>),
+    Quarantine(Arc<str>, String, oneshot::Sender<Result<(), StoreError>>),
 }
 
 impl Request {
-    fn saga_id(&self) -> &str {
+    fn saga_id(&self) -> &Arc<str> {
         match self {
             Self::Create(n, _) => &n.saga_id,
             Self::Append(a, _) => &a.saga_id,
@@ -134,7 +134,7 @@ pub(super) async fn writer(
                         Ok(Some(outcome)) => request.answer(outcome),
                         Ok(None) => request.fail(&StoreError::Closed),
                         Err(e) => {
-                            tracing::error!(error = %e, saga_id = request.saga_id(), "saga store request failed");
+                            tracing::error!(error = %e, saga_id = %request.saga_id(), "saga store request failed");
                             request.fail(&e);
                         }
                     }
@@ -163,7 +163,8 @@ async fn commit(
     let mut quarantines: Vec<(&str, &str)> = Vec::new();
     let mut outcomes = Vec::with_capacity(requests.len());
     for request in requests {
-        let id: Arc<str> = Arc::from(request.saga_id());
+        // The request's own id: no copy per request.
+        let id = Arc::clone(request.saga_id());
         let known = overlay
             .get(&id)
             .or_else(|| cache.get(&id))
@@ -304,7 +305,7 @@ async fn fill_cache(
     let mut missing: Vec<&str> = batch
         .iter()
         .filter(|r| !matches!(r, Request::Quarantine(..)))
-        .map(Request::saga_id)
+        .map(|r| &**r.saga_id())
         .filter(|id| !cache.contains_key(*id))
         .collect();
     if missing.is_empty() {
