@@ -8,7 +8,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
-use staunch_core::{BreakerOpen, BulkheadFull, DeadlineExpired, Rejection, rejection_of};
+use staunch_core::{
+    BreakerOpen, BulkheadFull, DeadlineExpired, RateLimited, Rejection, rejection_of,
+};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -86,6 +88,9 @@ pub enum Error<E> {
     /// The call was not sent: the caller's deadline (the request's `Deadline`) had already
     /// passed. Not retried, and not counted by the breaker: the dependency never saw it.
     DeadlineExpired(DeadlineExpired),
+    /// A rate limiter had no permit for the call within the time it may wait: the call was
+    /// not sent. Not retried, and not counted by the breaker.
+    RateLimited(RateLimited),
     /// A time limit (per attempt, overall, or a propagated deadline) cancelled a call that
     /// had been sent.
     #[cfg(feature = "timeout")]
@@ -146,6 +151,7 @@ where
             Some(Rejection::DeadlineExpired(expired)) => {
                 return Error::DeadlineExpired(expired.clone());
             }
+            Some(Rejection::RateLimited(limited)) => return Error::RateLimited(limited.clone()),
             Some(_) | None => {}
         }
         #[cfg(feature = "timeout")]
@@ -165,6 +171,7 @@ where
             Error::BreakerOpen(e) => Box::new(e),
             Error::BulkheadFull(e) => Box::new(e),
             Error::DeadlineExpired(e) => Box::new(e),
+            Error::RateLimited(e) => Box::new(e),
             #[cfg(feature = "timeout")]
             Error::Elapsed(e) => Box::new(e),
             #[cfg(feature = "retry")]
@@ -207,12 +214,16 @@ where
 }
 
 impl<E> Error<E> {
-    /// `true` when a breaker or a bulkhead refused the call, or it was not sent because its
-    /// deadline had passed (it was not made, and retrying it now would not help).
+    /// `true` when a breaker, a bulkhead or a rate limiter refused the call, or it was not
+    /// sent because its deadline had passed (it was not made, and retrying it now would not
+    /// help).
     pub fn is_rejection(&self) -> bool {
         matches!(
             self,
-            Error::BreakerOpen(_) | Error::BulkheadFull(_) | Error::DeadlineExpired(_)
+            Error::BreakerOpen(_)
+                | Error::BulkheadFull(_)
+                | Error::DeadlineExpired(_)
+                | Error::RateLimited(_)
         )
     }
 
@@ -258,6 +269,7 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
             Error::BreakerOpen(e) => write!(f, "call rejected by circuit breaker `{}`", e.name()),
             Error::BulkheadFull(e) => write!(f, "call rejected by bulkhead `{}`", e.name()),
             Error::DeadlineExpired(_) => f.write_str("call not sent: its deadline had passed"),
+            Error::RateLimited(e) => write!(f, "call rejected by rate limiter `{}`", e.name()),
             #[cfg(feature = "timeout")]
             Error::Elapsed(_) => f.write_str("call cancelled by a time limit"),
             #[cfg(feature = "retry")]
@@ -285,6 +297,7 @@ impl<E: StdError + 'static> StdError for Error<E> {
             Error::BreakerOpen(e) => Some(e),
             Error::BulkheadFull(e) => Some(e),
             Error::DeadlineExpired(e) => Some(e),
+            Error::RateLimited(e) => Some(e),
             #[cfg(feature = "timeout")]
             Error::Elapsed(e) => Some(e),
             #[cfg(feature = "retry")]
@@ -310,6 +323,12 @@ impl<E> From<BulkheadFull> for Error<E> {
 impl<E> From<DeadlineExpired> for Error<E> {
     fn from(e: DeadlineExpired) -> Self {
         Error::DeadlineExpired(e)
+    }
+}
+
+impl<E> From<RateLimited> for Error<E> {
+    fn from(e: RateLimited) -> Self {
+        Error::RateLimited(e)
     }
 }
 

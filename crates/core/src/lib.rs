@@ -96,8 +96,8 @@ pub use crate::config::{ConfigError, Maybe};
 pub use crate::grpc::GrpcStatus;
 pub use crate::http::HttpStatus;
 pub use crate::rejection::{
-    BreakerOpen, BulkheadFull, BulkheadFullReason, DeadlineExpired, IgnoreRejections, Rejection,
-    rejection_of,
+    BreakerOpen, BulkheadFull, BulkheadFullReason, DeadlineExpired, IgnoreRejections, RateLimited,
+    Rejection, rejection_of,
 };
 pub use crate::time::{FAR_FUTURE, Moment, instant_after};
 

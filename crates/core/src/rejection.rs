@@ -166,6 +166,48 @@ impl fmt::Display for DeadlineExpired {
 
 impl Error for DeadlineExpired {}
 
+/// A rate limiter had no permit for the call within the time it may wait, and did not run it.
+///
+/// A cheap value like [`BreakerOpen`]. [`retry_after`](Self::retry_after) says when the
+/// limiter will next have a permit (for the rate it enforces at the moment of the rejection;
+/// a server's hint may lower that rate further). Like every rejection it is never retried by
+/// the staunch retry layer and never counted by a circuit breaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimited {
+    name: Arc<str>,
+    retry_after: Duration,
+}
+
+impl RateLimited {
+    /// A rejection by the rate limiter called `name`, which expects a permit after
+    /// `retry_after`.
+    pub fn new(name: Arc<str>, retry_after: Duration) -> Self {
+        Self { name, retry_after }
+    }
+
+    /// The name of the rate limiter that rejected the call.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// How long until the limiter has a permit again.
+    pub fn retry_after(&self) -> Duration {
+        self.retry_after
+    }
+}
+
+impl fmt::Display for RateLimited {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rate limiter `{}` has no permit for another {:?} (the call was not sent: slow down, do not retry at once)",
+            self.name, self.retry_after
+        )
+    }
+}
+
+impl Error for RateLimited {}
+
 /// A rejection found by [`rejection_of`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -176,6 +218,8 @@ pub enum Rejection<'a> {
     BulkheadFull(&'a BulkheadFull),
     /// The caller's deadline had passed before the call was sent.
     DeadlineExpired(&'a DeadlineExpired),
+    /// A rate limiter had no permit for the call.
+    RateLimited(&'a RateLimited),
 }
 
 impl Rejection<'_> {
@@ -183,6 +227,7 @@ impl Rejection<'_> {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Rejection::BreakerOpen(e) => e.retry_after(),
+            Rejection::RateLimited(e) => Some(e.retry_after()),
             Rejection::BulkheadFull(_) | Rejection::DeadlineExpired(_) => None,
         }
     }
@@ -212,6 +257,9 @@ pub fn rejection_of<'a>(err: &'a (dyn Error + 'static)) -> Option<Rejection<'a>>
         }
         if let Some(expired) = e.downcast_ref::<DeadlineExpired>() {
             return Some(Rejection::DeadlineExpired(expired));
+        }
+        if let Some(limited) = e.downcast_ref::<RateLimited>() {
+            return Some(Rejection::RateLimited(limited));
         }
         current = e.source();
     }
@@ -335,6 +383,26 @@ mod tests {
         assert!(text.contains("deadline had already passed"), "{text}");
         let unnamed = DeadlineExpired::new(None).to_string();
         assert!(unnamed.starts_with("call not sent: "), "{unnamed}");
+    }
+
+    #[test]
+    fn a_rate_limited_call_is_a_rejection_with_its_wait() {
+        use crate::BoxError;
+        let limited = RateLimited::new(Arc::from("search"), Duration::from_millis(40));
+        let wrapped = Wrapper(Box::new(limited.clone()));
+        assert_eq!(
+            rejection_of(&wrapped),
+            Some(Rejection::RateLimited(&limited))
+        );
+        assert_eq!(
+            Rejection::RateLimited(&limited).retry_after(),
+            Some(Duration::from_millis(40))
+        );
+        let classify = IgnoreRejections::new(crate::AnyError::new());
+        let refused: Result<(), BoxError> = Err(Box::new(wrapped));
+        assert_eq!(classify.classify(&refused), Outcome::Ignored);
+        let text = limited.to_string();
+        assert!(text.contains("`search` has no permit for another 40ms"), "{text}");
     }
 
     #[test]
