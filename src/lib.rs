@@ -100,6 +100,43 @@
 //! outermost when what you must bound is the number of *callers* inside the stack (memory,
 //! tasks) rather than the load on the dependency.
 //!
+//! **A rate limiter (feature `rate-limit`) goes inside retry and outside the breaker.** Inside
+//! retry, each attempt takes a permit, so retries cannot exceed the rate the dependency
+//! grants, and a call the limiter refuses ends with `Error::RateLimited` instead of being
+//! retried into the limit. Outside the breaker, a refused call never reaches the breaker,
+//! which therefore never counts it (it says nothing about the dependency's health). With
+//! `HttpHints`, a `429` with `Retry-After` stops the client's calls until it has passed:
+//!
+//! ```
+//! # #[cfg(all(feature = "rate-limit", feature = "circuit-breaker", feature = "retry"))]
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use std::time::Duration;
+//! use staunch::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
+//! use staunch::rate_limit::{RateLimitLayer, RateLimiter};
+//! use staunch::retry::{RetryLayer, RetryPolicy};
+//! use staunch::{BoxError, Error, TypedErrorsLayer};
+//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//!
+//! let limiter = RateLimiter::builder("geo").rate(1, Duration::from_secs(1)).build().unwrap();
+//! let breaker = CircuitBreaker::builder("geo").build().unwrap();
+//! let mut client = ServiceBuilder::new()
+//!     .layer(TypedErrorsLayer::<std::io::Error>::new())
+//!     .layer(RetryLayer::new(RetryPolicy::builder().build().unwrap()))
+//!     .layer(RateLimitLayer::new(limiter))
+//!     .layer(CircuitBreakerLayer::new(breaker.clone()))
+//!     .service(service_fn(|q: u32| async move { Ok::<_, std::io::Error>(q) }));
+//! assert_eq!(client.ready().await.unwrap().call(1).await.unwrap(), 1);
+//! // No permit for a second: refused at once, not retried, not counted by the breaker.
+//! let err = client.ready().await.unwrap().call(2).await.unwrap_err();
+//! assert!(matches!(err, Error::RateLimited(ref e) if e.retry_after() == Duration::from_secs(1)));
+//! let seen = breaker.snapshot();
+//! assert_eq!((seen.successful_calls, seen.failed_calls, seen.rejected_calls), (1, 0, 0));
+//! # }
+//! # #[cfg(not(all(feature = "rate-limit", feature = "circuit-breaker", feature = "retry")))]
+//! # fn main() {}
+//! ```
+//!
 //! # Choosing settings
 //!
 //! - `attempt_timeout` (default 2 s): a little above the dependency's p99.9 latency. Tighter
@@ -399,7 +436,26 @@
 //!   idempotency layer's PostgreSQL store too.
 //! - `idempotency`: the server-side `Idempotency-Key` layer ([`idempotency`]) with its
 //!   memory and SQLite stores.
+//! - `rate-limit`: the client-side rate limiter ([`rate_limit`]), GCRA with a burst, keyed,
+//!   slowed down by `429` and `RateLimit` headers.
 //! - `full`: everything.
+//!
+//! `rate-limit` alone:
+//!
+//! ```
+//! # #[cfg(feature = "rate-limit")]
+//! # fn main() {
+//! use std::time::Duration;
+//! use staunch::rate_limit::RateLimiter;
+//!
+//! let limiter = RateLimiter::builder("api").rate(2, Duration::from_secs(1)).build().unwrap();
+//! assert!(limiter.try_acquire().is_ok());
+//! assert!(limiter.try_acquire().is_ok());
+//! // The next permit comes half a second after the first.
+//! assert!(limiter.try_acquire().unwrap_err().retry_after() <= Duration::from_millis(500));
+//! # }
+//! # #[cfg(not(feature = "rate-limit"))] fn main() {}
+//! ```
 //!
 //! `idempotency` alone:
 //!
@@ -564,6 +620,8 @@ pub use staunch_bulkhead as bulkhead;
 pub use staunch_circuit_breaker as circuit_breaker;
 #[cfg(feature = "idempotency")]
 pub use staunch_idempotency as idempotency;
+#[cfg(feature = "rate-limit")]
+pub use staunch_rate_limit as rate_limit;
 #[cfg(feature = "retry")]
 pub use staunch_retry as retry;
 #[cfg(feature = "saga")]
@@ -575,7 +633,8 @@ pub use staunch_timeout as timeout;
 pub use staunch_core::GrpcStatus;
 pub use staunch_core::{
     AnyError, Backoff, BackoffSchedule, BreakerOpen, BulkheadFull, Classify, ConfigError,
-    DeadlineExpired, HttpStatus, Jitter, Outcome, Rejection, classify_fn, rejection_of,
+    DeadlineExpired, HttpStatus, Jitter, Outcome, RateLimited, Rejection, classify_fn,
+    rejection_of,
 };
 
 #[cfg(all(

@@ -402,7 +402,10 @@ mod tests {
         let refused: Result<(), BoxError> = Err(Box::new(wrapped));
         assert_eq!(classify.classify(&refused), Outcome::Ignored);
         let text = limited.to_string();
-        assert!(text.contains("`search` has no permit for another 40ms"), "{text}");
+        assert!(
+            text.contains("`search` has no permit for another 40ms"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -190,7 +190,10 @@ mod tests {
             }
         );
         assert_eq!(cell.take(now + 10 * MS, q, 0), Take::Now);
-        assert!(matches!(cell.take(now + 10 * MS, q, 0), Take::Refused { .. }));
+        assert!(matches!(
+            cell.take(now + 10 * MS, q, 0),
+            Take::Refused { .. }
+        ));
     }
 
     #[test]

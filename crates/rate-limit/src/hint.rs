@@ -113,7 +113,11 @@ mod http_hints {
     }
 
     fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-        let text = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+        let text = headers
+            .get(http::header::RETRY_AFTER)?
+            .to_str()
+            .ok()?
+            .trim();
         if let Ok(secs) = text.parse::<u64>() {
             return Some(Duration::from_secs(secs));
         }

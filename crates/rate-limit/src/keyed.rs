@@ -51,10 +51,11 @@ struct Inner<K> {
 ///
 /// ```
 /// use std::time::Duration;
-/// use staunch_rate_limit::KeyedRateLimiter;
+/// use staunch_rate_limit::{KeyedRateLimiter, RateLimiter};
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
-/// let per_tenant = KeyedRateLimiter::<String>::builder("api")
+/// // Built by `RateLimiter::builder(..)`, finished with `build_keyed`.
+/// let per_tenant: KeyedRateLimiter<String> = RateLimiter::builder("api")
 ///     .rate(1, Duration::from_secs(1))
 ///     .build_keyed()
 ///     .unwrap();
@@ -120,12 +121,6 @@ impl RateLimiterBuilder {
 }
 
 impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
-    /// Starts a keyed limiter called `name`; finish with
-    /// [`build_keyed`](RateLimiterBuilder::build_keyed).
-    pub fn builder(name: impl Into<Arc<str>>) -> RateLimiterBuilder {
-        crate::RateLimiter::builder(name)
-    }
-
     /// The limiter's name.
     pub fn name(&self) -> &str {
         &self.inner.name
@@ -157,18 +152,28 @@ impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
     ///
     /// Dropping the future before it resolves gives the reserved slot back.
     pub fn acquire(&self, key: &K) -> Acquire {
-        Acquire::new(self.reserve(key))
+        Acquire::new(self.reserve(key, true))
     }
 
-    pub(crate) fn reserve(&self, key: &K) -> Reservation {
+    /// A slot for `key`; with `refundable`, a permit free now comes with its refund too (for
+    /// an `Acquire` that may be dropped before it is polled).
+    pub(crate) fn reserve(&self, key: &K, refundable: bool) -> Reservation {
         let inner = &*self.inner;
         let now = inner.clock.now();
         let (take, cell) = self.with_cell(key, now, |cell| {
             let take = cell.take(now, inner.settings.quota, inner.settings.max_wait);
-            let keep = matches!(take, Take::Later { .. }).then(|| Arc::clone(cell));
+            let keep = match take {
+                Take::Later { .. } => Some(Arc::clone(cell)),
+                Take::Now if refundable => Some(Arc::clone(cell)),
+                Take::Now | Take::Refused { .. } => None,
+            };
             (take, keep)
         });
         match (take, cell) {
+            (Take::Now, Some(cell)) => Reservation::Now(Some(Refund::new(
+                RefundTarget::Keyed(cell, inner.clock),
+                inner.settings.quota.interval,
+            ))),
             (Take::Later { wait, interval }, Some(cell)) => {
                 inner.counters.delay(&inner.name, wait);
                 Reservation::Later {
@@ -179,7 +184,7 @@ impl<K: Hash + Eq + Clone> KeyedRateLimiter<K> {
             (Take::Refused { retry_after }, _) => {
                 Reservation::Refused(inner.counters.reject(&inner.name, retry_after))
             }
-            _ => Reservation::Now,
+            _ => Reservation::Now(None),
         }
     }
 

@@ -67,9 +67,9 @@ mod service;
 mod settings;
 mod sync;
 
-pub use crate::hint::{NoHints, RateHint, ReadHint};
 #[cfg(feature = "http")]
 pub use crate::hint::HttpHints;
+pub use crate::hint::{NoHints, RateHint, ReadHint};
 pub use crate::keyed::KeyedRateLimiter;
 pub use crate::limiter::{
     Acquire, DEFAULT_MAX_KEYS, RateLimitMetrics, RateLimiter, RateLimiterBuilder,

@@ -174,7 +174,10 @@ impl fmt::Debug for RateLimiter {
             .field("count", &self.inner.settings.count)
             .field("per", &self.inner.settings.per)
             .field("burst", &self.inner.settings.burst)
-            .field("max_wait", &Duration::from_nanos(self.inner.settings.max_wait))
+            .field(
+                "max_wait",
+                &Duration::from_nanos(self.inner.settings.max_wait),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -198,10 +201,7 @@ impl RateLimiter {
     #[inline]
     pub fn try_acquire(&self) -> Result<(), RateLimited> {
         let inner = &*self.inner;
-        match inner
-            .cell
-            .take(inner.clock.now(), inner.settings.quota, 0)
-        {
+        match inner.cell.take(inner.clock.now(), inner.settings.quota, 0) {
             Take::Now => Ok(()),
             Take::Refused { retry_after } => Err(inner.counters.reject(&inner.name, retry_after)),
             // `max_wait` is zero, so nothing is reserved.
@@ -220,11 +220,12 @@ impl RateLimiter {
     ///
     /// Dropping the future before it resolves gives its reserved slot back to the limiter.
     pub fn acquire(&self) -> Acquire {
-        Acquire::new(Reservation::take(self))
+        Acquire::new(Reservation::take(self, true))
     }
 
+    /// A slot for a call sent at once if free (no refund needed then).
     pub(crate) fn reserve(&self) -> Reservation {
-        Reservation::take(self)
+        Reservation::take(self, false)
     }
 
     /// Applies a server's hint: no permit until a `Retry-After` has passed, or the
@@ -266,8 +267,9 @@ fn unreachable_later() -> Result<(), RateLimited> {
 /// A slot taken from a limiter: free now, reserved for later, or refused.
 #[derive(Debug)]
 pub(crate) enum Reservation {
-    /// Go now.
-    Now,
+    /// Go now; the refund is there for a permit that may still go unused (an `Acquire`
+    /// dropped before it is polled).
+    Now(Option<Refund>),
     /// Wait until `at`; `refund` gives the slot back if dropped before.
     Later { at: Instant, refund: Refund },
     /// Refused.
@@ -275,14 +277,19 @@ pub(crate) enum Reservation {
 }
 
 impl Reservation {
-    fn take(limiter: &RateLimiter) -> Self {
+    fn take(limiter: &RateLimiter, refundable: bool) -> Self {
         let inner = &*limiter.inner;
         match inner.cell.take(
             inner.clock.now(),
             inner.settings.quota,
             inner.settings.max_wait,
         ) {
-            Take::Now => Reservation::Now,
+            Take::Now => Reservation::Now(refundable.then(|| {
+                Refund::new(
+                    RefundTarget::Single(Arc::clone(&limiter.inner)),
+                    inner.settings.quota.interval,
+                )
+            })),
             Take::Later { wait, interval } => {
                 inner.counters.delay(&inner.name, wait);
                 Reservation::Later {
@@ -360,7 +367,7 @@ impl Acquire {
     pub(crate) fn new(reservation: Reservation) -> Self {
         let sleep = match &reservation {
             Reservation::Later { at, .. } => Some(tokio::time::sleep_until(*at)),
-            Reservation::Now | Reservation::Refused(_) => None,
+            Reservation::Now(_) | Reservation::Refused(_) => None,
         };
         Self {
             sleep,
@@ -378,11 +385,17 @@ impl Future for Acquire {
             std::task::ready!(sleep.poll(cx));
         }
         match this.reservation.take() {
-            Some(Reservation::Now) | None => Poll::Ready(Ok(())),
+            Some(Reservation::Now(refund)) => {
+                if let Some(refund) = refund {
+                    refund.keep();
+                }
+                Poll::Ready(Ok(()))
+            }
             Some(Reservation::Later { refund, .. }) => {
                 refund.keep();
                 Poll::Ready(Ok(()))
             }
+            None => Poll::Ready(Ok(())),
             Some(Reservation::Refused(rejection)) => Poll::Ready(Err(rejection)),
         }
     }
@@ -445,9 +458,10 @@ impl RateLimiterBuilder {
         self
     }
 
-    /// For a keyed limiter: how many keys it remembers (default 10 000). Keys whose bucket
-    /// is full are forgotten first (that loses nothing); keys beyond the cap while every
-    /// remembered key is busy share one bucket.
+    /// For a keyed limiter: how many keys it remembers (default 10 000, rounded up to a
+    /// multiple of 16: the keys are kept in 16 shards of `max_keys / 16`). A shard that is
+    /// full forgets the keys whose bucket is full again (that loses nothing); a new key that
+    /// finds its shard full of busy keys shares one extra bucket with every such key.
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys;
         self

@@ -145,11 +145,11 @@ where
 ///
 /// ```
 /// use std::time::Duration;
-/// use staunch_rate_limit::{KeyedRateLimitLayer, KeyedRateLimiter};
+/// use staunch_rate_limit::{KeyedRateLimitLayer, KeyedRateLimiter, RateLimiter};
 /// use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
-/// let per_host = KeyedRateLimiter::<String>::builder("hosts")
+/// let per_host: KeyedRateLimiter<String> = RateLimiter::builder("hosts")
 ///     .rate(1, Duration::from_secs(1))
 ///     .build_keyed()
 ///     .unwrap();
@@ -259,7 +259,7 @@ where
                 return ResponseFuture::failed(Box::new(error), self.hints.clone());
             }
         };
-        let reservation = self.limiter.reserve(&key);
+        let reservation = self.limiter.reserve(&key, false);
         let observer = if H::READS {
             Observer::Keyed(self.limiter.clone(), key)
         } else {
@@ -393,7 +393,7 @@ where
         observer: Observer<K>,
     ) -> Self {
         let state = match reservation {
-            Reservation::Now => State::Called {
+            Reservation::Now(_) => State::Called {
                 future: service.call(request),
             },
             Reservation::Refused(rejection) => State::Failed {
@@ -456,7 +456,9 @@ where
                     return Poll::Ready(result);
                 }
                 StateProj::Failed { error } => {
-                    let error = error.take().unwrap_or_else(|| "polled after completion".into());
+                    let error = error
+                        .take()
+                        .unwrap_or_else(|| "polled after completion".into());
                     return Poll::Ready(Err(error));
                 }
                 StateProj::Waiting { waiting } => {

@@ -21,7 +21,7 @@ fn bad_values_are_refused_by_name() {
     }
     assert_eq!(field(b().rate(1, Duration::from_secs(1)).burst(0)), "burst");
     assert_eq!(
-        field(b().rate(1, Duration::from_secs(3600)).burst(u32::MAX)),
+        field(b().rate(1, Duration::from_hours(1)).burst(u32::MAX)),
         "burst"
     );
     assert_eq!(field(b().rate(1, Duration::MAX)), "rate.per");
@@ -34,8 +34,15 @@ fn bad_values_are_refused_by_name() {
             .field(),
         "max_keys"
     );
-    let message = b().rate(0, Duration::from_secs(1)).build().unwrap_err().to_string();
-    assert!(message.contains("`rate.count` must be at least 1"), "{message}");
+    let message = b()
+        .rate(0, Duration::from_secs(1))
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("`rate.count` must be at least 1"),
+        "{message}"
+    );
 }
 
 #[test]
