@@ -434,6 +434,56 @@ impl SagaEngine {
         .await
     }
 
+    /// Operator: cancels a saga that has not passed its pivot. It stops moving forward at its
+    /// next step boundary (a step attempt in flight finishes first and its result is kept;
+    /// a retry waiting out its backoff stops waiting), compensates every step it completed
+    /// in reverse order, and ends [`SagaOutcome::Cancelled`] (or stuck, if a compensation
+    /// keeps failing). The log records `reason` and `actor` (who asked).
+    ///
+    /// The request is durable when this returns: it is stored beside the saga's summary, so
+    /// a crash before the runner acts on it leaves a saga that recovery cancels. A paused
+    /// saga is resumed here to be cancelled. With a store shared by several instances, the
+    /// instance driving the saga sees the request at its next lease heartbeat (within the
+    /// store's heartbeat interval, a third of the lease TTL by default) and acts at the
+    /// step boundary after that; in this process it is signalled at once.
+    ///
+    /// Errors ([`SagaError::Refused`] unless said otherwise): no such saga
+    /// ([`SagaError::NotFound`]); it ended ([`Refusal::Finished`](crate::Refusal::Finished));
+    /// it completed its pivot ([`Refusal::PivotPassed`](crate::Refusal::PivotPassed)); a
+    /// cancel was already asked for ([`Refusal::AlreadyCancelled`](crate::Refusal::AlreadyCancelled));
+    /// it is compensating already or stuck; it is quarantined; its definition is not
+    /// registered here (a [`SagaError::Load`]); the store failed.
+    pub async fn cancel(
+        &self,
+        saga_id: &str,
+        reason: impl Into<String>,
+        actor: impl Into<String>,
+    ) -> Result<(), SagaError> {
+        crate::lifecycle::cancel(&self.shared, saga_id, reason.into(), actor.into()).await
+    }
+
+    /// Operator: holds a running (or compensating) saga at its next step boundary: it logs
+    /// `paused` with `actor`, lets go of its lease and stops; recovery leaves it alone
+    /// (status [`SagaStatus::Paused`]) until [`resume`](Self::resume). Handles keep waiting
+    /// for its outcome. Useful while a dependency is down for long. The request is durable
+    /// when this returns, and is seen like a [`cancel`](Self::cancel)'s.
+    ///
+    /// Errors: no such saga; it ended, is stuck or quarantined; it is paused or a pause was
+    /// asked for ([`Refusal::AlreadyPaused`](crate::Refusal::AlreadyPaused)); a cancel is
+    /// pending; the store failed.
+    pub async fn pause(&self, saga_id: &str, actor: impl Into<String>) -> Result<(), SagaError> {
+        crate::lifecycle::pause(&self.shared, saga_id, actor.into()).await
+    }
+
+    /// Operator: resumes a paused saga here, from where it was held (it logs `resumed` with
+    /// `actor`); it runs under the engine's caps like any other saga.
+    ///
+    /// Errors: no such saga; it is not paused ([`Refusal::NotPaused`](crate::Refusal::NotPaused));
+    /// its definition is not registered; another instance holds its lease; the store failed.
+    pub async fn resume(&self, saga_id: &str, actor: impl Into<String>) -> Result<(), SagaError> {
+        crate::lifecycle::resume(&self.shared, saga_id, actor.into()).await
+    }
+
     /// Operator: marks a stuck saga resolved (terminal), with a note for the log.
     pub async fn resolve(&self, saga_id: &str, note: impl Into<String>) -> Result<(), SagaError> {
         let note = note.into();

@@ -194,6 +194,10 @@ pub enum LogRule {
     AttemptCounter,
     /// An operator action names the stuck step of a stuck saga.
     OperatorOnStuck,
+    /// Cancel, pause and resume follow the saga's stage: a cancel only while it moves
+    /// forward, a pause while it runs or compensates, only a resume after a pause, and
+    /// `cancelled` ends only a cancelled saga.
+    Lifecycle,
 }
 
 impl fmt::Display for LogRule {
@@ -207,6 +211,7 @@ impl fmt::Display for LogRule {
                 "attempt numbers count up by one from 1 and failures name a started attempt"
             }
             Self::OperatorOnStuck => "an operator action names the stuck step of a stuck saga",
+            Self::Lifecycle => "cancel, pause and resume follow the saga's stage",
         })
     }
 }
@@ -290,6 +295,17 @@ pub enum SagaError {
     /// given back untouched.
     #[error("recovery needs the definitions first: register them, then recover")]
     NothingRegistered,
+    /// A cancel, pause or resume that does not apply to the saga as it stands; nothing was
+    /// changed.
+    #[error("cannot {action} saga `{saga_id}`: {reason}")]
+    Refused {
+        /// The saga.
+        saga_id: String,
+        /// What was asked.
+        action: LifecycleAction,
+        /// Why it does not apply.
+        reason: Refusal,
+    },
     /// The runner driving the saga stopped without an outcome (store failure or shutdown);
     /// the saga resumes on the next recovery.
     #[error("saga `{saga_id}` stopped without an outcome ({reason}); it resumes on recovery")]
@@ -299,6 +315,71 @@ pub enum SagaError {
         /// Why the runner stopped.
         reason: String,
     },
+}
+
+/// An operator's lifecycle action on a saga.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LifecycleAction {
+    /// [`SagaEngine::cancel`](crate::SagaEngine::cancel).
+    Cancel,
+    /// [`SagaEngine::pause`](crate::SagaEngine::pause).
+    Pause,
+    /// [`SagaEngine::resume`](crate::SagaEngine::resume).
+    Resume,
+}
+
+impl fmt::Display for LifecycleAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Cancel => "cancel",
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+        })
+    }
+}
+
+/// Why a lifecycle action does not apply ([`SagaError::Refused`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The saga has ended.
+    Finished(crate::SagaStatus),
+    /// The saga completed its pivot step: from there it only goes forward, so it cannot be
+    /// cancelled.
+    PivotPassed {
+        /// The pivot step.
+        step: String,
+    },
+    /// A cancel was already asked for (or the saga is compensating because of one).
+    AlreadyCancelled,
+    /// The saga is compensating after a failure: it is already rolling back.
+    Compensating,
+    /// The saga is paused, or a pause was already asked for.
+    AlreadyPaused,
+    /// Only a paused saga can be resumed.
+    NotPaused(crate::SagaStatus),
+    /// The saga is stuck: an operator retries, skips or resolves it instead.
+    Stuck,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Finished(status) => write!(f, "it has ended ({status})"),
+            Self::PivotPassed { step } => {
+                write!(
+                    f,
+                    "it completed its pivot step `{step}` and only goes forward"
+                )
+            }
+            Self::AlreadyCancelled => f.write_str("it is already cancelled"),
+            Self::Compensating => f.write_str("it is already compensating"),
+            Self::AlreadyPaused => f.write_str("it is already paused"),
+            Self::NotPaused(status) => write!(f, "it is not paused ({status})"),
+            Self::Stuck => f.write_str("it is stuck: retry, skip or resolve it instead"),
+        }
+    }
 }
 
 /// The message of a caught panic.

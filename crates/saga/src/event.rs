@@ -58,6 +58,11 @@ pub enum SagaEvent {
         kind: StepErrorKind,
         /// Error message.
         error: String,
+        /// When the next attempt may start (milliseconds since the Unix epoch), for a
+        /// failure that is retried after a backoff: a saga resumed after a restart waits
+        /// until then instead of running the step again at once.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_at_ms: Option<u64>,
     },
     /// The saga gave up moving forward and starts compensating.
     CompensationBegan {
@@ -90,6 +95,9 @@ pub enum SagaEvent {
         kind: StepErrorKind,
         /// Error message.
         error: String,
+        /// When the next attempt may start (see [`StepFailed`](Self::StepFailed)).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_at_ms: Option<u64>,
     },
     /// The saga cannot go on without an operator.
     Stuck {
@@ -115,6 +123,29 @@ pub enum SagaEvent {
     OperatorResolved {
         /// The operator's note.
         note: String,
+    },
+    /// Cancelled by an operator before its pivot: it stops moving forward and compensates
+    /// what it completed, then ends [`Cancelled`](Self::Cancelled).
+    CancelBegan {
+        /// Why, as the operator gave it.
+        reason: String,
+        /// Who asked.
+        actor: String,
+    },
+    /// Held at a step boundary by an operator: nothing runs until it is resumed.
+    Paused {
+        /// Who asked.
+        actor: String,
+    },
+    /// A paused saga goes on from where it was held.
+    Resumed {
+        /// Who asked.
+        actor: String,
+    },
+    /// Terminal: a cancelled saga compensated every completed step.
+    Cancelled {
+        /// Why it was cancelled.
+        reason: String,
     },
     /// Terminal: every step succeeded.
     Completed,
@@ -175,6 +206,9 @@ impl SagaEvent {
             | Self::Stuck { error, .. }
             | Self::Compensated { error, .. } => error.len(),
             Self::OperatorResolved { note } => note.len(),
+            Self::CancelBegan { reason, actor } => reason.len() + actor.len(),
+            Self::Paused { actor } | Self::Resumed { actor } => actor.len(),
+            Self::Cancelled { reason } => reason.len(),
             Self::StepStarted { .. }
             | Self::CompensationStarted { .. }
             | Self::OperatorRetried { .. }
@@ -201,7 +235,10 @@ impl SagaEvent {
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
-            Self::Completed | Self::Compensated { .. } | Self::OperatorResolved { .. }
+            Self::Completed
+                | Self::Compensated { .. }
+                | Self::OperatorResolved { .. }
+                | Self::Cancelled { .. }
         )
     }
 }
@@ -245,6 +282,7 @@ mod tests {
                 attempt: 2,
                 kind: StepErrorKind::Timeout,
                 error: text.repeat(50),
+                retry_at_ms: Some(u64::MAX),
             },
             SagaEvent::CompensationBegan {
                 failed_step: 3,
@@ -263,6 +301,7 @@ mod tests {
                 attempt: 3,
                 kind: StepErrorKind::Panicked,
                 error: text.clone(),
+                retry_at_ms: None,
             },
             SagaEvent::Stuck {
                 step: 1,
@@ -272,6 +311,19 @@ mod tests {
             SagaEvent::OperatorRetried { step: 1 },
             SagaEvent::OperatorSkipped { step: 1 },
             SagaEvent::OperatorResolved { note: text.clone() },
+            SagaEvent::CancelBegan {
+                reason: text.clone(),
+                actor: text.clone(),
+            },
+            SagaEvent::Paused {
+                actor: text.clone(),
+            },
+            SagaEvent::Resumed {
+                actor: text.clone(),
+            },
+            SagaEvent::Cancelled {
+                reason: text.clone(),
+            },
             SagaEvent::Completed,
             SagaEvent::Compensated {
                 failed_step: 3,

@@ -131,7 +131,12 @@ async fn append_stuck<S: SagaState>(
     let (step, phase) = match &progress.stage {
         Stage::Forward => (current_forward(def, &progress), Phase::Action),
         Stage::Compensating => (current_compensation(def, &progress), Phase::Compensate),
-        Stage::Stuck { .. } | Stage::Completed | Stage::Compensated | Stage::Resolved { .. } => {
+        Stage::Stuck { .. }
+        | Stage::Paused { .. }
+        | Stage::Completed
+        | Stage::Compensated
+        | Stage::Cancelled
+        | Stage::Resolved { .. } => {
             return Ok(Marked::Settled);
         }
     };

@@ -152,6 +152,7 @@ mod engine;
 mod error;
 mod event;
 mod guard;
+mod lifecycle;
 mod log;
 mod metrics;
 mod operator;
@@ -174,7 +175,9 @@ pub use engine::SagaEngine;
 /// The step retry policy's former name.
 #[deprecated(note = "renamed `StepRetry` (the old name clashed with `staunch_retry::RetryPolicy`)")]
 pub type RetryPolicy = StepRetry;
-pub use error::{LoadError, LogRule, SagaError, StepError, StepErrorKind, StoreError};
+pub use error::{
+    LifecycleAction, LoadError, LogRule, Refusal, SagaError, StepError, StepErrorKind, StoreError,
+};
 pub use event::{LOG_FORMAT_VERSION, SagaEvent};
 pub use log::{SagaTimeline, TimelineEntry};
 pub use metrics::SagaMetrics;

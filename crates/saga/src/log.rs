@@ -126,7 +126,11 @@ pub(crate) fn settled_outcome<S: SagaState>(
             error: error.clone(),
         },
         Stage::Resolved { ref note } => RawOutcome::Resolved { note: note.clone() },
-        Stage::Forward | Stage::Compensating => {
+        Stage::Cancelled => RawOutcome::Cancelled {
+            reason: progress.cancelled.clone().unwrap_or_default(),
+            state: state(),
+        },
+        Stage::Forward | Stage::Compensating | Stage::Paused { .. } => {
             return Err(LoadError::Inconsistent(
                 "the summary says settled but the log does not".into(),
             ));

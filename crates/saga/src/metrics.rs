@@ -19,6 +19,10 @@ pub struct SagaMetrics {
     pub stuck: u64,
     /// Sagas an operator resolved.
     pub resolved: u64,
+    /// Sagas that ended cancelled (compensated after an operator cancelled them).
+    pub cancelled: u64,
+    /// Times a saga was paused at a step boundary.
+    pub paused: u64,
     /// Sagas quarantined by recovery.
     pub quarantined: u64,
     /// Sagas this engine stopped driving because another instance took their lease over.
@@ -52,6 +56,8 @@ pub(crate) struct Counters {
     compensated: AtomicU64,
     stuck: AtomicU64,
     resolved: AtomicU64,
+    cancelled: AtomicU64,
+    paused: AtomicU64,
     quarantined: AtomicU64,
     leases_lost: AtomicU64,
     step_attempts: AtomicU64,
@@ -69,6 +75,8 @@ pub(crate) enum Count {
     Compensated,
     Stuck,
     Resolved,
+    Cancelled,
+    Paused,
     Quarantined,
     LeaseLost,
 }
@@ -82,6 +90,8 @@ impl Counters {
             Count::Compensated => (&self.compensated, "staunch_saga_compensated_total"),
             Count::Stuck => (&self.stuck, "staunch_saga_stuck_total"),
             Count::Resolved => (&self.resolved, "staunch_saga_resolved_total"),
+            Count::Cancelled => (&self.cancelled, "staunch_saga_cancelled_total"),
+            Count::Paused => (&self.paused, "staunch_saga_paused_total"),
             Count::Quarantined => (&self.quarantined, "staunch_saga_quarantined_total"),
             Count::LeaseLost => (&self.leases_lost, "staunch_saga_leases_lost_total"),
         };
@@ -139,6 +149,8 @@ impl Counters {
             compensated: self.compensated.load(Relaxed),
             stuck: self.stuck.load(Relaxed),
             resolved: self.resolved.load(Relaxed),
+            cancelled: self.cancelled.load(Relaxed),
+            paused: self.paused.load(Relaxed),
             quarantined: self.quarantined.load(Relaxed),
             leases_lost: self.leases_lost.load(Relaxed),
             step_attempts: self.step_attempts.load(Relaxed),

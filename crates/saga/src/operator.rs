@@ -65,7 +65,7 @@ pub(crate) async fn act<S: SagaState>(
     let rx = if resume {
         // Handles already waiting on this saga see the new outcome too.
         shared
-            .claim_stuck(&id, definition)
+            .claim_idle(&id, definition)
             .ok_or_else(|| SagaError::NotStuck {
                 saga_id: saga_id.to_owned(),
                 status: SagaStatus::Running,

@@ -42,6 +42,14 @@ pub enum SagaOutcome<S> {
         /// The operator's note.
         note: String,
     },
+    /// An operator cancelled the saga ([`SagaEngine::cancel`](crate::SagaEngine::cancel))
+    /// and every step it had completed was compensated, in reverse order.
+    Cancelled {
+        /// The reason given with the cancel.
+        reason: String,
+        /// The state after the compensations.
+        state: S,
+    },
 }
 
 /// The untyped outcome passed from runners to handles.
@@ -61,6 +69,13 @@ pub(crate) enum RawOutcome {
     Resolved {
         note: String,
     },
+    Cancelled {
+        reason: String,
+        state: Arc<RawValue>,
+    },
+    /// Not an outcome: the runner held the saga for an operator (paused) and stopped; the
+    /// saga's handles keep waiting.
+    Paused,
 }
 
 /// Why a runner stopped without an outcome.
@@ -95,6 +110,16 @@ impl RawOutcome {
             },
             Self::Stuck { step, phase, error } => SagaOutcome::Stuck { step, phase, error },
             Self::Resolved { note } => SagaOutcome::Resolved { note },
+            Self::Cancelled { reason, state: raw } => SagaOutcome::Cancelled {
+                reason,
+                state: state(&raw)?,
+            },
+            Self::Paused => {
+                return Err(SagaError::Interrupted {
+                    saga_id: String::new(),
+                    reason: "the saga is paused".into(),
+                });
+            }
         })
     }
 }
@@ -140,7 +165,7 @@ pub(crate) fn stored_outcome(
     definition: &dyn Resume,
 ) -> Option<Result<RawOutcome, SagaError>> {
     let status = log.summary.status;
-    if status.is_resumable() {
+    if status.is_resumable() || status == SagaStatus::Paused {
         return None;
     }
     let saga_id = &log.summary.saga_id;

@@ -23,6 +23,11 @@ pub(crate) struct StepProgress {
     pub(crate) compensated: bool,
     /// Highest compensation attempt started.
     pub(crate) comp_attempts: u32,
+    /// When the next action attempt may start, after a failure retried with a backoff
+    /// (milliseconds since the Unix epoch).
+    pub(crate) retry_at_ms: Option<u64>,
+    /// The same for the compensation.
+    pub(crate) comp_retry_at_ms: Option<u64>,
     /// For a completed parallel group member: the state it returned, the saga state just
     /// before its completion was applied, and the position of that completion in the log.
     pub(crate) member: Option<MemberResult>,
@@ -46,8 +51,13 @@ pub(crate) enum Stage {
         phase: Phase,
         error: String,
     },
+    /// Held by an operator at a step boundary; `compensating` says where it goes on.
+    Paused {
+        compensating: bool,
+    },
     Completed,
     Compensated,
+    Cancelled,
     Resolved {
         note: String,
     },
@@ -64,6 +74,8 @@ pub(crate) struct Progress {
     pub(crate) stage: Stage,
     /// Why compensation began: failed step and error.
     pub(crate) compensation: Option<(u32, String)>,
+    /// Why an operator cancelled the saga, once one did.
+    pub(crate) cancelled: Option<String>,
     /// Number of events applied (the next sequence number).
     pub(crate) next_seq: u64,
 }
@@ -88,6 +100,7 @@ impl Progress {
                 steps: vec![StepProgress::default(); step_count],
                 stage: Stage::Forward,
                 compensation: None,
+                cancelled: None,
                 next_seq: 1,
             }),
             _ => Err(invalid(
@@ -140,11 +153,18 @@ impl Progress {
     pub(crate) fn apply(&mut self, event: &SagaEvent) -> Result<(), LoadError> {
         if matches!(
             self.stage,
-            Stage::Completed | Stage::Compensated | Stage::Resolved { .. }
+            Stage::Completed | Stage::Compensated | Stage::Cancelled | Stage::Resolved { .. }
         ) {
             return Err(self.fail(
                 LogRule::TerminalLast,
                 "an event follows a terminal event".into(),
+            ));
+        }
+        if matches!(self.stage, Stage::Paused { .. }) && !matches!(event, SagaEvent::Resumed { .. })
+        {
+            return Err(self.fail(
+                LogRule::Lifecycle,
+                "only `resumed` may follow `paused`".into(),
             ));
         }
         let seq = self.next_seq;
@@ -157,6 +177,7 @@ impl Progress {
                 let expected = next_attempt(s.action_attempts, *attempt, seq)?;
                 s.action_attempts = expected;
                 s.action_open = true;
+                s.retry_at_ms = None;
             }
             SagaEvent::StepCompleted {
                 step,
@@ -179,12 +200,14 @@ impl Progress {
                 step,
                 attempt,
                 kind,
+                retry_at_ms,
                 ..
             } => {
                 let s = self.step(*step)?;
                 started_attempt(s.action_attempts, *attempt, seq)?;
                 s.action_open = false;
                 s.in_doubt |= kind.is_in_doubt();
+                s.retry_at_ms = *retry_at_ms;
             }
             SagaEvent::CompensationBegan { failed_step, error } => {
                 self.check_step(*failed_step)?;
@@ -194,14 +217,21 @@ impl Progress {
             SagaEvent::CompensationStarted { step, attempt } => {
                 let s = self.step(*step)?;
                 s.comp_attempts = next_attempt(s.comp_attempts, *attempt, seq)?;
+                s.comp_retry_at_ms = None;
             }
             SagaEvent::CompensationCompleted { step, state } => {
                 self.step(*step)?.compensated = true;
                 self.state = state.clone();
             }
-            SagaEvent::CompensationFailed { step, attempt, .. } => {
+            SagaEvent::CompensationFailed {
+                step,
+                attempt,
+                retry_at_ms,
+                ..
+            } => {
                 let s = self.step(*step)?;
                 started_attempt(s.comp_attempts, *attempt, seq)?;
+                s.comp_retry_at_ms = *retry_at_ms;
             }
             SagaEvent::Stuck { step, phase, error } => {
                 self.check_step(*step)?;
@@ -242,6 +272,52 @@ impl Progress {
             SagaEvent::OperatorResolved { note } => {
                 self.stage = Stage::Resolved { note: note.clone() };
             }
+            SagaEvent::CancelBegan { reason, .. } => {
+                if !matches!(self.stage, Stage::Forward) {
+                    return Err(self.fail(
+                        LogRule::Lifecycle,
+                        "`cancel_began` on a saga that is not moving forward".into(),
+                    ));
+                }
+                self.stage = Stage::Compensating;
+                self.cancelled = Some(reason.clone());
+            }
+            SagaEvent::Paused { .. } => {
+                let compensating = match self.stage {
+                    Stage::Forward => false,
+                    Stage::Compensating => true,
+                    _ => {
+                        return Err(self.fail(
+                            LogRule::Lifecycle,
+                            "`paused` on a saga that is neither running nor compensating".into(),
+                        ));
+                    }
+                };
+                self.stage = Stage::Paused { compensating };
+            }
+            SagaEvent::Resumed { .. } => {
+                self.stage = match self.stage {
+                    Stage::Paused { compensating: true } => Stage::Compensating,
+                    Stage::Paused {
+                        compensating: false,
+                    } => Stage::Forward,
+                    _ => {
+                        return Err(self.fail(
+                            LogRule::Lifecycle,
+                            "`resumed` on a saga that is not paused".into(),
+                        ));
+                    }
+                };
+            }
+            SagaEvent::Cancelled { .. } => {
+                if !matches!(self.stage, Stage::Compensating) || self.cancelled.is_none() {
+                    return Err(self.fail(
+                        LogRule::Lifecycle,
+                        "`cancelled` ends a saga that was not cancelled and compensating".into(),
+                    ));
+                }
+                self.stage = Stage::Cancelled;
+            }
             SagaEvent::Completed => self.stage = Stage::Completed,
             SagaEvent::Compensated { failed_step, .. } => {
                 self.check_step(*failed_step)?;
@@ -258,8 +334,10 @@ impl Progress {
             Stage::Forward => (SagaStatus::Running, None),
             Stage::Compensating => (SagaStatus::Compensating, None),
             Stage::Stuck { error, .. } => (SagaStatus::Stuck, Some(error.clone())),
+            Stage::Paused { .. } => (SagaStatus::Paused, None),
             Stage::Completed => (SagaStatus::Completed, None),
             Stage::Compensated => (SagaStatus::Compensated, None),
+            Stage::Cancelled => (SagaStatus::Cancelled, self.cancelled.clone()),
             Stage::Resolved { note } => (SagaStatus::Resolved, Some(note.clone())),
         }
     }

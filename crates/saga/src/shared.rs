@@ -5,10 +5,12 @@
 //! of the live map (one runner per saga, handles answered once) are kept here only.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
 
 use crate::admission::{Admission, Permit};
 use crate::definition::{DefinitionInner, SagaState};
@@ -34,9 +36,63 @@ type Registry = HashMap<(Arc<str>, u32), Arc<dyn Resume>>;
 /// A definition's name and version.
 pub(crate) type Named = (Arc<str>, u32);
 
+/// An operator's request for a saga, kept in the store (see
+/// [`SagaStore::set_request`](crate::SagaStore::set_request)) until its runner acts on it
+/// at a step boundary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum OperatorRequest {
+    /// Stop moving forward and compensate.
+    Cancel { reason: String, actor: String },
+    /// Hold the saga at its next step boundary.
+    Pause { actor: String },
+}
+
+impl OperatorRequest {
+    pub(crate) fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub(crate) fn decode(stored: &str) -> Option<Self> {
+        serde_json::from_str(stored).ok()
+    }
+}
+
+/// The signal from `cancel`/`pause` to a saga's runner in this process: a flag read at each
+/// step boundary, and a wake-up for a runner waiting out a backoff.
+#[derive(Debug, Default)]
+pub(crate) struct Control {
+    requested: AtomicBool,
+    notify: Notify,
+}
+
+impl Control {
+    pub(crate) fn signal(&self) {
+        self.requested.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Whether a request was signalled since the last call.
+    pub(crate) fn take(&self) -> bool {
+        self.requested.swap(false, Ordering::AcqRel)
+    }
+
+    /// Returns once a request is signalled (at once if one is pending).
+    pub(crate) async fn signalled(&self) {
+        loop {
+            if self.requested.load(Ordering::Acquire) {
+                return;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
 /// A saga this engine runs or has handles waiting on.
 struct Live {
     tx: watch::Sender<Published>,
+    /// Operators' requests for its runner.
+    control: Arc<Control>,
     /// A runner of this process drives it.
     running: bool,
     /// Its definition, once known (recovery claims before it loads the log).
@@ -48,6 +104,7 @@ impl Live {
         let (tx, _) = watch::channel(None);
         Self {
             tx,
+            control: Arc::default(),
             running,
             definition,
         }
@@ -67,6 +124,8 @@ pub(crate) trait Resume: Send + Sync {
     ) -> Result<Replayed, LoadError>;
     /// The outcome of a saga whose log has ended (or is stuck).
     fn settled(&self, log: &SagaLog) -> Result<RawOutcome, LoadError>;
+    /// The pivot step `progress` has completed, if any.
+    fn pivot_done(&self, progress: &Progress) -> Option<String>;
 }
 
 /// What resuming a replayed log started.
@@ -227,9 +286,9 @@ impl Shared {
         }
     }
 
-    /// Claims a stuck saga for an operator action that resumes it: a receiver for its next
+    /// Claims a saga no runner drives (stuck, paused) for an operator action that resumes it: a receiver for its next
     /// outcome (handles already waiting see it too), `None` if a runner drives it.
-    pub(crate) fn claim_stuck(
+    pub(crate) fn claim_idle(
         &self,
         id: &Arc<str>,
         definition: (Arc<str>, u32),
@@ -275,6 +334,20 @@ impl Shared {
             .map(|l| (l.tx.subscribe(), l.definition.clone()))
     }
 
+    /// Where the runner of saga `id` hears operators' requests (the saga is claimed here).
+    pub(crate) fn control(&self, id: &str) -> Arc<Control> {
+        self.live()
+            .get(id)
+            .map_or_else(Arc::default, |l| Arc::clone(&l.control))
+    }
+
+    /// Tells the runner of saga `id` in this process, if any, that a request was stored.
+    pub(crate) fn signal(&self, id: &str) {
+        if let Some(l) = self.live().get(id).filter(|l| l.running) {
+            l.control.signal();
+        }
+    }
+
     /// Forgets a saga claimed by `start` that no runner took over; its handles close.
     pub(crate) fn forget(&self, id: &str) {
         self.live().remove(id);
@@ -301,7 +374,8 @@ impl Shared {
             Ok(RawOutcome::Compensated { .. }) => Some(Count::Compensated),
             Ok(RawOutcome::Stuck { .. }) => Some(Count::Stuck),
             Ok(RawOutcome::Resolved { .. }) => Some(Count::Resolved),
-            Err(_) => None,
+            Ok(RawOutcome::Cancelled { .. }) => Some(Count::Cancelled),
+            Ok(RawOutcome::Paused) | Err(_) => None,
         };
         if let Some(what) = what
             && counted

@@ -12,6 +12,7 @@ use crate::definition::{DefinitionInner, SagaState};
 use crate::error::{LoadError, SagaError, StoreError, panic_message};
 use crate::guard;
 use crate::log::settled_outcome;
+use crate::metrics::Count;
 use crate::outcome::RawOutcome;
 use crate::replay::Progress;
 use crate::runner::Runner;
@@ -43,6 +44,14 @@ impl<S: SagaState> Resume for Arc<DefinitionInner<S>> {
 
     fn settled(&self, log: &SagaLog) -> Result<RawOutcome, LoadError> {
         settled_outcome(log, self)
+    }
+
+    fn pivot_done(&self, progress: &Progress) -> Option<String> {
+        self.steps
+            .iter()
+            .zip(&progress.steps)
+            .find(|(d, p)| d.kind == crate::definition::StepKind::Pivot && p.completed)
+            .map(|(d, _)| d.name.to_string())
     }
 }
 
@@ -103,6 +112,12 @@ pub(crate) fn spawn<S: SagaState>(mut runner: Runner<S>, permit: Permit) {
             // lease expire (terminal appends already released it).
             shared.store().release(&id);
             drop(permit);
+            if matches!(result, Ok(RawOutcome::Paused)) {
+                // Held for an operator: its handles keep waiting for `resume`.
+                shared.count(Count::Paused, &def.name);
+                shared.unclaim(&id);
+                return;
+            }
             shared.publish(&id, &def.name, result, !runner.replayed_settled());
         }
         .instrument(span),

@@ -32,7 +32,7 @@ async fn opens_in_wal_mode_with_synchronous_full_and_records_the_schema_version(
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
     drop(store);
     // Reopening does not migrate twice.
     let _store = SqliteStore::open(&path).await.unwrap();
@@ -41,7 +41,7 @@ async fn opens_in_wal_mode_with_synchronous_full_and_records_the_schema_version(
         .await
         .unwrap()
         .get(0);
-    assert_eq!(rows, 1);
+    assert_eq!(rows, 2);
     // The builder validates its settings.
     let err = SqliteStore::builder(dir.file("x.db"))
         .max_batch(0)

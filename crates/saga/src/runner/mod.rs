@@ -17,13 +17,16 @@ use crate::error::{LoadError, SagaError, StepError, StepErrorKind, panic_message
 use crate::event::SagaEvent;
 use crate::outcome::RawOutcome;
 use crate::replay::{Progress, Stage};
-use crate::shared::Shared;
+use crate::shared::{Control, OperatorRequest, Shared};
 use crate::store::Append;
 
 mod parallel;
 mod retry;
 
 use retry::Retries;
+
+/// The longest stored backoff a resumed saga waits out (see `Runner::stored_backoff`).
+const MAX_STORED_BACKOFF: Duration = Duration::from_secs(24 * 60 * 60);
 
 pub(crate) fn to_raw<S: SagaState>(state: &S) -> Result<Box<RawValue>, SagaError> {
     serde_json::value::to_raw_value(state).map_err(|e| SagaError::State(e.to_string()))
@@ -58,6 +61,11 @@ pub(crate) struct Runner<S: SagaState> {
     /// Resumed from a log that had already ended (stuck or settled): its outcome was
     /// counted when it happened, so driving it counts nothing.
     settled: bool,
+    /// Where operators' cancel and pause requests for this saga are signalled.
+    control: Arc<Control>,
+    /// Read the stored request at the next step boundary even without a signal (a resumed
+    /// saga: the request may have been made while no runner drove it).
+    check_request: bool,
 }
 
 impl<S: SagaState> Runner<S> {
@@ -81,7 +89,10 @@ impl<S: SagaState> Runner<S> {
             })?;
         // Saturating: a deadline too far to represent is no deadline.
         let deadline = def.deadline.and_then(|d| Instant::now().checked_add(d));
+        let control = shared.control(&id);
         let mut runner = Self {
+            control,
+            check_request: false,
             shared,
             def,
             id,
@@ -131,6 +142,8 @@ impl<S: SagaState> Runner<S> {
         });
         let resync = !matches!(progress.stage, Stage::Forward | Stage::Compensating);
         Ok(Self {
+            control: shared.control(&id),
+            check_request: true,
             resync,
             settled: resync,
             shared,
@@ -272,6 +285,7 @@ impl<S: SagaState> Runner<S> {
             attempt,
             StepErrorKind::Unstorable,
             error.message().to_owned(),
+            None,
         ));
         self.record(SagaEvent::Stuck {
             step,
@@ -296,6 +310,9 @@ impl<S: SagaState> Runner<S> {
             self.flush().await?;
         }
         loop {
+            if let Some(stop) = self.at_boundary().await? {
+                return Ok(stop);
+            }
             match self.progress.stage.clone() {
                 Stage::Forward => {
                     if let Some(i) = self.next_forward() {
@@ -316,6 +333,15 @@ impl<S: SagaState> Runner<S> {
                             Some(g) => self.compensate_group(g).await?,
                             None => self.run_step(j, Phase::Compensate).await?,
                         }
+                    } else if let Some(reason) = self.progress.cancelled.clone() {
+                        self.record(SagaEvent::Cancelled {
+                            reason: reason.clone(),
+                        });
+                        self.flush().await?;
+                        return Ok(RawOutcome::Cancelled {
+                            reason,
+                            state: self.stored_state(),
+                        });
                     } else {
                         let (failed_step, error) =
                             self.progress.compensation.clone().unwrap_or_default();
@@ -352,8 +378,80 @@ impl<S: SagaState> Runner<S> {
                     });
                 }
                 Stage::Resolved { note } => return Ok(RawOutcome::Resolved { note }),
+                Stage::Cancelled => {
+                    return Ok(RawOutcome::Cancelled {
+                        reason: self.progress.cancelled.clone().unwrap_or_default(),
+                        state: self.stored_state(),
+                    });
+                }
+                Stage::Paused { .. } => return Ok(RawOutcome::Paused),
             }
         }
+    }
+
+    /// At a step boundary: acts on an operator's request for this saga, if one was made
+    /// since the last boundary (signalled here, seen by the store's heartbeat, or found
+    /// stored when the saga was resumed). `Some` when the runner stops here (paused).
+    async fn at_boundary(&mut self) -> Result<Option<RawOutcome>, SagaError> {
+        let signalled = self.control.take();
+        let seen = self.shared.store().request_seen(&self.id);
+        if !(std::mem::take(&mut self.check_request) || signalled || seen) {
+            return Ok(None);
+        }
+        let Some(stored) = self.shared.store().request(&self.id).await? else {
+            return Ok(None);
+        };
+        let Some(request) = OperatorRequest::decode(&stored) else {
+            tracing::warn!(saga_id = %self.id, stored, "an operator request that does not decode is ignored");
+            return Ok(None);
+        };
+        match (request, &self.progress.stage) {
+            (OperatorRequest::Cancel { reason, actor }, Stage::Forward) if !self.pivot_done() => {
+                tracing::info!(saga_id = %self.id, reason, actor, "saga cancelled: compensating");
+                self.record(SagaEvent::CancelBegan { reason, actor });
+                Ok(None)
+            }
+            (OperatorRequest::Pause { actor }, Stage::Forward | Stage::Compensating) => {
+                tracing::info!(saga_id = %self.id, actor, "saga paused");
+                self.record(SagaEvent::Paused { actor });
+                self.flush().await?;
+                Ok(Some(RawOutcome::Paused))
+            }
+            (request, stage) => {
+                // Made before the saga moved on (past its pivot, into compensation, or
+                // already cancelled): nothing to do.
+                tracing::debug!(saga_id = %self.id, ?request, ?stage, "operator request no longer applies");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Sleeps `delay` (a retry's backoff) unless an operator's request is signalled first:
+    /// `true` when it is, and the caller goes back to the step boundary.
+    async fn backoff(&self, delay: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => false,
+            () = self.control.signalled() => true,
+        }
+    }
+
+    /// What is left of a backoff a previous runner recorded for the next attempt of `step`
+    /// in `phase` (it was resumed after a restart). Cut to the step's backoff cap (one day
+    /// without a cap), so a damaged row cannot hold the saga forever.
+    fn stored_backoff(
+        &self,
+        step: u32,
+        phase: Phase,
+        policy: &crate::StepRetry,
+    ) -> Option<Duration> {
+        let p = self.progress.steps.get(step as usize)?;
+        let at = match phase {
+            Phase::Action => p.retry_at_ms,
+            Phase::Compensate => p.comp_retry_at_ms,
+        }?;
+        let left = Duration::from_millis(at.checked_sub(now_ms())?);
+        let cap = policy.backoff.max_delay().unwrap_or(MAX_STORED_BACKOFF);
+        Some(left.min(cap).min(MAX_STORED_BACKOFF))
     }
 
     pub(crate) fn deadline_passed(&self) -> bool {
@@ -386,6 +484,12 @@ impl<S: SagaState> Runner<S> {
             Phase::Compensate => false,
         };
         let mut retries = Retries::new(policy);
+        if !reuse_open && let Some(wait) = self.stored_backoff(i, phase, &policy) {
+            tracing::debug!(saga_id = %self.id, step = i, %phase, ?wait, "waiting out a stored backoff");
+            if self.backoff(wait).await {
+                return Ok(());
+            }
+        }
         loop {
             if phase == Phase::Action && self.deadline_passed() {
                 self.deadline_reached(i);
@@ -418,21 +522,35 @@ impl<S: SagaState> Runner<S> {
                 }
                 Err(error) => {
                     let kind = error.kind();
+                    let deadline = phase == Phase::Action && kind == StepErrorKind::Deadline;
+                    let delay = if deadline {
+                        None
+                    } else {
+                        retries.next_delay(kind, retriable_step)
+                    };
+                    // The next attempt's time is logged with the failure: a saga resumed
+                    // after a restart waits it out too.
+                    let retry_at_ms = delay.map(|d| {
+                        now_ms().saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                    });
                     self.record(failed_event(
                         phase,
                         i,
                         attempt,
                         kind,
                         error.message().to_owned(),
+                        retry_at_ms,
                     ));
-                    if phase == Phase::Action && kind == StepErrorKind::Deadline {
+                    if deadline {
                         self.begin_compensation(i, error.to_string());
                         return Ok(());
                     }
-                    if let Some(delay) = retries.next_delay(kind, retriable_step) {
+                    if let Some(delay) = delay {
                         self.flush().await?;
                         tracing::debug!(saga_id = %self.id, step = i, %phase, attempt, ?delay, %error, "retrying step");
-                        tokio::time::sleep(delay).await;
+                        if self.backoff(delay).await {
+                            return Ok(());
+                        }
                         continue;
                     }
                     self.give_up(i, phase, &error);
@@ -476,6 +594,7 @@ impl<S: SagaState> Runner<S> {
             attempt,
             kind: StepErrorKind::Interrupted,
             error: error.clone(),
+            retry_at_ms: None,
         });
         if decision == OnInterrupted::Compensate {
             self.begin_compensation(i, error);
@@ -502,6 +621,7 @@ impl<S: SagaState> Runner<S> {
                 attempt,
                 kind: StepErrorKind::Deadline,
                 error: "saga deadline passed".into(),
+                retry_at_ms: None,
             });
         }
         self.begin_compensation(i, "saga deadline passed".into());
@@ -645,6 +765,7 @@ fn failed_event(
     attempt: u32,
     kind: StepErrorKind,
     error: String,
+    retry_at_ms: Option<u64>,
 ) -> SagaEvent {
     match phase {
         Phase::Action => SagaEvent::StepFailed {
@@ -652,12 +773,14 @@ fn failed_event(
             attempt,
             kind,
             error,
+            retry_at_ms,
         },
         Phase::Compensate => SagaEvent::CompensationFailed {
             step,
             attempt,
             kind,
             error,
+            retry_at_ms,
         },
     }
 }

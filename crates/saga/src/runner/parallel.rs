@@ -64,6 +64,7 @@ impl<S: SagaState> Runner<S> {
                 attempt,
                 kind: StepErrorKind::Interrupted,
                 error: "the process stopped during the attempt".into(),
+                retry_at_ms: None,
             });
         }
     }
@@ -123,6 +124,7 @@ impl<S: SagaState> Runner<S> {
                     attempt,
                     kind,
                     error: error.into(),
+                    retry_at_ms: None,
                 });
             }
             let first = members.first().copied().unwrap_or(first_member);
@@ -372,6 +374,7 @@ impl<S: SagaState> Runner<S> {
                                         attempt,
                                         StepErrorKind::Unstorable,
                                         error.message().to_owned(),
+                                        None,
                                     ));
                                     if failure.is_none() {
                                         failure = Some((step, error));
@@ -385,7 +388,6 @@ impl<S: SagaState> Runner<S> {
                         Err(error) => {
                             let attempt = self.attempts(step, phase);
                             let (kind, message) = (error.kind(), error.message().to_owned());
-                            self.record(failed_event(phase, step, attempt, kind, message));
                             let retriable_step = phase == Phase::Action
                                 && self
                                     .def
@@ -397,6 +399,19 @@ impl<S: SagaState> Runner<S> {
                             } else {
                                 None
                             };
+                            let retry_at_ms = delay.map(|d| {
+                                super::now_ms().saturating_add(
+                                    u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+                                )
+                            });
+                            self.record(failed_event(
+                                phase,
+                                step,
+                                attempt,
+                                kind,
+                                message,
+                                retry_at_ms,
+                            ));
                             if let Some(delay) = delay {
                                 tracing::debug!(saga_id = %self.id, step, attempt, ?delay, %error, "retrying group member");
                                 set.spawn(async move {
@@ -433,6 +448,7 @@ impl<S: SagaState> Runner<S> {
                 attempt,
                 kind: StepErrorKind::Cancelled,
                 error: "cancelled: another member of the group failed".into(),
+                retry_at_ms: None,
             });
         }
         self.flush().await?;

@@ -21,6 +21,7 @@ pub struct MemoryStore {
 struct Entry {
     summary: SagaSummary,
     events: Vec<String>,
+    request: Option<String>,
 }
 
 impl MemoryStore {
@@ -72,6 +73,7 @@ impl SagaStore for MemoryStore {
                         note: None,
                     },
                     events: saga.events,
+                    request: None,
                 },
             );
             Created::New
@@ -136,5 +138,25 @@ impl SagaStore for MemoryStore {
             e.summary.note = Some(reason.to_owned());
         }
         ready(Ok(())).boxed()
+    }
+
+    fn set_request<'a>(
+        &'a self,
+        saga_id: &'a str,
+        request: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let mut map = self.lock();
+        let found = map
+            .get_mut(saga_id)
+            .map(|e| e.request = request.map(str::to_owned));
+        ready(Ok(found.is_some())).boxed()
+    }
+
+    fn request<'a>(
+        &'a self,
+        saga_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        let request = self.lock().get(saga_id).and_then(|e| e.request.clone());
+        ready(Ok(request)).boxed()
     }
 }

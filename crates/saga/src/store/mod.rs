@@ -36,25 +36,33 @@ pub enum SagaStatus {
     Compensating,
     /// Waiting for an operator.
     Stuck,
+    /// Held at a step boundary by an operator
+    /// ([`SagaEngine::pause`](crate::SagaEngine::pause)); recovery leaves it alone until
+    /// [`SagaEngine::resume`](crate::SagaEngine::resume).
+    Paused,
     /// Terminal: every step succeeded.
     Completed,
     /// Terminal: rolled back.
     Compensated,
     /// Terminal: an operator marked it resolved.
     Resolved,
+    /// Terminal: cancelled by an operator, every completed step compensated.
+    Cancelled,
     /// Its log could not be loaded (unknown definition, undecodable row); kept untouched.
     Quarantined,
 }
 
 impl SagaStatus {
     /// Every status.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 9] = [
         Self::Running,
         Self::Compensating,
         Self::Stuck,
+        Self::Paused,
         Self::Completed,
         Self::Compensated,
         Self::Resolved,
+        Self::Cancelled,
         Self::Quarantined,
     ];
 
@@ -64,9 +72,11 @@ impl SagaStatus {
             Self::Running => "running",
             Self::Compensating => "compensating",
             Self::Stuck => "stuck",
+            Self::Paused => "paused",
             Self::Completed => "completed",
             Self::Compensated => "compensated",
             Self::Resolved => "resolved",
+            Self::Cancelled => "cancelled",
             Self::Quarantined => "quarantined",
         }
     }
@@ -78,7 +88,10 @@ impl SagaStatus {
 
     /// Whether no more transitions will happen without an operator or a code change.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Completed | Self::Compensated | Self::Resolved)
+        matches!(
+            self,
+            Self::Completed | Self::Compensated | Self::Resolved | Self::Cancelled
+        )
     }
 
     /// Whether recovery resumes a saga in this status.
@@ -351,6 +364,42 @@ pub trait SagaStore: Send + Sync + fmt::Debug + 'static {
     fn lease_ttl(&self) -> Option<Duration> {
         None
     }
+
+    /// Stores (or, with `None`, clears) an operator's request for a saga: a cancel or a
+    /// pause, encoded by the engine, which the saga's runner reads at its next step
+    /// boundary ([`request`](Self::request)). Touches no log row and no status. Returns
+    /// `false` when no saga has this id.
+    ///
+    /// The default refuses: a store that does not implement it cannot cancel or pause.
+    fn set_request<'a>(
+        &'a self,
+        saga_id: &'a str,
+        request: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let _ = (saga_id, request);
+        ready(Err(StoreError::Database(
+            "this saga store does not keep operator requests (cancel, pause)".into(),
+        )))
+        .boxed()
+    }
+
+    /// The request [`set_request`](Self::set_request) stored for a saga, if any.
+    fn request<'a>(
+        &'a self,
+        saga_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        let _ = saga_id;
+        ready(Ok(None)).boxed()
+    }
+
+    /// For a store shared by several instances: whether a request was stored for a saga this
+    /// instance drives since the last call (found by the lease heartbeat), so its runner
+    /// reads it at its next step boundary. The default (a single-process store, where the
+    /// engine signals its own runners) says `false`.
+    fn request_seen(&self, saga_id: &str) -> bool {
+        let _ = saga_id;
+        false
+    }
 }
 
 impl<T: SagaStore + ?Sized> SagaStore for Arc<T> {
@@ -387,5 +436,21 @@ impl<T: SagaStore + ?Sized> SagaStore for Arc<T> {
     }
     fn lease_ttl(&self) -> Option<Duration> {
         (**self).lease_ttl()
+    }
+    fn set_request<'a>(
+        &'a self,
+        saga_id: &'a str,
+        request: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        (**self).set_request(saga_id, request)
+    }
+    fn request<'a>(
+        &'a self,
+        saga_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        (**self).request(saga_id)
+    }
+    fn request_seen(&self, saga_id: &str) -> bool {
+        (**self).request_seen(saga_id)
     }
 }

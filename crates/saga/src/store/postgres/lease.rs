@@ -119,7 +119,8 @@ async fn renew(inner: &Inner) -> Result<(), StoreError> {
         "WITH h AS (
             SELECT * FROM unnest($1::text[], $2::bigint[]) AS t(saga_id, lease)
         ), l AS (
-            SELECT s.saga_id, s.lease_owner = $3 AND s.lease_version = h.lease AS ours
+            SELECT s.saga_id, s.lease_owner = $3 AND s.lease_version = h.lease AS ours,
+                s.request IS NOT NULL AS asked
             FROM h JOIN staunch_sagas s ON s.saga_id = h.saga_id
             FOR UPDATE OF s SKIP LOCKED
         ), renewed AS (
@@ -127,7 +128,7 @@ async fn renew(inner: &Inner) -> Result<(), StoreError> {
             SET lease_expires_at = now() + $4 * interval '1 millisecond'
             FROM l WHERE s.saga_id = l.saga_id AND l.ours
         )
-        SELECT saga_id FROM l WHERE NOT ours",
+        SELECT saga_id, ours FROM l WHERE NOT ours OR (ours AND asked)",
     )
     .bind(&ids)
     .bind(&versions)
@@ -143,6 +144,13 @@ async fn renew(inner: &Inner) -> Result<(), StoreError> {
     let mut held = inner.held();
     for row in &rows {
         let id: String = row.try_get(0).map_err(db)?;
+        let ours: Option<bool> = row.try_get(1).map_err(db)?;
+        if ours == Some(true) {
+            // An operator's request for a saga this instance drives: its runner reads it at
+            // its next step boundary.
+            inner.requested().insert(id);
+            continue;
+        }
         // Only if unchanged since the snapshot: a lease taken meanwhile stays.
         if held.get(id.as_str()) == snapshot.get(&id) {
             tracing::debug!(saga_id = %id, owner = %inner.owner, "saga lease lost");

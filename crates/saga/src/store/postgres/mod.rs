@@ -33,13 +33,14 @@ use writer::Request;
 const CREATING: i64 = 0;
 
 /// The schema version this build creates and reads.
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 
 /// Migrations by target version; each runs once, in order, in one transaction.
-const MIGRATIONS: &[(i32, &[&str])] = &[(
-    1,
-    &[
-        "CREATE TABLE staunch_sagas (
+const MIGRATIONS: &[(i32, &[&str])] = &[
+    (
+        1,
+        &[
+            "CREATE TABLE staunch_sagas (
             saga_id TEXT PRIMARY KEY,
             definition TEXT NOT NULL,
             version INTEGER NOT NULL,
@@ -51,17 +52,20 @@ const MIGRATIONS: &[(i32, &[&str])] = &[(
             lease_expires_at TIMESTAMPTZ,
             updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
         )",
-        "CREATE INDEX staunch_sagas_status ON staunch_sagas (status, saga_id)",
-        "CREATE INDEX staunch_sagas_resumable ON staunch_sagas (lease_expires_at)
+            "CREATE INDEX staunch_sagas_status ON staunch_sagas (status, saga_id)",
+            "CREATE INDEX staunch_sagas_resumable ON staunch_sagas (lease_expires_at)
             WHERE status IN ('running', 'compensating')",
-        "CREATE TABLE staunch_saga_events (
+            "CREATE TABLE staunch_saga_events (
             saga_id TEXT NOT NULL,
             seq BIGINT NOT NULL,
             payload TEXT NOT NULL,
             PRIMARY KEY (saga_id, seq)
         )",
-    ],
-)];
+        ],
+    ),
+    // Operators' cancel and pause requests, read by the owner at step boundaries.
+    (2, &["ALTER TABLE staunch_sagas ADD COLUMN request TEXT"]),
+];
 
 /// Opens a [`PostgresStore`].
 #[derive(Debug, Clone)]
@@ -223,6 +227,7 @@ impl PostgresStoreBuilder {
             ttl: self.lease_ttl,
             schema: self.schema,
             held: Mutex::new(HashMap::new()),
+            requested: Mutex::default(),
         });
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
         for _ in 0..self.writers {
@@ -298,12 +303,20 @@ pub(super) struct Inner {
     schema: Option<String>,
     /// Sagas whose lease this instance holds, with the lease version (the fencing token).
     held: Mutex<HashMap<Arc<str>, i64>>,
+    /// Sagas held here for which the heartbeat found an operator's request stored.
+    requested: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Inner {
     pub(super) fn held(&self) -> MutexGuard<'_, HashMap<Arc<str>, i64>> {
         // Held only for single map operations.
         self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(super) fn requested(&self) -> MutexGuard<'_, std::collections::HashSet<String>> {
+        self.requested
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -603,5 +616,42 @@ impl SagaStore for PostgresStore {
 
     fn lease_ttl(&self) -> Option<Duration> {
         Some(self.inner.ttl)
+    }
+
+    fn set_request<'a>(
+        &'a self,
+        saga_id: &'a str,
+        request: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let done = sqlx::query("UPDATE staunch_sagas SET request = $1 WHERE saga_id = $2")
+                .bind(request.map(storable_note))
+                .bind(saga_id)
+                .execute(&self.inner.pool)
+                .await
+                .map_err(db)?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
+    fn request<'a>(
+        &'a self,
+        saga_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        Box::pin(async move {
+            let row = sqlx::query("SELECT request FROM staunch_sagas WHERE saga_id = $1")
+                .bind(saga_id)
+                .fetch_optional(&self.inner.pool)
+                .await
+                .map_err(db)?;
+            match row {
+                Some(row) => row.try_get(0).map_err(db),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn request_seen(&self, saga_id: &str) -> bool {
+        self.inner.requested().remove(saga_id)
     }
 }

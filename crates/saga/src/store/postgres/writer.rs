@@ -328,7 +328,12 @@ async fn append_round(
         counts.push((a.events.len() as u64).cast_signed());
         statuses.push(a.status.as_str());
         notes.push(a.note.as_deref().map(|n| storable_note(n).into_owned()));
-        terminal.push(a.status.is_terminal() || a.status == SagaStatus::Quarantined);
+        // A paused saga lets its lease go too: any instance may resume it.
+        terminal.push(
+            a.status.is_terminal()
+                || a.status == SagaStatus::Quarantined
+                || a.status == SagaStatus::Paused,
+        );
         for (k, payload) in a.events.iter().enumerate() {
             e_idx.push(i);
             e_seqs.push((a.first_seq + k as u64).cast_signed());

@@ -32,13 +32,14 @@ use staunch_core::ConfigError;
 use writer::{Request, placeholders, writer};
 
 /// The schema version this build creates and reads.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Migrations by target version; each runs once, in order, in one transaction.
-const MIGRATIONS: &[(i64, &[&str])] = &[(
-    1,
-    &[
-        "CREATE TABLE staunch_sagas (
+const MIGRATIONS: &[(i64, &[&str])] = &[
+    (
+        1,
+        &[
+            "CREATE TABLE staunch_sagas (
             saga_id TEXT PRIMARY KEY NOT NULL,
             definition TEXT NOT NULL,
             version INTEGER NOT NULL,
@@ -46,15 +47,18 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             note TEXT,
             updated_at_ms INTEGER NOT NULL
         ) WITHOUT ROWID",
-        "CREATE INDEX staunch_sagas_status ON staunch_sagas (status, saga_id)",
-        "CREATE TABLE staunch_saga_events (
+            "CREATE INDEX staunch_sagas_status ON staunch_sagas (status, saga_id)",
+            "CREATE TABLE staunch_saga_events (
             saga_id TEXT NOT NULL,
             seq INTEGER NOT NULL,
             payload TEXT NOT NULL,
             PRIMARY KEY (saga_id, seq)
         ) WITHOUT ROWID",
-    ],
-)];
+        ],
+    ),
+    // Operators' cancel and pause requests, read by the runner at step boundaries.
+    (2, &["ALTER TABLE staunch_sagas ADD COLUMN request TEXT"]),
+];
 
 /// The longest busy timeout SQLite can take (`i32::MAX` milliseconds).
 const MAX_BUSY_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
@@ -447,5 +451,44 @@ impl SagaStore for SqliteStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let (saga_id, reason) = (Arc::from(saga_id), reason.to_owned());
         Box::pin(self.request(move |tx| Request::Quarantine(saga_id, reason, tx)))
+    }
+
+    fn set_request<'a>(
+        &'a self,
+        saga_id: &'a str,
+        request: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        // Beside the writer, on a pool connection: the writer's cache holds no request, and
+        // SQLite serializes the two writers (the busy timeout covers the wait).
+        Box::pin(async move {
+            let done = sqlx::query("UPDATE staunch_sagas SET request = ? WHERE saga_id = ?")
+                .bind(request)
+                .bind(saga_id)
+                .execute(&self.inner.reader)
+                .await
+                .map_err(db)?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
+    fn request<'a>(
+        &'a self,
+        saga_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        Box::pin(async move {
+            // Read as bytes: a stored value that is not UTF-8 text reads lossily (and then
+            // does not decode as a request, which the engine ignores), never as an error.
+            let row =
+                sqlx::query("SELECT CAST(request AS BLOB) FROM staunch_sagas WHERE saga_id = ?")
+                    .bind(saga_id)
+                    .fetch_optional(&self.inner.reader)
+                    .await
+                    .map_err(db)?;
+            let bytes: Option<Vec<u8>> = match row {
+                Some(row) => row.try_get(0).map_err(db)?,
+                None => None,
+            };
+            Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
+        })
     }
 }
