@@ -5,7 +5,7 @@
 //! (`tests/shop.rs`, `tests/dashboard.rs`).
 
 pub(crate) mod dashboard;
-pub(crate) mod idempotency;
+pub(crate) mod db;
 pub(crate) mod inventory;
 pub(crate) mod order;
 pub(crate) mod payment;
@@ -18,6 +18,15 @@ pub(crate) fn arg(name: &str) -> Option<String> {
     let mut args = std::env::args().skip_while(|a| a != name);
     args.next()?;
     args.next()
+}
+
+/// `--db PATH`, by default `staunch-shop-{service}.db` in the temporary directory.
+#[allow(dead_code)] // used by the per-service binaries (`shop_order`, ...)
+pub(crate) fn db_arg(service: &str) -> std::path::PathBuf {
+    arg("--db").map_or_else(
+        || std::env::temp_dir().join(format!("staunch-shop-{service}.db")),
+        std::path::PathBuf::from,
+    )
 }
 
 /// `--port N` (default 0: any free port).
