@@ -603,6 +603,46 @@ pub(crate) struct Placed {
     pub(crate) error: Option<String>,
 }
 
+impl Placed {
+    /// What the saga `order_id` came to.
+    fn of(order_id: String, outcome: SagaOutcome<OrderState>) -> Self {
+        match outcome {
+            SagaOutcome::Completed(_) => Placed {
+                order_id,
+                outcome: "completed",
+                failed_step: None,
+                error: None,
+            },
+            SagaOutcome::Compensated {
+                failed_step, error, ..
+            } => Placed {
+                order_id,
+                outcome: if error.contains(FAILED_FAST) {
+                    "failed_fast"
+                } else if error.contains(REJECTED) {
+                    "rejected"
+                } else {
+                    "compensated"
+                },
+                failed_step: Some(failed_step),
+                error: Some(error),
+            },
+            SagaOutcome::Stuck { step, error, .. } => Placed {
+                order_id,
+                outcome: "stuck",
+                failed_step: Some(step),
+                error: Some(error),
+            },
+            other => Placed {
+                order_id,
+                outcome: "stuck",
+                failed_step: None,
+                error: Some(format!("{other:?}")),
+            },
+        }
+    }
+}
+
 /// The order service.
 #[derive(Debug, Clone)]
 pub(crate) struct OrderService {
@@ -789,42 +829,25 @@ impl OrderService {
             .start(&self.inner.definition, order_id.as_str(), state)
             .await?;
         let outcome = handle.outcome().await?;
-        let placed = match outcome {
-            SagaOutcome::Completed(_) => Placed {
-                order_id,
-                outcome: "completed",
-                failed_step: None,
-                error: None,
-            },
-            SagaOutcome::Compensated {
-                failed_step, error, ..
-            } => Placed {
-                order_id,
-                outcome: if error.contains(FAILED_FAST) {
-                    "failed_fast"
-                } else if error.contains(REJECTED) {
-                    "rejected"
-                } else {
-                    "compensated"
-                },
-                failed_step: Some(failed_step),
-                error: Some(error),
-            },
-            SagaOutcome::Stuck { step, error, .. } => Placed {
-                order_id,
-                outcome: "stuck",
-                failed_step: Some(step),
-                error: Some(error),
-            },
-            other => Placed {
-                order_id,
-                outcome: "stuck",
-                failed_step: None,
-                error: Some(format!("{other:?}")),
-            },
-        };
+        let placed = Placed::of(order_id, outcome);
         if let Some(trace) = self.inner.deps.traces().by_id.get_mut(&placed.order_id) {
             trace.outcome = Some(placed.outcome.to_owned());
+        }
+        Ok(placed)
+    }
+
+    /// What every saga in the log came to, waiting for those still running (after a
+    /// restart: those [`start`](Self::start) resumed).
+    pub(crate) async fn settle(&self) -> Result<Vec<Placed>, BoxError> {
+        let sagas = self.inner.engine.list(&ListFilter::all()).await?;
+        let mut placed = Vec::with_capacity(sagas.len());
+        for saga in sagas {
+            let outcome = self
+                .inner
+                .engine
+                .outcome(&self.inner.definition, saga.saga_id.as_str())
+                .await?;
+            placed.push(Placed::of(saga.saga_id, outcome));
         }
         Ok(placed)
     }
