@@ -113,7 +113,7 @@ impl Db {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        match self.store.finish_in(&mut *tx, claim, &stored).await {
+        match self.store.finish_in(&mut tx, claim, &stored).await {
             Ok(()) => {}
             Err(StoreError::LeaseLost { .. }) => {
                 // Dropping `tx` rolls the write back.
@@ -145,15 +145,17 @@ pub(crate) fn db_error(err: &sqlx::Error) -> Response {
 /// The request's `Idempotency-Key` as the client sent it (the layer in front has checked
 /// it; the [`Claim`] holds it scoped, as stored). The participants name the effect by it, so
 /// that a compensation can find the effect by the action's key.
-pub(crate) fn request_key(headers: &HeaderMap) -> Result<String, Response> {
+pub(crate) fn request_key(headers: &HeaderMap) -> Option<String> {
     headers
         .get(IDEMPOTENCY_KEY)
         .and_then(|value| parse_key(value.as_bytes(), usize::MAX).ok())
-        .ok_or_else(|| {
-            (
-                StatusCode::BAD_REQUEST,
-                axum::Json(json!({ "error": "the Idempotency-Key header is required" })),
-            )
-                .into_response()
-        })
+}
+
+/// The 400 answer to a request without a key (the layer answers it first).
+pub(crate) fn missing_key() -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({ "error": "the Idempotency-Key header is required" })),
+    )
+        .into_response()
 }

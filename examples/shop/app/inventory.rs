@@ -27,7 +27,7 @@ use serde_json::json;
 use staunch::idempotency::Claim;
 use staunch::idempotency::sqlx::{self, Row};
 
-use super::db::{Db, db_error, request_key};
+use super::db::{Db, db_error, missing_key, request_key};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -131,9 +131,8 @@ async fn reserve(
     headers: HeaderMap,
     Json(req): Json<Reserve>,
 ) -> Response {
-    let key = match request_key(&headers) {
-        Ok(key) => key,
-        Err(answer) => return answer,
+    let Some(key) = request_key(&headers) else {
+        return missing_key();
     };
     let mut tx = match inv.db.begin().await {
         Ok(tx) => tx,

@@ -1,8 +1,13 @@
 //! The shop: inventory, payment and shipping services, and an order service that places
 //! orders through a staunch saga, with every client wrapped in staunch layers.
 //!
-//! Shared by the `shop` example (`examples/shop/main.rs`) and the tests that replay its story
-//! (`tests/shop.rs`, `tests/dashboard.rs`).
+//! The participants keep their data in SQLite files and sit behind staunch-idempotency
+//! ([`db`]): the saga delivers each step at least once, with the step's key; the participant
+//! runs a key once and records its reply in the same transaction as its write.
+//!
+//! Shared by the `shop` example (`examples/shop/main.rs`), the per-service binaries and the
+//! tests that replay its story (`tests/shop.rs`, `tests/dashboard.rs`) or kill its services
+//! (`tests/shop_restart.rs`).
 
 pub(crate) mod dashboard;
 pub(crate) mod db;

@@ -36,7 +36,7 @@ use serde_json::{Value, json};
 use staunch::idempotency::Claim;
 use staunch::idempotency::sqlx::{self, Row};
 
-use super::db::{Db, db_error, failed, request_key};
+use super::db::{Db, db_error, failed, missing_key, request_key};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -200,9 +200,8 @@ async fn charge(
     headers: HeaderMap,
     Json(req): Json<ChargeReq>,
 ) -> Response {
-    let key = match request_key(&headers) {
-        Ok(key) => key,
-        Err(answer) => return answer,
+    let Some(key) = request_key(&headers) else {
+        return missing_key();
     };
     match pay.fate() {
         // Nothing happened, so the layer keeps nothing: a retry with this key is a real retry.
@@ -254,9 +253,8 @@ async fn refund(
     headers: HeaderMap,
     Json(req): Json<RefundReq>,
 ) -> Response {
-    let key = match request_key(&headers) {
-        Ok(key) => key,
-        Err(answer) => return answer,
+    let Some(key) = request_key(&headers) else {
+        return missing_key();
     };
     let mut tx = match pay.db.begin().await {
         Ok(tx) => tx,

@@ -269,7 +269,7 @@ impl Shipping {
             ),
             Err(refusal) => StoredResponse::new(http::StatusCode::CONFLICT, refusal.clone()),
         };
-        match self.db.store.finish_in(&mut *tx, claim, &stored).await {
+        match self.db.store.finish_in(&mut tx, claim, &stored).await {
             Ok(()) => {}
             Err(StoreError::LeaseLost { .. }) => {
                 return Err(Status::unavailable("the key's lease ran out; retry"));

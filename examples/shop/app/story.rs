@@ -530,6 +530,22 @@ pub(crate) async fn play(shop: &Shop, config: &Config) -> Result<Report, BoxErro
         &mut report,
     )
     .await?;
+    let sagas = shop.orders.settle().await?;
+    let mut ended: BTreeMap<&str, usize> = BTreeMap::new();
+    for saga in &sagas {
+        *ended.entry(saga.outcome).or_default() += 1;
+    }
+    if let Some(stuck) = ended.get("stuck") {
+        report
+            .inconsistencies
+            .push(format!("{stuck} sagas stuck for an operator"));
+    }
+    let ended: Vec<String> = ended.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    report.check.push(format!(
+        "{} sagas in the log, every one ended: {}",
+        sagas.len(),
+        ended.join(", ")
+    ));
     let (replayed, in_flight) = shop.orders.repeats();
     report.check.push(format!(
         "keys delivered again: {replayed} answered from the participants' records, {in_flight} refused while the first delivery ran"
