@@ -360,3 +360,84 @@ async fn a_charge_in_doubt_is_refunded_by_its_key_and_never_lands_later() {
     assert_eq!(available(&shop.inventory).await, config.stock);
     shop.cleanup();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipping_over_grpc_runs_a_key_once_also_after_a_restart() {
+    use app::shipping::{
+        CancelShipment, ChannelError, CreateShipment, REPLAYED, Shipping, ShippingClient,
+    };
+    use staunch::idempotency::{IdempotencyKey, IdempotencyKeyLayer};
+    use tonic::Code;
+    use tower::ServiceBuilder;
+    use tower::util::BoxCloneSyncService;
+
+    let client = |addr: std::net::SocketAddr| {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("an endpoint")
+            .connect_lazy();
+        ShippingClient::new(BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .map_err(|e: tonic::transport::Error| ChannelError(e.into()))
+                .layer(IdempotencyKeyLayer)
+                .service(channel),
+        ))
+    };
+    let config = Config::short();
+    let shop = Shop::start(&config).await.expect("the shop starts");
+    let shipping = client(shop.addrs["shipping (gRPC)"]);
+    let key = IdempotencyKey::new("o-9:ship:action").expect("a key");
+    let create = CreateShipment {
+        order_id: "o-9".into(),
+        sku: SKU.into(),
+        qty: 2,
+    };
+    let first = shipping
+        .create(create.clone(), &key)
+        .await
+        .expect("shipped");
+    assert!(!first.metadata().contains_key(REPLAYED));
+    let again = shipping
+        .create(create.clone(), &key)
+        .await
+        .expect("replayed");
+    assert!(again.metadata().contains_key(REPLAYED));
+    assert_eq!(again.get_ref(), first.get_ref());
+    let other = CreateShipment {
+        qty: 3,
+        ..create.clone()
+    };
+    let reused = shipping.create(other, &key).await.expect_err("refused");
+    assert_eq!(reused.code(), Code::InvalidArgument, "{reused:?}");
+
+    // A cancel for a create that never landed voids its key: the late create is refused.
+    let never = IdempotencyKey::new("o-10:ship:action").expect("a key");
+    let cancel = CancelShipment {
+        shipment_key: never.as_str().to_owned(),
+    };
+    let cancel_key = IdempotencyKey::new("o-10:ship:compensate").expect("a key");
+    shipping
+        .cancel(cancel, &cancel_key)
+        .await
+        .expect("cancelled");
+    let late = CreateShipment {
+        order_id: "o-10".into(),
+        ..create.clone()
+    };
+    let refused = shipping.create(late, &never).await.expect_err("voided");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+
+    // Started again on the same file: the create is replayed, nothing ships twice.
+    let file = shop.orders.db().with_file_name("shipping.db");
+    let restarted = Shipping::open(&file).await.expect("reopens");
+    let again_at = restarted.serve().await.expect("serves");
+    let replayed = client(again_at)
+        .create(create, &key)
+        .await
+        .expect("replayed after a restart");
+    assert!(replayed.metadata().contains_key(REPLAYED));
+    assert_eq!(replayed.get_ref(), first.get_ref());
+    let shipments = restarted.shipments().await.expect("readable");
+    assert_eq!(shipments.len(), 1, "{shipments:?}");
+    assert_eq!((shipments[0].qty, shipments[0].cancelled), (2, false));
+    shop.cleanup();
+}

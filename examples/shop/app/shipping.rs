@@ -226,6 +226,7 @@ impl Shipping {
             &http::Uri::from_static(call.path()),
             &call.encoded(),
         );
+        // A namespace of its own in the table, apart from the HTTP layer's scoped keys.
         let claim = Claim::new(format!("grpc:{key}"), fingerprint, TTL);
         let store = &self.db.store;
         match store.begin(&claim, LEASE).await {
@@ -241,24 +242,27 @@ impl Shipping {
                 "a call with this idempotency key is still being processed",
             )),
             Ok(Begin::Finished { outcome, .. }) => replay(outcome),
-            Ok(Begin::Started) => {
-                let ran = self.run(&claim, &key, &call).await;
-                if ran.is_err() {
+            Ok(Begin::Started) => match self.run(&claim, &key, &call).await {
+                Ok(reply) => reply
+                    .map(Response::new)
+                    .map_err(Status::failed_precondition),
+                Err(status) => {
                     // Nothing committed: free the key for a retry (else its lease ends it).
                     let _ = store.release(&claim).await;
+                    Err(status)
                 }
-                ran
-            }
+            },
         }
     }
 
-    /// Runs a claimed call in one transaction with its recorded reply.
+    /// Runs a claimed call in one transaction with its recorded reply: the reply (a shipment
+    /// or a refusal), or the error that left nothing committed.
     async fn run(
         &self,
         claim: &Claim,
         key: &str,
         call: &Call,
-    ) -> Result<Response<Shipment>, Status> {
+    ) -> Result<Result<Shipment, String>, Status> {
         let db_error = |err: sqlx::Error| Status::internal(format!("shipping database: {err}"));
         let mut tx = self.db.begin().await.map_err(db_error)?;
         let reply = apply(&mut tx, key, call).await.map_err(db_error)?;
@@ -277,9 +281,7 @@ impl Shipping {
             Err(err) => return Err(Status::internal(err.to_string())),
         }
         tx.commit().await.map_err(db_error)?;
-        reply
-            .map(Response::new)
-            .map_err(Status::failed_precondition)
+        Ok(reply)
     }
 
     /// Serves the gRPC service on a fresh loopback port.
