@@ -8,9 +8,9 @@
 //! cargo run --example timeout_grpc
 //! ```
 
-#[allow(dead_code)]
-#[path = "shop/app/idempotency.rs"]
-mod idempotency;
+#[allow(dead_code)] // the shipping service's SQLite file, unused here
+#[path = "shop/app/db.rs"]
+mod db;
 #[allow(dead_code)] // the shop's hand-written prost messages and codec (no `protoc` needed)
 #[path = "shop/app/shipping.rs"]
 mod shipping;

@@ -2,7 +2,9 @@
 //! and checks what the example claims: no unit of stock and no charge goes astray, the payment
 //! breaker opens under errors, the payment bulkhead rejects the excess while payment is slow and
 //! the slow answers keep the breaker open, and the breaker goes half-open then closes after
-//! recovery.
+//! recovery; and that the participants, behind staunch-idempotency with SQLite files, answer
+//! a repeated key once, also after a restart on the same file (`shop_restart.rs` kills them
+//! for real).
 
 #[allow(dead_code)]
 #[path = "../examples/shop/app/mod.rs"]
@@ -15,7 +17,8 @@ use app::story::{Config, SKU, Shop, play};
 use serde_json::{Value, json};
 use staunch::circuit_breaker::State;
 
-async fn post(url: String, key: Option<&str>, body: &Value) -> (u16, Value) {
+/// POSTs JSON; the status, the JSON body (null if none) and whether the answer was replayed.
+async fn post(url: String, key: Option<&str>, body: &Value) -> (u16, Value, bool) {
     let mut request = reqwest::Client::new()
         .post(url)
         .header("content-type", "application/json")
@@ -25,11 +28,30 @@ async fn post(url: String, key: Option<&str>, body: &Value) -> (u16, Value) {
     }
     let response = request.send().await.expect("the service answers");
     let status = response.status().as_u16();
+    let replayed = response.headers().get("idempotent-replayed").is_some();
     let bytes = response.bytes().await.expect("a body");
     (
         status,
         serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        replayed,
     )
+}
+
+/// Units of [`SKU`] available.
+async fn available(inventory: &app::inventory::Inventory) -> u64 {
+    inventory.available().await.expect("the stock is readable")[SKU]
+}
+
+/// The payment ledger's (charges, refunds).
+async fn ledger(
+    payment: &app::payment::Payment,
+) -> (Vec<app::payment::Entry>, Vec<app::payment::Entry>) {
+    payment
+        .ledger()
+        .await
+        .expect("the ledger is readable")
+        .into_iter()
+        .partition(|e| e.kind == "charge")
 }
 
 async fn get(url: String) -> (u16, Value) {
@@ -164,15 +186,25 @@ async fn participants_honour_idempotency_keys_and_the_order_service_explains_its
         &reserve,
     )
     .await;
-    assert_eq!(first.0, 201);
-    assert_eq!(first, again);
-    assert_eq!(shop.inventory.available()[SKU], config.stock - 5);
+    assert_eq!((first.0, first.2), (201, false));
+    assert_eq!((&again.0, &again.1, again.2), (&first.0, &first.1, true));
+    assert_eq!(available(&shop.inventory).await, config.stock - 5);
     let missing = post(format!("http://{inventory}/reservations"), None, &reserve).await;
     assert_eq!(missing.0, 400);
+    // The same key for another request: refused by the layer, nothing reserved.
+    let other = json!({ "order_id": "o-1", "sku": SKU, "qty": 6 });
+    let reused = post(
+        format!("http://{inventory}/reservations"),
+        Some("k-1"),
+        &other,
+    )
+    .await;
+    assert_eq!(reused.0, 422);
+    assert_eq!(available(&shop.inventory).await, config.stock - 5);
 
     // A release for a reservation that never landed voids its key.
     let release = json!({ "reservation_key": "k-never" });
-    let (status, _) = post(
+    let (status, ..) = post(
         format!("http://{inventory}/releases"),
         Some("r-1"),
         &release,
@@ -186,26 +218,46 @@ async fn participants_honour_idempotency_keys_and_the_order_service_explains_its
     )
     .await;
     assert_eq!(late.0, 409);
-    assert_eq!(shop.inventory.available()[SKU], config.stock - 5);
+    assert_eq!(available(&shop.inventory).await, config.stock - 5);
 
     let charge = json!({ "order_id": "o-1", "amount_cents": 500 });
     let first = post(format!("http://{payment}/charges"), Some("c-1"), &charge).await;
     let again = post(format!("http://{payment}/charges"), Some("c-1"), &charge).await;
-    assert_eq!(first.0, 201);
-    assert_eq!(first, again);
-    assert_eq!(shop.payment.charges().len(), 1);
+    assert_eq!((first.0, first.2), (201, false));
+    assert_eq!((&again.0, &again.1, again.2), (&first.0, &first.1, true));
+    assert_eq!(ledger(&shop.payment).await.0.len(), 1);
     let refund = json!({ "charge_key": "c-1" });
     let first = post(format!("http://{payment}/refunds"), Some("rf-1"), &refund).await;
     let again = post(format!("http://{payment}/refunds"), Some("rf-1"), &refund).await;
-    assert_eq!(first, again);
+    assert_eq!((&again.0, &again.1, again.2), (&first.0, &first.1, true));
     assert_eq!(first.1["refunded"], 500);
-    assert!(shop.payment.charges()[0].refunded);
+    let (charges, refunds) = ledger(&shop.payment).await;
+    assert_eq!(
+        (charges.len(), refunds.len()),
+        (1, 1),
+        "charged and refunded once"
+    );
+
+    // A payment service started again on the same file (the first one's process gone, as
+    // far as the file is concerned) replays both answers and writes nothing.
+    let file = shop.orders.db().with_file_name("payment.db");
+    let restarted = app::payment::Payment::open(&file).await.expect("reopens");
+    let again_at = app::serve(restarted.router()).await.expect("serves");
+    let charged = post(format!("http://{again_at}/charges"), Some("c-1"), &charge).await;
+    assert_eq!((charged.0, charged.2), (201, true));
+    let refunded = post(format!("http://{again_at}/refunds"), Some("rf-1"), &refund).await;
+    assert_eq!(
+        (refunded.0, &refunded.1["refunded"], refunded.2),
+        (200, &json!(500), true)
+    );
+    let (charges, refunds) = ledger(&restarted).await;
+    assert_eq!((charges.len(), refunds.len()), (1, 1));
 
     // An order whose charge fails is compensated; its saga's timeline says so.
     shop.set_payment_mode(Mode::Error { share: 1.0 })
         .await
         .expect("mode switched");
-    let (status, placed) = post(
+    let (status, placed, _) = post(
         format!("http://{order}/orders"),
         None,
         &json!({ "sku": SKU, "qty": 2, "amount_cents": 3998 }),
@@ -231,7 +283,7 @@ async fn participants_honour_idempotency_keys_and_the_order_service_explains_its
         ["reserve", "charge", "reserve"],
         "reserve, charge, then release"
     );
-    assert_eq!(shop.inventory.available()[SKU], config.stock - 5);
+    assert_eq!(available(&shop.inventory).await, config.stock - 5);
     let (status, _) = get(format!("http://{order}/sagas/no-such-order")).await;
     assert_eq!(status, 404);
 
@@ -264,7 +316,7 @@ async fn a_charge_in_doubt_is_refunded_by_its_key_and_never_lands_later() {
     .await
     .expect("mode switched");
     let order = shop.order_addr();
-    let (status, placed) = post(
+    let (status, placed, _) = post(
         format!("http://{order}/orders"),
         None,
         &json!({ "sku": SKU, "qty": 1, "amount_cents": 1999 }),
@@ -298,16 +350,94 @@ async fn a_charge_in_doubt_is_refunded_by_its_key_and_never_lands_later() {
 
     // Let any charge handler still sleeping finish: it finds its key voided.
     tokio::time::sleep(delay + Duration::from_millis(300)).await;
-    let live: Vec<_> = shop
-        .payment
-        .charges()
-        .into_iter()
-        .filter(|c| !c.refunded)
-        .collect();
-    assert!(
-        live.is_empty(),
-        "no charge stays without an order: {live:?}"
+    let (charges, refunds) = ledger(&shop.payment).await;
+    assert_eq!(
+        charges.len(),
+        refunds.len(),
+        "no charge stays without an order: {charges:?} {refunds:?}"
     );
-    assert_eq!(shop.inventory.available()[SKU], config.stock);
+    assert!(charges.len() <= 1, "{charges:?}");
+    assert_eq!(available(&shop.inventory).await, config.stock);
+    shop.cleanup();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipping_over_grpc_runs_a_key_once_also_after_a_restart() {
+    use app::shipping::{
+        CancelShipment, ChannelError, CreateShipment, REPLAYED, Shipping, ShippingClient,
+    };
+    use staunch::idempotency::{IdempotencyKey, IdempotencyKeyLayer};
+    use tonic::Code;
+    use tower::ServiceBuilder;
+    use tower::util::BoxCloneSyncService;
+
+    let client = |addr: std::net::SocketAddr| {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("an endpoint")
+            .connect_lazy();
+        ShippingClient::new(BoxCloneSyncService::new(
+            ServiceBuilder::new()
+                .map_err(|e: tonic::transport::Error| ChannelError(e.into()))
+                .layer(IdempotencyKeyLayer)
+                .service(channel),
+        ))
+    };
+    let config = Config::short();
+    let shop = Shop::start(&config).await.expect("the shop starts");
+    let shipping = client(shop.addrs["shipping (gRPC)"]);
+    let key = IdempotencyKey::new("o-9:ship:action").expect("a key");
+    let create = CreateShipment {
+        order_id: "o-9".into(),
+        sku: SKU.into(),
+        qty: 2,
+    };
+    let first = shipping
+        .create(create.clone(), &key)
+        .await
+        .expect("shipped");
+    assert!(!first.metadata().contains_key(REPLAYED));
+    let again = shipping
+        .create(create.clone(), &key)
+        .await
+        .expect("replayed");
+    assert!(again.metadata().contains_key(REPLAYED));
+    assert_eq!(again.get_ref(), first.get_ref());
+    let other = CreateShipment {
+        qty: 3,
+        ..create.clone()
+    };
+    let reused = shipping.create(other, &key).await.expect_err("refused");
+    assert_eq!(reused.code(), Code::InvalidArgument, "{reused:?}");
+
+    // A cancel for a create that never landed voids its key: the late create is refused.
+    let never = IdempotencyKey::new("o-10:ship:action").expect("a key");
+    let cancel = CancelShipment {
+        shipment_key: never.as_str().to_owned(),
+    };
+    let cancel_key = IdempotencyKey::new("o-10:ship:compensate").expect("a key");
+    shipping
+        .cancel(cancel, &cancel_key)
+        .await
+        .expect("cancelled");
+    let late = CreateShipment {
+        order_id: "o-10".into(),
+        ..create.clone()
+    };
+    let refused = shipping.create(late, &never).await.expect_err("voided");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+
+    // Started again on the same file: the create is replayed, nothing ships twice.
+    let file = shop.orders.db().with_file_name("shipping.db");
+    let restarted = Shipping::open(&file).await.expect("reopens");
+    let again_at = restarted.serve().await.expect("serves");
+    let replayed = client(again_at)
+        .create(create, &key)
+        .await
+        .expect("replayed after a restart");
+    assert!(replayed.metadata().contains_key(REPLAYED));
+    assert_eq!(replayed.get_ref(), first.get_ref());
+    let shipments = restarted.shipments().await.expect("readable");
+    assert_eq!(shipments.len(), 1, "{shipments:?}");
+    assert_eq!((shipments[0].qty, shipments[0].cancelled), (2, false));
     shop.cleanup();
 }

@@ -1,5 +1,6 @@
 //! The shop: four services on loopback ports, a saga per order, every client wrapped in
-//! staunch layers, and a scripted story of a payment outage with the numbers.
+//! staunch layers, every participant behind staunch-idempotency with its data in SQLite, and a
+//! scripted story of a payment outage with the numbers.
 //!
 //! ```text
 //! cargo run --release --example shop          # the story, about a minute

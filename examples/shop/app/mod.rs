@@ -1,11 +1,16 @@
 //! The shop: inventory, payment and shipping services, and an order service that places
 //! orders through a staunch saga, with every client wrapped in staunch layers.
 //!
-//! Shared by the `shop` example (`examples/shop/main.rs`) and the tests that replay its story
-//! (`tests/shop.rs`, `tests/dashboard.rs`).
+//! The participants keep their data in SQLite files and sit behind staunch-idempotency
+//! ([`db`]): the saga delivers each step at least once, with the step's key; the participant
+//! runs a key once and records its reply in the same transaction as its write.
+//!
+//! Shared by the `shop` example (`examples/shop/main.rs`), the per-service binaries and the
+//! tests that replay its story (`tests/shop.rs`, `tests/dashboard.rs`) or kill its services
+//! (`tests/shop_restart.rs`).
 
 pub(crate) mod dashboard;
-pub(crate) mod idempotency;
+pub(crate) mod db;
 pub(crate) mod inventory;
 pub(crate) mod order;
 pub(crate) mod payment;
@@ -18,6 +23,15 @@ pub(crate) fn arg(name: &str) -> Option<String> {
     let mut args = std::env::args().skip_while(|a| a != name);
     args.next()?;
     args.next()
+}
+
+/// `--db PATH`, by default `staunch-shop-{service}.db` in the temporary directory.
+#[allow(dead_code)] // used by the per-service binaries (`shop_order`, ...)
+pub(crate) fn db_arg(service: &str) -> std::path::PathBuf {
+    arg("--db").map_or_else(
+        || std::env::temp_dir().join(format!("staunch-shop-{service}.db")),
+        std::path::PathBuf::from,
+    )
 }
 
 /// `--port N` (default 0: any free port).

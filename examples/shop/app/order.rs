@@ -43,6 +43,7 @@ use serde_json::{Value, json};
 use staunch::bulkhead::Bulkhead;
 use staunch::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, Event};
 use staunch::core::Rejection;
+use staunch::idempotency::{IDEMPOTENCY_KEY, IdempotencyKey, IdempotencyKeyLayer, REPLAYED};
 use staunch::retry::{RetryBudget, RetryLayer, RetryPolicy};
 use staunch::saga::{
     ListFilter, Phase, SagaDefinition, SagaEngine, SagaOutcome, SqliteStore, Step, StepContext,
@@ -53,7 +54,10 @@ use tokio::time::Instant;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
-use super::shipping::{CancelShipment, Channel, ChannelError, CreateShipment, ShippingClient};
+use super::shipping::{
+    CancelShipment, Channel, ChannelError, CreateShipment, REPLAYED as GRPC_REPLAYED,
+    ShippingClient,
+};
 
 /// Any error, boxed: what every staunch layer returns.
 pub(crate) use staunch::BoxError;
@@ -185,6 +189,9 @@ impl Guards {
         let bulkhead = self.bulkhead.clone();
         let service = ServiceBuilder::new()
             .map_err(ChannelError)
+            // Sends the `IdempotencyKey` each call carries in its extensions as the
+            // `idempotency-key` metadata.
+            .layer(IdempotencyKeyLayer)
             .layer(
                 CircuitBreakerLayer::new(self.breaker.clone()).with_classifier(GrpcStatus::new()),
             )
@@ -270,6 +277,17 @@ struct Deps {
     shipping: ShippingClient,
     guards: Vec<Guards>,
     traces: Mutex<Traces>,
+    repeats: Repeats,
+}
+
+/// Repeated deliveries of a key that a participant answered without running it again.
+#[derive(Debug, Default)]
+struct Repeats {
+    /// Answered with the reply recorded for the key (`idempotent-replayed: true`).
+    replayed: AtomicU64,
+    /// Refused while the first delivery of the key still ran, or its killed process's lease
+    /// had not ended (409 from the layer, `ABORTED` from shipping).
+    in_flight: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -337,12 +355,13 @@ impl Deps {
         result
     }
 
-    /// POSTs JSON through a guarded client; a 2xx answer's body, or the step error.
+    /// POSTs JSON through a guarded client with the step's idempotency key; a 2xx answer's
+    /// body, or the step error.
     async fn post(
         &self,
         client: &HttpClient,
         url: String,
-        key: &str,
+        key: &IdempotencyKey,
         body: &Value,
     ) -> Result<Value, StepError> {
         let mut request = reqwest::Request::new(
@@ -351,11 +370,9 @@ impl Deps {
                 .map_err(|e| StepError::fail(format!("bad url {url}: {e}")))?,
         );
         let headers = request.headers_mut();
-        headers.insert(
-            "idempotency-key",
-            key.parse()
-                .map_err(|_| StepError::fail("idempotency key is not a header value"))?,
-        );
+        // A reqwest request has no extensions for `IdempotencyKeyLayer` to read: the key
+        // goes in as the header directly (an sf-string, as the layer would send it).
+        headers.insert(IDEMPOTENCY_KEY, key.header_value());
         headers.insert(
             "content-type",
             reqwest::header::HeaderValue::from_static("application/json"),
@@ -367,18 +384,26 @@ impl Deps {
             .await
             .map_err(|err| call_error(&url, &err))?;
         let status = response.status();
-        let body: Value = response
-            .bytes()
-            .await
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or(Value::Null);
+        if response.headers().contains_key(REPLAYED) {
+            self.repeats.replayed.fetch_add(1, Ordering::Relaxed);
+        }
+        // The participants answer JSON; the idempotency layer in front of them answers its
+        // refusals in plain text.
+        let from_layer = !response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        let bytes = response.bytes().await.unwrap_or_default();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if status.is_success() {
             Ok(body)
-        } else if status == reqwest::StatusCode::CONFLICT && body["error"] == "charge in progress" {
+        } else if status == reqwest::StatusCode::CONFLICT && from_layer {
+            // Another delivery of this key still holds it (running, or left by a process
+            // that was killed, until its lease ends): it may or may not take effect.
+            self.repeats.in_flight.fetch_add(1, Ordering::Relaxed);
             Err(StepError::new(
                 StepErrorKind::Timeout,
-                format!("in doubt: {url}: {body}"),
+                format!("in doubt: {url}: {}", String::from_utf8_lossy(&bytes)),
             ))
         } else {
             // The participants' contract: an error answer changed nothing.
@@ -386,6 +411,35 @@ impl Deps {
                 "{url} answered {status}: {}",
                 body["error"]
             )))
+        }
+    }
+}
+
+/// The step call's idempotency key, as staunch-idempotency's client side sends it.
+fn step_key(ctx: &StepContext) -> Result<IdempotencyKey, StepError> {
+    IdempotencyKey::new(ctx.idempotency_key())
+        .map_err(|e| StepError::fail(format!("idempotency key {:?}: {e}", ctx.idempotency_key())))
+}
+
+impl Deps {
+    /// Counts a shipping reply replayed from its record.
+    fn count_grpc_replay(&self, metadata: &tonic::metadata::MetadataMap) {
+        if metadata.contains_key(GRPC_REPLAYED) {
+            self.repeats.replayed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a shipping call refused because its key was still in flight.
+    fn count_grpc_refusal(&self, err: &(dyn std::error::Error + 'static)) {
+        let mut source = Some(err);
+        while let Some(e) = source {
+            if let Some(status) = e.downcast_ref::<tonic::Status>() {
+                if status.code() == tonic::Code::Aborted {
+                    self.repeats.in_flight.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            }
+            source = e.source();
         }
     }
 }
@@ -415,12 +469,12 @@ fn saga_definition(deps: &Arc<Deps>) -> Result<SagaDefinition<OrderState>, Confi
     let reserve = Step::new("reserve", move |mut o: OrderState, ctx: StepContext| {
         let d = Arc::clone(&d);
         async move {
-            let key = ctx.idempotency_key();
+            let key = step_key(&ctx)?;
             let body = json!({ "order_id": o.order_id, "sku": o.sku, "qty": o.qty });
             let url = format!("{}/reservations", d.inventory_url);
             d.traced(&ctx, d.post(&d.inventory, url, &key, &body))
                 .await?;
-            o.reservation = Some(key);
+            o.reservation = Some(key.as_str().to_owned());
             Ok(o)
         }
     });
@@ -433,12 +487,10 @@ fn saga_definition(deps: &Arc<Deps>) -> Result<SagaDefinition<OrderState>, Confi
                 let action = idempotency_key(ctx.saga_id(), ctx.step(), Phase::Action);
                 let body = json!({ "reservation_key": action });
                 let url = format!("{}/releases", d.inventory_url);
-                d.traced(
-                    &ctx,
-                    d.post(&d.inventory, url, &ctx.idempotency_key(), &body),
-                )
-                .await
-                .map_err(|e| StepError::retryable(e.message()))?;
+                let key = step_key(&ctx)?;
+                d.traced(&ctx, d.post(&d.inventory, url, &key, &body))
+                    .await
+                    .map_err(|e| StepError::retryable(e.message()))?;
                 o.reservation = None;
                 Ok(o)
             }
@@ -450,11 +502,11 @@ fn saga_definition(deps: &Arc<Deps>) -> Result<SagaDefinition<OrderState>, Confi
     let charge = Step::new("charge", move |mut o: OrderState, ctx: StepContext| {
         let d = Arc::clone(&d);
         async move {
-            let key = ctx.idempotency_key();
+            let key = step_key(&ctx)?;
             let body = json!({ "order_id": o.order_id, "amount_cents": o.amount_cents });
             let url = format!("{}/charges", d.payment_url);
             d.traced(&ctx, d.post(&d.payment, url, &key, &body)).await?;
-            o.charge = Some(key);
+            o.charge = Some(key.as_str().to_owned());
             Ok(o)
         }
     });
@@ -466,7 +518,8 @@ fn saga_definition(deps: &Arc<Deps>) -> Result<SagaDefinition<OrderState>, Confi
                 let action = idempotency_key(ctx.saga_id(), ctx.step(), Phase::Action);
                 let body = json!({ "charge_key": action });
                 let url = format!("{}/refunds", d.payment_url);
-                d.traced(&ctx, d.post(&d.refunds, url, &ctx.idempotency_key(), &body))
+                let key = step_key(&ctx)?;
+                d.traced(&ctx, d.post(&d.refunds, url, &key, &body))
                     .await
                     .map_err(|e| StepError::retryable(e.message()))?;
                 o.charge = None;
@@ -480,7 +533,7 @@ fn saga_definition(deps: &Arc<Deps>) -> Result<SagaDefinition<OrderState>, Confi
     let ship = Step::new("ship", move |mut o: OrderState, ctx: StepContext| {
         let d = Arc::clone(&d);
         async move {
-            let key = ctx.idempotency_key();
+            let key = step_key(&ctx)?;
             let message = CreateShipment {
                 order_id: o.order_id.clone(),
                 sku: o.sku.clone(),
@@ -489,10 +542,15 @@ fn saga_definition(deps: &Arc<Deps>) -> Result<SagaDefinition<OrderState>, Confi
             let shipping = d.shipping.clone();
             let policy = d.guards[3].retry.clone();
             let call = async {
-                policy
+                let shipment = policy
                     .retry(|| shipping.create(message.clone(), &key))
                     .await
-                    .map_err(|err| call_error("shipping.Create", &err))
+                    .map_err(|err| {
+                        d.count_grpc_refusal(&*err);
+                        call_error("shipping.Create", &err)
+                    })?;
+                d.count_grpc_replay(shipment.metadata());
+                Ok(shipment)
             };
             let shipment = d.traced(&ctx, call).await?;
             o.shipment = Some(shipment.into_inner().shipment_id);
@@ -507,12 +565,14 @@ fn saga_definition(deps: &Arc<Deps>) -> Result<SagaDefinition<OrderState>, Confi
                 let message = CancelShipment {
                     shipment_key: idempotency_key(ctx.saga_id(), ctx.step(), Phase::Action),
                 };
-                let key = ctx.idempotency_key();
+                let key = step_key(&ctx)?;
                 let call = async {
-                    d.shipping
-                        .cancel(message, &key)
-                        .await
-                        .map_err(|s| StepError::retryable(format!("shipping.Cancel: {s}")))
+                    let cancelled = d.shipping.cancel(message, &key).await.map_err(|s| {
+                        d.count_grpc_refusal(&s);
+                        StepError::retryable(format!("shipping.Cancel: {s}"))
+                    })?;
+                    d.count_grpc_replay(cancelled.metadata());
+                    Ok(cancelled)
                 };
                 d.traced(&ctx, call).await?;
                 o.shipment = None;
@@ -541,6 +601,46 @@ pub(crate) struct Placed {
     pub(crate) failed_step: Option<String>,
     /// Its error.
     pub(crate) error: Option<String>,
+}
+
+impl Placed {
+    /// What the saga `order_id` came to.
+    fn of(order_id: String, outcome: SagaOutcome<OrderState>) -> Self {
+        match outcome {
+            SagaOutcome::Completed(_) => Placed {
+                order_id,
+                outcome: "completed",
+                failed_step: None,
+                error: None,
+            },
+            SagaOutcome::Compensated {
+                failed_step, error, ..
+            } => Placed {
+                order_id,
+                outcome: if error.contains(FAILED_FAST) {
+                    "failed_fast"
+                } else if error.contains(REJECTED) {
+                    "rejected"
+                } else {
+                    "compensated"
+                },
+                failed_step: Some(failed_step),
+                error: Some(error),
+            },
+            SagaOutcome::Stuck { step, error, .. } => Placed {
+                order_id,
+                outcome: "stuck",
+                failed_step: Some(step),
+                error: Some(error),
+            },
+            other => Placed {
+                order_id,
+                outcome: "stuck",
+                failed_step: None,
+                error: Some(format!("{other:?}")),
+            },
+        }
+    }
 }
 
 /// The order service.
@@ -635,6 +735,7 @@ impl OrderService {
             shipping: ShippingClient::new(shipping_guards.grpc(channel)),
             guards,
             traces: Mutex::new(Traces::default()),
+            repeats: Repeats::default(),
         });
         let definition = saga_definition(&deps)?;
         let store = SqliteStore::open(&db).await?;
@@ -688,6 +789,16 @@ impl OrderService {
         self.inner.deps.ms()
     }
 
+    /// Repeated deliveries answered by a participant without running them again so far:
+    /// (replayed from the record, refused while the key was in flight).
+    pub(crate) fn repeats(&self) -> (u64, u64) {
+        let r = &self.inner.deps.repeats;
+        (
+            r.replayed.load(Ordering::Relaxed),
+            r.in_flight.load(Ordering::Relaxed),
+        )
+    }
+
     /// Takes the latencies of the successful inventory reservations since the last call.
     pub(crate) fn take_reserve_latencies(&self) -> Vec<Duration> {
         std::mem::take(&mut self.inner.deps.traces().reserve_latencies)
@@ -718,42 +829,25 @@ impl OrderService {
             .start(&self.inner.definition, order_id.as_str(), state)
             .await?;
         let outcome = handle.outcome().await?;
-        let placed = match outcome {
-            SagaOutcome::Completed(_) => Placed {
-                order_id,
-                outcome: "completed",
-                failed_step: None,
-                error: None,
-            },
-            SagaOutcome::Compensated {
-                failed_step, error, ..
-            } => Placed {
-                order_id,
-                outcome: if error.contains(FAILED_FAST) {
-                    "failed_fast"
-                } else if error.contains(REJECTED) {
-                    "rejected"
-                } else {
-                    "compensated"
-                },
-                failed_step: Some(failed_step),
-                error: Some(error),
-            },
-            SagaOutcome::Stuck { step, error, .. } => Placed {
-                order_id,
-                outcome: "stuck",
-                failed_step: Some(step),
-                error: Some(error),
-            },
-            other => Placed {
-                order_id,
-                outcome: "stuck",
-                failed_step: None,
-                error: Some(format!("{other:?}")),
-            },
-        };
+        let placed = Placed::of(order_id, outcome);
         if let Some(trace) = self.inner.deps.traces().by_id.get_mut(&placed.order_id) {
             trace.outcome = Some(placed.outcome.to_owned());
+        }
+        Ok(placed)
+    }
+
+    /// What every saga in the log came to, waiting for those still running (after a
+    /// restart: those [`start`](Self::start) resumed).
+    pub(crate) async fn settle(&self) -> Result<Vec<Placed>, BoxError> {
+        let sagas = self.inner.engine.list(&ListFilter::all()).await?;
+        let mut placed = Vec::with_capacity(sagas.len());
+        for saga in sagas {
+            let outcome = self
+                .inner
+                .engine
+                .outcome(&self.inner.definition, saga.saga_id.as_str())
+                .await?;
+            placed.push(Placed::of(saga.saga_id, outcome));
         }
         Ok(placed)
     }

@@ -1,4 +1,5 @@
-//! The payment service: charges, refunds, and switchable failure modes.
+//! The payment service: charges, refunds, and switchable failure modes, with its ledger in
+//! a SQLite file.
 //!
 //! - `POST /charges` `{order_id, amount_cents}` (Idempotency-Key): `201 {charge}`. Subject to
 //!   the failure mode: it models the call to the card network.
@@ -6,25 +7,48 @@
 //!   When there is none (the charge call was in doubt and never landed, or is still running)
 //!   the key is voided, so the charge can no longer happen.
 //! - `POST /admin/mode` `{"mode": "none" | "slow" | "error" | "intermittent", "delay_ms",
-//!   "share"}` and `GET /admin/mode`; `GET /admin/charges` lists every charge.
+//!   "share"}` and `GET /admin/mode`; `GET /admin/ledger` lists every charge and refund.
 //!
 //! Failure modes: `slow` delays every charge by `delay_ms`; `error` fails a `share` of the
 //! charges, alternately with `500` and `503`; `intermittent` delays one charge in four and
 //! answers `503` to another one in four. The choice is a counter, not a random draw, so a
-//! story plays the same way every time.
+//! story plays the same way every time. The mode lives in memory: a restarted service starts
+//! healthy unless told otherwise.
+//!
+//! Both POST routes sit behind staunch-idempotency's layer ([`Db::layer`]) and write their
+//! ledger row and their reply in one transaction ([`Db::reply`]). A repeat while the first
+//! charge with its key still runs (a slow charge) gets the layer's 409, which the order
+//! service reads as "in doubt" and compensates by refunding the key. The ledger is append-only
+//! and the handlers do not look for an earlier row with the same key: the layer alone keeps a
+//! key from charging or refunding twice, and the consistency check counts the rows.
 
-use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use staunch::idempotency::Claim;
+use staunch::idempotency::sqlx::{self, Row};
 
-use super::idempotency::{self, Replies, Reply};
+use super::db::{Db, db_error, failed, missing_key, request_key};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const SCHEMA: &[&str] = &[
+    // Append-only; no unique key: the idempotency layer is what keeps a key from charging or
+    // refunding twice.
+    "CREATE TABLE IF NOT EXISTS ledger (id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL, key TEXT NOT NULL, charge_key TEXT NOT NULL,
+        order_id TEXT NOT NULL, amount_cents INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS ledger_charge_key ON ledger (charge_key)",
+    "CREATE TABLE IF NOT EXISTS voided (key TEXT PRIMARY KEY NOT NULL)",
+];
 
 /// How the payment service misbehaves.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -49,34 +73,26 @@ pub(crate) enum Mode {
     },
 }
 
-/// One charge, as the consistency check sees it.
+/// One ledger row: a charge or a refund.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Charge {
-    /// The idempotency key that made it.
+pub(crate) struct Entry {
+    /// `charge` or `refund`.
+    pub(crate) kind: String,
+    /// The idempotency key of the request that wrote it.
     pub(crate) key: String,
+    /// The charge's key (for a charge, its own key).
+    pub(crate) charge_key: String,
     /// The order it is for.
     pub(crate) order_id: String,
-    /// Amount.
+    /// Amount (refunded, for a refund).
     pub(crate) amount_cents: u64,
-    /// Whether it was refunded.
-    pub(crate) refunded: bool,
 }
 
-/// The service's state, shared with its handlers.
+/// The service: its ledger and its failure mode.
 #[derive(Debug, Clone)]
 pub(crate) struct Payment {
-    inner: Arc<Mutex<Ledger>>,
-}
-
-#[derive(Debug)]
-struct Ledger {
-    mode: Mode,
-    counter: u64,
-    charges: HashMap<String, Charge>,
-    in_progress: HashSet<String>,
-    voided: HashSet<String>,
-    replies: Replies,
-    refund_replies: Replies,
+    db: Db,
+    mode: Arc<Mutex<(Mode, u64)>>,
 }
 
 #[derive(Deserialize)]
@@ -97,83 +113,51 @@ enum Fate {
 }
 
 impl Payment {
-    /// A healthy payment service.
-    pub(crate) fn new() -> Self {
-        Self {
-            inner: Arc::new(Mutex::new(Ledger {
-                mode: Mode::None,
-                counter: 0,
-                charges: HashMap::new(),
-                in_progress: HashSet::new(),
-                voided: HashSet::new(),
-                replies: Replies::default(),
-                refund_replies: Replies::default(),
-            })),
-        }
+    /// A healthy payment service with its ledger in the SQLite file at `path` (created if
+    /// missing, kept if there).
+    pub(crate) async fn open(path: &Path) -> Result<Self, BoxError> {
+        Ok(Self {
+            db: Db::open(path, SCHEMA).await?,
+            mode: Arc::new(Mutex::new((Mode::None, 0))),
+        })
     }
 
-    /// Every charge made.
-    pub(crate) fn charges(&self) -> Vec<Charge> {
-        self.lock().charges.values().cloned().collect()
+    /// Switches the failure mode.
+    pub(crate) fn set_mode(&self, mode: Mode) -> Mode {
+        std::mem::replace(&mut self.lock().0, mode)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Ledger> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Every ledger row, oldest first.
+    pub(crate) async fn ledger(&self) -> Result<Vec<Entry>, BoxError> {
+        let rows = sqlx::query(
+            "SELECT kind, key, charge_key, order_id, amount_cents FROM ledger ORDER BY id",
+        )
+        .fetch_all(&self.db.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Entry {
+                    kind: row.try_get(0)?,
+                    key: row.try_get(1)?,
+                    charge_key: row.try_get(2)?,
+                    order_id: row.try_get(3)?,
+                    amount_cents: u64::try_from(row.try_get::<i64, _>(4)?)?,
+                })
+            })
+            .collect()
     }
 
-    /// The HTTP routes.
-    pub(crate) fn router(&self) -> Router {
-        Router::new()
-            .route("/charges", post(charge))
-            .route("/refunds", post(refund))
-            .route("/admin/mode", get(get_mode).post(set_mode))
-            .route("/admin/charges", get(list_charges))
-            .with_state(self.clone())
+    fn lock(&self) -> MutexGuard<'_, (Mode, u64)> {
+        self.mode.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
 
-/// Removes the in-progress mark of a slow charge, also when its handler is dropped because the
-/// client gave up and closed the connection.
-struct InProgress {
-    payment: Payment,
-    key: String,
-}
-
-impl Drop for InProgress {
-    fn drop(&mut self) {
-        self.payment.lock().in_progress.remove(&self.key);
-    }
-}
-
-async fn charge(
-    State(pay): State<Payment>,
-    headers: HeaderMap,
-    Json(req): Json<ChargeReq>,
-) -> Reply {
-    let key = match idempotency::key(&headers) {
-        Ok(key) => key,
-        Err(reply) => return reply,
-    };
-    let fate = {
-        let mut st = pay.lock();
-        if let Some(reply) = st.replies.get(&key) {
-            return reply;
-        }
-        if st.in_progress.contains(&key) {
-            // Neither the first answer nor a second charge: the client must treat the charge
-            // as in doubt (and refund by key if it gives up).
-            return (
-                StatusCode::CONFLICT,
-                Json(json!({ "error": "charge in progress" })),
-            );
-        }
-        if st.voided.contains(&key) {
-            let body = json!({ "error": "charge voided by an earlier refund" });
-            return st.replies.keep(&key, StatusCode::CONFLICT, body);
-        }
-        let n = st.counter;
-        st.counter += 1;
-        let fate = match st.mode {
+    /// What the card network does to the next charge.
+    fn fate(&self) -> Fate {
+        let mut guard = self.lock();
+        let (mode, counter) = &mut *guard;
+        let n = *counter;
+        *counter += 1;
+        match *mode {
             Mode::None => Fate::Ok,
             Mode::Slow { delay_ms } => Fate::Slow(Duration::from_millis(delay_ms)),
             Mode::Error { share } => {
@@ -195,83 +179,134 @@ async fn charge(
                 1 => Fate::Fail(StatusCode::SERVICE_UNAVAILABLE),
                 _ => Fate::Ok,
             },
-        };
-        if matches!(fate, Fate::Slow(_)) {
-            st.in_progress.insert(key.clone());
         }
-        fate
+    }
+
+    /// The HTTP routes.
+    pub(crate) fn router(&self) -> Router {
+        Router::new()
+            .route("/charges", post(charge))
+            .route("/refunds", post(refund))
+            .route_layer(self.db.layer())
+            .route("/admin/mode", get(get_mode).post(set_mode))
+            .route("/admin/ledger", get(list_ledger))
+            .with_state(self.clone())
+    }
+}
+
+async fn charge(
+    State(pay): State<Payment>,
+    Extension(claim): Extension<Claim>,
+    headers: HeaderMap,
+    Json(req): Json<ChargeReq>,
+) -> Response {
+    let Some(key) = request_key(&headers) else {
+        return missing_key();
     };
-    match fate {
-        Fate::Fail(status) => {
-            // Nothing happened, so nothing is kept: a retry with this key is a real retry.
-            return (status, Json(json!({ "error": "injected failure" })));
-        }
-        Fate::Slow(delay) => {
-            let _mark = InProgress {
-                payment: pay.clone(),
-                key: key.clone(),
-            };
-            tokio::time::sleep(delay).await;
-        }
+    match pay.fate() {
+        // Nothing happened, so the layer keeps nothing: a retry with this key is a real retry.
+        Fate::Fail(status) => return failed(status, "injected failure"),
+        // The key is held meanwhile (the layer's lease): a repeat gets 409. If the client
+        // gives up and closes the connection, this handler is dropped and the layer frees
+        // the key; nothing was written.
+        Fate::Slow(delay) => tokio::time::sleep(delay).await,
         Fate::Ok => {}
     }
-    let mut st = pay.lock();
-    if st.voided.contains(&key) {
-        let body = json!({ "error": "charge voided by an earlier refund" });
-        return st.replies.keep(&key, StatusCode::CONFLICT, body);
+    let mut tx = match pay.db.begin().await {
+        Ok(tx) => tx,
+        Err(err) => return db_error(&err),
+    };
+    let work = async {
+        // A refund that came first (the charge was in doubt) voided the key.
+        let voided = sqlx::query("SELECT 1 FROM voided WHERE key = ?")
+            .bind(&key)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if voided {
+            let body = json!({ "error": "charge voided by an earlier refund" });
+            return Ok((StatusCode::CONFLICT, body));
+        }
+        sqlx::query(
+            "INSERT INTO ledger (kind, key, charge_key, order_id, amount_cents)
+             VALUES ('charge', ?, ?, ?, ?)",
+        )
+        .bind(&key)
+        .bind(&key)
+        .bind(&req.order_id)
+        .bind(i64::try_from(req.amount_cents).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+        let body =
+            json!({ "charge": key, "order_id": req.order_id, "amount_cents": req.amount_cents });
+        Ok::<_, sqlx::Error>((StatusCode::CREATED, body))
+    };
+    match work.await {
+        Ok((status, body)) => pay.db.reply(tx, &claim, status, &body).await,
+        Err(err) => db_error(&err),
     }
-    st.charges.insert(
-        key.clone(),
-        Charge {
-            key: key.clone(),
-            order_id: req.order_id.clone(),
-            amount_cents: req.amount_cents,
-            refunded: false,
-        },
-    );
-    let body = json!({ "charge": key, "order_id": req.order_id, "amount_cents": req.amount_cents });
-    st.replies.keep(&key, StatusCode::CREATED, body)
 }
 
 async fn refund(
     State(pay): State<Payment>,
+    Extension(claim): Extension<Claim>,
     headers: HeaderMap,
     Json(req): Json<RefundReq>,
-) -> Reply {
-    let key = match idempotency::key(&headers) {
-        Ok(key) => key,
-        Err(reply) => return reply,
+) -> Response {
+    let Some(key) = request_key(&headers) else {
+        return missing_key();
     };
-    let mut guard = pay.lock();
-    let st = &mut *guard;
-    if let Some(reply) = st.refund_replies.get(&key) {
-        return reply;
+    let mut tx = match pay.db.begin().await {
+        Ok(tx) => tx,
+        Err(err) => return db_error(&err),
+    };
+    let work = async {
+        let charge = sqlx::query(
+            "SELECT order_id, amount_cents FROM ledger WHERE kind = 'charge' AND charge_key = ?",
+        )
+        .bind(&req.charge_key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(charge) = charge else {
+            sqlx::query("INSERT OR IGNORE INTO voided (key) VALUES (?)")
+                .bind(&req.charge_key)
+                .execute(&mut *tx)
+                .await?;
+            return Ok(json!({ "refunded": 0, "note": "no such charge: key voided" }));
+        };
+        let (order_id, amount): (String, i64) = (charge.try_get(0)?, charge.try_get(1)?);
+        // No "already refunded" check: a second run of this key would refund twice, which
+        // the layer prevents and the consistency check would see.
+        sqlx::query(
+            "INSERT INTO ledger (kind, key, charge_key, order_id, amount_cents)
+             VALUES ('refund', ?, ?, ?, ?)",
+        )
+        .bind(&key)
+        .bind(&req.charge_key)
+        .bind(&order_id)
+        .bind(amount)
+        .execute(&mut *tx)
+        .await?;
+        Ok::<_, sqlx::Error>(json!({ "refunded": amount }))
+    };
+    match work.await {
+        Ok(body) => pay.db.reply(tx, &claim, StatusCode::OK, &body).await,
+        Err(err) => db_error(&err),
     }
-    let body = match st.charges.get_mut(&req.charge_key) {
-        Some(charge) if !charge.refunded => {
-            charge.refunded = true;
-            json!({ "refunded": charge.amount_cents })
-        }
-        Some(_) => json!({ "refunded": 0, "note": "already refunded" }),
-        None => {
-            st.voided.insert(req.charge_key.clone());
-            json!({ "refunded": 0, "note": "no such charge: key voided" })
-        }
-    };
-    st.refund_replies.keep(&key, StatusCode::OK, body)
 }
 
 async fn get_mode(State(pay): State<Payment>) -> Json<Mode> {
-    Json(pay.lock().mode)
+    Json(pay.lock().0)
 }
 
 async fn set_mode(State(pay): State<Payment>, Json(mode): Json<Mode>) -> Json<Value> {
-    let mut st = pay.lock();
-    let before = st.mode;
-    st.mode = mode;
+    let before = pay.set_mode(mode);
     Json(json!({ "before": before, "now": mode }))
 }
 
-async fn list_charges(State(pay): State<Payment>) -> Json<Vec<Charge>> {
-    Json(pay.charges())
+async fn list_ledger(State(pay): State<Payment>) -> Response {
+    match pay.ledger().await {
+        Ok(ledger) => Json(ledger).into_response(),
+        Err(err) => failed(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string()),
+    }
 }

@@ -14,21 +14,44 @@
 //! ```
 //!
 //! A cancel for a key with no shipment voids the key, so a late create with it is refused.
+//!
+//! Shipments live in a SQLite file. staunch-idempotency's tower layer speaks HTTP (it does not
+//! keep gRPC's trailers), so the gRPC handlers use its store directly, the way the layer does:
+//! [`Shipping::once`] reads the key from the metadata, claims it in the store (the same
+//! `staunch_idempotency` table, in the same file as the shipments), replays a finished call's
+//! reply, refuses a call still in flight with `ABORTED`, and otherwise runs the call and
+//! records its reply in the call's own transaction (`SqliteStore::finish_in`). A replayed
+//! reply carries the metadata `idempotent-replayed: true`.
 
-use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::path::Path;
 use std::task::{Context, Poll};
 
+use staunch::idempotency::sqlx::{self, Row};
+use staunch::idempotency::{
+    Begin, Claim, Fingerprint, FingerprintParts, IDEMPOTENCY_KEY, IdempotencyKey, IdempotencyStore,
+    Outcome, StoreError, StoredResponse, parse_key,
+};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{Body, BoxFuture, StdError, http};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 use tower::util::BoxCloneSyncService;
 
-use super::idempotency::HEADER;
+use super::db::{Db, LEASE, TTL, Tx};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const SCHEMA: &[&str] = &[
+    // No unique key: the idempotency record is what keeps a key from shipping twice.
+    "CREATE TABLE IF NOT EXISTS shipments (id INTEGER PRIMARY KEY AUTOINCREMENT,
+        key TEXT NOT NULL, order_id TEXT NOT NULL, sku TEXT NOT NULL, qty INTEGER NOT NULL,
+        cancelled INTEGER NOT NULL DEFAULT 0)",
+    "CREATE INDEX IF NOT EXISTS shipments_key ON shipments (key)",
+    "CREATE TABLE IF NOT EXISTS voided (key TEXT PRIMARY KEY NOT NULL)",
+];
 
 /// `CreateShipment`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -113,70 +136,152 @@ impl<E, D: prost::Message + Default> Decoder for Prost<E, D> {
     }
 }
 
-/// The shipping service's state.
-#[derive(Debug, Clone, Default)]
+/// The shipping service: its database.
+#[derive(Debug, Clone)]
 pub(crate) struct Shipping {
-    inner: Arc<Mutex<Depot>>,
+    db: Db,
 }
 
-#[derive(Debug, Default)]
-struct Depot {
-    /// Shipments by create key: (order, sku, qty, cancelled).
-    shipments: HashMap<String, (String, String, u64, bool)>,
-    voided: HashSet<String>,
-    cancels: HashMap<String, Shipment>,
+/// One shipment row, as the consistency check sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct ShipmentRow {
+    /// The create call's idempotency key.
+    pub(crate) key: String,
+    /// The order.
+    pub(crate) order_id: String,
+    /// What was shipped.
+    pub(crate) sku: String,
+    /// How many.
+    pub(crate) qty: u64,
+    /// Whether it was cancelled.
+    pub(crate) cancelled: bool,
 }
+
+/// A call to run once per key.
+enum Call {
+    Create(CreateShipment),
+    Cancel(CancelShipment),
+}
+
+impl Call {
+    fn path(&self) -> &'static str {
+        match self {
+            Call::Create(_) => "/shop.Shipping/Create",
+            Call::Cancel(_) => "/shop.Shipping/Cancel",
+        }
+    }
+
+    fn encoded(&self) -> Vec<u8> {
+        match self {
+            Call::Create(m) => prost::Message::encode_to_vec(m),
+            Call::Cancel(m) => prost::Message::encode_to_vec(m),
+        }
+    }
+}
+
+/// The metadata set on a replayed reply.
+pub(crate) const REPLAYED: &str = "idempotent-replayed";
 
 impl Shipping {
-    fn lock(&self) -> MutexGuard<'_, Depot> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Units shipped (not cancelled) per SKU, with the orders they went to.
-    pub(crate) fn shipped(&self) -> Vec<(String, String, u64)> {
-        self.lock()
-            .shipments
-            .values()
-            .filter(|(_, _, _, cancelled)| !cancelled)
-            .map(|(order, sku, qty, _)| (order.clone(), sku.clone(), *qty))
-            .collect()
-    }
-
-    fn create(&self, key: &str, req: &CreateShipment) -> Result<Shipment, Status> {
-        let mut st = self.lock();
-        if st.voided.contains(key) {
-            return Err(Status::failed_precondition(
-                "shipment voided by an earlier cancel",
-            ));
-        }
-        st.shipments
-            .entry(key.to_owned())
-            .or_insert_with(|| (req.order_id.clone(), req.sku.clone(), req.qty, false));
-        let cancelled = st.shipments[key].3;
-        Ok(Shipment {
-            shipment_id: key.to_owned(),
-            cancelled,
+    /// The depot in the SQLite file at `path` (created if missing, kept if there).
+    pub(crate) async fn open(path: &Path) -> Result<Self, BoxError> {
+        Ok(Self {
+            db: Db::open(path, SCHEMA).await?,
         })
     }
 
-    fn cancel(&self, key: &str, req: &CancelShipment) -> Shipment {
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        if let Some(reply) = st.cancels.get(key) {
-            return reply.clone();
-        }
-        match st.shipments.get_mut(&req.shipment_key) {
-            Some(shipment) => shipment.3 = true,
-            None => {
-                st.voided.insert(req.shipment_key.clone());
+    /// Every shipment made.
+    pub(crate) async fn shipments(&self) -> Result<Vec<ShipmentRow>, BoxError> {
+        let rows = sqlx::query("SELECT key, order_id, sku, qty, cancelled FROM shipments")
+            .fetch_all(&self.db.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ShipmentRow {
+                    key: row.try_get(0)?,
+                    order_id: row.try_get(1)?,
+                    sku: row.try_get(2)?,
+                    qty: u64::try_from(row.try_get::<i64, _>(3)?)?,
+                    cancelled: row.try_get::<i64, _>(4)? != 0,
+                })
+            })
+            .collect()
+    }
+
+    /// Runs `call` once for the key in `metadata`: see the module docs.
+    async fn once(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        call: Call,
+    ) -> Result<Response<Shipment>, Status> {
+        let key = metadata
+            .get(IDEMPOTENCY_KEY.as_str())
+            .ok_or_else(|| Status::invalid_argument("the idempotency-key metadata is required"))
+            .and_then(|value| {
+                parse_key(value.as_bytes(), 255).map_err(|e| Status::invalid_argument(e.reason()))
+            })?;
+        let fingerprint = Fingerprint::of(
+            FingerprintParts::default(),
+            &http::Method::POST,
+            &http::Uri::from_static(call.path()),
+            &call.encoded(),
+        );
+        // A namespace of its own in the table, apart from the HTTP layer's scoped keys.
+        let claim = Claim::new(format!("grpc:{key}"), fingerprint, TTL);
+        let store = &self.db.store;
+        match store.begin(&claim, LEASE).await {
+            Err(err) => Err(Status::unavailable(format!("idempotency store: {err}"))),
+            Ok(Begin::InFlight { fingerprint } | Begin::Finished { fingerprint, .. })
+                if fingerprint != claim.fingerprint() =>
+            {
+                Err(Status::invalid_argument(
+                    "this idempotency key was used for a different call",
+                ))
             }
+            Ok(Begin::InFlight { .. }) => Err(Status::aborted(
+                "a call with this idempotency key is still being processed",
+            )),
+            Ok(Begin::Finished { outcome, .. }) => replay(outcome),
+            Ok(Begin::Started) => match self.run(&claim, &key, &call).await {
+                Ok(reply) => reply
+                    .map(Response::new)
+                    .map_err(Status::failed_precondition),
+                Err(status) => {
+                    // Nothing committed: free the key for a retry (else its lease ends it).
+                    let _ = store.release(&claim).await;
+                    Err(status)
+                }
+            },
         }
-        let reply = Shipment {
-            shipment_id: req.shipment_key.clone(),
-            cancelled: true,
+    }
+
+    /// Runs a claimed call in one transaction with its recorded reply: the reply (a shipment
+    /// or a refusal), or the error that left nothing committed.
+    async fn run(
+        &self,
+        claim: &Claim,
+        key: &str,
+        call: &Call,
+    ) -> Result<Result<Shipment, String>, Status> {
+        let db_error = |err: sqlx::Error| Status::internal(format!("shipping database: {err}"));
+        let mut tx = self.db.begin().await.map_err(db_error)?;
+        let reply = apply(&mut tx, key, call).await.map_err(db_error)?;
+        let stored = match &reply {
+            Ok(shipment) => StoredResponse::new(
+                http::StatusCode::OK,
+                prost::Message::encode_to_vec(shipment),
+            ),
+            Err(refusal) => StoredResponse::new(http::StatusCode::CONFLICT, refusal.clone()),
         };
-        st.cancels.insert(key.to_owned(), reply.clone());
-        reply
+        match self.db.store.finish_in(&mut tx, claim, &stored).await {
+            Ok(()) => {}
+            Err(StoreError::LeaseLost { .. }) => {
+                return Err(Status::unavailable("the key's lease ran out; retry"));
+            }
+            Err(err) => return Err(Status::internal(err.to_string())),
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(reply)
     }
 
     /// Serves the gRPC service on a fresh loopback port.
@@ -208,12 +313,77 @@ impl Shipping {
     }
 }
 
-fn key_of<T>(req: &Request<T>) -> Result<String, Status> {
-    req.metadata()
-        .get(HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .ok_or_else(|| Status::invalid_argument("the idempotency-key metadata is required"))
+/// The call's effect, in `tx`: the reply, or the refusal's message. No check for an earlier
+/// shipment with the same key: the idempotency record is what keeps a key from shipping twice.
+async fn apply(
+    tx: &mut Tx,
+    key: &str,
+    call: &Call,
+) -> Result<Result<Shipment, String>, sqlx::Error> {
+    match call {
+        Call::Create(req) => {
+            let voided = sqlx::query("SELECT 1 FROM voided WHERE key = ?")
+                .bind(key)
+                .fetch_optional(&mut **tx)
+                .await?
+                .is_some();
+            if voided {
+                return Ok(Err("shipment voided by an earlier cancel".to_owned()));
+            }
+            sqlx::query("INSERT INTO shipments (key, order_id, sku, qty) VALUES (?, ?, ?, ?)")
+                .bind(key)
+                .bind(&req.order_id)
+                .bind(&req.sku)
+                .bind(i64::try_from(req.qty).unwrap_or(i64::MAX))
+                .execute(&mut **tx)
+                .await?;
+            Ok(Ok(Shipment {
+                shipment_id: key.to_owned(),
+                cancelled: false,
+            }))
+        }
+        Call::Cancel(req) => {
+            let done = sqlx::query("UPDATE shipments SET cancelled = 1 WHERE key = ?")
+                .bind(&req.shipment_key)
+                .execute(&mut **tx)
+                .await?;
+            if done.rows_affected() == 0 {
+                sqlx::query("INSERT OR IGNORE INTO voided (key) VALUES (?)")
+                    .bind(&req.shipment_key)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Ok(Ok(Shipment {
+                shipment_id: req.shipment_key.clone(),
+                cancelled: true,
+            }))
+        }
+    }
+}
+
+/// A recorded reply, answered again.
+fn replay(outcome: Outcome) -> Result<Response<Shipment>, Status> {
+    let Outcome::Stored(stored) = outcome else {
+        return Err(Status::aborted("the reply to this key was not kept"));
+    };
+    let mut response = if stored.status == http::StatusCode::OK {
+        let shipment = <Shipment as prost::Message>::decode(stored.body)
+            .map_err(|e| Status::internal(format!("stored reply: {e}")))?;
+        Response::new(shipment)
+    } else {
+        let message = String::from_utf8_lossy(&stored.body).into_owned();
+        let mut status = Status::failed_precondition(message);
+        status.metadata_mut().insert(
+            REPLAYED,
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
+        return Err(status);
+    };
+    response.metadata_mut().insert(
+        REPLAYED,
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    Ok(response)
 }
 
 /// The hand-written tonic server for `shop.Shipping`.
@@ -235,8 +405,8 @@ impl UnaryService<CreateShipment> for CreateCall {
     fn call(&mut self, request: Request<CreateShipment>) -> Self::Future {
         let shipping = self.0.clone();
         Box::pin(async move {
-            let key = key_of(&request)?;
-            shipping.create(&key, request.get_ref()).map(Response::new)
+            let (metadata, _, message) = request.into_parts();
+            shipping.once(&metadata, Call::Create(message)).await
         })
     }
 }
@@ -250,8 +420,8 @@ impl UnaryService<CancelShipment> for CancelCall {
     fn call(&mut self, request: Request<CancelShipment>) -> Self::Future {
         let shipping = self.0.clone();
         Box::pin(async move {
-            let key = key_of(&request)?;
-            Ok(Response::new(shipping.cancel(&key, request.get_ref())))
+            let (metadata, _, message) = request.into_parts();
+            shipping.once(&metadata, Call::Cancel(message)).await
         })
     }
 }
@@ -332,21 +502,21 @@ impl ShippingClient {
         &self,
         path: &'static str,
         message: M1,
-        key: &str,
+        key: &IdempotencyKey,
     ) -> BoxFuture<Response<M2>, Status>
     where
         M1: prost::Message + Send + Sync + 'static,
         M2: prost::Message + Default + Send + Sync + 'static,
     {
         let mut grpc = self.grpc.clone();
-        let key = key.parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>();
+        let key = key.clone();
         Box::pin(async move {
             grpc.ready()
                 .await
                 .map_err(|err| Status::from_error(Box::new(err)))?;
             let mut request = Request::new(message);
-            let key = key.map_err(|_| Status::invalid_argument("idempotency key is not ASCII"))?;
-            request.metadata_mut().insert(HEADER, key);
+            // The channel's `IdempotencyKeyLayer` sends it as the `idempotency-key` metadata.
+            request.extensions_mut().insert(key);
             let path = http::uri::PathAndQuery::from_static(path);
             grpc.unary(request, path, Prost::<M1, M2>::default()).await
         })
@@ -356,7 +526,7 @@ impl ShippingClient {
     pub(crate) fn create(
         &self,
         message: CreateShipment,
-        key: &str,
+        key: &IdempotencyKey,
     ) -> BoxFuture<Response<Shipment>, Status> {
         self.unary("/shop.Shipping/Create", message, key)
     }
@@ -365,7 +535,7 @@ impl ShippingClient {
     pub(crate) fn cancel(
         &self,
         message: CancelShipment,
-        key: &str,
+        key: &IdempotencyKey,
     ) -> BoxFuture<Response<Shipment>, Status> {
         self.unary("/shop.Shipping/Cancel", message, key)
     }

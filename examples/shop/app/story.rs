@@ -83,14 +83,15 @@ impl Config {
     }
 }
 
-/// The four services of the shop, running on loopback ports in this process.
+/// The four services of the shop, running on loopback ports in this process, each with its
+/// SQLite file in one data directory.
 #[derive(Debug)]
 pub(crate) struct Shop {
-    /// The inventory service's state.
+    /// The inventory service (`inventory.db`).
     pub(crate) inventory: Inventory,
-    /// The payment service's state.
+    /// The payment service (`payment.db`).
     pub(crate) payment: Payment,
-    /// The shipping service's state.
+    /// The shipping service (`shipping.db`).
     pub(crate) shipping: Shipping,
     /// The order service.
     pub(crate) orders: OrderService,
@@ -100,19 +101,16 @@ pub(crate) struct Shop {
 }
 
 impl Shop {
-    /// Starts every service; the saga log goes to a fresh temporary directory.
+    /// Starts every service in a fresh temporary data directory: the participants' files
+    /// (their business tables and their idempotency records) beside the saga log.
     pub(crate) async fn start(config: &Config) -> Result<Self, BoxError> {
-        let inventory = Inventory::new(&[(SKU, config.stock)]);
-        let payment = Payment::new();
-        let shipping = Shipping::default();
+        let dir = data_dir()?;
+        let inventory = Inventory::open(&dir.join("inventory.db"), &[(SKU, config.stock)]).await?;
+        let payment = Payment::open(&dir.join("payment.db")).await?;
+        let shipping = Shipping::open(&dir.join("shipping.db")).await?;
         let inventory_addr = super::serve(inventory.router()).await?;
         let payment_addr = super::serve(payment.router()).await?;
         let shipping_addr = shipping.serve().await?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let dir = std::env::temp_dir().join(format!("staunch-shop-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
         let orders = OrderService::start(
             config.tuning,
             inventory_addr,
@@ -158,10 +156,20 @@ impl Shop {
         Ok(())
     }
 
-    /// Removes the temporary directory of the saga log.
+    /// Removes the data directory.
     pub(crate) fn cleanup(&self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A fresh directory under the system's temporary directory.
+pub(crate) fn data_dir() -> std::io::Result<PathBuf> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!("staunch-shop-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 /// What one phase came to.
@@ -339,76 +347,112 @@ fn print_phase(p: &PhaseReport) {
     }
 }
 
-/// Checks that no unit and no cent went astray.
-pub(crate) fn consistency(shop: &Shop, stock: u64, report: &mut Report) {
-    let available = shop.inventory.available().get(SKU).copied().unwrap_or(0);
-    let shipments = shop.shipping.shipped();
-    let shipped: u64 = shipments
-        .iter()
-        .filter(|(_, sku, _)| sku == SKU)
-        .map(|(_, _, q)| q)
-        .sum();
+/// Checks that no unit and no cent went astray: stock plus shipped equals the starting
+/// stock, every order's money is charged once and kept only if shipped (else refunded once),
+/// and no key took effect twice (the ledgers have no unique keys, so a repeat that ran again
+/// would show as a second row).
+pub(crate) async fn consistency(
+    inventory: &Inventory,
+    payment: &Payment,
+    shipping: &Shipping,
+    stock: u64,
+    report: &mut Report,
+) -> Result<(), BoxError> {
+    let problems = &mut report.inconsistencies;
+    let available = inventory.available().await?.get(SKU).copied().unwrap_or(0);
+    let shipments = shipping.shipments().await?;
+    let live: Vec<_> = shipments.iter().filter(|s| !s.cancelled).collect();
+    let shipped: u64 = live.iter().filter(|s| s.sku == SKU).map(|s| s.qty).sum();
+    let reservations = inventory.reservations().await?;
     report.check.push(format!(
-        "stock {available} + shipped {shipped} = {} (started with {stock})",
-        available + shipped
+        "stock {available} + shipped {shipped} = {} (started with {stock}); {} reservations, {} shipments, {} cancelled",
+        available + shipped,
+        reservations.len(),
+        shipments.len(),
+        shipments.len() - live.len(),
     ));
     if available + shipped != stock {
-        report.inconsistencies.push(format!(
+        problems.push(format!(
             "stock {available} + shipped {shipped} != starting stock {stock}"
         ));
     }
-    let shipped_orders: HashMap<&str, u64> = shipments
-        .iter()
-        .map(|(order, _, qty)| (order.as_str(), *qty))
-        .collect();
-    let charges = shop.payment.charges();
-    let mut live: HashMap<&str, u64> = HashMap::new();
-    let mut refunded = 0;
-    for charge in &charges {
-        if charge.refunded {
-            refunded += 1;
-        } else {
-            *live.entry(charge.order_id.as_str()).or_default() += 1;
+    let mut twice = |what: &str, keys: Vec<&str>| {
+        let mut seen: HashMap<&str, u32> = HashMap::new();
+        for key in keys {
+            *seen.entry(key).or_default() += 1;
         }
+        for (key, n) in seen.into_iter().filter(|(_, n)| *n > 1) {
+            problems.push(format!("{key}: {what} {n} times"));
+        }
+    };
+    twice(
+        "reserved",
+        reservations.iter().map(|r| r.key.as_str()).collect(),
+    );
+    twice(
+        "shipped",
+        shipments.iter().map(|s| s.key.as_str()).collect(),
+    );
+    let ledger = payment.ledger().await?;
+    let charges: Vec<_> = ledger.iter().filter(|e| e.kind == "charge").collect();
+    let refunds: Vec<_> = ledger.iter().filter(|e| e.kind == "refund").collect();
+    twice("charged", charges.iter().map(|e| e.key.as_str()).collect());
+    twice(
+        "refunded",
+        refunds.iter().map(|e| e.charge_key.as_str()).collect(),
+    );
+    twice(
+        "refund request run",
+        refunds.iter().map(|e| e.key.as_str()).collect(),
+    );
+    // Per order: cents charged minus refunded, and units shipped.
+    let mut kept: HashMap<&str, i64> = HashMap::new();
+    for e in &ledger {
+        let cents = i64::try_from(e.amount_cents).unwrap_or(i64::MAX);
+        *kept.entry(e.order_id.as_str()).or_default() +=
+            if e.kind == "charge" { cents } else { -cents };
     }
-    for (order, n) in &live {
-        if !shipped_orders.contains_key(order) {
-            report
-                .inconsistencies
-                .push(format!("{order}: charged but not shipped nor refunded"));
-        }
-        if *n > 1 {
-            report
-                .inconsistencies
-                .push(format!("{order}: charged {n} times"));
+    let shipped_orders: HashMap<&str, u64> =
+        live.iter().map(|s| (s.order_id.as_str(), s.qty)).collect();
+    for (order, cents) in &kept {
+        let ships = shipped_orders.contains_key(order);
+        if *cents < 0 {
+            problems.push(format!("{order}: refunded more than charged"));
+        } else if *cents > 0 && !ships {
+            problems.push(format!("{order}: charged but not shipped nor refunded"));
         }
     }
     for order in shipped_orders.keys() {
-        if !live.contains_key(order) {
-            report
-                .inconsistencies
-                .push(format!("{order}: shipped but not charged"));
+        if kept.get(order).copied().unwrap_or(0) <= 0 {
+            problems.push(format!("{order}: shipped but not charged"));
         }
     }
-    let held = shop.inventory.held();
-    let unshipped_holds = held
+    // A reservation is released unless its order shipped (its key starts with the order).
+    let unshipped_holds = reservations
         .iter()
-        .filter(|(key, _, _)| {
-            let order = key.split(':').next().unwrap_or_default();
-            !shipped_orders.contains_key(order)
-        })
+        .filter(|r| !r.released)
+        .filter(|r| !shipped_orders.contains_key(r.key.split(':').next().unwrap_or_default()))
         .count();
     if unshipped_holds > 0 {
-        report.inconsistencies.push(format!(
+        problems.push(format!(
             "{unshipped_holds} reservations held for orders never shipped"
         ));
     }
+    let held: u64 = reservations
+        .iter()
+        .filter(|r| !r.released && r.sku == SKU)
+        .map(|r| r.qty)
+        .sum();
+    if held != shipped {
+        problems.push(format!("{held} units held, {shipped} shipped"));
+    }
     report.check.push(format!(
-        "{} charges: {} attached to shipped orders, {refunded} refunded; {} completed orders",
+        "{} charges, {} refunds: {} orders paid and shipped, none charged or refunded twice",
         charges.len(),
-        live.len(),
+        refunds.len(),
         shipped_orders.len()
     ));
+    Ok(())
 }
 
 /// Plays the story on a running shop and prints it. The report's `inconsistencies` say
@@ -421,6 +465,9 @@ pub(crate) async fn play(shop: &Shop, config: &Config) -> Result<Report, BoxErro
         println!("  {name:<16} http://{addr}");
     }
     println!("  saga log         {}", shop.orders.db().display());
+    println!(
+        "  participants     inventory.db, payment.db, shipping.db beside it: their tables and their Idempotency-Key records, written in one transaction"
+    );
     println!(
         "  {} orders/s; payment bulkhead {} calls, waits at most {:?}; payment breaker: a charge slower than {:?} is slow, half the window failed or slow trips it, opens for {:?}; attempt timeout {:?}\n",
         config.rate,
@@ -475,7 +522,34 @@ pub(crate) async fn play(shop: &Shop, config: &Config) -> Result<Report, BoxErro
     // its key voided by the refund and charges nothing).
     tokio::time::sleep(config.slow_delay + Duration::from_millis(200)).await;
     println!("\n(5) consistency check");
-    consistency(shop, config.stock, &mut report);
+    consistency(
+        &shop.inventory,
+        &shop.payment,
+        &shop.shipping,
+        config.stock,
+        &mut report,
+    )
+    .await?;
+    let sagas = shop.orders.settle().await?;
+    let mut ended: BTreeMap<&str, usize> = BTreeMap::new();
+    for saga in &sagas {
+        *ended.entry(saga.outcome).or_default() += 1;
+    }
+    if let Some(stuck) = ended.get("stuck") {
+        report
+            .inconsistencies
+            .push(format!("{stuck} sagas stuck for an operator"));
+    }
+    let ended: Vec<String> = ended.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    report.check.push(format!(
+        "{} sagas in the log, every one ended: {}",
+        sagas.len(),
+        ended.join(", ")
+    ));
+    let (replayed, in_flight) = shop.orders.repeats();
+    report.check.push(format!(
+        "keys delivered again and not run again: {replayed} answered from the participants' records, {in_flight} refused while held (tests/shop_restart.rs kills services to see many)"
+    ));
     for line in &report.check {
         println!("    {line}");
     }
