@@ -13,31 +13,32 @@ use tokio::time::Sleep;
 use tower_service::Service;
 
 pin_project! {
-    /// A delayed call: the timer, then what to do when it fires.
-    struct Waiting<S, Req, Res> {
+    /// A call with a fault: its delay, if any, then what to do.
+    struct Injected<S, Req, Res> {
         #[pin]
-        sleep: Sleep,
+        sleep: Option<Sleep>,
         then: Then<S, Req, Res>,
     }
 }
 
-/// What a delayed call does once its delay has passed.
+/// What a call with a fault does once its delay (if any) has passed.
 enum Then<S, Req, Res> {
     /// Sends the request to the (ready) service.
-    Call { service: S, request: Option<Req> },
+    Call { service: S, request: Req },
     /// Answers with the injected result.
-    Answer(Option<Result<Res, BoxError>>),
+    Answer(Result<Res, BoxError>),
+    /// Done (or moved into the `Called` state).
+    Done,
 }
 
 pin_project! {
     #[project = StateProj]
     enum State<S, Req, F, Res> {
-        // Not delayed, not failed: the inner future and nothing else.
+        // No fault: the inner future and nothing else.
         Called { #[pin] future: F },
-        // Boxed: only a delayed call pays for room for a timer, the service and the request;
-        // the common future stays as small as the inner one's plus a tag.
-        Waiting { waiting: Pin<Box<Waiting<S, Req, Res>>> },
-        Answered { result: Option<Result<Res, BoxError>> },
+        // Boxed: only a call with a fault pays for room for a timer, the service and the
+        // request (or the answer); the common future stays the inner one plus a tag.
+        Injected { injected: Pin<Box<Injected<S, Req, Res>>> },
     }
 }
 
@@ -64,8 +65,11 @@ where
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             State::Called { .. } => "called",
-            State::Waiting { .. } => "waiting",
-            State::Answered { .. } => "answered",
+            State::Injected { injected } => match (&injected.sleep, &injected.then) {
+                (Some(_), _) => "delayed",
+                (None, Then::Done) => "done",
+                (None, _) => "answered",
+            },
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
@@ -85,20 +89,17 @@ where
         }
     }
 
+    fn injected(sleep: Option<Sleep>, then: Then<S, Req, S::Response>) -> Self {
+        Self {
+            state: State::Injected {
+                injected: Box::pin(Injected { sleep, then }),
+            },
+        }
+    }
+
     /// The injected `result`, after `delay` if any.
     pub(crate) fn answered(result: Result<S::Response, BoxError>, delay: Option<Duration>) -> Self {
-        let state = match delay {
-            None => State::Answered {
-                result: Some(result),
-            },
-            Some(delay) => State::Waiting {
-                waiting: Box::pin(Waiting {
-                    sleep: sleep(delay),
-                    then: Then::Answer(Some(result)),
-                }),
-            },
-        };
-        Self { state }
+        Self::injected(delay.map(sleep), Then::Answer(result))
     }
 
     /// `request` sent to `service` (ready) after `delay`.
@@ -110,17 +111,13 @@ where
         // caller polls it ready before its next call.
         let clone = service.clone();
         let ready = std::mem::replace(service, clone);
-        Self {
-            state: State::Waiting {
-                waiting: Box::pin(Waiting {
-                    sleep: sleep(delay),
-                    then: Then::Call {
-                        service: ready,
-                        request: Some(request),
-                    },
-                }),
+        Self::injected(
+            Some(sleep(delay)),
+            Then::Call {
+                service: ready,
+                request,
             },
-        }
+        )
     }
 }
 
@@ -144,28 +141,24 @@ where
                 StateProj::Called { future } => {
                     return future.poll(cx).map_err(Into::into);
                 }
-                StateProj::Answered { result } => {
-                    return Poll::Ready(
-                        result
-                            .take()
-                            .unwrap_or_else(|| Err("polled after completion".into())),
-                    );
-                }
-                StateProj::Waiting { waiting } => {
-                    let w = waiting.as_mut().project();
-                    ready!(w.sleep.poll(cx));
-                    let next = match w.then {
-                        Then::Call { service, request } => match request.take() {
-                            Some(request) => State::Called {
-                                future: service.call(request),
-                            },
-                            None => State::Answered { result: None },
-                        },
-                        Then::Answer(result) => State::Answered {
-                            result: result.take(),
-                        },
-                    };
-                    this.state.set(next);
+                StateProj::Injected { injected } => {
+                    let i = injected.as_mut().project();
+                    if let Some(sleep) = i.sleep.as_pin_mut() {
+                        ready!(sleep.poll(cx));
+                    }
+                    match std::mem::replace(i.then, Then::Done) {
+                        Then::Call {
+                            mut service,
+                            request,
+                        } => {
+                            let future = service.call(request);
+                            this.state.set(State::Called { future });
+                        }
+                        Then::Answer(result) => return Poll::Ready(result),
+                        Then::Done => {
+                            return Poll::Ready(Err("polled after completion".into()));
+                        }
+                    }
                 }
             }
         }
