@@ -618,6 +618,8 @@ pub use staunch_core as core;
 pub use staunch_bulkhead as bulkhead;
 #[cfg(feature = "circuit-breaker")]
 pub use staunch_circuit_breaker as circuit_breaker;
+#[cfg(feature = "fault")]
+pub use staunch_fault as fault;
 #[cfg(feature = "idempotency")]
 pub use staunch_idempotency as idempotency;
 #[cfg(feature = "rate-limit")]

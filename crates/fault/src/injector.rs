@@ -103,8 +103,11 @@ impl Shared {
             "fault injection switched"
         );
         #[cfg(feature = "metrics")]
-        metrics::gauge!("staunch_fault_active", "name" => self.name.to_string())
-            .set(if active { 1.0 } else { 0.0 });
+        metrics::gauge!("staunch_fault_active", "name" => self.name.to_string()).set(if active {
+            1.0
+        } else {
+            0.0
+        });
     }
 }
 
@@ -199,7 +202,10 @@ impl FaultInjector {
             // Switched off between the load and the lock.
             return Injection::none();
         }
-        let delay = state.plan.latency.and_then(|l| draw_delay(&mut state.rng, l));
+        let delay = state
+            .plan
+            .latency
+            .and_then(|l| draw_delay(&mut state.rng, l));
         let fault = if state.plan.abort > 0.0 || state.plan.error.is_some() {
             let u = state.rng.f64();
             if u < state.plan.abort {

@@ -97,7 +97,7 @@ pub use crate::injector::{
 #[cfg(feature = "http")]
 pub use crate::layer::HttpFaultLayer;
 pub use crate::layer::{DefaultErrorFn, FaultLayer};
+pub use crate::service::FaultService;
 #[cfg(feature = "http")]
 pub use crate::service::HttpFaultService;
-pub use crate::service::FaultService;
 pub use staunch_core::{BoxError, ConfigError};

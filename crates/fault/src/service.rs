@@ -63,12 +63,16 @@ where
             return ResponseFuture::called(self.inner.call(request));
         }
         let error_fn = &self.error_fn;
-        inject(&mut self.inner, &self.injector, request, injection, |e| {
-            match catch_unwind(AssertUnwindSafe(|| error_fn(e))) {
+        inject(
+            &mut self.inner,
+            &self.injector,
+            request,
+            injection,
+            |e| match catch_unwind(AssertUnwindSafe(|| error_fn(e))) {
                 Ok(error) => Err(error.into()),
                 Err(panic) => Err(panicked(&self.injector, &*panic)),
-            }
-        })
+            },
+        )
     }
 }
 
@@ -140,7 +144,9 @@ fn response<B: From<bytes::Bytes>>(injected: &InjectedError) -> http::Response<B
             http::HeaderValue::from_static("text/plain; charset=utf-8"),
         );
     }
-    response.extensions_mut().insert(injected.to_fault_injected());
+    response
+        .extensions_mut()
+        .insert(injected.to_fault_injected());
     response
 }
 

@@ -76,7 +76,10 @@ fn a_disabled_or_empty_injector_allocates_nothing_per_call() {
         .build()
         .unwrap();
     let _ctx = rt.enter();
-    let disabled = FaultConfig::intermittent().with_abort(0.1).build("p").unwrap();
+    let disabled = FaultConfig::intermittent()
+        .with_abort(0.1)
+        .build("p")
+        .unwrap();
     disabled.disable();
     let empty = FaultConfig::none().build("p").unwrap();
     for pend in [false, true] {

@@ -53,7 +53,10 @@ fn bad_values_are_refused_by_name() {
         .build()
         .unwrap_err()
         .to_string();
-    assert!(message.contains("plus `abort.rate` must be at most 1"), "{message}");
+    assert!(
+        message.contains("plus `abort.rate` must be at most 1"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -242,7 +245,10 @@ mod files {
         // Defaults: status 500, empty body; an empty table injects nothing.
         let config: FaultConfig = toml::from_str("error = { rate = 1.0 }").unwrap();
         assert_eq!(config.error, Some(ErrorFault::new(1.0)));
-        assert_eq!(toml::from_str::<FaultConfig>("").unwrap(), FaultConfig::none());
+        assert_eq!(
+            toml::from_str::<FaultConfig>("").unwrap(),
+            FaultConfig::none()
+        );
     }
 
     #[test]
@@ -271,12 +277,18 @@ mod files {
     #[test]
     fn bad_files_are_refused_with_the_reason() {
         for (text, needle) in [
-            ("latency = { rate = 0.5, min = \"soon\", max = \"1s\" }", "invalid duration"),
+            (
+                "latency = { rate = 0.5, min = \"soon\", max = \"1s\" }",
+                "invalid duration",
+            ),
             ("latency = { rate = 0.5, min = \"1s\" }", "max"),
             ("error = { rate = 0.5, code = 500 }", "unknown field `code`"),
             ("errors = { rate = 0.5 }", "unknown field `errors`"),
             ("abort = [0.5]", "a table of abort fault settings"),
-            ("latency = [0.5, \"1s\", \"2s\"]", "a table of latency fault settings"),
+            (
+                "latency = [0.5, \"1s\", \"2s\"]",
+                "a table of latency fault settings",
+            ),
         ] {
             let err = toml::from_str::<FaultConfig>(text).unwrap_err();
             assert!(err.to_string().contains(needle), "{text}: {err}");

@@ -57,10 +57,7 @@ async fn a_loopback_server_answers_the_chosen_500_and_503_to_reqwest() {
 
     let res = client.post(&url).send().await.unwrap();
     assert_eq!(res.status(), 500);
-    assert_eq!(
-        res.headers()["content-type"],
-        "text/plain; charset=utf-8"
-    );
+    assert_eq!(res.headers()["content-type"], "text/plain; charset=utf-8");
     assert_eq!(res.text().await.unwrap(), "card network down");
     assert_eq!(charged.load(Ordering::SeqCst), 0, "the handler never ran");
 
@@ -90,7 +87,10 @@ async fn a_loopback_server_answers_the_chosen_500_and_503_to_reqwest() {
 
 #[tokio::test]
 async fn the_error_preset_over_loopback_fails_its_share_of_charges() {
-    let injector = FaultConfig::error().with_seed(2024).build("payment").unwrap();
+    let injector = FaultConfig::error()
+        .with_seed(2024)
+        .build("payment")
+        .unwrap();
     let (url, charged) = payment_server(injector.clone()).await;
     let client = reqwest::Client::new();
     let mut failed = 0;
@@ -128,7 +128,10 @@ async fn an_injected_response_says_it_was_injected() {
     assert_eq!(res.status(), 503);
     let fault = res.extensions().get::<FaultInjected>().expect("marked");
     assert_eq!(fault.status(), Some(503));
-    assert!(res.headers().get("content-type").is_none(), "no body, no type");
+    assert!(
+        res.headers().get("content-type").is_none(),
+        "no body, no type"
+    );
     let body = res.into_body().collect().await.unwrap().to_bytes();
     assert!(body.is_empty());
 }

@@ -62,7 +62,11 @@ fn the_presets_hold_their_rates_over_ten_thousand_calls() {
 
         let none = FaultConfig::none().with_seed(seed).build("p").unwrap();
         assert_eq!(shares(&none).0, 0.0);
-        assert_eq!(none.metrics().calls, 0, "an inactive injector counts nothing");
+        assert_eq!(
+            none.metrics().calls,
+            0,
+            "an inactive injector counts nothing"
+        );
     }
 }
 

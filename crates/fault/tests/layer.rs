@@ -128,10 +128,7 @@ async fn an_abort_never_reaches_the_service() {
 
 #[tokio::test(start_paused = true)]
 async fn an_injected_error_is_the_default_error_or_the_users_value() {
-    let injector = FaultInjector::builder("p")
-        .error(1.0, 503)
-        .build()
-        .unwrap();
+    let injector = FaultInjector::builder("p").error(1.0, 503).build().unwrap();
     let (calls, _, inner) = counting();
     let mut plain = FaultLayer::new(injector.clone()).layer(inner.clone());
     let err = plain.ready().await.unwrap().call(1).await.unwrap_err();
@@ -145,7 +142,9 @@ async fn an_injected_error_is_the_default_error_or_the_users_value() {
         .error_with(|e| std::io::Error::other(format!("upstream {}", e.status())))
         .layer(inner);
     let err = mine.ready().await.unwrap().call(2).await.unwrap_err();
-    let io = err.downcast_ref::<std::io::Error>().expect("the user's error");
+    let io = err
+        .downcast_ref::<std::io::Error>()
+        .expect("the user's error");
     assert_eq!(io.to_string(), "upstream 503");
     assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
@@ -167,17 +166,16 @@ async fn a_delayed_error_waits_then_fails() {
 
 #[tokio::test(start_paused = true)]
 async fn a_panicking_error_function_fails_that_call_and_the_layer_keeps_working() {
-    let injector = FaultInjector::builder("p")
-        .error(1.0, 500)
-        .build()
-        .unwrap();
+    let injector = FaultInjector::builder("p").error(1.0, 500).build().unwrap();
     let (calls, _, inner) = counting();
     let mut svc = FaultLayer::new(injector.clone())
         .error_with(|e| -> std::io::Error { panic!("no error for {}", e.status()) })
         .layer(inner);
     for n in 0..3 {
         let err = svc.ready().await.unwrap().call(n).await.unwrap_err();
-        let panicked = err.downcast_ref::<ErrorFnPanicked>().expect("ErrorFnPanicked");
+        let panicked = err
+            .downcast_ref::<ErrorFnPanicked>()
+            .expect("ErrorFnPanicked");
         assert_eq!(panicked.message(), "no error for 500");
         assert_eq!(panicked.name(), "p");
     }
@@ -252,9 +250,17 @@ async fn dropping_a_call_mid_latency_leaves_nothing_behind() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(futures::poll!(fut.as_mut()).is_pending());
     drop(fut);
-    assert_eq!(Arc::strong_count(&alive), 2, "the clone went with the future");
+    assert_eq!(
+        Arc::strong_count(&alive),
+        2,
+        "the clone went with the future"
+    );
     tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!(calls.load(Ordering::SeqCst), 0, "the request never went out");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "the request never went out"
+    );
     // The layer and its service still work.
     drop(svc);
     assert_eq!(Arc::strong_count(&alive), 1);
@@ -267,7 +273,9 @@ async fn a_timeout_outside_sees_the_injected_delay() {
     let mut svc = ServiceBuilder::new()
         .timeout(Duration::from_secs(1))
         .layer(FaultLayer::new(injector))
-        .service(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+        .service(service_fn(
+            |n: u32| async move { Ok::<_, std::io::Error>(n) },
+        ));
     let start = Instant::now();
     let err = svc.ready().await.unwrap().call(1).await.unwrap_err();
     assert!(err.is::<tower::timeout::error::Elapsed>(), "{err}");
@@ -277,9 +285,6 @@ async fn a_timeout_outside_sees_the_injected_delay() {
 #[test]
 fn the_future_of_a_call_without_fault_is_the_inner_future_and_a_tag() {
     type Inner = std::future::Ready<Result<[u64; 4], std::io::Error>>;
-    type Fut = staunch_fault::ResponseFuture<
-        tower::util::ServiceFn<fn(u32) -> Inner>,
-        u32,
-    >;
+    type Fut = staunch_fault::ResponseFuture<tower::util::ServiceFn<fn(u32) -> Inner>, u32>;
     assert!(std::mem::size_of::<Fut>() <= std::mem::size_of::<Inner>() + 8);
 }

@@ -23,7 +23,11 @@ impl CounterFn for Handle {
         *self.0.0.lock().unwrap().entry(self.1.clone()).or_default() += value as f64;
     }
     fn absolute(&self, value: u64) {
-        self.0.0.lock().unwrap().insert(self.1.clone(), value as f64);
+        self.0
+            .0
+            .lock()
+            .unwrap()
+            .insert(self.1.clone(), value as f64);
     }
 }
 
@@ -103,7 +107,9 @@ fn every_kind_of_fault_reaches_the_recorder() {
     ] {
         assert!(count > 0);
         assert_eq!(
-            get(&format!("staunch_fault_injected_total{{name=payment,kind={kind}}}")),
+            get(&format!(
+                "staunch_fault_injected_total{{name=payment,kind={kind}}}"
+            )),
             Some(count as f64),
             "{seen:?}"
         );
