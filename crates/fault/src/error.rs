@@ -3,6 +3,7 @@
 
 use std::any::Any;
 use std::fmt;
+use std::io;
 use std::sync::Arc;
 
 /// The kinds of fault an injector injects, as the metrics label them.
@@ -42,13 +43,19 @@ impl fmt::Display for FaultKind {
 /// or answers a chosen HTTP response ([`HttpFaultLayer`](crate::HttpFaultLayer)).
 ///
 /// It is deliberately *not* a staunch rejection: a fault stands for the dependency failing,
-/// so the retry layer retries it and the circuit breaker counts it, as they would a real
-/// failure. A cheap value: cloning it bumps a reference count.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// so a circuit breaker counts it as it would a real failure. An abort stands for a
+/// connection aborted before the request got through: its [`source`](std::error::Error::source)
+/// is an `io::Error` of kind `ConnectionAborted`, so a classifier that looks for connection
+/// failures (the staunch retry layer's default) retries it like one. An injected error has no
+/// source. A cheap value: cloning it bumps a reference count.
+#[derive(Debug)]
 pub struct FaultInjected {
     name: Arc<str>,
     kind: FaultKind,
     status: Option<u16>,
+    /// For an abort, the connection failure it stands for (an `io::Error` of a simple kind
+    /// allocates nothing).
+    cause: Option<io::Error>,
 }
 
 impl FaultInjected {
@@ -58,6 +65,7 @@ impl FaultInjected {
             name,
             kind: FaultKind::Abort,
             status: None,
+            cause: Some(io::Error::from(io::ErrorKind::ConnectionAborted)),
         }
     }
 
@@ -67,6 +75,7 @@ impl FaultInjected {
             name,
             kind: FaultKind::Error,
             status: Some(status),
+            cause: None,
         }
     }
 
@@ -86,6 +95,26 @@ impl FaultInjected {
     }
 }
 
+impl Clone for FaultInjected {
+    fn clone(&self) -> Self {
+        Self {
+            name: Arc::clone(&self.name),
+            kind: self.kind,
+            status: self.status,
+            cause: self.cause.as_ref().map(|e| io::Error::from(e.kind())),
+        }
+    }
+}
+
+impl PartialEq for FaultInjected {
+    fn eq(&self, other: &Self) -> bool {
+        // The cause follows from the kind.
+        self.name == other.name && self.kind == other.kind && self.status == other.status
+    }
+}
+
+impl Eq for FaultInjected {}
+
 impl fmt::Display for FaultInjected {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.status {
@@ -103,7 +132,13 @@ impl fmt::Display for FaultInjected {
     }
 }
 
-impl std::error::Error for FaultInjected {}
+impl std::error::Error for FaultInjected {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// The function that makes a layer's injected errors panicked: that call fails with this
 /// error instead, and the layer keeps working for every other call.

@@ -26,9 +26,11 @@
 //! makes a failing test replayable. Delays run on tokio's clock, so tests with paused time
 //! take no real time.
 //!
-//! Injected faults are not staunch rejections: a retry layer retries them and a circuit
-//! breaker counts them, exactly as it would the dependency's own failures. That is the
-//! point: they show what the rest of the stack does when the dependency misbehaves.
+//! Injected faults are not staunch rejections: a circuit breaker counts them, and a retry
+//! layer retries them when it would retry the real thing (an abort is a connection abort,
+//! whose source is an `io::Error` of kind `ConnectionAborted`; an HTTP `503` is a `503`).
+//! That is the point: they show what the rest of the stack does when the dependency
+//! misbehaves.
 //!
 //! # Cost
 //!
@@ -41,7 +43,7 @@
 //!
 //! Innermost, next to the service (or, for a server, around its router): every other layer
 //! sees the faults as real ones. A delay counts against the timeout, an injected `503`
-//! against the breaker, and the retry layer retries both.
+//! against the breaker, and the retry layer retries an abort and a `503` response.
 //!
 //! ```
 //! use std::time::Duration;
