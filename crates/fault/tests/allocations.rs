@@ -88,4 +88,11 @@ fn a_disabled_or_empty_injector_allocates_nothing_per_call() {
             assert_eq!(allocations_per_1000_calls(svc), 0, "pending: {pend}");
         }
     }
+    // The abort error is a cheap value: cloning it allocates nothing.
+    let abort = staunch_fault::FaultInjected::abort("p".into());
+    let region = Region::new(GLOBAL);
+    for _ in 0..100 {
+        std::hint::black_box(abort.clone());
+    }
+    assert_eq!(region.change().allocations, 0);
 }

@@ -94,6 +94,26 @@ fn extreme_values_that_are_valid_build_and_never_panic() {
 }
 
 #[test]
+fn the_error_setters_keep_what_the_other_set() {
+    let config = FaultConfig::none()
+        .with_error_body("down")
+        .with_error(0.4, 502);
+    assert_eq!(
+        config.error,
+        Some(ErrorFault::new(0.4).status(502).body("down"))
+    );
+    let config = FaultConfig::none()
+        .with_error(0.4, 502)
+        .with_error_body("down");
+    assert_eq!(
+        config.error,
+        Some(ErrorFault::new(0.4).status(502).body("down"))
+    );
+    let config = FaultConfig::none().with_error_body("down");
+    assert_eq!(config.error, Some(ErrorFault::new(0.0).body("down")));
+}
+
+#[test]
 fn unknown_presets_are_named() {
     for name in FaultConfig::PRESETS {
         assert!(FaultConfig::preset(name).is_ok(), "{name}");

@@ -54,6 +54,13 @@ fn the_presets_hold_their_rates_over_ten_thousand_calls() {
         assert!(close(delayed, 0.3), "intermittent delays: {delayed}");
         assert!(close(errors, 0.2), "intermittent errors: {errors}");
         assert_eq!(aborts, 0.0);
+        // Drawn independently: about 0.3 × 0.2 of the calls get both.
+        let both = (0..CALLS)
+            .map(|_| intermittent.decide())
+            .filter(|i| i.delay().is_some() && i.fault().is_some())
+            .count() as f64
+            / CALLS as f64;
+        assert!(close(both, 0.06), "intermittent both: {both}");
         assert!(
             delays
                 .iter()
