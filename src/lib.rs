@@ -137,6 +137,41 @@
 //! # fn main() {}
 //! ```
 //!
+//! **Fault injection (feature `fault`) goes innermost**, next to the client (or around a
+//! server's router). Every other layer then sees an injected delay, error or abort as the
+//! dependency's own: the timeout cuts the delay, the breaker counts the failures and trips,
+//! the retry layer retries aborts (connection aborts) and `503` responses, so a drill shows
+//! what the stack really does. Disabled (the
+//! default in production, switched on through its handle or a reloaded `FaultConfig`), it
+//! costs one atomic load per call:
+//!
+//! ```
+//! # #[cfg(all(feature = "fault", feature = "circuit-breaker"))]
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use staunch::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, State};
+//! use staunch::fault::{FaultConfig, FaultLayer};
+//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//!
+//! let faults = FaultConfig::none().build("payment").unwrap();
+//! let breaker = CircuitBreaker::builder("payment").count_window(10).minimum_calls(10).build().unwrap();
+//! let mut client = ServiceBuilder::new()
+//!     .layer(CircuitBreakerLayer::new(breaker.clone()))
+//!     .layer(FaultLayer::new(faults.clone()))
+//!     .service(service_fn(|q: u32| async move { Ok::<_, std::io::Error>(q) }));
+//! assert_eq!(client.ready().await.unwrap().call(1).await.unwrap(), 1);
+//! // The drill: every call fails; the breaker counts the faults as failures and opens.
+//! faults.set(FaultConfig::none().with_error(1.0, 503).with_seed(1)).unwrap();
+//! for q in 0..10 {
+//!     assert!(client.ready().await.unwrap().call(q).await.is_err());
+//! }
+//! assert_eq!(breaker.state(), State::Open);
+//! faults.disable();
+//! # }
+//! # #[cfg(not(all(feature = "fault", feature = "circuit-breaker")))]
+//! # fn main() {}
+//! ```
+//!
 //! # Choosing settings
 //!
 //! - `attempt_timeout` (default 2 s): a little above the dependency's p99.9 latency. Tighter
@@ -438,6 +473,9 @@
 //!   memory and SQLite stores.
 //! - `rate-limit`: the client-side rate limiter ([`rate_limit`]), GCRA with a burst, keyed,
 //!   slowed down by `429` and `RateLimit` headers.
+//! - `fault`: fault injection ([`fault`]): seeded latency, errors (a chosen error, or a chosen
+//!   HTTP response) and aborts at configured rates, switchable at run time, with the presets
+//!   `none`, `slow`, `error`, `intermittent`.
 //! - `full`: everything.
 //!
 //! `rate-limit` alone:
@@ -455,6 +493,22 @@
 //! assert!(limiter.try_acquire().unwrap_err().retry_after() <= Duration::from_millis(500));
 //! # }
 //! # #[cfg(not(feature = "rate-limit"))] fn main() {}
+//! ```
+//!
+//! `fault` alone:
+//!
+//! ```
+//! # #[cfg(feature = "fault")]
+//! # fn main() {
+//! use staunch::fault::{Fault, FaultConfig};
+//!
+//! let faults = FaultConfig::preset("error").unwrap().with_seed(7).build("payment").unwrap();
+//! let failed = (0..1000).filter(|_| matches!(faults.decide().fault(), Some(Fault::Error(_)))).count();
+//! assert!((650..=750).contains(&failed)); // 70 % answer 500
+//! faults.disable();
+//! assert!(faults.decide().is_none());
+//! # }
+//! # #[cfg(not(feature = "fault"))] fn main() {}
 //! ```
 //!
 //! `idempotency` alone:
@@ -618,6 +672,8 @@ pub use staunch_core as core;
 pub use staunch_bulkhead as bulkhead;
 #[cfg(feature = "circuit-breaker")]
 pub use staunch_circuit_breaker as circuit_breaker;
+#[cfg(feature = "fault")]
+pub use staunch_fault as fault;
 #[cfg(feature = "idempotency")]
 pub use staunch_idempotency as idempotency;
 #[cfg(feature = "rate-limit")]
