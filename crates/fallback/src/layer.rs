@@ -9,7 +9,7 @@ use tower_layer::Layer;
 use crate::FallbackPolicy;
 use crate::answer::{Answer, Backup};
 use crate::future::{Plain, Wrap};
-use crate::service::{FallbackService, Shared};
+use crate::service::{Copies, FallbackService};
 
 /// Answers the calls its [`FallbackPolicy`] chooses with a fallback: a value or function
 /// ([`new`](Self::new)) or another service ([`service`](Self::service)).
@@ -45,7 +45,7 @@ use crate::service::{FallbackService, Shared};
 /// # }
 /// ```
 pub struct FallbackLayer<Res, A, O = Plain> {
-    shared: Arc<Shared<Res, A>>,
+    shared: Arc<Copies<Res, A>>,
     _output: PhantomData<fn() -> O>,
 }
 
@@ -61,8 +61,8 @@ impl<Res, A, O> Clone for FallbackLayer<Res, A, O> {
 impl<Res, A: fmt::Debug, O> fmt::Debug for FallbackLayer<Res, A, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FallbackLayer")
-            .field("policy", &self.shared.policy)
-            .field("answer", &self.shared.answer)
+            .field("policy", &self.shared.first().policy)
+            .field("answer", &self.shared.first().answer)
             .finish()
     }
 }
@@ -72,22 +72,19 @@ impl<Res> FallbackLayer<Res, Answer<Res>> {
     /// Requests are not kept.
     pub fn new(policy: FallbackPolicy<Res>, answer: Answer<Res>) -> Self {
         Self {
-            shared: Arc::new(Shared { policy, answer }),
+            shared: Arc::new(Copies::new(policy, answer)),
             _output: PhantomData,
         }
     }
 }
 
-impl<Res, F> FallbackLayer<Res, Backup<F>> {
+impl<Res, F: Clone> FallbackLayer<Res, Backup<F>> {
     /// A layer answering with the service `backup` on the calls `policy` chooses: it is
     /// called with a clone of the request, which each call therefore takes before it goes
     /// in (`Req: Clone`). See [`Backup`] for readiness, boxing and errors.
     pub fn service(policy: FallbackPolicy<Res>, backup: F) -> Self {
         Self {
-            shared: Arc::new(Shared {
-                policy,
-                answer: Backup::new(backup),
-            }),
+            shared: Arc::new(Copies::new(policy, Backup::new(backup))),
             _output: PhantomData,
         }
     }
@@ -105,7 +102,7 @@ impl<Res, A, O> FallbackLayer<Res, A, O> {
 
     /// The policy (a handle: its clones share the counters).
     pub fn policy(&self) -> &FallbackPolicy<Res> {
-        &self.shared.policy
+        &self.shared.first().policy
     }
 }
 
