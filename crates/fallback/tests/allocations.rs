@@ -33,7 +33,10 @@ where
 #[test]
 fn the_primary_path_allocates_nothing() {
     let bare = || service_fn(|n: u32| ready(Ok::<u32, BoxError>(n)));
-    let plain = FallbackPolicy::<u32>::builder("alloc").on_any_error().build().unwrap();
+    let plain = FallbackPolicy::<u32>::builder("alloc")
+        .on_any_error()
+        .build()
+        .unwrap();
     let ruled = FallbackPolicy::<u32>::builder("alloc")
         .status_of(|n| *n as u16)
         .on_status(500..=599)
@@ -42,7 +45,9 @@ fn the_primary_path_allocates_nothing() {
         .unwrap();
     let mut a = FallbackLayer::new(plain.clone(), Answer::value(0)).layer(bare());
     let mut b = FallbackLayer::new(ruled.clone(), Answer::value(0)).layer(bare());
-    let mut c = FallbackLayer::new(plain, Answer::value(0)).answered().layer(bare());
+    let mut c = FallbackLayer::new(plain, Answer::value(0))
+        .answered()
+        .layer(bare());
     let mut d = FallbackLayer::service(ruled, bare()).layer(bare());
     // Warm up (lazy statics in the runtime pieces, if any).
     call(&mut a, 1);

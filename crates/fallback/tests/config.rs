@@ -1,9 +1,7 @@
 //! Every setting is refused by name or usable; settings read from files.
 
 use proptest::prelude::*;
-use staunch_fallback::{
-    FallbackConfig, FallbackPolicy, RejectionKind, Rejections, StatusRange,
-};
+use staunch_fallback::{FallbackConfig, FallbackPolicy, RejectionKind, Rejections, StatusRange};
 
 fn field<Res>(b: staunch_fallback::FallbackPolicyBuilder<Res>) -> String {
     b.build().unwrap_err().field().to_owned()
@@ -22,10 +20,16 @@ fn bad_values_are_refused_by_name() {
         assert_eq!(field(b().on_status(bad)), "statuses", "{bad}");
     }
     let message = b().on_status(700).build().unwrap_err().to_string();
-    assert!(message.contains("`statuses` must be HTTP statuses within 100..=599"), "{message}");
+    assert!(
+        message.contains("`statuses` must be HTTP statuses within 100..=599"),
+        "{message}"
+    );
     assert!(message.contains("700"), "{message}");
     // Statuses with no way to read them.
-    let err = FallbackPolicy::<u32>::builder("x").on_status(503).build().unwrap_err();
+    let err = FallbackPolicy::<u32>::builder("x")
+        .on_status(503)
+        .build()
+        .unwrap_err();
     assert_eq!(err.field(), "statuses");
     assert!(err.rule().contains("status_of"), "{err}");
     // A policy that could never answer.
@@ -36,10 +40,25 @@ fn bad_values_are_refused_by_name() {
     assert_eq!(err.field(), "rejections");
     // Any one rule is enough.
     FallbackPolicy::<u32>::builder("x").build().unwrap();
-    FallbackPolicy::<u32>::builder("x").rejections(Rejections::NONE).on_any_error().build().unwrap();
-    FallbackPolicy::<u32>::builder("x").rejections(Rejections::NONE).on_error(|_| true).build().unwrap();
-    FallbackPolicy::<u32>::builder("x").rejections(Rejections::NONE).on_response(|_| true).build().unwrap();
-    b().rejections(Rejections::NONE).on_status(100..=599).build().unwrap();
+    FallbackPolicy::<u32>::builder("x")
+        .rejections(Rejections::NONE)
+        .on_any_error()
+        .build()
+        .unwrap();
+    FallbackPolicy::<u32>::builder("x")
+        .rejections(Rejections::NONE)
+        .on_error(|_| true)
+        .build()
+        .unwrap();
+    FallbackPolicy::<u32>::builder("x")
+        .rejections(Rejections::NONE)
+        .on_response(|_| true)
+        .build()
+        .unwrap();
+    b().rejections(Rejections::NONE)
+        .on_status(100..=599)
+        .build()
+        .unwrap();
 }
 
 #[test]
@@ -60,7 +79,10 @@ fn settings_apply_to_a_builder() {
         .unwrap();
     config.statuses = Some(vec![StatusRange::from(1000)]);
     let builder = FallbackPolicy::<u32>::builder("x").status_of(|n| *n as u16);
-    assert_eq!(config.apply(builder).build().unwrap_err().field(), "statuses");
+    assert_eq!(
+        config.apply(builder).build().unwrap_err().field(),
+        "statuses"
+    );
 }
 
 #[cfg(feature = "serde")]
@@ -92,19 +114,27 @@ fn settings_read_from_toml_and_refuse_unknown_keys() {
     assert_eq!(json.statuses.unwrap().len(), 2);
     for (bad, says) in [
         ("rejection = []", "unknown field `rejection`"),
-        ("rejections = [\"breaker_closed\"]", "unknown variant `breaker_closed`"),
+        (
+            "rejections = [\"breaker_closed\"]",
+            "unknown variant `breaker_closed`",
+        ),
         ("statuses = [\"5x\"]", "invalid status range"),
         ("statuses = [70000]", "invalid value"),
         ("statuses = [-1]", "invalid value"),
         ("any_error = \"yes\"", "invalid type"),
     ] {
-        let err = toml::from_str::<FallbackConfig>(bad).unwrap_err().to_string();
+        let err = toml::from_str::<FallbackConfig>(bad)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(says), "{bad}: {err}");
     }
     // Read, but refused by name when built.
     let config: FallbackConfig = toml::from_str("statuses = [700]").unwrap();
     let builder = FallbackPolicy::<u32>::builder("x").status_of(|n| *n as u16);
-    assert_eq!(config.apply(builder).build().unwrap_err().field(), "statuses");
+    assert_eq!(
+        config.apply(builder).build().unwrap_err().field(),
+        "statuses"
+    );
     #[cfg(feature = "http")]
     {
         let config: FallbackConfig = toml::from_str("statuses = [\"5xx\"]").unwrap();

@@ -11,13 +11,20 @@ use staunch_fallback::{
 use tower::{Layer, Service, service_fn};
 
 fn full() -> BoxError {
-    Box::new(BulkheadFull::new(Arc::from("db"), 4, BulkheadFullReason::QueueFull))
+    Box::new(BulkheadFull::new(
+        Arc::from("db"),
+        4,
+        BulkheadFullReason::QueueFull,
+    ))
 }
 
 #[test]
 fn check_judges_results_without_running_anything() {
     let policy = FallbackPolicy::<u32>::builder("db").build().unwrap();
-    assert!(matches!(policy.check(Ok::<_, BoxError>(3)), Verdict::Primary(Ok(3))));
+    assert!(matches!(
+        policy.check(Ok::<_, BoxError>(3)),
+        Verdict::Primary(Ok(3))
+    ));
     match policy.check(Err::<u32, _>(full())) {
         Verdict::Fallback {
             reason: Reason::Rejected(RejectionKind::BulkheadFull),
@@ -38,15 +45,24 @@ async fn calls_say_where_the_answer_came_from() {
     let answer = Answer::value(0);
     let primary = policy.call(async { Ok::<_, BoxError>(5) }, &answer).await;
     assert_eq!(primary.unwrap(), Answered::Primary(5));
-    let answered = policy.call(async { Err::<u32, _>(full()) }, &answer).await.unwrap();
-    assert_eq!(answered.reason(), Some(Reason::Rejected(RejectionKind::BulkheadFull)));
+    let answered = policy
+        .call(async { Err::<u32, _>(full()) }, &answer)
+        .await
+        .unwrap();
+    assert_eq!(
+        answered.reason(),
+        Some(Reason::Rejected(RejectionKind::BulkheadFull))
+    );
     assert_eq!(*answered.get_ref(), 0);
     let backup = policy
-        .call_or_else(async { Err::<u32, _>(full()) }, |reason, cause| async move {
-            assert!(cause.error().is_some_and(|e| e.is::<BulkheadFull>()));
-            assert_eq!(reason.as_str(), "bulkhead_full");
-            Ok::<_, std::io::Error>(8)
-        })
+        .call_or_else(
+            async { Err::<u32, _>(full()) },
+            |reason, cause| async move {
+                assert!(cause.error().is_some_and(|e| e.is::<BulkheadFull>()));
+                assert_eq!(reason.as_str(), "bulkhead_full");
+                Ok::<_, std::io::Error>(8)
+            },
+        )
         .await
         .unwrap();
     assert_eq!(backup.into_inner(), 8);
@@ -56,9 +72,16 @@ async fn calls_say_where_the_answer_came_from() {
         })
         .await
         .unwrap_err();
-    let failed = failed.downcast_ref::<FallbackFailed>().expect("FallbackFailed");
+    let failed = failed
+        .downcast_ref::<FallbackFailed>()
+        .expect("FallbackFailed");
     assert!(failed.backup_error().is::<std::io::Error>());
-    assert!(failed.to_string().contains("backup of fallback `db` failed"), "{failed}");
+    assert!(
+        failed
+            .to_string()
+            .contains("backup of fallback `db` failed"),
+        "{failed}"
+    );
     // The primary's answer is never replaced when no rule fires.
     let primary = policy
         .call_or_else(async { Ok::<u32, BoxError>(1) }, |_, _| async {
@@ -82,7 +105,13 @@ async fn a_mark_of_ones_own_labels_fallbacks_only() {
         .build()
         .unwrap();
     let mut svc = FallbackLayer::new(policy, Answer::value(Reply::default())).layer(service_fn(
-        |fail: bool| async move { if fail { Err(full()) } else { Ok(Reply::default()) } },
+        |fail: bool| async move {
+            if fail {
+                Err(full())
+            } else {
+                Ok(Reply::default())
+            }
+        },
     ));
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     let _ = svc.poll_ready(&mut cx);

@@ -50,7 +50,10 @@ async fn a_panicking_error_rule_fails_its_call_and_nothing_else() {
         .layer(evens(Calls::default()));
     let err = call(&mut svc, 13).await.unwrap_err();
     panicked(&err, Callback::ErrorRule, "rule broke on 13");
-    assert_eq!(call(&mut svc, 1).await.unwrap().reason(), Some(Reason::Error));
+    assert_eq!(
+        call(&mut svc, 1).await.unwrap().reason(),
+        Some(Reason::Error)
+    );
     assert_eq!(call(&mut svc, 2).await.unwrap(), Answered::Primary(2));
     assert_eq!(policy.metrics().panicked, 1);
 }
@@ -73,19 +76,29 @@ async fn a_panicking_response_rule_fails_its_call_and_nothing_else() {
         "rule broke on 4",
     );
     assert_eq!(call(&mut svc, 2).await.unwrap(), Answered::Primary(2));
-    assert_eq!(call(&mut svc, 12).await.unwrap().reason(), Some(Reason::Response));
+    assert_eq!(
+        call(&mut svc, 12).await.unwrap().reason(),
+        Some(Reason::Response)
+    );
 }
 
 #[tokio::test]
 async fn a_panicking_answer_fails_its_call_and_nothing_else() {
-    let policy = FallbackPolicy::builder("dep").on_any_error().build().unwrap();
+    let policy = FallbackPolicy::builder("dep")
+        .on_any_error()
+        .build()
+        .unwrap();
     let answer = Answer::function(|_, cause: Cause<u32>| {
         let text = cause.error().map(ToString::to_string).unwrap_or_default();
         assert!(text != "odd 7", "answer broke on 7");
         1
     });
     let mut svc = FallbackLayer::new(policy.clone(), answer).layer(evens(Calls::default()));
-    panicked(&call(&mut svc, 7).await.unwrap_err(), Callback::Answer, "answer broke on 7");
+    panicked(
+        &call(&mut svc, 7).await.unwrap_err(),
+        Callback::Answer,
+        "answer broke on 7",
+    );
     assert_eq!(call(&mut svc, 9).await.unwrap(), 1);
     let m = policy.metrics();
     assert_eq!((m.errors, m.panicked), (2, 1));
@@ -98,11 +111,17 @@ async fn the_engine_reports_panics_the_same_way() {
         .build()
         .unwrap();
     let err = policy
-        .call(async { Err::<u32, _>(std::io::Error::other("x")) }, &Answer::value(0))
+        .call(
+            async { Err::<u32, _>(std::io::Error::other("x")) },
+            &Answer::value(0),
+        )
         .await
         .unwrap_err();
     panicked(&err, Callback::ErrorRule, "engine rule");
-    let policy = FallbackPolicy::<u32>::builder("dep").on_any_error().build().unwrap();
+    let policy = FallbackPolicy::<u32>::builder("dep")
+        .on_any_error()
+        .build()
+        .unwrap();
     let err = policy
         .call_or_else(
             async { Err::<u32, _>(std::io::Error::other("x")) },
@@ -112,11 +131,14 @@ async fn the_engine_reports_panics_the_same_way() {
         .unwrap_err();
     panicked(&err, Callback::Backup, "engine backup");
     let err = policy
-        .call_or_else(async { Err::<u32, _>(std::io::Error::other("x")) }, |_, _| async {
-            panic!("engine backup future");
-            #[allow(unreachable_code)]
-            Ok::<u32, BoxError>(0)
-        })
+        .call_or_else(
+            async { Err::<u32, _>(std::io::Error::other("x")) },
+            |_, _| async {
+                panic!("engine backup future");
+                #[allow(unreachable_code)]
+                Ok::<u32, BoxError>(0)
+            },
+        )
         .await
         .unwrap_err();
     panicked(&err, Callback::Backup, "engine backup future");
@@ -139,7 +161,10 @@ impl Service<u32> for Bomb {
     type Future = Pin<Box<dyn Future<Output = Result<u32, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        assert!(self.mode.load(Ordering::SeqCst) != READY, "backup not ready");
+        assert!(
+            self.mode.load(Ordering::SeqCst) != READY,
+            "backup not ready"
+        );
         Poll::Ready(Ok(()))
     }
 
@@ -156,16 +181,27 @@ impl Service<u32> for Bomb {
 #[tokio::test]
 async fn a_panicking_backup_service_fails_its_call_and_nothing_else() {
     let mode = Arc::new(AtomicUsize::new(0));
-    let policy = FallbackPolicy::builder("dep").on_any_error().build().unwrap();
+    let policy = FallbackPolicy::builder("dep")
+        .on_any_error()
+        .build()
+        .unwrap();
     let backup = Bomb {
         mode: Arc::clone(&mode),
     };
     let mut svc = FallbackLayer::service(policy.clone(), backup)
         .answered()
         .layer(evens(Calls::default()));
-    for (m, message) in [(READY, "not ready"), (CALL, "backup call"), (FUTURE, "backup future")] {
+    for (m, message) in [
+        (READY, "not ready"),
+        (CALL, "backup call"),
+        (FUTURE, "backup future"),
+    ] {
         mode.store(m, Ordering::SeqCst);
-        panicked(&call(&mut svc, 1).await.unwrap_err(), Callback::Backup, message);
+        panicked(
+            &call(&mut svc, 1).await.unwrap_err(),
+            Callback::Backup,
+            message,
+        );
         mode.store(0, Ordering::SeqCst);
         assert_eq!(
             call(&mut svc, 3).await.unwrap(),
@@ -187,15 +223,19 @@ async fn a_failing_backup_returns_its_error_inside_fallback_failed() {
         Err::<u32, _>(Box::new(BreakerOpen::new(Arc::from("backup"), None)) as BoxError)
             .map(|x| x + n)
     });
-    let mut svc = FallbackLayer::service(policy.clone(), backup).layer(service_fn(|_: u32| async {
-        Err::<u32, BoxError>(Box::new(BreakerOpen::new(Arc::from("primary"), None)))
-    }));
+    let mut svc =
+        FallbackLayer::service(policy.clone(), backup).layer(service_fn(|_: u32| async {
+            Err::<u32, BoxError>(Box::new(BreakerOpen::new(Arc::from("primary"), None)))
+        }));
     let err = call(&mut svc, 1).await.unwrap_err();
     let failed = err
         .downcast_ref::<FallbackFailed>()
         .expect("FallbackFailed");
     assert_eq!(failed.name(), "dep");
-    assert_eq!(failed.reason(), Reason::Rejected(RejectionKind::BreakerOpen));
+    assert_eq!(
+        failed.reason(),
+        Reason::Rejected(RejectionKind::BreakerOpen)
+    );
     let source = failed
         .backup_error()
         .downcast_ref::<BreakerOpen>()
@@ -220,7 +260,10 @@ async fn a_call_dropped_mid_fallback_releases_what_the_backup_held() {
             self.0.store(true, Ordering::SeqCst);
         }
     }
-    let bulkhead = Bulkhead::builder("backup").max_concurrent(1).build().unwrap();
+    let bulkhead = Bulkhead::builder("backup")
+        .max_concurrent(1)
+        .build()
+        .unwrap();
     let backup = ServiceBuilder::new()
         .layer(BulkheadLayer::new(bulkhead.clone()))
         .service(service_fn({
@@ -236,7 +279,10 @@ async fn a_call_dropped_mid_fallback_releases_what_the_backup_held() {
                 }
             }
         }));
-    let policy = FallbackPolicy::builder("dep").on_any_error().build().unwrap();
+    let policy = FallbackPolicy::builder("dep")
+        .on_any_error()
+        .build()
+        .unwrap();
     let mut svc = FallbackLayer::service(policy.clone(), backup).layer(evens(Calls::default()));
     let mut fut = Box::pin(svc.ready().await.unwrap().call(1));
     assert!((&mut fut).now_or_never().is_none());
@@ -255,7 +301,10 @@ async fn a_call_dropped_mid_fallback_releases_what_the_backup_held() {
 #[tokio::test(start_paused = true)]
 async fn the_engine_backup_is_dropped_with_its_call() {
     let dropped = Arc::new(AtomicBool::new(false));
-    let policy = FallbackPolicy::<u32>::builder("dep").on_any_error().build().unwrap();
+    let policy = FallbackPolicy::<u32>::builder("dep")
+        .on_any_error()
+        .build()
+        .unwrap();
     let flag = Arc::clone(&dropped);
     let mut fut = Box::pin(policy.call_or_else(
         async { Err::<u32, _>(std::io::Error::other("x")) },

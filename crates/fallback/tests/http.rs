@@ -34,12 +34,9 @@ async fn server(hits: Arc<AtomicUsize>) -> String {
 }
 
 /// reqwest as a tower service answering `http::Response<String>`.
-fn client() -> impl Service<
-    reqwest::Request,
-    Response = http::Response<Body>,
-    Error = reqwest::Error,
-    Future: Send,
-> + Clone {
+fn client()
+-> impl Service<reqwest::Request, Response = http::Response<Body>, Error = reqwest::Error, Future: Send>
++ Clone {
     let client = reqwest::Client::new();
     service_fn(move |req: reqwest::Request| {
         let client = client.clone();
@@ -94,7 +91,11 @@ async fn a_5xx_from_a_real_server_is_answered_and_marked() {
             Reason::Status(code)
         );
     }
-    assert_eq!(hits.load(Ordering::SeqCst), 5, "every call reached the server");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        5,
+        "every call reached the server"
+    );
     assert_eq!(policy.metrics().statuses, 2);
     assert_eq!(policy.metrics().total(), 2);
 }
@@ -106,7 +107,10 @@ async fn a_refused_connection_is_answered_by_the_error_rule() {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     let policy = FallbackPolicy::<http::Response<Body>>::http("catalog")
-        .on_error(|e| e.downcast_ref::<reqwest::Error>().is_some_and(reqwest::Error::is_connect))
+        .on_error(|e| {
+            e.downcast_ref::<reqwest::Error>()
+                .is_some_and(reqwest::Error::is_connect)
+        })
         .build()
         .unwrap();
     let stale = http::Response::new(String::from("stale"));

@@ -10,7 +10,7 @@ use metrics::{
     SharedString, Unit,
 };
 use staunch_core::{BoxError, BreakerOpen};
-use staunch_fallback::{Answer, FallbackPolicy, FallbackMetrics};
+use staunch_fallback::{Answer, FallbackMetrics, FallbackPolicy};
 
 /// Records the last value of every metric by `name{labels}`.
 #[derive(Default)]
@@ -90,11 +90,14 @@ fn fallbacks_are_counted_by_name_and_reason() {
         })
         .build()
         .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     metrics::with_local_recorder(&recorder, || {
         rt.block_on(async {
             let answer = Answer::value(0);
-            let open = || async { Err::<u32, BoxError>(Box::new(BreakerOpen::new("p".into(), None))) };
+            let open =
+                || async { Err::<u32, BoxError>(Box::new(BreakerOpen::new("p".into(), None))) };
             for _ in 0..3 {
                 policy.call(open(), &answer).await.unwrap();
             }
@@ -103,22 +106,46 @@ fn fallbacks_are_counted_by_name_and_reason() {
             let boom = async { Err::<u32, _>(std::io::Error::other("boom")) };
             policy.call(boom, &answer).await.unwrap_err();
             policy
-                .call_or_else(io(), |_, _| async { Err::<u32, _>(std::io::Error::other("backup")) })
+                .call_or_else(io(), |_, _| async {
+                    Err::<u32, _>(std::io::Error::other("backup"))
+                })
                 .await
                 .unwrap_err();
-            policy.call(async { Ok::<u32, BoxError>(1) }, &answer).await.unwrap();
+            policy
+                .call(async { Ok::<u32, BoxError>(1) }, &answer)
+                .await
+                .unwrap();
         });
     });
     let seen = capture.0.lock().unwrap().clone();
     let get = |key: &str| seen.get(key).copied().unwrap_or(0.0);
-    assert_eq!(get("staunch_fallback_total{name=payment,reason=breaker_open}"), 3.0);
-    assert_eq!(get("staunch_fallback_total{name=payment,reason=error}"), 2.0);
-    assert_eq!(get("staunch_fallback_failed_total{name=payment,cause=panicked}"), 1.0);
-    assert_eq!(get("staunch_fallback_failed_total{name=payment,cause=backup_error}"), 1.0);
+    assert_eq!(
+        get("staunch_fallback_total{name=payment,reason=breaker_open}"),
+        3.0
+    );
+    assert_eq!(
+        get("staunch_fallback_total{name=payment,reason=error}"),
+        2.0
+    );
+    assert_eq!(
+        get("staunch_fallback_failed_total{name=payment,cause=panicked}"),
+        1.0
+    );
+    assert_eq!(
+        get("staunch_fallback_failed_total{name=payment,cause=backup_error}"),
+        1.0
+    );
     assert_eq!(seen.len(), 4, "{seen:?}");
     let m = policy.metrics();
     assert_eq!(
-        (m.rejections, m.errors, m.statuses, m.responses, m.panicked, m.failed),
+        (
+            m.rejections,
+            m.errors,
+            m.statuses,
+            m.responses,
+            m.panicked,
+            m.failed
+        ),
         (3, 2, 0, 0, 1, 1)
     );
     assert_eq!(m.total(), 5);

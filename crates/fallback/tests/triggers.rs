@@ -55,7 +55,11 @@ async fn an_open_breaker_is_answered_and_its_successes_are_untouched() {
             reason: Reason::Rejected(RejectionKind::BreakerOpen)
         }
     );
-    assert_eq!(calls.get(), 3, "the refused call never reached the dependency");
+    assert_eq!(
+        calls.get(),
+        3,
+        "the refused call never reached the dependency"
+    );
     assert_eq!(policy.metrics().rejections, 1);
     assert_eq!(policy.metrics().total(), 1);
 }
@@ -170,7 +174,12 @@ async fn the_error_rule_answers_the_errors_it_chooses_and_no_others() {
     // Rejections are not chosen here, and the rule does not choose this one.
     let mut refused = FallbackLayer::new(policy.clone(), Answer::value(0))
         .layer(failing::<u32>(|| Box::new(DeadlineExpired::new(None))));
-    assert!(call(&mut refused, 0).await.unwrap_err().is::<DeadlineExpired>());
+    assert!(
+        call(&mut refused, 0)
+            .await
+            .unwrap_err()
+            .is::<DeadlineExpired>()
+    );
     assert_eq!(policy.metrics().errors, 1);
     assert_eq!(policy.metrics().total(), 1);
 }
@@ -185,7 +194,10 @@ async fn any_error_answers_rejections_and_errors_alike() {
     let mut svc = FallbackLayer::new(policy.clone(), Answer::value(9))
         .answered()
         .layer(evens(Calls::default()));
-    assert_eq!(call(&mut svc, 1).await.unwrap().reason(), Some(Reason::Error));
+    assert_eq!(
+        call(&mut svc, 1).await.unwrap().reason(),
+        Some(Reason::Error)
+    );
     let mut limited = FallbackLayer::new(policy.clone(), Answer::value(9))
         .answered()
         .layer(failing::<u32>(|| {
@@ -201,7 +213,10 @@ async fn any_error_answers_rejections_and_errors_alike() {
             Box::new(staunch_core::BreakerOpen::new(Arc::from("b"), None))
         }));
     // Not a chosen rejection, but still an error: the error rule answers it.
-    assert_eq!(call(&mut open, 0).await.unwrap().reason(), Some(Reason::Error));
+    assert_eq!(
+        call(&mut open, 0).await.unwrap().reason(),
+        Some(Reason::Error)
+    );
     let m = policy.metrics();
     assert_eq!((m.rejections, m.errors), (1, 2));
 }
@@ -213,7 +228,8 @@ async fn the_response_rule_replaces_only_what_it_chooses() {
         .on_response(|n: &u32| *n > 100)
         .build()
         .unwrap();
-    let answer = Answer::function(|_, cause: Cause<u32>| cause.response().copied().unwrap_or(0) / 10);
+    let answer =
+        Answer::function(|_, cause: Cause<u32>| cause.response().copied().unwrap_or(0) / 10);
     let mut svc = FallbackLayer::new(policy.clone(), answer)
         .answered()
         .layer(evens(Calls::default()));
