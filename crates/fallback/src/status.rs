@@ -55,10 +55,7 @@ impl StatusRange {
         if self.first < 100 || self.last > 599 || self.first > self.last {
             return Err(ConfigError::new(
                 "statuses",
-                format!(
-                    "must be HTTP statuses within 100..=599, first <= last (got {})",
-                    self
-                ),
+                format!("must be HTTP statuses within 100..=599, first <= last (got {self})"),
             ));
         }
         Ok(())
@@ -81,7 +78,7 @@ impl fmt::Display for StatusRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.first == self.last {
             write!(f, "{}", self.first)
-        } else if self.first % 100 == 0 && self.last == self.first.saturating_add(99) {
+        } else if self.first.is_multiple_of(100) && self.last == self.first.saturating_add(99) {
             write!(f, "{}xx", self.first / 100)
         } else {
             write!(f, "{}-{}", self.first, self.last)

@@ -273,7 +273,7 @@ async fn a_call_dropped_mid_fallback_releases_what_the_backup_held() {
                 started.store(true, Ordering::SeqCst);
                 let guard = Guard(Arc::clone(&dropped));
                 async move {
-                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    tokio::time::sleep(Duration::from_mins(1)).await;
                     drop(guard);
                     Ok::<_, std::io::Error>(n)
                 }
@@ -293,7 +293,7 @@ async fn a_call_dropped_mid_fallback_releases_what_the_backup_held() {
     assert_eq!(bulkhead.in_flight(), 0, "dropping the call released it");
     // The layer goes on: the next fallback gets the permit.
     let next = svc.ready().await.unwrap().call(3);
-    tokio::time::advance(Duration::from_secs(60)).await;
+    tokio::time::advance(Duration::from_mins(1)).await;
     assert_eq!(next.await.unwrap(), 3);
     assert_eq!(policy.metrics().errors, 2);
 }

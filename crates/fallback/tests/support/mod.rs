@@ -28,7 +28,7 @@ pub fn evens(
     service_fn(move |n: u32| {
         calls.add();
         async move {
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 Ok(n)
             } else {
                 Err(Box::new(std::io::Error::other(format!("odd {n}"))) as BoxError)
