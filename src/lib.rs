@@ -172,6 +172,48 @@
 //! # fn main() {}
 //! ```
 //!
+//! **A fallback (feature `fallback`) goes outermost**: outside retry and the breaker (just
+//! inside [`TypedErrorsLayer`], so its own errors still reach the caller as [`Error`]). It
+//! answers once everything else has given up: the retries are spent, or the open breaker
+//! refused the call (a refusal retry rightly never retries). Inside retry it would turn a
+//! failure into a success before retry could try again; inside the breaker, the breaker would
+//! count the fallback's answers as the dependency's successes and never open. By default it
+//! answers every rejection (breaker open, bulkhead full, rate limited, deadline expired);
+//! errors and response statuses are answered when chosen, and an `http::Response` it gives
+//! carries the [`Fallback`](crate::fallback::Fallback) extension:
+//!
+//! ```
+//! # #[cfg(all(feature = "fallback", feature = "circuit-breaker"))]
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use staunch::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
+//! use staunch::fallback::{Answer, Fallback, FallbackLayer, FallbackPolicy, Reason, RejectionKind};
+//! use staunch::HttpStatus;
+//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//!
+//! let breaker = CircuitBreaker::builder("payment").consecutive_failures(1).build().unwrap();
+//! let policy = FallbackPolicy::http("payment").build().unwrap();
+//! let pending = http::Response::builder().status(202).body("payment pending").unwrap();
+//! let mut client = ServiceBuilder::new()
+//!     .layer(FallbackLayer::new(policy.clone(), Answer::value(pending)))
+//!     .layer(CircuitBreakerLayer::new(breaker).with_classifier(HttpStatus::new()))
+//!     .service(service_fn(|_req: http::Request<()>| async {
+//!         Ok::<_, std::io::Error>(http::Response::builder().status(503).body("down").unwrap())
+//!     }));
+//! // The dependency's 503 opens the breaker (this policy does not answer statuses)...
+//! let res = client.ready().await.unwrap().call(http::Request::new(())).await.unwrap();
+//! assert_eq!(res.status(), 503);
+//! // ...and the breaker's refusal is answered by the fallback, marked as such.
+//! let res = client.ready().await.unwrap().call(http::Request::new(())).await.unwrap();
+//! assert_eq!((res.status().as_u16(), *res.body()), (202, "payment pending"));
+//! let mark = res.extensions().get::<Fallback>().unwrap();
+//! assert_eq!(mark.reason, Reason::Rejected(RejectionKind::BreakerOpen));
+//! assert_eq!(policy.metrics().rejections, 1);
+//! # }
+//! # #[cfg(not(all(feature = "fallback", feature = "circuit-breaker")))]
+//! # fn main() {}
+//! ```
+//!
 //! # Choosing settings
 //!
 //! - `attempt_timeout` (default 2 s): a little above the dependency's p99.9 latency. Tighter
@@ -476,6 +518,8 @@
 //! - `fault`: fault injection ([`fault`]): seeded latency, errors (a chosen error, or a chosen
 //!   HTTP response) and aborts at configured rates, switchable at run time, with the presets
 //!   `none`, `slow`, `error`, `intermittent`.
+//! - `fallback`: the fallback layer ([`fallback`]): rejections, chosen errors and chosen
+//!   statuses answered by a value, a function or a backup service, marked as fallbacks.
 //! - `full`: everything.
 //!
 //! `rate-limit` alone:
@@ -509,6 +553,22 @@
 //! assert!(faults.decide().is_none());
 //! # }
 //! # #[cfg(not(feature = "fault"))] fn main() {}
+//! ```
+//!
+//! `fallback` alone:
+//!
+//! ```
+//! # #[cfg(feature = "fallback")]
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use staunch::fallback::{Answer, Answered, FallbackPolicy, Reason};
+//!
+//! let policy = FallbackPolicy::builder("quotes").on_any_error().build().unwrap();
+//! let answer = Answer::value(0u32);
+//! let failed = async { Err::<u32, _>(std::io::Error::other("reset")) };
+//! let answered = policy.call(failed, &answer).await.unwrap();
+//! assert_eq!(answered, Answered::Fallback { response: 0, reason: Reason::Error });
+//! # }
+//! # #[cfg(not(feature = "fallback"))] fn main() {}
 //! ```
 //!
 //! `idempotency` alone:
@@ -672,6 +732,8 @@ pub use staunch_core as core;
 pub use staunch_bulkhead as bulkhead;
 #[cfg(feature = "circuit-breaker")]
 pub use staunch_circuit_breaker as circuit_breaker;
+#[cfg(feature = "fallback")]
+pub use staunch_fallback as fallback;
 #[cfg(feature = "fault")]
 pub use staunch_fault as fault;
 #[cfg(feature = "idempotency")]

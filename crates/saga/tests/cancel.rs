@@ -105,7 +105,10 @@ fn a_cancel_lets_the_step_in_flight_finish_then_compensates_in_reverse_and_ends_
             seen(&calls),
             ["s0:action", "s1:action", "s1:compensate", "s0:compensate"]
         );
-        let summary = &engine.list(&Default::default()).await.unwrap()[0];
+        let summary = &engine
+            .list(&staunch_saga::ListFilter::default())
+            .await
+            .unwrap()[0];
         assert_eq!(summary.status, SagaStatus::Cancelled);
         let log = events(&engine, "o-1").await;
         assert!(log.iter().any(|e| matches!(e,
@@ -129,7 +132,7 @@ fn a_cancel_stops_a_retry_waiting_out_its_backoff_at_once() {
     runtime().block_on(async {
         let calls = calls();
         let slow = StepRetry::new(10).backoff(
-            Backoff::constant(Duration::from_secs(600))
+            Backoff::constant(Duration::from_mins(10))
                 .jitter(Jitter::None)
                 .build()
                 .unwrap(),
@@ -299,7 +302,11 @@ fn a_paused_saga_holds_at_the_step_boundary_is_left_by_recovery_and_resumes_wher
         settle().await;
         // s1 finished; s2 has not started.
         assert_eq!(seen(&calls), ["s0:action", "s1:action"]);
-        let summary = engine.list(&Default::default()).await.unwrap().remove(0);
+        let summary = engine
+            .list(&staunch_saga::ListFilter::default())
+            .await
+            .unwrap()
+            .remove(0);
         assert_eq!(summary.status, SagaStatus::Paused);
         assert_eq!(engine.metrics().paused, 1);
         assert_eq!(engine.metrics().in_flight, 0);
@@ -387,7 +394,11 @@ fn a_pause_while_compensating_holds_the_compensation() {
         engine.pause("r-1", "ops").await.unwrap();
         gate.add_permits(1);
         settle().await;
-        let summary = engine.list(&Default::default()).await.unwrap().remove(0);
+        let summary = engine
+            .list(&staunch_saga::ListFilter::default())
+            .await
+            .unwrap()
+            .remove(0);
         assert_eq!(summary.status, SagaStatus::Paused);
         // Cancel does not apply: it is rolling back already.
         let (_, reason) = refusal(engine.cancel("r-1", "r", "a").await);
@@ -485,7 +496,7 @@ fn a_resumed_saga_waits_out_the_backoff_its_log_recorded_before_the_next_attempt
 fn a_stored_backoff_far_in_the_future_is_cut_to_the_steps_cap() {
     runtime().block_on(async {
         let calls = calls();
-        let def = timed(&calls, Some(Duration::from_secs(60)));
+        let def = timed(&calls, Some(Duration::from_mins(1)));
         let store = MemoryStore::new();
         store
             .create(NewSaga::new(
@@ -676,7 +687,7 @@ fn a_cancel_made_on_another_postgres_instance_is_seen_by_the_owner_within_a_hear
         tokio::time::sleep(Duration::from_millis(50)).await;
         // Instance b asks; instance a drives the saga.
         b.cancel("pg-1", "from b", "ops").await.unwrap();
-        let asked = std::time::Instant::now();
+        let asked = tokio::time::Instant::now();
         // a's heartbeat (every ttl/3) sees it; then s1 finishes and a compensates.
         tokio::time::sleep(ttl).await;
         gate.add_permits(1);

@@ -95,6 +95,11 @@ fn canonical() -> Vec<SagaEvent> {
     ]
 }
 
+/// A stored next-attempt time: none, now-ish, or absurd.
+fn retry_at() -> impl Strategy<Value = Option<u64>> {
+    proptest::option::of(prop_oneof![Just(0u64), Just(u64::MAX), any::<u64>()])
+}
+
 fn step_index() -> impl Strategy<Value = u32> {
     prop_oneof![
         12 => 0u32..6,
@@ -140,15 +145,19 @@ fn event() -> impl Strategy<Value = SagaEvent> {
         4 => (step_index(), attempt()).prop_map(|(step, attempt)| SagaEvent::StepStarted { step, attempt }),
         3 => (step_index(), state(), proptest::option::of(state()))
             .prop_map(|(step, state, member)| SagaEvent::StepCompleted { step, state, member }),
-        3 => (step_index(), attempt(), kind()).prop_map(|(step, attempt, kind)| SagaEvent::StepFailed {
-            step, attempt, kind, error: "e".into()
+        3 => (step_index(), attempt(), kind(), retry_at()).prop_map(|(step, attempt, kind, retry_at_ms)| SagaEvent::StepFailed {
+            step, attempt, kind, error: "e".into(), retry_at_ms
         }),
         2 => step_index().prop_map(|failed_step| SagaEvent::CompensationBegan { failed_step, error: "e".into() }),
         2 => (step_index(), attempt()).prop_map(|(step, attempt)| SagaEvent::CompensationStarted { step, attempt }),
         2 => (step_index(), state()).prop_map(|(step, state)| SagaEvent::CompensationCompleted { step, state }),
-        2 => (step_index(), attempt(), kind()).prop_map(|(step, attempt, kind)| SagaEvent::CompensationFailed {
-            step, attempt, kind, error: "e".into()
+        2 => (step_index(), attempt(), kind(), retry_at()).prop_map(|(step, attempt, kind, retry_at_ms)| SagaEvent::CompensationFailed {
+            step, attempt, kind, error: "e".into(), retry_at_ms
         }),
+        1 => Just(SagaEvent::CancelBegan { reason: "r".into(), actor: "a".into() }),
+        1 => Just(SagaEvent::Paused { actor: "a".into() }),
+        1 => Just(SagaEvent::Resumed { actor: "a".into() }),
+        1 => Just(SagaEvent::Cancelled { reason: "r".into() }),
         2 => (step_index(), phase()).prop_map(|(step, phase)| SagaEvent::Stuck { step, phase, error: "e".into() }),
         1 => step_index().prop_map(|step| SagaEvent::OperatorRetried { step }),
         1 => step_index().prop_map(|step| SagaEvent::OperatorSkipped { step }),
@@ -385,7 +394,7 @@ mod sqlite {
         "UPDATE staunch_sagas SET definition = CAST(definition AS BLOB) || X'C3' WHERE saga_id = ?",
         "UPDATE staunch_sagas SET definition = 17 WHERE saga_id = ?",
         "UPDATE staunch_sagas SET status = CAST(status AS BLOB) || X'FF' WHERE saga_id = ?",
-        "UPDATE staunch_sagas SET status = 'paused' WHERE saga_id = ?",
+        "UPDATE staunch_sagas SET status = 'hibernating' WHERE saga_id = ?",
         "UPDATE staunch_sagas SET status = 3 WHERE saga_id = ?",
         "UPDATE staunch_sagas SET status = CAST(status AS BLOB) WHERE saga_id = ?",
         "UPDATE staunch_sagas SET definition = CAST(definition AS BLOB) WHERE saga_id = ?",

@@ -200,6 +200,7 @@ async fn stored_step_indexes_and_counters_out_of_range_quarantine_their_saga() {
                     attempt: 1,
                     kind: StepErrorKind::Business,
                     error: "no".into(),
+                    retry_at_ms: None,
                 },
                 SagaEvent::CompensationBegan {
                     failed_step: 4_000_000_000,
@@ -219,6 +220,7 @@ async fn stored_step_indexes_and_counters_out_of_range_quarantine_their_saga() {
                     attempt: u32::MAX,
                     kind: StepErrorKind::Retryable,
                     error: "again".into(),
+                    retry_at_ms: None,
                 },
             ],
             1,
@@ -243,6 +245,7 @@ async fn stored_step_indexes_and_counters_out_of_range_quarantine_their_saga() {
                     attempt: 1,
                     kind: StepErrorKind::Business,
                     error: "no".into(),
+                    retry_at_ms: None,
                 },
                 SagaEvent::CompensationBegan {
                     failed_step: 1,
@@ -737,6 +740,7 @@ mod sqlite {
             attempt: 1,
             kind: StepErrorKind::Retryable,
             error: "x".into(),
+            retry_at_ms: None,
         }
         .encode();
         let append =
@@ -782,6 +786,7 @@ mod sqlite {
             attempt: 1,
             kind: StepErrorKind::Retryable,
             error: "x".into(),
+            retry_at_ms: None,
         }
         .encode();
         let append =

@@ -26,7 +26,7 @@ mod retry;
 use retry::Retries;
 
 /// The longest stored backoff a resumed saga waits out (see `Runner::stored_backoff`).
-const MAX_STORED_BACKOFF: Duration = Duration::from_secs(24 * 60 * 60);
+const MAX_STORED_BACKOFF: Duration = Duration::from_hours(24);
 
 pub(crate) fn to_raw<S: SagaState>(state: &S) -> Result<Box<RawValue>, SagaError> {
     serde_json::value::to_raw_value(state).map_err(|e| SagaError::State(e.to_string()))
