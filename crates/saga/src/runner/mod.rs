@@ -436,8 +436,8 @@ impl<S: SagaState> Runner<S> {
     }
 
     /// What is left of a backoff a previous runner recorded for the next attempt of `step`
-    /// in `phase` (it was resumed after a restart). Cut to the step's backoff cap (one day
-    /// without a cap), so a damaged row cannot hold the saga forever.
+    /// in `phase` (it was resumed after a restart). Cut to the delay the step's own backoff
+    /// gives before this attempt (and to one day), so a damaged row cannot hold the saga.
     fn stored_backoff(
         &self,
         step: u32,
@@ -450,7 +450,16 @@ impl<S: SagaState> Runner<S> {
             Phase::Compensate => p.comp_retry_at_ms,
         }?;
         let left = Duration::from_millis(at.checked_sub(now_ms())?);
-        let cap = policy.backoff.max_delay().unwrap_or(MAX_STORED_BACKOFF);
+        // No longer than the step's own schedule gives before this attempt: a stored time
+        // past it comes from a damaged row (or a changed policy).
+        let mut schedule = policy.backoff.schedule();
+        let mut cap = Duration::ZERO;
+        for _ in 0..self.attempts(step, phase).min(64) {
+            match schedule.next_delay() {
+                Some(d) => cap = d,
+                None => break,
+            }
+        }
         Some(left.min(cap).min(MAX_STORED_BACKOFF))
     }
 
