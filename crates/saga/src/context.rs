@@ -44,6 +44,22 @@ pub struct StepContext {
 }
 
 impl StepContext {
+    /// A context as the engine would pass it, for calling a step's function on its own in a
+    /// unit test.
+    pub fn new(
+        saga_id: impl Into<Arc<str>>,
+        step: impl Into<Arc<str>>,
+        phase: Phase,
+        attempt: u32,
+    ) -> Self {
+        Self {
+            saga_id: saga_id.into(),
+            step: step.into(),
+            phase,
+            attempt,
+        }
+    }
+
     /// The saga's id.
     pub fn saga_id(&self) -> &str {
         &self.saga_id

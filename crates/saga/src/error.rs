@@ -38,12 +38,16 @@ pub enum StepErrorKind {
     /// The attempt succeeded but its output (the new state) cannot be serialized, so it
     /// cannot be stored: the effect happened, the saga is stuck for an operator.
     Unstorable,
+    /// The step cannot tell whether its effect happened (a dropped connection after the
+    /// request was sent, a gateway timeout): retryable, and compensated too when the saga
+    /// rolls back ([`StepError::in_doubt`]).
+    InDoubt,
 }
 
 impl StepErrorKind {
     /// Whether the retry policy may try again after this error.
     pub fn is_retryable(self) -> bool {
-        matches!(self, Self::Retryable | Self::Timeout)
+        matches!(self, Self::Retryable | Self::Timeout | Self::InDoubt)
     }
 
     /// Whether the participant may or may not have applied the attempt (timeouts, deadline,
@@ -52,7 +56,12 @@ impl StepErrorKind {
     pub fn is_in_doubt(self) -> bool {
         matches!(
             self,
-            Self::Timeout | Self::Deadline | Self::Interrupted | Self::Cancelled | Self::Unstorable
+            Self::Timeout
+                | Self::Deadline
+                | Self::Interrupted
+                | Self::Cancelled
+                | Self::Unstorable
+                | Self::InDoubt
         )
     }
 }
@@ -61,6 +70,15 @@ impl StepError {
     /// A transient error: the step is retried according to its retry policy.
     pub fn retryable(error: impl fmt::Display) -> Self {
         Self::new(StepErrorKind::Retryable, error.to_string())
+    }
+
+    /// A transient error after which the effect may or may not have happened (the request
+    /// was sent, the answer was lost): retried like [`retryable`](Self::retryable), and if
+    /// the retries run out the step is compensated too, so its compensation must accept a
+    /// key whose action never took effect. Use it for timeouts and dropped connections of
+    /// calls that change something.
+    pub fn in_doubt(error: impl fmt::Display) -> Self {
+        Self::new(StepErrorKind::InDoubt, error.to_string())
     }
 
     /// A business failure: no retry, the saga compensates what it completed.
@@ -98,6 +116,7 @@ impl fmt::Display for StepError {
             StepErrorKind::Interrupted => "interrupted",
             StepErrorKind::Cancelled => "cancelled",
             StepErrorKind::Unstorable => "output cannot be stored",
+            StepErrorKind::InDoubt => "in doubt",
         };
         write!(f, "{kind}: {}", self.message)
     }

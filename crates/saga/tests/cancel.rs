@@ -726,3 +726,67 @@ fn a_cancel_made_on_another_postgres_instance_is_seen_by_the_owner_within_a_hear
         assert!(matches!(outcome, SagaOutcome::Completed(_)), "{outcome:?}");
     });
 }
+
+// --- small frictions: a step that says "in doubt", a context for unit tests ---------------
+
+#[test]
+fn a_step_in_doubt_is_retried_and_compensated_when_its_retries_run_out() {
+    runtime().block_on(async {
+        let calls = calls();
+        let (c1, _) = support::scripted("s1", Phase::Compensate, Script::Ok, &calls);
+        let attempts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let a = Arc::clone(&attempts);
+        let def = SagaDefinition::builder("doubt", 1)
+            .step(step("s0", Script::Ok, Some(Script::Ok), &calls))
+            .step(
+                Step::new("s1", move |_t: Trail, _| {
+                    a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    async {
+                        Err(staunch_saga::StepError::in_doubt(
+                            "connection reset after send",
+                        ))
+                    }
+                })
+                .retry(support::fast_retry(3))
+                .compensate(c1),
+            )
+            .build()
+            .unwrap();
+        let engine = SagaEngine::new(MemoryStore::new());
+        let outcome = engine
+            .start(&def, "i-1", trail())
+            .await
+            .unwrap()
+            .outcome()
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, SagaOutcome::Compensated { .. }),
+            "{outcome:?}"
+        );
+        assert_eq!(attempts.load(std::sync::atomic::Ordering::SeqCst), 3);
+        // The step whose effect is unknown is compensated too, before s0.
+        assert_eq!(
+            seen(&calls),
+            ["s0:action", "s1:compensate", "s0:compensate"]
+        );
+    });
+}
+
+#[test]
+fn a_step_function_can_be_called_alone_with_a_context_built_in_the_test() {
+    runtime().block_on(async {
+        let calls = calls();
+        let (f, _) = support::scripted("reserve", Phase::Action, Script::Ok, &calls);
+        let ctx = staunch_saga::StepContext::new("order-7", "reserve", Phase::Action, 2);
+        assert_eq!(ctx.saga_id(), "order-7");
+        assert_eq!(ctx.attempt(), 2);
+        assert_eq!(
+            ctx.idempotency_key(),
+            staunch_saga::idempotency_key("order-7", "reserve", Phase::Action)
+        );
+        let out = f(trail(), ctx).await.unwrap();
+        assert_eq!(out.done, ["reserve:action"]);
+        assert_eq!(calls.lock().unwrap()[0].attempt, 2);
+    });
+}
