@@ -77,7 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         tokio::time::sleep(Duration::from_millis(200)).await;
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
     })?;
-    first.shutdown_background();
+    drop(first); // drops every task, and with them the store: its file lock is released
     println!("crashed; calls so far:");
     for call in calls.lock().expect("log").drain(..) {
         println!("  {call}");
@@ -88,7 +88,7 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     second.block_on(async {
         let engine = SagaEngine::new(SqliteStore::open(&db).await?);
         let definition = trip(false, Arc::clone(&calls))?;
-        engine.register(&definition);
+        engine.register(&definition)?;
         let report = engine.recover().await?;
         println!("recovered: {:?}", report.resumed);
         // `start` is idempotent on the saga id: it hands back the running saga.

@@ -50,7 +50,7 @@ use crate::{operator, task};
 /// assert_eq!(engine.stuck().await?[0].saga_id, "t-1");
 ///
 /// // Fixed by hand: record it and close the saga.
-/// engine.resolve("t-1", "debit reversed manually, ticket 981").await?;
+/// engine.resolve("t-1", "debit reversed manually, ticket 981", "alice@ops").await?;
 /// assert!(engine.stuck().await?.is_empty());
 /// # Ok(())
 /// # }
@@ -121,16 +121,24 @@ impl SagaEngine {
         self.shared.store()
     }
 
-    /// Makes a definition known for recovery and operator actions. Registering the same
-    /// name and version again replaces it.
-    pub fn register<S: SagaState>(&self, definition: &SagaDefinition<S>) {
-        self.shared.register(&definition.inner);
+    /// Makes a definition known for recovery and operator actions.
+    ///
+    /// Registering the same name and version again replaces it if the two have the same
+    /// shape: the same state type, and the same steps in the same order (names, kinds,
+    /// groups, which have compensations). That is a rebuilt definition, say with new
+    /// clients inside its steps. Anything else is refused with
+    /// [`SagaError::DefinitionConflict`], since stored logs of that version would be replayed
+    /// against steps they were not written by; give the new definition a new version.
+    pub fn register<S: SagaState>(&self, definition: &SagaDefinition<S>) -> Result<(), SagaError> {
+        self.shared.register(&definition.inner)
     }
 
     /// Starts a saga, or returns the existing one with this id (start is idempotent).
     ///
     /// The `started` event and the first step's first attempt are durably appended before
-    /// this returns; the saga then runs on its own task. Also registers the definition.
+    /// this returns; the saga then runs on its own task. Also registers the definition if
+    /// none of its name and version is (one of another shape is an error, as for
+    /// [`register`](Self::register)).
     ///
     /// An existing saga with this id: a settled one gives a handle with its outcome; an
     /// unfinished one that no runner here drives (after a restart, before or without
@@ -157,7 +165,7 @@ impl SagaEngine {
         input: S,
     ) -> Result<SagaHandle<S>, SagaError> {
         let id: Arc<str> = saga_id.into();
-        self.shared.register_if_absent(&definition.inner);
+        self.shared.register_if_absent(&definition.inner)?;
         let rx = match self
             .shared
             .enter(&id, &definition.inner.name, definition.inner.version)
@@ -404,34 +412,63 @@ impl SagaEngine {
         recovery::spawn_loop(Arc::clone(&self.shared), interval)
     }
 
-    /// Operator: runs the stuck step (action or compensation) again with a fresh attempt
-    /// budget; the saga continues from there. Returns a handle for the new outcome.
+    /// Operator: runs the stuck step (action or compensation) of the saga `saga_id` of
+    /// `definition` again with a fresh attempt budget; the saga continues from there. The
+    /// log records `actor` (who asked). Returns a handle for the new outcome.
+    ///
+    /// Errors: no such saga; it is not stuck ([`SagaError::NotStuck`]); it belongs to
+    /// another definition; the store failed.
     pub async fn retry_stuck<S: SagaState>(
         &self,
+        definition: &SagaDefinition<S>,
         saga_id: &str,
+        actor: impl Into<String>,
     ) -> Result<SagaHandle<S>, SagaError> {
+        let actor = actor.into();
+        self.register_if_absent(definition)?;
         operator::act(
             &self.shared,
             saga_id,
-            |step| SagaEvent::OperatorRetried { step },
+            Some(definition.key()),
+            move |step| SagaEvent::OperatorRetried {
+                step,
+                actor: actor.clone(),
+            },
             true,
         )
         .await
     }
 
-    /// Operator: skips the stuck step (a skipped action counts as done, a skipped
-    /// compensation as done) and continues. Returns a handle for the new outcome.
+    /// Operator: skips the stuck step of the saga `saga_id` of `definition` (a skipped
+    /// action counts as done, a skipped compensation as done) and continues. The log
+    /// records `actor`. Returns a handle for the new outcome. Errors as for
+    /// [`retry_stuck`](Self::retry_stuck).
     pub async fn skip_stuck<S: SagaState>(
         &self,
+        definition: &SagaDefinition<S>,
         saga_id: &str,
+        actor: impl Into<String>,
     ) -> Result<SagaHandle<S>, SagaError> {
+        let actor = actor.into();
+        self.register_if_absent(definition)?;
         operator::act(
             &self.shared,
             saga_id,
-            |step| SagaEvent::OperatorSkipped { step },
+            Some(definition.key()),
+            move |step| SagaEvent::OperatorSkipped {
+                step,
+                actor: actor.clone(),
+            },
             true,
         )
         .await
+    }
+
+    fn register_if_absent<S: SagaState>(
+        &self,
+        definition: &SagaDefinition<S>,
+    ) -> Result<(), SagaError> {
+        self.shared.register_if_absent(&definition.inner)
     }
 
     /// Operator: cancels a saga that has not passed its pivot. It stops moving forward at its
@@ -484,13 +521,27 @@ impl SagaEngine {
         crate::lifecycle::resume(&self.shared, saga_id, actor.into()).await
     }
 
-    /// Operator: marks a stuck saga resolved (terminal), with a note for the log.
-    pub async fn resolve(&self, saga_id: &str, note: impl Into<String>) -> Result<(), SagaError> {
+    /// Operator: marks a stuck saga resolved (terminal), with a note and the `actor` who
+    /// resolved it for the log. Needs no definition: a saga whose definition is gone can be
+    /// resolved too.
+    ///
+    /// Errors: no such saga; it is not stuck; the store failed.
+    pub async fn resolve(
+        &self,
+        saga_id: &str,
+        note: impl Into<String>,
+        actor: impl Into<String>,
+    ) -> Result<(), SagaError> {
         let note = note.into();
+        let actor = actor.into();
         let _: SagaHandle<()> = operator::act(
             &self.shared,
             saga_id,
-            move |_| SagaEvent::OperatorResolved { note: note.clone() },
+            None,
+            move |_| SagaEvent::OperatorResolved {
+                note: note.clone(),
+                actor: actor.clone(),
+            },
             false,
         )
         .await?;

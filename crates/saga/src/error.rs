@@ -144,6 +144,19 @@ pub enum StoreError {
     /// A store setting is invalid.
     #[error(transparent)]
     Config(#[from] staunch_core::ConfigError),
+    /// Another SQLite store has this database file open, in this process or another: one
+    /// engine per file, since two would each recover and drive the same sagas. Held
+    /// through an OS file lock on `lock` (the database path with `-lock` appended), which
+    /// the operating system releases when the holder exits, however it ends.
+    #[error(
+        "the saga database `{path}` is open in another store (its lock file `{lock}` is held); one engine per SQLite file"
+    )]
+    InUse {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// The lock file.
+        lock: std::path::PathBuf,
+    },
     /// The store has shut down (its writer task ended).
     #[error("the saga store is closed")]
     Closed,
@@ -259,6 +272,19 @@ pub enum SagaError {
         definition: String,
         /// Its definition version.
         version: u32,
+    },
+    /// Another definition with this name and version is registered, and the two differ
+    /// in a way a stored log would be replayed against: bump the version.
+    #[error(
+        "definition `{definition}` version {version} is registered already, and differs: {difference}"
+    )]
+    DefinitionConflict {
+        /// The definition's name.
+        definition: String,
+        /// Its version.
+        version: u32,
+        /// The first difference found, in words.
+        difference: String,
     },
     /// No saga has this id.
     #[error("no saga `{0}`")]

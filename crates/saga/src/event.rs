@@ -112,17 +112,26 @@ pub enum SagaEvent {
     OperatorRetried {
         /// The stuck step.
         step: u32,
+        /// Who asked (empty in logs written before actors were recorded).
+        #[serde(default)]
+        actor: String,
     },
     /// An operator skipped the stuck step (a skipped action counts as done, a skipped
     /// compensation as undone).
     OperatorSkipped {
         /// The stuck step.
         step: u32,
+        /// Who asked (empty in logs written before actors were recorded).
+        #[serde(default)]
+        actor: String,
     },
     /// Terminal: an operator marked the saga resolved.
     OperatorResolved {
         /// The operator's note.
         note: String,
+        /// Who resolved it (empty in logs written before actors were recorded).
+        #[serde(default)]
+        actor: String,
     },
     /// Cancelled by an operator before its pivot: it stops moving forward and compensates
     /// what it completed, then ends [`Cancelled`](Self::Cancelled).
@@ -205,15 +214,14 @@ impl SagaEvent {
             | Self::CompensationBegan { error, .. }
             | Self::Stuck { error, .. }
             | Self::Compensated { error, .. } => error.len(),
-            Self::OperatorResolved { note } => note.len(),
+            Self::OperatorResolved { note, actor } => note.len() + actor.len(),
+            Self::OperatorRetried { actor, .. } | Self::OperatorSkipped { actor, .. } => {
+                actor.len()
+            }
             Self::CancelBegan { reason, actor } => reason.len() + actor.len(),
             Self::Paused { actor } | Self::Resumed { actor } => actor.len(),
             Self::Cancelled { reason } => reason.len(),
-            Self::StepStarted { .. }
-            | Self::CompensationStarted { .. }
-            | Self::OperatorRetried { .. }
-            | Self::OperatorSkipped { .. }
-            | Self::Completed => 0,
+            Self::StepStarted { .. } | Self::CompensationStarted { .. } | Self::Completed => 0,
         };
         ENVELOPE.saturating_add(carried)
     }
@@ -308,9 +316,18 @@ mod tests {
                 phase: Phase::Compensate,
                 error: text.clone(),
             },
-            SagaEvent::OperatorRetried { step: 1 },
-            SagaEvent::OperatorSkipped { step: 1 },
-            SagaEvent::OperatorResolved { note: text.clone() },
+            SagaEvent::OperatorRetried {
+                step: 1,
+                actor: text.clone(),
+            },
+            SagaEvent::OperatorSkipped {
+                step: 1,
+                actor: String::new(),
+            },
+            SagaEvent::OperatorResolved {
+                note: text.clone(),
+                actor: text.clone(),
+            },
             SagaEvent::CancelBegan {
                 reason: text.clone(),
                 actor: text.clone(),

@@ -21,6 +21,7 @@ use crate::store::{Append, SagaStatus};
 pub(crate) async fn act<S: SagaState>(
     shared: &Arc<Shared>,
     saga_id: &str,
+    definition: Option<(&str, u32)>,
     event: impl Fn(u32) -> SagaEvent,
     resume: bool,
 ) -> Result<SagaHandle<S>, SagaError> {
@@ -33,6 +34,15 @@ pub(crate) async fn act<S: SagaState>(
         .load(saga_id)
         .await?
         .ok_or_else(|| SagaError::NotFound(saga_id.to_owned()))?;
+    if let Some((name, version)) = definition
+        && (log.summary.definition != name || log.summary.version != version)
+    {
+        return Err(SagaError::DefinitionMismatch {
+            saga_id: saga_id.to_owned(),
+            definition: log.summary.definition.clone(),
+            version: log.summary.version,
+        });
+    }
     let events = decode_log(&log).map_err(load_err)?;
     // Step indexes are checked against the definition; without one registered (only
     // `resolve` can go on), against the number of rows: a valid log never names a step

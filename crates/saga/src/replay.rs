@@ -241,7 +241,7 @@ impl Progress {
                     error: error.clone(),
                 };
             }
-            SagaEvent::OperatorRetried { step } | SagaEvent::OperatorSkipped { step } => {
+            SagaEvent::OperatorRetried { step, .. } | SagaEvent::OperatorSkipped { step, .. } => {
                 let (stuck_step, phase) = match &self.stage {
                     Stage::Stuck { step, phase, .. } => (*step, *phase),
                     _ => {
@@ -269,7 +269,7 @@ impl Progress {
                     Phase::Compensate => Stage::Compensating,
                 };
             }
-            SagaEvent::OperatorResolved { note } => {
+            SagaEvent::OperatorResolved { note, .. } => {
                 self.stage = Stage::Resolved { note: note.clone() };
             }
             SagaEvent::CancelBegan { reason, .. } => {

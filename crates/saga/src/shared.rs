@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
 use crate::admission::{Admission, Permit};
-use crate::definition::{DefinitionInner, SagaState};
+use crate::definition::{DefinitionInner, SagaState, Shape};
 use crate::error::{LoadError, SagaError, StoreError};
 use crate::metrics::{Count, Counters, SagaMetrics};
 use crate::outcome::{Published, RawOutcome, Stopped};
@@ -115,6 +115,8 @@ impl Live {
 /// can resume any saga (implemented where runners are spawned).
 pub(crate) trait Resume: Send + Sync {
     fn step_count(&self) -> usize;
+    /// What another registration under the same name and version must agree on.
+    fn shape(&self) -> Shape;
     fn resume(
         &self,
         shared: &Arc<Shared>,
@@ -199,28 +201,48 @@ impl Shared {
 
     // --- definitions ----------------------------------------------------------------------
 
-    /// Makes a definition known; the same name and version again replaces it.
-    pub(crate) fn register<S: SagaState>(&self, definition: &Arc<DefinitionInner<S>>) {
+    /// Makes a definition known. The same name and version again replaces it when the two
+    /// have the same [`Shape`]; a different one is refused.
+    pub(crate) fn register<S: SagaState>(
+        &self,
+        definition: &Arc<DefinitionInner<S>>,
+    ) -> Result<(), SagaError> {
+        self.register_with(definition, true)
+    }
+
+    /// Like [`register`](Self::register), but keeps a registered definition of the same
+    /// shape (what `start` does).
+    pub(crate) fn register_if_absent<S: SagaState>(
+        &self,
+        definition: &Arc<DefinitionInner<S>>,
+    ) -> Result<(), SagaError> {
+        self.register_with(definition, false)
+    }
+
+    fn register_with<S: SagaState>(
+        &self,
+        definition: &Arc<DefinitionInner<S>>,
+        replace: bool,
+    ) -> Result<(), SagaError> {
+        let key = (Arc::clone(&definition.name), definition.version);
         let mut registry = self
             .registry
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        registry.insert(
-            (Arc::clone(&definition.name), definition.version),
-            Arc::new(Arc::clone(definition)),
-        );
-    }
-
-    pub(crate) fn register_if_absent<S: SagaState>(&self, definition: &Arc<DefinitionInner<S>>) {
-        let key = (Arc::clone(&definition.name), definition.version);
-        let known = self
-            .registry
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .contains_key(&key);
-        if !known {
-            self.register(definition);
+        if let Some(known) = registry.get(&key) {
+            if let Some(difference) = known.shape().difference(&definition.shape()) {
+                return Err(SagaError::DefinitionConflict {
+                    definition: definition.name.to_string(),
+                    version: definition.version,
+                    difference,
+                });
+            }
+            if !replace {
+                return Ok(());
+            }
         }
+        registry.insert(key, Arc::new(Arc::clone(definition)));
+        Ok(())
     }
 
     /// Whether any definition is registered.

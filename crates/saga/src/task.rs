@@ -24,6 +24,10 @@ impl<S: SagaState> Resume for Arc<DefinitionInner<S>> {
         self.steps.len()
     }
 
+    fn shape(&self) -> crate::definition::Shape {
+        DefinitionInner::shape(self)
+    }
+
     fn resume(
         &self,
         shared: &Arc<Shared>,

@@ -294,7 +294,7 @@ fn a_paused_saga_holds_at_the_step_boundary_is_left_by_recovery_and_resumes_wher
         let gate = Arc::new(Semaphore::new(0));
         let def = three_steps("order", &gate, &calls);
         let engine = SagaEngine::new(MemoryStore::new());
-        engine.register(&def);
+        engine.register(&def).unwrap();
         let handle = engine.start(&def, "o-3", trail()).await.unwrap();
         settle().await;
         engine.pause("o-3", "ops:bo").await.unwrap();
@@ -477,7 +477,7 @@ fn a_resumed_saga_waits_out_the_backoff_its_log_recorded_before_the_next_attempt
             .await
             .unwrap();
         let engine = SagaEngine::new(store);
-        engine.register(&def);
+        engine.register(&def).unwrap();
         let t0 = tokio::time::Instant::now();
         engine.recover().await.unwrap();
         let outcome = engine.outcome(&def, "b-1").await.unwrap();
@@ -509,7 +509,7 @@ fn a_stored_backoff_far_in_the_future_is_cut_to_the_steps_cap() {
             .await
             .unwrap();
         let engine = SagaEngine::new(store);
-        engine.register(&def);
+        engine.register(&def).unwrap();
         let t0 = tokio::time::Instant::now();
         engine.recover().await.unwrap();
         let outcome = engine.outcome(&def, "b-2").await.unwrap();
@@ -622,14 +622,14 @@ fn a_cancel_and_a_pause_stored_before_recovery_are_carried_out_by_the_next_engin
             crashed_on_s1(&store, "c-2").await;
             // An engine that has not recovered yet: the requests are stored, nothing runs.
             let engine = SagaEngine::new(store);
-            engine.register(&def);
+            engine.register(&def).unwrap();
             engine.cancel("c-1", "fraud check", "risk").await.unwrap();
             engine.pause("c-2", "ops").await.unwrap();
         }
         // The next process.
         let store = staunch_saga::SqliteStore::open(&path).await.unwrap();
         let engine = SagaEngine::new(store);
-        engine.register(&def);
+        engine.register(&def).unwrap();
         let report = engine.recover().await.unwrap();
         assert_eq!(report.resumed.len(), 2, "{report:?}");
         let outcome = engine.outcome(&def, "c-1").await.unwrap();
@@ -653,7 +653,7 @@ fn a_cancel_and_a_pause_stored_before_recovery_are_carried_out_by_the_next_engin
         // Another restart: still paused, recovery leaves it.
         let store = staunch_saga::SqliteStore::open(&path).await.unwrap();
         let engine = SagaEngine::new(store);
-        engine.register(&def);
+        engine.register(&def).unwrap();
         let report = engine.recover().await.unwrap();
         assert!(report.resumed.is_empty(), "{report:?}");
         engine.resume("c-2", "ops").await.unwrap();
@@ -678,7 +678,7 @@ fn a_cancel_made_on_another_postgres_instance_is_seen_by_the_owner_within_a_hear
         let def = three_steps("order", &gate, &calls);
         let a = SagaEngine::new(store_a);
         let b = SagaEngine::new(store_b);
-        b.register(&def);
+        b.register(&def).unwrap();
         let handle = a.start(&def, "pg-1", trail()).await.unwrap();
         // s0 done, s1 waiting for the gate.
         while seen(&calls).is_empty() {
@@ -704,7 +704,7 @@ fn a_cancel_made_on_another_postgres_instance_is_seen_by_the_owner_within_a_hear
         // Pause on b, resume on b: the lease was let go, any instance may resume.
         let gate2 = Arc::new(Semaphore::new(0));
         let def2 = three_steps("order2", &gate2, &calls);
-        b.register(&def2);
+        b.register(&def2).unwrap();
         let _h = a.start(&def2, "pg-2", trail()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         b.pause("pg-2", "ops").await.unwrap();

@@ -159,9 +159,9 @@ fn event() -> impl Strategy<Value = SagaEvent> {
         1 => Just(SagaEvent::Resumed { actor: "a".into() }),
         1 => Just(SagaEvent::Cancelled { reason: "r".into() }),
         2 => (step_index(), phase()).prop_map(|(step, phase)| SagaEvent::Stuck { step, phase, error: "e".into() }),
-        1 => step_index().prop_map(|step| SagaEvent::OperatorRetried { step }),
-        1 => step_index().prop_map(|step| SagaEvent::OperatorSkipped { step }),
-        1 => Just(SagaEvent::OperatorResolved { note: "n".into() }),
+        1 => step_index().prop_map(|step| SagaEvent::OperatorRetried { step, actor: "op".into() }),
+        1 => step_index().prop_map(|step| SagaEvent::OperatorSkipped { step, actor: String::new() }),
+        1 => Just(SagaEvent::OperatorResolved { note: "n".into(), actor: "op".into() }),
         1 => Just(SagaEvent::Completed),
         1 => step_index().prop_map(|failed_step| SagaEvent::Compensated { failed_step, error: "e".into() }),
         1 => prop_oneof![Just(started(DEF, 1)), Just(started(DEF, 2)), Just(started("other", 1))],
@@ -350,7 +350,7 @@ fn recovery_of_corrupted_logs_on_the_memory_store() {
                     .await
                     .unwrap();
                 let engine = SagaEngine::new(store.clone());
-                engine.register(&def);
+                engine.register(&def).unwrap();
                 recover_and_check(&store, &engine, &def, &lens, Duration::from_hours(1)).await
             })
         })
@@ -518,7 +518,7 @@ mod sqlite {
             let all = store.list(&ListFilter::all()).await.unwrap();
             assert_eq!(all.len(), 2, "{damage:?}: {all:?}");
             let engine = SagaEngine::new(store.clone());
-            engine.register(&def);
+            engine.register(&def).unwrap();
             let report = engine.recover().await.unwrap();
             assert_eq!(report.resumed, ["healthy"], "{damage:?}: {report:?}");
             let all = store.list(&ListFilter::all()).await.unwrap();
@@ -607,7 +607,7 @@ mod sqlite {
                     conn.close().await.unwrap();
                     let store = open().await.unwrap();
                     let engine = SagaEngine::new(store.clone());
-                    engine.register(&def);
+                    engine.register(&def).unwrap();
                     recover_and_check(&store, &engine, &def, &lens, Duration::from_secs(10))
                         .await?;
                     // Every summary still lists (none is lost, none fails the listing), none
@@ -773,7 +773,7 @@ mod postgres {
                         lens.push((id, kept));
                     }
                     let engine = SagaEngine::new(store.clone());
-                    engine.register(&def);
+                    engine.register(&def).unwrap();
                     recover_and_check(&store, &engine, &def, &lens, Duration::from_secs(10)).await
                 })
             })

@@ -155,7 +155,7 @@ async fn crash_worker() {
     let store = SqliteStore::open(dir.join("sagas.db")).await.unwrap();
     let engine = SagaEngine::new(store);
     let def = definition(ledger(&dir).await);
-    engine.register(&def);
+    engine.register(&def).unwrap();
     let existing: HashSet<String> = engine
         .list(&ListFilter::all())
         .await

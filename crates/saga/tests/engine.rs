@@ -347,7 +347,7 @@ async fn a_retriable_step_retries_business_failures_and_goes_stuck_after_the_piv
     );
     // Operator skips the forward step: the saga completes.
     let o = engine
-        .skip_stuck::<support::Trail>("rs")
+        .skip_stuck(&def, "rs", "ops")
         .await
         .unwrap()
         .outcome()
@@ -372,7 +372,7 @@ async fn compensation_failure_makes_the_saga_stuck_then_operator_retry_finishes_
         .build()
         .unwrap();
     let engine = engine();
-    engine.register(&def);
+    engine.register(&def).unwrap();
     let outcome = engine
         .start(&def, "st", trail())
         .await
@@ -395,7 +395,7 @@ async fn compensation_failure_makes_the_saga_stuck_then_operator_retry_finishes_
 
     *switch.lock().unwrap() = Script::Ok;
     let o = engine
-        .retry_stuck::<support::Trail>("st")
+        .retry_stuck(&def, "st", "ops")
         .await
         .unwrap()
         .outcome()
@@ -428,7 +428,7 @@ async fn compensation_failure_makes_the_saga_stuck_then_operator_retry_finishes_
         timeline
             .entries
             .iter()
-            .any(|e| matches!(e.event, Ok(SagaEvent::OperatorRetried { step: 1 })))
+            .any(|e| matches!(e.event, Ok(SagaEvent::OperatorRetried { step: 1, ref actor }) if actor == "ops"))
     );
     assert!(engine.stuck().await.unwrap().is_empty());
 }
@@ -460,7 +460,7 @@ async fn operator_skip_continues_compensation_and_resolve_ends_the_saga() {
         1
     );
     let o = engine
-        .skip_stuck::<support::Trail>("sk")
+        .skip_stuck(&def, "sk", "ops")
         .await
         .unwrap()
         .outcome()
@@ -469,7 +469,7 @@ async fn operator_skip_continues_compensation_and_resolve_ends_the_saga() {
     assert!(matches!(o, SagaOutcome::Compensated { .. }));
     assert_eq!(seen(&calls).last().unwrap(), "reserve:compensate");
     assert!(matches!(
-        engine.skip_stuck::<support::Trail>("sk").await,
+        engine.skip_stuck(&def, "sk", "ops").await,
         Err(SagaError::NotStuck {
             status: SagaStatus::Compensated,
             ..
@@ -485,7 +485,7 @@ async fn operator_skip_continues_compensation_and_resolve_ends_the_saga() {
         .unwrap();
     assert!(matches!(o, SagaOutcome::Stuck { .. }));
     engine
-        .resolve("rv", "refunded by hand, ticket 42")
+        .resolve("rv", "refunded by hand, ticket 42", "alice")
         .await
         .unwrap();
     let summary = &engine
@@ -494,6 +494,11 @@ async fn operator_skip_continues_compensation_and_resolve_ends_the_saga() {
         .unwrap()[0];
     assert_eq!(summary.saga_id, "rv");
     assert_eq!(summary.note.as_deref(), Some("refunded by hand, ticket 42"));
+    let timeline = engine.inspect("rv").await.unwrap().unwrap();
+    assert!(timeline.entries.iter().any(|e| matches!(
+        e.event,
+        Ok(SagaEvent::OperatorResolved { ref actor, .. }) if actor == "alice"
+    )));
     // Starting a resolved saga again returns its outcome, it does not run again.
     let o = engine
         .start(&def, "rv", trail())
@@ -849,4 +854,93 @@ async fn a_retriable_step_without_a_policy_has_no_attempt_limit() {
 fn the_former_retry_policy_name_is_a_deprecated_alias_of_step_retry() {
     let policy: staunch_saga::RetryPolicy = staunch_saga::StepRetry::new(2);
     assert_eq!(policy.max_attempts(), Some(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn registering_another_shape_under_the_same_name_and_version_is_refused() {
+    let calls = calls();
+    let engine = engine();
+    let two = linear("reg", &[Script::Ok, Script::Ok], &calls);
+    engine.register(&two).unwrap();
+    // The same definition again, or one rebuilt with the same shape, replaces it.
+    engine.register(&two).unwrap();
+    engine
+        .register(&linear("reg", &[Script::Ok, Script::Ok], &calls))
+        .unwrap();
+    // A step more, under the same version: refused, naming the difference.
+    let three = linear("reg", &[Script::Ok, Script::Ok, Script::Ok], &calls);
+    let err = engine.register(&three).unwrap_err();
+    let SagaError::DefinitionConflict {
+        definition,
+        version,
+        difference,
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!((definition.as_str(), *version), ("reg", 1));
+    assert!(difference.contains("not 3"), "{difference}");
+    // A renamed step, and another state type, are refused too.
+    let renamed = SagaDefinition::builder("reg", 1)
+        .step(step("s0", Script::Ok, Some(Script::Ok), &calls))
+        .step(step("other", Script::Ok, Some(Script::Ok), &calls))
+        .build()
+        .unwrap();
+    assert!(matches!(
+        engine.register(&renamed),
+        Err(SagaError::DefinitionConflict { ref difference, .. }) if difference.contains("other")
+    ));
+    let typed = SagaDefinition::<u32>::builder("reg", 1)
+        .step(Step::new("s0", |n: u32, _| async move { Ok(n) }))
+        .step(Step::new("s1", |n: u32, _| async move { Ok(n) }))
+        .build()
+        .unwrap();
+    assert!(matches!(
+        engine.register(&typed),
+        Err(SagaError::DefinitionConflict { ref difference, .. }) if difference.contains("u32")
+    ));
+    // `start` refuses a conflicting definition as well, and writes nothing.
+    assert!(matches!(
+        engine.start(&three, "reg-1", trail()).await,
+        Err(SagaError::DefinitionConflict { .. })
+    ));
+    assert!(engine.inspect("reg-1").await.unwrap().is_none());
+    // A new version is fine.
+    let three_v2 = SagaDefinition::builder("reg", 2)
+        .step(step("s0", Script::Ok, Some(Script::Ok), &calls))
+        .build()
+        .unwrap();
+    engine.register(&three_v2).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn operator_actions_record_who_acted_and_check_the_definition() {
+    let calls = calls();
+    let def = linear("who", &[Script::Ok, Script::Fail], &calls);
+    let engine = engine();
+    let outcome = engine
+        .start(&def, "who-1", trail())
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
+    // A business failure with a compensation that succeeds: compensated, not stuck.
+    assert!(
+        matches!(outcome, SagaOutcome::Compensated { .. }),
+        "{outcome:?}"
+    );
+    let other = linear("not-who", &[Script::Ok], &calls);
+    assert!(matches!(
+        engine.retry_stuck(&other, "who-1", "bob").await,
+        Err(SagaError::DefinitionMismatch { .. })
+    ));
+    assert!(matches!(
+        engine.skip_stuck(&def, "who-1", "bob").await,
+        Err(SagaError::NotStuck { .. })
+    ));
+    assert!(matches!(
+        engine.resolve("nobody", "n", "bob").await,
+        Err(SagaError::NotFound(_))
+    ));
 }

@@ -121,7 +121,7 @@ async fn a_recovery_loop_with_a_zero_interval_runs_passes() {
     let def = linear("zero", &[Script::Ok], &calls());
     let store = MemoryStore::new();
     let engine = SagaEngine::new(store.clone());
-    engine.register(&def);
+    engine.register(&def).unwrap();
     let _loop = engine.spawn_recovery(Duration::ZERO);
     tokio::time::sleep(Duration::from_millis(5)).await;
     seed_healthy(&store, "z-1", "zero").await;
@@ -159,7 +159,7 @@ async fn a_step_index_far_beyond_the_definition_quarantines_without_allocating()
     .await;
     seed_healthy(&store, "ok", "idx").await;
     let engine = SagaEngine::new(store.clone());
-    engine.register(&def);
+    engine.register(&def).unwrap();
     let report = engine.recover().await.unwrap();
     assert_eq!(rule_of(&report, "huge"), Some((1, LogRule::StepIndex)));
     assert_eq!(report.resumed, ["ok"]);
@@ -272,7 +272,7 @@ async fn stored_step_indexes_and_counters_out_of_range_quarantine_their_saga() {
     }
     seed_healthy(&store, "zz-ok", "bad").await;
     let engine = SagaEngine::new(store.clone());
-    engine.register(&def);
+    engine.register(&def).unwrap();
     let report = engine.recover().await.unwrap();
     for (id, events, seq, rule) in &cases {
         assert_eq!(
@@ -390,7 +390,7 @@ async fn a_panicking_store_marks_the_saga_and_resolves_its_handle() {
     assert!(report.already_running.is_empty() && report.resumed.is_empty());
     // The action ran once; only the operator runs it again.
     assert_eq!(seen(&calls), ["s0:action"]);
-    let retried = engine.retry_stuck::<Trail>("p-1").await.unwrap();
+    let retried = engine.retry_stuck(&def, "p-1", "test").await.unwrap();
     assert!(matches!(
         retried.outcome().await.unwrap(),
         SagaOutcome::Completed(_)
@@ -562,7 +562,7 @@ async fn a_failing_quarantine_releases_every_claimed_saga() {
     seed_healthy(&store, "b-ok", "rel").await;
     seed_healthy(&store, "c-ok", "rel").await;
     let engine = SagaEngine::new(store.clone());
-    engine.register(&def);
+    engine.register(&def).unwrap();
     assert!(engine.recover().await.is_err());
     let mut released = store.released.lock().unwrap().clone();
     released.sort();
@@ -595,7 +595,7 @@ async fn a_failing_quarantine_gives_back_the_claims_before_and_after_it() {
     .await;
     seed_healthy(&store, "c-ok", "rel-mid").await;
     let engine = SagaEngine::new(store.clone());
-    engine.register(&def);
+    engine.register(&def).unwrap();
     assert!(engine.recover().await.is_err());
     // `a-ok` was resumed before the failure and completes; the others are released.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -618,7 +618,7 @@ async fn a_cancelled_recovery_pass_gives_back_every_claim() {
     seed_healthy(&store, "b-hang", "cancel").await;
     seed_healthy(&store, "c-ok", "cancel").await;
     let engine = SagaEngine::new(store.clone());
-    engine.register(&def);
+    engine.register(&def).unwrap();
     let pass = tokio::spawn({
         let engine = engine.clone();
         async move { engine.recover().await }
@@ -701,7 +701,7 @@ mod sqlite {
             .unwrap();
         let store = SqliteStore::open(&path).await.unwrap();
         let engine = SagaEngine::new(store.clone());
-        engine.register(&def);
+        engine.register(&def).unwrap();
         let report = engine.recover().await.unwrap();
         assert_eq!(
             rule_of(&report, "gap"),
@@ -753,7 +753,7 @@ mod sqlite {
         // Recovery quarantines the broken one and leaves the other alone.
         let def = linear("seqmax", &[Script::Ok], &calls());
         let engine = SagaEngine::new(store.clone());
-        engine.register(&def);
+        engine.register(&def).unwrap();
         let report = engine.recover().await.unwrap();
         // The row found where row 1 belongs is named.
         assert_eq!(
@@ -828,7 +828,7 @@ mod sqlite {
         let store = SqliteStore::open(&path).await.unwrap();
         let def = linear("utf8", &[Script::Ok], &calls());
         let engine = SagaEngine::new(store.clone());
-        engine.register(&def);
+        engine.register(&def).unwrap();
         let report = engine.recover().await.unwrap();
         assert_eq!(report.resumed, ["ok"]);
         match &report.quarantined[..] {

@@ -152,7 +152,7 @@ fn a_handle_before_recovery_polls_and_settles_once_recovery_resumes_the_saga() {
         let gauge = Arc::new(Gauge::default());
         let def = counted("late", &gauge, Duration::ZERO);
         let engine = SagaEngine::new(store);
-        engine.register(&def);
+        engine.register(&def).unwrap();
         let handle = engine.handle(&def, "l1").await.unwrap();
         let waiting = tokio::spawn(handle.outcome());
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -179,7 +179,7 @@ fn a_dropped_outcome_future_leaves_nothing_behind() {
         let gauge = Arc::new(Gauge::default());
         let def = counted("drop", &gauge, Duration::ZERO);
         let engine = SagaEngine::new(store);
-        engine.register(&def);
+        engine.register(&def).unwrap();
         for _ in 0..100 {
             let waiting = engine.outcome(&def, "d1");
             assert!(
@@ -247,7 +247,7 @@ fn recover_before_any_register_is_refused_and_quarantines_nothing() {
         // register -> recover -> start: the usual order.
         let gauge = Arc::new(Gauge::default());
         let def = counted("first", &gauge, Duration::ZERO);
-        engine.register(&def);
+        engine.register(&def).unwrap();
         assert_eq!(engine.recover().await.unwrap().resumed, ["f1"]);
         let outcome = engine
             .start(&def, "f1", trail())
@@ -389,7 +389,7 @@ fn recovery_on_a_store_without_leases_is_paced_by_the_cap() {
         let gauge = Arc::new(Gauge::default());
         let def = counted("paced", &gauge, Duration::from_millis(100));
         let engine = SagaEngine::builder(store).max_running(7).build().unwrap();
-        engine.register(&def);
+        engine.register(&def).unwrap();
         let report = engine.recover().await.unwrap();
         assert_eq!(report.resumed.len(), 200);
         for id in &report.resumed {
@@ -435,7 +435,7 @@ fn twenty_thousand_unfinished_sagas_on_sqlite_recover_under_the_cap() {
         let gauge = Arc::new(Gauge::default());
         let def = counted("bulk", &gauge, Duration::ZERO);
         let engine = SagaEngine::builder(store).max_running(CAP).build().unwrap();
-        engine.register(&def);
+        engine.register(&def).unwrap();
         let began = tokio::time::Instant::now();
         let report = engine.recover().await.unwrap();
         assert_eq!(report.resumed.len(), N);

@@ -323,7 +323,7 @@ fn a_group_half_done_at_a_crash_resumes_without_rerunning_completed_members() {
     *b_switch.lock().unwrap() = Then::Ok;
     paused_runtime().block_on(async {
         let engine = SagaEngine::new(store.clone());
-        engine.register(&def);
+        engine.register(&def).unwrap();
         let report = engine.recover().await.unwrap();
         assert_eq!(report.resumed, ["h-1"]);
         let outcome = engine
@@ -372,7 +372,7 @@ fn a_crash_after_a_member_failed_compensates_the_interrupted_ones_as_in_doubt() 
 
     paused_runtime().block_on(async {
         let engine = SagaEngine::new(store.clone());
-        engine.register(&def);
+        engine.register(&def).unwrap();
         assert_eq!(engine.recover().await.unwrap().resumed, ["h-2"]);
         let outcome = engine
             .start(&def, "h-2", trail())

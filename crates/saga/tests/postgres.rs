@@ -126,7 +126,7 @@ async fn an_instance_whose_lease_was_taken_over_gets_lease_lost_and_stops() {
     let def_b = definition(&ledger, "b", None);
     let engine_a = SagaEngine::new(store_a.clone());
     let engine_b = SagaEngine::new(store_b.clone());
-    engine_b.register(&def_b);
+    engine_b.register(&def_b).unwrap();
 
     let handle_a = engine_a.start(&def_a, "f-1", Order { n: 1 }).await.unwrap();
     let charged = || {
@@ -236,8 +236,11 @@ async fn operator_actions_take_the_lease_of_a_stuck_saga_from_another_instance()
     assert!(matches!(outcome, SagaOutcome::Stuck { .. }), "{outcome:?}");
     // Another instance resolves it at once: the stuck saga's lease is free to take.
     let engine_b = SagaEngine::new(store_b);
-    engine_b.register(&def);
-    engine_b.resolve("t-1", "reversed by hand").await.unwrap();
+    engine_b.register(&def).unwrap();
+    engine_b
+        .resolve("t-1", "reversed by hand", "test")
+        .await
+        .unwrap();
     let s = engine_b.inspect("t-1").await.unwrap().unwrap().summary;
     assert_eq!(s.status, SagaStatus::Resolved);
 }
@@ -292,7 +295,7 @@ fn a_dead_instances_sagas_are_taken_over_within_the_lease_ttl() {
         let died = tokio::time::Instant::now();
         let store = pg::another(&guard, TTL).await;
         let engine = SagaEngine::new(store.clone());
-        engine.register(&definition(&ledger, "b", None));
+        engine.register(&definition(&ledger, "b", None)).unwrap();
         let _recovery = engine.spawn_recovery(Duration::from_millis(200));
         let settled = loop {
             let open = engine
@@ -381,7 +384,7 @@ async fn heartbeats_keep_a_long_running_saga_with_its_owner() {
         .unwrap();
     let engine_a = SagaEngine::new(store_a.clone());
     let engine_b = SagaEngine::new(store_b);
-    engine_b.register(&def);
+    engine_b.register(&def).unwrap();
     let recovery_b = engine_b.spawn_recovery(Duration::from_millis(100));
     let outcome = engine_a
         .start(&def, "long-1", Order { n: 1 })
@@ -577,7 +580,9 @@ async fn a_sigkilled_instances_sagas_are_taken_over_within_the_lease_ttl() {
     let died = tokio::time::Instant::now();
 
     let engine = SagaEngine::new(store.clone());
-    engine.register(&db_definition(store.pool(), "b", false));
+    engine
+        .register(&db_definition(store.pool(), "b", false))
+        .unwrap();
     let recovery = engine.spawn_recovery(Duration::from_millis(200));
     loop {
         let open = engine
@@ -826,7 +831,7 @@ async fn takeover_under_a_cap_claims_only_what_fits() {
         .max_running(4)
         .build()
         .unwrap();
-    engine_b.register(&work);
+    engine_b.register(&work).unwrap();
     tokio::time::sleep(TTL + Duration::from_millis(500)).await;
     let first = engine_b.recover().await.unwrap();
     assert!(first.resumed.len() <= 4, "{first:?}");

@@ -95,7 +95,7 @@ fn an_interrupted_action_reruns_with_the_same_idempotency_key() {
     *f.action.lock().unwrap() = Script::Ok;
     runtime().block_on(async {
         let engine = SagaEngine::new(store.clone());
-        engine.register(&f.def);
+        engine.register(&f.def).unwrap();
         // `start` before recovery resumes the unfinished saga itself; recovery leaves it.
         let handle = engine.start(&f.def, "r1", trail()).await.unwrap();
         let report = engine.recover().await.unwrap();
@@ -137,7 +137,7 @@ fn an_interrupted_action_configured_to_compensate_is_compensated_with_the_steps_
     crash_after(&store, &f.def, &f.calls, "c1", 2);
     runtime().block_on(async {
         let engine = SagaEngine::new(store.clone());
-        engine.register(&f.def);
+        engine.register(&f.def).unwrap();
         engine.recover().await.unwrap();
         let outcome = engine
             .start(&f.def, "c1", trail())
@@ -175,12 +175,12 @@ fn an_interrupted_action_configured_to_go_stuck_waits_for_an_operator() {
     *f.action.lock().unwrap() = Script::Ok;
     runtime().block_on(async {
         let engine = SagaEngine::new(store.clone());
-        engine.register(&f.def);
+        engine.register(&f.def).unwrap();
         engine.recover().await.unwrap();
         let outcome = engine.start(&f.def, "s1", trail()).await.unwrap().outcome().await.unwrap();
         assert!(matches!(outcome, SagaOutcome::Stuck { ref step, phase: Phase::Action, .. } if step == "charge"));
         assert_eq!(engine.stuck().await.unwrap()[0].saga_id, "s1");
-        let o = engine.retry_stuck::<Trail>("s1").await.unwrap().outcome().await.unwrap();
+        let o = engine.retry_stuck(&f.def, "s1", "test").await.unwrap().outcome().await.unwrap();
         assert!(matches!(o, SagaOutcome::Completed(_)), "{o:?}");
     });
     let keys: Vec<_> = f
@@ -204,7 +204,7 @@ fn an_interrupted_compensation_reruns_with_the_same_key() {
     *f.compensation.lock().unwrap() = Script::Ok;
     runtime().block_on(async {
         let engine = SagaEngine::new(store.clone());
-        engine.register(&f.def);
+        engine.register(&f.def).unwrap();
         assert_eq!(engine.recover().await.unwrap().resumed, ["cc"]);
         let outcome = engine
             .start(&f.def, "cc", trail())
@@ -251,7 +251,7 @@ fn unknown_definitions_and_corrupt_rows_are_quarantined_and_the_rest_recovers() 
 
     runtime().block_on(async {
         let engine = SagaEngine::new(store.clone());
-        engine.register(&f.def);
+        engine.register(&f.def).unwrap();
         let report = engine.recover().await.unwrap();
         assert_eq!(report.resumed, ["good"]);
         let mut q = report.quarantined.clone();
@@ -335,7 +335,7 @@ fn sqlite_recovers_after_the_runtime_and_its_writer_die_mid_saga() {
     real_runtime().block_on(async {
         let store = staunch_saga::SqliteStore::open(&path).await.unwrap();
         let engine = SagaEngine::new(store.clone());
-        engine.register(&f.def);
+        engine.register(&f.def).unwrap();
         let report = engine.recover().await.unwrap();
         assert_eq!(report.resumed.len(), 5);
         for i in 0..5 {
@@ -391,7 +391,7 @@ fn a_saga_recovered_after_its_deadline_compensates_the_interrupted_step_too() {
     let def = build(Some(std::time::Duration::from_millis(1)));
     runtime().block_on(async {
         let engine = SagaEngine::new(store.clone());
-        engine.register(&def);
+        engine.register(&def).unwrap();
         engine.recover().await.unwrap();
         let o = engine
             .start(&def, "late-1", trail())
@@ -425,7 +425,7 @@ fn the_recovery_loop_resumes_stopped_sagas_and_does_not_spin_on_running_ones() {
     crash_after(&store, &f.def, &f.calls, "l1", 2);
     runtime().block_on(async {
         let engine = SagaEngine::new(store.clone());
-        engine.register(&f.def);
+        engine.register(&f.def).unwrap();
         // More sagas in flight here than one recovery pass claims, all hanging in `charge`:
         // a store without leases lists them on every pass.
         let mut hanging = Vec::new();
@@ -603,7 +603,7 @@ fn the_recovery_loop_beside_healthy_sagas_on_sqlite_counts_each_saga_once() {
         .unwrap()
         .block_on(async {
             let engine = SagaEngine::new(staunch_saga::SqliteStore::open(&path).await.unwrap());
-            engine.register(&def);
+            engine.register(&def).unwrap();
             let recovery = engine.spawn_recovery(std::time::Duration::from_millis(1));
             let mut handles = Vec::new();
             for n in 0..320 {

@@ -148,7 +148,7 @@ async fn a_corrupt_row_in_the_file_quarantines_only_its_saga() {
 
     let store = SqliteStore::open(&path).await.unwrap();
     let engine = SagaEngine::new(store.clone());
-    engine.register(&def);
+    engine.register(&def).unwrap();
     let report = engine.recover().await.unwrap();
     assert_eq!(report.resumed, ["fine"]);
     assert_eq!(report.quarantined.len(), 1);
@@ -167,4 +167,75 @@ async fn a_corrupt_row_in_the_file_quarantines_only_its_saga() {
     let bad = store.load("bad").await.unwrap().unwrap();
     assert_eq!(bad.summary.status, SagaStatus::Quarantined);
     assert_eq!(bad.events.len(), 4, "nothing is deleted");
+}
+
+#[tokio::test]
+async fn a_second_store_on_the_same_file_is_refused_until_the_first_is_gone() {
+    let dir = support::TempDir::new("lock");
+    let path = dir.file("s.db");
+    let first = SqliteStore::open(&path).await.unwrap();
+    let clone = first.clone();
+    let err = SqliteStore::open(&path).await.unwrap_err();
+    let staunch_saga::StoreError::InUse { path: p, lock } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(p, &path);
+    assert_eq!(lock, &dir.file("s.db-lock"));
+    assert!(
+        err.to_string().contains("one engine per SQLite file"),
+        "{err}"
+    );
+    // An engine over it refuses the same way: the error comes from opening the store.
+    drop(first);
+    assert!(matches!(
+        SqliteStore::open(&path).await,
+        Err(staunch_saga::StoreError::InUse { .. })
+    ));
+    // Once the last clone is gone, the file opens again at once; another file beside it was
+    // never affected.
+    drop(clone);
+    let other = SqliteStore::open(dir.file("t.db")).await.unwrap();
+    let again = SqliteStore::open(&path).await.unwrap();
+    drop((again, other));
+}
+
+/// The lock belongs to the process: a child holding the file keeps this process out, and
+/// its SIGKILL frees the file at once (the operating system drops the lock).
+#[tokio::test]
+async fn a_store_held_by_another_process_is_refused_and_freed_by_its_kill() {
+    if let Ok(path) = std::env::var("STAUNCH_SAGA_LOCK_HOLDER") {
+        let store = SqliteStore::open(&path).await.unwrap();
+        std::fs::write(format!("{path}.ready"), b"1").unwrap();
+        std::future::pending::<()>().await;
+        drop(store);
+        return;
+    }
+    let dir = support::TempDir::new("lock-proc");
+    let path = dir.file("s.db");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_store_held_by_another_process_is_refused_and_freed_by_its_kill",
+            "--nocapture",
+        ])
+        .env("STAUNCH_SAGA_LOCK_HOLDER", &path)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = dir.file("s.db.ready");
+    for _ in 0..3000 {
+        if ready.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(ready.exists(), "the holder never opened the file");
+    assert!(matches!(
+        SqliteStore::open(&path).await,
+        Err(staunch_saga::StoreError::InUse { .. })
+    ));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let store = SqliteStore::open(&path).await.unwrap();
+    drop(store);
 }

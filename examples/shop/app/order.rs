@@ -740,7 +740,7 @@ impl OrderService {
         let definition = saga_definition(&deps)?;
         let store = SqliteStore::open(&db).await?;
         let engine = SagaEngine::new(store);
-        engine.register(&definition);
+        engine.register(&definition)?;
         // A saga log from an earlier run: resume what it left unfinished (each interrupted
         // step runs again with its idempotency key), and number new orders after the old ones.
         let recovered = engine.recover().await?;

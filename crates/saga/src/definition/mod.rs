@@ -250,6 +250,77 @@ impl<S> Clone for SagaDefinition<S> {
     }
 }
 
+/// What two registrations under one name and version must agree on: the state type and each
+/// step's name, kind, group and whether it has a compensation (the parts a stored log is
+/// replayed against). Step functions cannot be compared, so a rebuilt definition with the
+/// same shape (new clients, say) may replace a registered one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Shape {
+    state: (std::any::TypeId, &'static str),
+    steps: Vec<(Arc<str>, StepKind, Option<u32>, bool)>,
+    groups: Vec<(Arc<str>, u32, u32)>,
+}
+
+impl Shape {
+    /// The first difference between `self` (registered) and `other`, in words.
+    pub(crate) fn difference(&self, other: &Shape) -> Option<String> {
+        if self.state.0 != other.state.0 {
+            return Some(format!(
+                "its state type is `{}`, not `{}`",
+                self.state.1, other.state.1
+            ));
+        }
+        if self.steps.len() != other.steps.len() {
+            return Some(format!(
+                "it has {} steps, not {}",
+                self.steps.len(),
+                other.steps.len()
+            ));
+        }
+        for (i, (a, b)) in self.steps.iter().zip(&other.steps).enumerate() {
+            if a != b {
+                return Some(format!(
+                    "its step {i} is `{}` ({:?}{}{}), not `{}` ({:?}{}{})",
+                    a.0,
+                    a.1,
+                    if a.3 { ", compensated" } else { "" },
+                    a.2.map(|g| format!(", group {g}")).unwrap_or_default(),
+                    b.0,
+                    b.1,
+                    if b.3 { ", compensated" } else { "" },
+                    b.2.map(|g| format!(", group {g}")).unwrap_or_default(),
+                ));
+            }
+        }
+        (self.groups != other.groups).then(|| "its parallel groups differ".to_owned())
+    }
+}
+
+impl<S: SagaState> DefinitionInner<S> {
+    pub(crate) fn shape(&self) -> Shape {
+        Shape {
+            state: (std::any::TypeId::of::<S>(), std::any::type_name::<S>()),
+            steps: self
+                .steps
+                .iter()
+                .map(|s| {
+                    (
+                        Arc::clone(&s.name),
+                        s.kind,
+                        s.group,
+                        s.compensation.is_some(),
+                    )
+                })
+                .collect(),
+            groups: self
+                .groups
+                .iter()
+                .map(|g| (Arc::clone(&g.name), g.first, g.len))
+                .collect(),
+        }
+    }
+}
+
 impl<S> fmt::Debug for SagaDefinition<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SagaDefinition")
@@ -259,6 +330,13 @@ impl<S> fmt::Debug for SagaDefinition<S> {
             .field("groups", &self.inner.groups)
             .field("deadline", &self.inner.deadline)
             .finish()
+    }
+}
+
+impl<S> SagaDefinition<S> {
+    /// Name and version.
+    pub(crate) fn key(&self) -> (&str, u32) {
+        (&self.inner.name, self.inner.version)
     }
 }
 

@@ -115,8 +115,14 @@ impl SqliteStoreBuilder {
 
     /// Opens (creating if needed) the file, migrates the schema and starts the writer task.
     ///
-    /// Errors: [`StoreError::Config`] for a zero batch or pool size, a database error, or a
-    /// file whose schema is newer than this build.
+    /// One store per file: while a clone of this store is alive (an engine and its running
+    /// sagas hold clones), opening the same file again, in this process or another, fails
+    /// with [`StoreError::InUse`]. The lock is an OS lock on the file
+    /// `<path>-lock`, released by the operating system when the process exits, also on a
+    /// crash, so a restarted process opens the file again at once.
+    ///
+    /// Errors: [`StoreError::Config`] for a zero batch or pool size; [`StoreError::InUse`];
+    /// a database error, or a file whose schema is newer than this build.
     pub async fn open(self) -> Result<SqliteStore, StoreError> {
         if self.max_batch == 0 {
             return Err(config(ConfigError::new("max_batch", "must be at least 1")));
@@ -127,6 +133,7 @@ impl SqliteStoreBuilder {
                 "must be at least 1",
             )));
         }
+        let lock = lock(&self.path)?;
         let sync = match self.synchronous {
             SqliteSynchronous::Full => SqlxSynchronous::Full,
             SqliteSynchronous::Normal => SqlxSynchronous::Normal,
@@ -152,8 +159,40 @@ impl SqliteStoreBuilder {
                 tx,
                 reader,
                 path: self.path,
+                _lock: lock,
             }),
         })
+    }
+}
+
+/// Takes the exclusive lock that makes this store the only one on `path`: an OS lock on a
+/// file beside the database (not on the database itself, which SQLite locks in its own way),
+/// released when the returned file is closed or the process exits.
+fn lock(path: &Path) -> Result<std::fs::File, StoreError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-lock");
+    let lock_path = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| {
+            StoreError::Database(format!(
+                "cannot open the lock file `{}`: {e}",
+                lock_path.display()
+            ))
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse {
+            path: path.to_path_buf(),
+            lock: lock_path,
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Database(format!(
+            "cannot lock `{}`: {e}",
+            lock_path.display()
+        ))),
     }
 }
 
@@ -194,6 +233,10 @@ struct Inner {
     tx: mpsc::Sender<Request>,
     reader: SqlitePool,
     path: PathBuf,
+    /// Held while any clone lives: one store per database file. Released when the last
+    /// clone is dropped, even though the writer may still commit a batch queued by a
+    /// cancelled call: SQLite's own locking orders that against a store opened next.
+    _lock: std::fs::File,
 }
 
 impl fmt::Debug for SqliteStore {
