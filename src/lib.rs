@@ -509,6 +509,9 @@
 //! - `tonic`: classify gRPC calls by status code; [`grpc::channel`], gRPC status codes for
 //!   staunch's errors ([`grpc::status_of`]).
 //! - `metrics`: emit through the `metrics` crate from every enabled part.
+//! - `saga-http`: the saga engine's operator endpoint (`saga::http::router`), an axum
+//!   `Router` that lists, inspects, cancels, pauses, resumes, retries, skips and resolves
+//!   sagas as JSON, each action recorded in the saga's log with who acted.
 //! - `postgres`: the saga engine's PostgreSQL store (and `saga`); with `idempotency`, the
 //!   idempotency layer's PostgreSQL store too.
 //! - `idempotency`: the server-side `Idempotency-Key` layer ([`idempotency`]) with its

@@ -286,6 +286,32 @@ async fn participants_honour_idempotency_keys_and_the_order_service_explains_its
     assert_eq!(available(&shop.inventory).await, config.stock - 5);
     let (status, _) = get(format!("http://{order}/sagas/no-such-order")).await;
     assert_eq!(status, 404);
+    // The saga engine's operator endpoint is mounted under /ops.
+    let (status, compensated) = get(format!("http://{order}/ops/sagas?status=compensated")).await;
+    assert_eq!(status, 200, "{compensated}");
+    assert!(
+        compensated
+            .as_array()
+            .expect("summaries")
+            .iter()
+            .any(|s| s["saga_id"] == id),
+        "{compensated}"
+    );
+    let (status, timeline) = get(format!("http://{order}/ops/sagas/{id}")).await;
+    assert_eq!(
+        (status, &timeline["summary"]["status"]),
+        (200, &json!("compensated"))
+    );
+    let (status, refused, _) = post(
+        format!("http://{order}/ops/sagas/{id}/cancel"),
+        None,
+        &json!({ "actor": "test", "reason": "too late" }),
+    )
+    .await;
+    assert_eq!(
+        status, 409,
+        "a finished saga cannot be cancelled: {refused:?}"
+    );
 
     let (status, circuits) = get(format!("http://{order}/circuit-status")).await;
     assert_eq!(status, 200);

@@ -464,6 +464,38 @@ impl SagaEngine {
         .await
     }
 
+    /// `retry_stuck` (or with `skip`, `skip_stuck`) through the registered definition,
+    /// for callers without the typed one (the operator endpoint).
+    #[cfg(feature = "http")]
+    pub(crate) async fn retry_stuck_by_id(
+        &self,
+        saga_id: &str,
+        actor: String,
+        skip: bool,
+    ) -> Result<(), SagaError> {
+        let _: SagaHandle<serde_json::Value> = operator::act(
+            &self.shared,
+            saga_id,
+            None,
+            move |step| {
+                if skip {
+                    SagaEvent::OperatorSkipped {
+                        step,
+                        actor: actor.clone(),
+                    }
+                } else {
+                    SagaEvent::OperatorRetried {
+                        step,
+                        actor: actor.clone(),
+                    }
+                }
+            },
+            true,
+        )
+        .await?;
+        Ok(())
+    }
+
     fn register_if_absent<S: SagaState>(
         &self,
         definition: &SagaDefinition<S>,

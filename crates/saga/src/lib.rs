@@ -152,6 +152,9 @@ mod engine;
 mod error;
 mod event;
 mod guard;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 mod lifecycle;
 mod log;
 mod metrics;

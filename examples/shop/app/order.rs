@@ -907,7 +907,9 @@ impl OrderService {
     }
 
     /// The HTTP routes: `POST /orders`, `GET /circuit-status`, `GET /sagas`,
-    /// `GET /sagas/{id}`, `GET /dashboard`.
+    /// `GET /sagas/{id}`, `GET /dashboard`, and the saga engine's operator endpoint under
+    /// `/ops` (`GET /ops/sagas?status=stuck`, `POST /ops/sagas/{id}/cancel` with
+    /// `{"actor": .., "reason": ..}`, and so on: see `staunch::saga::http`).
     pub(crate) fn router(&self) -> Router {
         Router::new()
             .route("/orders", post(place))
@@ -916,6 +918,10 @@ impl OrderService {
             .route("/sagas/{id}", get(saga))
             .route("/dashboard", get(dashboard))
             .with_state(self.clone())
+            .nest(
+                "/ops",
+                staunch::saga::http::router(self.inner.engine.clone()),
+            )
     }
 }
 

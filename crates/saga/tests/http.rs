@@ -1,0 +1,283 @@
+//! The operator endpoint over a real loopback server: listing, a timeline, and every action
+//! with who acted recorded in the log; bad requests and refusals as JSON errors.
+#![cfg(feature = "http")]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use staunch_saga::{
+    MemoryStore, SagaDefinition, SagaEngine, SagaEvent, SagaOutcome, Step, StepError, StepRetry,
+};
+use tokio::sync::Semaphore;
+
+async fn serve(engine: SagaEngine) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().nest("/ops", staunch_saga::http::router(engine));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/ops")
+}
+
+async fn get(url: &str) -> (u16, Value) {
+    let r = reqwest::get(url).await.unwrap();
+    let status = r.status().as_u16();
+    (
+        status,
+        serde_json::from_str(&r.text().await.unwrap()).unwrap(),
+    )
+}
+
+async fn post(url: &str, body: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (
+        status,
+        serde_json::from_str(&r.text().await.unwrap()).unwrap(),
+    )
+}
+
+/// Two steps; the second waits for a permit of `gate`, so a test holds the saga there.
+fn gated(gate: &Arc<Semaphore>) -> SagaDefinition<u32> {
+    let gate = Arc::clone(gate);
+    SagaDefinition::builder("gated", 1)
+        .step(
+            Step::new("reserve", |n: u32, _| async move { Ok(n + 1) })
+                .compensate(|n: u32, _| async move { Ok(n + 100) }),
+        )
+        .step(
+            Step::new("charge", move |n: u32, _| {
+                let gate = Arc::clone(&gate);
+                async move {
+                    gate.acquire().await.unwrap().forget();
+                    Ok(n + 1)
+                }
+            })
+            .compensate(|n: u32, _| async move { Ok(n) }),
+        )
+        .step(Step::new("ship", |n: u32, _| async move { Ok(n + 1) }))
+        .build()
+        .unwrap()
+}
+
+fn actors(engine_log: &staunch_saga::SagaTimeline) -> Vec<String> {
+    engine_log
+        .entries
+        .iter()
+        .filter_map(|e| match &e.event {
+            Ok(
+                SagaEvent::CancelBegan { actor, .. }
+                | SagaEvent::Paused { actor }
+                | SagaEvent::Resumed { actor }
+                | SagaEvent::OperatorRetried { actor, .. }
+                | SagaEvent::OperatorSkipped { actor, .. }
+                | SagaEvent::OperatorResolved { actor, .. },
+            ) => Some(actor.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn lists_inspects_and_answers_json_errors() {
+    let engine = SagaEngine::new(MemoryStore::new());
+    let gate = Arc::new(Semaphore::new(10));
+    let def = gated(&gate);
+    engine
+        .start(&def, "done-1", 1)
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
+    let base = serve(engine.clone()).await;
+
+    let (status, all) = get(&format!("{base}/sagas")).await;
+    assert_eq!(status, 200);
+    assert_eq!(all[0]["saga_id"], "done-1");
+    assert_eq!(all[0]["status"], "completed");
+    assert_eq!(all[0]["definition"], "gated");
+    let (_, none) = get(&format!("{base}/sagas?status=stuck")).await;
+    assert_eq!(none, json!([]));
+    let (_, by_def) = get(&format!("{base}/sagas?definition=gated&limit=1")).await;
+    assert_eq!(by_def.as_array().unwrap().len(), 1);
+
+    let (status, t) = get(&format!("{base}/sagas/done-1")).await;
+    assert_eq!(status, 200);
+    assert_eq!(t["summary"]["status"], "completed");
+    let entries = t["entries"].as_array().unwrap();
+    assert_eq!(entries[0]["seq"], 0);
+    assert!(entries[0]["event"]["started"].is_object(), "{t}");
+
+    let (status, e) = get(&format!("{base}/sagas?status=sleepy")).await;
+    assert_eq!((status, e["error"].as_str()), (400, Some("bad_request")));
+    assert!(
+        e["message"].as_str().unwrap().contains("compensated"),
+        "{e}"
+    );
+    let (status, e) = get(&format!("{base}/sagas?limit=-1")).await;
+    assert_eq!((status, e["error"].as_str()), (400, Some("bad_request")));
+    let (status, e) = get(&format!("{base}/sagas/nope")).await;
+    assert_eq!((status, e["error"].as_str()), (404, Some("not_found")));
+    let (status, e) = post(&format!("{base}/sagas/nope/cancel"), r#"{"actor":"a"}"#).await;
+    assert_eq!((status, e["error"].as_str()), (404, Some("not_found")));
+    // A finished saga: refused, 409.
+    let (status, e) = post(&format!("{base}/sagas/done-1/pause"), r#"{"actor":"a"}"#).await;
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (409, Some("conflict")),
+        "{e}"
+    );
+    // Who acts is required; the body must be the JSON documented; unknown actions are 404.
+    let (status, e) = post(&format!("{base}/sagas/done-1/cancel"), r#"{"reason":"x"}"#).await;
+    assert_eq!((status, e["error"].as_str()), (400, Some("bad_request")));
+    let (status, _) = post(&format!("{base}/sagas/done-1/cancel"), "not json").await;
+    assert_eq!(status, 400);
+    let (status, _) = post(&format!("{base}/sagas/done-1/explode"), r#"{"actor":"a"}"#).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn pause_resume_and_cancel_over_http_record_who_acted() {
+    let engine = SagaEngine::new(MemoryStore::new());
+    let gate = Arc::new(Semaphore::new(0));
+    let def = gated(&gate);
+    let base = serve(engine.clone()).await;
+
+    // Paused while held in `charge`: it stops at the boundary after it.
+    let handle = engine.start(&def, "p-1", 1).await.unwrap();
+    let (status, body) = post(&format!("{base}/sagas/p-1/pause"), r#"{"actor":"alice"}"#).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body, json!({ "saga_id": "p-1", "action": "pause" }));
+    let (status, _) = post(&format!("{base}/sagas/p-1/pause"), r#"{"actor":"alice"}"#).await;
+    assert_eq!(status, 409, "a second pause is refused");
+    gate.add_permits(1);
+    wait_for_status(&engine, "p-1", "paused").await;
+    let (status, _) = post(&format!("{base}/sagas/p-1/resume"), r#"{"actor":"bob"}"#).await;
+    assert_eq!(status, 202);
+    assert!(matches!(
+        handle.outcome().await.unwrap(),
+        SagaOutcome::Completed(4)
+    ));
+    let t = engine.inspect("p-1").await.unwrap().unwrap();
+    assert_eq!(actors(&t), ["alice", "bob"]);
+
+    // Cancelled while held in `charge`: compensates both steps, the log names who asked.
+    let handle = engine.start(&def, "c-1", 1).await.unwrap();
+    let (status, _) = post(
+        &format!("{base}/sagas/c-1/cancel"),
+        r#"{"actor":"carol","reason":"customer asked"}"#,
+    )
+    .await;
+    assert_eq!(status, 202);
+    gate.add_permits(1);
+    let SagaOutcome::Cancelled { reason, .. } = handle.outcome().await.unwrap() else {
+        panic!("not cancelled")
+    };
+    assert_eq!(reason, "customer asked");
+    let t = engine.inspect("c-1").await.unwrap().unwrap();
+    assert_eq!(actors(&t), ["carol"]);
+    let (status, e) = post(&format!("{base}/sagas/c-1/cancel"), r#"{"actor":"carol"}"#).await;
+    assert_eq!((status, e["error"].as_str()), (409, Some("conflict")));
+}
+
+async fn wait_for_status(engine: &SagaEngine, id: &str, status: &str) {
+    for _ in 0..500 {
+        let t = engine.inspect(id).await.unwrap().unwrap();
+        if t.summary.status.as_str() == status {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("saga {id} never became {status}");
+}
+
+#[tokio::test]
+async fn a_stuck_saga_is_retried_skipped_or_resolved_over_http() {
+    let engine = SagaEngine::new(MemoryStore::new());
+    let refunds = Arc::new(Semaphore::new(0));
+    let r = Arc::clone(&refunds);
+    // `charge` is refused; its refund fails until the test allows it: stuck compensating.
+    let def = SagaDefinition::<u32>::builder("stuck", 1)
+        .step(
+            Step::new("charge", |n: u32, _| async move { Ok(n + 1) })
+                .compensate(move |n: u32, _| {
+                    let r = Arc::clone(&r);
+                    async move {
+                        match r.try_acquire() {
+                            Ok(p) => {
+                                p.forget();
+                                Ok(n)
+                            }
+                            Err(_) => Err(StepError::fail("refund refused")),
+                        }
+                    }
+                })
+                .compensation_retry(StepRetry::new(1)),
+        )
+        .step(Step::new("ship", |_n: u32, _| async move {
+            Err(StepError::fail("no stock"))
+        }))
+        .build()
+        .unwrap();
+    engine.register(&def).unwrap();
+    let base = serve(engine.clone()).await;
+    for id in ["s-retry", "s-skip", "s-resolve"] {
+        let o = engine
+            .start(&def, id, 1)
+            .await
+            .unwrap()
+            .outcome()
+            .await
+            .unwrap();
+        assert!(matches!(o, SagaOutcome::Stuck { .. }), "{o:?}");
+    }
+    let (_, stuck) = get(&format!("{base}/sagas?status=stuck")).await;
+    assert_eq!(stuck.as_array().unwrap().len(), 3);
+
+    refunds.add_permits(1);
+    let (status, _) = post(
+        &format!("{base}/sagas/s-retry/retry"),
+        r#"{"actor":"dave"}"#,
+    )
+    .await;
+    assert_eq!(status, 202);
+    let o = engine.outcome(&def, "s-retry").await.unwrap();
+    assert!(matches!(o, SagaOutcome::Compensated { .. }), "{o:?}");
+
+    let (status, _) = post(&format!("{base}/sagas/s-skip/skip"), r#"{"actor":"erin"}"#).await;
+    assert_eq!(status, 202);
+    let o = engine.outcome(&def, "s-skip").await.unwrap();
+    assert!(matches!(o, SagaOutcome::Compensated { .. }), "{o:?}");
+
+    let (status, _) = post(
+        &format!("{base}/sagas/s-resolve/resolve"),
+        r#"{"actor":"frank","note":"refunded by hand"}"#,
+    )
+    .await;
+    assert_eq!(status, 202);
+    let o = engine.outcome(&def, "s-resolve").await.unwrap();
+    assert!(matches!(o, SagaOutcome::Resolved { ref note } if note == "refunded by hand"));
+    // Not stuck any more: a second retry is refused.
+    let (status, _) = post(
+        &format!("{base}/sagas/s-retry/retry"),
+        r#"{"actor":"dave"}"#,
+    )
+    .await;
+    assert_eq!(status, 409);
+
+    for (id, who) in [
+        ("s-retry", "dave"),
+        ("s-skip", "erin"),
+        ("s-resolve", "frank"),
+    ] {
+        let t = engine.inspect(id).await.unwrap().unwrap();
+        assert_eq!(actors(&t), [who], "{id}");
+    }
+}
