@@ -247,4 +247,33 @@ mod tests {
         // 50 % of 3 is one endpoint.
         assert_eq!(d.eligible(now).len(), 2);
     }
+
+    #[test]
+    fn seeded_sequences_never_eject_more_than_the_cap() {
+        let start = Instant::now();
+        let mut seed: u64 = 0x5eed;
+        for percent in [0, 10, 34, 50, 100] {
+            let settings = Settings::new(2, Duration::from_secs(5), percent).unwrap();
+            let mut d = Detector::new(settings, 5);
+            let cap = 5 * percent as usize / 100;
+            for step in 0..2000u64 {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let now = start + Duration::from_millis(step * 37);
+                d.record(
+                    (seed >> 33) as usize % 5,
+                    !(seed >> 20).is_multiple_of(3),
+                    now,
+                );
+                let out = d
+                    .endpoints(now)
+                    .iter()
+                    .filter(|e| e.ejected_until.is_some())
+                    .count();
+                assert!(out <= cap, "{out} ejected with cap {cap}");
+                assert!(!d.eligible(now).is_empty());
+            }
+        }
+    }
 }
