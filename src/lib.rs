@@ -523,6 +523,9 @@
 //!   `none`, `slow`, `error`, `intermittent`.
 //! - `fallback`: the fallback layer ([`fallback`]): rejections, chosen errors and chosen
 //!   statuses answered by a value, a function or a backup service, marked as fallbacks.
+//! - `outlier`: outlier ejection over several endpoints ([`outlier`]): the detector that ejects
+//!   an endpoint after failures in a row, capped by a share of endpoints. It goes outermost
+//!   over the replicas, under the retry, so a retry can land on another endpoint.
 //! - `full`: everything.
 //!
 //! `rate-limit` alone:
@@ -741,6 +744,8 @@ pub use staunch_fallback as fallback;
 pub use staunch_fault as fault;
 #[cfg(feature = "idempotency")]
 pub use staunch_idempotency as idempotency;
+#[cfg(feature = "outlier")]
+pub use staunch_outlier as outlier;
 #[cfg(feature = "rate-limit")]
 pub use staunch_rate_limit as rate_limit;
 #[cfg(feature = "retry")]
