@@ -120,6 +120,18 @@ pub enum Error<E> {
         /// The last attempt's error.
         last: Box<Error<E>>,
     },
+    /// A failure the fault-injection layer made up in the dependency's place (it stands for
+    /// a real one: retried and counted by a breaker like one). Feature `fault`.
+    #[cfg(feature = "fault")]
+    FaultInjected(staunch_fault::FaultInjected),
+    /// A fallback was asked to answer and its backup failed; the backup's error is its
+    /// [`backup_error`](staunch_fallback::FallbackFailed::backup_error). Feature `fallback`.
+    #[cfg(feature = "fallback")]
+    FallbackFailed(staunch_fallback::FallbackFailed),
+    /// A fallback's rule or answer panicked: the call failed, the fallback keeps working.
+    /// Feature `fallback`.
+    #[cfg(feature = "fallback")]
+    FallbackPanicked(staunch_fallback::FallbackPanicked),
     /// An error of another type (from a layer outside staunch, or an inner error wrapped in
     /// another type).
     Other(BoxError),
@@ -133,8 +145,9 @@ where
     /// [`RetryExhausted`](staunch_retry::RetryExhausted) (as
     /// [`RetriesExhausted`](Error::RetriesExhausted) or
     /// [`BudgetExhausted`](Error::BudgetExhausted), the last attempt's error classified the
-    /// same way), then a staunch rejection anywhere in the source chain, then a timeout
-    /// anywhere in the chain, else `Other`.
+    /// same way), then the fallback's and the fault injector's errors, then a staunch
+    /// rejection anywhere in the source chain, then a timeout anywhere in the chain, else
+    /// `Other`.
     pub fn from_box(err: BoxError) -> Self {
         let err = match err.downcast::<E>() {
             Ok(inner) => return Error::Inner(*inner),
@@ -143,6 +156,20 @@ where
         #[cfg(feature = "retry")]
         let err = match err.downcast::<staunch_retry::RetryExhausted>() {
             Ok(gave_up) => return Self::gave_up(*gave_up),
+            Err(err) => err,
+        };
+        // Before the rejections: a failed backup's own rejection is in its source chain.
+        #[cfg(feature = "fallback")]
+        let err = match err.downcast::<staunch_fallback::FallbackFailed>() {
+            Ok(failed) => return Error::FallbackFailed(*failed),
+            Err(err) => match err.downcast::<staunch_fallback::FallbackPanicked>() {
+                Ok(panicked) => return Error::FallbackPanicked(*panicked),
+                Err(err) => err,
+            },
+        };
+        #[cfg(feature = "fault")]
+        let err = match err.downcast::<staunch_fault::FaultInjected>() {
+            Ok(injected) => return Error::FaultInjected(*injected),
             Err(err) => err,
         };
         match rejection_of(&*err) {
@@ -192,6 +219,12 @@ where
                     last.into_box_error(),
                 ))
             }
+            #[cfg(feature = "fault")]
+            Error::FaultInjected(e) => Box::new(e),
+            #[cfg(feature = "fallback")]
+            Error::FallbackFailed(e) => Box::new(e),
+            #[cfg(feature = "fallback")]
+            Error::FallbackPanicked(e) => Box::new(e),
             Error::Other(e) => e,
         }
     }
@@ -280,6 +313,12 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
             Error::BudgetExhausted { attempts, .. } => {
                 write!(f, "retry budget exhausted after {attempts} attempt(s)")
             }
+            #[cfg(feature = "fault")]
+            Error::FaultInjected(e) => e.fmt(f),
+            #[cfg(feature = "fallback")]
+            Error::FallbackFailed(e) => e.fmt(f),
+            #[cfg(feature = "fallback")]
+            Error::FallbackPanicked(e) => e.fmt(f),
             Error::Other(e) => e.fmt(f),
         }
     }
@@ -291,6 +330,12 @@ impl<E: StdError + 'static> StdError for Error<E> {
             // Printed by `Display`: their causes come next.
             Error::Inner(e) => e.source(),
             Error::Other(e) => e.source(),
+            #[cfg(feature = "fault")]
+            Error::FaultInjected(e) => e.source(),
+            #[cfg(feature = "fallback")]
+            Error::FallbackFailed(e) => e.source(),
+            #[cfg(feature = "fallback")]
+            Error::FallbackPanicked(e) => e.source(),
             // The rejection or the timeout itself (their details are not in `Display`), so
             // that `rejection_of` and `Elapsed::find` still find them when this error is
             // boxed and passed through another layer.
@@ -492,5 +537,90 @@ where
             Poll::Ready(Ok(res)) => Poll::Ready(Ok(res)),
             Poll::Ready(Err(e)) => Poll::Ready(Err(Error::from_box(e.into()))),
         }
+    }
+}
+
+#[cfg(all(test, feature = "fault", feature = "fallback"))]
+mod fault_and_fallback_tests {
+    use std::sync::Arc;
+
+    use staunch_core::{BulkheadFull, BulkheadFullReason};
+    use staunch_fallback::FallbackPolicy;
+    use staunch_fault::{FaultInjected, FaultKind};
+
+    use super::{BoxError, Error};
+
+    type E = std::io::Error;
+
+    fn full(name: &str) -> BoxError {
+        Box::new(BulkheadFull::new(
+            Arc::from(name),
+            4,
+            BulkheadFullReason::QueueFull,
+        ))
+    }
+
+    #[test]
+    fn an_injected_fault_is_its_own_variant_and_not_a_rejection() {
+        let boxed: BoxError = Box::new(FaultInjected::error(Arc::from("payment"), 503));
+        let err = Error::<E>::from_box(boxed);
+        let Error::FaultInjected(injected) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(
+            (injected.name(), injected.kind(), injected.status()),
+            ("payment", FaultKind::Error, Some(503))
+        );
+        assert!(!err.is_rejection());
+        assert_eq!(err.to_string(), injected.to_string());
+        // And back: the boxed error is the injector's own again.
+        assert!(err.into_box_error().is::<FaultInjected>());
+        let abort = Error::<E>::from_box(Box::new(FaultInjected::abort(Arc::from("payment"))));
+        assert!(matches!(abort, Error::FaultInjected(ref f) if f.kind() == FaultKind::Abort));
+    }
+
+    #[tokio::test]
+    async fn a_failed_backup_is_fallback_failed_even_when_the_backup_was_refused() {
+        let policy = FallbackPolicy::<u32>::builder("db").build().unwrap();
+        // The backup's own bulkhead refuses it: without the fallback variant this would read
+        // as the backup's `BulkheadFull`, hiding that a fallback ran.
+        let failed = policy
+            .call_or_else(async { Err::<u32, _>(full("primary")) }, |_, _| async {
+                Err::<u32, _>(full("backup"))
+            })
+            .await
+            .unwrap_err();
+        let err = Error::<E>::from_box(failed);
+        let Error::FallbackFailed(f) = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(f.name(), "db");
+        assert!(f.backup_error().is::<BulkheadFull>());
+        assert!(
+            err.to_string().contains("backup of fallback `db` failed"),
+            "{err}"
+        );
+        // The backup's rejection is still in the source chain, for an outer layer to find.
+        assert!(staunch_core::rejection_of(&err).is_some());
+        assert!(
+            err.into_box_error()
+                .is::<staunch_fallback::FallbackFailed>()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_fallback_is_fallback_panicked() {
+        let policy = FallbackPolicy::<u32>::builder("db").build().unwrap();
+        let answer = staunch_fallback::Answer::function(|_, _| -> u32 { panic!("no default") });
+        let panicked = policy
+            .call(async { Err::<u32, _>(full("primary")) }, &answer)
+            .await
+            .unwrap_err();
+        let err = Error::<E>::from_box(panicked);
+        assert!(
+            matches!(err, Error::FallbackPanicked(ref p) if p.message() == "no default"),
+            "{err:?}"
+        );
+        assert!(!err.is_rejection());
     }
 }
