@@ -117,6 +117,8 @@ pub(crate) trait Resume: Send + Sync {
     fn step_count(&self) -> usize;
     /// What another registration under the same name and version must agree on.
     fn shape(&self) -> Shape;
+    /// The definition's address: the same definition registered twice is the same one.
+    fn definition_ptr(&self) -> *const ();
     fn resume(
         &self,
         shared: &Arc<Shared>,
@@ -225,21 +227,39 @@ impl Shared {
         replace: bool,
     ) -> Result<(), SagaError> {
         let key = (Arc::clone(&definition.name), definition.version);
-        let mut registry = self
-            .registry
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(known) = registry.get(&key) {
-            if let Some(difference) = known.shape().difference(&definition.shape()) {
+        // `start` calls this each time with the definition registered already: a read lock
+        // and a pointer comparison, no shape built.
+        // Ok(true): nothing to insert; Ok(false): insert; Err: a definition of another shape.
+        let settled = |known: Option<&Arc<dyn Resume>>| -> Result<bool, SagaError> {
+            let Some(known) = known else {
+                return Ok(false);
+            };
+            if known.definition_ptr() != Arc::as_ptr(definition).cast::<()>()
+                && let Some(difference) = known.shape().difference(&definition.shape())
+            {
                 return Err(SagaError::DefinitionConflict {
                     definition: definition.name.to_string(),
                     version: definition.version,
                     difference,
                 });
             }
-            if !replace {
-                return Ok(());
-            }
+            Ok(!replace)
+        };
+        if settled(
+            self.registry
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&key),
+        )? {
+            return Ok(());
+        }
+        let mut registry = self
+            .registry
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Checked again: another registration may have come in between the two locks.
+        if settled(registry.get(&key))? {
+            return Ok(());
         }
         registry.insert(key, Arc::new(Arc::clone(definition)));
         Ok(())

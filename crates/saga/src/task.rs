@@ -28,6 +28,10 @@ impl<S: SagaState> Resume for Arc<DefinitionInner<S>> {
         DefinitionInner::shape(self)
     }
 
+    fn definition_ptr(&self) -> *const () {
+        Arc::as_ptr(self).cast::<()>()
+    }
+
     fn resume(
         &self,
         shared: &Arc<Shared>,
