@@ -3,7 +3,10 @@
 //! allocator.
 //!
 //! The allocator counts for the whole process, so this file holds a single test (the test
-//! harness runs the tests of one file in parallel threads of one process).
+//! harness runs the tests of one file in parallel threads of one process). Even so, the
+//! harness's main thread may still be allocating (its bookkeeping of the test it just started)
+//! while the test counts: each count is the least of three rounds. An allocation the calls
+//! make shows in every round.
 
 use std::alloc::System;
 use std::future::{Future, ready};
@@ -72,6 +75,19 @@ impl Future for PendOnce {
     }
 }
 
+/// The allocations `round` makes, counted three times: the least of the three (see the
+/// module docs).
+fn least_of_three_rounds(mut round: impl FnMut()) -> usize {
+    (0..3)
+        .map(|_| {
+            let region = Region::new(GLOBAL);
+            round();
+            region.change().allocations
+        })
+        .min()
+        .unwrap_or(usize::MAX)
+}
+
 /// Polls `svc` ready, calls it, and polls the response twice: pending, then ready.
 fn call_pending<S: Service<u64, Response = u64>>(svc: &mut S, req: u64) -> u64
 where
@@ -96,11 +112,11 @@ where
     for i in 0..500 {
         assert_eq!(call_pending(&mut svc, i), i);
     }
-    let region = Region::new(GLOBAL);
-    for i in 0..1000 {
-        assert_eq!(call_pending(&mut svc, i), i);
-    }
-    region.change().allocations
+    least_of_three_rounds(|| {
+        for i in 0..1000 {
+            assert_eq!(call_pending(&mut svc, i), i);
+        }
+    })
 }
 
 /// Polls `svc` ready, calls it, and polls the response once: it must be ready.
@@ -126,11 +142,11 @@ where
     for i in 0..10 {
         assert_eq!(call_now(&mut svc, i), i);
     }
-    let region = Region::new(GLOBAL);
-    for i in 0..1000 {
-        assert_eq!(call_now(&mut svc, i), i);
-    }
-    region.change().allocations
+    least_of_three_rounds(|| {
+        for i in 0..1000 {
+            assert_eq!(call_now(&mut svc, i), i);
+        }
+    })
 }
 
 #[test]

@@ -2,7 +2,10 @@
 //! answer, with status and response rules, and with the `answered` variant; counted by an
 //! instrumented global allocator.
 //!
-//! The allocator counts for the whole process, so this file holds a single test.
+//! The allocator counts for the whole process, so this file holds a single test. Even so,
+//! the harness's main thread may still be allocating (its bookkeeping of the test it just
+//! started) while the test counts: the count is the least of three rounds. An allocation the
+//! calls make shows in every round.
 
 use std::alloc::System;
 use std::future::{Future, ready};
@@ -30,6 +33,19 @@ where
     }
 }
 
+/// The allocations `round` makes, counted three times: the least of the three (see the
+/// module docs).
+fn least_of_three_rounds(mut round: impl FnMut()) -> usize {
+    (0..3)
+        .map(|_| {
+            let region = Region::new(GLOBAL);
+            round();
+            region.change().allocations
+        })
+        .min()
+        .unwrap_or(usize::MAX)
+}
+
 #[test]
 fn the_primary_path_allocates_nothing() {
     let bare = || service_fn(|n: u32| ready(Ok::<u32, BoxError>(n)));
@@ -51,15 +67,15 @@ fn the_primary_path_allocates_nothing() {
     let mut d = FallbackLayer::service(ruled, bare()).layer(bare());
     // Warm up (lazy statics in the runtime pieces, if any).
     call(&mut a, 1);
-    let region = Region::new(GLOBAL);
-    for n in 0..100 {
-        assert_eq!(call(&mut a, n), n);
-        assert_eq!(call(&mut b, n), n);
-        assert_eq!(call(&mut c, n).into_inner(), n);
-        assert_eq!(call(&mut d, n), n);
-    }
-    let stats = region.change();
-    assert_eq!(stats.allocations, 0, "{stats:?}");
+    let allocations = least_of_three_rounds(|| {
+        for n in 0..100 {
+            assert_eq!(call(&mut a, n), n);
+            assert_eq!(call(&mut b, n), n);
+            assert_eq!(call(&mut c, n).into_inner(), n);
+            assert_eq!(call(&mut d, n), n);
+        }
+    });
+    assert_eq!(allocations, 0);
     // A fallback may allocate (a boxed backup call); it still answers.
     assert_eq!(call(&mut d, 503), 503);
 }

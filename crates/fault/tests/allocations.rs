@@ -1,7 +1,10 @@
 //! A disabled layer's calls allocate nothing, ready at once or pending once: counted by an
 //! instrumented global allocator.
 //!
-//! The allocator counts for the whole process, so this file holds a single test.
+//! The allocator counts for the whole process, so this file holds a single test. Even so,
+//! the harness's main thread may still be allocating (its bookkeeping of the test it just
+//! started) while the test counts: each count is the least of three rounds. An allocation the
+//! calls make shows in every round.
 
 use std::alloc::System;
 use std::future::Future;
@@ -55,6 +58,19 @@ where
     }
 }
 
+/// The allocations `round` makes, counted three times: the least of the three (see the
+/// module docs).
+fn least_of_three_rounds(mut round: impl FnMut()) -> usize {
+    (0..3)
+        .map(|_| {
+            let region = Region::new(GLOBAL);
+            round();
+            region.change().allocations
+        })
+        .min()
+        .unwrap_or(usize::MAX)
+}
+
 fn allocations_per_1000_calls<S: Service<u64, Response = u64>>(mut svc: S) -> usize
 where
     S::Error: std::fmt::Debug,
@@ -62,11 +78,11 @@ where
     for i in 0..10 {
         assert_eq!(call(&mut svc, i), i);
     }
-    let region = Region::new(GLOBAL);
-    for i in 0..1000 {
-        assert_eq!(call(&mut svc, i), i);
-    }
-    region.change().allocations
+    least_of_three_rounds(|| {
+        for i in 0..1000 {
+            assert_eq!(call(&mut svc, i), i);
+        }
+    })
 }
 
 #[test]
@@ -90,9 +106,10 @@ fn a_disabled_or_empty_injector_allocates_nothing_per_call() {
     }
     // The abort error is a cheap value: cloning it allocates nothing.
     let abort = staunch_fault::FaultInjected::abort("p".into());
-    let region = Region::new(GLOBAL);
-    for _ in 0..100 {
-        std::hint::black_box(abort.clone());
-    }
-    assert_eq!(region.change().allocations, 0);
+    let clones = least_of_three_rounds(|| {
+        for _ in 0..100 {
+            std::hint::black_box(abort.clone());
+        }
+    });
+    assert_eq!(clones, 0);
 }
