@@ -167,7 +167,9 @@ mod shared;
 mod store;
 mod task;
 
-pub use config::{DEFAULT_MAX_QUEUED, DEFAULT_OUTCOME_POLL_INTERVAL, SagaEngineBuilder};
+pub use config::{
+    DEFAULT_MAX_QUEUED, DEFAULT_OUTCOME_POLL_INTERVAL, RETENTION_PERIOD, SagaEngineBuilder,
+};
 pub use context::{Phase, StepContext, idempotency_key};
 pub use definition::{
     GroupCompensation, GroupFailure, OnInterrupted, ParallelGroup, SagaDefinition,

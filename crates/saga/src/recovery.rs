@@ -3,19 +3,20 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
 use tokio::sync::watch;
 
 use crate::admission::Permit;
+use crate::config::RETENTION_PERIOD;
 use crate::error::{LoadError, SagaError, StoreError, panic_message};
 use crate::log::{decode_log, named_definition};
 use crate::metrics::Count;
 use crate::outcome::Stopped;
 use crate::replay::Progress;
 use crate::shared::{Replayed, Shared};
-use crate::store::SagaSummary;
+use crate::store::{SagaStatus, SagaSummary};
 
 /// What [`SagaEngine::recover`](crate::SagaEngine::recover) did.
 ///
@@ -244,11 +245,66 @@ const MIN_PAUSE: Duration = Duration::from_millis(1);
 /// Sagas claimed per recovery pass of the background loop.
 const CLAIM_BATCH: usize = 256;
 
-/// Runs recovery now and then `interval` after each pass on a background task.
+/// Sagas a purge deletes per store call (each call one transaction).
+const PURGE_BATCH: usize = 1000;
+
+/// Deletes sagas in `statuses` (checked by the caller) that ended before `before`, a batch at
+/// a time, and counts them.
+pub(crate) async fn purge(
+    shared: &Shared,
+    before: SystemTime,
+    statuses: &[SagaStatus],
+) -> Result<u64, SagaError> {
+    let mut purged = 0;
+    loop {
+        let gone = shared
+            .store()
+            .purge(before, statuses, PURGE_BATCH)
+            .await?
+            .len();
+        let n = u64::try_from(gone).unwrap_or(u64::MAX);
+        shared.purged(n);
+        purged += n;
+        if gone < PURGE_BATCH {
+            break;
+        }
+    }
+    if purged > 0 {
+        tracing::info!(purged, statuses = ?statuses, "purged ended sagas");
+    }
+    Ok(purged)
+}
+
+/// Runs the engine's retention policy, if any; never fails the loop (errors and panics
+/// are logged).
+async fn retain(shared: &Shared) {
+    let Some(retention) = shared.retention() else {
+        return;
+    };
+    // A `keep` reaching before the epoch keeps everything.
+    let Some(before) = SystemTime::now().checked_sub(retention.keep) else {
+        return;
+    };
+    let done = AssertUnwindSafe(purge(shared, before, &retention.statuses))
+        .catch_unwind()
+        .await;
+    match done {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "saga retention purge failed"),
+        Err(panic) => tracing::warn!(
+            panic = %panic_message(&*panic),
+            "saga retention purge panicked"
+        ),
+    }
+}
+
+/// Runs recovery now and then `interval` after each pass on a background task, and the
+/// retention policy at the first pass and then at most every [`RETENTION_PERIOD`].
 pub(crate) fn spawn_loop(shared: Arc<Shared>, interval: Duration) -> RecoveryLoop {
     let (stop, mut stopped) = watch::channel(false);
     let task = tokio::spawn(async move {
         let mut first = true;
+        let mut retained: Option<tokio::time::Instant> = None;
         loop {
             // A sleep, not an interval: any duration works (a huge one saturates instead of
             // overflowing the next tick's instant; one below the timer's 1 ms resolution
@@ -298,6 +354,10 @@ pub(crate) fn spawn_loop(shared: Arc<Shared>, interval: Duration) -> RecoveryLoo
                         break;
                     }
                 }
+            }
+            if retained.is_none_or(|at| at.elapsed() >= RETENTION_PERIOD) {
+                retained = Some(tokio::time::Instant::now());
+                retain(&shared).await;
             }
         }
     });

@@ -103,6 +103,15 @@ async fn lists_inspects_and_answers_json_errors() {
     assert_eq!(all[0]["saga_id"], "done-1");
     assert_eq!(all[0]["status"], "completed");
     assert_eq!(all[0]["definition"], "gated");
+    // Times in milliseconds since the epoch; not stuck, so no `stuck_since_ms`.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let created = all[0]["created_at_ms"].as_u64().unwrap();
+    assert!(created <= now_ms && created + 60_000 > now_ms, "{created}");
+    assert!(all[0]["updated_at_ms"].as_u64().unwrap() >= created);
+    assert!(all[0]["stuck_since_ms"].is_null());
     let (_, none) = get(&format!("{base}/sagas?status=stuck")).await;
     assert_eq!(none, json!([]));
     let (_, by_def) = get(&format!("{base}/sagas?definition=gated&limit=1")).await;
