@@ -541,8 +541,9 @@ impl SagaEngine {
     }
 
     /// Operator: cancels a saga that has not passed its pivot. It stops moving forward at its
-    /// next step boundary (a step attempt in flight finishes first and its result is kept;
-    /// a retry waiting out its backoff stops waiting), compensates every step it completed
+    /// next step boundary (a step attempt in flight finishes first and its result is kept,
+    /// unless the step aborts on cancel, [`OnCancel::Abort`](crate::OnCancel::Abort); a
+    /// retry waiting out its backoff stops waiting), compensates every step it completed
     /// in reverse order, and ends [`SagaOutcome::Cancelled`] (or stuck, if a compensation
     /// keeps failing). The log records `reason` and `actor` (who asked).
     ///

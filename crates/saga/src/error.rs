@@ -32,8 +32,9 @@ pub enum StepErrorKind {
     Deadline,
     /// The process stopped while the attempt ran; found by recovery (its effect is unknown).
     Interrupted,
-    /// Another member of its parallel group failed and this attempt was cancelled (its
-    /// effect is unknown).
+    /// The attempt was cancelled while it ran (its effect is unknown): another member of
+    /// its parallel group failed, or an operator cancelled the saga and the step aborts on
+    /// cancel ([`OnCancel::Abort`](crate::OnCancel::Abort)).
     Cancelled,
     /// The attempt succeeded but its output (the new state) cannot be serialized, so it
     /// cannot be stored: the effect happened, the saga is stuck for an operator.

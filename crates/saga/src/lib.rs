@@ -172,7 +172,7 @@ pub use config::{
 };
 pub use context::{Phase, StepContext, idempotency_key};
 pub use definition::{
-    GroupCompensation, GroupFailure, OnInterrupted, ParallelGroup, SagaDefinition,
+    GroupCompensation, GroupFailure, OnCancel, OnInterrupted, ParallelGroup, SagaDefinition,
     SagaDefinitionBuilder, SagaState, Step, StepKind, StepRetry,
 };
 pub use engine::SagaEngine;

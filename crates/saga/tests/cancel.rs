@@ -790,3 +790,107 @@ fn a_step_function_can_be_called_alone_with_a_context_built_in_the_test() {
         assert_eq!(calls.lock().unwrap()[0].attempt, 2);
     });
 }
+
+/// `s0`, then `s1` (waits for the gate; aborts on cancel), then `s2`.
+fn aborting(name: &str, gate: &Arc<Semaphore>, calls: &Calls) -> SagaDefinition<Trail> {
+    SagaDefinition::builder(name, 1)
+        .step(step("s0", Script::Ok, Some(Script::Ok), calls))
+        .step(gated("s1", gate, calls).on_cancel(staunch_saga::OnCancel::Abort))
+        .step(step("s2", Script::Ok, Some(Script::Ok), calls))
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_step_that_aborts_on_cancel_is_dropped_mid_attempt_and_compensated_as_in_doubt() {
+    runtime().block_on(async {
+        let calls = calls();
+        // The gate never opens: only the abort ends the attempt.
+        let gate = Arc::new(Semaphore::new(0));
+        let def = aborting("order", &gate, &calls);
+        let engine = SagaEngine::new(MemoryStore::new());
+        let handle = engine.start(&def, "o-abort", trail()).await.unwrap();
+        settle().await;
+        assert_eq!(seen(&calls), ["s0:action"]);
+        engine
+            .cancel("o-abort", "customer changed their mind", "support:ana")
+            .await
+            .unwrap();
+        let outcome = handle.outcome().await.unwrap();
+        let SagaOutcome::Cancelled { state, .. } = outcome else {
+            panic!("expected cancelled, got {outcome:?}");
+        };
+        // `s1`'s action never finished, yet its effect is unknown: compensated first.
+        assert_eq!(
+            seen(&calls),
+            ["s0:action", "s1:compensate", "s0:compensate"]
+        );
+        assert_eq!(state.done, ["s0:action", "s1:compensate", "s0:compensate"]);
+        let log = events(&engine, "o-abort").await;
+        assert!(
+            log.iter().any(|e| matches!(
+                e,
+                SagaEvent::StepFailed {
+                    step: 1,
+                    kind: staunch_saga::StepErrorKind::Cancelled,
+                    ..
+                }
+            )),
+            "{log:?}"
+        );
+        // The gate's waiter went with the dropped attempt.
+        gate.add_permits(1);
+        settle().await;
+        assert_eq!(gate.available_permits(), 1);
+    });
+}
+
+#[test]
+fn a_pause_does_not_abort_a_step_that_aborts_on_cancel() {
+    runtime().block_on(async {
+        let calls = calls();
+        let gate = Arc::new(Semaphore::new(0));
+        let def = aborting("order", &gate, &calls);
+        let engine = SagaEngine::new(MemoryStore::new());
+        let handle = engine.start(&def, "o-pause", trail()).await.unwrap();
+        settle().await;
+        engine.pause("o-pause", "ops").await.unwrap();
+        settle().await;
+        // Still in the attempt: it finishes, then the saga holds.
+        assert_eq!(seen(&calls), ["s0:action"]);
+        gate.add_permits(1);
+        settle().await;
+        assert_eq!(seen(&calls), ["s0:action", "s1:action"]);
+        let paused = engine
+            .list(&staunch_saga::ListFilter::status(SagaStatus::Paused))
+            .await
+            .unwrap();
+        assert_eq!(paused.len(), 1);
+        engine.resume("o-pause", "ops").await.unwrap();
+        let outcome = handle.outcome().await.unwrap();
+        assert!(matches!(outcome, SagaOutcome::Completed(_)), "{outcome:?}");
+    });
+}
+
+#[test]
+fn abort_on_cancel_needs_a_compensation_and_a_step_of_its_own() {
+    let calls = calls();
+    let (action, _) = support::scripted("s0", Phase::Action, Script::Ok, &calls);
+    let err = SagaDefinition::<Trail>::builder("order", 1)
+        .step(Step::new("s0", action).on_cancel(staunch_saga::OnCancel::Abort))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "saga.order.steps[0].on_cancel", "{err}");
+    let err = SagaDefinition::<Trail>::builder("order", 1)
+        .parallel(
+            staunch_saga::ParallelGroup::new("both")
+                .step(
+                    step("a", Script::Ok, Some(Script::Ok), &calls)
+                        .on_cancel(staunch_saga::OnCancel::Abort),
+                )
+                .step(step("b", Script::Ok, Some(Script::Ok), &calls)),
+        )
+        .build()
+        .unwrap_err();
+    assert!(err.field().ends_with("on_cancel"), "{err}");
+}
