@@ -894,3 +894,84 @@ fn abort_on_cancel_needs_a_compensation_and_a_step_of_its_own() {
         .unwrap_err();
     assert!(err.field().ends_with("on_cancel"), "{err}");
 }
+
+#[test]
+fn resumed_group_members_each_wait_out_the_backoff_their_log_recorded() {
+    runtime().block_on(async {
+        let calls = calls();
+        let backoff = Backoff::constant(Duration::from_secs(30))
+            .jitter(Jitter::None)
+            .build()
+            .unwrap();
+        let member = |name: &str| {
+            let (a, _) = support::scripted(name, Phase::Action, Script::Ok, &calls);
+            Step::new(name, a).retry(StepRetry::new(5).backoff(backoff))
+        };
+        let def = SagaDefinition::builder("grouped", 1)
+            .parallel(
+                staunch_saga::ParallelGroup::new("both")
+                    .step(member("a"))
+                    .step(member("b")),
+            )
+            .build()
+            .unwrap();
+        let failed = |step: u32, retry_at_ms: u64| {
+            serde_json::from_value::<SagaEvent>(serde_json::json!({
+                "step_failed": {
+                    "step": step, "attempt": 1, "kind": "retryable",
+                    "error": "unavailable", "retry_at_ms": retry_at_ms
+                }
+            }))
+            .unwrap()
+            .encode()
+        };
+        let mut rows = backed_off_rows("grouped", 0);
+        rows.truncate(1);
+        rows.extend([
+            SagaEvent::StepStarted {
+                step: 0,
+                attempt: 1,
+            }
+            .encode(),
+            SagaEvent::StepStarted {
+                step: 1,
+                attempt: 1,
+            }
+            .encode(),
+            failed(0, now_ms() + 20_000),
+            failed(1, now_ms() + 5_000),
+        ]);
+        let store = MemoryStore::new();
+        store
+            .create(NewSaga::new(
+                Arc::from("g-1"),
+                Arc::from("grouped"),
+                1,
+                SagaStatus::Running,
+                rows,
+            ))
+            .await
+            .unwrap();
+        let engine = SagaEngine::new(store);
+        engine.register(&def).unwrap();
+        let t0 = tokio::time::Instant::now();
+        engine.recover().await.unwrap();
+        let outcome = engine.outcome(&def, "g-1").await.unwrap();
+        assert!(matches!(outcome, SagaOutcome::Completed(_)), "{outcome:?}");
+        let calls = calls.lock().unwrap();
+        let at = |step: &str| {
+            let call = calls.iter().find(|c| c.step == step).unwrap();
+            assert_eq!(call.attempt, 2);
+            call.at - t0
+        };
+        let (a, b) = (at("a"), at("b"));
+        assert!(
+            a >= Duration::from_secs(19) && a <= Duration::from_secs(21),
+            "{a:?}"
+        );
+        assert!(
+            b >= Duration::from_secs(4) && b <= Duration::from_secs(6),
+            "{b:?}"
+        );
+    });
+}
