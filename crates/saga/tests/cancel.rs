@@ -638,16 +638,7 @@ fn a_cancel_and_a_pause_stored_before_recovery_are_carried_out_by_the_next_engin
             "{outcome:?}"
         );
         // c-2 paused at its first boundary (after the interrupted s1 ran again).
-        let paused = loop {
-            let list = engine
-                .list(&staunch_saga::ListFilter::status(SagaStatus::Paused))
-                .await
-                .unwrap();
-            if !list.is_empty() {
-                break list;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
+        let paused = support::listed(&engine, SagaStatus::Paused, Duration::from_millis(5)).await;
         assert_eq!(paused[0].saga_id, "c-2");
         drop(engine);
         // Another restart: still paused, recovery leaves it.
@@ -710,16 +701,7 @@ fn a_cancel_made_on_another_postgres_instance_is_seen_by_the_owner_within_a_hear
         b.pause("pg-2", "ops").await.unwrap();
         tokio::time::sleep(ttl).await;
         gate2.add_permits(1);
-        let paused = loop {
-            let s = b
-                .list(&staunch_saga::ListFilter::status(SagaStatus::Paused))
-                .await
-                .unwrap();
-            if !s.is_empty() {
-                break s;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let paused = support::listed(&b, SagaStatus::Paused, Duration::from_millis(20)).await;
         assert_eq!(paused[0].saga_id, "pg-2");
         b.resume("pg-2", "ops").await.unwrap();
         let outcome = b.outcome(&def2, "pg-2").await.unwrap();
