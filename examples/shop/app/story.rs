@@ -12,8 +12,9 @@ use tokio::time::Instant;
 
 use super::inventory::Inventory;
 use super::order::{BoxError, OrderService, Tuning};
-use super::payment::{Mode, Payment};
+use super::payment::Payment;
 use super::shipping::Shipping;
+use staunch::fault::FaultConfig;
 
 /// The SKU every order is for.
 pub(crate) const SKU: &str = "widget";
@@ -141,8 +142,9 @@ impl Shop {
         self.addrs["order"]
     }
 
-    /// Switches the payment service's failure mode through its admin route.
-    pub(crate) async fn set_payment_mode(&self, mode: Mode) -> Result<(), BoxError> {
+    /// Switches the faults injected into the payment service's charges through its admin
+    /// route.
+    pub(crate) async fn set_payment_mode(&self, mode: FaultConfig) -> Result<(), BoxError> {
         let url = format!("http://{}/admin/mode", self.addrs["payment"]);
         let response = reqwest::Client::new()
             .post(url)
@@ -484,13 +486,11 @@ pub(crate) async fn play(shop: &Shop, config: &Config) -> Result<Report, BoxErro
     report.phases.push(p);
 
     println!(
-        "\n(2) payment fails {:.0}% of charges (500 and 503), for {error:?}: sagas release the stock, the breaker opens, later orders fail fast",
+        "\n(2) payment fails {:.0}% of charges (500), for {error:?}: sagas release the stock, the breaker opens, later orders fail fast",
         config.error_share * 100.0
     );
-    shop.set_payment_mode(Mode::Error {
-        share: config.error_share,
-    })
-    .await?;
+    shop.set_payment_mode(FaultConfig::none().with_error(config.error_share, 500))
+        .await?;
     let p = phase(shop, "2 payment errors", config.rate, error).await?;
     print_phase(&p);
     report.phases.push(p);
@@ -502,9 +502,11 @@ pub(crate) async fn play(shop: &Shop, config: &Config) -> Result<Report, BoxErro
     println!(
         "    (slow answers count against the breaker: a closed one trips on the slow-call rate; still open from (2), it lets more probes through than the bulkhead has permits, the bulkhead rejects the excess, the probes are slow and re-open it: later orders fail fast)"
     );
-    shop.set_payment_mode(Mode::Slow {
-        delay_ms: config.slow_delay.as_millis() as u64,
-    })
+    shop.set_payment_mode(FaultConfig::none().with_latency(
+        1.0,
+        config.slow_delay,
+        config.slow_delay,
+    ))
     .await?;
     let p = phase(shop, "3 payment slow", config.rate, slow).await?;
     print_phase(&p);
@@ -513,7 +515,7 @@ pub(crate) async fn play(shop: &Shop, config: &Config) -> Result<Report, BoxErro
     println!(
         "\n(4) recovery: payment healthy again, for {recovery:?}: once the open duration has passed, the breaker's probes are fast and it closes; orders succeed"
     );
-    shop.set_payment_mode(Mode::None).await?;
+    shop.set_payment_mode(FaultConfig::none()).await?;
     let p = phase(shop, "4 recovery", config.rate, recovery).await?;
     print_phase(&p);
     report.phases.push(p);
