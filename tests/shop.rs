@@ -84,18 +84,22 @@ async fn short_story_is_consistent_and_shows_the_breaker_and_the_bulkhead() {
         "consistency check failed: {:?}",
         report.inconsistencies
     );
-    let [normal, errors, slow, recovery] = &report.phases[..] else {
-        panic!("four phases, got {}", report.phases.len());
+    let [normal, errors, slow, recovery, down, back] = &report.phases[..] else {
+        panic!("six phases, got {}", report.phases.len());
     };
     for phase in &report.phases {
         assert_eq!(phase.count("stuck") + phase.count("error"), 0, "{phase:?}");
+    }
+    for phase in [normal, errors, slow, recovery] {
         // Each payment bulkhead rejection is one order rejected: a call refused by the open
-        // breaker never queues for (or is counted by) the bulkhead below it.
+        // breaker never queues for (or is counted by) the bulkhead below it. (From phase 5
+        // on, later charges call payment too.)
         assert_eq!(
             phase.bulkhead_rejections,
             phase.count("rejected"),
             "{phase:?}"
         );
+        assert_eq!(phase.count("payment_pending"), 0, "{phase:?}");
     }
 
     // (1) Healthy: every order completes.
@@ -162,6 +166,22 @@ async fn short_story_is_consistent_and_shows_the_breaker_and_the_bulkhead() {
     assert_eq!(payment.breaker.state(), State::Closed);
     assert!(recovery.count("completed") > 0);
     assert_eq!(recovery.count("compensated"), 0, "{recovery:?}");
+
+    // Payment down with the fallback on: once the breaker opens, orders are accepted as
+    // payment pending instead of failing fast or being rejected.
+    assert!(down.count("payment_pending") > 0, "{down:?}");
+    assert_eq!(
+        down.count("failed_fast") + down.count("rejected"),
+        0,
+        "{down:?}"
+    );
+    assert!(down.breaker_rejections > 0, "{down:?}");
+    // Payment back: every pending order was charged later (and shipped: the consistency
+    // check above finds every charged order shipped).
+    assert!(back.count("completed") > 0, "{back:?}");
+    let (pending, charged) = report.pending;
+    assert!(pending > 0);
+    assert_eq!(charged, pending, "every pending order charged later");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

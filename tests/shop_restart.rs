@@ -287,7 +287,7 @@ async fn play(dir: &Path) {
     )
     .await
     .expect("the order service starts on the same log");
-    let placed = orders.settle().await.expect("every saga ends");
+    let (placed, _) = orders.settle().await.expect("every saga ends");
 
     // What the HTTP participants received during the run (the order service gone, so
     // nothing more comes): keys that came more than once, and replays.
