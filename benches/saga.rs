@@ -266,7 +266,7 @@ fn benches(c: &mut Criterion) {
                     .max_running(CONCURRENCY)
                     .build()
                     .expect("engine");
-                    let t0 = std::time::Instant::now();
+                    let t0 = tokio::time::Instant::now();
                     run(&engine, &def, BACKLOG, 250).await;
                     spent += t0.elapsed();
                 });
@@ -280,7 +280,7 @@ fn benches(c: &mut Criterion) {
             for _ in 0..iters {
                 rt.block_on(async {
                     let store = backlog(&dir.join("backlog.db")).await;
-                    let t0 = std::time::Instant::now();
+                    let t0 = tokio::time::Instant::now();
                     recover_backlog(store, &def).await;
                     spent += t0.elapsed();
                 });

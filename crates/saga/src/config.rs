@@ -90,8 +90,9 @@ impl SagaEngineBuilder {
     /// top of [`max_running`](Self::max_running). Setting it again for the same name
     /// replaces it.
     ///
-    /// Recovery resumes sagas one after the other in id order: one waiting for its
-    /// definition's room holds back the sagas listed after it until room frees up.
+    /// Recovery resumes sagas in id order, loading up to 16 at a time: one waiting for its
+    /// definition's room holds back the sagas listed more than 16 after it until room frees
+    /// up.
     pub fn max_running_for(mut self, definition: impl Into<Arc<str>>, n: usize) -> Self {
         let definition = definition.into();
         self.per_definition.retain(|(name, _)| *name != definition);

@@ -5,7 +5,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
 use crate::admission::Permit;
@@ -68,56 +68,82 @@ pub(crate) async fn recover(
         // Every claimed saga would be quarantined as unknown: give them back (`pending`).
         return Err(SagaError::NothingRegistered);
     }
-    for summary in pending.rest.by_ref() {
-        let id: Arc<str> = Arc::from(summary.saga_id.as_str());
-        if !shared.claim(&id) {
-            // Its runner here holds it (and releases it).
-            report.already_running.push(summary.saga_id);
-            continue;
-        }
-        let held = Held {
-            shared,
-            id: &id,
-            armed: true,
-        };
-        // Paced by the caps: wait for room (cancel safe; `held` gives the claims back).
-        let permit = shared.admission().admit(&summary.definition).await;
-        let resumed = AssertUnwindSafe(resume(shared, &id, permit))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| {
-                Err(ResumeError::Load(LoadError::Inconsistent(format!(
-                    "loading the saga panicked: {}",
-                    panic_message(&*panic)
-                ))))
-            });
-        match resumed {
-            Ok(Replayed::Resumed) => {
-                held.handed_over();
-                shared.count(Count::Resumed, &summary.definition);
-                report.resumed.push(summary.saga_id);
-            }
-            Ok(Replayed::Settled) => {
-                held.handed_over();
-                report.settled.push(summary.saga_id);
-            }
-            // `held` and `pending` give back this claim and the rest.
-            Err(ResumeError::Store(e)) => return Err(e.into()),
-            Err(ResumeError::Load(error)) => {
-                tracing::error!(saga_id = %id, %error, "saga quarantined: cannot be loaded");
-                quarantine(shared, &id, &error).await?;
-                held.handed_over();
-                shared.count(Count::Quarantined, &summary.definition);
-                shared.store().release(&id);
-                shared.answer(
-                    &id,
-                    Some(Err(Stopped::Other(format!("quarantined: {error}")))),
-                );
-                report.quarantined.push((summary.saga_id, error));
-            }
+    // Up to `RESUME_AHEAD` claimed sagas are loaded and replayed at once (their logs read
+    // while earlier ones wait for room), in id order.
+    let resumed = futures_util::stream::iter(pending.rest.by_ref())
+        .map(|summary| resume_claimed(shared, summary))
+        .buffered(RESUME_AHEAD);
+    let mut resumed = std::pin::pin!(resumed);
+    while let Some(done) = resumed.next().await {
+        match done? {
+            Claimed::Resumed(id) => report.resumed.push(id),
+            Claimed::Settled(id) => report.settled.push(id),
+            Claimed::AlreadyRunning(id) => report.already_running.push(id),
+            Claimed::Quarantined(id, error) => report.quarantined.push((id, error)),
         }
     }
     Ok(report)
+}
+
+/// Claimed sagas a recovery pass works on at once.
+const RESUME_AHEAD: usize = 16;
+
+/// What became of one claimed saga.
+enum Claimed {
+    Resumed(String),
+    Settled(String),
+    AlreadyRunning(String),
+    Quarantined(String, LoadError),
+}
+
+/// Resumes one claimed saga once there is room for it under the caps, or quarantines it.
+async fn resume_claimed(shared: &Arc<Shared>, summary: SagaSummary) -> Result<Claimed, SagaError> {
+    let id: Arc<str> = Arc::from(summary.saga_id.as_str());
+    if !shared.claim(&id) {
+        // Its runner here holds it (and releases it).
+        return Ok(Claimed::AlreadyRunning(summary.saga_id));
+    }
+    let held = Held {
+        shared,
+        id: &id,
+        armed: true,
+    };
+    // Paced by the caps: wait for room (cancel safe; `held` gives the claims back).
+    let permit = shared.admission().admit(&summary.definition).await;
+    let resumed = AssertUnwindSafe(resume(shared, &id, permit))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            Err(ResumeError::Load(LoadError::Inconsistent(format!(
+                "loading the saga panicked: {}",
+                panic_message(&*panic)
+            ))))
+        });
+    match resumed {
+        Ok(Replayed::Resumed) => {
+            held.handed_over();
+            shared.count(Count::Resumed, &summary.definition);
+            Ok(Claimed::Resumed(summary.saga_id))
+        }
+        Ok(Replayed::Settled) => {
+            held.handed_over();
+            Ok(Claimed::Settled(summary.saga_id))
+        }
+        // `held` (and the pass's `pending`) give back this claim and the rest.
+        Err(ResumeError::Store(e)) => Err(e.into()),
+        Err(ResumeError::Load(error)) => {
+            tracing::error!(saga_id = %id, %error, "saga quarantined: cannot be loaded");
+            quarantine(shared, &id, &error).await?;
+            held.handed_over();
+            shared.count(Count::Quarantined, &summary.definition);
+            shared.store().release(&id);
+            shared.answer(
+                &id,
+                Some(Err(Stopped::Other(format!("quarantined: {error}")))),
+            );
+            Ok(Claimed::Quarantined(summary.saga_id, error))
+        }
+    }
 }
 
 /// Marks a saga quarantined; a panicking store is a store error.

@@ -641,8 +641,13 @@ fn a_cancel_and_a_pause_stored_before_recovery_are_carried_out_by_the_next_engin
         let paused = support::listed(&engine, SagaStatus::Paused, Duration::from_millis(5)).await;
         assert_eq!(paused[0].saga_id, "c-2");
         drop(engine);
-        // Another restart: still paused, recovery leaves it.
-        let store = staunch_saga::SqliteStore::open(&path).await.unwrap();
+        // Another restart: still paused, recovery leaves it. (In one process the old
+        // engine's tasks may hold the store a moment longer.)
+        let store = staunch_saga::SqliteStore::builder(&path)
+            .lock_wait(Duration::from_secs(10))
+            .open()
+            .await
+            .unwrap();
         let engine = SagaEngine::new(store);
         engine.register(&def).unwrap();
         let report = engine.recover().await.unwrap();

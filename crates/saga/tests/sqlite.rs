@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use staunch_saga::sqlx::{self, Connection, Row};
 use staunch_saga::{
     ListFilter, LoadError, SagaEngine, SagaOutcome, SagaStatus, SagaStore, SqliteStore,
@@ -243,7 +245,27 @@ async fn a_second_store_on_the_same_file_is_refused_until_the_first_is_gone() {
     drop(clone);
     let other = SqliteStore::open(dir.file("t.db")).await.unwrap();
     let again = SqliteStore::open(&path).await.unwrap();
-    drop((again, other));
+    // `lock_wait`: an open waits for the holder to let go (here, a task dropping it).
+    let waiting = SqliteStore::builder(&path).lock_wait(Duration::from_secs(30));
+    let holder = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(again);
+    });
+    let started = tokio::time::Instant::now();
+    let reopened = waiting.open().await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(40));
+    holder.await.unwrap();
+    // Without it (or past it), `InUse` as before.
+    let err = SqliteStore::builder(&path)
+        .lock_wait(Duration::from_millis(30))
+        .open()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, staunch_saga::StoreError::InUse { .. }),
+        "{err}"
+    );
+    drop((reopened, other));
 }
 
 /// The lock belongs to the process: a child holding the file keeps this process out, and

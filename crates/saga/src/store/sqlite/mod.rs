@@ -72,6 +72,9 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
     ),
 ];
 
+/// The longest `lock_wait` taken as given (longer waits are cut to it: about a year).
+const MAX_LOCK_WAIT: Duration = Duration::from_hours(24 * 365);
+
 /// The longest busy timeout SQLite can take (`i32::MAX` milliseconds).
 const MAX_BUSY_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
 
@@ -96,6 +99,7 @@ pub struct SqliteStoreBuilder {
     max_batch: usize,
     read_connections: u32,
     busy_timeout: Duration,
+    lock_wait: Duration,
 }
 
 impl SqliteStoreBuilder {
@@ -125,6 +129,15 @@ impl SqliteStoreBuilder {
         self
     }
 
+    /// How long `open` waits for another store on the file to let go of it before failing
+    /// with [`StoreError::InUse`] (default: zero, fail at once). For a restart within one
+    /// process: the engine dropped, its tasks may hold their clones of the store a moment
+    /// longer while they wind down.
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = wait;
+        self
+    }
+
     /// Opens (creating if needed) the file, migrates the schema and starts the writer task.
     ///
     /// One store per file: while a clone of this store is alive (an engine and its running
@@ -145,7 +158,15 @@ impl SqliteStoreBuilder {
                 "must be at least 1",
             )));
         }
-        let lock = lock(&self.path)?;
+        let deadline = tokio::time::Instant::now() + self.lock_wait.min(MAX_LOCK_WAIT);
+        let lock = loop {
+            match lock(&self.path) {
+                Err(StoreError::InUse { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                taken => break taken?,
+            }
+        };
         let sync = match self.synchronous {
             SqliteSynchronous::Full => SqlxSynchronous::Full,
             SqliteSynchronous::Normal => SqlxSynchronous::Normal,
@@ -268,6 +289,7 @@ impl SqliteStore {
             max_batch: 1024,
             read_connections: 4,
             busy_timeout: Duration::from_secs(5),
+            lock_wait: Duration::ZERO,
         }
     }
 
