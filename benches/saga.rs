@@ -72,7 +72,6 @@ async fn run(engine: &SagaEngine, def: &SagaDefinition<String>, total: usize, co
 
 /// A fresh SQLite file holding `BACKLOG` sagas that crashed while their first step ran.
 async fn backlog(path: &std::path::Path) -> SqliteStore {
-    let _ = std::fs::remove_file(path);
     let store = SqliteStore::open(path).await.expect("open sqlite store");
     let input = serde_json::value::to_raw_value(&"s".repeat(200)).expect("input");
     let rows = vec![
@@ -122,6 +121,15 @@ async fn recover_backlog(store: SqliteStore, def: &SagaDefinition<String>) {
             outcome.expect("outcome"),
             SagaOutcome::Completed(_)
         ));
+    }
+}
+
+/// Removes a database file and its WAL files (best effort).
+fn remove_db(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm", "-lock"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(name));
     }
 }
 
@@ -257,8 +265,8 @@ fn benches(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut spent = std::time::Duration::ZERO;
             for _ in 0..iters {
-                let capped = dir.join("capped.db");
-                let _ = std::fs::remove_file(&capped);
+                let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+                let capped = dir.join(format!("capped-{n}.db"));
                 rt.block_on(async {
                     let engine = SagaEngine::builder(
                         SqliteStore::open(&capped).await.expect("open sqlite store"),
@@ -270,6 +278,7 @@ fn benches(c: &mut Criterion) {
                     run(&engine, &def, BACKLOG, 250).await;
                     spent += t0.elapsed();
                 });
+                remove_db(&capped);
             }
             spent
         });
@@ -278,12 +287,16 @@ fn benches(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut spent = std::time::Duration::ZERO;
             for _ in 0..iters {
+                // A fresh file each time (its WAL files go with it below).
+                let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+                let path = dir.join(format!("backlog-{n}.db"));
                 rt.block_on(async {
-                    let store = backlog(&dir.join("backlog.db")).await;
+                    let store = backlog(&path).await;
                     let t0 = tokio::time::Instant::now();
                     recover_backlog(store, &def).await;
                     spent += t0.elapsed();
                 });
+                remove_db(&path);
             }
             spent
         });
