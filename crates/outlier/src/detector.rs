@@ -508,6 +508,7 @@ impl<K> Detector<K> {
         self.next_judgement = Some(instant_after(now, rate.interval));
     }
 
+    #[cfg_attr(not(feature = "metrics"), allow(clippy::unused_self))]
     fn emit_gauges(&self) {
         #[cfg(feature = "metrics")]
         self.handles.gauges(self.ejected, self.entries.len());

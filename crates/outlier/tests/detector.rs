@@ -369,10 +369,10 @@ proptest! {
                 m.failures[index] = 0;
             }
             let seen = d.endpoints(now);
-            for i in 0..3 {
-                prop_assert_eq!(seen[i].ejected_until(), m.until[i].map(|u| start + Duration::from_secs(u)));
-                prop_assert_eq!(seen[i].consecutive_failures, m.failures[i]);
-                prop_assert_eq!(seen[i].times_ejected, m.times[i]);
+            for (i, seen) in seen.iter().enumerate() {
+                prop_assert_eq!(seen.ejected_until(), m.until[i].map(|u| start + Duration::from_secs(u)));
+                prop_assert_eq!(seen.consecutive_failures, m.failures[i]);
+                prop_assert_eq!(seen.times_ejected, m.times[i]);
             }
         }
     }

@@ -72,9 +72,7 @@ impl Service<()> for Replica {
             if b.hanging.load(Ordering::SeqCst) {
                 std::future::pending::<()>().await;
             }
-            if b.panicking.load(Ordering::SeqCst) {
-                panic!("{name} panicked");
-            }
+            assert!(!b.panicking.load(Ordering::SeqCst), "{name} panicked");
             if b.failing.load(Ordering::SeqCst) {
                 Err(Box::new(ReplicaFailed(name)) as BoxError)
             } else {
