@@ -37,7 +37,29 @@ struct State<K, S> {
 /// What every clone of a balancer shares.
 #[derive(Debug)]
 pub(crate) struct Shared<K, S> {
+    name: Arc<str>,
     state: Mutex<State<K, S>>,
+}
+
+impl<K, S> State<K, S> {
+    fn insert(&mut self, key: K, service: S) -> bool
+    where
+        K: PartialEq + fmt::Debug,
+    {
+        if let Some(index) = self.detector.index_of(&key) {
+            self.slots[index].service = service;
+            return false;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.detector.push(key);
+        self.slots.push(Slot {
+            id,
+            service,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        });
+        true
+    }
 }
 
 impl<K, S> Shared<K, S> {
@@ -116,7 +138,9 @@ enum Ready<S> {
 ///
 /// # Endpoints at run time
 ///
-/// [`insert`](Self::insert) and [`remove`](Self::remove) change the set for every clone.
+/// [`insert`](Self::insert), [`remove`](Self::remove) and
+/// [`set_endpoints`](Self::set_endpoints) (the whole list, as a service-discovery watch
+/// gives it) change the set for every clone.
 /// With no endpoint at all, `poll_ready` is ready and `call` fails with
 /// [`NoEndpoints`] (never a wait that could last forever).
 ///
@@ -153,7 +177,7 @@ impl<K: fmt::Debug, S, C> fmt::Debug for Balancer<K, S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = self.shared.lock();
         f.debug_struct("Balancer")
-            .field("name", &state.detector.name())
+            .field("name", &self.shared.name)
             .field("endpoints", &state.detector.len())
             .field("ejected", &state.detector.metrics().ejected)
             .finish_non_exhaustive()
@@ -175,8 +199,8 @@ impl<K, S> Balancer<K, S, AnyError> {
 
 impl<K, S, C> Balancer<K, S, C> {
     /// The name in tracing events and metrics labels.
-    pub fn name(&self) -> String {
-        self.shared.lock().detector.name().to_owned()
+    pub fn name(&self) -> &str {
+        &self.shared.name
     }
 
     /// The settings.
@@ -229,20 +253,37 @@ impl<K, S, C> Balancer<K, S, C> {
     where
         K: PartialEq + fmt::Debug,
     {
+        self.shared.lock().insert(key, service)
+    }
+
+    /// Makes these the endpoints, for every clone (what a service-discovery watch calls with
+    /// each new list): keys already known keep their state and take the new service, new keys
+    /// are added healthy, and known keys not listed are removed, as by
+    /// [`remove`](Self::remove).
+    pub fn set_endpoints(&self, endpoints: impl IntoIterator<Item = (K, S)>)
+    where
+        K: PartialEq + fmt::Debug,
+    {
+        let now = Instant::now();
         let mut state = self.shared.lock();
-        if let Some(index) = state.detector.index_of(&key) {
-            state.slots[index].service = service;
-            return false;
+        let mut listed = vec![false; state.slots.len()];
+        for (key, service) in endpoints {
+            let index = state.detector.index_of(&key);
+            state.insert(key, service);
+            let index = index.unwrap_or(state.slots.len() - 1);
+            if index >= listed.len() {
+                listed.resize(index + 1, false);
+            }
+            listed[index] = true;
         }
-        let id = state.next_id;
-        state.next_id += 1;
-        state.detector.push(key);
-        state.slots.push(Slot {
-            id,
-            service,
-            in_flight: Arc::new(AtomicUsize::new(0)),
-        });
-        true
+        // Added first, removed last: the set never shrinks on the way, so the cap on
+        // endpoints out is the final set's.
+        for index in (0..listed.len()).rev() {
+            if !listed[index] {
+                state.detector.remove(index, now);
+                state.slots.remove(index);
+            }
+        }
     }
 
     /// Removes an endpoint for every clone and gives back its service. Calls already sent to
@@ -505,6 +546,7 @@ impl<K, S, C> BalancerBuilder<K, S, C> {
         };
         Ok(Balancer {
             shared: Arc::new(Shared {
+                name: Arc::clone(&self.name),
                 state: Mutex::new(State {
                     detector: Detector::with_keys(self.name, settings, keys),
                     slots,

@@ -272,6 +272,30 @@ async fn endpoints_are_added_and_removed_at_run_time() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn set_endpoints_keeps_known_keys_adds_new_ones_and_drops_the_rest() {
+    let [a, b_replica, c] = replicas();
+    let mut b = balancer(&[a.clone(), b_replica.clone()]);
+    b_replica.fail(true);
+    while b.endpoint(&"b").unwrap().times_ejected == 0 {
+        let _ = call(&mut b).await;
+    }
+    // A watch's new list: "a" is gone, "b" stays (still ejected), "c" is new.
+    b.set_endpoints([("b", b_replica.clone()), ("c", c.clone())]);
+    let status = b.status();
+    assert_eq!(status.iter().map(|s| s.key).collect::<Vec<_>>(), ["b", "c"]);
+    assert!(status[0].state.is_ejected());
+    assert_eq!(status[0].times_ejected, 1);
+    let a_hits = a.hits();
+    for _ in 0..20 {
+        assert_eq!(call(&mut b).await.unwrap(), "c");
+    }
+    assert_eq!(a.hits(), a_hits);
+    b.set_endpoints(std::iter::empty());
+    assert!(call(&mut b).await.unwrap_err().is::<NoEndpoints>());
+    assert_eq!(b.name(), "test");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_readiness_error_fails_that_call_and_counts_against_the_endpoint() {
     let replicas = [Replica::new("broken"), Replica::new("ok")];
     replicas[0]
