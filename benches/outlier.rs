@@ -49,13 +49,28 @@ fn benches(c: &mut Criterion) {
     ] {
         let mut g = c.benchmark_group(group);
         support::uncontended(&mut g, &rt, "bare service", inner());
-        support::uncontended(&mut g, &rt, "staunch Balancer (3 endpoints)", staunch_balancer(inner()));
-        support::uncontended(&mut g, &rt, "tower p2c Balance (3 endpoints)", tower_p2c(inner()));
+        support::uncontended(
+            &mut g,
+            &rt,
+            "staunch Balancer (3 endpoints)",
+            staunch_balancer(inner()),
+        );
+        support::uncontended(
+            &mut g,
+            &rt,
+            "tower p2c Balance (3 endpoints)",
+            tower_p2c(inner()),
+        );
         g.finish();
     }
     let mut g = c.benchmark_group("contended");
     support::contended(&mut g, &rt, "bare service", support::bare());
-    support::contended(&mut g, &rt, "staunch Balancer (3 endpoints)", staunch_balancer(support::bare()));
+    support::contended(
+        &mut g,
+        &rt,
+        "staunch Balancer (3 endpoints)",
+        staunch_balancer(support::bare()),
+    );
     g.finish();
 }
 
