@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use staunch_core::{ConfigError, Maybe};
 
-use crate::balancer::{Balancer, BalancerBuilder};
+use crate::balancer::Balancer;
+use crate::builder::BalancerBuilder;
 use crate::settings::{Settings, SettingsBuilder};
 
 /// Outlier detection settings a settings file can hold; every field is optional and

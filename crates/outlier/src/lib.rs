@@ -108,6 +108,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod balancer;
+mod builder;
 mod config;
 mod detector;
 mod error;
@@ -116,7 +117,8 @@ mod future;
 mod metrics;
 mod settings;
 
-pub use crate::balancer::{Balancer, BalancerBuilder};
+pub use crate::balancer::Balancer;
+pub use crate::builder::BalancerBuilder;
 pub use crate::config::{FailureRateConfig, OutlierConfig};
 pub use crate::detector::{Detector, EndpointState, EndpointStatus, OutlierMetrics};
 pub use crate::error::NoEndpoints;
