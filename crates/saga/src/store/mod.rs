@@ -162,12 +162,14 @@ impl SagaSummary {
 }
 
 /// Milliseconds since the Unix epoch as a time; `None` for a negative value.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn time_from_ms(ms: Option<i64>) -> Option<SystemTime> {
     let ms = u64::try_from(ms?).ok()?;
     SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms))
 }
 
 /// A time as milliseconds since the Unix epoch (0 before it, saturating far after).
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "http"))]
 pub(crate) fn ms_from_time(time: SystemTime) -> i64 {
     time.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
