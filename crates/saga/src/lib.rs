@@ -164,8 +164,10 @@ mod recovery;
 mod replay;
 mod runner;
 mod shared;
+mod start;
 mod store;
 mod task;
+mod trace;
 
 pub use config::{
     DEFAULT_MAX_QUEUED, DEFAULT_OUTCOME_POLL_INTERVAL, RETENTION_PERIOD, SagaEngineBuilder,
@@ -188,6 +190,7 @@ pub use log::{SagaTimeline, TimelineEntry};
 pub use metrics::SagaMetrics;
 pub use outcome::{SagaHandle, SagaOutcome};
 pub use recovery::{RecoveryLoop, RecoveryReport};
+pub use start::StartOptions;
 pub use store::{
     Append, Created, ListFilter, MemoryStore, NewSaga, SagaLog, SagaStatus, SagaStore, SagaSummary,
     StoredEvent,
@@ -196,6 +199,7 @@ pub use store::{
 pub use store::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]
 pub use store::{SqliteStore, SqliteStoreBuilder, SqliteSynchronous};
+pub use trace::{TraceContext, TraceContextError, step_span_id};
 
 /// The `sqlx` this crate was built with, for opening the database directly (e.g. to
 /// inspect it, or in benchmarks).
