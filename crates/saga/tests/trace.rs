@@ -789,3 +789,80 @@ fn step_context_offers_the_trace_to_unit_tests_of_a_step() {
         )
     );
 }
+
+/// Two instances on one PostgreSQL database: A starts a traced saga and dies while it
+/// charges (its runtime is dropped, its lease is left to expire); B's recovery loop takes the
+/// saga over and runs the rest in the caller's trace.
+#[cfg(feature = "postgres")]
+#[test]
+fn a_saga_taken_over_by_another_postgres_instance_stays_in_its_trace() {
+    const TTL: Duration = Duration::from_secs(1);
+    let Some(url) = support::pg::url("trace_takeover") else {
+        return;
+    };
+    let guard = support::pg::SchemaGuard {
+        url,
+        schema: support::pg::schema("trace_takeover"),
+    };
+    let multi_thread = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    captured();
+    let calls = calls();
+    let charge = Arc::new(Mutex::new(Charge::Hang));
+    let def = definition(&calls, &charge);
+
+    let rt_a = multi_thread();
+    rt_a.block_on(async {
+        let engine = SagaEngine::new(support::pg::another(&guard, TTL).await);
+        engine
+            .start_with(&def, "pg-1", 0, traced())
+            .await
+            .unwrap();
+        wait_for("A to charge", || {
+            steps_of(&calls, "pg-1").contains(&("charge".into(), 1))
+        })
+        .await;
+    });
+    rt_a.shutdown_background();
+
+    *charge.lock().unwrap() = Charge::Go;
+    let rt_b = multi_thread();
+    rt_b.block_on(async {
+        let store = support::pg::another(&guard, TTL).await;
+        assert_eq!(
+            stored_trace(&store, "pg-1").await.map(|t| t.traceparent().to_owned()),
+            Some(TRACEPARENT.to_owned())
+        );
+        let engine = SagaEngine::new(store);
+        engine.register(&def).unwrap();
+        let _recovery = engine.spawn_recovery(Duration::from_millis(200));
+        // A handle on B polls the store until B's recovery has taken the saga over and
+        // finished it (after A's lease expired).
+        let outcome = tokio::time::timeout(Duration::from_secs(30), engine.outcome(&def, "pg-1"))
+            .await
+            .expect("taken over within the lease TTL and some slack")
+            .unwrap();
+        assert!(matches!(outcome, SagaOutcome::Completed(111)), "{outcome:?}");
+        assert_eq!(engine.metrics().resumed, 1);
+    });
+    drop(rt_b);
+    assert_eq!(
+        steps_of(&calls, "pg-1"),
+        [
+            ("reserve".into(), 1),
+            ("charge".into(), 1),
+            ("charge".into(), 2),
+            ("ship".into(), 1)
+        ]
+    );
+    assert_calls_traced(&calls, "pg-1");
+    for (step, attempt) in [("reserve", 1), ("charge", 1), ("charge", 2), ("ship", 1)] {
+        assert_span_traced("pg-1", step, attempt);
+    }
+    drop(guard);
+}
