@@ -190,7 +190,7 @@ impl std::str::FromStr for TraceContext {
 ///
 /// It is the 64-bit FNV-1a hash of the saga id, the step name, the phase (`action` or
 /// `compensate`) and the attempt number (decimal), each preceded by its length as 8
-/// little-endian bytes, passed through the SplitMix64 finalizer (`1` if that gives zero). So
+/// little-endian bytes, passed through the `SplitMix64` finalizer (`1` if that gives zero). So
 /// it is the same on every instance and every build, and a participant, a log line and the
 /// engine agree on which attempt made a call.
 pub fn step_span_id(saga_id: &str, step: &str, phase: Phase, attempt: u32) -> String {
@@ -215,9 +215,7 @@ pub fn step_span_id(saga_id: &str, step: &str, phase: Phase, attempt: u32) -> St
 }
 
 fn is_lower_hex(bytes: &[u8]) -> bool {
-    bytes
-        .iter()
-        .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+    bytes.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// A well-formed `tracestate` as given (trimmed), `None` when it has no member.
@@ -242,7 +240,9 @@ fn check_tracestate(tracestate: &str) -> Result<Option<String>, TraceContextErro
             return bad("every member must be `key=value`");
         };
         if !valid_key(key) {
-            return bad("a key must be lowercase letters, digits and `_-*/`, with one optional `@`");
+            return bad(
+                "a key must be lowercase letters, digits and `_-*/`, with one optional `@`",
+            );
         }
         if !valid_value(value) {
             return bad("a value must be 1 to 256 printable characters without `,` or `=`");
@@ -263,7 +263,9 @@ fn valid_key(key: &str) -> bool {
             && b.len() <= max
             && (b[0].is_ascii_lowercase() || (first_digit && b[0].is_ascii_digit()))
             && b.iter().all(|&c| {
-                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'*' | b'/')
+                c.is_ascii_lowercase()
+                    || c.is_ascii_digit()
+                    || matches!(c, b'_' | b'-' | b'*' | b'/')
             })
     };
     match key.split_once('@') {
@@ -277,7 +279,8 @@ fn valid_value(value: &str) -> bool {
     !b.is_empty()
         && b.len() <= 256
         && b.last() != Some(&b' ')
-        && b.iter().all(|&c| (0x20..=0x7e).contains(&c) && c != b',' && c != b'=')
+        && b.iter()
+            .all(|&c| (0x20..=0x7e).contains(&c) && c != b',' && c != b'=')
 }
 
 /// The stored form, checked again when read: a row is never trusted as it is.
@@ -377,8 +380,16 @@ mod tests {
             (TP.replacen("00", "0G", 1), Format { field: "version" }),
             (TP.replace("4bf9", "4BF9"), Format { field: "trace-id" }),
             (TP.replace("-00f0", "_00f0"), Format { field: "parent-id" }),
-            (TP.replace("a902b7", "a902bz"), Format { field: "parent-id" }),
-            (TP.replace("-01", "-0x"), Format { field: "trace-flags" }),
+            (
+                TP.replace("a902b7", "a902bz"),
+                Format { field: "parent-id" },
+            ),
+            (
+                TP.replace("-01", "-0x"),
+                Format {
+                    field: "trace-flags",
+                },
+            ),
             (
                 format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32)),
                 Zero { field: "trace-id" },
@@ -406,7 +417,10 @@ mod tests {
             ok.tracestate(),
             Some("rojo=00f067aa0ba902b7, congo=t61rcWkgMzE , t@vendor=x")
         );
-        assert_eq!(tc.clone().with_tracestate(" , ").unwrap().tracestate(), None);
+        assert_eq!(
+            tc.clone().with_tracestate(" , ").unwrap().tracestate(),
+            None
+        );
         for bad in [
             "novalue".to_owned(),
             "Upper=1".to_owned(),
@@ -415,7 +429,10 @@ mod tests {
             "a=b=c".to_owned(),
             "a=x\u{7f}".to_owned(),
             format!("a={}", "v".repeat(600)),
-            (0..33).map(|i| format!("k{i}=v")).collect::<Vec<_>>().join(","),
+            (0..33)
+                .map(|i| format!("k{i}=v"))
+                .collect::<Vec<_>>()
+                .join(","),
         ] {
             assert!(
                 matches!(
@@ -430,7 +447,10 @@ mod tests {
     #[test]
     fn step_span_ids_are_stable_distinct_and_never_zero() {
         // Frozen: a change here changes the span ids participants see for the same attempt.
-        assert_eq!(step_span_id("order-7", "charge", Phase::Action, 1), "d730d8baa217fa5c");
+        assert_eq!(
+            step_span_id("order-7", "charge", Phase::Action, 1),
+            "d730d8baa217fa5c"
+        );
         let mut seen = std::collections::HashSet::new();
         for saga in ["a", "ab", "b"] {
             for step in ["", "b", "charge"] {

@@ -310,10 +310,7 @@ fn the_trace_survives_a_crash_and_recovery_on_a_new_engine_over_sqlite() {
     let rt = real_runtime();
     rt.block_on(async {
         let engine = SagaEngine::new(staunch_saga::SqliteStore::open(&path).await.unwrap());
-        let _handle = engine
-            .start_with(&def, "sq-1", 0, traced())
-            .await
-            .unwrap();
+        let _handle = engine.start_with(&def, "sq-1", 0, traced()).await.unwrap();
         wait_for("charge to start", || {
             steps_of(&calls, "sq-1").contains(&("charge".into(), 1))
         })
@@ -327,7 +324,9 @@ fn the_trace_survives_a_crash_and_recovery_on_a_new_engine_over_sqlite() {
     *charge.lock().unwrap() = Charge::Go;
     real_runtime().block_on(async {
         let store = staunch_saga::SqliteStore::open(&path).await.unwrap();
-        let stored = stored_trace(&store, "sq-1").await.expect("the trace is stored");
+        let stored = stored_trace(&store, "sq-1")
+            .await
+            .expect("the trace is stored");
         assert_eq!(stored.traceparent(), TRACEPARENT);
         assert_eq!(stored.tracestate(), Some(TRACESTATE));
         // The recovering engine runs under no trace of its own.
@@ -336,7 +335,10 @@ fn the_trace_survives_a_crash_and_recovery_on_a_new_engine_over_sqlite() {
         let report = engine.recover().await.unwrap();
         assert_eq!(report.resumed, ["sq-1"]);
         let outcome = engine.outcome(&def, "sq-1").await.unwrap();
-        assert!(matches!(outcome, SagaOutcome::Completed(111)), "{outcome:?}");
+        assert!(
+            matches!(outcome, SagaOutcome::Completed(111)),
+            "{outcome:?}"
+        );
     });
 
     // The interrupted charge ran again (attempt 2), then ship: all in the caller's trace.
@@ -431,7 +433,10 @@ fn a_sigkilled_process_s_saga_resumes_in_its_trace() {
         engine.register(&def).unwrap();
         assert_eq!(engine.recover().await.unwrap().resumed, ["kill-1"]);
         let outcome = engine.outcome(&def, "kill-1").await.unwrap();
-        assert!(matches!(outcome, SagaOutcome::Completed(111)), "{outcome:?}");
+        assert!(
+            matches!(outcome, SagaOutcome::Completed(111)),
+            "{outcome:?}"
+        );
     });
     assert_eq!(
         steps_of(&calls, "kill-1"),
@@ -452,8 +457,14 @@ fn hostile_traceparents() -> Vec<(&'static str, String)> {
         ("a trailing newline", format!("{tp}\n")),
         ("uppercase", tp.to_uppercase()),
         ("uppercase trace id", tp.replace("4bf9", "4BF9")),
-        ("zero trace id", format!("00-{}-{PARENT_ID}-01", "0".repeat(32))),
-        ("zero parent id", format!("00-{TRACE_ID}-{}-01", "0".repeat(16))),
+        (
+            "zero trace id",
+            format!("00-{}-{PARENT_ID}-01", "0".repeat(32)),
+        ),
+        (
+            "zero parent id",
+            format!("00-{TRACE_ID}-{}-01", "0".repeat(16)),
+        ),
         ("version ff", tp.replacen("00", "ff", 1)),
         ("a later version", tp.replacen("00", "01", 1)),
         ("non-hex", tp.replace("a902b7", "a902bg")),
@@ -461,7 +472,10 @@ fn hostile_traceparents() -> Vec<(&'static str, String)> {
         ("non-ASCII", tp.replace("4b", "é")),
         ("NUL bytes", "\0".repeat(55)),
         ("10 KB", "a".repeat(10 * 1024)),
-        ("10 KB after a valid one", format!("{tp}{}", "-".repeat(10 * 1024))),
+        (
+            "10 KB after a valid one",
+            format!("{tp}{}", "-".repeat(10 * 1024)),
+        ),
     ]
 }
 
@@ -521,7 +535,10 @@ async fn a_malformed_tracestate_is_dropped_and_the_traceparent_kept() {
         "Upper=1".to_owned(),
         "a=1,a=2".to_owned(),
         format!("a={}", "v".repeat(10 * 1024)),
-        (0..33).map(|i| format!("k{i}=v")).collect::<Vec<_>>().join(","),
+        (0..33)
+            .map(|i| format!("k{i}=v"))
+            .collect::<Vec<_>>()
+            .join(","),
         "a=\u{0}".to_owned(),
     ];
     for (n, tracestate) in hostile.iter().enumerate() {
@@ -538,7 +555,10 @@ async fn a_malformed_tracestate_is_dropped_and_the_traceparent_kept() {
             .unwrap();
         assert!(matches!(outcome, SagaOutcome::Completed(111)));
         let stored = stored_trace(&store, &id).await.expect("traceparent kept");
-        assert_eq!((stored.traceparent(), stored.tracestate()), (TRACEPARENT, None));
+        assert_eq!(
+            (stored.traceparent(), stored.tracestate()),
+            (TRACEPARENT, None)
+        );
         let c = calls.lock().unwrap();
         let ship = c.iter().find(|c| c.saga == id && c.step == "ship").unwrap();
         assert_eq!(ship.tracestate, None);
@@ -566,12 +586,25 @@ async fn an_untraced_saga_offers_no_traceparent_and_its_spans_no_trace_fields() 
     let outcome = engine.outcome(&def, "plain-1").await;
     assert!(outcome.is_err(), "not started yet");
     let handle = engine.start(&def, "plain-1", 0).await.unwrap();
-    assert!(matches!(handle.outcome().await, Ok(SagaOutcome::Completed(111))));
+    assert!(matches!(
+        handle.outcome().await,
+        Ok(SagaOutcome::Completed(111))
+    ));
     assert!(stored_trace(&store, "plain-1").await.is_none());
     // The row carries no `trace` key at all: what an older build wrote and reads.
     let log = store.load("plain-1").await.unwrap().unwrap();
-    assert!(!log.events[0].payload.contains("\"trace\""), "{}", log.events[0].payload);
-    assert!(calls.lock().unwrap().iter().all(|c| c.traceparent.is_none()));
+    assert!(
+        !log.events[0].payload.contains("\"trace\""),
+        "{}",
+        log.events[0].payload
+    );
+    assert!(
+        calls
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|c| c.traceparent.is_none())
+    );
     let spans = step_spans("plain-1");
     assert_eq!(spans.len(), 3);
     assert!(spans.iter().all(|s| s.field("trace_id").is_none()));
@@ -627,7 +660,10 @@ async fn stored_traces_are_checked_again_on_recovery_and_a_bad_one_never_quarant
         ("old-1", started("")),
         ("null-1", started(r#","trace":null"#)),
         // Damaged or hostile: not a valid trace context.
-        ("garbage-1", started(r#","trace":{"traceparent":"garbage"}"#)),
+        (
+            "garbage-1",
+            started(r#","trace":{"traceparent":"garbage"}"#),
+        ),
         ("number-1", started(r#","trace":5"#)),
         (
             "upper-1",
@@ -692,8 +728,7 @@ async fn stored_traces_are_checked_again_on_recovery_and_a_bad_one_never_quarant
         );
     }
     let dropped = captured.lock().unwrap().events.iter().any(|e| {
-        e.field("message")
-            == Some("ignoring the stored trace context of a saga: it is not valid")
+        e.field("message") == Some("ignoring the stored trace context of a saga: it is not valid")
     });
     assert!(dropped);
 }
@@ -743,7 +778,10 @@ async fn compensations_and_retries_get_their_own_span_ids_in_the_same_trace() {
     assert!(matches!(outcome, SagaOutcome::Compensated { .. }));
     assert_calls_traced(&calls, "comp-1");
     let c = calls.lock().unwrap();
-    let seen: Vec<_> = c.iter().map(|c| (c.step.as_str(), c.phase, c.attempt)).collect();
+    let seen: Vec<_> = c
+        .iter()
+        .map(|c| (c.step.as_str(), c.phase, c.attempt))
+        .collect();
     assert_eq!(
         seen,
         [
@@ -819,10 +857,7 @@ fn a_saga_taken_over_by_another_postgres_instance_stays_in_its_trace() {
     let rt_a = multi_thread();
     rt_a.block_on(async {
         let engine = SagaEngine::new(support::pg::another(&guard, TTL).await);
-        engine
-            .start_with(&def, "pg-1", 0, traced())
-            .await
-            .unwrap();
+        engine.start_with(&def, "pg-1", 0, traced()).await.unwrap();
         wait_for("A to charge", || {
             steps_of(&calls, "pg-1").contains(&("charge".into(), 1))
         })
@@ -835,7 +870,9 @@ fn a_saga_taken_over_by_another_postgres_instance_stays_in_its_trace() {
     rt_b.block_on(async {
         let store = support::pg::another(&guard, TTL).await;
         assert_eq!(
-            stored_trace(&store, "pg-1").await.map(|t| t.traceparent().to_owned()),
+            stored_trace(&store, "pg-1")
+                .await
+                .map(|t| t.traceparent().to_owned()),
             Some(TRACEPARENT.to_owned())
         );
         let engine = SagaEngine::new(store);
@@ -847,7 +884,10 @@ fn a_saga_taken_over_by_another_postgres_instance_stays_in_its_trace() {
             .await
             .expect("taken over within the lease TTL and some slack")
             .unwrap();
-        assert!(matches!(outcome, SagaOutcome::Completed(111)), "{outcome:?}");
+        assert!(
+            matches!(outcome, SagaOutcome::Completed(111)),
+            "{outcome:?}"
+        );
         assert_eq!(engine.metrics().resumed, 1);
     });
     drop(rt_b);
