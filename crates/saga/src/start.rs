@@ -29,7 +29,8 @@ impl StartOptions {
         Self::default()
     }
 
-    /// The caller's `traceparent` header value, stored with the saga (checked at start).
+    /// The caller's `traceparent` header value, stored with the saga (checked at start). An
+    /// empty value means none.
     pub fn traceparent(mut self, traceparent: impl Into<String>) -> Self {
         self.traceparent = Some(traceparent.into());
         self

@@ -322,12 +322,14 @@ pub(crate) fn lenient<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TraceCon
 
 /// The trace context a [`StartOptions`](crate::StartOptions) carries: a malformed header is
 /// dropped here, with a debug event naming the saga and the rule, and the saga starts anyway.
+/// An empty `traceparent` (a header that was not there) is no trace, without an event.
 pub(crate) fn accept(
     saga_id: &str,
     traceparent: Option<&str>,
     tracestate: Option<&str>,
 ) -> Option<TraceContext> {
-    let tc = match TraceContext::parse(traceparent?) {
+    let traceparent = traceparent.filter(|tp| !tp.trim_matches([' ', '\t']).is_empty())?;
+    let tc = match TraceContext::parse(traceparent) {
         Ok(tc) => tc,
         Err(error) => {
             tracing::debug!(saga_id, %error, "ignoring a malformed traceparent");

@@ -451,7 +451,6 @@ fn a_sigkilled_process_s_saga_resumes_in_its_trace() {
 fn hostile_traceparents() -> Vec<(&'static str, String)> {
     let tp = TRACEPARENT;
     vec![
-        ("empty", String::new()),
         ("too short", tp[..54].to_owned()),
         ("too long", format!("{tp}0")),
         ("a trailing newline", format!("{tp}\n")),
@@ -591,6 +590,21 @@ async fn an_untraced_saga_offers_no_traceparent_and_its_spans_no_trace_fields() 
         Ok(SagaOutcome::Completed(111))
     ));
     assert!(stored_trace(&store, "plain-1").await.is_none());
+    // Empty headers (the request had none) are no trace, and not worth an event.
+    let empty = StartOptions::new().traceparent(" ").tracestate("");
+    engine
+        .start_with(&def, "empty-1", 0, empty)
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
+    assert!(stored_trace(&store, "empty-1").await.is_none());
+    let events = captured().lock().unwrap().events.clone();
+    assert!(!events.iter().any(|e| {
+        e.field("saga_id") == Some("empty-1")
+            && e.field("message").is_some_and(|m| m.contains("malformed"))
+    }));
     // The row carries no `trace` key at all: what an older build wrote and reads.
     let log = store.load("plain-1").await.unwrap().unwrap();
     assert!(
@@ -905,4 +919,41 @@ fn a_saga_taken_over_by_another_postgres_instance_stays_in_its_trace() {
         assert_span_traced("pg-1", step, attempt);
     }
     drop(guard);
+}
+
+#[tokio::test(start_paused = true)]
+async fn parallel_group_members_run_in_the_trace_on_their_own_tasks() {
+    captured();
+    let calls = calls();
+    let member = |name: &str| {
+        let c = Arc::clone(&calls);
+        Step::new(name, move |n: u32, ctx| {
+            record(&c, &ctx);
+            async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Ok(n)
+            }
+        })
+    };
+    let def = SagaDefinition::<u32>::builder("traced-group", 1)
+        .parallel(
+            staunch_saga::ParallelGroup::new("g")
+                .step(member("a"))
+                .step(member("b")),
+        )
+        .build()
+        .unwrap();
+    let engine = SagaEngine::new(MemoryStore::new());
+    let outcome = engine
+        .start_with(&def, "group-1", 0, traced())
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
+    assert!(matches!(outcome, SagaOutcome::Completed(0)));
+    assert_eq!(steps_of(&calls, "group-1").len(), 2);
+    assert_calls_traced(&calls, "group-1");
+    assert_span_traced("group-1", "a", 1);
+    assert_span_traced("group-1", "b", 1);
 }
