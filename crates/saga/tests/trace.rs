@@ -150,6 +150,7 @@ type Calls = Arc<Mutex<Vec<Call>>>;
 
 /// What `charge` does after recording its call.
 #[derive(Clone, Debug)]
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 enum Charge {
     Go,
     Hang,
@@ -275,6 +276,7 @@ async fn stored_trace(store: &dyn SagaStore, saga: &str) -> Option<TraceContext>
 }
 
 /// A real-time runtime: sqlx's pool timers must not be fast-forwarded by a paused clock.
+#[cfg(feature = "sqlite")]
 fn real_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -282,6 +284,7 @@ fn real_runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let start = tokio::time::Instant::now();
     while !done() {
