@@ -960,3 +960,136 @@ async fn parallel_group_members_run_in_the_trace_on_their_own_tasks() {
     assert_span_traced("group-1", "a", 1);
     assert_span_traced("group-1", "b", 1);
 }
+
+/// Headers in, headers out, over real loopback servers: an axum handler starts the saga with
+/// the request's `traceparent` and `tracestate`; the step calls a participant over HTTP with
+/// `StepContext::traceparent`, and the participant sees the caller's trace id.
+#[tokio::test]
+async fn a_handler_starts_a_saga_from_its_request_headers_and_the_step_sends_them_on() {
+    use axum::extract::State;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::post;
+
+    captured();
+    async fn serve(app: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}")
+    }
+    fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+
+    // The participant: records the trace headers of every charge it gets.
+    type Received = Arc<Mutex<Vec<(Option<String>, Option<String>, Option<String>)>>>;
+    let received = Received::default();
+    let participant = serve(
+        axum::Router::new()
+            .route(
+                "/charge",
+                post(|State(r): State<Received>, headers: HeaderMap| async move {
+                    r.lock().unwrap().push((
+                        header(&headers, "traceparent"),
+                        header(&headers, "tracestate"),
+                        header(&headers, "idempotency-key"),
+                    ));
+                    StatusCode::OK
+                }),
+            )
+            .with_state(Arc::clone(&received)),
+    )
+    .await;
+
+    let client = reqwest::Client::new();
+    let def = SagaDefinition::<u32>::builder("traced-http", 1)
+        .step(Step::new("charge", move |n: u32, ctx: StepContext| {
+            let mut request = client
+                .post(format!("{participant}/charge"))
+                .header("idempotency-key", ctx.idempotency_key());
+            if let Some(traceparent) = ctx.traceparent() {
+                request = request.header("traceparent", traceparent);
+            }
+            if let Some(tracestate) = ctx.tracestate() {
+                request = request.header("tracestate", tracestate);
+            }
+            async move {
+                let response = request
+                    .send()
+                    .await
+                    .map_err(staunch_saga::StepError::retryable)?;
+                if !response.status().is_success() {
+                    return Err(staunch_saga::StepError::fail(response.status().to_string()));
+                }
+                Ok(n)
+            }
+        }))
+        .build()
+        .unwrap();
+
+    // The service: starts the saga of an order from the request's trace headers.
+    let engine = SagaEngine::new(MemoryStore::new());
+    type App = (SagaEngine, SagaDefinition<u32>);
+    let service = serve(
+        axum::Router::new()
+            .route(
+                "/orders/{id}",
+                post(
+                    |State((engine, def)): State<App>,
+                     axum::extract::Path(id): axum::extract::Path<String>,
+                     headers: HeaderMap| async move {
+                        let mut options = StartOptions::new();
+                        if let Some(tp) = header(&headers, "traceparent") {
+                            options = options.traceparent(tp);
+                        }
+                        if let Some(ts) = header(&headers, "tracestate") {
+                            options = options.tracestate(ts);
+                        }
+                        let handle = engine.start_with(&def, id, 7, options).await.unwrap();
+                        match handle.outcome().await {
+                            Ok(SagaOutcome::Completed(_)) => StatusCode::OK,
+                            _ => StatusCode::INTERNAL_SERVER_ERROR,
+                        }
+                    },
+                ),
+            )
+            .with_state((engine.clone(), def.clone())),
+    )
+    .await;
+
+    let http = reqwest::Client::new();
+    let status = http
+        .post(format!("{service}/orders/http-1"))
+        .header("traceparent", TRACEPARENT)
+        .header("tracestate", TRACESTATE)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    let status = http
+        .post(format!("{service}/orders/http-2"))
+        .header("traceparent", "00-not-a-trace")
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200, "a malformed header does not fail the request");
+
+    let span_id = step_span_id("http-1", "charge", Phase::Action, 1);
+    assert_eq!(
+        *received.lock().unwrap(),
+        [
+            (
+                Some(format!("00-{TRACE_ID}-{span_id}-01")),
+                Some(TRACESTATE.to_owned()),
+                Some("http-1:charge:action".to_owned())
+            ),
+            (None, None, Some("http-2:charge:action".to_owned())),
+        ]
+    );
+    assert_span_traced("http-1", "charge", 1);
+}
