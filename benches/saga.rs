@@ -80,6 +80,7 @@ async fn backlog(path: &std::path::Path) -> SqliteStore {
             version: 1,
             input,
             started_at_ms: 0,
+            trace: None,
         }
         .encode(),
         SagaEvent::StepStarted {

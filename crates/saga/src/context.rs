@@ -3,6 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::trace::TraceContext;
+
 /// Whether a step call is the action or its compensation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -35,12 +37,17 @@ impl fmt::Display for Phase {
 /// `Idempotency-Key` header). It is the same on every attempt and after a crash and recovery,
 /// so a participant that remembers keys applies each action and each compensation once, even
 /// though the engine delivers them at least once.
+///
+/// Send [`traceparent`](Self::traceparent) too (and [`tracestate`](Self::tracestate)), so the
+/// participant's spans join the trace of the caller that started the saga, also for attempts
+/// run after a restart.
 #[derive(Debug, Clone)]
 pub struct StepContext {
     pub(crate) saga_id: Arc<str>,
     pub(crate) step: Arc<str>,
     pub(crate) phase: Phase,
     pub(crate) attempt: u32,
+    pub(crate) trace: Option<Arc<TraceContext>>,
 }
 
 impl StepContext {
@@ -57,7 +64,16 @@ impl StepContext {
             step: step.into(),
             phase,
             attempt,
+            trace: None,
         }
+    }
+
+    /// This context with the trace context the saga was started under, as the engine passes
+    /// it to a traced saga's steps (for unit tests of a step).
+    #[must_use]
+    pub fn with_trace(mut self, trace: TraceContext) -> Self {
+        self.trace = Some(Arc::new(trace));
+        self
     }
 
     /// The saga's id.
@@ -78,6 +94,27 @@ impl StepContext {
     /// The attempt number, from 1, counted over the saga's whole log (recovery continues it).
     pub fn attempt(&self) -> u32 {
         self.attempt
+    }
+
+    /// The trace context the saga was started under (read from its log, so also after a
+    /// restart), if the caller gave a valid one.
+    pub fn trace(&self) -> Option<&TraceContext> {
+        self.trace.as_deref()
+    }
+
+    /// A `traceparent` header value for the calls this attempt makes: the saga's trace id
+    /// and trace flags, and a span id derived from the saga id, step, phase and attempt
+    /// ([`step_span_id`](crate::step_span_id); it is also the `span_id` field of the attempt's
+    /// `saga_step` span). `None` when the saga was started without a valid trace context.
+    pub fn traceparent(&self) -> Option<String> {
+        let trace = self.trace.as_deref()?;
+        Some(trace.child_traceparent(&self.saga_id, &self.step, self.phase, self.attempt))
+    }
+
+    /// The `tracestate` to send beside [`traceparent`](Self::traceparent): the caller's, as
+    /// stored with the saga.
+    pub fn tracestate(&self) -> Option<&str> {
+        self.trace.as_deref()?.tracestate()
     }
 
     /// `{saga_id}:{step}:{action|compensate}`: stable across attempts and recoveries.

@@ -16,8 +16,9 @@ use crate::outcome::{SagaHandle, SagaOutcome, stored_outcome};
 use crate::recovery::{self, RecoveryLoop, RecoveryReport, ResumeError};
 use crate::runner::Runner;
 use crate::shared::{Entry, Replayed, Resume, Shared};
+use crate::start::StartOptions;
 use crate::store::{Created, ListFilter, NewSaga, SagaStatus, SagaStore, SagaSummary};
-use crate::{operator, task};
+use crate::{operator, task, trace};
 
 /// Runs sagas against a [`SagaStore`]. Cheap to clone; clones share everything.
 ///
@@ -170,6 +171,46 @@ impl SagaEngine {
         saga_id: impl Into<Arc<str>>,
         input: S,
     ) -> Result<SagaHandle<S>, SagaError> {
+        self.start_with(definition, saga_id, input, StartOptions::new())
+            .await
+    }
+
+    /// [`start`](Self::start) with options: the caller's W3C trace context, stored in the
+    /// saga's `started` event so that every step attempt (also one resumed after a restart,
+    /// on any instance) records it on its `saga_step` span and offers it to outgoing calls
+    /// ([`StepContext::traceparent`](crate::StepContext::traceparent)).
+    ///
+    /// A malformed `traceparent` or `tracestate` is ignored with a debug event: the saga
+    /// starts untraced (or without the `tracestate`), never fails for it. Options, like the
+    /// input, are ignored when the saga exists already. Errors, cancel safety: as `start`.
+    ///
+    /// ```
+    /// use staunch_saga::{MemoryStore, SagaDefinition, SagaEngine, StartOptions, Step};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let def = SagaDefinition::<u32>::builder("charge", 1)
+    ///     .step(Step::new("charge", |n, ctx| async move {
+    ///         // send it as the `traceparent` header of the call to the payment service
+    ///         let traceparent = ctx.traceparent().expect("the saga is traced");
+    ///         assert!(traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+    ///         Ok(n)
+    ///     }))
+    ///     .build()?;
+    /// let engine = SagaEngine::new(MemoryStore::new());
+    /// let options = StartOptions::new()
+    ///     .traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    /// engine.start_with(&def, "c-1", 100, options).await?.outcome().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn start_with<S: SagaState>(
+        &self,
+        definition: &SagaDefinition<S>,
+        saga_id: impl Into<Arc<str>>,
+        input: S,
+        options: StartOptions,
+    ) -> Result<SagaHandle<S>, SagaError> {
         let id: Arc<str> = saga_id.into();
         self.shared.register_if_absent(&definition.inner)?;
         let rx = match self
@@ -208,6 +249,11 @@ impl SagaEngine {
             Arc::clone(&definition.inner),
             Arc::clone(&id),
             input,
+            trace::accept(
+                &id,
+                options.traceparent.as_deref(),
+                options.tracestate.as_deref(),
+            ),
         )?;
         let events = runner.take_first_events();
         let new = NewSaga::new(

@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 
 use crate::context::Phase;
 use crate::error::{LoadError, StepErrorKind};
+use crate::trace::TraceContext;
 
 /// The log format version written by this crate.
 pub const LOG_FORMAT_VERSION: u32 = 1;
@@ -28,6 +29,16 @@ pub enum SagaEvent {
         input: Box<RawValue>,
         /// Wall-clock start, milliseconds since the Unix epoch (for the saga deadline).
         started_at_ms: u64,
+        /// The W3C trace context of the caller that started the saga, if it gave a valid
+        /// one. Absent in logs written before traces were stored; a stored value that is not
+        /// a valid trace context reads as none (the saga runs untraced, nothing is
+        /// quarantined).
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "crate::trace::lenient"
+        )]
+        trace: Option<TraceContext>,
     },
     /// An attempt of a step's action is about to run.
     StepStarted {
@@ -203,8 +214,16 @@ impl SagaEvent {
         const ENVELOPE: usize = 96;
         let carried = match self {
             Self::Started {
-                definition, input, ..
-            } => definition.len() + input.get().len(),
+                definition,
+                input,
+                trace,
+                ..
+            } => {
+                let trace = trace.as_ref().map_or(0, |t| {
+                    t.traceparent().len() + t.tracestate().map_or(0, str::len)
+                });
+                definition.len() + input.get().len() + trace
+            }
             Self::StepCompleted { state, member, .. } => {
                 state.get().len() + member.as_ref().map_or(0, |m| m.get().len())
             }
@@ -270,6 +289,18 @@ mod tests {
                 version: u32::MAX,
                 input: big.clone(),
                 started_at_ms: u64::MAX,
+                trace: None,
+            },
+            SagaEvent::Started {
+                definition: "traced".into(),
+                version: 1,
+                input: raw("{}"),
+                started_at_ms: 0,
+                trace: Some(
+                    TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+                        .and_then(|t| t.with_tracestate("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"))
+                        .expect("valid trace"),
+                ),
             },
             SagaEvent::StepStarted {
                 step: 0,

@@ -141,6 +141,35 @@
 //! ended (the saga finished while the pass ran) counts nothing.
 //! [`SagaEngine::inspect`] returns a saga's timeline; [`SagaEngine::list`] filters by status
 //! and definition.
+//!
+//! # Tracing across restarts
+//!
+//! A saga outlives the request that started it, often the process too, so the caller's W3C
+//! trace context is kept in the saga's log: [`SagaEngine::start_with`] with
+//! [`StartOptions::traceparent`] (and [`StartOptions::tracestate`]) stores it in the
+//! `started` event. Every step attempt, also one resumed after a crash or taken over by
+//! another instance, reads it from there:
+//!
+//! - [`StepContext::traceparent`] is the `traceparent` to send with the attempt's calls: the
+//!   stored trace id and flags, and the attempt's own span id ([`step_span_id`], derived
+//!   from saga id, step, phase and attempt, so every instance derives the same one).
+//!   [`StepContext::tracestate`] is the stored `tracestate`.
+//! - The attempt's `saga_step` span carries the fields below, named as OpenTelemetry names
+//!   them; the `saga` span of each run carries `saga_id`, `definition` and `trace_id`.
+//!
+//! | field            | value                                                          |
+//! |------------------|----------------------------------------------------------------|
+//! | `saga_id`        | the saga id                                                    |
+//! | `step`           | the step name                                                  |
+//! | `phase`          | `action` or `compensate`                                       |
+//! | `attempt`        | the attempt number, from 1, over the whole log                 |
+//! | `trace_id`       | the stored trace id, 32 hex digits (absent when untraced)      |
+//! | `parent_span_id` | the stored parent id: the caller's span, 16 hex digits         |
+//! | `span_id`        | the attempt's span id, as in its [`StepContext::traceparent`]  |
+//!
+//! Only a valid version `00` `traceparent` is stored (see [`TraceContext`]); a malformed one
+//! is ignored with a debug event and the saga runs untraced. The crate depends on `tracing`
+//! alone: an OpenTelemetry layer or a log pipeline reads these fields by name.
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -164,8 +193,10 @@ mod recovery;
 mod replay;
 mod runner;
 mod shared;
+mod start;
 mod store;
 mod task;
+mod trace;
 
 pub use config::{
     DEFAULT_MAX_QUEUED, DEFAULT_OUTCOME_POLL_INTERVAL, RETENTION_PERIOD, SagaEngineBuilder,
@@ -188,6 +219,7 @@ pub use log::{SagaTimeline, TimelineEntry};
 pub use metrics::SagaMetrics;
 pub use outcome::{SagaHandle, SagaOutcome};
 pub use recovery::{RecoveryLoop, RecoveryReport};
+pub use start::StartOptions;
 pub use store::{
     Append, Created, ListFilter, MemoryStore, NewSaga, SagaLog, SagaStatus, SagaStore, SagaSummary,
     StoredEvent,
@@ -196,6 +228,7 @@ pub use store::{
 pub use store::{PostgresStore, PostgresStoreBuilder};
 #[cfg(feature = "sqlite")]
 pub use store::{SqliteStore, SqliteStoreBuilder, SqliteSynchronous};
+pub use trace::{TraceContext, TraceContextError, step_span_id};
 
 /// The `sqlx` this crate was built with, for opening the database directly (e.g. to
 /// inspect it, or in benchmarks).

@@ -1,12 +1,15 @@
 //! Folding a saga's events into where it stands: the single source of truth for both a live
 //! runner (which applies each event as it records it) and recovery (which applies the log).
 
+use std::sync::Arc;
+
 use serde_json::value::RawValue;
 
 use crate::context::Phase;
 use crate::error::{LoadError, LogRule};
 use crate::event::SagaEvent;
 use crate::store::SagaStatus;
+use crate::trace::TraceContext;
 
 /// Per-step facts gathered from the log.
 #[derive(Debug, Clone, Default)]
@@ -69,6 +72,8 @@ pub(crate) struct Progress {
     pub(crate) definition: String,
     pub(crate) version: u32,
     pub(crate) started_at_ms: u64,
+    /// The caller's trace context, from the `started` event.
+    pub(crate) trace: Option<Arc<TraceContext>>,
     pub(crate) state: Box<RawValue>,
     pub(crate) steps: Vec<StepProgress>,
     pub(crate) stage: Stage,
@@ -92,10 +97,12 @@ impl Progress {
                 version,
                 input,
                 started_at_ms,
+                trace,
             } => Ok(Self {
                 definition: definition.clone(),
                 version: *version,
                 started_at_ms: *started_at_ms,
+                trace: trace.clone().map(Arc::new),
                 state: input.clone(),
                 steps: vec![StepProgress::default(); step_count],
                 stage: Stage::Forward,

@@ -69,7 +69,12 @@ pub(crate) fn spawn<S: SagaState>(mut runner: Runner<S>, permit: Permit) {
     let id = Arc::clone(runner.id());
     let def = Arc::clone(runner.definition());
     let shared = Arc::clone(runner.shared());
-    let span = tracing::info_span!("saga", saga_id = %id, definition = %def.name);
+    let span = tracing::info_span!(
+        "saga",
+        saga_id = %id,
+        definition = %def.name,
+        trace_id = runner.trace().map(crate::TraceContext::trace_id),
+    );
     let in_flight = shared.in_flight(Arc::clone(&def.name));
     tokio::spawn(
         async move {

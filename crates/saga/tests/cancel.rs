@@ -422,6 +422,7 @@ fn backed_off_rows(definition: &str, retry_at_ms: u64) -> Vec<String> {
             version: 1,
             input: serde_json::value::to_raw_value(&trail()).unwrap(),
             started_at_ms: 0,
+            trace: None,
         }
         .encode(),
         SagaEvent::StepStarted {
@@ -582,6 +583,7 @@ async fn crashed_on_s1(store: &dyn SagaStore, id: &str) {
             version: 1,
             input,
             started_at_ms: 0,
+            trace: None,
         }
         .encode(),
         SagaEvent::StepStarted {

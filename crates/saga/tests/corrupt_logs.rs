@@ -66,6 +66,7 @@ fn started(definition: &str, version: u32) -> SagaEvent {
         version,
         input: raw_trail(),
         started_at_ms: 0,
+        trace: None,
     }
 }
 

@@ -28,6 +28,7 @@ fn started(definition: &str) -> SagaEvent {
         version: 1,
         input: raw(&trail()),
         started_at_ms: 0,
+        trace: None,
     }
 }
 
@@ -814,6 +815,7 @@ mod sqlite {
             version: 1,
             input: raw(&t),
             started_at_ms: 0,
+            trace: None,
         }
         .encode()
         .into_bytes();

@@ -405,3 +405,39 @@ async fn a_failing_store_answers_503_and_a_log_that_does_not_load_422() {
         assert_eq!(body["error"], "unreadable", "{body}");
     }
 }
+
+#[tokio::test]
+async fn a_timeline_shows_the_trace_context_a_saga_was_started_under() {
+    let engine = SagaEngine::new(MemoryStore::new());
+    let def = gated(&Arc::new(Semaphore::new(10)));
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let options = staunch_saga::StartOptions::new()
+        .traceparent(traceparent)
+        .tracestate("rojo=1");
+    engine
+        .start_with(&def, "traced-1", 1, options)
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
+    engine
+        .start(&def, "plain-1", 1)
+        .await
+        .unwrap()
+        .outcome()
+        .await
+        .unwrap();
+    let base = serve(engine).await;
+    let (status, t) = get(&format!("{base}/sagas/traced-1")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        t["entries"][0]["event"]["started"]["trace"],
+        json!({"traceparent": traceparent, "tracestate": "rojo=1"})
+    );
+    let (_, t) = get(&format!("{base}/sagas/plain-1")).await;
+    assert!(
+        t["entries"][0]["event"]["started"].get("trace").is_none(),
+        "{t}"
+    );
+}

@@ -62,6 +62,7 @@ fn crashed_rows(definition: &str) -> Vec<String> {
             version: 1,
             input: serde_json::value::to_raw_value(&trail()).unwrap(),
             started_at_ms: 0,
+            trace: None,
         }
         .encode(),
         SagaEvent::StepStarted {

@@ -19,6 +19,7 @@ use crate::outcome::RawOutcome;
 use crate::replay::{Progress, Stage};
 use crate::shared::{Control, OperatorRequest, Shared};
 use crate::store::Append;
+use crate::trace::{TraceContext, step_span_id};
 
 mod parallel;
 mod retry;
@@ -75,12 +76,14 @@ impl<S: SagaState> Runner<S> {
         def: Arc<DefinitionInner<S>>,
         id: Arc<str>,
         input: S,
+        trace: Option<TraceContext>,
     ) -> Result<Self, SagaError> {
         let started = SagaEvent::Started {
             definition: def.name.to_string(),
             version: def.version,
             input: to_raw(&input)?,
             started_at_ms: now_ms(),
+            trace,
         };
         let progress =
             Progress::started(&started, def.steps.len()).map_err(|error| SagaError::Load {
@@ -182,6 +185,11 @@ impl<S: SagaState> Runner<S> {
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// The trace context of the saga's `started` event.
+    pub(crate) fn trace(&self) -> Option<&TraceContext> {
+        self.progress.trace.as_deref()
     }
 
     /// Whether the runner stopped because it recorded an invalid event (an engine bug).
@@ -760,14 +768,32 @@ impl<S: SagaState> Runner<S> {
             .steps
             .get(step as usize)
             .map_or_else(|| Arc::from(format!("#{step}")), |s| Arc::clone(&s.name));
+        let trace = self.progress.trace.clone();
+        // The trace fields come from the log (not from whatever span resumed the saga), so
+        // an attempt after a restart on another instance lands in the caller's trace too.
+        let span = tracing::debug_span!(
+            "saga_step",
+            saga_id = %self.id,
+            step = %name,
+            %phase,
+            attempt,
+            trace_id = trace.as_deref().map(TraceContext::trace_id),
+            parent_span_id = trace.as_deref().map(TraceContext::parent_id),
+            span_id = tracing::field::Empty,
+        );
+        if trace.is_some() && !span.is_disabled() {
+            span.record(
+                "span_id",
+                step_span_id(&self.id, &name, phase, attempt).as_str(),
+            );
+        }
         let ctx = StepContext {
             saga_id: Arc::clone(&self.id),
             step: Arc::clone(&name),
             phase,
             attempt,
+            trace,
         };
-        let span =
-            tracing::debug_span!("saga_step", saga_id = %self.id, step = %name, %phase, attempt);
         let shared = Arc::clone(&self.shared);
         let definition = Arc::clone(&self.def.name);
         async move {
