@@ -71,7 +71,17 @@ pub(crate) async fn recover(
     // Up to `RESUME_AHEAD` claimed sagas are loaded and replayed at once (their logs read
     // while earlier ones wait for room), in id order.
     let resumed = futures_util::stream::iter(pending.rest.by_ref())
-        .map(|summary| resume_claimed(shared, summary))
+        .map(|summary| {
+            // Made here, not in the future: a future dropped before its first poll (the pass
+            // failed or was cancelled) still gives its saga back.
+            let held = Held {
+                shared,
+                id: Arc::from(summary.saga_id.as_str()),
+                claimed_here: false,
+                armed: true,
+            };
+            resume_claimed(shared, summary, held)
+        })
         .buffered(RESUME_AHEAD);
     let mut resumed = std::pin::pin!(resumed);
     while let Some(done) = resumed.next().await {
@@ -97,17 +107,18 @@ enum Claimed {
 }
 
 /// Resumes one claimed saga once there is room for it under the caps, or quarantines it.
-async fn resume_claimed(shared: &Arc<Shared>, summary: SagaSummary) -> Result<Claimed, SagaError> {
-    let id: Arc<str> = Arc::from(summary.saga_id.as_str());
+async fn resume_claimed(
+    shared: &Arc<Shared>,
+    summary: SagaSummary,
+    mut held: Held<'_>,
+) -> Result<Claimed, SagaError> {
+    let id = Arc::clone(&held.id);
     if !shared.claim(&id) {
         // Its runner here holds it (and releases it).
+        held.handed_over();
         return Ok(Claimed::AlreadyRunning(summary.saga_id));
     }
-    let held = Held {
-        shared,
-        id: &id,
-        armed: true,
-    };
+    held.claimed_here = true;
     // Paced by the caps: wait for room (cancel safe; `held` gives the claims back).
     let permit = shared.admission().admit(&summary.definition).await;
     let resumed = AssertUnwindSafe(resume(shared, &id, permit))
@@ -197,11 +208,13 @@ pub(crate) enum ResumeError {
     Load(LoadError),
 }
 
-/// A saga claimed here and in the store while the pass works on it: unless handed over (to
-/// a runner, or quarantined), dropping it gives both claims back.
+/// A saga claimed in the store (and, once `claimed_here`, in this engine) while the pass
+/// works on it: unless handed over (to a runner, or quarantined), dropping it gives the
+/// claims back.
 struct Held<'a> {
     shared: &'a Shared,
-    id: &'a Arc<str>,
+    id: Arc<str>,
+    claimed_here: bool,
     armed: bool,
 }
 
@@ -214,8 +227,10 @@ impl Held<'_> {
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         if self.armed {
-            self.shared.unclaim(self.id);
-            self.shared.store().release(self.id);
+            if self.claimed_here {
+                self.shared.unclaim(&self.id);
+            }
+            self.shared.store().release(&self.id);
         }
     }
 }
