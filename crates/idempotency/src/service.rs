@@ -192,6 +192,12 @@ where
         guard.release().await;
         return Ok(response.map(|b| IdempotencyBody::inner(Bytes::new(), b)));
     }
+    if guard.claim.is_recorded() {
+        // The handler recorded this reply in its own transaction (`finish_in`): nothing left
+        // to write, and nothing to buffer.
+        guard.disarm();
+        return Ok(response.map(|b| IdempotencyBody::inner(Bytes::new(), b)));
+    }
     let (head, mut body) = response.into_parts();
     let mut buffer = BytesMut::new();
     loop {
@@ -348,13 +354,33 @@ impl<St: IdempotencyStore> ReleaseOnDrop<St> {
         }
     }
 
+    /// The handler recorded the outcome itself: nothing to finish or free.
+    fn disarm(&mut self) {
+        self.store = None;
+    }
+
     async fn finish(&mut self, s: &Settings, outcome: &Outcome) {
-        if let Some(store) = self.store.take()
-            && let Err(e) = store.finish(&self.claim, outcome, s.ttl).await
-        {
-            // The request ran; its mark stays in flight until the lease ends, so repeats get
-            // 409 meanwhile rather than a second run at once.
-            tracing::error!(key = self.claim.key(), error = %e, "could not store an idempotent response");
+        let Some(store) = self.store.take() else {
+            return;
+        };
+        match store.finish(&self.claim, outcome, s.ttl).await {
+            Ok(()) => {}
+            Err(StoreError::LeaseLost { .. }) => {
+                // The handler outran its lease and another request took the key over: both
+                // ran. The client still gets this response; the record is the other one's.
+                tracing::warn!(
+                    key = self.claim.key(),
+                    lease = ?s.lease,
+                    "idempotency lease lost before the response was stored: the key was taken over, so this request may have run twice; make the lease longer than the slowest handler"
+                );
+                #[cfg(feature = "metrics")]
+                metrics::counter!("staunch_idempotency_lease_lost_total").increment(1);
+            }
+            Err(e) => {
+                // The request ran; its mark stays in flight until the lease ends, so repeats
+                // get 409 meanwhile rather than a second run at once.
+                tracing::error!(key = self.claim.key(), error = %e, "could not store an idempotent response");
+            }
         }
     }
 }

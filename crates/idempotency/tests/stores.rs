@@ -46,12 +46,14 @@ async fn lifecycle<St: IdempotencyStore>(store: St) {
             .unwrap(),
         Begin::Started
     );
-    // The first holder's late finish and release do nothing.
+    // The first holder's late finish is refused as a lost lease (not swallowed) and records
+    // nothing; its late release does nothing.
     let late = Outcome::Stored(StoredResponse::new(http::StatusCode::OK, "late"));
-    store
-        .finish(&first, &late, Duration::from_mins(1))
-        .await
-        .unwrap();
+    let lost = store.finish(&first, &late, Duration::from_mins(1)).await;
+    assert!(
+        matches!(&lost, Err(StoreError::LeaseLost { key }) if key == "k"),
+        "{lost:?}"
+    );
     store.release(&first).await.unwrap();
     let response = StoredResponse::new(http::StatusCode::CREATED, "ok").with_header(
         http::header::LOCATION,

@@ -1,6 +1,8 @@
 //! Where keys live: the [`IdempotencyStore`] trait and its memory, SQLite and PostgreSQL stores.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::record::{Fingerprint, Outcome};
@@ -18,14 +20,30 @@ pub(crate) mod sqlite;
 ///
 /// The layer puts it into the request's extensions before calling the handler; a handler
 /// that writes its response in its own transaction (`SqliteStore::finish_in`,
-/// `PostgresStore::finish_in`) reads it from there.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `PostgresStore::finish_in`) reads it from there. Clones share one flag,
+/// [`is_recorded`](Self::is_recorded): once `finish_in` has written the reply, the layer does
+/// not write it again.
+#[derive(Debug, Clone)]
 pub struct Claim {
     key: String,
     fingerprint: Fingerprint,
     token: i64,
     ttl: Duration,
+    recorded: Arc<AtomicBool>,
 }
+
+/// Two claims are equal when they name the same attempt on the same key; whether the reply is
+/// recorded yet does not count.
+impl PartialEq for Claim {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+            && self.fingerprint == other.fingerprint
+            && self.token == other.token
+            && self.ttl == other.ttl
+    }
+}
+
+impl Eq for Claim {}
 
 impl Claim {
     /// A claim on `key` (already scoped) for a request with this fingerprint, with a fresh
@@ -36,7 +54,24 @@ impl Claim {
             fingerprint,
             token: fastrand::i64(..),
             ttl,
+            recorded: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Whether this claim's reply was recorded by the handler (`finish_in`, or
+    /// [`mark_recorded`](Self::mark_recorded)): the layer then skips its own
+    /// [`IdempotencyStore::finish`] and passes the handler's response through unread.
+    pub fn is_recorded(&self) -> bool {
+        self.recorded.load(Ordering::Acquire)
+    }
+
+    /// Tells the layer that the handler has written this claim's reply itself, in the
+    /// transaction it commits before answering (the SQL stores' `finish_in` calls it; a
+    /// store of your own with such a method calls it too). The layer then does not write the
+    /// reply again. A handler that rolls back afterwards must answer with a response the
+    /// layer does not store (a 5xx by default), so the key is freed for a retry.
+    pub fn mark_recorded(&self) {
+        self.recorded.store(true, Ordering::Release);
     }
 
     /// How long the finished record is kept (the layer's `ttl`).
@@ -105,9 +140,10 @@ pub enum StoreError {
 }
 
 /// Storage for idempotency keys. The layer calls [`begin`](Self::begin) before the handler,
-/// then exactly one of [`finish`](Self::finish) (the response is kept) or
+/// then at most one of [`finish`](Self::finish) (the response is kept) or
 /// [`release`](Self::release) (the key is free again: a 5xx by default, an error, a
-/// cancelled request).
+/// cancelled request); neither when the handler recorded its reply itself in its own
+/// transaction ([`Claim::is_recorded`]) and answered with a response the policy stores.
 ///
 /// Implementations must make `begin` atomic: of many concurrent calls for one free key,
 /// exactly one gets [`Begin::Started`].
@@ -162,9 +198,10 @@ pub trait IdempotencyStore: Clone + Send + Sync + 'static {
         lease: Duration,
     ) -> impl Future<Output = Result<Begin, StoreError>> + Send;
 
-    /// Records the outcome of `claim`, kept for `ttl`. Does nothing if the claim no longer
-    /// holds the key (its lease was taken over, or the outcome is already recorded, e.g. in
-    /// the handler's own transaction).
+    /// Records the outcome of `claim`, kept for `ttl`, if the claim still holds its key in
+    /// flight. Errors with [`StoreError::LeaseLost`] (recording nothing) if it does not: its
+    /// lease ended and another request took the key over, or the key was purged or already
+    /// finished. The layer logs that at `warn` and still answers with the handler's response.
     fn finish(
         &self,
         claim: &Claim,

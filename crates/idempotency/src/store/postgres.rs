@@ -101,14 +101,20 @@ impl PostgresStore {
     /// at all. Return the same response from the handler.
     ///
     /// Errors with [`StoreError::LeaseLost`] if the claim no longer holds its key (the lease
-    /// ended and another request took it): roll back.
+    /// ended and another request took it): roll back. Once it succeeds the claim is
+    /// [marked recorded](Claim::mark_recorded), so the layer does not write the reply again;
+    /// if the handler rolls back after all, it must answer with a response the layer does
+    /// not store (a 5xx by default), which frees the key.
     pub async fn finish_in(
         &self,
         conn: &mut PgConnection,
         claim: &Claim,
         response: &StoredResponse,
     ) -> Result<(), StoreError> {
-        finish(conn, claim, &Outcome::Stored(response.clone()), claim.ttl()).await
+        finish(conn, claim, &Outcome::Stored(response.clone()), claim.ttl()).await?;
+        // The layer then leaves the record to this transaction.
+        claim.mark_recorded();
+        Ok(())
     }
 }
 
@@ -194,10 +200,7 @@ impl IdempotencyStore for PostgresStore {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let mut conn = self.inner.pool.acquire().await.map_err(db)?;
-        match finish(&mut conn, claim, outcome, ttl).await {
-            Err(StoreError::LeaseLost { .. }) | Ok(()) => Ok(()),
-            Err(e) => Err(e),
-        }
+        finish(&mut conn, claim, outcome, ttl).await
     }
 
     async fn release(&self, claim: &Claim) -> Result<(), StoreError> {
