@@ -50,6 +50,7 @@ mod client;
 mod config;
 mod key;
 mod layer;
+mod rebuild;
 mod record;
 mod scope;
 mod service;
@@ -61,6 +62,7 @@ pub use crate::client::{IDEMPOTENCY_KEY, IdempotencyKey, IdempotencyKeyLayer, Se
 pub use crate::config::{Idempotency, IdempotencyBuilder, Oversized, StorePolicy};
 pub use crate::key::{KeyError, parse_key};
 pub use crate::layer::IdempotencyLayer;
+pub use crate::rebuild::{RebuildBody, ViaFrom};
 pub use crate::record::{Fingerprint, FingerprintParts, Outcome, StoredResponse};
 pub use crate::scope::{KeyScope, Unscoped};
 pub use crate::service::{IdempotencyService, REPLAYED, ResponseFuture};

@@ -239,6 +239,8 @@ pub(crate) struct RawRow {
     pub(crate) status: Option<i64>,
     pub(crate) headers: Option<Vec<u8>>,
     pub(crate) body: Option<Vec<u8>>,
+    /// `NULL` in rows written before trailers were kept: no trailers.
+    pub(crate) trailers: Option<Vec<u8>>,
 }
 
 /// Row states in the SQL stores.
@@ -273,12 +275,15 @@ impl RawRow {
                 let headers =
                     decode_headers(self.headers.as_deref().unwrap_or_default()).map_err(corrupt)?;
                 let body = self.body.ok_or_else(|| corrupt("the body is missing"))?;
+                let trailers = decode_headers(self.trailers.as_deref().unwrap_or_default())
+                    .map_err(|_| corrupt("the trailers are damaged"))?;
                 Ok(Begin::Finished {
                     fingerprint,
                     outcome: Outcome::Stored(StoredResponse {
                         status,
                         headers,
                         body: body.into(),
+                        trailers,
                     }),
                 })
             }
@@ -291,17 +296,35 @@ impl RawRow {
     }
 }
 
-/// The columns a SQL store writes for an outcome: state, status, headers, body.
+/// The columns a SQL store writes for an outcome.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn outcome_columns(outcome: &Outcome) -> (i64, i64, Option<Vec<u8>>, Option<Vec<u8>>) {
+pub(crate) struct OutcomeColumns {
+    pub(crate) state: i64,
+    pub(crate) status: i64,
+    pub(crate) headers: Option<Vec<u8>>,
+    pub(crate) body: Option<Vec<u8>>,
+    /// `NULL` when there are none.
+    pub(crate) trailers: Option<Vec<u8>>,
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn outcome_columns(outcome: &Outcome) -> OutcomeColumns {
+    use crate::record::encode_headers;
     match outcome {
-        Outcome::Stored(r) => (
-            STORED,
-            i64::from(r.status.as_u16()),
-            Some(crate::record::encode_headers(&r.headers)),
-            Some(r.body.to_vec()),
-        ),
-        Outcome::NotStored { status } => (NOT_STORED, i64::from(status.as_u16()), None, None),
+        Outcome::Stored(r) => OutcomeColumns {
+            state: STORED,
+            status: i64::from(r.status.as_u16()),
+            headers: Some(encode_headers(&r.headers)),
+            body: Some(r.body.to_vec()),
+            trailers: (!r.trailers.is_empty()).then(|| encode_headers(&r.trailers)),
+        },
+        Outcome::NotStored { status } => OutcomeColumns {
+            state: NOT_STORED,
+            status: i64::from(status.as_u16()),
+            headers: None,
+            body: None,
+            trailers: None,
+        },
     }
 }
 

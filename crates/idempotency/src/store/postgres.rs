@@ -20,24 +20,36 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS staunch_idempotency (
     expires_at BIGINT NOT NULL,
     status BIGINT,
     headers BYTEA,
-    body BYTEA
+    body BYTEA,
+    trailers BYTEA
 )";
 
 const CREATE_INDEX: &str = "CREATE INDEX IF NOT EXISTS staunch_idempotency_expiry
     ON staunch_idempotency (expires_at)";
 
+/// Tables made before trailers were kept get the column; their rows read as having none.
+/// Checked first, so that opening a store takes no table lock once the column exists.
+const HAS_TRAILERS: &str = "SELECT COUNT(*) FROM information_schema.columns
+    WHERE table_schema = current_schema() AND table_name = 'staunch_idempotency'
+        AND column_name = 'trailers'";
+const ADD_TRAILERS: &str =
+    "ALTER TABLE staunch_idempotency ADD COLUMN IF NOT EXISTS trailers BYTEA";
+
 const BEGIN: &str = "INSERT INTO staunch_idempotency (key, fingerprint, token, state, expires_at)
     VALUES ($1, $2, $3, 0, $4)
     ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, token = excluded.token,
-        state = 0, expires_at = excluded.expires_at, status = NULL, headers = NULL, body = NULL
+        state = 0, expires_at = excluded.expires_at, status = NULL, headers = NULL, body = NULL,
+        trailers = NULL
     WHERE staunch_idempotency.expires_at <= $5
     RETURNING token";
 
-const READ: &str = "SELECT fingerprint, state, status, headers, body FROM staunch_idempotency
+const READ: &str =
+    "SELECT fingerprint, state, status, headers, body, trailers FROM staunch_idempotency
     WHERE key = $1 AND expires_at > $2";
 
 const FINISH: &str = "UPDATE staunch_idempotency
-    SET state = $1, status = $2, headers = $3, body = $4, expires_at = $5
+    SET state = $1, status = $2, headers = $3, body = $4, expires_at = $5,
+        trailers = $8
     WHERE key = $6 AND token = $7 AND state = 0";
 
 const RELEASE: &str = "DELETE FROM staunch_idempotency WHERE key = $1 AND token = $2 AND state = 0";
@@ -76,6 +88,13 @@ impl PostgresStore {
     ) -> Result<Self, StoreError> {
         sqlx::query(CREATE).execute(&pool).await.map_err(db)?;
         sqlx::query(CREATE_INDEX).execute(&pool).await.map_err(db)?;
+        let has_trailers: i64 = sqlx::query_scalar(HAS_TRAILERS)
+            .fetch_one(&pool)
+            .await
+            .map_err(db)?;
+        if has_trailers == 0 {
+            sqlx::query(ADD_TRAILERS).execute(&pool).await.map_err(db)?;
+        }
         let (task, stop) = PurgeTask::channel();
         let inner = Arc::new(Inner { pool, _purge: task });
         PurgeTask::spawn(
@@ -124,15 +143,16 @@ async fn finish(
     outcome: &Outcome,
     ttl: Duration,
 ) -> Result<(), StoreError> {
-    let (state, status, headers, body) = outcome_columns(outcome);
+    let columns = outcome_columns(outcome);
     let done = sqlx::query(FINISH)
-        .bind(state)
-        .bind(status)
-        .bind(headers)
-        .bind(body)
+        .bind(columns.state)
+        .bind(columns.status)
+        .bind(columns.headers)
+        .bind(columns.body)
         .bind(after_ms(now_ms(), ttl))
         .bind(claim.key())
         .bind(claim.token())
+        .bind(columns.trailers)
         .execute(conn)
         .await
         .map_err(db)?;
@@ -183,6 +203,7 @@ impl IdempotencyStore for PostgresStore {
                     status: row.try_get(2).map_err(db)?,
                     headers: row.try_get(3).map_err(db)?,
                     body: row.try_get(4).map_err(db)?,
+                    trailers: row.try_get(5).map_err(db)?,
                 };
                 return raw.decode(claim.key());
             }
