@@ -165,12 +165,13 @@ pub(crate) const GRPC_STATUS_DETAILS: HeaderName =
 /// `message` as a `grpc-message` value: percent-encoded outside printable ASCII, and `%`
 /// itself, as the gRPC HTTP/2 protocol says.
 pub(crate) fn grpc_message(message: &str) -> HeaderValue {
+    use std::fmt::Write;
     let mut out = String::with_capacity(message.len());
     for &b in message.as_bytes() {
         if (0x20..=0x7e).contains(&b) && b != b'%' {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            let _ = write!(out, "%{b:02X}");
         }
     }
     // Only printable ASCII is left, which every header value accepts.
@@ -178,6 +179,9 @@ pub(crate) fn grpc_message(message: &str) -> HeaderValue {
 }
 
 /// What a store holds for a finished key.
+// The stored response is the common case and is moved once or twice per request; a box
+// would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The response, to replay.

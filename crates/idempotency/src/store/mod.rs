@@ -96,6 +96,8 @@ impl Claim {
 }
 
 /// What [`IdempotencyStore::begin`] found for a key.
+// A finished key's response is moved once, to the replay; a box would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Begin {
     /// The key was free (never seen, expired, or its in-flight lease ran out): it is now
