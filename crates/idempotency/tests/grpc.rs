@@ -1,5 +1,7 @@
 //! gRPC through the layer: a tonic server behind it and a tonic client, over loopback.
 
+mod support;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use staunch_idempotency::{Idempotency, IdempotencyLayer, MemoryStore};
+use staunch_idempotency::{Idempotency, IdempotencyLayer, IdempotencyStore, MemoryStore};
 use tonic::codegen::{Body, BoxFuture, StdError, http};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Code, Request, Response, Status};
@@ -89,9 +91,12 @@ where
     }
 }
 
-/// Serves `Bank` behind the layer (memory store) on a loopback port; a client to it.
-async fn serve(bank: Bank) -> tonic::client::Grpc<tonic::transport::Channel> {
-    let layer = IdempotencyLayer::new(MemoryStore::new(), Idempotency::default())
+/// Serves `Bank` behind the layer on `store` on a loopback port; a client to it.
+async fn serve<St: IdempotencyStore>(
+    bank: Bank,
+    store: St,
+) -> tonic::client::Grpc<tonic::transport::Channel> {
+    let layer = IdempotencyLayer::new(store, Idempotency::default())
         .rebuild_body(|bytes: Bytes| tonic::body::Body::new(http_body_util::Full::new(bytes)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -140,11 +145,23 @@ fn replayed(metadata: &tonic::metadata::MetadataMap) -> bool {
 
 #[tokio::test]
 async fn a_repeated_call_is_replayed_with_its_message_and_status() {
+    replays(MemoryStore::new()).await;
+}
+
+/// The same through SQLite: the reply's trailers go through a row and back.
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn a_repeated_call_is_replayed_from_sqlite() {
+    let (pool, _file) = support::sqlite_pool("grpc").await;
+    replays(staunch_idempotency::SqliteStore::open(pool).await.unwrap()).await;
+}
+
+async fn replays<St: IdempotencyStore>(store: St) {
     let bank = Bank {
         calls: Arc::default(),
         gate: Arc::new(tokio::sync::Semaphore::new(0)),
     };
-    let client = serve(bank.clone()).await;
+    let client = serve(bank.clone(), store).await;
 
     // First call processed; the repeat gets the same message, marked, without a second run.
     let first = charge(&client, Some("k1"), "ok", 250).await.unwrap();
@@ -201,7 +218,7 @@ async fn a_duplicate_in_flight_is_aborted() {
         calls: Arc::default(),
         gate: Arc::new(tokio::sync::Semaphore::new(0)),
     };
-    let client = serve(bank.clone()).await;
+    let client = serve(bank.clone(), MemoryStore::new()).await;
     let first = tokio::spawn({
         let client = client.clone();
         async move { charge(&client, Some("k"), "slow", 5).await }
@@ -221,4 +238,57 @@ async fn a_duplicate_in_flight_is_aborted() {
     assert!(replayed(again.metadata()));
     assert_eq!(again.into_inner(), first.into_inner());
     assert_eq!(bank.calls.load(Ordering::SeqCst), 1);
+}
+
+/// A store whose every call fails.
+#[derive(Debug, Clone)]
+struct Down;
+
+fn down() -> staunch_idempotency::StoreError {
+    staunch_idempotency::StoreError::Database("connection refused".into())
+}
+
+impl IdempotencyStore for Down {
+    async fn begin(
+        &self,
+        _: &staunch_idempotency::Claim,
+        _: Duration,
+    ) -> Result<staunch_idempotency::Begin, staunch_idempotency::StoreError> {
+        Err(down())
+    }
+    async fn finish(
+        &self,
+        _: &staunch_idempotency::Claim,
+        _: &staunch_idempotency::Outcome,
+        _: Duration,
+    ) -> Result<(), staunch_idempotency::StoreError> {
+        Err(down())
+    }
+    async fn release(
+        &self,
+        _: &staunch_idempotency::Claim,
+    ) -> Result<(), staunch_idempotency::StoreError> {
+        Err(down())
+    }
+    async fn purge(&self) -> Result<u64, staunch_idempotency::StoreError> {
+        Err(down())
+    }
+}
+
+#[tokio::test]
+async fn a_failing_store_is_unavailable_with_a_pushback_and_never_runs_the_call() {
+    let bank = Bank {
+        calls: Arc::default(),
+        gate: Arc::new(tokio::sync::Semaphore::new(0)),
+    };
+    let client = serve(bank.clone(), Down).await;
+    let refused = charge(&client, Some("k"), "ok", 1).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable);
+    assert!(refused.message().contains("retry later"), "{refused:?}");
+    // Default `retry_after` is 1 s: staunch's retry (and gRPC clients) read the pushback.
+    assert_eq!(
+        refused.metadata().get("grpc-retry-pushback-ms").unwrap(),
+        "1000"
+    );
+    assert_eq!(bank.calls.load(Ordering::SeqCst), 0);
 }
