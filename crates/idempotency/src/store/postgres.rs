@@ -35,12 +35,20 @@ const HAS_TRAILERS: &str = "SELECT COUNT(*) FROM information_schema.columns
 const ADD_TRAILERS: &str =
     "ALTER TABLE staunch_idempotency ADD COLUMN IF NOT EXISTS trailers BYTEA";
 
+/// A key never seen (or purged) is inserted. `DO NOTHING`, not a conditional `DO UPDATE`:
+/// the latter locks the existing row, which writes WAL and makes every replay's commit wait
+/// for a flush; this one writes nothing when the key exists.
 const BEGIN: &str = "INSERT INTO staunch_idempotency (key, fingerprint, token, state, expires_at)
     VALUES ($1, $2, $3, 0, $4)
-    ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, token = excluded.token,
-        state = 0, expires_at = excluded.expires_at, status = NULL, headers = NULL, body = NULL,
-        trailers = NULL
-    WHERE staunch_idempotency.expires_at <= $5
+    ON CONFLICT (key) DO NOTHING
+    RETURNING token";
+
+/// A key whose lease or TTL ended is taken over; of concurrent takeovers, PostgreSQL
+/// re-checks the condition after the first commits, so exactly one wins.
+const TAKE_OVER: &str = "UPDATE staunch_idempotency
+    SET fingerprint = $2, token = $3, state = 0, expires_at = $4, status = NULL,
+        headers = NULL, body = NULL, trailers = NULL
+    WHERE key = $1 AND expires_at <= $5
     RETURNING token";
 
 const READ: &str =
@@ -183,7 +191,6 @@ impl IdempotencyStore for PostgresStore {
                 .bind(&claim.fingerprint().0[..])
                 .bind(claim.token())
                 .bind(after_ms(now, lease))
-                .bind(now)
                 .fetch_optional(pool)
                 .await
                 .map_err(db)?;
@@ -207,7 +214,20 @@ impl IdempotencyStore for PostgresStore {
                 };
                 return raw.decode(claim.key());
             }
-            // Freed or expired between the two statements: try again.
+            // No live row: an expired one to take over, or freed in between.
+            let taken = sqlx::query(TAKE_OVER)
+                .bind(claim.key())
+                .bind(&claim.fingerprint().0[..])
+                .bind(claim.token())
+                .bind(after_ms(now, lease))
+                .bind(now)
+                .fetch_optional(pool)
+                .await
+                .map_err(db)?;
+            if taken.is_some() {
+                return Ok(Begin::Started);
+            }
+            // Taken over by another request, or freed: try again.
         }
         Ok(Begin::InFlight {
             fingerprint: claim.fingerprint(),
