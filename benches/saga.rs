@@ -10,6 +10,11 @@
 //! - `sqlite_rusqlite_same_rows`: the same rows in the same batches and statements on the
 //!   same file, through `rusqlite` on the bench's own blocking thread (no async runtime, no
 //!   hop to a driver thread per statement): what the driver's per-statement cost is.
+//! - `sqlite_start_cap_256` and `sqlite_recover_20k_cap_256`: an engine capped at 256
+//!   running sagas (`max_running`), first starting 20 000 sagas (250 callers), then resuming
+//!   20 000 unfinished ones (each crashed in its first step) from a fresh file with
+//!   `recover()`: the rate at which a restart works through a backlog, beside the start rate
+//!   under the same cap.
 //! - `postgres_256` (feature `postgres`, needs `STAUNCH_TEST_POSTGRES_URL`; skipped with a
 //!   note otherwise): the same sagas on a `PostgresStore` (leases, fenced group-commit
 //!   appends) in a fresh schema on the loopback server.
@@ -23,12 +28,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use staunch::saga::sqlx::{self, Connection};
 use staunch::saga::{
-    MemoryStore, SagaDefinition, SagaEngine, SagaOutcome, SqliteStore, Step, StepError,
+    MemoryStore, NewSaga, SagaDefinition, SagaEngine, SagaEvent, SagaOutcome, SagaStatus,
+    SagaStore, SqliteStore, Step, StepError,
 };
 
 const CONCURRENCY: usize = 256;
 const MEMORY_SAGAS: usize = 4096;
 const SQLITE_SAGAS: usize = CONCURRENCY * 8;
+const BACKLOG: usize = 20_000;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
@@ -60,6 +67,69 @@ async fn run(engine: &SagaEngine, def: &SagaDefinition<String>, total: usize, co
     }
     for t in tasks {
         t.await.expect("saga task");
+    }
+}
+
+/// A fresh SQLite file holding `BACKLOG` sagas that crashed while their first step ran.
+async fn backlog(path: &std::path::Path) -> SqliteStore {
+    let store = SqliteStore::open(path).await.expect("open sqlite store");
+    let input = serde_json::value::to_raw_value(&"s".repeat(200)).expect("input");
+    let rows = vec![
+        SagaEvent::Started {
+            definition: "bench".into(),
+            version: 1,
+            input,
+            started_at_ms: 0,
+        }
+        .encode(),
+        SagaEvent::StepStarted {
+            step: 0,
+            attempt: 1,
+        }
+        .encode(),
+    ];
+    let creates = (0..BACKLOG).map(|n| {
+        store.create(NewSaga::new(
+            format!("crashed-{n:05}").into(),
+            "bench".into(),
+            1,
+            SagaStatus::Running,
+            rows.clone(),
+        ))
+    });
+    for created in futures::future::join_all(creates).await {
+        created.expect("create");
+    }
+    store
+}
+
+/// Recovers `BACKLOG` crashed sagas under a cap of 256 and waits for every outcome.
+async fn recover_backlog(store: SqliteStore, def: &SagaDefinition<String>) {
+    let engine = SagaEngine::builder(store)
+        .max_running(CONCURRENCY)
+        .build()
+        .expect("engine");
+    engine.register(def).expect("register");
+    let report = engine.recover().await.expect("recover");
+    assert_eq!(report.resumed.len(), BACKLOG);
+    let outcomes = report
+        .resumed
+        .iter()
+        .map(|id| engine.outcome(def, id.as_str()));
+    for outcome in futures::future::join_all(outcomes).await {
+        assert!(matches!(
+            outcome.expect("outcome"),
+            SagaOutcome::Completed(_)
+        ));
+    }
+}
+
+/// Removes a database file and its WAL files (best effort).
+fn remove_db(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm", "-lock"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(name));
     }
 }
 
@@ -188,6 +258,49 @@ fn benches(c: &mut Criterion) {
         b.iter(|| rt.block_on(run(&engine, &def, SQLITE_SAGAS, CONCURRENCY)));
     });
     drop(engine);
+
+    // A backlog: the start rate under a cap, then a restart working through 20 000.
+    group.throughput(Throughput::Elements(BACKLOG as u64));
+    group.bench_function("sqlite_start_cap_256", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = std::time::Duration::ZERO;
+            for _ in 0..iters {
+                let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+                let capped = dir.join(format!("capped-{n}.db"));
+                rt.block_on(async {
+                    let engine = SagaEngine::builder(
+                        SqliteStore::open(&capped).await.expect("open sqlite store"),
+                    )
+                    .max_running(CONCURRENCY)
+                    .build()
+                    .expect("engine");
+                    let t0 = tokio::time::Instant::now();
+                    run(&engine, &def, BACKLOG, 250).await;
+                    spent += t0.elapsed();
+                });
+                remove_db(&capped);
+            }
+            spent
+        });
+    });
+    group.bench_function("sqlite_recover_20k_cap_256", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = std::time::Duration::ZERO;
+            for _ in 0..iters {
+                // A fresh file each time (its WAL files go with it below).
+                let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+                let path = dir.join(format!("backlog-{n}.db"));
+                rt.block_on(async {
+                    let store = backlog(&path).await;
+                    let t0 = tokio::time::Instant::now();
+                    recover_backlog(store, &def).await;
+                    spent += t0.elapsed();
+                });
+                remove_db(&path);
+            }
+            spent
+        });
+    });
 
     // Representative payloads: a state-carrying row and a small one, as the engine writes.
     let state = "s".repeat(200);

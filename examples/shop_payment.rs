@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --example shop_payment -- --port 8082 [--db payment.db]
-//! curl -X POST localhost:8082/admin/mode -H 'content-type: application/json' -d '{"mode":"slow","delay_ms":2000}'
+//! curl -X POST localhost:8082/admin/mode -H 'content-type: application/json' -d '{"preset":"slow"}'
 //! ```
 
 #[allow(dead_code)]

@@ -124,6 +124,10 @@ pub enum Error<E> {
     /// a real one: retried and counted by a breaker like one). Feature `fault`.
     #[cfg(feature = "fault")]
     FaultInjected(staunch_fault::FaultInjected),
+    /// The outlier balancer had no endpoint to send the call to (every replica was removed).
+    /// Feature `outlier`.
+    #[cfg(feature = "outlier")]
+    NoEndpoints(staunch_outlier::NoEndpoints),
     /// A fallback was asked to answer and its backup failed; the backup's error is its
     /// [`backup_error`](staunch_fallback::FallbackFailed::backup_error). Feature `fallback`.
     #[cfg(feature = "fallback")]
@@ -145,7 +149,8 @@ where
     /// [`RetryExhausted`](staunch_retry::RetryExhausted) (as
     /// [`RetriesExhausted`](Error::RetriesExhausted) or
     /// [`BudgetExhausted`](Error::BudgetExhausted), the last attempt's error classified the
-    /// same way), then the fallback's and the fault injector's errors, then a staunch
+    /// same way), then the fallback's, the fault injector's and the outlier balancer's
+    /// errors, then a staunch
     /// rejection anywhere in the source chain, then a timeout anywhere in the chain, else
     /// `Other`.
     pub fn from_box(err: BoxError) -> Self {
@@ -170,6 +175,11 @@ where
         #[cfg(feature = "fault")]
         let err = match err.downcast::<staunch_fault::FaultInjected>() {
             Ok(injected) => return Error::FaultInjected(*injected),
+            Err(err) => err,
+        };
+        #[cfg(feature = "outlier")]
+        let err = match err.downcast::<staunch_outlier::NoEndpoints>() {
+            Ok(none) => return Error::NoEndpoints(*none),
             Err(err) => err,
         };
         match rejection_of(&*err) {
@@ -221,6 +231,8 @@ where
             }
             #[cfg(feature = "fault")]
             Error::FaultInjected(e) => Box::new(e),
+            #[cfg(feature = "outlier")]
+            Error::NoEndpoints(e) => Box::new(e),
             #[cfg(feature = "fallback")]
             Error::FallbackFailed(e) => Box::new(e),
             #[cfg(feature = "fallback")]
@@ -315,6 +327,8 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
             }
             #[cfg(feature = "fault")]
             Error::FaultInjected(e) => e.fmt(f),
+            #[cfg(feature = "outlier")]
+            Error::NoEndpoints(e) => e.fmt(f),
             #[cfg(feature = "fallback")]
             Error::FallbackFailed(e) => e.fmt(f),
             #[cfg(feature = "fallback")]
@@ -332,6 +346,8 @@ impl<E: StdError + 'static> StdError for Error<E> {
             Error::Other(e) => e.source(),
             #[cfg(feature = "fault")]
             Error::FaultInjected(e) => e.source(),
+            #[cfg(feature = "outlier")]
+            Error::NoEndpoints(e) => e.source(),
             #[cfg(feature = "fallback")]
             Error::FallbackFailed(e) => e.source(),
             #[cfg(feature = "fallback")]
@@ -537,6 +553,20 @@ where
             Poll::Ready(Ok(res)) => Poll::Ready(Ok(res)),
             Poll::Ready(Err(e)) => Poll::Ready(Err(Error::from_box(e.into()))),
         }
+    }
+}
+
+#[cfg(all(test, feature = "outlier"))]
+mod outlier_tests {
+    use super::{BoxError, Error};
+
+    #[test]
+    fn no_endpoints_is_its_own_variant_and_goes_back_as_it_was() {
+        let boxed: BoxError = Box::new(staunch_outlier::NoEndpoints);
+        let err = Error::<std::io::Error>::from_box(boxed);
+        assert!(matches!(err, Error::NoEndpoints(_)), "{err:?}");
+        assert_eq!(err.to_string(), "no endpoint to send the call to");
+        assert!(err.into_box_error().is::<staunch_outlier::NoEndpoints>());
     }
 }
 

@@ -214,6 +214,60 @@
 //! # fn main() {}
 //! ```
 //!
+//! **Outlier ejection over replicas (feature `outlier`) goes below retry, above the
+//! per-endpoint layers.** When a dependency runs as several replicas, the
+//! [`Balancer`](crate::outlier::Balancer) is the service the retry layer wraps, and each
+//! endpoint's own breaker, attempt timeout and bulkhead sit inside that endpoint's service:
+//!
+//! ```text
+//! retry                     a retry goes through the balancer again: usually another replica
+//!  Balancer                 power of two choices among the replicas not ejected
+//!   circuit breaker, attempt timeout, bulkhead, client    one stack per replica
+//! ```
+//!
+//! A replica's timeouts, failures and open breaker are errors the balancer counts against
+//! that replica (they say it is sick), so it is ejected and the others take its calls; retry
+//! outside then lands the next attempt on a healthy replica. Inside a single-endpoint stack
+//! instead, the balancer would have nothing to choose from; above retry, it would see one
+//! outcome per call and send every attempt of a call to the same replica.
+//!
+//! ```
+//! # #[cfg(all(feature = "outlier", feature = "retry", feature = "circuit-breaker"))]
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use std::time::Duration;
+//! use staunch::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
+//! use staunch::outlier::Balancer;
+//! use staunch::retry::{RetryLayer, RetryPolicy};
+//! use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
+//!
+//! // Three replicas, each behind its own breaker; "b" refuses every call.
+//! let replica = |name: &'static str| {
+//!     let breaker = CircuitBreaker::builder(name).build().unwrap();
+//!     CircuitBreakerLayer::new(breaker).layer(service_fn(move |_q: u32| async move {
+//!         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+//!         if name == "b" { Err(refused) } else { Ok(name.to_owned()) }
+//!     }))
+//! };
+//! let balancer = Balancer::builder("catalog")
+//!     .endpoints(["a", "b", "c"].map(|name| (name, replica(name))))
+//!     .consecutive_failures(2)
+//!     .build()
+//!     .unwrap();
+//! let mut client = ServiceBuilder::new()
+//!     .layer(RetryLayer::new(RetryPolicy::builder().build().unwrap()))
+//!     .service(balancer.clone());
+//! // Every call succeeds: an attempt that reached "b" is retried on another replica...
+//! for q in 0..50 {
+//!     assert_ne!(client.ready().await.unwrap().call(q).await.unwrap(), "b");
+//! }
+//! // ...and "b", having failed twice in a row, is out of the rotation for 30 seconds.
+//! assert!(balancer.endpoint(&"b").unwrap().state.is_ejected());
+//! # }
+//! # #[cfg(not(all(feature = "outlier", feature = "retry", feature = "circuit-breaker")))]
+//! # fn main() {}
+//! ```
+//!
 //! # Choosing settings
 //!
 //! - `attempt_timeout` (default 2 s): a little above the dependency's p99.9 latency. Tighter
@@ -523,9 +577,10 @@
 //!   `none`, `slow`, `error`, `intermittent`.
 //! - `fallback`: the fallback layer ([`fallback`]): rejections, chosen errors and chosen
 //!   statuses answered by a value, a function or a backup service, marked as fallbacks.
-//! - `outlier`: outlier ejection over several endpoints ([`outlier`]): the detector that ejects
-//!   an endpoint after failures in a row, capped by a share of endpoints. It goes outermost
-//!   over the replicas, under the retry, so a retry can land on another endpoint.
+//! - `outlier`: outlier ejection over several replicas ([`outlier`]): a power-of-two-choices
+//!   balancer whose detector ejects an endpoint after failures in a row or a failure rate,
+//!   for a growing time, capped by a share of endpoints, with a per-endpoint status. It goes
+//!   under the retry and over each replica's own layers, so a retry lands on another replica.
 //! - `full`: everything.
 //!
 //! `rate-limit` alone:

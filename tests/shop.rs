@@ -12,10 +12,10 @@ mod app;
 
 use std::time::Duration;
 
-use app::payment::Mode;
 use app::story::{Config, SKU, Shop, play};
 use serde_json::{Value, json};
 use staunch::circuit_breaker::State;
+use staunch::fault::FaultConfig;
 
 /// POSTs JSON; the status, the JSON body (null if none) and whether the answer was replayed.
 async fn post(url: String, key: Option<&str>, body: &Value) -> (u16, Value, bool) {
@@ -84,18 +84,22 @@ async fn short_story_is_consistent_and_shows_the_breaker_and_the_bulkhead() {
         "consistency check failed: {:?}",
         report.inconsistencies
     );
-    let [normal, errors, slow, recovery] = &report.phases[..] else {
-        panic!("four phases, got {}", report.phases.len());
+    let [normal, errors, slow, recovery, down, back] = &report.phases[..] else {
+        panic!("six phases, got {}", report.phases.len());
     };
     for phase in &report.phases {
         assert_eq!(phase.count("stuck") + phase.count("error"), 0, "{phase:?}");
+    }
+    for phase in [normal, errors, slow, recovery] {
         // Each payment bulkhead rejection is one order rejected: a call refused by the open
-        // breaker never queues for (or is counted by) the bulkhead below it.
+        // breaker never queues for (or is counted by) the bulkhead below it. (From phase 5
+        // on, later charges call payment too.)
         assert_eq!(
             phase.bulkhead_rejections,
             phase.count("rejected"),
             "{phase:?}"
         );
+        assert_eq!(phase.count("payment_pending"), 0, "{phase:?}");
     }
 
     // (1) Healthy: every order completes.
@@ -162,6 +166,22 @@ async fn short_story_is_consistent_and_shows_the_breaker_and_the_bulkhead() {
     assert_eq!(payment.breaker.state(), State::Closed);
     assert!(recovery.count("completed") > 0);
     assert_eq!(recovery.count("compensated"), 0, "{recovery:?}");
+
+    // Payment down with the fallback on: once the breaker opens, orders are accepted as
+    // payment pending instead of failing fast or being rejected.
+    assert!(down.count("payment_pending") > 0, "{down:?}");
+    assert_eq!(
+        down.count("failed_fast") + down.count("rejected"),
+        0,
+        "{down:?}"
+    );
+    assert!(down.breaker_rejections > 0, "{down:?}");
+    // Payment back: every pending order was charged later (and shipped: the consistency
+    // check above finds every charged order shipped).
+    assert!(back.count("completed") > 0, "{back:?}");
+    let (pending, charged) = report.pending;
+    assert!(pending > 0);
+    assert_eq!(charged, pending, "every pending order charged later");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,7 +274,7 @@ async fn participants_honour_idempotency_keys_and_the_order_service_explains_its
     assert_eq!((charges.len(), refunds.len()), (1, 1));
 
     // An order whose charge fails is compensated; its saga's timeline says so.
-    shop.set_payment_mode(Mode::Error { share: 1.0 })
+    shop.set_payment_mode(FaultConfig::none().with_error(1.0, 500))
         .await
         .expect("mode switched");
     let (status, placed, _) = post(
@@ -336,11 +356,9 @@ async fn a_charge_in_doubt_is_refunded_by_its_key_and_never_lands_later() {
     // Every charge takes longer than the client's per-attempt timeout: each attempt times out,
     // the client cannot know whether the charge landed, and the saga compensates it too.
     let delay = config.tuning.attempt_timeout + config.tuning.attempt_timeout / 2;
-    shop.set_payment_mode(Mode::Slow {
-        delay_ms: delay.as_millis() as u64,
-    })
-    .await
-    .expect("mode switched");
+    shop.set_payment_mode(FaultConfig::none().with_latency(1.0, delay, delay))
+        .await
+        .expect("mode switched");
     let order = shop.order_addr();
     let (status, placed, _) = post(
         format!("http://{order}/orders"),
@@ -466,4 +484,53 @@ async fn shipping_over_grpc_runs_a_key_once_also_after_a_restart() {
     assert_eq!(shipments.len(), 1, "{shipments:?}");
     assert_eq!((shipments[0].qty, shipments[0].cancelled), (2, false));
     shop.cleanup();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payment_faults_switch_by_preset_through_the_admin_route_and_bad_values_are_refused_by_name()
+ {
+    let dir = std::env::temp_dir().join(format!("staunch-shop-faults-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let payment = app::payment::Payment::open(&dir.join("payment.db"))
+        .await
+        .expect("payment opens");
+    let at = app::serve(payment.router()).await.expect("serves");
+    let admin = format!("http://{at}/admin/mode");
+    let (status, now, _) = post(admin.clone(), None, &json!({ "preset": "error" })).await;
+    assert_eq!(status, 200, "{now}");
+    assert_eq!(now["now"]["error"]["rate"], json!(0.7), "{now}");
+    assert_eq!(now["now"]["error"]["status"], json!(500), "{now}");
+    // Seeded: about 70 % of charges answer 500, none is written to the ledger.
+    let mut failed = 0;
+    for n in 0..100 {
+        let (status, _, _) = post(
+            format!("http://{at}/charges"),
+            Some(&format!("k-{n}")),
+            &json!({ "order_id": format!("o-{n}"), "amount_cents": 100 }),
+        )
+        .await;
+        assert!(status == 201 || status == 500, "{status}");
+        failed += usize::from(status == 500);
+    }
+    assert!((55..=85).contains(&failed), "{failed} of 100 failed");
+    let (charges, _) = ledger(&payment).await;
+    assert_eq!(charges.len(), 100 - failed);
+    // A value out of range is a 400 naming it; the faults in force stay.
+    let (status, body) = {
+        let (status, body, _) =
+            post(admin.clone(), None, &json!({ "error": { "rate": 2.0 } })).await;
+        (status, body)
+    };
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("error.rate"), "{body}");
+    let (status, unknown, _) = post(admin.clone(), None, &json!({ "preset": "flaky" })).await;
+    assert!(status == 400 || status == 422, "{status} {unknown}");
+    let (_, shown) = get(admin.clone()).await;
+    assert_eq!(shown["error"]["rate"], json!(0.7), "{shown}");
+    let (status, _, _) = post(admin.clone(), None, &json!({ "preset": "none" })).await;
+    assert_eq!(status, 200);
+    let (_, shown) = get(admin).await;
+    assert!(shown.get("error").is_none(), "{shown}");
+    drop(payment);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -44,10 +44,11 @@ use std::time::Duration;
 
 use app::inventory::Inventory;
 use app::order::OrderService;
-use app::payment::{Mode, Payment};
+use app::payment::Payment;
 use app::shipping::Shipping;
 use app::story::{Config, Report, SKU, consistency, data_dir};
 use serde_json::{Value, json};
+use staunch::fault::FaultConfig;
 use staunch::idempotency::{IDEMPOTENCY_KEY, IdempotencyKey};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -86,9 +87,16 @@ async fn shop_worker() {
             let payment = Payment::open(&dir.join("payment.db"))
                 .await
                 .expect("payment opens");
-            payment.set_mode(Mode::Intermittent {
-                delay_ms: SLOW_CHARGE_MS,
-            });
+            // The intermittent preset with a shorter delay: a quarter of the charges slow,
+            // a quarter answered 503.
+            let slow = Duration::from_millis(SLOW_CHARGE_MS);
+            payment
+                .set_faults(
+                    FaultConfig::none()
+                        .with_latency(0.25, slow, slow)
+                        .with_error(0.25, 503),
+                )
+                .expect("valid faults");
             app::serve_at(deliveries(payment.router(), &dir, "payment"), port).await
         }
         "shipping" => {
@@ -279,7 +287,7 @@ async fn play(dir: &Path) {
     )
     .await
     .expect("the order service starts on the same log");
-    let placed = orders.settle().await.expect("every saga ends");
+    let (placed, _) = orders.settle().await.expect("every saga ends");
 
     // What the HTTP participants received during the run (the order service gone, so
     // nothing more comes): keys that came more than once, and replays.

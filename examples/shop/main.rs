@@ -10,7 +10,7 @@
 //!
 //! With `--serve`, open the dashboard printed at start, switch payment's failure mode with
 //! `curl -X POST http://ADDR/admin/mode -H 'content-type: application/json' -d
-//! '{"mode":"error","share":0.8}'` and place orders with `curl -X POST http://ADDR/orders -H
+//! '{"preset":"error"}'` (or `slow`, `intermittent`, `none`) and place orders with `curl -X POST http://ADDR/orders -H
 //! 'content-type: application/json' -d '{"sku":"widget","qty":1,"amount_cents":1999}'`.
 
 mod app;

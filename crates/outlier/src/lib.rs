@@ -1,252 +1,144 @@
-//! Outlier ejection over balanced endpoints: the detector engine.
+//! Outlier ejection over several replicas of one service, with Envoy's (and Istio's)
+//! semantics: calls are balanced over the endpoints, and an endpoint that keeps failing is
+//! taken out of the rotation for a while, then let back in.
 //!
-//! [`Detector`] records each call's outcome per endpoint and says which endpoints are
-//! eligible. An endpoint with `consecutive_failures` failures in a row is ejected for
-//! `base_ejection_time × times ejected`, unless that would put more than
-//! `max_ejection_percent` of the endpoints out at once. An ejected endpoint returns lazily:
-//! the first look at the detector after its time has passed makes it eligible again. When no
-//! endpoint is eligible, [`Detector::eligible`] returns every endpoint (calls still go
-//! somewhere, as Envoy does).
+//! - [`Balancer`] is the tower service over the endpoints (one inner service each, keyed by
+//!   what names it, such as its URL): each call goes to the less loaded of two eligible
+//!   endpoints drawn at random (power of two choices on calls in flight), and its outcome,
+//!   judged by a [`Classify`](staunch_core::Classify)er, is recorded against that endpoint.
+//!   [`status`](Balancer::status) lists every endpoint's state; endpoints are
+//!   [`insert`](Balancer::insert)ed and [`remove`](Balancer::remove)d at run time.
+//! - [`Detector`] is the engine, usable without tower: outcomes in, eligible endpoints out.
+//!
+//! # The model
+//!
+//! - **Ejection**: `consecutive_failures` failures in a row (default 5) eject an endpoint;
+//!   with the optional failure-rate test, so does a failure percentage at or above
+//!   `threshold` over an `interval` in which it answered at least `minimum_requests` calls.
+//! - **For how long**: the `n`th ejection of an endpoint lasts `n × base_ejection_time`
+//!   (default 30 s), at most `max_ejection_time` (default 5 min), so a replica that keeps
+//!   failing is tried less and less often, but still tried.
+//! - **How many**: never more than `max_ejection_percent` of the endpoints (default 50 %,
+//!   rounded down) at once; the rest carry the load even if they fail too, because ejecting
+//!   every replica of a service that is down helps no one.
+//! - **Return**: automatic, when the time has passed, checked at the next call (no
+//!   background task). A returned endpoint starts again from no failures in a row, and keeps
+//!   its count of ejections.
+//! - **Nowhere to go**: if every endpoint is out (possible only with 100 %), calls go to
+//!   all of them, as in Envoy. With no endpoint at all, a call fails with [`NoEndpoints`].
+//!
+//! For HTTP, `HttpStatus::empty().failures(500..=599)` classifies as Envoy's
+//! `consecutive_5xx`: 5xx responses and transport errors (refused connections, resets)
+//! fail, 4xx are the caller's business. The default classifier, [`AnyError`], fails every
+//! `Err`.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use std::time::Duration;
+//! use staunch_outlier::Balancer;
+//! use tower::{BoxError, Service, ServiceExt, service_fn};
+//!
+//! // Three replicas; "b" fails every call.
+//! let replica = |name: &'static str| {
+//!     service_fn(move |_req: ()| async move {
+//!         if name == "b" { Err::<&str, BoxError>("b is down".into()) } else { Ok(name) }
+//!     })
+//! };
+//! let mut client = Balancer::builder("catalog")
+//!     .endpoint("a", replica("a"))
+//!     .endpoint("b", replica("b"))
+//!     .endpoint("c", replica("c"))
+//!     .consecutive_failures(3)
+//!     .base_ejection_time(Duration::from_secs(30))
+//!     .seed(7)
+//!     .build()
+//!     .unwrap();
+//!
+//! // "b" fails until it has failed three times in a row, and is ejected...
+//! while client.endpoint(&"b").unwrap().times_ejected == 0 {
+//!     let _ = client.ready().await.unwrap().call(()).await;
+//! }
+//! // ...after which every call goes to "a" or "c".
+//! for _ in 0..100 {
+//!     let answer = client.ready().await.unwrap().call(()).await.unwrap();
+//!     assert_ne!(answer, "b");
+//! }
+//! // Thirty seconds later, "b" is back in the rotation.
+//! tokio::time::advance(Duration::from_secs(30)).await;
+//! assert!(!client.endpoint(&"b").unwrap().state.is_ejected());
+//! # }
+//! ```
+//!
+//! # Where it goes in a stack
+//!
+//! Below the retry layer, above the per-endpoint layers: `retry → Balancer → [breaker →
+//! timeout → client]` per endpoint. A retry then goes through the balancer again and
+//! usually lands on another endpoint (and never on an ejected one). Each endpoint's own
+//! breaker, timeout and bulkhead sit inside its service, so they judge that replica only; a
+//! timeout or an open breaker there is an `Err` the balancer counts against the endpoint.
+//!
+//! # Cost
+//!
+//! A call takes the balancer's mutex twice (to choose, and to record the outcome), clones
+//! the chosen endpoint's service (clones of tower services start not ready, so a clone per
+//! call is what lets every clone of the balancer share the endpoints; for reqwest or hyper
+//! clients it is one reference count) and counts itself in flight with an atomic. No
+//! allocation. `cargo bench -p staunch-benches --bench outlier` measures it beside tower's
+//! `balance::p2c::Balance`.
+//!
+//! # Features
+//!
+//! - `serde`: [`OutlierConfig`] from and to any serde format (durations in human form);
+//!   `Serialize` for [`OutlierMetrics`].
+//! - `metrics`: the counters `staunch_outlier_ejections_total{name, reason}` (reason
+//!   `consecutive_failures` or `failure_rate`) and `staunch_outlier_returns_total{name}`,
+//!   and the gauges `staunch_outlier_ejected_endpoints{name}` and
+//!   `staunch_outlier_endpoints{name}`, through the `metrics` crate.
+//!   [`Balancer::metrics`] reads the same counts without it.
+//!
+//! Ejections and returns are `debug` tracing events (with the endpoint's key, the reason,
+//! the times ejected and the ejection time); an ejection held back by the cap is a `trace`
+//! event.
+//!
+//! [`AnyError`]: staunch_core::AnyError
 
-use std::time::Duration;
-use tokio::time::Instant;
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub use staunch_core::ConfigError;
+mod balancer;
+mod builder;
+mod config;
+mod detector;
+mod error;
+mod future;
+#[cfg(feature = "metrics")]
+mod metrics;
+mod settings;
 
-/// Validated detector settings.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Settings {
-    consecutive_failures: u32,
-    base_ejection_time: Duration,
-    max_ejection_percent: u32,
-}
-
-impl Settings {
-    /// Checks and builds the settings.
-    pub fn new(
-        consecutive_failures: u32,
-        base_ejection_time: Duration,
-        max_ejection_percent: u32,
-    ) -> Result<Self, ConfigError> {
-        if consecutive_failures == 0 {
-            return Err(ConfigError::new(
-                "consecutive_failures",
-                "must be at least 1",
-            ));
-        }
-        if base_ejection_time.is_zero() {
-            return Err(ConfigError::new("base_ejection_time", "must be positive"));
-        }
-        if max_ejection_percent > 100 {
-            return Err(ConfigError::new("max_ejection_percent", "must be 0..=100"));
-        }
-        Ok(Self {
-            consecutive_failures,
-            base_ejection_time,
-            max_ejection_percent,
-        })
-    }
-}
-
-/// One endpoint's state, as [`Detector::endpoints`] lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndpointStatus {
-    /// The endpoint's index.
-    pub index: usize,
-    /// When it returns, if ejected.
-    pub ejected_until: Option<Instant>,
-    /// How many times it was ejected.
-    pub times_ejected: u32,
-    /// Failures in a row.
-    pub consecutive_failures: u32,
-}
-
-/// The outlier detector over a fixed number of endpoints.
-#[derive(Debug)]
-pub struct Detector {
-    settings: Settings,
-    endpoints: Vec<EndpointStatus>,
-}
-
-impl Detector {
-    /// A detector over `count` endpoints, all eligible.
-    pub fn new(settings: Settings, count: usize) -> Self {
-        let endpoints = (0..count)
-            .map(|index| EndpointStatus {
-                index,
-                ejected_until: None,
-                times_ejected: 0,
-                consecutive_failures: 0,
-            })
-            .collect();
-        Self {
-            settings,
-            endpoints,
-        }
-    }
-
-    fn expire(&mut self, now: Instant) {
-        for e in &mut self.endpoints {
-            if e.ejected_until.is_some_and(|until| until <= now) {
-                e.ejected_until = None;
-                e.consecutive_failures = 0;
-            }
-        }
-    }
-
-    /// Records one call's outcome on endpoint `index` (out of range is ignored).
-    pub fn record(&mut self, index: usize, failed: bool, now: Instant) {
-        self.expire(now);
-        let total = self.endpoints.len();
-        let ejected = self
-            .endpoints
-            .iter()
-            .filter(|e| e.ejected_until.is_some())
-            .count();
-        let cap = total * self.settings.max_ejection_percent as usize / 100;
-        let Some(e) = self.endpoints.get_mut(index) else {
-            return;
-        };
-        if !failed {
-            e.consecutive_failures = 0;
-            return;
-        }
-        e.consecutive_failures = e.consecutive_failures.saturating_add(1);
-        if e.ejected_until.is_none()
-            && e.consecutive_failures >= self.settings.consecutive_failures
-            && ejected < cap
-        {
-            e.times_ejected = e.times_ejected.saturating_add(1);
-            let time = self
-                .settings
-                .base_ejection_time
-                .saturating_mul(e.times_ejected);
-            e.ejected_until = Some(
-                now.checked_add(time)
-                    .unwrap_or(now + Duration::from_hours(24 * 365)),
-            );
-        }
-    }
-
-    /// The endpoints calls may go to; every endpoint when none is eligible.
-    pub fn eligible(&mut self, now: Instant) -> Vec<usize> {
-        self.expire(now);
-        let ok: Vec<usize> = self
-            .endpoints
-            .iter()
-            .filter(|e| e.ejected_until.is_none())
-            .map(|e| e.index)
-            .collect();
-        if ok.is_empty() {
-            (0..self.endpoints.len()).collect()
-        } else {
-            ok
-        }
-    }
-
-    /// Each endpoint's state.
-    pub fn endpoints(&mut self, now: Instant) -> Vec<EndpointStatus> {
-        self.expire(now);
-        self.endpoints.clone()
-    }
-}
+pub use crate::balancer::Balancer;
+pub use crate::builder::BalancerBuilder;
+pub use crate::config::{FailureRateConfig, OutlierConfig};
+pub use crate::detector::{Detector, EndpointState, EndpointStatus, OutlierMetrics};
+pub use crate::error::NoEndpoints;
+pub use crate::future::ResponseFuture;
+pub use crate::settings::{FailureRate, Settings, SettingsBuilder};
+pub use staunch_core::{BoxError, ConfigError};
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn settings() -> Settings {
-        Settings::new(3, Duration::from_secs(10), 50).unwrap()
-    }
+    fn assert_send_sync_unpin<T: Send + Sync + Unpin>() {}
 
     #[test]
-    fn bad_config_names_field() {
-        assert_eq!(
-            Settings::new(0, Duration::from_secs(1), 10)
-                .unwrap_err()
-                .field(),
-            "consecutive_failures"
-        );
-        assert_eq!(
-            Settings::new(1, Duration::ZERO, 10).unwrap_err().field(),
-            "base_ejection_time"
-        );
-        assert_eq!(
-            Settings::new(1, Duration::from_secs(1), 101)
-                .unwrap_err()
-                .field(),
-            "max_ejection_percent"
-        );
-    }
-
-    #[test]
-    fn ejects_after_consecutive_failures_and_returns_with_growing_time() {
-        let now = Instant::now();
-        let mut d = Detector::new(settings(), 3);
-        for _ in 0..3 {
-            d.record(1, true, now);
-        }
-        assert_eq!(d.eligible(now), vec![0, 2]);
-        assert_eq!(d.eligible(now + Duration::from_secs(10)), vec![0, 1, 2]);
-        let later = now + Duration::from_secs(10);
-        for _ in 0..3 {
-            d.record(1, true, later);
-        }
-        assert_eq!(d.eligible(later + Duration::from_secs(19)), vec![0, 2]);
-        assert_eq!(d.eligible(later + Duration::from_secs(20)), vec![0, 1, 2]);
-        assert_eq!(d.endpoints(later)[1].times_ejected, 2);
-    }
-
-    #[test]
-    fn success_resets_the_count() {
-        let now = Instant::now();
-        let mut d = Detector::new(settings(), 3);
-        d.record(0, true, now);
-        d.record(0, true, now);
-        d.record(0, false, now);
-        d.record(0, true, now);
-        assert_eq!(d.eligible(now), vec![0, 1, 2]);
-    }
-
-    #[test]
-    fn cap_holds_endpoints_in() {
-        let now = Instant::now();
-        let mut d = Detector::new(settings(), 3);
-        for i in 0..3 {
-            for _ in 0..5 {
-                d.record(i, true, now);
-            }
-        }
-        // 50 % of 3 is one endpoint.
-        assert_eq!(d.eligible(now).len(), 2);
-    }
-
-    #[test]
-    fn seeded_sequences_never_eject_more_than_the_cap() {
-        let start = Instant::now();
-        let mut seed: u64 = 0x5eed;
-        for percent in [0, 10, 34, 50, 100] {
-            let settings = Settings::new(2, Duration::from_secs(5), percent).unwrap();
-            let mut d = Detector::new(settings, 5);
-            let cap = 5 * percent as usize / 100;
-            for step in 0..2000u64 {
-                seed = seed
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let now = start + Duration::from_millis(step * 37);
-                d.record(
-                    (seed >> 33) as usize % 5,
-                    !(seed >> 20).is_multiple_of(3),
-                    now,
-                );
-                let out = d
-                    .endpoints(now)
-                    .iter()
-                    .filter(|e| e.ejected_until.is_some())
-                    .count();
-                assert!(out <= cap, "{out} ejected with cap {cap}");
-                assert!(!d.eligible(now).is_empty());
-            }
-        }
+    fn public_types_are_send_sync_unpin() {
+        assert_send_sync_unpin::<Detector<String>>();
+        assert_send_sync_unpin::<Settings>();
+        assert_send_sync_unpin::<OutlierConfig>();
+        assert_send_sync_unpin::<EndpointStatus<String>>();
+        assert_send_sync_unpin::<NoEndpoints>();
+        assert_send_sync_unpin::<OutlierMetrics>();
     }
 }

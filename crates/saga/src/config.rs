@@ -9,7 +9,7 @@ use tokio::sync::Semaphore;
 
 use crate::admission::Admission;
 use crate::engine::SagaEngine;
-use crate::store::SagaStore;
+use crate::store::{SagaStatus, SagaStore};
 
 /// The default bound of the queue of `start` calls waiting for room under a cap.
 pub const DEFAULT_MAX_QUEUED: usize = 1024;
@@ -17,6 +17,18 @@ pub const DEFAULT_MAX_QUEUED: usize = 1024;
 /// The default interval at which a handle polls the store for a saga no runner of this
 /// engine drives.
 pub const DEFAULT_OUTCOME_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often, at most, the recovery loop runs the retention policy.
+pub const RETENTION_PERIOD: Duration = Duration::from_mins(1);
+
+/// The retention policy the recovery loop runs ([`SagaEngineBuilder::retention`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Retention {
+    /// How long an ended saga is kept after it ended.
+    pub(crate) keep: Duration,
+    /// The statuses purged: ended ones only.
+    pub(crate) statuses: Vec<SagaStatus>,
+}
 
 /// Builds a [`SagaEngine`] with settings; [`SagaEngine::new`] is the same with the defaults
 /// (no cap, a 500 ms outcome poll).
@@ -41,6 +53,8 @@ pub struct SagaEngineBuilder {
     per_definition: Vec<(Arc<str>, usize)>,
     max_queued: usize,
     poll: Duration,
+    retention: Option<Duration>,
+    retention_statuses: Option<Vec<SagaStatus>>,
 }
 
 impl SagaEngineBuilder {
@@ -51,6 +65,8 @@ impl SagaEngineBuilder {
             per_definition: Vec::new(),
             max_queued: DEFAULT_MAX_QUEUED,
             poll: DEFAULT_OUTCOME_POLL_INTERVAL,
+            retention: None,
+            retention_statuses: None,
         }
     }
 
@@ -74,8 +90,9 @@ impl SagaEngineBuilder {
     /// top of [`max_running`](Self::max_running). Setting it again for the same name
     /// replaces it.
     ///
-    /// Recovery resumes sagas one after the other in id order: one waiting for its
-    /// definition's room holds back the sagas listed after it until room frees up.
+    /// Recovery resumes sagas in id order, loading up to 16 at a time: one waiting for its
+    /// definition's room holds back the sagas listed more than 16 after it until room frees
+    /// up.
     pub fn max_running_for(mut self, definition: impl Into<Arc<str>>, n: usize) -> Self {
         let definition = definition.into();
         self.per_definition.retain(|(name, _)| *name != definition);
@@ -100,12 +117,36 @@ impl SagaEngineBuilder {
         self
     }
 
+    /// Keeps ended sagas (completed, compensated, cancelled, resolved) for `keep` after they
+    /// ended, then deletes them: the recovery loop
+    /// ([`SagaEngine::spawn_recovery`](crate::SagaEngine::spawn_recovery)) runs
+    /// [`purge`](crate::SagaEngine::purge) at its first pass and then at most once every
+    /// [`RETENTION_PERIOD`]. Default: none, every saga is kept forever. Stuck, paused,
+    /// running and quarantined sagas are never purged by the policy, whatever their age.
+    ///
+    /// Starting a saga is idempotent on its id only while the saga is kept: once purged,
+    /// a `start` with the same id runs a new saga. Keep ended sagas longer than any caller
+    /// may retry a start.
+    pub fn retention(mut self, keep: Duration) -> Self {
+        self.retention = Some(keep);
+        self
+    }
+
+    /// Narrows the [`retention`](Self::retention) policy to some ended statuses (default:
+    /// [`SagaStatus::ENDED`], all of them), e.g. to keep compensated and cancelled sagas
+    /// for an audit while completed ones go.
+    pub fn retention_statuses(mut self, statuses: impl IntoIterator<Item = SagaStatus>) -> Self {
+        self.retention_statuses = Some(statuses.into_iter().collect());
+        self
+    }
+
     /// The engine.
     ///
     /// # Errors
     /// A [`ConfigError`] naming the field: a cap (`max_running`, `max_running_for`) of zero
-    /// or above tokio's semaphore limit (`usize::MAX >> 3`), or a zero
-    /// `outcome_poll_interval`.
+    /// or above tokio's semaphore limit (`usize::MAX >> 3`), a zero
+    /// `outcome_poll_interval`, a zero `retention`, or `retention_statuses` naming a status
+    /// that has not ended (or given without `retention`).
     pub fn build(self) -> Result<SagaEngine, ConfigError> {
         fn cap(field: &'static str, n: usize) -> Result<(), ConfigError> {
             if n == 0 {
@@ -131,7 +172,39 @@ impl SagaEngineBuilder {
                 "must be greater than zero",
             ));
         }
+        let retention = match (self.retention, self.retention_statuses) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "retention_statuses",
+                    "has no effect without `retention`",
+                ));
+            }
+            (Some(keep), _) if keep.is_zero() => {
+                return Err(ConfigError::new(
+                    "retention",
+                    "must be greater than zero (an ended saga is kept at least that long)",
+                ));
+            }
+            (Some(keep), statuses) => {
+                let mut statuses = statuses.unwrap_or_else(|| SagaStatus::ENDED.to_vec());
+                if let Some(status) = statuses.iter().find(|s| !s.is_terminal()) {
+                    return Err(ConfigError::new(
+                        "retention_statuses",
+                        format!(
+                            "`{status}` sagas are never purged by the retention policy; \
+                             only ended ones (completed, compensated, resolved, cancelled)"
+                        ),
+                    ));
+                }
+                statuses.sort_by_key(|s| s.as_str());
+                statuses.dedup();
+                Some(Retention { keep, statuses })
+            }
+        };
         let admission = Admission::new(self.max_running, self.per_definition, self.max_queued);
-        Ok(SagaEngine::with_settings(self.store, admission, self.poll))
+        Ok(SagaEngine::with_settings(
+            self.store, admission, self.poll, retention,
+        ))
     }
 }

@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::admission::{Admission, Permit};
-use crate::config::{DEFAULT_OUTCOME_POLL_INTERVAL, SagaEngineBuilder};
+use crate::config::{DEFAULT_OUTCOME_POLL_INTERVAL, Retention, SagaEngineBuilder};
 use crate::definition::{SagaDefinition, SagaState};
 use crate::error::SagaError;
 use crate::event::SagaEvent;
@@ -93,7 +93,12 @@ impl SagaEngine {
 
     /// An engine over a shared store.
     pub fn from_arc(store: Arc<dyn SagaStore>) -> Self {
-        Self::with_settings(store, Admission::default(), DEFAULT_OUTCOME_POLL_INTERVAL)
+        Self::with_settings(
+            store,
+            Admission::default(),
+            DEFAULT_OUTCOME_POLL_INTERVAL,
+            None,
+        )
     }
 
     /// An engine with settings: caps on running sagas, the start queue, the outcome poll.
@@ -110,9 +115,10 @@ impl SagaEngine {
         store: Arc<dyn SagaStore>,
         admission: Admission,
         poll: std::time::Duration,
+        retention: Option<Retention>,
     ) -> Self {
         Self {
-            shared: Arc::new(Shared::new(store, admission, poll)),
+            shared: Arc::new(Shared::new(store, admission, poll, retention)),
         }
     }
 
@@ -392,6 +398,37 @@ impl SagaEngine {
         recovery::recover(&self.shared, limit).await
     }
 
+    /// Deletes the sagas in one of `statuses` whose status last changed before
+    /// `finished_before` (by the store's clock, [`SagaSummary::updated_at`]), each with its
+    /// whole log, and returns how many went. Each saga goes atomically, so a crash mid-purge
+    /// leaves every saga whole or gone; call it again to finish. A saga whose time the store
+    /// does not know is kept.
+    ///
+    /// Only ended sagas (completed, compensated, resolved, cancelled) and quarantined ones
+    /// can be purged; a stuck saga is resolved first. Any other status in `statuses` is
+    /// refused with [`SagaError::NotPurgeable`] and nothing is deleted. An empty `statuses`
+    /// deletes nothing. For a policy run by the recovery loop, see
+    /// [`SagaEngineBuilder::retention`].
+    ///
+    /// A purged saga is gone: [`outcome`](Self::outcome) and [`inspect`](Self::inspect)
+    /// find nothing, and a [`start`](Self::start) with its id runs a new saga.
+    ///
+    /// Errors: the store failed (what was purged before stays purged), or it does not
+    /// support purging ([`StoreError::Unsupported`](crate::StoreError::Unsupported)).
+    pub async fn purge(
+        &self,
+        finished_before: std::time::SystemTime,
+        statuses: &[SagaStatus],
+    ) -> Result<u64, SagaError> {
+        if let Some(&status) = statuses
+            .iter()
+            .find(|s| !s.is_terminal() && **s != SagaStatus::Quarantined)
+        {
+            return Err(SagaError::NotPurgeable { status });
+        }
+        recovery::purge(&self.shared, finished_before, statuses).await
+    }
+
     /// Runs recovery now and then `interval` after each pass on a background task, for as
     /// long as the returned [`RecoveryLoop`] lives. Any interval works: one shorter than the
     /// timer's 1 ms resolution (zero included) waits 1 ms, a huge one saturates.
@@ -504,8 +541,9 @@ impl SagaEngine {
     }
 
     /// Operator: cancels a saga that has not passed its pivot. It stops moving forward at its
-    /// next step boundary (a step attempt in flight finishes first and its result is kept;
-    /// a retry waiting out its backoff stops waiting), compensates every step it completed
+    /// next step boundary (a step attempt in flight finishes first and its result is kept,
+    /// unless the step aborts on cancel, [`OnCancel::Abort`](crate::OnCancel::Abort); a
+    /// retry waiting out its backoff stops waiting), compensates every step it completed
     /// in reverse order, and ends [`SagaOutcome::Cancelled`] (or stuck, if a compensation
     /// keeps failing). The log records `reason` and `actor` (who asked).
     ///

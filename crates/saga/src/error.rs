@@ -32,8 +32,9 @@ pub enum StepErrorKind {
     Deadline,
     /// The process stopped while the attempt ran; found by recovery (its effect is unknown).
     Interrupted,
-    /// Another member of its parallel group failed and this attempt was cancelled (its
-    /// effect is unknown).
+    /// The attempt was cancelled while it ran (its effect is unknown): another member of
+    /// its parallel group failed, or an operator cancelled the saga and the step aborts on
+    /// cancel ([`OnCancel::Abort`](crate::OnCancel::Abort)).
     Cancelled,
     /// The attempt succeeded but its output (the new state) cannot be serialized, so it
     /// cannot be stored: the effect happened, the saga is stuck for an operator.
@@ -163,6 +164,13 @@ pub enum StoreError {
     /// The database reported an error.
     #[error("saga store database error: {0}")]
     Database(String),
+    /// The store does not implement this operation (a custom store that kept the trait's
+    /// default).
+    #[error("this saga store does not support {operation}")]
+    Unsupported {
+        /// What was asked.
+        operation: &'static str,
+    },
     /// This instance does not hold the saga's lease (it expired and another instance took the
     /// saga over, or it was never taken): nothing was written. The engine stops driving the
     /// saga without marking it failed; its new owner carries on.
@@ -350,6 +358,14 @@ pub enum SagaError {
         action: LifecycleAction,
         /// Why it does not apply.
         reason: Refusal,
+    },
+    /// [`purge`](crate::SagaEngine::purge) was asked to delete sagas in a status that is
+    /// never purged: only ended sagas (completed, compensated, cancelled, resolved) and
+    /// quarantined ones can be. Nothing was deleted.
+    #[error("sagas in status {status} cannot be purged: only ended or quarantined ones")]
+    NotPurgeable {
+        /// The status asked for.
+        status: crate::SagaStatus,
     },
     /// The runner driving the saga stopped without an outcome (store failure or shutdown);
     /// the saga resumes on the next recovery.

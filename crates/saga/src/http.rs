@@ -11,6 +11,10 @@
 //! | `POST /sagas/{id}/skip` `{"actor": ".."}` | [`SagaEngine::skip_stuck`] |
 //! | `POST /sagas/{id}/resolve` `{"actor": "..", "note": ".."}` | [`SagaEngine::resolve`] |
 //!
+//! A summary is `{"saga_id", "definition", "version", "status", "note", "created_at_ms",
+//! "updated_at_ms", "stuck_since_ms"}`, the times in milliseconds since the Unix epoch (`null`
+//! when the store does not know them).
+//!
 //! Every mutating call needs a non-empty `actor` (who acted; the saga's log records it, with
 //! the reason or note) and answers `202 Accepted` with `{"saga_id": .., "action": ..}`: the
 //! saga acts on it at its next step boundary. Retry and skip act through the definition
@@ -106,6 +110,9 @@ fn summary(s: &SagaSummary) -> Value {
         "version": s.version,
         "status": s.status.as_str(),
         "note": s.note,
+        "created_at_ms": s.created_at.map(crate::store::ms_from_time),
+        "updated_at_ms": s.updated_at.map(crate::store::ms_from_time),
+        "stuck_since_ms": s.stuck_since.map(crate::store::ms_from_time),
     })
 }
 

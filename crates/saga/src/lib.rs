@@ -167,10 +167,12 @@ mod shared;
 mod store;
 mod task;
 
-pub use config::{DEFAULT_MAX_QUEUED, DEFAULT_OUTCOME_POLL_INTERVAL, SagaEngineBuilder};
+pub use config::{
+    DEFAULT_MAX_QUEUED, DEFAULT_OUTCOME_POLL_INTERVAL, RETENTION_PERIOD, SagaEngineBuilder,
+};
 pub use context::{Phase, StepContext, idempotency_key};
 pub use definition::{
-    GroupCompensation, GroupFailure, OnInterrupted, ParallelGroup, SagaDefinition,
+    GroupCompensation, GroupFailure, OnCancel, OnInterrupted, ParallelGroup, SagaDefinition,
     SagaDefinitionBuilder, SagaState, Step, StepKind, StepRetry,
 };
 pub use engine::SagaEngine;

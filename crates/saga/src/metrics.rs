@@ -27,6 +27,8 @@ pub struct SagaMetrics {
     pub quarantined: u64,
     /// Sagas this engine stopped driving because another instance took their lease over.
     pub leases_lost: u64,
+    /// Sagas deleted by [`purge`](crate::SagaEngine::purge) or the retention policy.
+    pub purged: u64,
     /// Action and compensation attempts run.
     pub step_attempts: u64,
     /// Attempts that failed (any kind).
@@ -60,6 +62,7 @@ pub(crate) struct Counters {
     paused: AtomicU64,
     quarantined: AtomicU64,
     leases_lost: AtomicU64,
+    purged: AtomicU64,
     step_attempts: AtomicU64,
     step_failures: AtomicU64,
     step_nanos: AtomicU64,
@@ -100,6 +103,13 @@ impl Counters {
         metrics::counter!(metric, "name" => definition.to_owned()).increment(1);
         #[cfg(not(feature = "metrics"))]
         let _ = (definition, metric);
+    }
+
+    /// Counts `n` sagas purged (all definitions: a purge does not read their names).
+    pub(crate) fn purged(&self, n: u64) {
+        self.purged.fetch_add(n, Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::counter!("staunch_saga_purged_total").increment(n);
     }
 
     pub(crate) fn attempt(&self, definition: &str, step: &str, elapsed: Duration, failed: bool) {
@@ -153,6 +163,7 @@ impl Counters {
             paused: self.paused.load(Relaxed),
             quarantined: self.quarantined.load(Relaxed),
             leases_lost: self.leases_lost.load(Relaxed),
+            purged: self.purged.load(Relaxed),
             step_attempts: self.step_attempts.load(Relaxed),
             step_failures: self.step_failures.load(Relaxed),
             step_time: Duration::from_nanos(self.step_nanos.load(Relaxed)),

@@ -3,19 +3,20 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
 use crate::admission::Permit;
+use crate::config::RETENTION_PERIOD;
 use crate::error::{LoadError, SagaError, StoreError, panic_message};
 use crate::log::{decode_log, named_definition};
 use crate::metrics::Count;
 use crate::outcome::Stopped;
 use crate::replay::Progress;
 use crate::shared::{Replayed, Shared};
-use crate::store::SagaSummary;
+use crate::store::{SagaStatus, SagaSummary};
 
 /// What [`SagaEngine::recover`](crate::SagaEngine::recover) did.
 ///
@@ -67,56 +68,82 @@ pub(crate) async fn recover(
         // Every claimed saga would be quarantined as unknown: give them back (`pending`).
         return Err(SagaError::NothingRegistered);
     }
-    for summary in pending.rest.by_ref() {
-        let id: Arc<str> = Arc::from(summary.saga_id.as_str());
-        if !shared.claim(&id) {
-            // Its runner here holds it (and releases it).
-            report.already_running.push(summary.saga_id);
-            continue;
-        }
-        let held = Held {
-            shared,
-            id: &id,
-            armed: true,
-        };
-        // Paced by the caps: wait for room (cancel safe; `held` gives the claims back).
-        let permit = shared.admission().admit(&summary.definition).await;
-        let resumed = AssertUnwindSafe(resume(shared, &id, permit))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|panic| {
-                Err(ResumeError::Load(LoadError::Inconsistent(format!(
-                    "loading the saga panicked: {}",
-                    panic_message(&*panic)
-                ))))
-            });
-        match resumed {
-            Ok(Replayed::Resumed) => {
-                held.handed_over();
-                shared.count(Count::Resumed, &summary.definition);
-                report.resumed.push(summary.saga_id);
-            }
-            Ok(Replayed::Settled) => {
-                held.handed_over();
-                report.settled.push(summary.saga_id);
-            }
-            // `held` and `pending` give back this claim and the rest.
-            Err(ResumeError::Store(e)) => return Err(e.into()),
-            Err(ResumeError::Load(error)) => {
-                tracing::error!(saga_id = %id, %error, "saga quarantined: cannot be loaded");
-                quarantine(shared, &id, &error).await?;
-                held.handed_over();
-                shared.count(Count::Quarantined, &summary.definition);
-                shared.store().release(&id);
-                shared.answer(
-                    &id,
-                    Some(Err(Stopped::Other(format!("quarantined: {error}")))),
-                );
-                report.quarantined.push((summary.saga_id, error));
-            }
+    // Up to `RESUME_AHEAD` claimed sagas are loaded and replayed at once (their logs read
+    // while earlier ones wait for room), in id order.
+    let resumed = futures_util::stream::iter(pending.rest.by_ref())
+        .map(|summary| resume_claimed(shared, summary))
+        .buffered(RESUME_AHEAD);
+    let mut resumed = std::pin::pin!(resumed);
+    while let Some(done) = resumed.next().await {
+        match done? {
+            Claimed::Resumed(id) => report.resumed.push(id),
+            Claimed::Settled(id) => report.settled.push(id),
+            Claimed::AlreadyRunning(id) => report.already_running.push(id),
+            Claimed::Quarantined(id, error) => report.quarantined.push((id, error)),
         }
     }
     Ok(report)
+}
+
+/// Claimed sagas a recovery pass works on at once.
+const RESUME_AHEAD: usize = 16;
+
+/// What became of one claimed saga.
+enum Claimed {
+    Resumed(String),
+    Settled(String),
+    AlreadyRunning(String),
+    Quarantined(String, LoadError),
+}
+
+/// Resumes one claimed saga once there is room for it under the caps, or quarantines it.
+async fn resume_claimed(shared: &Arc<Shared>, summary: SagaSummary) -> Result<Claimed, SagaError> {
+    let id: Arc<str> = Arc::from(summary.saga_id.as_str());
+    if !shared.claim(&id) {
+        // Its runner here holds it (and releases it).
+        return Ok(Claimed::AlreadyRunning(summary.saga_id));
+    }
+    let held = Held {
+        shared,
+        id: &id,
+        armed: true,
+    };
+    // Paced by the caps: wait for room (cancel safe; `held` gives the claims back).
+    let permit = shared.admission().admit(&summary.definition).await;
+    let resumed = AssertUnwindSafe(resume(shared, &id, permit))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            Err(ResumeError::Load(LoadError::Inconsistent(format!(
+                "loading the saga panicked: {}",
+                panic_message(&*panic)
+            ))))
+        });
+    match resumed {
+        Ok(Replayed::Resumed) => {
+            held.handed_over();
+            shared.count(Count::Resumed, &summary.definition);
+            Ok(Claimed::Resumed(summary.saga_id))
+        }
+        Ok(Replayed::Settled) => {
+            held.handed_over();
+            Ok(Claimed::Settled(summary.saga_id))
+        }
+        // `held` (and the pass's `pending`) give back this claim and the rest.
+        Err(ResumeError::Store(e)) => Err(e.into()),
+        Err(ResumeError::Load(error)) => {
+            tracing::error!(saga_id = %id, %error, "saga quarantined: cannot be loaded");
+            quarantine(shared, &id, &error).await?;
+            held.handed_over();
+            shared.count(Count::Quarantined, &summary.definition);
+            shared.store().release(&id);
+            shared.answer(
+                &id,
+                Some(Err(Stopped::Other(format!("quarantined: {error}")))),
+            );
+            Ok(Claimed::Quarantined(summary.saga_id, error))
+        }
+    }
 }
 
 /// Marks a saga quarantined; a panicking store is a store error.
@@ -244,11 +271,66 @@ const MIN_PAUSE: Duration = Duration::from_millis(1);
 /// Sagas claimed per recovery pass of the background loop.
 const CLAIM_BATCH: usize = 256;
 
-/// Runs recovery now and then `interval` after each pass on a background task.
+/// Sagas a purge deletes per store call (each call one transaction).
+const PURGE_BATCH: usize = 1000;
+
+/// Deletes sagas in `statuses` (checked by the caller) that ended before `before`, a batch at
+/// a time, and counts them.
+pub(crate) async fn purge(
+    shared: &Shared,
+    before: SystemTime,
+    statuses: &[SagaStatus],
+) -> Result<u64, SagaError> {
+    let mut purged = 0;
+    loop {
+        let gone = shared
+            .store()
+            .purge(before, statuses, PURGE_BATCH)
+            .await?
+            .len();
+        let n = u64::try_from(gone).unwrap_or(u64::MAX);
+        shared.purged(n);
+        purged += n;
+        if gone < PURGE_BATCH {
+            break;
+        }
+    }
+    if purged > 0 {
+        tracing::info!(purged, statuses = ?statuses, "purged ended sagas");
+    }
+    Ok(purged)
+}
+
+/// Runs the engine's retention policy, if any; never fails the loop (errors and panics
+/// are logged).
+async fn retain(shared: &Shared) {
+    let Some(retention) = shared.retention() else {
+        return;
+    };
+    // A `keep` reaching before the epoch keeps everything.
+    let Some(before) = SystemTime::now().checked_sub(retention.keep) else {
+        return;
+    };
+    let done = AssertUnwindSafe(purge(shared, before, &retention.statuses))
+        .catch_unwind()
+        .await;
+    match done {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "saga retention purge failed"),
+        Err(panic) => tracing::warn!(
+            panic = %panic_message(&*panic),
+            "saga retention purge panicked"
+        ),
+    }
+}
+
+/// Runs recovery now and then `interval` after each pass on a background task, and the
+/// retention policy at the first pass and then at most every [`RETENTION_PERIOD`].
 pub(crate) fn spawn_loop(shared: Arc<Shared>, interval: Duration) -> RecoveryLoop {
     let (stop, mut stopped) = watch::channel(false);
     let task = tokio::spawn(async move {
         let mut first = true;
+        let mut retained: Option<tokio::time::Instant> = None;
         loop {
             // A sleep, not an interval: any duration works (a huge one saturates instead of
             // overflowing the next tick's instant; one below the timer's 1 ms resolution
@@ -298,6 +380,10 @@ pub(crate) fn spawn_loop(shared: Arc<Shared>, interval: Duration) -> RecoveryLoo
                         break;
                     }
                 }
+            }
+            if retained.is_none_or(|at| at.elapsed() >= RETENTION_PERIOD) {
+                retained = Some(tokio::time::Instant::now());
+                retain(&shared).await;
             }
         }
     });

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
 use crate::admission::{Admission, Permit};
+use crate::config::Retention;
 use crate::definition::{DefinitionInner, SagaState, Shape};
 use crate::error::{LoadError, SagaError, StoreError};
 use crate::metrics::{Count, Counters, SagaMetrics};
@@ -28,6 +29,7 @@ pub(crate) struct Shared {
     live: Mutex<HashMap<Arc<str>, Live>>,
     admission: Admission,
     poll: Duration,
+    retention: Option<Retention>,
 }
 
 /// Registered definitions by name and version.
@@ -153,7 +155,12 @@ pub(crate) enum Entry {
 }
 
 impl Shared {
-    pub(crate) fn new(store: Arc<dyn SagaStore>, admission: Admission, poll: Duration) -> Self {
+    pub(crate) fn new(
+        store: Arc<dyn SagaStore>,
+        admission: Admission,
+        poll: Duration,
+        retention: Option<Retention>,
+    ) -> Self {
         Self {
             store,
             counters: Counters::default(),
@@ -161,7 +168,13 @@ impl Shared {
             live: Mutex::new(HashMap::new()),
             admission,
             poll,
+            retention,
         }
+    }
+
+    /// The retention policy the recovery loop runs, if any.
+    pub(crate) fn retention(&self) -> Option<&Retention> {
+        self.retention.as_ref()
     }
 
     /// The engine's caps.
@@ -183,6 +196,11 @@ impl Shared {
 
     pub(crate) fn count(&self, what: Count, definition: &str) {
         self.counters.count(what, definition);
+    }
+
+    /// Counts sagas purged.
+    pub(crate) fn purged(&self, n: u64) {
+        self.counters.purged(n);
     }
 
     /// Counts one attempt of a step.

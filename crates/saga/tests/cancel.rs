@@ -638,20 +638,16 @@ fn a_cancel_and_a_pause_stored_before_recovery_are_carried_out_by_the_next_engin
             "{outcome:?}"
         );
         // c-2 paused at its first boundary (after the interrupted s1 ran again).
-        let paused = loop {
-            let list = engine
-                .list(&staunch_saga::ListFilter::status(SagaStatus::Paused))
-                .await
-                .unwrap();
-            if !list.is_empty() {
-                break list;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
+        let paused = support::listed(&engine, SagaStatus::Paused, Duration::from_millis(5)).await;
         assert_eq!(paused[0].saga_id, "c-2");
         drop(engine);
-        // Another restart: still paused, recovery leaves it.
-        let store = staunch_saga::SqliteStore::open(&path).await.unwrap();
+        // Another restart: still paused, recovery leaves it. (In one process the old
+        // engine's tasks may hold the store a moment longer.)
+        let store = staunch_saga::SqliteStore::builder(&path)
+            .lock_wait(Duration::from_secs(10))
+            .open()
+            .await
+            .unwrap();
         let engine = SagaEngine::new(store);
         engine.register(&def).unwrap();
         let report = engine.recover().await.unwrap();
@@ -710,16 +706,7 @@ fn a_cancel_made_on_another_postgres_instance_is_seen_by_the_owner_within_a_hear
         b.pause("pg-2", "ops").await.unwrap();
         tokio::time::sleep(ttl).await;
         gate2.add_permits(1);
-        let paused = loop {
-            let s = b
-                .list(&staunch_saga::ListFilter::status(SagaStatus::Paused))
-                .await
-                .unwrap();
-            if !s.is_empty() {
-                break s;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let paused = support::listed(&b, SagaStatus::Paused, Duration::from_millis(20)).await;
         assert_eq!(paused[0].saga_id, "pg-2");
         b.resume("pg-2", "ops").await.unwrap();
         let outcome = b.outcome(&def2, "pg-2").await.unwrap();
@@ -788,5 +775,190 @@ fn a_step_function_can_be_called_alone_with_a_context_built_in_the_test() {
         let out = f(trail(), ctx).await.unwrap();
         assert_eq!(out.done, ["reserve:action"]);
         assert_eq!(calls.lock().unwrap()[0].attempt, 2);
+    });
+}
+
+/// `s0`, then `s1` (waits for the gate; aborts on cancel), then `s2`.
+fn aborting(name: &str, gate: &Arc<Semaphore>, calls: &Calls) -> SagaDefinition<Trail> {
+    SagaDefinition::builder(name, 1)
+        .step(step("s0", Script::Ok, Some(Script::Ok), calls))
+        .step(gated("s1", gate, calls).on_cancel(staunch_saga::OnCancel::Abort))
+        .step(step("s2", Script::Ok, Some(Script::Ok), calls))
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_step_that_aborts_on_cancel_is_dropped_mid_attempt_and_compensated_as_in_doubt() {
+    runtime().block_on(async {
+        let calls = calls();
+        // The gate never opens: only the abort ends the attempt.
+        let gate = Arc::new(Semaphore::new(0));
+        let def = aborting("order", &gate, &calls);
+        let engine = SagaEngine::new(MemoryStore::new());
+        let handle = engine.start(&def, "o-abort", trail()).await.unwrap();
+        settle().await;
+        assert_eq!(seen(&calls), ["s0:action"]);
+        engine
+            .cancel("o-abort", "customer changed their mind", "support:ana")
+            .await
+            .unwrap();
+        let outcome = handle.outcome().await.unwrap();
+        let SagaOutcome::Cancelled { state, .. } = outcome else {
+            panic!("expected cancelled, got {outcome:?}");
+        };
+        // `s1`'s action never finished, yet its effect is unknown: compensated first.
+        assert_eq!(
+            seen(&calls),
+            ["s0:action", "s1:compensate", "s0:compensate"]
+        );
+        assert_eq!(state.done, ["s0:action", "s1:compensate", "s0:compensate"]);
+        let log = events(&engine, "o-abort").await;
+        assert!(
+            log.iter().any(|e| matches!(
+                e,
+                SagaEvent::StepFailed {
+                    step: 1,
+                    kind: staunch_saga::StepErrorKind::Cancelled,
+                    ..
+                }
+            )),
+            "{log:?}"
+        );
+        // The gate's waiter went with the dropped attempt.
+        gate.add_permits(1);
+        settle().await;
+        assert_eq!(gate.available_permits(), 1);
+    });
+}
+
+#[test]
+fn a_pause_does_not_abort_a_step_that_aborts_on_cancel() {
+    runtime().block_on(async {
+        let calls = calls();
+        let gate = Arc::new(Semaphore::new(0));
+        let def = aborting("order", &gate, &calls);
+        let engine = SagaEngine::new(MemoryStore::new());
+        let handle = engine.start(&def, "o-pause", trail()).await.unwrap();
+        settle().await;
+        engine.pause("o-pause", "ops").await.unwrap();
+        settle().await;
+        // Still in the attempt: it finishes, then the saga holds.
+        assert_eq!(seen(&calls), ["s0:action"]);
+        gate.add_permits(1);
+        settle().await;
+        assert_eq!(seen(&calls), ["s0:action", "s1:action"]);
+        let paused = engine
+            .list(&staunch_saga::ListFilter::status(SagaStatus::Paused))
+            .await
+            .unwrap();
+        assert_eq!(paused.len(), 1);
+        engine.resume("o-pause", "ops").await.unwrap();
+        let outcome = handle.outcome().await.unwrap();
+        assert!(matches!(outcome, SagaOutcome::Completed(_)), "{outcome:?}");
+    });
+}
+
+#[test]
+fn abort_on_cancel_needs_a_compensation_and_a_step_of_its_own() {
+    let calls = calls();
+    let (action, _) = support::scripted("s0", Phase::Action, Script::Ok, &calls);
+    let err = SagaDefinition::<Trail>::builder("order", 1)
+        .step(Step::new("s0", action).on_cancel(staunch_saga::OnCancel::Abort))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.field(), "saga.order.steps[0].on_cancel", "{err}");
+    let err = SagaDefinition::<Trail>::builder("order", 1)
+        .parallel(
+            staunch_saga::ParallelGroup::new("both")
+                .step(
+                    step("a", Script::Ok, Some(Script::Ok), &calls)
+                        .on_cancel(staunch_saga::OnCancel::Abort),
+                )
+                .step(step("b", Script::Ok, Some(Script::Ok), &calls)),
+        )
+        .build()
+        .unwrap_err();
+    assert!(err.field().ends_with("on_cancel"), "{err}");
+}
+
+#[test]
+fn resumed_group_members_each_wait_out_the_backoff_their_log_recorded() {
+    runtime().block_on(async {
+        let calls = calls();
+        let backoff = Backoff::constant(Duration::from_secs(30))
+            .jitter(Jitter::None)
+            .build()
+            .unwrap();
+        let member = |name: &str| {
+            let (a, _) = support::scripted(name, Phase::Action, Script::Ok, &calls);
+            Step::new(name, a).retry(StepRetry::new(5).backoff(backoff))
+        };
+        let def = SagaDefinition::builder("grouped", 1)
+            .parallel(
+                staunch_saga::ParallelGroup::new("both")
+                    .step(member("a"))
+                    .step(member("b")),
+            )
+            .build()
+            .unwrap();
+        let failed = |step: u32, retry_at_ms: u64| {
+            serde_json::from_value::<SagaEvent>(serde_json::json!({
+                "step_failed": {
+                    "step": step, "attempt": 1, "kind": "retryable",
+                    "error": "unavailable", "retry_at_ms": retry_at_ms
+                }
+            }))
+            .unwrap()
+            .encode()
+        };
+        let mut rows = backed_off_rows("grouped", 0);
+        rows.truncate(1);
+        rows.extend([
+            SagaEvent::StepStarted {
+                step: 0,
+                attempt: 1,
+            }
+            .encode(),
+            SagaEvent::StepStarted {
+                step: 1,
+                attempt: 1,
+            }
+            .encode(),
+            failed(0, now_ms() + 20_000),
+            failed(1, now_ms() + 5_000),
+        ]);
+        let store = MemoryStore::new();
+        store
+            .create(NewSaga::new(
+                Arc::from("g-1"),
+                Arc::from("grouped"),
+                1,
+                SagaStatus::Running,
+                rows,
+            ))
+            .await
+            .unwrap();
+        let engine = SagaEngine::new(store);
+        engine.register(&def).unwrap();
+        let t0 = tokio::time::Instant::now();
+        engine.recover().await.unwrap();
+        let outcome = engine.outcome(&def, "g-1").await.unwrap();
+        assert!(matches!(outcome, SagaOutcome::Completed(_)), "{outcome:?}");
+        let calls = calls.lock().unwrap();
+        let at = |step: &str| {
+            let call = calls.iter().find(|c| c.step == step).unwrap();
+            assert_eq!(call.attempt, 2);
+            call.at - t0
+        };
+        let (a, b) = (at("a"), at("b"));
+        assert!(
+            a >= Duration::from_secs(19) && a <= Duration::from_secs(21),
+            "{a:?}"
+        );
+        assert!(
+            b >= Duration::from_secs(4) && b <= Duration::from_secs(6),
+            "{b:?}"
+        );
     });
 }

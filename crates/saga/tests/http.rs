@@ -2,6 +2,8 @@
 //! with who acted recorded in the log; bad requests and refusals as JSON errors.
 #![cfg(feature = "http")]
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,6 +105,15 @@ async fn lists_inspects_and_answers_json_errors() {
     assert_eq!(all[0]["saga_id"], "done-1");
     assert_eq!(all[0]["status"], "completed");
     assert_eq!(all[0]["definition"], "gated");
+    // Times in milliseconds since the epoch; not stuck, so no `stuck_since_ms`.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let created = all[0]["created_at_ms"].as_u64().unwrap();
+    assert!(created <= now_ms && created + 60_000 > now_ms, "{created}");
+    assert!(all[0]["updated_at_ms"].as_u64().unwrap() >= created);
+    assert!(all[0]["stuck_since_ms"].is_null());
     let (_, none) = get(&format!("{base}/sagas?status=stuck")).await;
     assert_eq!(none, json!([]));
     let (_, by_def) = get(&format!("{base}/sagas?definition=gated&limit=1")).await;
@@ -158,7 +169,13 @@ async fn pause_resume_and_cancel_over_http_record_who_acted() {
     let (status, _) = post(&format!("{base}/sagas/p-1/pause"), r#"{"actor":"alice"}"#).await;
     assert_eq!(status, 409, "a second pause is refused");
     gate.add_permits(1);
-    wait_for_status(&engine, "p-1", "paused").await;
+    let paused = support::listed(
+        &engine,
+        staunch_saga::SagaStatus::Paused,
+        Duration::from_millis(10),
+    )
+    .await;
+    assert_eq!(paused[0].saga_id, "p-1");
     let (status, _) = post(&format!("{base}/sagas/p-1/resume"), r#"{"actor":"bob"}"#).await;
     assert_eq!(status, 202);
     assert!(matches!(
@@ -185,17 +202,6 @@ async fn pause_resume_and_cancel_over_http_record_who_acted() {
     assert_eq!(actors(&t), ["carol"]);
     let (status, e) = post(&format!("{base}/sagas/c-1/cancel"), r#"{"actor":"carol"}"#).await;
     assert_eq!((status, e["error"].as_str()), (409, Some("conflict")));
-}
-
-async fn wait_for_status(engine: &SagaEngine, id: &str, status: &str) {
-    for _ in 0..500 {
-        let t = engine.inspect(id).await.unwrap().unwrap();
-        if t.summary.status.as_str() == status {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("saga {id} never became {status}");
 }
 
 #[tokio::test]
@@ -279,5 +285,123 @@ async fn a_stuck_saga_is_retried_skipped_or_resolved_over_http() {
     ] {
         let t = engine.inspect(id).await.unwrap().unwrap();
         assert_eq!(actors(&t), [who], "{id}");
+    }
+}
+
+/// A store whose every call fails, as a database that is down.
+#[derive(Debug)]
+struct Down;
+
+fn down<T>() -> futures_util::future::BoxFuture<'static, Result<T, staunch_saga::StoreError>>
+where
+    T: Send + 'static,
+{
+    Box::pin(async {
+        Err(staunch_saga::StoreError::Database(
+            "connection refused".into(),
+        ))
+    })
+}
+
+impl staunch_saga::SagaStore for Down {
+    fn create(
+        &self,
+        _: staunch_saga::NewSaga,
+    ) -> futures_util::future::BoxFuture<'_, Result<staunch_saga::Created, staunch_saga::StoreError>>
+    {
+        down()
+    }
+    fn append(
+        &self,
+        _: staunch_saga::Append,
+    ) -> futures_util::future::BoxFuture<'_, Result<(), staunch_saga::StoreError>> {
+        down()
+    }
+    fn load<'a>(
+        &'a self,
+        _: &'a str,
+    ) -> futures_util::future::BoxFuture<
+        'a,
+        Result<Option<staunch_saga::SagaLog>, staunch_saga::StoreError>,
+    > {
+        down()
+    }
+    fn list<'a>(
+        &'a self,
+        _: &'a staunch_saga::ListFilter,
+    ) -> futures_util::future::BoxFuture<
+        'a,
+        Result<Vec<staunch_saga::SagaSummary>, staunch_saga::StoreError>,
+    > {
+        down()
+    }
+    fn quarantine<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), staunch_saga::StoreError>> {
+        down()
+    }
+}
+
+#[tokio::test]
+async fn a_failing_store_answers_503_and_a_log_that_does_not_load_422() {
+    let base = serve(SagaEngine::new(Down)).await;
+    for (status, body) in [
+        get(&format!("{base}/sagas")).await,
+        get(&format!("{base}/sagas/any")).await,
+        post(
+            &format!("{base}/sagas/any/cancel"),
+            r#"{"actor":"ana","reason":"r"}"#,
+        )
+        .await,
+        post(&format!("{base}/sagas/any/pause"), r#"{"actor":"ana"}"#).await,
+        post(&format!("{base}/sagas/any/retry"), r#"{"actor":"ana"}"#).await,
+        post(
+            &format!("{base}/sagas/any/resolve"),
+            r#"{"actor":"ana","note":"n"}"#,
+        )
+        .await,
+    ] {
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"], "unavailable", "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("connection refused"),
+            "{body}"
+        );
+    }
+
+    // A stuck saga whose log rows do not decode: inspecting shows them, acting on it is 422.
+    let store = MemoryStore::new();
+    staunch_saga::SagaStore::create(
+        &store,
+        staunch_saga::NewSaga::new(
+            "broken".into(),
+            "gated".into(),
+            1,
+            staunch_saga::SagaStatus::Stuck,
+            vec!["not an event".into()],
+        ),
+    )
+    .await
+    .unwrap();
+    let engine = SagaEngine::new(store);
+    engine
+        .register(&gated(&Arc::new(Semaphore::new(0))))
+        .unwrap();
+    let base = serve(engine).await;
+    let (status, body) = get(&format!("{base}/sagas/broken")).await;
+    assert_eq!(status, 200, "{body}");
+    for action in ["retry", "skip"] {
+        let (status, body) = post(
+            &format!("{base}/sagas/broken/{action}"),
+            r#"{"actor":"ana"}"#,
+        )
+        .await;
+        assert_eq!(status, 422, "{action}: {body}");
+        assert_eq!(body["error"], "unreadable", "{body}");
     }
 }

@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use staunch_saga::sqlx::{self, Connection, Row};
 use staunch_saga::{
     ListFilter, LoadError, SagaEngine, SagaOutcome, SagaStatus, SagaStore, SqliteStore,
@@ -32,7 +34,7 @@ async fn opens_in_wal_mode_with_synchronous_full_and_records_the_schema_version(
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     drop(store);
     // Reopening does not migrate twice.
     let _store = SqliteStore::open(&path).await.unwrap();
@@ -41,7 +43,7 @@ async fn opens_in_wal_mode_with_synchronous_full_and_records_the_schema_version(
         .await
         .unwrap()
         .get(0);
-    assert_eq!(rows, 2);
+    assert_eq!(rows, 3);
     // The builder validates its settings.
     let err = SqliteStore::builder(dir.file("x.db"))
         .max_batch(0)
@@ -57,6 +59,53 @@ async fn opens_in_wal_mode_with_synchronous_full_and_records_the_schema_version(
         .open()
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_file_of_the_previous_schema_gains_timestamps_and_its_ended_sagas_can_be_purged() {
+    let dir = support::TempDir::new("v2");
+    let path = dir.file("s.db");
+    {
+        // The schema as version 2 wrote it, with a stuck and a completed saga.
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        for statement in [
+            "CREATE TABLE staunch_saga_schema (version INTEGER NOT NULL)",
+            "INSERT INTO staunch_saga_schema (version) VALUES (1), (2)",
+            "CREATE TABLE staunch_sagas (saga_id TEXT PRIMARY KEY NOT NULL, definition TEXT NOT NULL, \
+             version INTEGER NOT NULL, status TEXT NOT NULL, note TEXT, \
+             updated_at_ms INTEGER NOT NULL, request TEXT) WITHOUT ROWID",
+            "CREATE INDEX staunch_sagas_status ON staunch_sagas (status, saga_id)",
+            "CREATE TABLE staunch_saga_events (saga_id TEXT NOT NULL, seq INTEGER NOT NULL, \
+             payload TEXT NOT NULL, PRIMARY KEY (saga_id, seq)) WITHOUT ROWID",
+            "INSERT INTO staunch_sagas VALUES ('old-stuck', 'order', 1, 'stuck', 'refund failed', 5000, NULL), \
+             ('old-done', 'order', 1, 'completed', NULL, 6000, NULL)",
+            "INSERT INTO staunch_saga_events VALUES ('old-stuck', 0, 'x'), ('old-done', 0, 'y')",
+        ] {
+            sqlx::query(statement).execute(&mut conn).await.unwrap();
+        }
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    let listed = store.list(&ListFilter::all()).await.unwrap();
+    let at = |ms| Some(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
+    assert_eq!(listed.len(), 2);
+    let (done, stuck) = (&listed[0], &listed[1]);
+    // Creation times were not kept before; a stuck saga is stuck since its last change.
+    assert_eq!(
+        (done.created_at, done.updated_at, done.stuck_since),
+        (None, at(6000), None)
+    );
+    assert_eq!(
+        (stuck.created_at, stuck.updated_at, stuck.stuck_since),
+        (None, at(5000), at(5000))
+    );
+    let gone = store
+        .purge(std::time::SystemTime::now(), &SagaStatus::ENDED, 10)
+        .await
+        .unwrap();
+    assert_eq!(gone, ["old-done"]);
+    assert!(store.load("old-done").await.unwrap().is_none());
+    assert!(store.load("old-stuck").await.unwrap().is_some());
 }
 
 #[tokio::test]
@@ -196,7 +245,27 @@ async fn a_second_store_on_the_same_file_is_refused_until_the_first_is_gone() {
     drop(clone);
     let other = SqliteStore::open(dir.file("t.db")).await.unwrap();
     let again = SqliteStore::open(&path).await.unwrap();
-    drop((again, other));
+    // `lock_wait`: an open waits for the holder to let go (here, a task dropping it).
+    let waiting = SqliteStore::builder(&path).lock_wait(Duration::from_secs(30));
+    let holder = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(again);
+    });
+    let started = tokio::time::Instant::now();
+    let reopened = waiting.open().await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(40));
+    holder.await.unwrap();
+    // Without it (or past it), `InUse` as before.
+    let err = SqliteStore::builder(&path)
+        .lock_wait(Duration::from_millis(30))
+        .open()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, staunch_saga::StoreError::InUse { .. }),
+        "{err}"
+    );
+    drop((reopened, other));
 }
 
 /// The lock belongs to the process: a child holding the file keeps this process out, and

@@ -21,6 +21,9 @@ macro_rules! contract_suite {
                 quarantine_sets_status_and_keeps_every_row,
                 concurrent_appends_to_many_sagas_all_land_in_order,
                 racing_appends_at_one_sequence_let_exactly_one_win,
+                summaries_carry_creation_change_and_stuck_times,
+                purge_deletes_ended_sagas_whole_and_keeps_the_rest,
+                purge_takes_at_most_its_limit_per_call,
             );
         }
     };

@@ -25,12 +25,22 @@
 //!    a tower layer reserves its permit in `poll_ready`, which the breaker's `poll_ready`
 //!    forwards before the breaker decides, so a call the open breaker then refuses would
 //!    still have waited for a full bulkhead and been counted among its rejections.
+//!
+//! # Payment pending
+//!
+//! With [`OrderService::accept_pending`] on, a charge that payment's stack refuses at once
+//! (its breaker open, its bulkhead full) is not a failed order: staunch-fallback's policy
+//! answers it, the order is accepted as `payment_pending`, and a second saga
+//! (`order-charge`, id `{order}-charge`) takes it over: it holds the reservation, charges
+//! with patient retries once payment answers again, and ships; if the charge is refused for
+//! good it releases the stock. Started from the charge step with an id derived from the
+//! order, so a step run again after a crash finds the same saga.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -43,6 +53,7 @@ use serde_json::{Value, json};
 use staunch::bulkhead::Bulkhead;
 use staunch::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, Event};
 use staunch::core::Rejection;
+use staunch::fallback::{Answer, Answered, FallbackPolicy};
 use staunch::idempotency::{IDEMPOTENCY_KEY, IdempotencyKey, IdempotencyKeyLayer, REPLAYED};
 use staunch::retry::{RetryBudget, RetryLayer, RetryPolicy};
 use staunch::saga::{
@@ -263,6 +274,9 @@ pub(crate) struct OrderState {
     reservation: Option<String>,
     charge: Option<String>,
     shipment: Option<String>,
+    /// Accepted as payment pending: the id of the saga that charges it later.
+    #[serde(default)]
+    pending: Option<String>,
 }
 
 /// Everything the saga steps use.
@@ -278,6 +292,13 @@ struct Deps {
     guards: Vec<Guards>,
     traces: Mutex<Traces>,
     repeats: Repeats,
+    /// Answers a charge payment's stack refused at once (see "Payment pending").
+    pending: FallbackPolicy<Option<reqwest::Response>>,
+    /// Whether such a charge makes the order payment pending (else it fails).
+    accept_pending: AtomicBool,
+    /// The engine and the later-charge saga, for the charge step to start it.
+    engine: OnceLock<SagaEngine>,
+    later: OnceLock<SagaDefinition<OrderState>>,
 }
 
 /// Repeated deliveries of a key that a participant answered without running it again.
@@ -364,25 +385,37 @@ impl Deps {
         key: &IdempotencyKey,
         body: &Value,
     ) -> Result<Value, StepError> {
-        let mut request = reqwest::Request::new(
-            reqwest::Method::POST,
-            url.parse()
-                .map_err(|e| StepError::fail(format!("bad url {url}: {e}")))?,
-        );
-        let headers = request.headers_mut();
-        // A reqwest request has no extensions for `IdempotencyKeyLayer` to read: the key
-        // goes in as the header directly (an sf-string, as the layer would send it).
-        headers.insert(IDEMPOTENCY_KEY, key.header_value());
-        headers.insert(
-            "content-type",
-            reqwest::header::HeaderValue::from_static("application/json"),
-        );
-        *request.body_mut() = Some(body.to_string().into());
         let response = client
             .clone()
-            .oneshot(request)
+            .oneshot(json_request(&url, key, body)?)
             .await
             .map_err(|err| call_error(&url, &err))?;
+        self.read(&url, response).await
+    }
+
+    /// A charge through payment's stack: its body, or `None` when the stack refused the call
+    /// at once (breaker open, bulkhead full) and the pending policy answered it.
+    async fn charge_or_pending(
+        &self,
+        url: String,
+        key: &IdempotencyKey,
+        body: &Value,
+    ) -> Result<Option<Value>, StepError> {
+        let call = self.payment.clone().oneshot(json_request(&url, key, body)?);
+        let answer = Answer::function(|_, _| None);
+        match self
+            .pending
+            .call(async move { call.await.map(Some) }, &answer)
+            .await
+        {
+            Ok(Answered::Primary(Some(response))) => self.read(&url, response).await.map(Some),
+            Ok(_) => Ok(None),
+            Err(err) => Err(call_error(&url, &err)),
+        }
+    }
+
+    /// A participant's answer: a 2xx answer's body, or the step error.
+    async fn read(&self, url: &str, response: reqwest::Response) -> Result<Value, StepError> {
         let status = response.status();
         if response.headers().contains_key(REPLAYED) {
             self.repeats.replayed.fetch_add(1, Ordering::Relaxed);
@@ -405,14 +438,43 @@ impl Deps {
                 StepErrorKind::Timeout,
                 format!("in doubt: {url}: {}", String::from_utf8_lossy(&bytes)),
             ))
+        } else if status.is_server_error() {
+            // The participants' contract: an error answer changed nothing. A server error
+            // may pass (the client's retries gave up on it).
+            Err(StepError::retryable(format!(
+                "{url} answered {status}: {}",
+                body["error"]
+            )))
         } else {
-            // The participants' contract: an error answer changed nothing.
             Err(StepError::fail(format!(
                 "{url} answered {status}: {}",
                 body["error"]
             )))
         }
     }
+}
+
+/// A JSON POST to `url` carrying the step's idempotency key.
+fn json_request(
+    url: &str,
+    key: &IdempotencyKey,
+    body: &Value,
+) -> Result<reqwest::Request, StepError> {
+    let mut request = reqwest::Request::new(
+        reqwest::Method::POST,
+        url.parse()
+            .map_err(|e| StepError::fail(format!("bad url {url}: {e}")))?,
+    );
+    let headers = request.headers_mut();
+    // A reqwest request has no extensions for `IdempotencyKeyLayer` to read: the key goes in
+    // as the header directly (an sf-string, as the layer would send it).
+    headers.insert(IDEMPOTENCY_KEY, key.header_value());
+    headers.insert(
+        "content-type",
+        reqwest::header::HeaderValue::from_static("application/json"),
+    );
+    *request.body_mut() = Some(body.to_string().into());
+    Ok(request)
 }
 
 /// The step call's idempotency key, as staunch-idempotency's client side sends it.
@@ -455,16 +517,34 @@ fn call_error(what: &str, err: &BoxError) -> StepError {
     }
 }
 
-fn saga_definition(deps: &Arc<Deps>) -> Result<SagaDefinition<OrderState>, ConfigError> {
-    // The clients retry already: the saga runs each action once and compensates at once.
-    let once = StepRetry::new(1);
-    // Compensations must get through: patient retries.
-    let patient = StepRetry::new(20).backoff(
-        Backoff::exponential(Duration::from_millis(50))
-            .jitter(Jitter::Full)
-            .max_delay(Duration::from_secs(1))
-            .build()?,
-    );
+/// The retry policies of the steps.
+struct Retries {
+    /// The clients retry already: the saga runs each action once and compensates at once.
+    once: StepRetry,
+    /// Compensations must get through: patient retries.
+    patient: StepRetry,
+    /// A later charge waits for payment to answer again: about a minute of attempts.
+    later: StepRetry,
+}
+
+impl Retries {
+    fn new() -> Result<Self, ConfigError> {
+        let backoff = |base: u64, max: u64| {
+            Backoff::exponential(Duration::from_millis(base))
+                .jitter(Jitter::Full)
+                .max_delay(Duration::from_millis(max))
+                .build()
+        };
+        Ok(Self {
+            once: StepRetry::new(1),
+            patient: StepRetry::new(20).backoff(backoff(50, 1000)?),
+            later: StepRetry::new(60).backoff(backoff(100, 2000)?),
+        })
+    }
+}
+
+/// Reserves stock; released by the compensation.
+fn reserve_step(deps: &Arc<Deps>, r: &Retries) -> Step<OrderState> {
     let d = Arc::clone(deps);
     let reserve = Step::new("reserve", move |mut o: OrderState, ctx: StepContext| {
         let d = Arc::clone(&d);
@@ -479,25 +559,25 @@ fn saga_definition(deps: &Arc<Deps>) -> Result<SagaDefinition<OrderState>, Confi
         }
     });
     let d = Arc::clone(deps);
-    let reserve = reserve
+    reserve
         .compensate(move |mut o: OrderState, ctx: StepContext| {
             let d = Arc::clone(&d);
             async move {
                 // The action's key, also when the action was in doubt and `o` never got it.
                 let action = idempotency_key(ctx.saga_id(), ctx.step(), Phase::Action);
-                let body = json!({ "reservation_key": action });
-                let url = format!("{}/releases", d.inventory_url);
-                let key = step_key(&ctx)?;
-                d.traced(&ctx, d.post(&d.inventory, url, &key, &body))
-                    .await
-                    .map_err(|e| StepError::retryable(e.message()))?;
+                d.release(&ctx, action).await?;
                 o.reservation = None;
                 Ok(o)
             }
         })
-        .retry(once)
-        .compensation_retry(patient);
+        .retry(r.once)
+        .compensation_retry(r.patient)
+}
 
+/// Charges the order. In the order saga (`later` false) a charge payment's stack refuses at
+/// once may make the order payment pending (see the module docs); in the later-charge saga
+/// every refusal is retried until payment answers.
+fn charge_step(deps: &Arc<Deps>, r: &Retries, later: bool) -> Step<OrderState> {
     let d = Arc::clone(deps);
     let charge = Step::new("charge", move |mut o: OrderState, ctx: StepContext| {
         let d = Arc::clone(&d);
@@ -505,13 +585,33 @@ fn saga_definition(deps: &Arc<Deps>) -> Result<SagaDefinition<OrderState>, Confi
             let key = step_key(&ctx)?;
             let body = json!({ "order_id": o.order_id, "amount_cents": o.amount_cents });
             let url = format!("{}/charges", d.payment_url);
-            d.traced(&ctx, d.post(&d.payment, url, &key, &body)).await?;
+            if later {
+                // Refused at once or in doubt: wait for payment (the saga's backoff), again.
+                d.traced(&ctx, d.post(&d.payment, url, &key, &body))
+                    .await
+                    .map_err(|e| {
+                        if refused(&e) {
+                            StepError::retryable(e.message())
+                        } else {
+                            e
+                        }
+                    })?;
+            } else if d.accept_pending.load(Ordering::Relaxed) {
+                let charged = d.traced(&ctx, d.charge_or_pending(url, &key, &body));
+                if charged.await?.is_none() {
+                    o.pending = Some(d.charge_later(&o).await?);
+                    return Ok(o);
+                }
+            } else {
+                d.traced(&ctx, d.post(&d.payment, url, &key, &body)).await?;
+            }
             o.charge = Some(key.as_str().to_owned());
             Ok(o)
         }
     });
     let d = Arc::clone(deps);
-    let charge = charge
+    let retry = if later { r.later } else { r.once };
+    charge
         .compensate(move |mut o: OrderState, ctx: StepContext| {
             let d = Arc::clone(&d);
             async move {
@@ -526,13 +626,25 @@ fn saga_definition(deps: &Arc<Deps>) -> Result<SagaDefinition<OrderState>, Confi
                 Ok(o)
             }
         })
-        .retry(once)
-        .compensation_retry(patient);
+        .retry(retry)
+        .compensation_retry(r.patient)
+}
 
+/// Whether a step error is a refusal by a guard (breaker open, bulkhead full).
+fn refused(e: &StepError) -> bool {
+    e.message().contains(FAILED_FAST) || e.message().contains(REJECTED)
+}
+
+/// Ships the order; cancelled by the compensation. An order left payment pending is shipped
+/// by the later-charge saga instead.
+fn ship_step(deps: &Arc<Deps>, r: &Retries) -> Step<OrderState> {
     let d = Arc::clone(deps);
     let ship = Step::new("ship", move |mut o: OrderState, ctx: StepContext| {
         let d = Arc::clone(&d);
         async move {
+            if o.pending.is_some() {
+                return Ok(o);
+            }
             let key = step_key(&ctx)?;
             let message = CreateShipment {
                 order_id: o.order_id.clone(),
@@ -558,35 +670,96 @@ fn saga_definition(deps: &Arc<Deps>) -> Result<SagaDefinition<OrderState>, Confi
         }
     });
     let d = Arc::clone(deps);
-    let ship = ship
-        .compensate(move |mut o: OrderState, ctx: StepContext| {
-            let d = Arc::clone(&d);
-            async move {
-                let message = CancelShipment {
-                    shipment_key: idempotency_key(ctx.saga_id(), ctx.step(), Phase::Action),
-                };
-                let key = step_key(&ctx)?;
-                let call = async {
-                    let cancelled = d.shipping.cancel(message, &key).await.map_err(|s| {
-                        d.count_grpc_refusal(&s);
-                        StepError::retryable(format!("shipping.Cancel: {s}"))
-                    })?;
-                    d.count_grpc_replay(cancelled.metadata());
-                    Ok(cancelled)
-                };
-                d.traced(&ctx, call).await?;
-                o.shipment = None;
-                Ok(o)
-            }
-        })
-        .retry(once)
-        .compensation_retry(patient);
+    ship.compensate(move |mut o: OrderState, ctx: StepContext| {
+        let d = Arc::clone(&d);
+        async move {
+            let message = CancelShipment {
+                shipment_key: idempotency_key(ctx.saga_id(), ctx.step(), Phase::Action),
+            };
+            let key = step_key(&ctx)?;
+            let call = async {
+                let cancelled = d.shipping.cancel(message, &key).await.map_err(|s| {
+                    d.count_grpc_refusal(&s);
+                    StepError::retryable(format!("shipping.Cancel: {s}"))
+                })?;
+                d.count_grpc_replay(cancelled.metadata());
+                Ok(cancelled)
+            };
+            d.traced(&ctx, call).await?;
+            o.shipment = None;
+            Ok(o)
+        }
+    })
+    .retry(r.once)
+    .compensation_retry(r.patient)
+}
 
-    SagaDefinition::builder("order", 1)
-        .step(reserve)
-        .step(charge)
-        .step(ship)
-        .build()
+/// The order saga (reserve, charge, ship) and the later-charge saga of an order accepted as
+/// payment pending (hold the order's reservation, charge, ship).
+fn saga_definitions(
+    deps: &Arc<Deps>,
+) -> Result<(SagaDefinition<OrderState>, SagaDefinition<OrderState>), ConfigError> {
+    let r = Retries::new()?;
+    let order = SagaDefinition::builder("order", 1)
+        .step(reserve_step(deps, &r))
+        .step(charge_step(deps, &r, false))
+        .step(ship_step(deps, &r))
+        .build()?;
+    let d = Arc::clone(deps);
+    // The reservation was made by the order saga (which completed): this saga owns it, and
+    // releases it if the charge is refused for good.
+    let hold = Step::new(
+        "hold",
+        |o: OrderState, _ctx: StepContext| async move { Ok(o) },
+    )
+    .compensate(move |mut o: OrderState, ctx: StepContext| {
+        let d = Arc::clone(&d);
+        async move {
+            let reservation = idempotency_key(&o.order_id, "reserve", Phase::Action);
+            d.release(&ctx, reservation).await?;
+            o.reservation = None;
+            Ok(o)
+        }
+    })
+    .retry(r.once)
+    .compensation_retry(r.patient);
+    let later = SagaDefinition::builder(LATER, 1)
+        .step(hold)
+        .step(charge_step(deps, &r, true))
+        .step(ship_step(deps, &r))
+        .build()?;
+    Ok((order, later))
+}
+
+/// The later-charge saga's definition name.
+const LATER: &str = "order-charge";
+
+impl Deps {
+    /// Releases the reservation made with `reservation_key`, with the step's own key.
+    async fn release(&self, ctx: &StepContext, reservation_key: String) -> Result<(), StepError> {
+        let body = json!({ "reservation_key": reservation_key });
+        let url = format!("{}/releases", self.inventory_url);
+        let key = step_key(ctx)?;
+        self.traced(ctx, self.post(&self.inventory, url, &key, &body))
+            .await
+            .map_err(|e| StepError::retryable(e.message()))?;
+        Ok(())
+    }
+
+    /// Starts (or, run again, finds) the saga that charges `order` later; its id.
+    async fn charge_later(&self, order: &OrderState) -> Result<String, StepError> {
+        let (Some(engine), Some(later)) = (self.engine.get(), self.later.get()) else {
+            return Err(StepError::fail("the later-charge saga is not set up"));
+        };
+        let id = format!("{}-charge", order.order_id);
+        let mut state = order.clone();
+        state.pending = None;
+        engine
+            .start(later, id.as_str(), state)
+            .await
+            .map_err(|e| StepError::retryable(format!("cannot queue the charge: {e}")))?;
+        Ok(id)
+    }
 }
 
 /// What placing an order came to.
@@ -594,8 +767,8 @@ fn saga_definition(deps: &Arc<Deps>) -> Result<SagaDefinition<OrderState>, Confi
 pub(crate) struct Placed {
     /// The order (and saga) id.
     pub(crate) order_id: String,
-    /// `completed`, `compensated`, `failed_fast` (payment breaker open), `rejected` (payment
-    /// bulkhead full) or `stuck`.
+    /// `completed`, `payment_pending` (accepted, charged later), `compensated`, `failed_fast`
+    /// (payment breaker open), `rejected` (payment bulkhead full) or `stuck`.
     pub(crate) outcome: &'static str,
     /// The step that failed, if any.
     pub(crate) failed_step: Option<String>,
@@ -607,9 +780,13 @@ impl Placed {
     /// What the saga `order_id` came to.
     fn of(order_id: String, outcome: SagaOutcome<OrderState>) -> Self {
         match outcome {
-            SagaOutcome::Completed(_) => Placed {
+            SagaOutcome::Completed(o) => Placed {
                 order_id,
-                outcome: "completed",
+                outcome: if o.pending.is_some() {
+                    "payment_pending"
+                } else {
+                    "completed"
+                },
                 failed_step: None,
                 error: None,
             },
@@ -653,6 +830,7 @@ pub(crate) struct OrderService {
 struct Inner {
     engine: SagaEngine,
     definition: SagaDefinition<OrderState>,
+    later: SagaDefinition<OrderState>,
     deps: Arc<Deps>,
     next: AtomicU64,
     transitions: Arc<Mutex<Vec<Transition>>>,
@@ -736,11 +914,20 @@ impl OrderService {
             guards,
             traces: Mutex::new(Traces::default()),
             repeats: Repeats::default(),
+            // The pending policy answers the refusals of payment's guards (every staunch
+            // rejection), nothing else: a charge that ran and failed is a failed order.
+            pending: FallbackPolicy::builder("payment-pending").build()?,
+            accept_pending: AtomicBool::new(false),
+            engine: OnceLock::new(),
+            later: OnceLock::new(),
         });
-        let definition = saga_definition(&deps)?;
+        let (definition, later) = saga_definitions(&deps)?;
         let store = SqliteStore::open(&db).await?;
         let engine = SagaEngine::new(store);
         engine.register(&definition)?;
+        engine.register(&later)?;
+        let _ = deps.engine.set(engine.clone());
+        let _ = deps.later.set(later.clone());
         // A saga log from an earlier run: resume what it left unfinished (each interrupted
         // step runs again with its idempotency key), and number new orders after the old ones.
         let recovered = engine.recover().await?;
@@ -752,11 +939,15 @@ impl OrderService {
                 recovered.quarantined
             );
         }
-        let known = engine.list(&ListFilter::all()).await?.len() as u64;
+        let known = engine
+            .list(&ListFilter::all().definition("order"))
+            .await?
+            .len() as u64;
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
                 definition,
+                later,
                 deps,
                 next: AtomicU64::new(known + 1),
                 transitions,
@@ -821,6 +1012,7 @@ impl OrderService {
             reservation: None,
             charge: None,
             shipment: None,
+            pending: None,
         };
         self.inner.deps.begin(&order_id);
         let handle = self
@@ -836,20 +1028,32 @@ impl OrderService {
         Ok(placed)
     }
 
-    /// What every saga in the log came to, waiting for those still running (after a
-    /// restart: those [`start`](Self::start) resumed).
-    pub(crate) async fn settle(&self) -> Result<Vec<Placed>, BoxError> {
-        let sagas = self.inner.engine.list(&ListFilter::all()).await?;
-        let mut placed = Vec::with_capacity(sagas.len());
-        for saga in sagas {
-            let outcome = self
-                .inner
-                .engine
-                .outcome(&self.inner.definition, saga.saga_id.as_str())
-                .await?;
-            placed.push(Placed::of(saga.saga_id, outcome));
+    /// What every order in the log came to, waiting for those still running (after a
+    /// restart: those [`start`](Self::start) resumed), and for every later charge of an
+    /// order accepted as payment pending: `(orders, later charges)`.
+    pub(crate) async fn settle(&self) -> Result<(Vec<Placed>, Vec<Placed>), BoxError> {
+        let mut settled = (Vec::new(), Vec::new());
+        for (definition, into) in [
+            (&self.inner.definition, &mut settled.0),
+            (&self.inner.later, &mut settled.1),
+        ] {
+            let filter = ListFilter::all().definition(definition.name());
+            for saga in self.inner.engine.list(&filter).await? {
+                let outcome = self
+                    .inner
+                    .engine
+                    .outcome(definition, saga.saga_id.as_str())
+                    .await?;
+                into.push(Placed::of(saga.saga_id, outcome));
+            }
         }
-        Ok(placed)
+        Ok(settled)
+    }
+
+    /// Whether a charge payment's stack refuses at once makes the order payment pending
+    /// (charged later by a saga of its own) instead of failing it.
+    pub(crate) fn accept_pending(&self, on: bool) {
+        self.inner.deps.accept_pending.store(on, Ordering::Relaxed);
     }
 
     /// `GET /circuit-status`.

@@ -2,18 +2,23 @@
 //! a SQLite file.
 //!
 //! - `POST /charges` `{order_id, amount_cents}` (Idempotency-Key): `201 {charge}`. Subject to
-//!   the failure mode: it models the call to the card network.
+//!   the injected faults: it models the call to the card network.
 //! - `POST /refunds` `{charge_key}` (Idempotency-Key): refunds the charge made with that key.
 //!   When there is none (the charge call was in doubt and never landed, or is still running)
 //!   the key is voided, so the charge can no longer happen.
-//! - `POST /admin/mode` `{"mode": "none" | "slow" | "error" | "intermittent", "delay_ms",
-//!   "share"}` and `GET /admin/mode`; `GET /admin/ledger` lists every charge and refund.
+//! - `POST /admin/mode` with a staunch-fault table: a preset (`{"preset": "none" | "slow" |
+//!   "error" | "intermittent"}`) or its own sections (`{"error": {"rate": 0.8, "status":
+//!   500}, "latency": {"rate": 1.0, "min": "2s", "max": "2s"}, "seed": 7}`); a bad value is a
+//!   `400` naming it. `GET /admin/mode` shows the faults in force; `GET /admin/ledger` lists
+//!   every charge and refund.
 //!
-//! Failure modes: `slow` delays every charge by `delay_ms`; `error` fails a `share` of the
-//! charges, alternately with `500` and `503`; `intermittent` delays one charge in four and
-//! answers `503` to another one in four. The choice is a counter, not a random draw, so a
-//! story plays the same way every time. The mode lives in memory: a restarted service starts
-//! healthy unless told otherwise.
+//! The faults are staunch-fault's [`HttpFaultLayer`] around the charge handler, inside the
+//! idempotency layer: an injected `500`/`503` is an answer the layer does not store (the
+//! client may retry it), and an injected delay holds the key as a slow charge would. The
+//! presets are the payment modes `slow` (every charge 3–8 s), `error` (70 % answer `500`)
+//! and `intermittent` (30 % delayed 2–5 s, 20 % answer `503`), drawn from a seeded random
+//! sequence. The faults live in memory: a restarted service starts healthy unless told
+//! otherwise.
 //!
 //! Both POST routes sit behind staunch-idempotency's layer ([`Db::layer`]) and write their
 //! ledger row and their reply in one transaction ([`Db::reply`]). A repeat while the first
@@ -23,16 +28,16 @@
 //! key from charging or refunding twice, and the consistency check counts the rows.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
 
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
+use staunch::fault::{FaultConfig, FaultInjector, HttpFaultLayer};
 use staunch::idempotency::Claim;
 use staunch::idempotency::sqlx::{self, Row};
 
@@ -50,29 +55,6 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS voided (key TEXT PRIMARY KEY NOT NULL)",
 ];
 
-/// How the payment service misbehaves.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "mode", rename_all = "snake_case")]
-pub(crate) enum Mode {
-    /// Every charge succeeds at once.
-    None,
-    /// Every charge takes `delay_ms`.
-    Slow {
-        /// The delay.
-        delay_ms: u64,
-    },
-    /// A share (0 to 1) of the charges fail, alternately 500 and 503.
-    Error {
-        /// The share that fails.
-        share: f64,
-    },
-    /// One charge in four takes `delay_ms`, another one in four gets a 503.
-    Intermittent {
-        /// The delay of the slow ones.
-        delay_ms: u64,
-    },
-}
-
 /// One ledger row: a charge or a refund.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Entry {
@@ -88,11 +70,14 @@ pub(crate) struct Entry {
     pub(crate) amount_cents: u64,
 }
 
-/// The service: its ledger and its failure mode.
+/// The seed of the faults' random draws: a story plays the same way given the same calls.
+const SEED: u64 = 7;
+
+/// The service: its ledger and the faults injected into its charges.
 #[derive(Debug, Clone)]
 pub(crate) struct Payment {
     db: Db,
-    mode: Arc<Mutex<(Mode, u64)>>,
+    faults: FaultInjector,
 }
 
 #[derive(Deserialize)]
@@ -106,25 +91,26 @@ struct RefundReq {
     charge_key: String,
 }
 
-enum Fate {
-    Ok,
-    Slow(Duration),
-    Fail(StatusCode),
-}
-
 impl Payment {
     /// A healthy payment service with its ledger in the SQLite file at `path` (created if
     /// missing, kept if there).
     pub(crate) async fn open(path: &Path) -> Result<Self, BoxError> {
         Ok(Self {
             db: Db::open(path, SCHEMA).await?,
-            mode: Arc::new(Mutex::new((Mode::None, 0))),
+            faults: FaultInjector::builder("payment").seed(SEED).build()?,
         })
     }
 
-    /// Switches the failure mode.
-    pub(crate) fn set_mode(&self, mode: Mode) -> Mode {
-        std::mem::replace(&mut self.lock().0, mode)
+    /// Switches the faults injected into charges (seeded, unless `config` has its own seed,
+    /// so the same calls get the same faults); returns the previous ones.
+    pub(crate) fn set_faults(
+        &self,
+        mut config: FaultConfig,
+    ) -> Result<FaultConfig, staunch::ConfigError> {
+        let before = self.faults.config();
+        config.seed = config.seed.or(Some(SEED));
+        self.faults.set(config)?;
+        Ok(before)
     }
 
     /// Every ledger row, oldest first.
@@ -147,45 +133,20 @@ impl Payment {
             .collect()
     }
 
-    fn lock(&self) -> MutexGuard<'_, (Mode, u64)> {
-        self.mode.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// What the card network does to the next charge.
-    fn fate(&self) -> Fate {
-        let mut guard = self.lock();
-        let (mode, counter) = &mut *guard;
-        let n = *counter;
-        *counter += 1;
-        match *mode {
-            Mode::None => Fate::Ok,
-            Mode::Slow { delay_ms } => Fate::Slow(Duration::from_millis(delay_ms)),
-            Mode::Error { share } => {
-                // Spread the failures evenly: call n fails when the running share grows.
-                let failed_before = (n as f64 * share).floor();
-                let failed_now = ((n + 1) as f64 * share).floor();
-                if failed_now > failed_before {
-                    Fate::Fail(if n % 2 == 0 {
-                        StatusCode::INTERNAL_SERVER_ERROR
-                    } else {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    })
-                } else {
-                    Fate::Ok
-                }
-            }
-            Mode::Intermittent { delay_ms } => match n % 4 {
-                0 => Fate::Slow(Duration::from_millis(delay_ms)),
-                1 => Fate::Fail(StatusCode::SERVICE_UNAVAILABLE),
-                _ => Fate::Ok,
-            },
-        }
-    }
-
     /// The HTTP routes.
     pub(crate) fn router(&self) -> Router {
         Router::new()
-            .route("/charges", post(charge))
+            .route(
+                "/charges",
+                post(charge).layer(
+                    tower::ServiceBuilder::new()
+                        // Only an abort (which no preset injects) is an error: a gateway's answer.
+                        .layer(HandleErrorLayer::new(|err: BoxError| async move {
+                            failed(StatusCode::BAD_GATEWAY, &err.to_string())
+                        }))
+                        .layer(HttpFaultLayer::new(self.faults.clone())),
+                ),
+            )
             .route("/refunds", post(refund))
             .route_layer(self.db.layer())
             .route("/admin/mode", get(get_mode).post(set_mode))
@@ -203,15 +164,6 @@ async fn charge(
     let Some(key) = request_key(&headers) else {
         return missing_key();
     };
-    match pay.fate() {
-        // Nothing happened, so the layer keeps nothing: a retry with this key is a real retry.
-        Fate::Fail(status) => return failed(status, "injected failure"),
-        // The key is held meanwhile (the layer's lease): a repeat gets 409. If the client
-        // gives up and closes the connection, this handler is dropped and the layer frees
-        // the key; nothing was written.
-        Fate::Slow(delay) => tokio::time::sleep(delay).await,
-        Fate::Ok => {}
-    }
     let mut tx = match pay.db.begin().await {
         Ok(tx) => tx,
         Err(err) => return db_error(&err),
@@ -295,13 +247,15 @@ async fn refund(
     }
 }
 
-async fn get_mode(State(pay): State<Payment>) -> Json<Mode> {
-    Json(pay.lock().0)
+async fn get_mode(State(pay): State<Payment>) -> Json<FaultConfig> {
+    Json(pay.faults.config())
 }
 
-async fn set_mode(State(pay): State<Payment>, Json(mode): Json<Mode>) -> Json<Value> {
-    let before = pay.set_mode(mode);
-    Json(json!({ "before": before, "now": mode }))
+async fn set_mode(State(pay): State<Payment>, Json(config): Json<FaultConfig>) -> Response {
+    match pay.set_faults(config) {
+        Ok(before) => Json(json!({ "before": before, "now": pay.faults.config() })).into_response(),
+        Err(err) => failed(StatusCode::BAD_REQUEST, &err.to_string()),
+    }
 }
 
 async fn list_ledger(State(pay): State<Payment>) -> Response {

@@ -1,4 +1,5 @@
-//! The scripted story: five phases against the running shop, with the numbers.
+//! The scripted story: six phases against the running shop and a consistency check, with
+//! the numbers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -12,8 +13,9 @@ use tokio::time::Instant;
 
 use super::inventory::Inventory;
 use super::order::{BoxError, OrderService, Tuning};
-use super::payment::{Mode, Payment};
+use super::payment::Payment;
 use super::shipping::Shipping;
+use staunch::fault::FaultConfig;
 
 /// The SKU every order is for.
 pub(crate) const SKU: &str = "widget";
@@ -23,8 +25,9 @@ pub(crate) const SKU: &str = "widget";
 pub(crate) struct Config {
     /// Orders placed per second, in every phase.
     pub(crate) rate: f64,
-    /// Phase lengths: normal, payment error, payment slow, recovery.
-    pub(crate) phases: [Duration; 4],
+    /// Phase lengths: normal, payment error, payment slow, recovery, payment down with
+    /// orders accepted as payment pending, payment back.
+    pub(crate) phases: [Duration; 6],
     /// Share of failed charges in the error phase.
     pub(crate) error_share: f64,
     /// Delay of every charge in the slow phase.
@@ -45,6 +48,8 @@ impl Config {
                 Duration::from_secs(10),
                 Duration::from_secs(12),
                 Duration::from_secs(9),
+                Duration::from_secs(8),
+                Duration::from_secs(8),
             ],
             error_share: 0.8,
             slow_delay: Duration::from_millis(800),
@@ -67,6 +72,8 @@ impl Config {
                 Duration::from_secs(1),
                 Duration::from_secs(2),
                 Duration::from_millis(2500),
+                Duration::from_millis(2500),
+                Duration::from_millis(1500),
                 Duration::from_millis(2500),
             ],
             error_share: 0.8,
@@ -141,8 +148,9 @@ impl Shop {
         self.addrs["order"]
     }
 
-    /// Switches the payment service's failure mode through its admin route.
-    pub(crate) async fn set_payment_mode(&self, mode: Mode) -> Result<(), BoxError> {
+    /// Switches the faults injected into the payment service's charges through its admin
+    /// route.
+    pub(crate) async fn set_payment_mode(&self, mode: FaultConfig) -> Result<(), BoxError> {
         let url = format!("http://{}/admin/mode", self.addrs["payment"]);
         let response = reqwest::Client::new()
             .post(url)
@@ -177,7 +185,8 @@ pub(crate) fn data_dir() -> std::io::Result<PathBuf> {
 pub(crate) struct PhaseReport {
     /// The phase's name.
     pub(crate) name: &'static str,
-    /// Orders by outcome (`completed`, `compensated`, `failed_fast`, `rejected`, `stuck`, `error`).
+    /// Orders by outcome (`completed`, `payment_pending`, `compensated`, `failed_fast`,
+    /// `rejected`, `stuck`, `error`).
     pub(crate) outcomes: BTreeMap<String, u64>,
     /// End-to-end order latencies.
     pub(crate) latencies: Vec<Duration>,
@@ -209,6 +218,8 @@ pub(crate) struct Report {
     pub(crate) inconsistencies: Vec<String>,
     /// The consistency check's figures, for the printout.
     pub(crate) check: Vec<String>,
+    /// Orders accepted as payment pending, and how many of their later charges completed.
+    pub(crate) pending: (usize, usize),
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
@@ -321,8 +332,9 @@ impl JsonOrNull for reqwest::Response {
 
 fn print_phase(p: &PhaseReport) {
     println!(
-        "    orders: {} ok, {} compensated, {} failed fast (breaker open), {} rejected (bulkhead full){}",
+        "    orders: {} ok, {} payment pending, {} compensated, {} failed fast (breaker open), {} rejected (bulkhead full){}",
         p.count("completed"),
+        p.count("payment_pending"),
         p.count("compensated"),
         p.count("failed_fast"),
         p.count("rejected"),
@@ -458,7 +470,7 @@ pub(crate) async fn consistency(
 /// Plays the story on a running shop and prints it. The report's `inconsistencies` say
 /// whether the final check passed.
 pub(crate) async fn play(shop: &Shop, config: &Config) -> Result<Report, BoxError> {
-    let [normal, error, slow, recovery] = config.phases;
+    let [normal, error, slow, recovery, down, back] = config.phases;
     let mut report = Report::default();
     println!("staunch shop: order -> inventory (HTTP), payment (HTTP), shipping (gRPC)");
     for (name, addr) in &shop.addrs {
@@ -484,13 +496,11 @@ pub(crate) async fn play(shop: &Shop, config: &Config) -> Result<Report, BoxErro
     report.phases.push(p);
 
     println!(
-        "\n(2) payment fails {:.0}% of charges (500 and 503), for {error:?}: sagas release the stock, the breaker opens, later orders fail fast",
+        "\n(2) payment fails {:.0}% of charges (500), for {error:?}: sagas release the stock, the breaker opens, later orders fail fast",
         config.error_share * 100.0
     );
-    shop.set_payment_mode(Mode::Error {
-        share: config.error_share,
-    })
-    .await?;
+    shop.set_payment_mode(FaultConfig::none().with_error(config.error_share, 500))
+        .await?;
     let p = phase(shop, "2 payment errors", config.rate, error).await?;
     print_phase(&p);
     report.phases.push(p);
@@ -502,9 +512,11 @@ pub(crate) async fn play(shop: &Shop, config: &Config) -> Result<Report, BoxErro
     println!(
         "    (slow answers count against the breaker: a closed one trips on the slow-call rate; still open from (2), it lets more probes through than the bulkhead has permits, the bulkhead rejects the excess, the probes are slow and re-open it: later orders fail fast)"
     );
-    shop.set_payment_mode(Mode::Slow {
-        delay_ms: config.slow_delay.as_millis() as u64,
-    })
+    shop.set_payment_mode(FaultConfig::none().with_latency(
+        1.0,
+        config.slow_delay,
+        config.slow_delay,
+    ))
     .await?;
     let p = phase(shop, "3 payment slow", config.rate, slow).await?;
     print_phase(&p);
@@ -513,15 +525,36 @@ pub(crate) async fn play(shop: &Shop, config: &Config) -> Result<Report, BoxErro
     println!(
         "\n(4) recovery: payment healthy again, for {recovery:?}: once the open duration has passed, the breaker's probes are fast and it closes; orders succeed"
     );
-    shop.set_payment_mode(Mode::None).await?;
+    shop.set_payment_mode(FaultConfig::none()).await?;
     let p = phase(shop, "4 recovery", config.rate, recovery).await?;
     print_phase(&p);
     report.phases.push(p);
 
+    println!(
+        "\n(5) payment down (every charge fails), for {down:?}, with orders accepted as payment pending: once the breaker opens, an order whose charge it refuses is accepted and a saga of its own charges it later"
+    );
+    shop.set_payment_mode(FaultConfig::none().with_error(1.0, 500))
+        .await?;
+    shop.orders.accept_pending(true);
+    let p = phase(shop, "5 payment down", config.rate, down).await?;
+    print_phase(&p);
+    report.phases.push(p);
+
+    println!(
+        "\n(6) payment back, for {back:?}: the breaker closes, the pending charges go through and those orders ship"
+    );
+    shop.set_payment_mode(FaultConfig::none()).await?;
+    let p = phase(shop, "6 payment back", config.rate, back).await?;
+    print_phase(&p);
+    report.phases.push(p);
+    shop.orders.accept_pending(false);
+
     // A charge handler the client gave up on may still be sleeping: let it finish (it finds
     // its key voided by the refund and charges nothing).
     tokio::time::sleep(config.slow_delay + Duration::from_millis(200)).await;
-    println!("\n(5) consistency check");
+    // Every saga ends first: the later charges of the pending orders too.
+    let (sagas, later) = shop.orders.settle().await?;
+    println!("\n(7) consistency check");
     consistency(
         &shop.inventory,
         &shop.payment,
@@ -530,11 +563,43 @@ pub(crate) async fn play(shop: &Shop, config: &Config) -> Result<Report, BoxErro
         &mut report,
     )
     .await?;
-    let sagas = shop.orders.settle().await?;
     let mut ended: BTreeMap<&str, usize> = BTreeMap::new();
     for saga in &sagas {
         *ended.entry(saga.outcome).or_default() += 1;
     }
+    let mut charged_later: BTreeMap<&str, usize> = BTreeMap::new();
+    for saga in &later {
+        *charged_later.entry(saga.outcome).or_default() += 1;
+    }
+    report.pending = (
+        ended.get("payment_pending").copied().unwrap_or(0),
+        charged_later.get("completed").copied().unwrap_or(0),
+    );
+    if later.len() != report.pending.0 {
+        report.inconsistencies.push(format!(
+            "{} orders payment pending, {} later charges",
+            report.pending.0,
+            later.len()
+        ));
+    }
+    if let Some(stuck) = charged_later.get("stuck") {
+        report
+            .inconsistencies
+            .push(format!("{stuck} later charges stuck for an operator"));
+    }
+    let charged_later: Vec<String> = charged_later
+        .iter()
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect();
+    report.check.push(format!(
+        "{} orders accepted as payment pending; their later charges: {}",
+        report.pending.0,
+        if charged_later.is_empty() {
+            "none".to_owned()
+        } else {
+            charged_later.join(", ")
+        }
+    ));
     if let Some(stuck) = ended.get("stuck") {
         report
             .inconsistencies
@@ -569,9 +634,10 @@ pub(crate) fn summary(report: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<18} {:>5} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>12} {:>8} {:>10}",
+        "{:<18} {:>5} {:>8} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>12} {:>8} {:>10}",
         "phase",
         "ok",
+        "pending",
         "compensated",
         "failed fast",
         "rejected",
@@ -585,9 +651,10 @@ pub(crate) fn summary(report: &Report) -> String {
     for p in &report.phases {
         let _ = writeln!(
             out,
-            "{:<18} {:>5} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>12} {:>8} {:>10}",
+            "{:<18} {:>5} {:>8} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9} {:>12} {:>8} {:>10}",
             p.name,
             p.count("completed"),
+            p.count("payment_pending"),
             p.count("compensated"),
             p.count("failed_fast"),
             p.count("rejected"),
@@ -601,7 +668,7 @@ pub(crate) fn summary(report: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "(failed fast: refused by the open payment breaker; rejected: refused by the full payment bulkhead;\n inv p99: inventory reservation latency; bulkhead: payment bulkhead rejections)"
+        "(pending: accepted as payment pending, charged later; failed fast: refused by the open payment breaker;\n rejected: refused by the full payment bulkhead; inv p99: inventory reservation latency;\n bulkhead: payment bulkhead rejections)"
     );
     let _ = write!(out, "payment breaker:");
     for p in &report.phases {

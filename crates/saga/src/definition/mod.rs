@@ -55,6 +55,25 @@ pub enum OnInterrupted {
     Stuck,
 }
 
+/// What a step's action attempt in flight does when an operator cancels the saga
+/// ([`SagaEngine::cancel`](crate::SagaEngine::cancel)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum OnCancel {
+    /// The attempt runs to its end and its result is kept; the saga compensates at the
+    /// boundary after it. The default.
+    #[default]
+    Finish,
+    /// The attempt is dropped at once (its future is not polled again) and logged as
+    /// [`Cancelled`](crate::StepErrorKind::Cancelled): its effect is unknown, so the step
+    /// is compensated with the others. For a long call whose effect its compensation can
+    /// undo; a step that aborts needs a compensation.
+    ///
+    /// Applies to cancels made through this engine, which wake the runner; a cancel made on
+    /// another instance (PostgreSQL) is seen at the next step boundary, after the attempt.
+    Abort,
+}
+
 /// Attempts, backoff and per-attempt timeout for an action or a compensation.
 ///
 /// (Formerly `RetryPolicy`; the deprecated alias remains. `staunch_retry::RetryPolicy` is the
@@ -133,6 +152,7 @@ pub struct Step<S> {
     pub(crate) retry: StepRetry,
     pub(crate) compensation_retry: StepRetry,
     pub(crate) on_interrupted: OnInterrupted,
+    pub(crate) on_cancel: OnCancel,
     /// The parallel group this step belongs to (index into the definition's groups).
     pub(crate) group: Option<u32>,
     retry_set: bool,
@@ -147,6 +167,7 @@ impl<S> fmt::Debug for Step<S> {
             .field("retry", &self.retry)
             .field("compensation_retry", &self.compensation_retry)
             .field("on_interrupted", &self.on_interrupted)
+            .field("on_cancel", &self.on_cancel)
             .finish()
     }
 }
@@ -175,6 +196,7 @@ impl<S: SagaState> Step<S> {
             retry: StepRetry::default(),
             compensation_retry: StepRetry::new(5),
             on_interrupted: OnInterrupted::Rerun,
+            on_cancel: OnCancel::Finish,
             group: None,
             retry_set: false,
         }
@@ -222,6 +244,13 @@ impl<S: SagaState> Step<S> {
     /// What recovery does when the process stopped during this step's action.
     pub fn on_interrupted(mut self, on_interrupted: OnInterrupted) -> Self {
         self.on_interrupted = on_interrupted;
+        self
+    }
+
+    /// What an attempt of the action in flight does when an operator cancels the saga
+    /// (default [`OnCancel::Finish`]).
+    pub fn on_cancel(mut self, on_cancel: OnCancel) -> Self {
+        self.on_cancel = on_cancel;
         self
     }
 }
@@ -452,6 +481,24 @@ impl<S: SagaState> SagaDefinitionBuilder<S> {
             }
             if step.kind == StepKind::Retriable && !step.retry_set {
                 step.retry.max_attempts = None;
+            }
+            if step.on_cancel == OnCancel::Abort {
+                let why = if step.compensation.is_none() {
+                    Some(
+                        "must not be `Abort` on a step without a compensation: an aborted attempt's effect is unknown",
+                    )
+                } else if step.group.is_some() {
+                    Some(
+                        "must not be `Abort` inside a parallel group (members finish their attempt)",
+                    )
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    return Err(
+                        ConfigError::new(format!("{field}.on_cancel"), why).within(&section)
+                    );
+                }
             }
             step.retry.validate(&format!("{section}.{field}.retry"))?;
             step.compensation_retry

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::context::{Phase, StepContext};
-use crate::definition::{DefinitionInner, OnInterrupted, SagaState, StepFn, StepKind};
+use crate::definition::{DefinitionInner, OnCancel, OnInterrupted, SagaState, StepFn, StepKind};
 use crate::error::{LoadError, SagaError, StepError, StepErrorKind, panic_message};
 use crate::event::SagaEvent;
 use crate::outcome::RawOutcome;
@@ -426,6 +426,33 @@ impl<S: SagaState> Runner<S> {
         }
     }
 
+    /// Runs an attempt of a step that aborts on cancel: `None` when a cancel of this saga is
+    /// signalled first (the attempt is dropped). Any other request (a pause), or a request
+    /// that cannot be read, lets the attempt finish.
+    async fn unless_cancelled<T>(&self, call: impl Future<Output = T>) -> Option<T> {
+        let mut call = std::pin::pin!(call);
+        tokio::select! {
+            biased;
+            out = &mut call => return Some(out),
+            () = self.control.signalled() => {}
+        }
+        match self.shared.store().request(&self.id).await {
+            Ok(Some(stored))
+                if matches!(
+                    OperatorRequest::decode(&stored),
+                    Some(OperatorRequest::Cancel { .. })
+                ) =>
+            {
+                None
+            }
+            Ok(_) => Some(call.await),
+            Err(e) => {
+                tracing::warn!(saga_id = %self.id, error = %e, "cannot read the operator request; the attempt finishes");
+                Some(call.await)
+            }
+        }
+    }
+
     /// Sleeps `delay` (a retry's backoff) unless an operator's request is signalled first:
     /// `true` when it is, and the caller goes back to the step boundary.
     async fn backoff(&self, delay: Duration) -> bool {
@@ -485,6 +512,7 @@ impl<S: SagaState> Runner<S> {
             },
         };
         let retriable_step = phase == Phase::Action && step.kind == StepKind::Retriable;
+        let aborts = phase == Phase::Action && step.on_cancel == OnCancel::Abort;
         let mut reuse_open = match phase {
             Phase::Action => match self.open_attempt(i) {
                 Some(reuse) => reuse,
@@ -521,10 +549,25 @@ impl<S: SagaState> Runner<S> {
             } else {
                 None
             };
-            match self
-                .call(&f, i, phase, attempt, retries.timeout(), deadline)
-                .await
-            {
+            let call = self.call(&f, i, phase, attempt, retries.timeout(), deadline);
+            let result = if aborts && !self.pivot_done() {
+                let Some(result) = self.unless_cancelled(call).await else {
+                    tracing::info!(saga_id = %self.id, step = i, attempt, "attempt aborted: the saga was cancelled");
+                    self.record(SagaEvent::StepFailed {
+                        step: i,
+                        attempt,
+                        kind: StepErrorKind::Cancelled,
+                        error: "aborted: the saga was cancelled during the attempt".into(),
+                        retry_at_ms: None,
+                    });
+                    // The boundary next carries the cancel out.
+                    return Ok(());
+                };
+                result
+            } else {
+                call.await
+            };
+            match result {
                 Ok(new_state) => {
                     self.store_output(i, phase, attempt, new_state);
                     return Ok(());

@@ -305,7 +305,27 @@ impl<S: SagaState> Runner<S> {
             );
         }
         for &i in members {
-            self.launch(&mut set, &mut tracks, &join.base, i, phase);
+            // A member resumed after a restart waits out the backoff its log recorded (cut
+            // as for a sequential step), so a restart is no thundering herd.
+            let stored = self
+                .def
+                .steps
+                .get(i as usize)
+                .map(|step| match phase {
+                    Phase::Action => step.retry,
+                    Phase::Compensate => step.compensation_retry,
+                })
+                .and_then(|policy| self.stored_backoff(i, phase, &policy));
+            match stored {
+                Some(wait) if !wait.is_zero() => {
+                    tracing::debug!(saga_id = %self.id, step = i, %phase, ?wait, "group member waits out a stored backoff");
+                    set.spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        Report::RetryDue { step: i }
+                    });
+                }
+                _ => self.launch(&mut set, &mut tracks, &join.base, i, phase),
+            }
         }
         self.flush().await?;
         let mut failure: Option<(u32, StepError)> = None;

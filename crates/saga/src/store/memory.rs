@@ -2,10 +2,13 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use futures_util::future::{BoxFuture, FutureExt, ready};
 
-use super::{Append, Created, ListFilter, NewSaga, SagaLog, SagaStore, SagaSummary, StoredEvent};
+use super::{
+    Append, Created, ListFilter, NewSaga, SagaLog, SagaStatus, SagaStore, SagaSummary, StoredEvent,
+};
 use crate::error::StoreError;
 
 /// Keeps logs in memory. Clones share the same logs.
@@ -65,12 +68,18 @@ impl SagaStore for MemoryStore {
             map.insert(
                 Arc::clone(&saga.saga_id),
                 Entry {
-                    summary: SagaSummary {
-                        saga_id: saga.saga_id.to_string(),
-                        definition: saga.definition.to_string(),
-                        version: saga.version,
-                        status: saga.status,
-                        note: None,
+                    summary: {
+                        let now = Some(SystemTime::now());
+                        let mut summary = SagaSummary::new(
+                            &*saga.saga_id,
+                            &*saga.definition,
+                            saga.version,
+                            saga.status,
+                        );
+                        summary.created_at = now;
+                        summary.updated_at = now;
+                        summary.stuck_since = now.filter(|_| saga.status == SagaStatus::Stuck);
+                        summary
                     },
                     events: saga.events,
                     request: None,
@@ -86,8 +95,17 @@ impl SagaStore for MemoryStore {
         let result = match map.get_mut(&append.saga_id) {
             Some(entry) if entry.events.len() as u64 == append.first_seq => {
                 entry.events.extend(append.events);
-                entry.summary.status = append.status;
-                entry.summary.note = append.note;
+                let summary = &mut entry.summary;
+                if summary.status != append.status || summary.note != append.note {
+                    let now = SystemTime::now();
+                    summary.updated_at = Some(now);
+                    summary.stuck_since = match append.status {
+                        SagaStatus::Stuck => summary.stuck_since.or(Some(now)),
+                        _ => None,
+                    };
+                }
+                summary.status = append.status;
+                summary.note = append.note;
                 Ok(())
             }
             other => Err(StoreError::Conflict {
@@ -134,8 +152,10 @@ impl SagaStore for MemoryStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let mut map = self.lock();
         if let Some(e) = map.get_mut(saga_id) {
-            e.summary.status = super::SagaStatus::Quarantined;
+            e.summary.status = SagaStatus::Quarantined;
             e.summary.note = Some(reason.to_owned());
+            e.summary.updated_at = Some(SystemTime::now());
+            e.summary.stuck_since = None;
         }
         ready(Ok(())).boxed()
     }
@@ -158,5 +178,27 @@ impl SagaStore for MemoryStore {
     ) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
         let request = self.lock().get(saga_id).and_then(|e| e.request.clone());
         ready(Ok(request)).boxed()
+    }
+
+    fn purge<'a>(
+        &'a self,
+        before: SystemTime,
+        statuses: &'a [SagaStatus],
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        let mut map = self.lock();
+        let gone: Vec<Arc<str>> = map
+            .iter()
+            .filter(|(_, e)| {
+                statuses.contains(&e.summary.status)
+                    && e.summary.updated_at.is_some_and(|at| at < before)
+            })
+            .map(|(id, _)| Arc::clone(id))
+            .take(limit)
+            .collect();
+        for id in &gone {
+            map.remove(id);
+        }
+        ready(Ok(gone.iter().map(ToString::to_string).collect())).boxed()
     }
 }

@@ -1,14 +1,15 @@
 //! Durable storage: the [`SagaStore`] trait and its memory, SQLite and Postgres implementations.
 //!
 //! A store keeps, per saga, an append-only log of encoded events (numbered from 0) and a
-//! summary row (definition, version, status, note) the engine updates with every append, so
-//! listing and recovery never scan logs. Appends carry the sequence number they start at and
+//! summary row (definition, version, status, note, timestamps) the engine updates with every
+//! append, so listing and recovery never scan logs. Nothing is deleted except by
+//! [`SagaStore::purge`], which removes ended sagas whole. Appends carry the sequence number they start at and
 //! fail with [`StoreError::Conflict`] when it is not the saga's next one: that check is what
 //! keeps two writers of one saga from interleaving.
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::future::{BoxFuture, FutureExt, ready};
 
@@ -86,6 +87,15 @@ impl SagaStatus {
         Self::ALL.into_iter().find(|st| st.as_str() == s)
     }
 
+    /// The statuses of sagas that have ended (every one [`is_terminal`](Self::is_terminal)):
+    /// what a retention policy purges by default.
+    pub const ENDED: [Self; 4] = [
+        Self::Completed,
+        Self::Compensated,
+        Self::Resolved,
+        Self::Cancelled,
+    ];
+
     /// Whether no more transitions will happen without an operator or a code change.
     pub fn is_terminal(self) -> bool {
         matches!(
@@ -119,6 +129,48 @@ pub struct SagaSummary {
     pub status: SagaStatus,
     /// Why it is stuck or quarantined, when it is.
     pub note: Option<String>,
+    /// When the saga was created, by the store's clock; `None` when the store does not
+    /// know (a row written before the store kept it, or a value that is not a time).
+    pub created_at: Option<SystemTime>,
+    /// When its status or note last changed, by the store's clock: for an ended saga, when
+    /// it ended. [`purge`](SagaStore::purge) compares this time. A store may also move it
+    /// on appends that change neither (PostgreSQL does).
+    pub updated_at: Option<SystemTime>,
+    /// Since when the saga has been stuck, while it is.
+    pub stuck_since: Option<SystemTime>,
+}
+
+impl SagaSummary {
+    /// A summary with no note and no timestamps (for stores and tests that build one).
+    pub fn new(
+        saga_id: impl Into<String>,
+        definition: impl Into<String>,
+        version: u32,
+        status: SagaStatus,
+    ) -> Self {
+        Self {
+            saga_id: saga_id.into(),
+            definition: definition.into(),
+            version,
+            status,
+            note: None,
+            created_at: None,
+            updated_at: None,
+            stuck_since: None,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch as a time; `None` for a negative value.
+pub(crate) fn time_from_ms(ms: Option<i64>) -> Option<SystemTime> {
+    let ms = u64::try_from(ms?).ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_millis(ms))
+}
+
+/// A time as milliseconds since the Unix epoch (0 before it, saturating far after).
+pub(crate) fn ms_from_time(time: SystemTime) -> i64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// One stored log row.
@@ -300,7 +352,9 @@ impl ListFilter {
 ///   returns `Ok`, the rows are durable (to the store's durability setting).
 /// - `load` returns rows in sequence order, exactly as written; undecodable rows are the
 ///   engine's problem, never the store's.
-/// - `quarantine` sets status and note and touches no row. Nothing is ever deleted.
+/// - `quarantine` sets status and note and touches no row.
+/// - Nothing is deleted but by `purge`, which removes sagas whole (summary and every row) in
+///   the statuses it is given, each saga atomically.
 ///
 /// Stores shared by several processes (like [`PostgresStore`](crate::PostgresStore) with the
 /// `postgres` feature) also own each unfinished saga through a **lease**: `create` and
@@ -400,6 +454,26 @@ pub trait SagaStore: Send + Sync + fmt::Debug + 'static {
         let _ = saga_id;
         false
     }
+
+    /// Deletes up to `limit` sagas whose status is one of `statuses` and whose status last
+    /// changed before `before` ([`SagaSummary::updated_at`]; a saga whose time is unknown is
+    /// kept), each with its whole log, and returns their ids. Each saga goes atomically: a
+    /// crash leaves it whole or gone. The engine only passes ended and quarantined statuses
+    /// ([`SagaEngine::purge`](crate::SagaEngine::purge)).
+    ///
+    /// The default refuses with [`StoreError::Unsupported`].
+    fn purge<'a>(
+        &'a self,
+        before: SystemTime,
+        statuses: &'a [SagaStatus],
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        let _ = (before, statuses, limit);
+        ready(Err(StoreError::Unsupported {
+            operation: "purging sagas",
+        }))
+        .boxed()
+    }
 }
 
 impl<T: SagaStore + ?Sized> SagaStore for Arc<T> {
@@ -452,5 +526,13 @@ impl<T: SagaStore + ?Sized> SagaStore for Arc<T> {
     }
     fn request_seen(&self, saga_id: &str) -> bool {
         (**self).request_seen(saga_id)
+    }
+    fn purge<'a>(
+        &'a self,
+        before: SystemTime,
+        statuses: &'a [SagaStatus],
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        (**self).purge(before, statuses, limit)
     }
 }

@@ -266,3 +266,175 @@ pub async fn racing_appends_at_one_sequence_let_exactly_one_win<S: SagaStore + C
     assert_eq!(wins, 1);
     assert_eq!(store.load("race").await.unwrap().unwrap().events.len(), 2);
 }
+
+/// `created_at` and `updated_at` are within a second of `[before, after]` (stores keep
+/// milliseconds).
+fn near(
+    time: Option<std::time::SystemTime>,
+    before: std::time::SystemTime,
+    after: std::time::SystemTime,
+) -> bool {
+    let slack = std::time::Duration::from_secs(1);
+    time.is_some_and(|t| t + slack >= before && t <= after + slack)
+}
+
+pub async fn summaries_carry_creation_change_and_stuck_times<S: SagaStore>(store: &S) {
+    let before = std::time::SystemTime::now();
+    store.create(new("t", "order", &["e0"])).await.unwrap();
+    let s = store.load("t").await.unwrap().unwrap().summary;
+    let after = std::time::SystemTime::now();
+    assert!(near(s.created_at, before, after), "{s:?}");
+    assert!(near(s.updated_at, before, after), "{s:?}");
+    assert_eq!(s.stuck_since, None);
+    store
+        .append(append("t", 1, &["e1"], SagaStatus::Stuck).with_note(Some("refund failed".into())))
+        .await
+        .unwrap();
+    let stuck = store.load("t").await.unwrap().unwrap().summary;
+    assert!(stuck.stuck_since.is_some(), "{stuck:?}");
+    assert!(stuck.stuck_since >= s.created_at);
+    assert_eq!(stuck.created_at, s.created_at);
+    // Still stuck, another note: stuck since the first time.
+    store
+        .append(append("t", 2, &["e2"], SagaStatus::Stuck).with_note(Some("again".into())))
+        .await
+        .unwrap();
+    let again = store.load("t").await.unwrap().unwrap().summary;
+    assert_eq!(again.stuck_since, stuck.stuck_since);
+    // Listing gives the same times as loading.
+    let listed = store.list(&ListFilter::all()).await.unwrap();
+    assert_eq!(listed, std::slice::from_ref(&again));
+    store
+        .append(append("t", 3, &["e3"], SagaStatus::Resolved))
+        .await
+        .unwrap();
+    let ended = store.load("t").await.unwrap().unwrap().summary;
+    assert_eq!(ended.stuck_since, None);
+    assert!(ended.updated_at >= again.updated_at);
+    assert_eq!(ended.created_at, s.created_at);
+}
+
+/// Creates `id` and appends one row leaving it in `status`.
+async fn saga_in<S: SagaStore>(store: &S, id: &str, status: SagaStatus) {
+    store.create(new(id, "order", &["e0"])).await.unwrap();
+    if status == SagaStatus::Quarantined {
+        store.quarantine(id, "damaged").await.unwrap();
+    } else {
+        store.append(append(id, 1, &["e1"], status)).await.unwrap();
+    }
+}
+
+pub async fn purge_deletes_ended_sagas_whole_and_keeps_the_rest<S: SagaStore>(store: &S) {
+    for (id, status) in [
+        ("p-completed-1", SagaStatus::Completed),
+        ("p-completed-2", SagaStatus::Completed),
+        ("p-compensated", SagaStatus::Compensated),
+        ("p-cancelled", SagaStatus::Cancelled),
+        ("p-resolved", SagaStatus::Resolved),
+        ("p-stuck", SagaStatus::Stuck),
+        ("p-running", SagaStatus::Running),
+        ("p-compensating", SagaStatus::Compensating),
+        ("p-paused", SagaStatus::Paused),
+        ("p-quarantined", SagaStatus::Quarantined),
+    ] {
+        saga_in(store, id, status).await;
+    }
+    // A start repeated for an ended saga finds it (and a store may keep what it read).
+    assert_eq!(
+        store
+            .create(new("p-completed-1", "order", &["again"]))
+            .await
+            .unwrap(),
+        Created::Exists
+    );
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
+    let earlier = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1);
+    // Nothing ended before the cutoff; an empty status list or a zero limit deletes nothing.
+    assert!(
+        store
+            .purge(earlier, &SagaStatus::ALL, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.purge(later, &[], 100).await.unwrap().is_empty());
+    assert!(
+        store
+            .purge(later, &SagaStatus::ALL, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let mut gone = store
+        .purge(
+            later,
+            &[SagaStatus::Completed, SagaStatus::Compensated],
+            100,
+        )
+        .await
+        .unwrap();
+    gone.sort();
+    assert_eq!(gone, ["p-compensated", "p-completed-1", "p-completed-2"]);
+    for id in &gone {
+        assert!(store.load(id).await.unwrap().is_none(), "{id} still there");
+    }
+    let left: Vec<String> = store
+        .list(&ListFilter::all())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.saga_id)
+        .collect();
+    assert_eq!(
+        left,
+        [
+            "p-cancelled",
+            "p-compensating",
+            "p-paused",
+            "p-quarantined",
+            "p-resolved",
+            "p-running",
+            "p-stuck"
+        ]
+    );
+    // The log rows went with the summary: the id starts afresh.
+    assert_eq!(
+        store
+            .create(new("p-completed-1", "order", &["fresh"]))
+            .await
+            .unwrap(),
+        Created::New
+    );
+    let log = store.load("p-completed-1").await.unwrap().unwrap();
+    assert_eq!(payloads(&log), [(0, "fresh".into())]);
+    store
+        .append(append("p-completed-1", 1, &["e1"], SagaStatus::Completed))
+        .await
+        .unwrap();
+    // Quarantined ones go when asked for.
+    assert_eq!(
+        store
+            .purge(later, &[SagaStatus::Quarantined], 100)
+            .await
+            .unwrap(),
+        ["p-quarantined"]
+    );
+}
+
+pub async fn purge_takes_at_most_its_limit_per_call<S: SagaStore>(store: &S) {
+    for i in 0..5 {
+        saga_in(store, &format!("lim-{i}"), SagaStatus::Completed).await;
+    }
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
+    let mut total = Vec::new();
+    for expected in [2, 2, 1, 0] {
+        let gone = store
+            .purge(later, &[SagaStatus::Completed], 2)
+            .await
+            .unwrap();
+        assert_eq!(gone.len(), expected, "{gone:?}");
+        total.extend(gone);
+    }
+    total.sort();
+    assert_eq!(total, ["lim-0", "lim-1", "lim-2", "lim-3", "lim-4"]);
+}

@@ -191,3 +191,27 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Waits (polling every `every`, for at most 10 s of the runtime's clock) until `engine`
+/// lists at least one saga in `status`, and returns them.
+pub async fn listed(
+    engine: &staunch_saga::SagaEngine,
+    status: staunch_saga::SagaStatus,
+    every: Duration,
+) -> Vec<staunch_saga::SagaSummary> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = engine
+            .list(&staunch_saga::ListFilter::status(status))
+            .await
+            .unwrap();
+        if !list.is_empty() {
+            return list;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no saga became {status} within 10 s"
+        );
+        tokio::time::sleep(every).await;
+    }
+}

@@ -32,7 +32,10 @@ pub(super) async fn claim_resumable(
         SET lease_owner = $1, lease_version = s.lease_version + 1,
             lease_expires_at = now() + $4 * interval '1 millisecond'
         FROM c WHERE s.saga_id = c.saga_id
-        RETURNING s.saga_id, s.definition, s.version, s.status, s.note, s.lease_version",
+        RETURNING s.saga_id, s.definition, s.version, s.status, s.note, s.lease_version,
+            (EXTRACT(EPOCH FROM s.created_at) * 1000)::bigint AS created_ms,
+            (EXTRACT(EPOCH FROM s.updated_at) * 1000)::bigint AS updated_ms,
+            (EXTRACT(EPOCH FROM s.stuck_since) * 1000)::bigint AS stuck_ms",
     )
     .bind(&*inner.owner)
     .bind(&held)

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Append, Created, ListFilter, NewSaga, SagaLog, SagaStatus, SagaStore, SagaSummary, StoredEvent,
+    ms_from_time, time_from_ms,
 };
 use crate::error::StoreError;
 use staunch_core::ConfigError;
@@ -33,7 +34,7 @@ use writer::Request;
 const CREATING: i64 = 0;
 
 /// The schema version this build creates and reads.
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 
 /// Migrations by target version; each runs once, in order, in one transaction.
 const MIGRATIONS: &[(i32, &[&str])] = &[
@@ -65,7 +66,25 @@ const MIGRATIONS: &[(i32, &[&str])] = &[
     ),
     // Operators' cancel and pause requests, read by the owner at step boundaries.
     (2, &["ALTER TABLE staunch_sagas ADD COLUMN request TEXT"]),
+    // Summary timestamps (a saga's creation time is unknown for rows written before) and
+    // the index `purge` reads.
+    (
+        3,
+        &[
+            "ALTER TABLE staunch_sagas ADD COLUMN created_at TIMESTAMPTZ",
+            "ALTER TABLE staunch_sagas ALTER COLUMN created_at SET DEFAULT now()",
+            "ALTER TABLE staunch_sagas ADD COLUMN stuck_since TIMESTAMPTZ",
+            "UPDATE staunch_sagas SET stuck_since = updated_at WHERE status = 'stuck'",
+            "CREATE INDEX staunch_sagas_ended ON staunch_sagas (status, updated_at)",
+        ],
+    ),
 ];
+
+/// The summary columns every read selects, timestamps as milliseconds since the epoch.
+pub(super) const SUMMARY_COLUMNS: &str = "saga_id, definition, version, status, note, \
+     (EXTRACT(EPOCH FROM created_at) * 1000)::bigint AS created_ms, \
+     (EXTRACT(EPOCH FROM updated_at) * 1000)::bigint AS updated_ms, \
+     (EXTRACT(EPOCH FROM stuck_since) * 1000)::bigint AS stuck_ms";
 
 /// Opens a [`PostgresStore`].
 #[derive(Debug, Clone)]
@@ -465,6 +484,9 @@ pub(super) fn summary_from_row(row: &PgRow) -> Result<SagaSummary, StoreError> {
         version: u32::try_from(version).unwrap_or(u32::MAX),
         status: SagaStatus::parse(&status).unwrap_or(SagaStatus::Quarantined),
         note: row.try_get("note").map_err(db)?,
+        created_at: time_from_ms(row.try_get("created_ms").map_err(db)?),
+        updated_at: time_from_ms(row.try_get("updated_ms").map_err(db)?),
+        stuck_since: time_from_ms(row.try_get("stuck_ms").map_err(db)?),
     })
 }
 
@@ -526,13 +548,12 @@ impl SagaStore for PostgresStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
-            let Some(row) = sqlx::query(
-                "SELECT saga_id, definition, version, status, note FROM staunch_sagas WHERE saga_id = $1",
-            )
-            .bind(saga_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?
+            let sql = format!("SELECT {SUMMARY_COLUMNS} FROM staunch_sagas WHERE saga_id = $1");
+            let Some(row) = sqlx::query(AssertSqlSafe(sql))
+                .bind(saga_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?
             else {
                 return Ok(None);
             };
@@ -565,18 +586,19 @@ impl SagaStore for PostgresStore {
     ) -> BoxFuture<'a, Result<Vec<SagaSummary>, StoreError>> {
         Box::pin(async move {
             let statuses: Vec<&str> = filter.statuses.iter().map(|s| s.as_str()).collect();
-            let rows = sqlx::query(
-                "SELECT saga_id, definition, version, status, note FROM staunch_sagas
+            let sql = format!(
+                "SELECT {SUMMARY_COLUMNS} FROM staunch_sagas
                  WHERE (cardinality($1::text[]) = 0 OR status = ANY($1))
                    AND ($2::text IS NULL OR definition = $2)
-                 ORDER BY saga_id COLLATE \"C\" LIMIT $3",
-            )
-            .bind(&statuses)
-            .bind(filter.definition.as_deref())
-            .bind(filter.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX)))
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(db)?;
+                 ORDER BY saga_id COLLATE \"C\" LIMIT $3"
+            );
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .bind(&statuses)
+                .bind(filter.definition.as_deref())
+                .bind(filter.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX)))
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(db)?;
             rows.iter().map(summary_from_row).collect()
         })
     }
@@ -589,7 +611,8 @@ impl SagaStore for PostgresStore {
         Box::pin(async move {
             sqlx::query(
                 "UPDATE staunch_sagas SET status = $1, note = $2, lease_owner = NULL,
-                 lease_expires_at = NULL, updated_at = now() WHERE saga_id = $3",
+                 lease_expires_at = NULL, updated_at = now(), stuck_since = NULL
+                 WHERE saga_id = $3",
             )
             .bind(SagaStatus::Quarantined.as_str())
             .bind(storable_note(reason))
@@ -653,5 +676,45 @@ impl SagaStore for PostgresStore {
 
     fn request_seen(&self, saga_id: &str) -> bool {
         self.inner.requested().remove(saga_id)
+    }
+
+    fn purge<'a>(
+        &'a self,
+        before: SystemTime,
+        statuses: &'a [SagaStatus],
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        Box::pin(async move {
+            if statuses.is_empty() || limit == 0 {
+                return Ok(Vec::new());
+            }
+            let statuses: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+            // One statement: the summaries go (locked, so a concurrent purge skips them) and
+            // their rows with them, atomically. Only sagas nobody holds a lease on: an ended
+            // one has none; a quarantined one lost it when it was quarantined.
+            let rows = sqlx::query(
+                "WITH gone AS (
+                    DELETE FROM staunch_sagas WHERE saga_id IN (
+                        SELECT saga_id FROM staunch_sagas
+                        WHERE status = ANY($1) AND updated_at < to_timestamp($2 / 1000.0)
+                          AND lease_owner IS NULL
+                        ORDER BY status, updated_at LIMIT $3
+                        FOR UPDATE SKIP LOCKED)
+                    RETURNING saga_id
+                ), rows AS (
+                    DELETE FROM staunch_saga_events e USING gone WHERE e.saga_id = gone.saga_id
+                )
+                SELECT saga_id FROM gone",
+            )
+            .bind(&statuses)
+            .bind(ms_from_time(before))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(db)?;
+            rows.iter()
+                .map(|row| row.try_get::<String, _>(0).map_err(db))
+                .collect()
+        })
     }
 }

@@ -348,6 +348,8 @@ async fn append_round(
         ), ok AS (
             UPDATE staunch_sagas s
             SET next_seq = s.next_seq + i.n, status = i.status, note = i.note,
+                stuck_since = CASE WHEN i.status = 'stuck'
+                    THEN COALESCE(s.stuck_since, now()) END,
                 lease_owner = CASE WHEN i.terminal THEN NULL ELSE s.lease_owner END,
                 lease_expires_at = CASE WHEN i.terminal THEN NULL
                     ELSE now() + $9 * interval '1 millisecond' END,

@@ -10,7 +10,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::TryStreamExt;
 use futures_util::future::BoxFuture;
@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Append, Created, ListFilter, NewSaga, SagaLog, SagaStatus, SagaStore, SagaSummary, StoredEvent,
+    ms_from_time, time_from_ms,
 };
 
 mod writer;
@@ -32,7 +33,7 @@ use staunch_core::ConfigError;
 use writer::{Request, placeholders, writer};
 
 /// The schema version this build creates and reads.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Migrations by target version; each runs once, in order, in one transaction.
 const MIGRATIONS: &[(i64, &[&str])] = &[
@@ -58,7 +59,21 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
     ),
     // Operators' cancel and pause requests, read by the runner at step boundaries.
     (2, &["ALTER TABLE staunch_sagas ADD COLUMN request TEXT"]),
+    // Summary timestamps (a saga's creation time is unknown for rows written before) and
+    // the index `purge` reads.
+    (
+        3,
+        &[
+            "ALTER TABLE staunch_sagas ADD COLUMN created_at_ms INTEGER",
+            "ALTER TABLE staunch_sagas ADD COLUMN stuck_since_ms INTEGER",
+            "UPDATE staunch_sagas SET stuck_since_ms = updated_at_ms WHERE status = 'stuck'",
+            "CREATE INDEX staunch_sagas_ended ON staunch_sagas (status, updated_at_ms)",
+        ],
+    ),
 ];
+
+/// The longest `lock_wait` taken as given (longer waits are cut to it: about a year).
+const MAX_LOCK_WAIT: Duration = Duration::from_hours(24 * 365);
 
 /// The longest busy timeout SQLite can take (`i32::MAX` milliseconds).
 const MAX_BUSY_TIMEOUT: Duration = Duration::from_millis(i32::MAX as u64);
@@ -84,6 +99,7 @@ pub struct SqliteStoreBuilder {
     max_batch: usize,
     read_connections: u32,
     busy_timeout: Duration,
+    lock_wait: Duration,
 }
 
 impl SqliteStoreBuilder {
@@ -113,6 +129,15 @@ impl SqliteStoreBuilder {
         self
     }
 
+    /// How long `open` waits for another store on the file to let go of it before failing
+    /// with [`StoreError::InUse`] (default: zero, fail at once). For a restart within one
+    /// process: the engine dropped, its tasks may hold their clones of the store a moment
+    /// longer while they wind down.
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = wait;
+        self
+    }
+
     /// Opens (creating if needed) the file, migrates the schema and starts the writer task.
     ///
     /// One store per file: while a clone of this store is alive (an engine and its running
@@ -133,7 +158,15 @@ impl SqliteStoreBuilder {
                 "must be at least 1",
             )));
         }
-        let lock = lock(&self.path)?;
+        let deadline = tokio::time::Instant::now() + self.lock_wait.min(MAX_LOCK_WAIT);
+        let lock = loop {
+            match lock(&self.path) {
+                Err(StoreError::InUse { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                taken => break taken?,
+            }
+        };
         let sync = match self.synchronous {
             SqliteSynchronous::Full => SqlxSynchronous::Full,
             SqliteSynchronous::Normal => SqlxSynchronous::Normal,
@@ -256,6 +289,7 @@ impl SqliteStore {
             max_batch: 1024,
             read_connections: 4,
             busy_timeout: Duration::from_secs(5),
+            lock_wait: Duration::ZERO,
         }
     }
 
@@ -319,10 +353,14 @@ async fn migrate(conn: &mut SqliteConnection) -> Result<(), StoreError> {
 
 /// The summary columns, read so that no stored value fails the read: SQLite columns hold any
 /// type, so text is read as bytes (and checked for UTF-8) and a version that is not an integer
-/// reads as `NULL`. [`summary_from_row`] turns what cannot be used into a quarantined summary.
+/// reads as `NULL`. [`summary_from_row`] turns what cannot be used into a quarantined summary;
+/// a timestamp that is not an integer reads as unknown.
 const SUMMARY_COLUMNS: &str = "CAST(saga_id AS BLOB), CAST(definition AS BLOB), \
      CASE WHEN typeof(version) = 'integer' THEN version END, CAST(status AS BLOB), \
-     CAST(note AS BLOB), typeof(saga_id), typeof(definition), typeof(status), typeof(note)";
+     CAST(note AS BLOB), typeof(saga_id), typeof(definition), typeof(status), typeof(note), \
+     CASE WHEN typeof(created_at_ms) = 'integer' THEN created_at_ms END, \
+     CASE WHEN typeof(updated_at_ms) = 'integer' THEN updated_at_ms END, \
+     CASE WHEN typeof(stuck_since_ms) = 'integer' THEN stuck_since_ms END";
 
 /// A summary row as the engine can use it. A row with a field that cannot be read (text that
 /// is not UTF-8, a version that is not a `u32`, an unknown status) is reported as
@@ -361,6 +399,12 @@ fn summary_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<SagaSummary, StoreE
         damage.push("status is not a saga status");
         SagaStatus::Quarantined
     });
+    let time = |index: usize| -> Result<_, StoreError> {
+        Ok(time_from_ms(
+            row.try_get::<Option<i64>, _>(index).map_err(db)?,
+        ))
+    };
+    let (created_at, updated_at, stuck_since) = (time(9)?, time(10)?, time(11)?);
     if damage.is_empty() {
         return Ok(SagaSummary {
             saga_id,
@@ -368,6 +412,9 @@ fn summary_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<SagaSummary, StoreE
             version,
             status,
             note,
+            created_at,
+            updated_at,
+            stuck_since,
         });
     }
     let mut why = format!("the summary row cannot be used: {}", damage.join("; "));
@@ -381,6 +428,9 @@ fn summary_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<SagaSummary, StoreE
         version,
         status: SagaStatus::Quarantined,
         note: Some(why),
+        created_at,
+        updated_at,
+        stuck_since: None,
     })
 }
 
@@ -532,6 +582,59 @@ impl SagaStore for SqliteStore {
                 None => None,
             };
             Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
+        })
+    }
+
+    fn purge<'a>(
+        &'a self,
+        before: SystemTime,
+        statuses: &'a [SagaStatus],
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        // Beside the writer, on a pool connection, as `set_request`: SQLite serializes the
+        // two, and the writer keeps no ended or quarantined saga in its cache (see
+        // `writer::commit`), so none it knows of can go.
+        Box::pin(async move {
+            if statuses.is_empty() || limit == 0 {
+                return Ok(Vec::new());
+            }
+            // The same sagas for both statements: the first one takes the write lock, so
+            // nothing changes in between. Events first, so no log row outlives its summary.
+            let chosen = format!(
+                "SELECT saga_id FROM staunch_sagas WHERE status IN ({}) AND updated_at_ms < ? \
+                 ORDER BY status, updated_at_ms LIMIT ?",
+                placeholders(statuses.len(), 1)
+            );
+            let bind = |sql: String| {
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for status in statuses {
+                    query = query.bind(status.as_str());
+                }
+                query
+                    .bind(ms_from_time(before))
+                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            };
+            let mut tx = self.inner.reader.begin().await.map_err(db)?;
+            bind(format!(
+                "DELETE FROM staunch_saga_events WHERE saga_id IN ({chosen})"
+            ))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            let rows = bind(format!(
+                "DELETE FROM staunch_sagas WHERE saga_id IN ({chosen}) \
+                 RETURNING CAST(saga_id AS BLOB)"
+            ))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            rows.iter()
+                .map(|row| {
+                    let id: Vec<u8> = row.try_get(0).map_err(db)?;
+                    Ok(String::from_utf8_lossy(&id).into_owned())
+                })
+                .collect()
         })
     }
 }

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::StoreError;
 use crate::store::{Append, Created, NewSaga, SagaStatus};
 
-/// Rows per multi-row statement (3 or 6 parameters each; well under SQLite's limit).
+/// Rows per multi-row statement (3 or 8 parameters each; well under SQLite's limit).
 const ROWS_PER_STATEMENT: usize = 500;
 
 /// Most scheduler yields spent gathering one batch.
@@ -262,13 +262,30 @@ async fn commit(
         .await
         .map_err(db)?;
     for (id, known) in overlay {
-        if known.as_ref().is_some_and(|k| k.status.is_terminal()) {
+        if known.as_ref().is_some_and(|k| forgotten(k.status)) {
             cache.remove(&id);
         } else {
             cache.insert(id, known);
         }
     }
+    // Nor is one loaded for this batch (a create of a saga that ended long ago): `purge` may
+    // delete it beside the writer, and a stale entry would then refuse its id.
+    for request in requests {
+        let id = request.saga_id();
+        if cache
+            .get(id)
+            .is_some_and(|k| k.as_ref().is_some_and(|k| forgotten(k.status)))
+        {
+            cache.remove(id);
+        }
+    }
     Ok(outcomes)
+}
+
+/// Whether the cache lets go of a saga in `status`: it is not appended to again (by this
+/// writer's callers), and [`purge`](crate::SagaStore::purge) may delete it.
+fn forgotten(status: SagaStatus) -> bool {
+    status.is_terminal() || status == SagaStatus::Quarantined
 }
 
 /// Lets appenders that are about to send (typically the runners the previous commit just
@@ -394,10 +411,13 @@ async fn write_batch(
     let rows: Vec<_> = summaries.iter().collect();
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
-            "INSERT INTO staunch_sagas (saga_id, definition, version, status, note, updated_at_ms) \
+            "INSERT INTO staunch_sagas (saga_id, definition, version, status, note, updated_at_ms, \
+             created_at_ms, stuck_since_ms) \
              VALUES {} ON CONFLICT (saga_id) DO UPDATE SET status = excluded.status, \
-             note = excluded.note, updated_at_ms = excluded.updated_at_ms",
-            placeholders(chunk.len(), 6)
+             note = excluded.note, updated_at_ms = excluded.updated_at_ms, \
+             stuck_since_ms = CASE WHEN excluded.status = 'stuck' \
+             THEN COALESCE(staunch_sagas.stuck_since_ms, excluded.updated_at_ms) END",
+            placeholders(chunk.len(), 8)
         );
         let mut query =
             sqlx::query(AssertSqlSafe(sql)).persistent(chunk.len() == ROWS_PER_STATEMENT);
@@ -408,13 +428,16 @@ async fn write_batch(
                 .bind(i64::from(row.version))
                 .bind(row.status.as_str())
                 .bind(row.note.as_deref())
-                .bind(now);
+                .bind(now)
+                .bind(now)
+                .bind((row.status == SagaStatus::Stuck).then_some(now));
         }
         query.execute(&mut *tx).await?;
     }
     for (id, reason) in quarantines {
         sqlx::query(
-            "UPDATE staunch_sagas SET status = ?, note = ?, updated_at_ms = ? WHERE saga_id = ?",
+            "UPDATE staunch_sagas SET status = ?, note = ?, updated_at_ms = ?, stuck_since_ms = NULL \
+             WHERE saga_id = ?",
         )
         .bind(SagaStatus::Quarantined.as_str())
         .bind(*reason)

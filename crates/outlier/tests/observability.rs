@@ -1,0 +1,176 @@
+//! Ejections and returns are `debug` tracing events, an ejection held back by the cap a
+//! `trace` event; with the `metrics` feature they are counted through the `metrics` crate,
+//! the same as `Detector::metrics`.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use staunch_core::Outcome::Failure;
+use staunch_outlier::{Detector, Settings};
+use tokio::time::Instant;
+
+#[derive(Clone, Default)]
+struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Buffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Ejects "b", holds "c" back by the cap, and returns "b".
+fn story() -> Detector<&'static str> {
+    let settings = Settings::new(2, Duration::from_secs(5), 50).unwrap();
+    let mut d = Detector::with_keys("catalog", settings, ["a", "b", "c"]);
+    let now = Instant::now();
+    for _ in 0..2 {
+        d.record(1, Failure, now);
+        d.record(2, Failure, now);
+    }
+    d.tick(now + Duration::from_secs(5));
+    d
+}
+
+#[test]
+fn ejections_and_returns_are_debug_events() {
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || drop(story()));
+    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    let line = |needle: &str| {
+        text.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in:\n{text}"))
+            .to_owned()
+    };
+    let ejected = line("endpoint ejected");
+    for needle in [
+        "DEBUG",
+        "outlier=catalog",
+        "endpoint=\"b\"",
+        "reason=consecutive_failures",
+        "times_ejected=1",
+        "ejection_time=5s",
+    ] {
+        assert!(ejected.contains(needle), "{needle} in {ejected}");
+    }
+    let held = line("ejection held back");
+    assert!(
+        held.contains("TRACE") && held.contains("endpoint=\"c\""),
+        "{held}"
+    );
+    let returned = line("endpoint returned");
+    assert!(
+        returned.contains("DEBUG") && returned.contains("endpoint=\"b\""),
+        "{returned}"
+    );
+}
+
+#[cfg(feature = "metrics")]
+mod metrics_feature {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use metrics::{
+        Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata,
+        Recorder, SharedString, Unit,
+    };
+
+    /// Records the last value of every metric by `name{labels}`.
+    #[derive(Default)]
+    struct Capture(Mutex<HashMap<String, f64>>);
+
+    struct Handle(Arc<Capture>, String);
+
+    impl CounterFn for Handle {
+        fn increment(&self, value: u64) {
+            *self.0.0.lock().unwrap().entry(self.1.clone()).or_default() += value as f64;
+        }
+        fn absolute(&self, value: u64) {
+            self.0
+                .0
+                .lock()
+                .unwrap()
+                .insert(self.1.clone(), value as f64);
+        }
+    }
+
+    impl GaugeFn for Handle {
+        fn increment(&self, value: f64) {
+            *self.0.0.lock().unwrap().entry(self.1.clone()).or_default() += value;
+        }
+        fn decrement(&self, value: f64) {
+            *self.0.0.lock().unwrap().entry(self.1.clone()).or_default() -= value;
+        }
+        fn set(&self, value: f64) {
+            self.0.0.lock().unwrap().insert(self.1.clone(), value);
+        }
+    }
+
+    impl HistogramFn for Handle {
+        fn record(&self, value: f64) {
+            self.0.0.lock().unwrap().insert(self.1.clone(), value);
+        }
+    }
+
+    struct CaptureRecorder(Arc<Capture>);
+
+    impl CaptureRecorder {
+        fn handle(&self, key: &Key) -> Arc<Handle> {
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            Arc::new(Handle(
+                Arc::clone(&self.0),
+                format!("{}{{{}}}", key.name(), labels.join(",")),
+            ))
+        }
+    }
+
+    impl Recorder for CaptureRecorder {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::from_arc(self.handle(key))
+        }
+        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::from_arc(self.handle(key))
+        }
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::from_arc(self.handle(key))
+        }
+    }
+
+    #[test]
+    fn ejections_returns_and_the_ejected_gauge_reach_the_recorder() {
+        let capture = Arc::new(Capture::default());
+        let recorder = CaptureRecorder(Arc::clone(&capture));
+        let detector = metrics::with_local_recorder(&recorder, super::story);
+        let seen = capture.0.lock().unwrap().clone();
+        let get = |key: &str| seen.get(key).copied().unwrap_or(-1.0);
+        assert_eq!(
+            get("staunch_outlier_ejections_total{name=catalog,reason=consecutive_failures}"),
+            1.0
+        );
+        assert_eq!(get("staunch_outlier_returns_total{name=catalog}"), 1.0);
+        assert_eq!(get("staunch_outlier_ejected_endpoints{name=catalog}"), 0.0);
+        assert_eq!(get("staunch_outlier_endpoints{name=catalog}"), 3.0);
+        let m = detector.metrics();
+        assert_eq!(
+            (m.ejections, m.returns, m.held_by_cap, m.ejected),
+            (1, 1, 1, 0)
+        );
+    }
+}
