@@ -4,13 +4,15 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use staunch_core::BoxError;
 
 pin_project! {
     /// A response body from the layer: the handler's own body (after the part read to store
-    /// it, if any), a stored or refusal body, or a body that failed while being stored.
+    /// it, if any), a stored or refusal body (with its trailers, if any), or a body that
+    /// failed while being stored.
     #[derive(Debug)]
     pub struct IdempotencyBody<B> {
         #[pin]
@@ -22,7 +24,7 @@ pin_project! {
     #[project = KindProj]
     #[derive(Debug)]
     enum Kind<B> {
-        Full { data: Option<Bytes> },
+        Full { data: Option<Bytes>, trailers: Option<HeaderMap> },
         Inner { prefix: Option<Bytes>, #[pin] body: B },
         Failed { prefix: Option<Bytes>, error: Option<BoxError> },
     }
@@ -31,9 +33,15 @@ pin_project! {
 impl<B> IdempotencyBody<B> {
     /// A body of these bytes.
     pub(crate) fn full(data: Bytes) -> Self {
+        Self::full_with_trailers(data, HeaderMap::new())
+    }
+
+    /// A body of these bytes, then these trailers (none when empty).
+    pub(crate) fn full_with_trailers(data: Bytes, trailers: HeaderMap) -> Self {
         IdempotencyBody {
             kind: Kind::Full {
                 data: (!data.is_empty()).then_some(data),
+                trailers: (!trailers.is_empty()).then_some(trailers),
             },
         }
     }
@@ -72,7 +80,12 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
-            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Full { data, trailers } => Poll::Ready(
+                data.take()
+                    .map(Frame::data)
+                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
             KindProj::Inner { prefix, body } => {
                 if let Some(prefix) = prefix.take() {
                     return Poll::Ready(Some(Ok(Frame::data(prefix))));
@@ -90,7 +103,7 @@ where
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Full { data } => data.is_none(),
+            Kind::Full { data, trailers } => data.is_none() && trailers.is_none(),
             Kind::Inner { prefix, body } => prefix.is_none() && body.is_end_stream(),
             Kind::Failed { prefix, error } => prefix.is_none() && error.is_none(),
         }
@@ -98,7 +111,7 @@ where
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Full { data } => {
+            Kind::Full { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             Kind::Inner { prefix, body } => {

@@ -9,6 +9,15 @@ use staunch_core::ConfigError;
 use crate::record::FingerprintParts;
 
 /// Which responses are stored for replay; the others free the key so the client may retry.
+///
+/// A gRPC reply is answered with HTTP 200 whatever its outcome, so for one the layer also
+/// reads its `grpc-status` (from the trailers, or the headers of a trailers-only reply) with
+/// [`stores_grpc`](Self::stores_grpc): by default, codes that answer the request itself
+/// (the analogues of 4xx: `INVALID_ARGUMENT`, `NOT_FOUND`, `ALREADY_EXISTS`,
+/// `PERMISSION_DENIED`, `FAILED_PRECONDITION`, `OUT_OF_RANGE`, `UNAUTHENTICATED`) are stored
+/// with `OK`; the transient and server-failure codes (`CANCELLED`, `UNKNOWN`,
+/// `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `ABORTED`, `UNIMPLEMENTED`, `INTERNAL`,
+/// `UNAVAILABLE`, `DATA_LOSS`) are not, so a retry runs again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
@@ -30,6 +39,18 @@ impl StorePolicy {
         match self {
             StorePolicy::NotServerErrors => !status.is_server_error(),
             StorePolicy::Success => status.is_success(),
+            StorePolicy::All => true,
+        }
+    }
+
+    /// Whether a gRPC reply with this `grpc-status` code is stored (see the type's docs); a
+    /// code outside 0..=16 counts as `UNKNOWN`.
+    pub fn stores_grpc(self, code: i32) -> bool {
+        match self {
+            // CANCELLED, UNKNOWN, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED,
+            // UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS, and anything unknown.
+            StorePolicy::NotServerErrors => matches!(code, 0 | 3 | 5 | 6 | 7 | 9 | 11 | 16),
+            StorePolicy::Success => code == 0,
             StorePolicy::All => true,
         }
     }
@@ -169,7 +190,7 @@ impl IdempotencyBuilder {
     }
 
     /// The `Retry-After` sent with 503 when the store fails (default 1 s, sent in whole
-    /// seconds, at least 1).
+    /// seconds, at least 1); over gRPC, `grpc-retry-pushback-ms` with `UNAVAILABLE`.
     pub fn retry_after(mut self, after: Duration) -> Self {
         self.retry_after = after;
         self
@@ -196,6 +217,8 @@ impl IdempotencyBuilder {
         }
         let retry_after = self.retry_after.as_secs().max(1);
         let retry_after = http::HeaderValue::from(retry_after);
+        let pushback = u64::try_from(self.retry_after.as_millis()).unwrap_or(u64::MAX);
+        let retry_pushback_ms = http::HeaderValue::from(pushback.max(1));
         Ok(Idempotency {
             inner: Arc::new(Settings {
                 header: self.header,
@@ -211,6 +234,7 @@ impl IdempotencyBuilder {
                 fingerprint: self.fingerprint,
                 oversized: self.oversized,
                 retry_after,
+                retry_pushback_ms,
             }),
         })
     }
@@ -264,6 +288,7 @@ pub(crate) struct Settings {
     pub(crate) fingerprint: FingerprintParts,
     pub(crate) oversized: Oversized,
     pub(crate) retry_after: http::HeaderValue,
+    pub(crate) retry_pushback_ms: http::HeaderValue,
 }
 
 #[cfg(test)]
@@ -294,5 +319,10 @@ mod tests {
         assert!(!p.stores(StatusCode::INTERNAL_SERVER_ERROR));
         assert!(!StorePolicy::Success.stores(StatusCode::BAD_REQUEST));
         assert!(StorePolicy::All.stores(StatusCode::BAD_GATEWAY));
+        // gRPC: OK and the request's own refusals are stored, transient failures not.
+        let stored: Vec<i32> = (-1..=17).filter(|&c| p.stores_grpc(c)).collect();
+        assert_eq!(stored, [0, 3, 5, 6, 7, 9, 11, 16]);
+        assert!(StorePolicy::Success.stores_grpc(0) && !StorePolicy::Success.stores_grpc(5));
+        assert!(StorePolicy::All.stores_grpc(14));
     }
 }

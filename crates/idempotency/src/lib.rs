@@ -8,6 +8,13 @@
 //! gets 409 (or waits, up to [`IdempotencyBuilder::in_flight_wait`]). See
 //! [`IdempotencyService`] for every answer the layer gives in the handler's place.
 //!
+//! gRPC calls (`content-type: application/grpc`) get the same treatment, keyed by the
+//! `idempotency-key` metadata: the reply is stored with its trailers (`grpc-status`,
+//! `grpc-message`) and replayed with them, and the layer's refusals are gRPC statuses
+//! (`INVALID_ARGUMENT` for a reused key, `ABORTED` in flight; the table is on
+//! [`IdempotencyService`]). On a tonic server, give the layer tonic's body with
+//! [`IdempotencyLayer::rebuild_body`].
+//!
 //! ```
 //! use axum::{Router, routing::post};
 //! use staunch_idempotency::{Idempotency, IdempotencyLayer, MemoryStore};
@@ -29,7 +36,12 @@
 //! the handler calls `finish_in(&mut tx, &claim, &response)` before it commits. Then the
 //! business write and the record commit together or not at all: after a crash before the
 //! commit, neither exists and the key is free once its lease ends; after the commit, a repeat
-//! gets the recorded response.
+//! gets the recorded response. `finish_in` marks the claim recorded ([`Claim::is_recorded`]),
+//! so the layer does not write the response a second time.
+//!
+//! A handler that outlives its lease may see its key taken over by a repeat: the store then
+//! refuses its record with [`StoreError::LeaseLost`], and the layer logs it at `warn` (and
+//! counts it with the `metrics` feature) while the client still gets the response.
 //!
 //! # The client side
 //!
@@ -41,6 +53,8 @@
 //!
 //! - `sqlite`: [`SqliteStore`]. `postgres`: [`PostgresStore`]. Both through `sqlx`.
 //! - `serde`: [`IdempotencyConfig`] for settings files.
+//! - `metrics`: the counter `staunch_idempotency_lease_lost_total` through the `metrics`
+//!   facade.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -50,6 +64,7 @@ mod client;
 mod config;
 mod key;
 mod layer;
+mod rebuild;
 mod record;
 mod scope;
 mod service;
@@ -61,6 +76,7 @@ pub use crate::client::{IDEMPOTENCY_KEY, IdempotencyKey, IdempotencyKeyLayer, Se
 pub use crate::config::{Idempotency, IdempotencyBuilder, Oversized, StorePolicy};
 pub use crate::key::{KeyError, parse_key};
 pub use crate::layer::IdempotencyLayer;
+pub use crate::rebuild::{RebuildBody, ViaFrom};
 pub use crate::record::{Fingerprint, FingerprintParts, Outcome, StoredResponse};
 pub use crate::scope::{KeyScope, Unscoped};
 pub use crate::service::{IdempotencyService, REPLAYED, ResponseFuture};

@@ -73,16 +73,25 @@ impl Default for FingerprintParts {
     }
 }
 
-/// A response as stored for replay: status, the headers chosen to keep, and the whole body.
+/// A response as stored for replay: status, the headers chosen to keep, the whole body and
+/// its trailers (gRPC's `grpc-status` and `grpc-message` travel there).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredResponse {
     /// The status code.
     pub status: StatusCode,
-    /// The headers kept (the layer keeps those named in `stored_headers`).
+    /// The headers kept (the layer keeps those named in `stored_headers`, and on a gRPC
+    /// response also `content-type` and the `grpc-status` family).
     pub headers: HeaderMap,
     /// The body.
     pub body: Bytes,
+    /// The trailers, all of them; empty when the response sent none (then none are
+    /// replayed).
+    pub trailers: HeaderMap,
 }
+
+/// The `content-type` of gRPC requests and responses (`application/grpc+proto` and the like
+/// are gRPC too).
+pub(crate) const GRPC_CONTENT_TYPE: &str = "application/grpc";
 
 impl StoredResponse {
     /// A response with this status and body and no headers.
@@ -91,7 +100,45 @@ impl StoredResponse {
             status,
             headers: HeaderMap::new(),
             body: body.into(),
+            trailers: HeaderMap::new(),
         }
+    }
+
+    /// A successful gRPC reply carrying one encoded message (e.g. `prost`'s
+    /// `encode_to_vec()`), as a tonic server sends it: `200`, `content-type:
+    /// application/grpc`, the message framed (uncompressed) and the trailer `grpc-status: 0`.
+    /// For a handler that records its reply with `finish_in`.
+    pub fn grpc(message: impl AsRef<[u8]>) -> Self {
+        let message = message.as_ref();
+        let mut body = Vec::with_capacity(5 + message.len());
+        body.push(0);
+        // A gRPC frame's length is a u32: a larger message cannot be sent at all.
+        body.extend_from_slice(
+            &u32::try_from(message.len())
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
+        body.extend_from_slice(message);
+        let mut response = StoredResponse::new(StatusCode::OK, body).with_header(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static(GRPC_CONTENT_TYPE),
+        );
+        response.trailers.insert(GRPC_STATUS, HeaderValue::from(0));
+        response
+    }
+
+    /// A gRPC error reply, as a tonic server sends a `Status`: a trailers-only response
+    /// (`200`, `content-type: application/grpc`, `grpc-status: code` and the percent-encoded
+    /// `grpc-message` in the headers, no body). For a handler that records a refusal with
+    /// `finish_in`.
+    pub fn grpc_error(code: i32, message: &str) -> Self {
+        StoredResponse::new(StatusCode::OK, Bytes::new())
+            .with_header(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static(GRPC_CONTENT_TYPE),
+            )
+            .with_header(GRPC_STATUS, HeaderValue::from(code))
+            .with_header(GRPC_MESSAGE, grpc_message(message))
     }
 
     /// Adds a header.
@@ -99,9 +146,42 @@ impl StoredResponse {
         self.headers.append(name, value);
         self
     }
+
+    /// Adds a trailer.
+    pub fn with_trailer(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.trailers.append(name, value);
+        self
+    }
+}
+
+/// gRPC's status code header (or trailer).
+pub(crate) const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+/// gRPC's status message header (or trailer), percent-encoded.
+pub(crate) const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+/// gRPC's binary status details header (or trailer).
+pub(crate) const GRPC_STATUS_DETAILS: HeaderName =
+    HeaderName::from_static("grpc-status-details-bin");
+
+/// `message` as a `grpc-message` value: percent-encoded outside printable ASCII, and `%`
+/// itself, as the gRPC HTTP/2 protocol says.
+pub(crate) fn grpc_message(message: &str) -> HeaderValue {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(message.len());
+    for &b in message.as_bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    // Only printable ASCII is left, which every header value accepts.
+    HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// What a store holds for a finished key.
+// The stored response is the common case and is moved once or twice per request; a box
+// would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The response, to replay.
@@ -187,6 +267,18 @@ mod tests {
         assert!(decode_status(-1).is_err());
         assert!(decode_status(1 << 40).is_err());
         assert_eq!(decode_status(201).unwrap(), StatusCode::CREATED);
+    }
+
+    #[test]
+    fn grpc_replies_are_framed_and_messages_percent_encoded() {
+        let reply = StoredResponse::grpc(b"ab");
+        assert_eq!(&reply.body[..], &[0, 0, 0, 0, 2, b'a', b'b']);
+        assert_eq!(reply.trailers["grpc-status"], "0");
+        assert_eq!(reply.headers["content-type"], "application/grpc");
+        let error = StoredResponse::grpc_error(9, "100% caf\u{e9}");
+        assert_eq!(error.headers["grpc-status"], "9");
+        assert_eq!(error.headers["grpc-message"], "100%25 caf%C3%A9");
+        assert!(error.body.is_empty() && error.trailers.is_empty());
     }
 
     #[test]

@@ -71,3 +71,57 @@ async fn postgres_store_runs_one_of_100_concurrent_repeats() {
         .unwrap();
     hundred_repeats(store).await;
 }
+
+/// 20 concurrent takeovers of a key whose lease has ended (a crashed holder): exactly one
+/// starts, the others see it in flight.
+async fn twenty_takeovers<St: IdempotencyStore>(store: St) {
+    use staunch_idempotency::{Begin, Claim, Fingerprint};
+    let claim = |n: u8| Claim::new("k".into(), Fingerprint([n; 32]), Duration::from_mins(1));
+    let crashed = claim(0);
+    assert_eq!(
+        store
+            .begin(&crashed, Duration::from_millis(50))
+            .await
+            .unwrap(),
+        Begin::Started
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let tries = (1..=20).map(|n| {
+        let store = store.clone();
+        tokio::spawn(async move { store.begin(&claim(n), Duration::from_mins(1)).await })
+    });
+    let mut started = 0;
+    for found in tries.collect::<Vec<_>>() {
+        match found.await.unwrap().unwrap() {
+            Begin::Started => started += 1,
+            Begin::InFlight { fingerprint } => assert_ne!(fingerprint, Fingerprint([0; 32])),
+            other @ Begin::Finished { .. } => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(started, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_lets_one_of_20_take_over_an_expired_key() {
+    twenty_takeovers(MemoryStore::new()).await;
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_store_lets_one_of_20_take_over_an_expired_key() {
+    let (pool, _file) = support::sqlite_pool("takeover").await;
+    let store = staunch_idempotency::SqliteStore::open(pool).await.unwrap();
+    twenty_takeovers(store).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_lets_one_of_20_take_over_an_expired_key() {
+    let Some((pool, _schema)) = support::pg_pool("takeover").await else {
+        return;
+    };
+    let store = staunch_idempotency::PostgresStore::open(pool)
+        .await
+        .unwrap();
+    twenty_takeovers(store).await;
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use staunch_idempotency::{
-    Begin, Claim, Fingerprint, IdempotencyStore, MemoryStore, Outcome, StoredResponse,
+    Begin, Claim, Fingerprint, IdempotencyStore, MemoryStore, Outcome, StoreError, StoredResponse,
 };
 
 #[derive(Debug, Clone)]
@@ -71,11 +71,17 @@ proptest! {
                     }
                     Op::Finish { claim, ttl } => {
                         let Some((key, _, claim)) = claims.get(claim) else { continue };
-                        store.finish(claim, &outcome(), Duration::from_millis(ttl)).await.unwrap();
-                        if let Some(row) = model.get_mut(key) && row.token == claim.token() && !row.finished {
+                        let got = store.finish(claim, &outcome(), Duration::from_millis(ttl)).await;
+                        let holds = if let Some(row) = model.get_mut(key) && row.token == claim.token() && !row.finished {
                             row.finished = true;
                             row.expires = now + ttl;
-                        }
+                            true
+                        } else {
+                            false
+                        };
+                        // A claim that does not hold its key in flight is told so.
+                        prop_assert_eq!(got.is_ok(), holds);
+                        prop_assert!(holds || matches!(got, Err(StoreError::LeaseLost { .. })), "{:?}", got);
                     }
                     Op::Release { claim } => {
                         let Some((key, _, claim)) = claims.get(claim) else { continue };

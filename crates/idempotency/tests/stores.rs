@@ -46,17 +46,29 @@ async fn lifecycle<St: IdempotencyStore>(store: St) {
             .unwrap(),
         Begin::Started
     );
-    // The first holder's late finish and release do nothing.
+    // The first holder's late finish is refused as a lost lease (not swallowed) and records
+    // nothing; its late release does nothing.
     let late = Outcome::Stored(StoredResponse::new(http::StatusCode::OK, "late"));
-    store
-        .finish(&first, &late, Duration::from_mins(1))
-        .await
-        .unwrap();
-    store.release(&first).await.unwrap();
-    let response = StoredResponse::new(http::StatusCode::CREATED, "ok").with_header(
-        http::header::LOCATION,
-        http::HeaderValue::from_static("/c/1"),
+    let lost = store.finish(&first, &late, Duration::from_mins(1)).await;
+    assert!(
+        matches!(&lost, Err(StoreError::LeaseLost { key }) if key == "k"),
+        "{lost:?}"
     );
+    store.release(&first).await.unwrap();
+    // Trailers (gRPC's status travels there) are kept with the rest.
+    let response = StoredResponse::new(http::StatusCode::CREATED, "ok")
+        .with_header(
+            http::header::LOCATION,
+            http::HeaderValue::from_static("/c/1"),
+        )
+        .with_trailer(
+            http::HeaderName::from_static("grpc-status"),
+            http::HeaderValue::from_static("0"),
+        )
+        .with_trailer(
+            http::HeaderName::from_static("x-trailing"),
+            http::HeaderValue::from_static("a"),
+        );
     store
         .finish(
             &takeover,
@@ -137,7 +149,110 @@ const DAMAGE: &[(&str, &str)] = &[
     ),
     ("UPDATE staunch_idempotency SET body = NULL", "body"),
     ("UPDATE staunch_idempotency SET state = 7", "state"),
+    (
+        "UPDATE staunch_idempotency SET trailers = X'0001'",
+        "trailers",
+    ),
 ];
+
+/// A finished row as written before trailers were kept, in a table without the column: the
+/// store adds the column when it opens, and the row reads back with no trailers.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+async fn old_row_reads_back<St: IdempotencyStore>(store: St) {
+    let found = store
+        .begin(&claim("0::old", 1), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        found,
+        Begin::Finished {
+            fingerprint: Fingerprint([1; 32]),
+            outcome: Outcome::Stored(StoredResponse::new(http::StatusCode::CREATED, "old")),
+        }
+    );
+    // New rows keep their trailers in the same table.
+    let new = claim("0::new", 2);
+    store.begin(&new, Duration::from_secs(5)).await.unwrap();
+    let reply = StoredResponse::grpc(b"reply");
+    store
+        .finish(
+            &new,
+            &Outcome::Stored(reply.clone()),
+            Duration::from_mins(1),
+        )
+        .await
+        .unwrap();
+    let found = store
+        .begin(&claim("0::new", 2), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        found,
+        Begin::Finished {
+            fingerprint: Fingerprint([2; 32]),
+            outcome: Outcome::Stored(reply),
+        }
+    );
+}
+
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn a_sqlite_table_from_before_trailers_is_migrated_and_its_rows_read() {
+    use staunch_idempotency::sqlx;
+    let (pool, _file) = support::sqlite_pool("old").await;
+    sqlx::query(
+        "CREATE TABLE staunch_idempotency (key TEXT PRIMARY KEY NOT NULL,
+            fingerprint BLOB NOT NULL, token INTEGER NOT NULL, state INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL, status INTEGER, headers BLOB, body BLOB)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO staunch_idempotency VALUES ('0::old', ?, 1, 1, ?, 201, X'', 'old')")
+        .bind(vec![1u8; 32])
+        .bind(i64::MAX)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let store = staunch_idempotency::SqliteStore::open(pool.clone())
+        .await
+        .unwrap();
+    old_row_reads_back(store).await;
+    // Opening again finds the column there.
+    staunch_idempotency::SqliteStore::open(pool).await.unwrap();
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn a_postgres_table_from_before_trailers_is_migrated_and_its_rows_read() {
+    use staunch_idempotency::sqlx;
+    let Some((pool, _schema)) = support::pg_pool("old").await else {
+        return;
+    };
+    sqlx::query(
+        "CREATE TABLE staunch_idempotency (key TEXT PRIMARY KEY NOT NULL,
+            fingerprint BYTEA NOT NULL, token BIGINT NOT NULL, state BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL, status BIGINT, headers BYTEA, body BYTEA)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO staunch_idempotency VALUES ('0::old', $1, 1, 1, $2, 201, $3, $4)")
+        .bind(vec![1u8; 32])
+        .bind(i64::MAX)
+        .bind(Vec::<u8>::new())
+        .bind(b"old".to_vec())
+        .execute(&pool)
+        .await
+        .unwrap();
+    let store = staunch_idempotency::PostgresStore::open(pool.clone())
+        .await
+        .unwrap();
+    old_row_reads_back(store).await;
+    staunch_idempotency::PostgresStore::open(pool)
+        .await
+        .unwrap();
+}
 
 #[cfg(feature = "sqlite")]
 #[tokio::test]

@@ -86,7 +86,8 @@ impl Db {
 
     /// The idempotency layer every mutating route sits behind: a key is required, the first
     /// request with it runs, repeats get its reply (`idempotent-replayed: true`), a repeat
-    /// while it runs gets 409 (text, not JSON), and a 5xx is not kept, so a retry runs again.
+    /// while it runs gets 409 (text, not JSON; `ABORTED` over gRPC), and a 5xx (a transient
+    /// gRPC status) is not kept, so a retry runs again.
     pub(crate) fn layer(&self) -> IdempotencyLayer<SqliteStore> {
         IdempotencyLayer::new(self.store.clone(), self.settings.clone())
     }

@@ -15,13 +15,14 @@
 //!
 //! A cancel for a key with no shipment voids the key, so a late create with it is refused.
 //!
-//! Shipments live in a SQLite file. staunch-idempotency's tower layer speaks HTTP (it does not
-//! keep gRPC's trailers), so the gRPC handlers use its store directly, the way the layer does:
-//! [`Shipping::once`] reads the key from the metadata, claims it in the store (the same
-//! `staunch_idempotency` table, in the same file as the shipments), replays a finished call's
-//! reply, refuses a call still in flight with `ABORTED`, and otherwise runs the call and
-//! records its reply in the call's own transaction (`SqliteStore::finish_in`). A replayed
-//! reply carries the metadata `idempotent-replayed: true`.
+//! Shipments live in a SQLite file, behind staunch-idempotency's tower layer on the tonic
+//! server ([`Db::layer`], with tonic's request body rebuilt by `rebuild_body`): the layer
+//! reads the key from the `idempotency-key` metadata, replays a finished call's reply
+//! (message or status, marked with the metadata `idempotent-replayed: true`), refuses a call
+//! still in flight with `ABORTED` and a key reused for another call with `INVALID_ARGUMENT`.
+//! A call the layer lets through records its reply in its own transaction
+//! (`SqliteStore::finish_in` with [`StoredResponse::grpc`] or [`StoredResponse::grpc_error`]),
+//! in the same file as the shipments.
 
 use std::convert::Infallible;
 use std::marker::PhantomData;
@@ -31,16 +32,15 @@ use std::task::{Context, Poll};
 
 use staunch::idempotency::sqlx::{self, Row};
 use staunch::idempotency::{
-    Begin, Claim, Fingerprint, FingerprintParts, IDEMPOTENCY_KEY, IdempotencyKey, IdempotencyStore,
-    Outcome, StoreError, StoredResponse, parse_key,
+    Claim, IDEMPOTENCY_KEY, IdempotencyKey, StoreError, StoredResponse, parse_key,
 };
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{Body, BoxFuture, StdError, http};
 use tonic::server::{Grpc, NamedService, UnaryService};
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 use tower::util::BoxCloneSyncService;
 
-use super::db::{Db, LEASE, TTL, Tx};
+use super::db::{Db, Tx};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -163,23 +163,7 @@ enum Call {
     Cancel(CancelShipment),
 }
 
-impl Call {
-    fn path(&self) -> &'static str {
-        match self {
-            Call::Create(_) => "/shop.Shipping/Create",
-            Call::Cancel(_) => "/shop.Shipping/Cancel",
-        }
-    }
-
-    fn encoded(&self) -> Vec<u8> {
-        match self {
-            Call::Create(m) => prost::Message::encode_to_vec(m),
-            Call::Cancel(m) => prost::Message::encode_to_vec(m),
-        }
-    }
-}
-
-/// The metadata set on a replayed reply.
+/// The metadata the layer sets on a replayed reply.
 pub(crate) const REPLAYED: &str = "idempotent-replayed";
 
 impl Shipping {
@@ -208,80 +192,46 @@ impl Shipping {
             .collect()
     }
 
-    /// Runs `call` once for the key in `metadata`: see the module docs.
+    /// Runs a call the layer let through (it holds the key's [`Claim`]): its effect and its
+    /// recorded reply commit in one transaction. A refusal (a voided shipment) is recorded
+    /// and answered as `FAILED_PRECONDITION`; a failure that committed nothing is
+    /// `UNAVAILABLE` or `INTERNAL`, which the layer does not keep, so a retry runs again.
     async fn once(
         &self,
         metadata: &tonic::metadata::MetadataMap,
+        claim: Option<&Claim>,
         call: Call,
     ) -> Result<Response<Shipment>, Status> {
-        let key = metadata
-            .get(IDEMPOTENCY_KEY.as_str())
-            .ok_or_else(|| Status::invalid_argument("the idempotency-key metadata is required"))
-            .and_then(|value| {
-                parse_key(value.as_bytes(), 255).map_err(|e| Status::invalid_argument(e.reason()))
-            })?;
-        let fingerprint = Fingerprint::of(
-            FingerprintParts::default(),
-            &http::Method::POST,
-            &http::Uri::from_static(call.path()),
-            &call.encoded(),
-        );
-        // A namespace of its own in the table, apart from the HTTP layer's scoped keys.
-        let claim = Claim::new(format!("grpc:{key}"), fingerprint, TTL);
-        let store = &self.db.store;
-        match store.begin(&claim, LEASE).await {
-            Err(err) => Err(Status::unavailable(format!("idempotency store: {err}"))),
-            Ok(Begin::InFlight { fingerprint } | Begin::Finished { fingerprint, .. })
-                if fingerprint != claim.fingerprint() =>
-            {
-                Err(Status::invalid_argument(
-                    "this idempotency key was used for a different call",
-                ))
-            }
-            Ok(Begin::InFlight { .. }) => Err(Status::aborted(
-                "a call with this idempotency key is still being processed",
-            )),
-            Ok(Begin::Finished { outcome, .. }) => replay(outcome),
-            Ok(Begin::Started) => match self.run(&claim, &key, &call).await {
-                Ok(reply) => reply
-                    .map(Response::new)
-                    .map_err(Status::failed_precondition),
-                Err(status) => {
-                    // Nothing committed: free the key for a retry (else its lease ends it).
-                    let _ = store.release(&claim).await;
-                    Err(status)
-                }
-            },
-        }
-    }
-
-    /// Runs a claimed call in one transaction with its recorded reply: the reply (a shipment
-    /// or a refusal), or the error that left nothing committed.
-    async fn run(
-        &self,
-        claim: &Claim,
-        key: &str,
-        call: &Call,
-    ) -> Result<Result<Shipment, String>, Status> {
+        // The layer in front requires and checks the key; it scopes it in the claim.
+        let (Some(claim), Some(key)) = (
+            claim,
+            metadata
+                .get(IDEMPOTENCY_KEY.as_str())
+                .and_then(|value| parse_key(value.as_bytes(), usize::MAX).ok()),
+        ) else {
+            return Err(Status::invalid_argument(
+                "the idempotency-key metadata is required",
+            ));
+        };
         let db_error = |err: sqlx::Error| Status::internal(format!("shipping database: {err}"));
         let mut tx = self.db.begin().await.map_err(db_error)?;
-        let reply = apply(&mut tx, key, call).await.map_err(db_error)?;
+        let reply = apply(&mut tx, &key, &call).await.map_err(db_error)?;
         let stored = match &reply {
-            Ok(shipment) => StoredResponse::new(
-                http::StatusCode::OK,
-                prost::Message::encode_to_vec(shipment),
-            ),
-            Err(refusal) => StoredResponse::new(http::StatusCode::CONFLICT, refusal.clone()),
+            Ok(shipment) => StoredResponse::grpc(prost::Message::encode_to_vec(shipment)),
+            Err(refusal) => StoredResponse::grpc_error(Code::FailedPrecondition as i32, refusal),
         };
         match self.db.store.finish_in(&mut tx, claim, &stored).await {
             Ok(()) => {}
+            // Dropping `tx` rolls the effect back.
             Err(StoreError::LeaseLost { .. }) => {
                 return Err(Status::unavailable("the key's lease ran out; retry"));
             }
             Err(err) => return Err(Status::internal(err.to_string())),
         }
         tx.commit().await.map_err(db_error)?;
-        Ok(reply)
+        reply
+            .map(Response::new)
+            .map_err(Status::failed_precondition)
     }
 
     /// Serves the gRPC service on a fresh loopback port.
@@ -300,8 +250,13 @@ impl Shipping {
         let server = ShippingServer {
             shipping: self.clone(),
         };
+        let layer = self
+            .db
+            .layer()
+            .rebuild_body(|bytes| tonic::body::Body::new(http_body_util::Full::new(bytes)));
         tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
+                .layer(layer)
                 .add_service(server)
                 .serve_with_incoming(incoming)
                 .await;
@@ -361,31 +316,6 @@ async fn apply(
     }
 }
 
-/// A recorded reply, answered again.
-fn replay(outcome: Outcome) -> Result<Response<Shipment>, Status> {
-    let Outcome::Stored(stored) = outcome else {
-        return Err(Status::aborted("the reply to this key was not kept"));
-    };
-    let mut response = if stored.status == http::StatusCode::OK {
-        let shipment = <Shipment as prost::Message>::decode(stored.body)
-            .map_err(|e| Status::internal(format!("stored reply: {e}")))?;
-        Response::new(shipment)
-    } else {
-        let message = String::from_utf8_lossy(&stored.body).into_owned();
-        let mut status = Status::failed_precondition(message);
-        status.metadata_mut().insert(
-            REPLAYED,
-            tonic::metadata::MetadataValue::from_static("true"),
-        );
-        return Err(status);
-    };
-    response.metadata_mut().insert(
-        REPLAYED,
-        tonic::metadata::MetadataValue::from_static("true"),
-    );
-    Ok(response)
-}
-
 /// The hand-written tonic server for `shop.Shipping`.
 #[derive(Debug, Clone)]
 struct ShippingServer {
@@ -405,8 +335,10 @@ impl UnaryService<CreateShipment> for CreateCall {
     fn call(&mut self, request: Request<CreateShipment>) -> Self::Future {
         let shipping = self.0.clone();
         Box::pin(async move {
-            let (metadata, _, message) = request.into_parts();
-            shipping.once(&metadata, Call::Create(message)).await
+            let (metadata, extensions, message) = request.into_parts();
+            shipping
+                .once(&metadata, extensions.get::<Claim>(), Call::Create(message))
+                .await
         })
     }
 }
@@ -420,8 +352,10 @@ impl UnaryService<CancelShipment> for CancelCall {
     fn call(&mut self, request: Request<CancelShipment>) -> Self::Future {
         let shipping = self.0.clone();
         Box::pin(async move {
-            let (metadata, _, message) = request.into_parts();
-            shipping.once(&metadata, Call::Cancel(message)).await
+            let (metadata, extensions, message) = request.into_parts();
+            shipping
+                .once(&metadata, extensions.get::<Claim>(), Call::Cancel(message))
+                .await
         })
     }
 }

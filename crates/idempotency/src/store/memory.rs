@@ -132,8 +132,11 @@ impl IdempotencyStore for MemoryStore {
         {
             e.outcome = Some(outcome.clone());
             e.expires = staunch_core::instant_after(Instant::now(), ttl);
+            return Ok(());
         }
-        Ok(())
+        Err(StoreError::LeaseLost {
+            key: claim.key().to_owned(),
+        })
     }
 
     async fn release(&self, claim: &Claim) -> Result<(), StoreError> {

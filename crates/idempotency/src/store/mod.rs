@@ -1,6 +1,8 @@
 //! Where keys live: the [`IdempotencyStore`] trait and its memory, SQLite and PostgreSQL stores.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::record::{Fingerprint, Outcome};
@@ -18,14 +20,30 @@ pub(crate) mod sqlite;
 ///
 /// The layer puts it into the request's extensions before calling the handler; a handler
 /// that writes its response in its own transaction (`SqliteStore::finish_in`,
-/// `PostgresStore::finish_in`) reads it from there.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `PostgresStore::finish_in`) reads it from there. Clones share one flag,
+/// [`is_recorded`](Self::is_recorded): once `finish_in` has written the reply, the layer does
+/// not write it again.
+#[derive(Debug, Clone)]
 pub struct Claim {
     key: String,
     fingerprint: Fingerprint,
     token: i64,
     ttl: Duration,
+    recorded: Arc<AtomicBool>,
 }
+
+/// Two claims are equal when they name the same attempt on the same key; whether the reply is
+/// recorded yet does not count.
+impl PartialEq for Claim {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+            && self.fingerprint == other.fingerprint
+            && self.token == other.token
+            && self.ttl == other.ttl
+    }
+}
+
+impl Eq for Claim {}
 
 impl Claim {
     /// A claim on `key` (already scoped) for a request with this fingerprint, with a fresh
@@ -36,7 +54,24 @@ impl Claim {
             fingerprint,
             token: fastrand::i64(..),
             ttl,
+            recorded: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Whether this claim's reply was recorded by the handler (`finish_in`, or
+    /// [`mark_recorded`](Self::mark_recorded)): the layer then skips its own
+    /// [`IdempotencyStore::finish`] and passes the handler's response through unread.
+    pub fn is_recorded(&self) -> bool {
+        self.recorded.load(Ordering::Acquire)
+    }
+
+    /// Tells the layer that the handler has written this claim's reply itself, in the
+    /// transaction it commits before answering (the SQL stores' `finish_in` calls it; a
+    /// store of your own with such a method calls it too). The layer then does not write the
+    /// reply again. A handler that rolls back afterwards must answer with a response the
+    /// layer does not store (a 5xx by default), so the key is freed for a retry.
+    pub fn mark_recorded(&self) {
+        self.recorded.store(true, Ordering::Release);
     }
 
     /// How long the finished record is kept (the layer's `ttl`).
@@ -61,6 +96,8 @@ impl Claim {
 }
 
 /// What [`IdempotencyStore::begin`] found for a key.
+// A finished key's response is moved once, to the replay; a box would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Begin {
     /// The key was free (never seen, expired, or its in-flight lease ran out): it is now
@@ -105,9 +142,10 @@ pub enum StoreError {
 }
 
 /// Storage for idempotency keys. The layer calls [`begin`](Self::begin) before the handler,
-/// then exactly one of [`finish`](Self::finish) (the response is kept) or
+/// then at most one of [`finish`](Self::finish) (the response is kept) or
 /// [`release`](Self::release) (the key is free again: a 5xx by default, an error, a
-/// cancelled request).
+/// cancelled request); neither when the handler recorded its reply itself in its own
+/// transaction ([`Claim::is_recorded`]) and answered with a response the policy stores.
 ///
 /// Implementations must make `begin` atomic: of many concurrent calls for one free key,
 /// exactly one gets [`Begin::Started`].
@@ -162,9 +200,10 @@ pub trait IdempotencyStore: Clone + Send + Sync + 'static {
         lease: Duration,
     ) -> impl Future<Output = Result<Begin, StoreError>> + Send;
 
-    /// Records the outcome of `claim`, kept for `ttl`. Does nothing if the claim no longer
-    /// holds the key (its lease was taken over, or the outcome is already recorded, e.g. in
-    /// the handler's own transaction).
+    /// Records the outcome of `claim`, kept for `ttl`, if the claim still holds its key in
+    /// flight. Errors with [`StoreError::LeaseLost`] (recording nothing) if it does not: its
+    /// lease ended and another request took the key over, or the key was purged or already
+    /// finished. The layer logs that at `warn` and still answers with the handler's response.
     fn finish(
         &self,
         claim: &Claim,
@@ -202,6 +241,8 @@ pub(crate) struct RawRow {
     pub(crate) status: Option<i64>,
     pub(crate) headers: Option<Vec<u8>>,
     pub(crate) body: Option<Vec<u8>>,
+    /// `NULL` in rows written before trailers were kept: no trailers.
+    pub(crate) trailers: Option<Vec<u8>>,
 }
 
 /// Row states in the SQL stores.
@@ -236,12 +277,15 @@ impl RawRow {
                 let headers =
                     decode_headers(self.headers.as_deref().unwrap_or_default()).map_err(corrupt)?;
                 let body = self.body.ok_or_else(|| corrupt("the body is missing"))?;
+                let trailers = decode_headers(self.trailers.as_deref().unwrap_or_default())
+                    .map_err(|_| corrupt("the trailers are damaged"))?;
                 Ok(Begin::Finished {
                     fingerprint,
                     outcome: Outcome::Stored(StoredResponse {
                         status,
                         headers,
                         body: body.into(),
+                        trailers,
                     }),
                 })
             }
@@ -254,17 +298,35 @@ impl RawRow {
     }
 }
 
-/// The columns a SQL store writes for an outcome: state, status, headers, body.
+/// The columns a SQL store writes for an outcome.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn outcome_columns(outcome: &Outcome) -> (i64, i64, Option<Vec<u8>>, Option<Vec<u8>>) {
+pub(crate) struct OutcomeColumns {
+    pub(crate) state: i64,
+    pub(crate) status: i64,
+    pub(crate) headers: Option<Vec<u8>>,
+    pub(crate) body: Option<Vec<u8>>,
+    /// `NULL` when there are none.
+    pub(crate) trailers: Option<Vec<u8>>,
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn outcome_columns(outcome: &Outcome) -> OutcomeColumns {
+    use crate::record::encode_headers;
     match outcome {
-        Outcome::Stored(r) => (
-            STORED,
-            i64::from(r.status.as_u16()),
-            Some(crate::record::encode_headers(&r.headers)),
-            Some(r.body.to_vec()),
-        ),
-        Outcome::NotStored { status } => (NOT_STORED, i64::from(status.as_u16()), None, None),
+        Outcome::Stored(r) => OutcomeColumns {
+            state: STORED,
+            status: i64::from(r.status.as_u16()),
+            headers: Some(encode_headers(&r.headers)),
+            body: Some(r.body.to_vec()),
+            trailers: (!r.trailers.is_empty()).then(|| encode_headers(&r.trailers)),
+        },
+        Outcome::NotStored { status } => OutcomeColumns {
+            state: NOT_STORED,
+            status: i64::from(status.as_u16()),
+            headers: None,
+            body: None,
+            trailers: None,
+        },
     }
 }
 

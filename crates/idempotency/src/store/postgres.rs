@@ -20,24 +20,44 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS staunch_idempotency (
     expires_at BIGINT NOT NULL,
     status BIGINT,
     headers BYTEA,
-    body BYTEA
+    body BYTEA,
+    trailers BYTEA
 )";
 
 const CREATE_INDEX: &str = "CREATE INDEX IF NOT EXISTS staunch_idempotency_expiry
     ON staunch_idempotency (expires_at)";
 
+/// Tables made before trailers were kept get the column; their rows read as having none.
+/// Checked first, so that opening a store takes no table lock once the column exists.
+const HAS_TRAILERS: &str = "SELECT COUNT(*) FROM information_schema.columns
+    WHERE table_schema = current_schema() AND table_name = 'staunch_idempotency'
+        AND column_name = 'trailers'";
+const ADD_TRAILERS: &str =
+    "ALTER TABLE staunch_idempotency ADD COLUMN IF NOT EXISTS trailers BYTEA";
+
+/// A key never seen (or purged) is inserted. `DO NOTHING`, not a conditional `DO UPDATE`:
+/// the latter locks the existing row, which writes WAL and makes every replay's commit wait
+/// for a flush; this one writes nothing when the key exists.
 const BEGIN: &str = "INSERT INTO staunch_idempotency (key, fingerprint, token, state, expires_at)
     VALUES ($1, $2, $3, 0, $4)
-    ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, token = excluded.token,
-        state = 0, expires_at = excluded.expires_at, status = NULL, headers = NULL, body = NULL
-    WHERE staunch_idempotency.expires_at <= $5
+    ON CONFLICT (key) DO NOTHING
     RETURNING token";
 
-const READ: &str = "SELECT fingerprint, state, status, headers, body FROM staunch_idempotency
+/// A key whose lease or TTL ended is taken over; of concurrent takeovers, PostgreSQL
+/// re-checks the condition after the first commits, so exactly one wins.
+const TAKE_OVER: &str = "UPDATE staunch_idempotency
+    SET fingerprint = $2, token = $3, state = 0, expires_at = $4, status = NULL,
+        headers = NULL, body = NULL, trailers = NULL
+    WHERE key = $1 AND expires_at <= $5
+    RETURNING token";
+
+const READ: &str =
+    "SELECT fingerprint, state, status, headers, body, trailers FROM staunch_idempotency
     WHERE key = $1 AND expires_at > $2";
 
 const FINISH: &str = "UPDATE staunch_idempotency
-    SET state = $1, status = $2, headers = $3, body = $4, expires_at = $5
+    SET state = $1, status = $2, headers = $3, body = $4, expires_at = $5,
+        trailers = $8
     WHERE key = $6 AND token = $7 AND state = 0";
 
 const RELEASE: &str = "DELETE FROM staunch_idempotency WHERE key = $1 AND token = $2 AND state = 0";
@@ -76,6 +96,13 @@ impl PostgresStore {
     ) -> Result<Self, StoreError> {
         sqlx::query(CREATE).execute(&pool).await.map_err(db)?;
         sqlx::query(CREATE_INDEX).execute(&pool).await.map_err(db)?;
+        let has_trailers: i64 = sqlx::query_scalar(HAS_TRAILERS)
+            .fetch_one(&pool)
+            .await
+            .map_err(db)?;
+        if has_trailers == 0 {
+            sqlx::query(ADD_TRAILERS).execute(&pool).await.map_err(db)?;
+        }
         let (task, stop) = PurgeTask::channel();
         let inner = Arc::new(Inner { pool, _purge: task });
         PurgeTask::spawn(
@@ -101,14 +128,20 @@ impl PostgresStore {
     /// at all. Return the same response from the handler.
     ///
     /// Errors with [`StoreError::LeaseLost`] if the claim no longer holds its key (the lease
-    /// ended and another request took it): roll back.
+    /// ended and another request took it): roll back. Once it succeeds the claim is
+    /// [marked recorded](Claim::mark_recorded), so the layer does not write the reply again;
+    /// if the handler rolls back after all, it must answer with a response the layer does
+    /// not store (a 5xx by default), which frees the key.
     pub async fn finish_in(
         &self,
         conn: &mut PgConnection,
         claim: &Claim,
         response: &StoredResponse,
     ) -> Result<(), StoreError> {
-        finish(conn, claim, &Outcome::Stored(response.clone()), claim.ttl()).await
+        finish(conn, claim, &Outcome::Stored(response.clone()), claim.ttl()).await?;
+        // The layer then leaves the record to this transaction.
+        claim.mark_recorded();
+        Ok(())
     }
 }
 
@@ -118,15 +151,16 @@ async fn finish(
     outcome: &Outcome,
     ttl: Duration,
 ) -> Result<(), StoreError> {
-    let (state, status, headers, body) = outcome_columns(outcome);
+    let columns = outcome_columns(outcome);
     let done = sqlx::query(FINISH)
-        .bind(state)
-        .bind(status)
-        .bind(headers)
-        .bind(body)
+        .bind(columns.state)
+        .bind(columns.status)
+        .bind(columns.headers)
+        .bind(columns.body)
         .bind(after_ms(now_ms(), ttl))
         .bind(claim.key())
         .bind(claim.token())
+        .bind(columns.trailers)
         .execute(conn)
         .await
         .map_err(db)?;
@@ -157,7 +191,6 @@ impl IdempotencyStore for PostgresStore {
                 .bind(&claim.fingerprint().0[..])
                 .bind(claim.token())
                 .bind(after_ms(now, lease))
-                .bind(now)
                 .fetch_optional(pool)
                 .await
                 .map_err(db)?;
@@ -177,10 +210,24 @@ impl IdempotencyStore for PostgresStore {
                     status: row.try_get(2).map_err(db)?,
                     headers: row.try_get(3).map_err(db)?,
                     body: row.try_get(4).map_err(db)?,
+                    trailers: row.try_get(5).map_err(db)?,
                 };
                 return raw.decode(claim.key());
             }
-            // Freed or expired between the two statements: try again.
+            // No live row: an expired one to take over, or freed in between.
+            let taken = sqlx::query(TAKE_OVER)
+                .bind(claim.key())
+                .bind(&claim.fingerprint().0[..])
+                .bind(claim.token())
+                .bind(after_ms(now, lease))
+                .bind(now)
+                .fetch_optional(pool)
+                .await
+                .map_err(db)?;
+            if taken.is_some() {
+                return Ok(Begin::Started);
+            }
+            // Taken over by another request, or freed: try again.
         }
         Ok(Begin::InFlight {
             fingerprint: claim.fingerprint(),
@@ -194,10 +241,7 @@ impl IdempotencyStore for PostgresStore {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let mut conn = self.inner.pool.acquire().await.map_err(db)?;
-        match finish(&mut conn, claim, outcome, ttl).await {
-            Err(StoreError::LeaseLost { .. }) | Ok(()) => Ok(()),
-            Err(e) => Err(e),
-        }
+        finish(&mut conn, claim, outcome, ttl).await
     }
 
     async fn release(&self, claim: &Claim) -> Result<(), StoreError> {

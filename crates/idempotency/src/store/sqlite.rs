@@ -20,24 +20,33 @@ const CREATE: &str = "CREATE TABLE IF NOT EXISTS staunch_idempotency (
     expires_at INTEGER NOT NULL,
     status INTEGER,
     headers BLOB,
-    body BLOB
+    body BLOB,
+    trailers BLOB
 )";
 
 const CREATE_INDEX: &str = "CREATE INDEX IF NOT EXISTS staunch_idempotency_expiry
     ON staunch_idempotency (expires_at)";
 
+/// Tables made before trailers were kept get the column; their rows read as having none.
+const HAS_TRAILERS: &str =
+    "SELECT COUNT(*) FROM pragma_table_info('staunch_idempotency') WHERE name = 'trailers'";
+const ADD_TRAILERS: &str = "ALTER TABLE staunch_idempotency ADD COLUMN trailers BLOB";
+
 const BEGIN: &str = "INSERT INTO staunch_idempotency (key, fingerprint, token, state, expires_at)
     VALUES (?1, ?2, ?3, 0, ?4)
     ON CONFLICT (key) DO UPDATE SET fingerprint = excluded.fingerprint, token = excluded.token,
-        state = 0, expires_at = excluded.expires_at, status = NULL, headers = NULL, body = NULL
+        state = 0, expires_at = excluded.expires_at, status = NULL, headers = NULL, body = NULL,
+        trailers = NULL
     WHERE staunch_idempotency.expires_at <= ?5
     RETURNING token";
 
-const READ: &str = "SELECT fingerprint, state, status, headers, body FROM staunch_idempotency
+const READ: &str =
+    "SELECT fingerprint, state, status, headers, body, trailers FROM staunch_idempotency
     WHERE key = ?1 AND expires_at > ?2";
 
 const FINISH: &str = "UPDATE staunch_idempotency
-    SET state = ?1, status = ?2, headers = ?3, body = ?4, expires_at = ?5
+    SET state = ?1, status = ?2, headers = ?3, body = ?4, expires_at = ?5,
+        trailers = ?8
     WHERE key = ?6 AND token = ?7 AND state = 0";
 
 const RELEASE: &str = "DELETE FROM staunch_idempotency WHERE key = ?1 AND token = ?2 AND state = 0";
@@ -72,6 +81,7 @@ impl SqliteStore {
     ) -> Result<Self, StoreError> {
         sqlx::query(CREATE).execute(&pool).await.map_err(db)?;
         sqlx::query(CREATE_INDEX).execute(&pool).await.map_err(db)?;
+        add_trailers(&pool).await?;
         let (task, stop) = PurgeTask::channel();
         let inner = Arc::new(Inner { pool, _purge: task });
         PurgeTask::spawn(
@@ -97,14 +107,40 @@ impl SqliteStore {
     /// at all. Return the same response from the handler.
     ///
     /// Errors with [`StoreError::LeaseLost`] if the claim no longer holds its key (the lease
-    /// ended and another request took it): roll back.
+    /// ended and another request took it): roll back. Once it succeeds the claim is
+    /// [marked recorded](Claim::mark_recorded), so the layer does not write the reply again;
+    /// if the handler rolls back after all, it must answer with a response the layer does
+    /// not store (a 5xx by default), which frees the key.
     pub async fn finish_in(
         &self,
         conn: &mut SqliteConnection,
         claim: &Claim,
         response: &StoredResponse,
     ) -> Result<(), StoreError> {
-        finish(conn, claim, &Outcome::Stored(response.clone()), claim.ttl()).await
+        finish(conn, claim, &Outcome::Stored(response.clone()), claim.ttl()).await?;
+        // The layer then leaves the record to this transaction.
+        claim.mark_recorded();
+        Ok(())
+    }
+}
+
+/// Adds the `trailers` column to a table from before it existed (another process opening the
+/// same file may add it first).
+async fn add_trailers(pool: &SqlitePool) -> Result<(), StoreError> {
+    let has = || async {
+        let n: i64 = sqlx::query_scalar(HAS_TRAILERS)
+            .fetch_one(pool)
+            .await
+            .map_err(db)?;
+        Ok::<_, StoreError>(n > 0)
+    };
+    if has().await? {
+        return Ok(());
+    }
+    match sqlx::query(ADD_TRAILERS).execute(pool).await {
+        Ok(_) => Ok(()),
+        Err(_) if has().await? => Ok(()),
+        Err(e) => Err(db(e)),
     }
 }
 
@@ -114,15 +150,16 @@ async fn finish(
     outcome: &Outcome,
     ttl: Duration,
 ) -> Result<(), StoreError> {
-    let (state, status, headers, body) = outcome_columns(outcome);
+    let columns = outcome_columns(outcome);
     let done = sqlx::query(FINISH)
-        .bind(state)
-        .bind(status)
-        .bind(headers)
-        .bind(body)
+        .bind(columns.state)
+        .bind(columns.status)
+        .bind(columns.headers)
+        .bind(columns.body)
         .bind(after_ms(now_ms(), ttl))
         .bind(claim.key())
         .bind(claim.token())
+        .bind(columns.trailers)
         .execute(conn)
         .await
         .map_err(db)?;
@@ -173,6 +210,7 @@ impl IdempotencyStore for SqliteStore {
                     status: row.try_get(2).map_err(db)?,
                     headers: row.try_get(3).map_err(db)?,
                     body: row.try_get(4).map_err(db)?,
+                    trailers: row.try_get(5).map_err(db)?,
                 };
                 return raw.decode(claim.key());
             }
@@ -190,10 +228,7 @@ impl IdempotencyStore for SqliteStore {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let mut conn = self.inner.pool.acquire().await.map_err(db)?;
-        match finish(&mut conn, claim, outcome, ttl).await {
-            Err(StoreError::LeaseLost { .. }) | Ok(()) => Ok(()),
-            Err(e) => Err(e),
-        }
+        finish(&mut conn, claim, outcome, ttl).await
     }
 
     async fn release(&self, claim: &Claim) -> Result<(), StoreError> {
