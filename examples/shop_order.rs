@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --example shop_order -- --port 8080 \
-//!     --inventory 127.0.0.1:8081 --payment 127.0.0.1:8082 --shipping 127.0.0.1:8083 [--db sagas.db]
+//!     --inventory 127.0.0.1:8081 --payment 127.0.0.1:8082[,127.0.0.1:8084] --shipping 127.0.0.1:8083 [--db sagas.db]
 //! curl -X POST localhost:8080/orders -H 'content-type: application/json' -d '{"sku":"widget","qty":1,"amount_cents":1999}'
 //! ```
 
@@ -22,7 +22,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let orders = app::order::OrderService::start(
         app::story::Config::full().tuning,
         app::addr_arg("--inventory")?,
-        app::addr_arg("--payment")?,
+        &app::addrs_arg("--payment")?,
         app::addr_arg("--shipping")?,
         db.clone(),
     )

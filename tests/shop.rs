@@ -84,8 +84,8 @@ async fn short_story_is_consistent_and_shows_the_breaker_and_the_bulkhead() {
         "consistency check failed: {:?}",
         report.inconsistencies
     );
-    let [normal, errors, slow, recovery, down, back] = &report.phases[..] else {
-        panic!("six phases, got {}", report.phases.len());
+    let [normal, errors, slow, recovery, down, back, replica] = &report.phases[..] else {
+        panic!("seven phases, got {}", report.phases.len());
     };
     for phase in &report.phases {
         assert_eq!(phase.count("stuck") + phase.count("error"), 0, "{phase:?}");
@@ -182,6 +182,36 @@ async fn short_story_is_consistent_and_shows_the_breaker_and_the_bulkhead() {
     let (pending, charged) = report.pending;
     assert!(pending > 0);
     assert_eq!(charged, pending, "every pending order charged later");
+
+    // One replica down: the balancer ejects it, its calls are retried on the other, and the
+    // payment breaker (which judges payment as a whole) does not open.
+    let sent = |name: &str| {
+        replica
+            .replicas
+            .iter()
+            .find(|(n, ..)| n == name)
+            .unwrap_or_else(|| panic!("replica {name} in {:?}", replica.replicas))
+            .clone()
+    };
+    let (_, healthy, _) = sent("payment");
+    let (_, failing, ejected) = sent("payment-b");
+    assert!(ejected >= 1, "payment-b ejected: {replica:?}");
+    assert!(
+        failing * 5 < healthy,
+        "payment-b got under a sixth of the attempts: {failing} vs {healthy}"
+    );
+    assert!(
+        !payment_moves(replica)
+            .iter()
+            .any(|(_, to, _)| *to == "open"),
+        "the payment breaker stayed closed: {replica:?}"
+    );
+    let placed = replica.latencies.len() as u64;
+    assert!(
+        replica.count("completed") * 100 >= placed * 98,
+        "98 % of the orders complete with one replica down: {replica:?}"
+    );
+    assert_eq!(replica.count("failed_fast") + replica.count("rejected"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -115,7 +115,7 @@ async fn shop_worker() {
             let orders = OrderService::start(
                 Config::short().tuning,
                 peers[0],
-                peers[1],
+                &[peers[1]],
                 peers[2],
                 dir.join("sagas.db"),
             )
@@ -281,7 +281,7 @@ async fn play(dir: &Path) {
     let orders = OrderService::start(
         Config::short().tuning,
         addr(0),
-        addr(1),
+        &[addr(1)],
         addr(2),
         dir.join("sagas.db"),
     )

@@ -47,6 +47,16 @@ pub(crate) fn addr_arg(name: &str) -> Result<SocketAddr, String> {
     value.parse().map_err(|e| format!("{name} {value}: {e}"))
 }
 
+/// Peers' addresses from `--name HOST:PORT[,HOST:PORT...]` (replicas of one service).
+#[allow(dead_code)] // used by the per-service binaries (`shop_order`, ...)
+pub(crate) fn addrs_arg(name: &str) -> Result<Vec<SocketAddr>, String> {
+    let value = arg(name).ok_or_else(|| format!("{name} HOST:PORT[,HOST:PORT...] is required"))?;
+    value
+        .split(',')
+        .map(|a| a.trim().parse().map_err(|e| format!("{name} {a}: {e}")))
+        .collect()
+}
+
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;

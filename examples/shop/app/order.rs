@@ -26,6 +26,17 @@
 //!    forwards before the breaker decides, so a call the open breaker then refuses would
 //!    still have waited for a full bulkhead and been counted among its rejections.
 //!
+//! # Payment replicas
+//!
+//! Payment runs as two replicas. Below the bulkhead, staunch-outlier's [`Balancer`] sends
+//! each attempt to the less loaded of the replicas and ejects one that answers 5xx or fails
+//! to connect `consecutive_failures` times in a row (3 here) for `base_ejection_time` (the
+//! breaker's open duration) times the times it was ejected, never both at once. A retry goes
+//! through the balancer again, so when one replica fails, its calls are retried on the
+//! other, its share of the traffic drops to almost nothing, and the payment breaker, which
+//! judges the dependency as a whole, stays closed. When both fail, one is ejected, the other
+//! carries the calls and fails them, and the breaker opens as it does with one replica.
+//!
 //! # Payment pending
 //!
 //! With [`OrderService::accept_pending`] on, a charge that payment's stack refuses at once
@@ -55,6 +66,7 @@ use staunch::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer, Event};
 use staunch::core::Rejection;
 use staunch::fallback::{Answer, Answered, FallbackPolicy};
 use staunch::idempotency::{IDEMPOTENCY_KEY, IdempotencyKey, IdempotencyKeyLayer, REPLAYED};
+use staunch::outlier::Balancer;
 use staunch::retry::{RetryBudget, RetryLayer, RetryPolicy};
 use staunch::saga::{
     ListFilter, Phase, SagaDefinition, SagaEngine, SagaOutcome, SqliteStore, Step, StepContext,
@@ -73,8 +85,49 @@ use super::shipping::{
 /// Any error, boxed: what every staunch layer returns.
 pub(crate) use staunch::BoxError;
 
-/// An HTTP client wrapped in the staunch stack.
+/// An HTTP client wrapped in the staunch stack (and what the stack wraps: a plain client, or
+/// the balancer over payment's replicas).
 pub(crate) type HttpClient = BoxCloneSyncService<reqwest::Request, reqwest::Response, BoxError>;
+
+/// One replica of a dependency: requests sent to its address, counted.
+type Replica = BoxCloneSyncService<reqwest::Request, reqwest::Response, reqwest::Error>;
+
+/// Payment's replicas behind outlier ejection, keyed by address.
+type Replicas = Balancer<String, Replica, HttpStatus>;
+
+/// A client whose requests (whatever host their URL names) go to `addr`, counting them in
+/// `sent`.
+fn replica(client: reqwest::Client, addr: SocketAddr, sent: Arc<AtomicU64>) -> Replica {
+    BoxCloneSyncService::new(tower::service_fn(move |mut req: reqwest::Request| {
+        let url = req.url_mut();
+        // Both set an `http://` URL's host; they can fail only for URLs without one.
+        let _ = url.set_ip_host(addr.ip());
+        let _ = url.set_port(Some(addr.port()));
+        sent.fetch_add(1, Ordering::Relaxed);
+        client.execute(req)
+    }))
+}
+
+/// A plain client, as the innermost service of a stack.
+fn direct(client: reqwest::Client) -> HttpClient {
+    BoxCloneSyncService::new(tower::service_fn(move |req: reqwest::Request| {
+        let call = client.execute(req);
+        async move { call.await.map_err(BoxError::from) }
+    }))
+}
+
+/// One payment replica, as the status page and the story see it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ReplicaStatus {
+    /// Its address.
+    pub(crate) addr: String,
+    /// `active` or `ejected`.
+    pub(crate) state: &'static str,
+    /// Times ejected so far.
+    pub(crate) times_ejected: u32,
+    /// Attempts sent to it so far.
+    pub(crate) sent: u64,
+}
 
 /// Marks an order refused by an open breaker (in the saga's error message).
 pub(crate) const FAILED_FAST: &str = "[breaker open]";
@@ -170,8 +223,9 @@ impl Guards {
         })
     }
 
-    /// Wraps a `reqwest::Client` in the stack (see the module docs for the order).
-    fn http(&self, client: reqwest::Client) -> HttpClient {
+    /// Wraps `send` (a plain client, or the balancer over replicas) in the stack (see the
+    /// module docs for the order).
+    fn http(&self, send: HttpClient) -> HttpClient {
         let bulkhead = self.bulkhead.clone();
         let service = ServiceBuilder::new()
             .layer(RetryLayer::new(self.retry.clone()))
@@ -182,10 +236,10 @@ impl Guards {
             .service_fn(move |req: reqwest::Request| {
                 // The permit is taken in the call, once the breaker has let it through (see
                 // the module docs).
-                let call = bulkhead.run(client.execute(req));
+                let call = bulkhead.run(send.clone().oneshot(req));
                 async move {
                     match call.await {
-                        Ok(answer) => answer.map_err(BoxError::from),
+                        Ok(answer) => answer,
                         Err(full) => Err(BoxError::from(full)),
                     }
                 }
@@ -287,6 +341,9 @@ struct Deps {
     payment_url: String,
     inventory: HttpClient,
     payment: HttpClient,
+    /// The balancer under `payment` and `refunds`, and the attempts sent to each replica.
+    replicas: Replicas,
+    sent: Vec<(String, Arc<AtomicU64>)>,
     refunds: HttpClient,
     shipping: ShippingClient,
     guards: Vec<Guards>,
@@ -838,11 +895,12 @@ struct Inner {
 }
 
 impl OrderService {
-    /// Connects to the participants and opens the saga log at `db`.
+    /// Connects to the participants (payment's replicas balanced) and opens the saga log at
+    /// `db`.
     pub(crate) async fn start(
         tuning: Tuning,
         inventory: SocketAddr,
-        payment: SocketAddr,
+        payment: &[SocketAddr],
         shipping: SocketAddr,
         db: PathBuf,
     ) -> Result<Self, BoxError> {
@@ -867,6 +925,23 @@ impl OrderService {
             .build()?;
         let channel =
             tonic::transport::Endpoint::from_shared(format!("http://{shipping}"))?.connect_lazy();
+
+        let sent: Vec<(String, Arc<AtomicU64>)> = payment
+            .iter()
+            .map(|addr| (addr.to_string(), Arc::new(AtomicU64::new(0))))
+            .collect();
+        let replicas: Replicas = Balancer::builder("payment")
+            .endpoints(payment.iter().zip(&sent).map(|(addr, (key, n))| {
+                (key.clone(), replica(client.clone(), *addr, Arc::clone(n)))
+            }))
+            // Envoy's consecutive_5xx: 5xx answers and connection failures count.
+            .classifier(HttpStatus::empty().failures(500..=599))
+            .consecutive_failures(3)
+            .base_ejection_time(tuning.open_duration)
+            .max_ejection_percent(50)
+            .seed(11)
+            .build()?;
+        let to_replicas = BoxCloneSyncService::new(replicas.clone());
 
         let epoch = Instant::now();
         let transitions = Arc::new(Mutex::new(Vec::new()));
@@ -906,10 +981,13 @@ impl OrderService {
         let deps = Arc::new(Deps {
             epoch,
             inventory_url: format!("http://{inventory}"),
-            payment_url: format!("http://{payment}"),
-            inventory: inventory_guards.http(client.clone()),
-            payment: payment_guards.http(client.clone()),
-            refunds: refund_guards.http(client),
+            // A name, not an address: the balancer sends each request to a replica.
+            payment_url: "http://payment.invalid".to_owned(),
+            inventory: inventory_guards.http(direct(client)),
+            payment: payment_guards.http(to_replicas.clone()),
+            refunds: refund_guards.http(to_replicas),
+            replicas,
+            sent,
             shipping: ShippingClient::new(shipping_guards.grpc(channel)),
             guards,
             traces: Mutex::new(Traces::default()),
@@ -1056,6 +1134,27 @@ impl OrderService {
         self.inner.deps.accept_pending.store(on, Ordering::Relaxed);
     }
 
+    /// Payment's replicas: each one's state in the balancer and the attempts sent to it.
+    pub(crate) fn replicas(&self) -> Vec<ReplicaStatus> {
+        let deps = &self.inner.deps;
+        let states = deps.replicas.status();
+        deps.sent
+            .iter()
+            .map(|(addr, sent)| {
+                let state = states.iter().find(|s| &s.key == addr);
+                ReplicaStatus {
+                    addr: addr.clone(),
+                    state: match state {
+                        Some(s) if s.state.is_ejected() => "ejected",
+                        _ => "active",
+                    },
+                    times_ejected: state.map_or(0, |s| s.times_ejected),
+                    sent: sent.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+
     /// `GET /circuit-status`.
     pub(crate) fn status(&self) -> Value {
         let deps: Vec<Value> = self.guards().iter().map(Guards::status).collect();
@@ -1063,6 +1162,7 @@ impl OrderService {
         json!({
             "now_ms": self.now_ms(),
             "dependencies": deps,
+            "payment_replicas": self.replicas(),
             "transitions": self.transitions(),
             "sagas": {
                 "started": m.started,

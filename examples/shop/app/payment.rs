@@ -101,6 +101,18 @@ impl Payment {
         })
     }
 
+    /// Another replica of the service: the same ledger and idempotency records (a repeat of a
+    /// key answered by one replica is a repeat for the other too), faults of its own (named
+    /// `name`, healthy at first, seeded apart from this one's).
+    pub(crate) fn replica(&self, name: &str) -> Result<Self, BoxError> {
+        Ok(Self {
+            db: self.db.clone(),
+            faults: FaultInjector::builder(name.to_owned())
+                .seed(SEED + 1)
+                .build()?,
+        })
+    }
+
     /// Switches the faults injected into charges (seeded, unless `config` has its own seed,
     /// so the same calls get the same faults); returns the previous ones.
     pub(crate) fn set_faults(

@@ -1,4 +1,4 @@
-//! The scripted story: six phases against the running shop and a consistency check, with
+//! The scripted story: seven phases against the running shop and a consistency check, with
 //! the numbers.
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,8 +26,8 @@ pub(crate) struct Config {
     /// Orders placed per second, in every phase.
     pub(crate) rate: f64,
     /// Phase lengths: normal, payment error, payment slow, recovery, payment down with
-    /// orders accepted as payment pending, payment back.
-    pub(crate) phases: [Duration; 6],
+    /// orders accepted as payment pending, payment back, one payment replica down.
+    pub(crate) phases: [Duration; 7],
     /// Share of failed charges in the error phase.
     pub(crate) error_share: f64,
     /// Delay of every charge in the slow phase.
@@ -48,6 +48,7 @@ impl Config {
                 Duration::from_secs(10),
                 Duration::from_secs(12),
                 Duration::from_secs(9),
+                Duration::from_secs(8),
                 Duration::from_secs(8),
                 Duration::from_secs(8),
             ],
@@ -74,6 +75,7 @@ impl Config {
                 Duration::from_millis(2500),
                 Duration::from_millis(2500),
                 Duration::from_millis(1500),
+                Duration::from_millis(2500),
                 Duration::from_millis(2500),
             ],
             error_share: 0.8,
@@ -114,14 +116,16 @@ impl Shop {
         let dir = data_dir()?;
         let inventory = Inventory::open(&dir.join("inventory.db"), &[(SKU, config.stock)]).await?;
         let payment = Payment::open(&dir.join("payment.db")).await?;
+        let payment_b = payment.replica("payment-b")?;
         let shipping = Shipping::open(&dir.join("shipping.db")).await?;
         let inventory_addr = super::serve(inventory.router()).await?;
         let payment_addr = super::serve(payment.router()).await?;
+        let payment_b_addr = super::serve(payment_b.router()).await?;
         let shipping_addr = shipping.serve().await?;
         let orders = OrderService::start(
             config.tuning,
             inventory_addr,
-            payment_addr,
+            &[payment_addr, payment_b_addr],
             shipping_addr,
             dir.join("sagas.db"),
         )
@@ -131,6 +135,7 @@ impl Shop {
             ("order", order_addr),
             ("inventory", inventory_addr),
             ("payment", payment_addr),
+            ("payment-b", payment_b_addr),
             ("shipping (gRPC)", shipping_addr),
         ]);
         Ok(Self {
@@ -148,18 +153,30 @@ impl Shop {
         self.addrs["order"]
     }
 
-    /// Switches the faults injected into the payment service's charges through its admin
-    /// route.
+    /// Switches the faults injected into the charges of both payment replicas through their
+    /// admin routes.
     pub(crate) async fn set_payment_mode(&self, mode: FaultConfig) -> Result<(), BoxError> {
-        let url = format!("http://{}/admin/mode", self.addrs["payment"]);
+        for replica in ["payment", "payment-b"] {
+            self.set_replica_mode(replica, &mode).await?;
+        }
+        Ok(())
+    }
+
+    /// Switches the faults of one payment replica (`payment` or `payment-b`).
+    pub(crate) async fn set_replica_mode(
+        &self,
+        replica: &str,
+        mode: &FaultConfig,
+    ) -> Result<(), BoxError> {
+        let addr = self.addrs.get(replica).ok_or("no such replica")?;
         let response = reqwest::Client::new()
-            .post(url)
+            .post(format!("http://{addr}/admin/mode"))
             .header("content-type", "application/json")
-            .body(serde_json::to_string(&mode)?)
+            .body(serde_json::to_string(mode)?)
             .send()
             .await?;
         if !response.status().is_success() {
-            return Err(format!("payment admin answered {}", response.status()).into());
+            return Err(format!("{replica} admin answered {}", response.status()).into());
         }
         Ok(())
     }
@@ -200,6 +217,9 @@ pub(crate) struct PhaseReport {
     pub(crate) bulkhead_rejections: u64,
     /// Payment breaker rejections during the phase.
     pub(crate) breaker_rejections: u64,
+    /// Per payment replica: its address, the attempts sent to it during the phase, and the
+    /// times it was ejected during the phase.
+    pub(crate) replicas: Vec<(String, u64, u32)>,
 }
 
 impl PhaseReport {
@@ -242,6 +262,7 @@ struct Counters {
     bulkhead_rejections: u64,
     breaker_rejections: u64,
     at_ms: u64,
+    replicas: Vec<super::order::ReplicaStatus>,
 }
 
 fn counters(orders: &OrderService) -> Counters {
@@ -252,6 +273,7 @@ fn counters(orders: &OrderService) -> Counters {
         bulkhead_rejections: payment.map_or(0, |g| g.bulkhead.metrics().rejections()),
         breaker_rejections: payment.map_or(0, |g| g.breaker.snapshot().rejected_calls),
         at_ms: orders.now_ms(),
+        replicas: orders.replicas(),
     }
 }
 
@@ -307,6 +329,20 @@ async fn phase(
     report.retries = after.retries - before.retries;
     report.bulkhead_rejections = after.bulkhead_rejections - before.bulkhead_rejections;
     report.breaker_rejections = after.breaker_rejections - before.breaker_rejections;
+    report.replicas = after
+        .replicas
+        .iter()
+        .zip(&before.replicas)
+        .map(|(a, b)| {
+            // Named as the shop names the replica, when it is one of the shop's.
+            let name = shop
+                .addrs
+                .iter()
+                .find(|(_, addr)| addr.to_string() == a.addr)
+                .map_or_else(|| a.addr.clone(), |(name, _)| (*name).to_owned());
+            (name, a.sent - b.sent, a.times_ejected - b.times_ejected)
+        })
+        .collect();
     report.transitions = shop
         .orders
         .transitions()
@@ -354,6 +390,15 @@ fn print_phase(p: &PhaseReport) {
         "    retries {}, payment breaker rejections {}, payment bulkhead rejections {}",
         p.retries, p.breaker_rejections, p.bulkhead_rejections
     );
+    let replicas: Vec<String> = p
+        .replicas
+        .iter()
+        .map(|(addr, sent, ejected)| match ejected {
+            0 => format!("{addr} {sent}"),
+            n => format!("{addr} {sent} (ejected {n}x)"),
+        })
+        .collect();
+    println!("    payment attempts per replica: {}", replicas.join(", "));
     for (breaker, from, to, reason) in &p.transitions {
         println!("    breaker {breaker}: {from} -> {to} ({reason})");
     }
@@ -470,9 +515,11 @@ pub(crate) async fn consistency(
 /// Plays the story on a running shop and prints it. The report's `inconsistencies` say
 /// whether the final check passed.
 pub(crate) async fn play(shop: &Shop, config: &Config) -> Result<Report, BoxError> {
-    let [normal, error, slow, recovery, down, back] = config.phases;
+    let [normal, error, slow, recovery, down, back, replica] = config.phases;
     let mut report = Report::default();
-    println!("staunch shop: order -> inventory (HTTP), payment (HTTP), shipping (gRPC)");
+    println!(
+        "staunch shop: order -> inventory (HTTP), payment (HTTP, two replicas), shipping (gRPC)"
+    );
     for (name, addr) in &shop.addrs {
         println!("  {name:<16} http://{addr}");
     }
@@ -549,12 +596,24 @@ pub(crate) async fn play(shop: &Shop, config: &Config) -> Result<Report, BoxErro
     report.phases.push(p);
     shop.orders.accept_pending(false);
 
+    println!(
+        "\n(7) one payment replica down (payment-b answers every charge 503), for {replica:?}: the balancer ejects it after 3 failures in a row, its calls are retried on the other replica, orders complete and the payment breaker stays closed; let back in after {:?}, it fails again and stays out longer each time",
+        config.tuning.open_duration
+    );
+    let down = FaultConfig::none().with_error(1.0, 503);
+    shop.set_replica_mode("payment-b", &down).await?;
+    let p = phase(shop, "7 one replica down", config.rate, replica).await?;
+    print_phase(&p);
+    report.phases.push(p);
+    shop.set_replica_mode("payment-b", &FaultConfig::none())
+        .await?;
+
     // A charge handler the client gave up on may still be sleeping: let it finish (it finds
     // its key voided by the refund and charges nothing).
     tokio::time::sleep(config.slow_delay + Duration::from_millis(200)).await;
     // Every saga ends first: the later charges of the pending orders too.
     let (sagas, later) = shop.orders.settle().await?;
-    println!("\n(7) consistency check");
+    println!("\n(8) consistency check");
     consistency(
         &shop.inventory,
         &shop.payment,
