@@ -19,6 +19,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         || std::env::temp_dir().join("staunch-shop-order.db"),
         PathBuf::from,
     );
+    // Before the engines are built: they register their metrics when built.
+    app::dashboard::prometheus();
     let orders = app::order::OrderService::start(
         app::story::Config::full().tuning,
         app::addr_arg("--inventory")?,
@@ -27,7 +29,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         db.clone(),
     )
     .await?;
-    let addr = app::serve_at(orders.router(), app::port_arg()?).await?;
+    let payment = app::addr_arg("--payment")?;
+    let dashboard = app::dashboard::Dashboard::start(&orders, vec![format!("http://{payment}")]);
+    let addr = app::serve_at(orders.router().merge(dashboard.router()), app::port_arg()?).await?;
     println!(
         "order on http://{addr} (POST /orders, GET /circuit-status, GET /sagas/{{id}}); saga log {}",
         db.display()
