@@ -1,6 +1,6 @@
 //! The shop's observability: `GET /metrics` (Prometheus text), `GET /dashboard/series` (the
 //! sampler's ring), the admin routes, and the dashboard in a real headless browser driven
-//! through chromedriver's WebDriver API: it clicks payment's "error" button, waits for the
+//! through chromedriver's `WebDriver` API: it clicks payment's "error" button, waits for the
 //! payment breaker band to turn open and the refused-by-breaker series to rise, clicks
 //! "none", waits for closed, and saves a screenshot under cargo's scratch directory.
 //!
@@ -123,14 +123,11 @@ async fn series_samples_every_dependency_each_second_with_wall_clock_times() {
     let series = loop {
         let (_, _, text) = get_text(&format!("{base}/dashboard/series")).await;
         let series: Value = serde_json::from_str(&text).expect("JSON");
-        let ok: f64 = series["samples"]
-            .as_array()
-            .map(|s| {
-                s.iter()
-                    .map(|s| s["deps"][1]["ok"].as_f64().unwrap_or(0.0))
-                    .sum()
-            })
-            .unwrap_or(0.0);
+        let ok: f64 = series["samples"].as_array().map_or(0.0, |s| {
+            s.iter()
+                .map(|s| s["deps"][1]["ok"].as_f64().unwrap_or(0.0))
+                .sum()
+        });
         if ok > 0.0 && series["samples"].as_array().is_some_and(|s| s.len() >= 3) {
             break series;
         }
@@ -239,7 +236,7 @@ async fn admin_routes_refuse_bad_values_naming_the_field() {
 enum Drive {
     /// chromedriver did not start or answer.
     Driver(String),
-    /// A WebDriver command failed.
+    /// A `WebDriver` command failed.
     Command(String, String),
     /// A condition was not met in time.
     TimedOut(&'static str, Duration, String),
@@ -257,7 +254,7 @@ impl std::fmt::Display for Drive {
     }
 }
 
-/// A chromedriver process and one browser session in it, spoken to over WebDriver's HTTP API.
+/// A chromedriver process and one browser session in it, spoken to over `WebDriver`'s HTTP API.
 struct Browser {
     _driver: tokio::process::Child,
     base: String,
@@ -265,7 +262,7 @@ struct Browser {
     http: reqwest::Client,
 }
 
-/// A WebDriver element's id key.
+/// A `WebDriver` element's id key.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 impl Browser {
@@ -318,10 +315,10 @@ impl Browser {
             http,
         };
         let created = browser.command("POST", "/session", &capabilities).await?;
-        browser.session = created["sessionId"]
+        created["sessionId"]
             .as_str()
             .ok_or_else(|| Drive::Command("new session".into(), created.to_string()))?
-            .to_owned();
+            .clone_into(&mut browser.session);
         Ok(browser)
     }
 
@@ -422,7 +419,7 @@ impl Browser {
     }
 }
 
-/// Standard base64, padded (what WebDriver's screenshot answers).
+/// Standard base64, padded (what `WebDriver`'s screenshot answers).
 fn base64_decode(text: &str) -> Option<Vec<u8>> {
     fn digit(c: u8) -> Option<u32> {
         Some(u32::from(match c {

@@ -79,10 +79,7 @@ impl Load {
         tokio::spawn(async move {
             let mut mix = Mix(seed | 1);
             let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-            loop {
-                let Some(shared) = shared.upgrade() else {
-                    break;
-                };
+            while let Some(shared) = shared.upgrade() {
                 let rate = f64::from_bits(shared.rate.load(Ordering::Relaxed));
                 if rate <= 0.0 {
                     drop(shared);
