@@ -19,15 +19,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         || std::env::temp_dir().join("staunch-shop-order.db"),
         PathBuf::from,
     );
+    // Before the engines are built: they register their metrics when built.
+    app::dashboard::prometheus();
+    let payment = app::addrs_arg("--payment")?;
     let orders = app::order::OrderService::start(
         app::story::Config::full().tuning,
         app::addr_arg("--inventory")?,
-        &app::addrs_arg("--payment")?,
+        &payment,
         app::addr_arg("--shipping")?,
         db.clone(),
     )
     .await?;
-    let addr = app::serve_at(orders.router(), app::port_arg()?).await?;
+    let admin = payment.iter().map(|a| format!("http://{a}")).collect();
+    let dashboard = app::dashboard::Dashboard::start(&orders, admin);
+    let addr = app::serve_at(orders.router().merge(dashboard.router()), app::port_arg()?).await?;
     println!(
         "order on http://{addr} (POST /orders, GET /circuit-status, GET /sagas/{{id}}); saga log {}",
         db.display()

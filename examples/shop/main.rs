@@ -8,10 +8,17 @@
 //! cargo run --release --example shop -- --short   # the story in seconds
 //! ```
 //!
-//! With `--serve`, open the dashboard printed at start, switch payment's failure mode with
-//! `curl -X POST http://ADDR/admin/mode -H 'content-type: application/json' -d
-//! '{"preset":"error"}'` (or `slow`, `intermittent`, `none`) and place orders with `curl -X POST http://ADDR/orders -H
-//! 'content-type: application/json' -d '{"sku":"widget","qty":1,"amount_cents":1999}'`.
+//! With `--serve`, the shop places orders at a steady rate (`--rate N` a second, default 5;
+//! a seeded mix of SKUs and quantities) and prints its addresses. Open the dashboard it prints
+//! (`http://ADDR/dashboard`): per dependency, the request rate by outcome, latency, breaker
+//! state, bulkhead occupancy and retry budget over the last five minutes, and the recent
+//! sagas. Its buttons switch payment's failure mode and the order rate; so does `curl`:
+//!
+//! ```text
+//! curl -X POST http://ADDR/admin/payment/mode -H 'content-type: application/json' -d '{"preset":"error"}'
+//! curl -X POST http://ADDR/admin/rate -H 'content-type: application/json' -d '{"per_second":0}'
+//! curl http://ADDR/metrics            # Prometheus text exposition
+//! ```
 
 mod app;
 
@@ -40,7 +47,23 @@ async fn main() -> ExitCode {
         for (name, addr) in &shop.addrs {
             println!("  {name:<16} http://{addr}");
         }
-        println!("  dashboard        http://{}/dashboard", shop.order_addr());
+        let rate = match app::arg("--rate").map(|r| r.parse::<f64>()) {
+            None => 5.0,
+            Some(Ok(rate)) => rate,
+            Some(Err(err)) => {
+                eprintln!("--rate: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(err) = shop.dashboard.load().set_rate(rate) {
+            eprintln!("--rate: {err}");
+            return ExitCode::FAILURE;
+        }
+        println!("  metrics          http://{}/metrics", shop.order_addr());
+        println!("placing {rate} orders a second; the dashboard:");
+        println!();
+        println!("    http://{}/dashboard", shop.order_addr());
+        println!();
         let _ = tokio::signal::ctrl_c().await;
         shop.cleanup();
         return ExitCode::SUCCESS;

@@ -12,8 +12,10 @@
 pub(crate) mod dashboard;
 pub(crate) mod db;
 pub(crate) mod inventory;
+pub(crate) mod load;
 pub(crate) mod order;
 pub(crate) mod payment;
+pub(crate) mod series;
 pub(crate) mod shipping;
 pub(crate) mod story;
 

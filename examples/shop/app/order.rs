@@ -56,7 +56,6 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::Html;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
@@ -374,7 +373,13 @@ struct Traces {
     recent: VecDeque<String>,
     /// Latency of every successful inventory reservation, drained by the story per phase.
     reserve_latencies: Vec<Duration>,
+    /// Every step call (step, latency), drained by the dashboard's sampler; bounded.
+    calls: Vec<(String, Duration)>,
 }
+
+/// At most this many step calls wait for the dashboard's sampler (which drains them every
+/// second); beyond, the oldest are dropped.
+const CALLS: usize = 16_384;
 
 const RECENT: usize = 40;
 
@@ -420,6 +425,10 @@ impl Deps {
         if ctx.step() == "reserve" && ctx.phase() == Phase::Action && result.is_ok() {
             t.reserve_latencies.push(took);
         }
+        if t.calls.len() >= CALLS {
+            t.calls.drain(..CALLS / 2);
+        }
+        t.calls.push((ctx.step().to_owned(), took));
         if let Some(trace) = t.by_id.get_mut(ctx.saga_id()) {
             trace.steps.push(StepTrace {
                 step: ctx.step().to_owned(),
@@ -1073,6 +1082,17 @@ impl OrderService {
         std::mem::take(&mut self.inner.deps.traces().reserve_latencies)
     }
 
+    /// Takes the step calls (step name, latency) since the last call: what the dashboard's
+    /// sampler turns into latency percentiles per dependency.
+    pub(crate) fn take_step_latencies(&self) -> Vec<(String, Duration)> {
+        std::mem::take(&mut self.inner.deps.traces().calls)
+    }
+
+    /// The counters of the payment-pending fallback policy (see "Payment pending").
+    pub(crate) fn fallback_metrics(&self) -> staunch::fallback::FallbackMetrics {
+        self.inner.deps.pending.metrics()
+    }
+
     /// Places one order: runs its saga to the end.
     pub(crate) async fn place(
         &self,
@@ -1211,7 +1231,7 @@ impl OrderService {
     }
 
     /// The HTTP routes: `POST /orders`, `GET /circuit-status`, `GET /sagas`,
-    /// `GET /sagas/{id}`, `GET /dashboard`, and the saga engine's operator endpoint under
+    /// `GET /sagas/{id}`, and the saga engine's operator endpoint under
     /// `/ops` (`GET /ops/sagas?status=stuck`, `POST /ops/sagas/{id}/cancel` with
     /// `{"actor": .., "reason": ..}`, and so on: see `staunch::saga::http`).
     pub(crate) fn router(&self) -> Router {
@@ -1220,7 +1240,6 @@ impl OrderService {
             .route("/circuit-status", get(status))
             .route("/sagas", get(recent))
             .route("/sagas/{id}", get(saga))
-            .route("/dashboard", get(dashboard))
             .with_state(self.clone())
             .nest(
                 "/ops",
@@ -1279,9 +1298,4 @@ async fn saga(
             Json(json!({ "error": err.to_string() })),
         ),
     }
-}
-
-async fn dashboard(State(orders): State<OrderService>) -> Html<String> {
-    let initial = json!({ "status": orders.status(), "sagas": orders.recent() });
-    Html(super::dashboard::page(&initial))
 }

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::dashboard::Dashboard;
 use super::inventory::Inventory;
 use super::order::{BoxError, OrderService, Tuning};
 use super::payment::Payment;
@@ -104,6 +105,8 @@ pub(crate) struct Shop {
     pub(crate) shipping: Shipping,
     /// The order service.
     pub(crate) orders: OrderService,
+    /// Its dashboard, `/metrics` and order driver (stopped until given a rate).
+    pub(crate) dashboard: Dashboard,
     /// Where each service listens.
     pub(crate) addrs: BTreeMap<&'static str, SocketAddr>,
     dir: PathBuf,
@@ -113,8 +116,14 @@ impl Shop {
     /// Starts every service in a fresh temporary data directory: the participants' files
     /// (their business tables and their idempotency records) beside the saga log.
     pub(crate) async fn start(config: &Config) -> Result<Self, BoxError> {
+        // Before any engine is built: they register their metrics when built.
+        super::dashboard::prometheus();
         let dir = data_dir()?;
-        let inventory = Inventory::open(&dir.join("inventory.db"), &[(SKU, config.stock)]).await?;
+        let inventory = Inventory::open(
+            &dir.join("inventory.db"),
+            &super::load::SKUS.map(|sku| (sku, config.stock)),
+        )
+        .await?;
         let payment = Payment::open(&dir.join("payment.db")).await?;
         let payment_b = payment.replica("payment-b")?;
         let shipping = Shipping::open(&dir.join("shipping.db")).await?;
@@ -130,7 +139,14 @@ impl Shop {
             dir.join("sagas.db"),
         )
         .await?;
-        let order_addr = super::serve(orders.router()).await?;
+        let dashboard = Dashboard::start(
+            &orders,
+            vec![
+                format!("http://{payment_addr}"),
+                format!("http://{payment_b_addr}"),
+            ],
+        );
+        let order_addr = super::serve(orders.router().merge(dashboard.router())).await?;
         let addrs = BTreeMap::from([
             ("order", order_addr),
             ("inventory", inventory_addr),
@@ -143,6 +159,7 @@ impl Shop {
             payment,
             shipping,
             orders,
+            dashboard,
             addrs,
             dir,
         })
