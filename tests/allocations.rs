@@ -17,6 +17,7 @@ use std::time::Duration;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use staunch::bulkhead::{Bulkhead, BulkheadLayer};
 use staunch::circuit_breaker::{CircuitBreaker, CircuitBreakerLayer};
+use staunch::rate_limit::{KeyedRateLimitLayer, RateLimitLayer, RateLimiter};
 use staunch::retry::{RetryLayer, RetryPolicy};
 use staunch::timeout::{TimeLimit, TimeoutLayer};
 use tower::{Layer, Service, ServiceBuilder};
@@ -39,6 +40,26 @@ fn bulkhead() -> Bulkhead {
         .max_concurrent(8)
         .build()
         .unwrap()
+}
+
+/// A limiter whose permit is always free: the path every call takes while under the rate.
+fn limiter() -> RateLimiter {
+    RateLimiter::builder("alloc")
+        .per_second(1e9)
+        .burst(1_000_000)
+        .build()
+        .unwrap()
+}
+
+/// The same, one limit per key (four keys, so the map is looked up, never grown, after the
+/// first round).
+fn keyed() -> KeyedRateLimitLayer<u64, fn(&u64) -> u64> {
+    let limiter = RateLimiter::builder("alloc-keyed")
+        .per_second(1e9)
+        .burst(1_000_000)
+        .build_keyed()
+        .unwrap();
+    KeyedRateLimitLayer::new(limiter, |req: &u64| req % 4)
 }
 
 fn policy() -> RetryPolicy {
@@ -158,7 +179,15 @@ fn calls_allocate_nothing_whether_ready_at_once_or_pending_once() {
         .unwrap();
     let _ctx = rt.enter();
 
-    let cases: [(&str, usize); 5] = [
+    let cases: [(&str, usize); 7] = [
+        (
+            "rate limiter",
+            allocations_per_1000_calls(RateLimitLayer::new(limiter()).layer(bare())),
+        ),
+        (
+            "keyed rate limiter",
+            allocations_per_1000_calls(keyed().layer(bare())),
+        ),
         (
             "circuit breaker",
             allocations_per_1000_calls(CircuitBreakerLayer::new(breaker()).layer(bare())),
@@ -214,7 +243,17 @@ fn calls_allocate_nothing_whether_ready_at_once_or_pending_once() {
             .layer(BulkheadLayer::new(bulkhead()))
             .service(bare_pending())
     };
-    let pending: [(&str, usize); 6] = [
+    let pending: [(&str, usize); 8] = [
+        (
+            "rate limiter",
+            allocations_per_1000_pending_calls(
+                RateLimitLayer::new(limiter()).layer(bare_pending()),
+            ),
+        ),
+        (
+            "keyed rate limiter",
+            allocations_per_1000_pending_calls(keyed().layer(bare_pending())),
+        ),
         (
             "circuit breaker",
             allocations_per_1000_pending_calls(
