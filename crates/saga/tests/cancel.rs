@@ -12,6 +12,7 @@ use staunch_saga::{
     LifecycleAction, MemoryStore, NewSaga, Phase, Refusal, SagaDefinition, SagaEngine, SagaError,
     SagaEvent, SagaOutcome, SagaStatus, SagaStore, Step, StepRetry,
 };
+#[cfg_attr(not(feature = "sqlite"), allow(unused_imports))]
 use support::{Calls, Script, TempDir, Trail, calls, seen, step, trail};
 use tokio::sync::Semaphore;
 
@@ -564,6 +565,7 @@ fn a_retry_backoff_is_written_to_the_log_with_the_failure() {
 
 // --- durable across restarts: a real SQLite file ---------------------------------------
 
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 fn mt_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -573,6 +575,7 @@ fn mt_runtime() -> tokio::runtime::Runtime {
 }
 
 /// Started while s1 ran (the process stopped there): the rows a crash leaves.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 async fn crashed_on_s1(store: &dyn SagaStore, id: &str) {
     let input = serde_json::value::to_raw_value(&trail()).unwrap();
     let mut t = trail();
@@ -610,6 +613,7 @@ async fn crashed_on_s1(store: &dyn SagaStore, id: &str) {
         .unwrap();
 }
 
+#[cfg(feature = "sqlite")]
 #[test]
 fn a_cancel_and_a_pause_stored_before_recovery_are_carried_out_by_the_next_engine_on_sqlite() {
     mt_runtime().block_on(async {

@@ -16,8 +16,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::value::RawValue;
 use staunch_saga::{
-    ListFilter, MemoryStore, NewSaga, ParallelGroup, Phase, SagaDefinition, SagaEngine, SagaError,
-    SagaEvent, SagaOutcome, SagaStatus, SagaStore, StepErrorKind,
+    MemoryStore, NewSaga, ParallelGroup, Phase, SagaDefinition, SagaEngine, SagaError, SagaEvent,
+    SagaOutcome, SagaStatus, SagaStore, StepErrorKind,
 };
 use support::{Script, Trail, calls, step, trail};
 
@@ -516,13 +516,13 @@ mod sqlite {
             conn.close().await.unwrap();
 
             let store = SqliteStore::open(&path).await.unwrap();
-            let all = store.list(&ListFilter::all()).await.unwrap();
+            let all = store.list(&staunch_saga::ListFilter::all()).await.unwrap();
             assert_eq!(all.len(), 2, "{damage:?}: {all:?}");
             let engine = SagaEngine::new(store.clone());
             engine.register(&def).unwrap();
             let report = engine.recover().await.unwrap();
             assert_eq!(report.resumed, ["healthy"], "{damage:?}: {report:?}");
-            let all = store.list(&ListFilter::all()).await.unwrap();
+            let all = store.list(&staunch_saga::ListFilter::all()).await.unwrap();
             assert_eq!(
                 all[0].status,
                 SagaStatus::Quarantined,
@@ -530,7 +530,7 @@ mod sqlite {
             );
             assert!(all[0].note.is_some(), "{damage:?}: {all:?}");
             let quarantined = store
-                .list(&ListFilter::status(SagaStatus::Quarantined))
+                .list(&staunch_saga::ListFilter::status(SagaStatus::Quarantined))
                 .await
                 .unwrap();
             assert_eq!(quarantined.len(), 1, "{damage:?}: {quarantined:?}");
@@ -613,7 +613,7 @@ mod sqlite {
                         .await?;
                     // Every summary still lists (none is lost, none fails the listing), none
                     // is left resumable, and an unusable summary says why.
-                    let all = store.list(&ListFilter::all()).await;
+                    let all = store.list(&staunch_saga::ListFilter::all()).await;
                     let all = all.map_err(|e| TestCaseError::fail(format!("list failed: {e}")))?;
                     prop_assert_eq!(all.len(), sagas.len() + 1);
                     for ((_, d), summary) in sagas.iter().zip(&all) {
@@ -624,7 +624,7 @@ mod sqlite {
                         }
                     }
                     let quarantined = store
-                        .list(&ListFilter::status(SagaStatus::Quarantined))
+                        .list(&staunch_saga::ListFilter::status(SagaStatus::Quarantined))
                         .await
                         .map_err(|e| TestCaseError::fail(format!("list failed: {e}")))?;
                     let damaged = sagas

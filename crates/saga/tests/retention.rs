@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, SystemTime};
 
 use staunch_saga::{
-    ListFilter, MemoryStore, SagaEngine, SagaError, SagaOutcome, SagaStatus, SagaStore, SqliteStore,
+    ListFilter, MemoryStore, SagaEngine, SagaError, SagaOutcome, SagaStatus, SagaStore,
 };
 use support::{Script, calls, linear, seen, trail};
 
@@ -210,6 +210,7 @@ fn a_retention_policy_is_refused_by_field_when_it_would_purge_what_has_not_ended
 }
 
 /// Waits (bounded) until `engine` has purged `n` sagas.
+#[cfg(feature = "sqlite")]
 async fn purged(engine: &SagaEngine, n: u64) {
     for _ in 0..500 {
         if engine.metrics().purged >= n {
@@ -220,6 +221,7 @@ async fn purged(engine: &SagaEngine, n: u64) {
     panic!("purged {} of {n}", engine.metrics().purged);
 }
 
+#[cfg(feature = "sqlite")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_recovery_loop_purges_ended_sagas_older_than_the_policy_on_a_sqlite_file() {
     let dir = support::TempDir::new("retention");
@@ -229,7 +231,7 @@ async fn the_recovery_loop_purges_ended_sagas_older_than_the_policy_on_a_sqlite_
     let fails = linear("order-fails", &[Script::Fail], &calls);
     let keep = Duration::from_millis(200);
     {
-        let engine = SagaEngine::builder(SqliteStore::open(&path).await.unwrap())
+        let engine = SagaEngine::builder(staunch_saga::SqliteStore::open(&path).await.unwrap())
             .retention(keep)
             .retention_statuses([SagaStatus::Completed])
             .build()
@@ -254,7 +256,7 @@ async fn the_recovery_loop_purges_ended_sagas_older_than_the_policy_on_a_sqlite_
     }
     // Past the retention of what was started above (wall clock: the store's timestamps).
     tokio::time::sleep(keep + Duration::from_millis(50)).await;
-    let engine = SagaEngine::builder(SqliteStore::open(&path).await.unwrap())
+    let engine = SagaEngine::builder(staunch_saga::SqliteStore::open(&path).await.unwrap())
         .retention(keep)
         .retention_statuses([SagaStatus::Completed])
         .build()
