@@ -162,6 +162,15 @@ async fn series_samples_every_dependency_each_second_with_wall_clock_times() {
         assert!(last[field].is_number(), "{field} in {last}");
     }
     assert_eq!(last["state"], "closed", "{last}");
+    // Both payment replicas, each with its balancer state and the attempts it got.
+    let replicas = series["payment_replicas"]
+        .as_array()
+        .expect("payment_replicas");
+    assert_eq!(replicas.len(), 2, "{replicas:?}");
+    for r in replicas {
+        assert_eq!(r["state"], "active", "{r}");
+        assert!(r["sent"].is_u64() && r["times_ejected"].is_u64(), "{r}");
+    }
     let gaps: Vec<u64> = samples
         .windows(2)
         .map(|w| w[1]["t_ms"].as_u64().unwrap_or(0) - w[0]["t_ms"].as_u64().unwrap_or(0))
@@ -461,6 +470,10 @@ const BAND: &str =
 const REFUSED: &str = "return Number(document.querySelector('[data-rates=\"payment\"]')\
                        .getAttribute('data-refused-breaker') || 0);";
 
+/// Payment replicas listed on the page.
+const REPLICAS: &str =
+    "return document.querySelectorAll('[data-replicas=\"payment\"] [data-replica]').length;";
+
 async fn drive(browser: &Browser, shop: &Shop) -> Result<PathBuf, Drive> {
     let limit = Duration::from_mins(1);
     browser
@@ -471,6 +484,9 @@ async fn drive(browser: &Browser, shop: &Shop) -> Result<PathBuf, Drive> {
         .wait_for("a closed payment breaker with samples", BAND, limit, |v| {
             v == "closed"
         })
+        .await?;
+    browser
+        .wait_for("both payment replicas listed", REPLICAS, limit, |v| v == 2)
         .await?;
     browser.click("button[data-mode=\"error\"]").await?;
     browser

@@ -119,6 +119,8 @@ impl Dashboard {
             "payment_mode": *self.mode.lock().unwrap_or_else(PoisonError::into_inner),
             "samples": self.series.samples(),
             "sagas": self.orders.recent(),
+            // Payment's replicas behind the balancer: state, times ejected, attempts sent.
+            "payment_replicas": self.orders.replicas(),
         })
     }
 }
