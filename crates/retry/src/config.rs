@@ -15,6 +15,8 @@ use crate::classify::{RetryClassify, RetryOn, RetryResponse};
 use crate::engine::{ClassifiedPolicy, Machine};
 use crate::future::{FnAttempts, RetryCall};
 use crate::metrics::{GiveUp, RetryMetrics, Retrying};
+#[cfg(feature = "metrics")]
+use staunch_core::telemetry::{label, metric};
 
 type Hook<T> = Arc<dyn Fn(&T) + Send + Sync>;
 
@@ -217,7 +219,7 @@ impl Shared {
             "retrying"
         );
         #[cfg(feature = "metrics")]
-        metrics::counter!("staunch_retry_retries_total", "name" => self.name.to_string())
+        metrics::counter!(metric::RETRY_RETRIES, label::DEPENDENCY => self.name.to_string())
             .increment(1);
         if let Some(hook) = &self.on_retry {
             hook(event);
@@ -234,9 +236,9 @@ impl Shared {
         );
         #[cfg(feature = "metrics")]
         metrics::counter!(
-            "staunch_retry_gave_up_total",
-            "name" => self.name.to_string(),
-            "reason" => event.reason.as_str()
+            metric::RETRY_GAVE_UP,
+            label::DEPENDENCY => self.name.to_string(),
+            label::REASON => event.reason.as_str()
         )
         .increment(1);
         if let Some(hook) = &self.on_give_up {
@@ -248,7 +250,7 @@ impl Shared {
         self.hedges.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(name = %self.name, "sending a hedge");
         #[cfg(feature = "metrics")]
-        metrics::counter!("staunch_retry_hedges_total", "name" => self.name.to_string())
+        metrics::counter!(metric::RETRY_HEDGES, label::DEPENDENCY => self.name.to_string())
             .increment(1);
     }
 }
@@ -401,6 +403,8 @@ impl RetryPolicyBuilder {
     /// A [`ConfigError`] naming the field when `max_attempts` is 0, or `max_total_time`,
     /// `attempt_timeout`, `attempts_cut_by` or `max_retry_after` is zero.
     pub fn build(self) -> Result<RetryPolicy, ConfigError> {
+        #[cfg(feature = "metrics")]
+        staunch_core::telemetry::describe_metrics();
         if self.max_attempts == 0 {
             return Err(ConfigError::new(
                 "max_attempts",

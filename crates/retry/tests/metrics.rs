@@ -95,11 +95,11 @@ fn retries_and_give_ups_are_counted_with_the_policy_name() {
             .map(|(_, _, v)| v)
             .sum::<u64>()
     };
-    assert_eq!(name("staunch_retry_retries_total"), 2);
-    assert_eq!(name("staunch_retry_gave_up_total"), 1);
+    assert_eq!(name("staunch.retry.retries"), 2);
+    assert_eq!(name("staunch.retry.gave_up"), 1);
     assert!(
         log.iter()
-            .any(|(k, labels, _)| k == "staunch_retry_gave_up_total"
+            .any(|(k, labels, _)| k == "staunch.retry.gave_up"
                 && labels.contains(&("reason".to_owned(), "max_attempts".to_owned())))
     );
 }
