@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use staunch_core::{BulkheadFull, BulkheadFullReason, ConfigError, Outcome, instant_after};
-use tokio::time::Instant;
 #[cfg(feature = "metrics")]
 use staunch_core::telemetry::{label, metric};
+use staunch_core::{BulkheadFull, BulkheadFullReason, ConfigError, Outcome, instant_after};
+use tokio::time::Instant;
 
 use crate::acquire::{Acquire, Run};
 use crate::adaptive::Limiter;

@@ -100,7 +100,16 @@ fn rejections_limit_changes_and_gauges_reach_the_recorder() {
         Some(2.0),
         "{seen:?}"
     );
-    assert_eq!(get("staunch.bulkhead.limit{staunch.dependency=payment}"), Some(4.0));
-    assert_eq!(get("staunch.bulkhead.in_flight{staunch.dependency=payment}"), Some(1.0));
-    assert_eq!(get("staunch.bulkhead.queued{staunch.dependency=payment}"), Some(0.0));
+    assert_eq!(
+        get("staunch.bulkhead.limit{staunch.dependency=payment}"),
+        Some(4.0)
+    );
+    assert_eq!(
+        get("staunch.bulkhead.in_flight{staunch.dependency=payment}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        get("staunch.bulkhead.queued{staunch.dependency=payment}"),
+        Some(0.0)
+    );
 }

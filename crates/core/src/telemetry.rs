@@ -159,14 +159,26 @@ pub mod span {
     pub const ERROR_TYPE: &str = "error.type";
 }
 
+/// The `error.type` value for a failed call's error: the kind of staunch rejection found in
+/// its source chain ([`Rejection::as_str`](crate::Rejection::as_str)), else `_OTHER`
+/// (OpenTelemetry's value for an error of no known kind). Layers that know more (a timeout)
+/// say so themselves.
+pub fn error_type(err: &(dyn std::error::Error + 'static)) -> &'static str {
+    crate::rejection_of(err).map_or("_OTHER", |r| r.as_str())
+}
+
 /// Registers the unit and description of every metric in [`metric`] with the installed
 /// `metrics` recorder. Cheap, and safe to call more than once.
 #[cfg(feature = "metrics")]
 pub fn describe_metrics() {
-    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     use metric::*;
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
-    describe_counter!(CALLS, Unit::Count, "Calls through a staunch layer, by outcome.");
+    describe_counter!(
+        CALLS,
+        Unit::Count,
+        "Calls through a staunch layer, by outcome."
+    );
     describe_histogram!(
         CALL_DURATION,
         Unit::Seconds,
@@ -176,8 +188,16 @@ pub fn describe_metrics() {
         BREAKER_STATE,
         "Circuit breaker state: 0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled, 5 metrics-only."
     );
-    describe_counter!(BREAKER_TRANSITIONS, Unit::Count, "Circuit breaker state transitions.");
-    describe_counter!(BREAKER_REJECTIONS, Unit::Count, "Calls the circuit breaker refused.");
+    describe_counter!(
+        BREAKER_TRANSITIONS,
+        Unit::Count,
+        "Circuit breaker state transitions."
+    );
+    describe_counter!(
+        BREAKER_REJECTIONS,
+        Unit::Count,
+        "Calls the circuit breaker refused."
+    );
     describe_gauge!(
         BREAKER_FAILURE_RATE,
         Unit::Percent,
@@ -188,39 +208,99 @@ pub fn describe_metrics() {
         Unit::Percent,
         "Slow-call rate over the breaker's sliding window."
     );
-    describe_gauge!(BREAKER_WINDOW_CALLS, Unit::Count, "Calls in the breaker's sliding window.");
-    describe_gauge!(BULKHEAD_IN_FLIGHT, Unit::Count, "Calls holding a bulkhead permit.");
-    describe_gauge!(BULKHEAD_QUEUED, Unit::Count, "Callers waiting for a bulkhead permit.");
-    describe_gauge!(BULKHEAD_LIMIT, Unit::Count, "The bulkhead's concurrency limit.");
-    describe_counter!(BULKHEAD_REJECTIONS, Unit::Count, "Calls the bulkhead refused.");
+    describe_gauge!(
+        BREAKER_WINDOW_CALLS,
+        Unit::Count,
+        "Calls in the breaker's sliding window."
+    );
+    describe_gauge!(
+        BULKHEAD_IN_FLIGHT,
+        Unit::Count,
+        "Calls holding a bulkhead permit."
+    );
+    describe_gauge!(
+        BULKHEAD_QUEUED,
+        Unit::Count,
+        "Callers waiting for a bulkhead permit."
+    );
+    describe_gauge!(
+        BULKHEAD_LIMIT,
+        Unit::Count,
+        "The bulkhead's concurrency limit."
+    );
+    describe_counter!(
+        BULKHEAD_REJECTIONS,
+        Unit::Count,
+        "Calls the bulkhead refused."
+    );
     describe_histogram!(
         BULKHEAD_WAIT_DURATION,
         Unit::Seconds,
         "Time callers waited for a bulkhead permit."
     );
-    describe_counter!(RETRY_RETRIES, Unit::Count, "Attempts sent again by a retry policy.");
-    describe_counter!(RETRY_GAVE_UP, Unit::Count, "Failing calls a retry policy stopped retrying.");
+    describe_counter!(
+        RETRY_RETRIES,
+        Unit::Count,
+        "Attempts sent again by a retry policy."
+    );
+    describe_counter!(
+        RETRY_GAVE_UP,
+        Unit::Count,
+        "Failing calls a retry policy stopped retrying."
+    );
     describe_counter!(RETRY_HEDGES, Unit::Count, "Hedged attempts sent.");
     describe_gauge!(
         RETRY_BUDGET_BALANCE,
         Unit::Count,
         "Retries the retry budget can still afford."
     );
-    describe_counter!(TIMEOUT_ELAPSED, Unit::Count, "Calls cut off at their timeout.");
+    describe_counter!(
+        TIMEOUT_ELAPSED,
+        Unit::Count,
+        "Calls cut off at their timeout."
+    );
     describe_counter!(
         TIMEOUT_REFUSED,
         Unit::Count,
         "Calls not started because the caller's deadline had passed."
     );
-    describe_counter!(RATE_LIMIT_REJECTIONS, Unit::Count, "Calls the rate limiter refused.");
-    describe_counter!(RATE_LIMIT_DELAYED, Unit::Count, "Calls the rate limiter delayed.");
-    describe_counter!(RATE_LIMIT_HINTS, Unit::Count, "Slow-down hints received from servers.");
+    describe_counter!(
+        RATE_LIMIT_REJECTIONS,
+        Unit::Count,
+        "Calls the rate limiter refused."
+    );
+    describe_counter!(
+        RATE_LIMIT_DELAYED,
+        Unit::Count,
+        "Calls the rate limiter delayed."
+    );
+    describe_counter!(
+        RATE_LIMIT_HINTS,
+        Unit::Count,
+        "Slow-down hints received from servers."
+    );
     describe_gauge!(FAULT_ACTIVE, "1 while the fault injector injects, else 0.");
     describe_counter!(FAULT_INJECTED, Unit::Count, "Faults injected.");
-    describe_counter!(FALLBACK_USED, Unit::Count, "Calls answered by the fallback.");
-    describe_counter!(FALLBACK_FAILED, Unit::Count, "Fallbacks that failed themselves.");
-    describe_counter!(OUTLIER_EJECTIONS, Unit::Count, "Endpoints ejected from the pool.");
-    describe_counter!(OUTLIER_RETURNS, Unit::Count, "Ejected endpoints returned to the pool.");
+    describe_counter!(
+        FALLBACK_USED,
+        Unit::Count,
+        "Calls answered by the fallback."
+    );
+    describe_counter!(
+        FALLBACK_FAILED,
+        Unit::Count,
+        "Fallbacks that failed themselves."
+    );
+    describe_counter!(
+        OUTLIER_EJECTIONS,
+        Unit::Count,
+        "Endpoints ejected from the pool."
+    );
+    describe_counter!(
+        OUTLIER_RETURNS,
+        Unit::Count,
+        "Ejected endpoints returned to the pool."
+    );
     describe_gauge!(OUTLIER_EJECTED, Unit::Count, "Endpoints ejected now.");
     describe_gauge!(OUTLIER_ENDPOINTS, Unit::Count, "Endpoints in the pool.");
     describe_counter!(
@@ -230,7 +310,19 @@ pub fn describe_metrics() {
     );
     describe_counter!(SAGAS, Unit::Count, "Saga lifecycle events, by status.");
     describe_counter!(SAGA_PURGED, Unit::Count, "Sagas purged from the log.");
-    describe_gauge!(SAGA_IN_FLIGHT, Unit::Count, "Sagas running in this process.");
-    describe_histogram!(SAGA_STEP_DURATION, Unit::Seconds, "Duration of saga step attempts.");
-    describe_counter!(SAGA_STEP_FAILURES, Unit::Count, "Failed saga step attempts.");
+    describe_gauge!(
+        SAGA_IN_FLIGHT,
+        Unit::Count,
+        "Sagas running in this process."
+    );
+    describe_histogram!(
+        SAGA_STEP_DURATION,
+        Unit::Seconds,
+        "Duration of saga step attempts."
+    );
+    describe_counter!(
+        SAGA_STEP_FAILURES,
+        Unit::Count,
+        "Failed saga step attempts."
+    );
 }

@@ -105,11 +105,8 @@ impl Shared {
             "fault injection switched"
         );
         #[cfg(feature = "metrics")]
-        metrics::gauge!(metric::FAULT_ACTIVE, label::DEPENDENCY => self.name.to_string()).set(if active {
-            1.0
-        } else {
-            0.0
-        });
+        metrics::gauge!(metric::FAULT_ACTIVE, label::DEPENDENCY => self.name.to_string())
+            .set(if active { 1.0 } else { 0.0 });
     }
 }
 

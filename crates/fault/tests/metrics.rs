@@ -114,5 +114,8 @@ fn every_kind_of_fault_reaches_the_recorder() {
             "{seen:?}"
         );
     }
-    assert_eq!(get("staunch.fault.active{staunch.dependency=payment}"), Some(0.0));
+    assert_eq!(
+        get("staunch.fault.active{staunch.dependency=payment}"),
+        Some(0.0)
+    );
 }

@@ -184,6 +184,7 @@ mod metrics;
 mod request;
 mod service;
 mod settings;
+mod telemetry;
 
 pub use crate::body::{DEFAULT_REPLAY_CAP, ReplayBody, buffer_request};
 pub use crate::budget::{RetryBudget, RetryBudgetBuilder};

@@ -88,10 +88,18 @@ fn saga_metrics_are_emitted_with_the_definition_name() {
             tokio::task::yield_now().await;
         });
     });
-    assert_eq!(capture.get("staunch.saga.sagas{staunch.saga.name=orders,staunch.saga.status=started}"), 3);
-    assert_eq!(capture.get("staunch.saga.sagas{staunch.saga.name=orders,staunch.saga.status=completed}"), 3);
     assert_eq!(
-        capture.get("staunch.saga.sagas{staunch.saga.name=orders-bad,staunch.saga.status=compensated}"),
+        capture.get("staunch.saga.sagas{staunch.saga.name=orders,staunch.saga.status=started}"),
+        3
+    );
+    assert_eq!(
+        capture.get("staunch.saga.sagas{staunch.saga.name=orders,staunch.saga.status=completed}"),
+        3
+    );
+    assert_eq!(
+        capture.get(
+            "staunch.saga.sagas{staunch.saga.name=orders-bad,staunch.saga.status=compensated}"
+        ),
         1
     );
     assert_eq!(
@@ -99,7 +107,8 @@ fn saga_metrics_are_emitted_with_the_definition_name() {
         3
     );
     assert_eq!(
-        capture.get("staunch.saga.step.failures{staunch.saga.name=orders-bad,staunch.saga.step=s1}"),
+        capture
+            .get("staunch.saga.step.failures{staunch.saga.name=orders-bad,staunch.saga.step=s1}"),
         1
     );
     // The in-flight gauge went up and back down to zero (stored as f64 bits).
