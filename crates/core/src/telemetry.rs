@@ -114,7 +114,7 @@ pub mod label {
     pub const REASON: &str = "staunch.reason";
     /// A breaker state's stable name (`closed`, `open`, `half_open`, ...).
     pub const BREAKER_STATE: &str = "staunch.circuit_breaker.state";
-    /// The kind of fault injected (`delay`, `error`, `abort`).
+    /// The kind of fault injected (`latency`, `error`, `abort`).
     pub const FAULT_KIND: &str = "staunch.fault.kind";
     /// A saga definition's name.
     pub const SAGA_NAME: &str = "staunch.saga.name";
@@ -171,6 +171,8 @@ pub fn error_type(err: &(dyn std::error::Error + 'static)) -> &'static str {
 /// `metrics` recorder. Cheap, and safe to call more than once.
 #[cfg(feature = "metrics")]
 pub fn describe_metrics() {
+    // Every name in the module is described here.
+    #[allow(clippy::wildcard_imports)]
     use metric::*;
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
@@ -325,4 +327,107 @@ pub fn describe_metrics() {
         Unit::Count,
         "Failed saga step attempts."
     );
+}
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    use std::sync::Mutex;
+
+    use metrics::{
+        Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
+
+    #[allow(clippy::wildcard_imports)]
+    use super::metric::*;
+
+    #[derive(Default)]
+    struct Described(Mutex<Vec<(String, Option<Unit>)>>);
+
+    impl Described {
+        fn push(&self, name: KeyName, unit: Option<Unit>) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((name.as_str().to_owned(), unit));
+        }
+    }
+
+    impl Recorder for Described {
+        fn describe_counter(&self, name: KeyName, unit: Option<Unit>, _: SharedString) {
+            self.push(name, unit);
+        }
+        fn describe_gauge(&self, name: KeyName, unit: Option<Unit>, _: SharedString) {
+            self.push(name, unit);
+        }
+        fn describe_histogram(&self, name: KeyName, unit: Option<Unit>, _: SharedString) {
+            self.push(name, unit);
+        }
+        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::noop()
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn every_metric_is_described_once_with_its_unit() {
+        let all = [
+            CALLS,
+            CALL_DURATION,
+            BREAKER_STATE,
+            BREAKER_TRANSITIONS,
+            BREAKER_REJECTIONS,
+            BREAKER_FAILURE_RATE,
+            BREAKER_SLOW_CALL_RATE,
+            BREAKER_WINDOW_CALLS,
+            BULKHEAD_IN_FLIGHT,
+            BULKHEAD_QUEUED,
+            BULKHEAD_LIMIT,
+            BULKHEAD_REJECTIONS,
+            BULKHEAD_WAIT_DURATION,
+            RETRY_RETRIES,
+            RETRY_GAVE_UP,
+            RETRY_HEDGES,
+            RETRY_BUDGET_BALANCE,
+            TIMEOUT_ELAPSED,
+            TIMEOUT_REFUSED,
+            RATE_LIMIT_REJECTIONS,
+            RATE_LIMIT_DELAYED,
+            RATE_LIMIT_HINTS,
+            FAULT_ACTIVE,
+            FAULT_INJECTED,
+            FALLBACK_USED,
+            FALLBACK_FAILED,
+            OUTLIER_EJECTIONS,
+            OUTLIER_RETURNS,
+            OUTLIER_EJECTED,
+            OUTLIER_ENDPOINTS,
+            IDEMPOTENCY_LEASES_LOST,
+            SAGAS,
+            SAGA_PURGED,
+            SAGA_IN_FLIGHT,
+            SAGA_STEP_DURATION,
+            SAGA_STEP_FAILURES,
+        ];
+        let described = Described::default();
+        metrics::with_local_recorder(&described, super::describe_metrics);
+        let got = described.0.into_inner().unwrap();
+        assert_eq!(got.len(), all.len());
+        for name in all {
+            assert!(
+                name.starts_with("staunch.") && !name.ends_with("_total"),
+                "{name}"
+            );
+            let (_, unit) = got.iter().find(|(n, _)| n == name).expect(name);
+            let unitless = [BREAKER_STATE, FAULT_ACTIVE];
+            assert_eq!(unit.is_none(), unitless.contains(&name), "{name}");
+            if name.ends_with(".duration") {
+                assert_eq!(*unit, Some(Unit::Seconds), "{name}");
+            }
+        }
+    }
 }
