@@ -197,7 +197,7 @@ where
         if let Poll::Ready(result) = &out {
             let this = self.project();
             if this.telemetry.is_active() {
-                report(this.telemetry, *this.made, this.policy.as_deref(), result);
+                report(this.telemetry, *this.made, result);
             }
             *this.timer = Timer::Finished;
             // A finished call lets go of the policy (its hooks, its classifier) at once,
@@ -355,17 +355,11 @@ where
 }
 
 /// Reports how a call ended to its span and metrics.
-fn report<T, C: RetryClassify<T>>(
-    telemetry: &mut CallTelemetry,
-    made: u32,
-    policy: Option<&ClassifiedPolicy<C>>,
-    result: &Result<T, BoxError>,
-) {
+fn report<T>(telemetry: &mut CallTelemetry, made: u32, result: &Result<T, BoxError>) {
     let (outcome, error) = match result {
-        Ok(response) => match policy.map(|p| p.classify.classify(Ok(response))) {
-            None | Some(Verdict::Done) => (CallOutcome::Success, None),
-            Some(_) => (CallOutcome::Failure, None),
-        },
+        // A response is not classified again (each attempt's is classified once): a call
+        // that returned one counts as a success.
+        Ok(_) => (CallOutcome::Success, None),
         Err(e) if rejection_of(&**e).is_some() => (CallOutcome::Rejected, Some(e)),
         Err(e) => (CallOutcome::Failure, Some(e)),
     };
