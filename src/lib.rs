@@ -549,6 +549,72 @@
 //! # fn main() {}
 //! ```
 //!
+//! # Telemetry: metric names and span fields
+//!
+//! Every name is spelled once, in `staunch::core::telemetry`; OpenTelemetry's conventions: dotted
+//! lower-case names, units as metadata (`describe_*` with a `Unit`, sent when a layer is built), no
+//! `_total` in counter names. metrics-exporter-prometheus renders dots as underscores and adds
+//! `_total` to counters (`staunch.calls` → `staunch_calls_total`). Every metric is labelled
+//! `staunch.dependency` with the layer's name (sagas: `staunch.saga.name`), so label sets stay as
+//! bounded as the names you give your layers.
+//!
+//! | metric | type | unit | labels (beside `staunch.dependency`) | emitted |
+//! | --- | --- | --- | --- | --- |
+//! | `staunch.calls` | counter | call | `staunch.layer` (`retry`), `staunch.outcome` (`success`: a response, `failure`: an error, `rejected`: a staunch rejection) | once per call through a retry policy, after its last attempt |
+//! | `staunch.call.duration` | histogram | seconds | as `staunch.calls` | as `staunch.calls` |
+//! | `staunch.circuit_breaker.state` | gauge | | | on each transition and `emit_metrics` (0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled, 5 metrics-only) |
+//! | `staunch.circuit_breaker.transitions` | counter | | `staunch.circuit_breaker.state` (the state entered) | on each transition |
+//! | `staunch.circuit_breaker.rejections` | counter | call | | on each refused call |
+//! | `staunch.circuit_breaker.failure_rate` | gauge | percent | | on each failure and `emit_metrics` |
+//! | `staunch.circuit_breaker.slow_call_rate` | gauge | percent | | as `failure_rate` |
+//! | `staunch.circuit_breaker.window.calls` | gauge | call | | as `failure_rate` |
+//! | `staunch.bulkhead.in_flight` | gauge | call | | `Bulkhead::emit_metrics` |
+//! | `staunch.bulkhead.queued` | gauge | call | | `Bulkhead::emit_metrics` |
+//! | `staunch.bulkhead.limit` | gauge | call | | `emit_metrics` and each limit change |
+//! | `staunch.bulkhead.rejections` | counter | call | `staunch.reason` (`no_permit`, `wait_timed_out`, `queue_full`) | on each refused call |
+//! | `staunch.bulkhead.wait.duration` | histogram | seconds | | after each wait for a permit |
+//! | `staunch.retry.retries` | counter | attempt | | on each retry |
+//! | `staunch.retry.gave_up` | counter | call | `staunch.reason` (`GiveUpReason::as_str`) | when a failing call is not retried again |
+//! | `staunch.retry.hedges` | counter | attempt | | on each hedge sent |
+//! | `staunch.retry.budget.balance` | gauge | retry | | on each retry and give-up (limited budgets) |
+//! | `staunch.timeout.elapsed` | counter | call | | on each call cut at its limit |
+//! | `staunch.timeout.refused` | counter | call | | on each call refused for an expired deadline |
+//! | `staunch.rate_limit.rejections` | counter | call | | on each refused call |
+//! | `staunch.rate_limit.delayed` | counter | call | | on each delayed call |
+//! | `staunch.rate_limit.hints` | counter | | | on each slow-down hint from a server |
+//! | `staunch.fault.active` | gauge | | | when the injector is switched |
+//! | `staunch.fault.injected` | counter | | `staunch.fault.kind` (`latency`, `error`, `abort`) | on each fault |
+//! | `staunch.fallback.used` | counter | call | `staunch.reason` (`breaker_open`, `bulkhead_full`, `deadline_expired`, `rate_limited`, `error`, `status`, `response`) | on each call the fallback answers |
+//! | `staunch.fallback.failed` | counter | call | `staunch.reason` (`panicked`, `backup_error`) | on each failed fallback |
+//! | `staunch.outlier.ejections` | counter | | `staunch.reason` (`consecutive_failures`, `failure_rate`) | on each ejection |
+//! | `staunch.outlier.returns` | counter | | | on each return to the pool |
+//! | `staunch.outlier.ejected` | gauge | | | on each ejection and return |
+//! | `staunch.outlier.endpoints` | gauge | | | as `ejected` |
+//! | `staunch.idempotency.leases_lost` | counter | | (none) | when a response is not stored because its lease was lost |
+//! | `staunch.saga.sagas` | counter | saga | `staunch.saga.name`, `staunch.saga.status` (`started`, `resumed`, `completed`, `compensated`, `stuck`, `resolved`, `cancelled`, `paused`, `quarantined`, `lease_lost`) | on each lifecycle event |
+//! | `staunch.saga.purged` | counter | saga | (none) | on each purge |
+//! | `staunch.saga.in_flight` | gauge | saga | `staunch.saga.name` | as sagas start and end |
+//! | `staunch.saga.step.duration` | histogram | seconds | `staunch.saga.name`, `staunch.saga.step`, `staunch.outcome` | after each step attempt |
+//! | `staunch.saga.step.failures` | counter | attempt | `staunch.saga.name`, `staunch.saga.step` | after each failed step attempt |
+//!
+//! Spans are opt-in per layer (`RetryPolicyBuilder::spans(true)`): off, a call creates no span and
+//! costs what it did before. On, the layer wraps each call in an `INFO` span of its own whose fields
+//! are declared up front and recorded as the call proceeds, so `tracing-opentelemetry` exports them
+//! as span attributes with no code of yours.
+//!
+//! | span | field | value |
+//! | --- | --- | --- |
+//! | `staunch.retry` | `staunch.dependency` | the policy's name |
+//! | | `http.request.resend_count` | attempts sent again after the first (OpenTelemetry's HTTP name) |
+//! | | `staunch.retry.backoff_ms` | the last wait before a retry, in milliseconds |
+//! | | `error.type` | when the call failed: `timeout`, a rejection (`breaker_open`, `bulkhead_full`, `deadline_expired`, `rate_limited`) or `_OTHER` |
+//!
+//! The names of the breaker's, bulkhead's and timeout's spans and fields are reserved in
+//! `staunch::core::telemetry::span` (`staunch.circuit_breaker.state`, `staunch.circuit_breaker.refused`,
+//! `staunch.bulkhead.wait_ms`, `staunch.bulkhead.refused`, `staunch.timeout.limit_ms`,
+//! `staunch.timeout.elapsed`); those layers do not record spans yet.
+//!
+//!
 //! # Features
 //!
 //! Every feature compiles alone (`cargo add staunch --features X`), and each has an example

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+#[cfg(feature = "metrics")]
+use staunch_core::telemetry::{label, metric};
 use staunch_core::{BulkheadFull, BulkheadFullReason, ConfigError, Outcome, instant_after};
 use tokio::time::Instant;
 
@@ -97,6 +99,8 @@ impl Bulkhead {
         max_queued: usize,
         adaptive: Option<Limiter>,
     ) -> Self {
+        #[cfg(feature = "metrics")]
+        staunch_core::telemetry::describe_metrics();
         Self {
             inner: Arc::new(Inner {
                 permits: Permits::new(max_concurrent),
@@ -237,17 +241,19 @@ impl Bulkhead {
     }
 
     /// Publishes [`metrics`](Self::metrics) as gauges through the `metrics` crate, labelled
-    /// with the bulkhead's `name`: `staunch_bulkhead_in_flight`, `staunch_bulkhead_queued`
-    /// and `staunch_bulkhead_limit`. Call it from a periodic task; the request path never
+    /// `staunch.dependency` with the bulkhead's name: `staunch.bulkhead.in_flight`,
+    /// `staunch.bulkhead.queued` and `staunch.bulkhead.limit`. Call it from a periodic task; the request path never
     /// touches the metrics recorder except on rejections, waits and limit changes.
     #[cfg(feature = "metrics")]
     pub fn emit_metrics(&self) {
         let m = self.metrics();
         let name = metrics::SharedString::from_shared(Arc::clone(&self.inner.name));
-        metrics::gauge!("staunch_bulkhead_in_flight", "name" => name.clone())
+        metrics::gauge!(metric::BULKHEAD_IN_FLIGHT, label::DEPENDENCY => name.clone())
             .set(m.in_flight as f64);
-        metrics::gauge!("staunch_bulkhead_queued", "name" => name.clone()).set(m.queued as f64);
-        metrics::gauge!("staunch_bulkhead_limit", "name" => name).set(m.max_concurrent as f64);
+        metrics::gauge!(metric::BULKHEAD_QUEUED, label::DEPENDENCY => name.clone())
+            .set(m.queued as f64);
+        metrics::gauge!(metric::BULKHEAD_LIMIT, label::DEPENDENCY => name)
+            .set(m.max_concurrent as f64);
     }
 }
 
@@ -267,9 +273,9 @@ impl Inner {
         tracing::trace!(bulkhead = %self.name, reason = label, max_concurrent = limit, "bulkhead rejected a call");
         #[cfg(feature = "metrics")]
         metrics::counter!(
-            "staunch_bulkhead_rejections_total",
-            "name" => metrics::SharedString::from_shared(Arc::clone(&self.name)),
-            "reason" => label
+            metric::BULKHEAD_REJECTIONS,
+            label::DEPENDENCY => metrics::SharedString::from_shared(Arc::clone(&self.name)),
+            label::REASON => label
         )
         .increment(1);
         BulkheadFull::new(Arc::clone(&self.name), limit, reason)
@@ -285,8 +291,8 @@ impl Inner {
         self.stats.wait_nanos.fetch_add(nanos, Ordering::Relaxed);
         #[cfg(feature = "metrics")]
         metrics::histogram!(
-            "staunch_bulkhead_wait_seconds",
-            "name" => metrics::SharedString::from_shared(Arc::clone(&self.name))
+            metric::BULKHEAD_WAIT_DURATION,
+            label::DEPENDENCY => metrics::SharedString::from_shared(Arc::clone(&self.name))
         )
         .record(waited.as_secs_f64());
     }
@@ -297,8 +303,8 @@ impl Inner {
             tracing::debug!(bulkhead = %self.name, old, new = limit, why, "bulkhead limit changed");
             #[cfg(feature = "metrics")]
             metrics::gauge!(
-                "staunch_bulkhead_limit",
-                "name" => metrics::SharedString::from_shared(Arc::clone(&self.name))
+                metric::BULKHEAD_LIMIT,
+                label::DEPENDENCY => metrics::SharedString::from_shared(Arc::clone(&self.name))
             )
             .set(limit as f64);
         }

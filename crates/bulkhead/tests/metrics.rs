@@ -96,11 +96,20 @@ fn rejections_limit_changes_and_gauges_reach_the_recorder() {
     let seen = capture.0.lock().unwrap();
     let get = |k: &str| seen.get(k).copied();
     assert_eq!(
-        get("staunch_bulkhead_rejections_total{name=payment,reason=no_permit}"),
+        get("staunch.bulkhead.rejections{staunch.dependency=payment,staunch.reason=no_permit}"),
         Some(2.0),
         "{seen:?}"
     );
-    assert_eq!(get("staunch_bulkhead_limit{name=payment}"), Some(4.0));
-    assert_eq!(get("staunch_bulkhead_in_flight{name=payment}"), Some(1.0));
-    assert_eq!(get("staunch_bulkhead_queued{name=payment}"), Some(0.0));
+    assert_eq!(
+        get("staunch.bulkhead.limit{staunch.dependency=payment}"),
+        Some(4.0)
+    );
+    assert_eq!(
+        get("staunch.bulkhead.in_flight{staunch.dependency=payment}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        get("staunch.bulkhead.queued{staunch.dependency=payment}"),
+        Some(0.0)
+    );
 }

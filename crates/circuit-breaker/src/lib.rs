@@ -154,7 +154,8 @@
 //! bounded in number. [`CircuitBreaker::subscribe`] receives [`Event`]s (transitions, and
 //! rejections once someone subscribed); transitions are logged with `tracing` at debug level
 //! and rejections at trace level; [`CircuitBreaker::snapshot`] is a cheap [`Snapshot`]. The
-//! `metrics` feature emits counters and gauges through the `metrics` crate, labelled `name`.
+//! `metrics` feature emits counters and gauges through the `metrics` crate, labelled
+//! `staunch.dependency` (the names are in [`staunch_core::telemetry`]).
 //!
 //! [`AnyError`]: staunch_core::AnyError
 //! [`HttpStatus`]: staunch_core::HttpStatus

@@ -1,4 +1,5 @@
-//! The `metrics` feature: counters and gauges through the `metrics` facade, labelled `name`.
+//! The `metrics` feature: counters and gauges through the `metrics` facade, labelled
+//! `staunch.dependency` (names in [`staunch_core::telemetry`]).
 //!
 //! Handles are registered when the breaker is built, so install the recorder first. Per-call
 //! successes are not emitted one by one (that would put the recorder on the hot path); the
@@ -6,6 +7,7 @@
 //! [`CircuitBreaker::emit_metrics`](crate::CircuitBreaker::emit_metrics).
 
 use metrics::{Counter, Gauge, counter, gauge};
+use staunch_core::telemetry::{label, metric};
 
 use crate::breaker::Snapshot;
 use crate::state::State;
@@ -14,7 +16,8 @@ use crate::window::Counts;
 #[derive(Debug)]
 pub(crate) struct Handles {
     rejections: Counter,
-    transitions: Counter,
+    /// One per state entered, indexed by the state's code.
+    transitions: [Counter; 6],
     state: Gauge,
     failure_rate: Gauge,
     slow_call_rate: Gauge,
@@ -24,13 +27,20 @@ pub(crate) struct Handles {
 impl Handles {
     pub(crate) fn new(name: &std::sync::Arc<str>) -> Self {
         let label = metrics::SharedString::from(std::sync::Arc::clone(name));
+        staunch_core::telemetry::describe_metrics();
         Self {
-            rejections: counter!("staunch_circuit_breaker_rejections_total", "name" => label.clone()),
-            transitions: counter!("staunch_circuit_breaker_transitions_total", "name" => label.clone()),
-            state: gauge!("staunch_circuit_breaker_state", "name" => label.clone()),
-            failure_rate: gauge!("staunch_circuit_breaker_failure_rate", "name" => label.clone()),
-            slow_call_rate: gauge!("staunch_circuit_breaker_slow_call_rate", "name" => label.clone()),
-            calls_in_window: gauge!("staunch_circuit_breaker_calls_in_window", "name" => label),
+            rejections: counter!(metric::BREAKER_REJECTIONS, label::DEPENDENCY => label.clone()),
+            state: gauge!(metric::BREAKER_STATE, label::DEPENDENCY => label.clone()),
+            failure_rate: gauge!(metric::BREAKER_FAILURE_RATE, label::DEPENDENCY => label.clone()),
+            slow_call_rate: gauge!(metric::BREAKER_SLOW_CALL_RATE, label::DEPENDENCY => label.clone()),
+            calls_in_window: gauge!(metric::BREAKER_WINDOW_CALLS, label::DEPENDENCY => label.clone()),
+            transitions: State::ALL.map(|to| {
+                counter!(
+                    metric::BREAKER_TRANSITIONS,
+                    label::DEPENDENCY => label.clone(),
+                    label::BREAKER_STATE => to.as_str()
+                )
+            }),
         }
     }
 
@@ -41,7 +51,12 @@ impl Handles {
     /// The state gauge holds the state's code: 0 closed, 1 open, 2 half-open, 3 forced open,
     /// 4 disabled, 5 metrics-only.
     pub(crate) fn transition(&self, to: State) {
-        self.transitions.increment(1);
+        if let Some(counter) = usize::try_from(to.code())
+            .ok()
+            .and_then(|i| self.transitions.get(i))
+        {
+            counter.increment(1);
+        }
         self.state.set(to.code() as f64);
     }
 

@@ -28,6 +28,17 @@ pub enum State {
 }
 
 impl State {
+    /// Every state, in code order.
+    #[cfg(feature = "metrics")]
+    pub(crate) const ALL: [State; 6] = [
+        State::Closed,
+        State::Open,
+        State::HalfOpen,
+        State::ForcedOpen,
+        State::Disabled,
+        State::MetricsOnly,
+    ];
+
     pub(crate) const fn code(self) -> u64 {
         match self {
             State::Closed => 0,

@@ -48,7 +48,7 @@ impl Recorder for Capture {
 }
 
 #[test]
-fn transitions_rejections_and_window_gauges_are_emitted_with_the_name_label() {
+fn transitions_rejections_and_window_gauges_are_emitted_with_the_dependency_label() {
     let capture = Capture::default();
     let breaker = metrics::with_local_recorder(&capture, || {
         CircuitBreaker::builder("payment")
@@ -62,39 +62,45 @@ fn transitions_rejections_and_window_gauges_are_emitted_with_the_name_label() {
     }
     breaker.try_acquire().unwrap().failure();
     assert_eq!(
-        capture.gauge("staunch_circuit_breaker_calls_in_window{name=payment}"),
+        capture.gauge("staunch.circuit_breaker.window.calls{staunch.dependency=payment}"),
         3.0
     );
     breaker.try_acquire().unwrap().failure();
     assert_eq!(
-        capture.gauge("staunch_circuit_breaker_failure_rate{name=payment}"),
+        capture.gauge("staunch.circuit_breaker.failure_rate{staunch.dependency=payment}"),
         50.0
     );
     assert_eq!(
-        capture.gauge("staunch_circuit_breaker_state{name=payment}"),
+        capture.gauge("staunch.circuit_breaker.state{staunch.dependency=payment}"),
         1.0,
         "open"
     );
     assert_eq!(
-        capture.counter("staunch_circuit_breaker_transitions_total{name=payment}"),
+        capture.counter("staunch.circuit_breaker.transitions{staunch.dependency=payment,staunch.circuit_breaker.state=open}"),
         1
     );
     for _ in 0..3 {
         assert!(breaker.try_acquire().is_err());
     }
     assert_eq!(
-        capture.counter("staunch_circuit_breaker_rejections_total{name=payment}"),
+        capture.counter("staunch.circuit_breaker.rejections{staunch.dependency=payment}"),
         3
     );
     breaker.reset();
+    assert_eq!(
+        capture.counter(
+            "staunch.circuit_breaker.transitions{staunch.dependency=payment,staunch.circuit_breaker.state=closed}"
+        ),
+        1
+    );
     breaker.emit_metrics();
     assert_eq!(
-        capture.gauge("staunch_circuit_breaker_state{name=payment}"),
+        capture.gauge("staunch.circuit_breaker.state{staunch.dependency=payment}"),
         0.0,
         "closed"
     );
     assert_eq!(
-        capture.gauge("staunch_circuit_breaker_calls_in_window{name=payment}"),
+        capture.gauge("staunch.circuit_breaker.window.calls{staunch.dependency=payment}"),
         0.0
     );
 }

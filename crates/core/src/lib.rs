@@ -71,6 +71,7 @@
 //!
 //! - `reqwest`: [`HttpStatus`] classifies `reqwest::Response`.
 //! - `tonic`: `GrpcStatus`, the gRPC classifier.
+//! - `metrics`: [`telemetry::describe_metrics`], units and descriptions of every metric.
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -86,6 +87,7 @@ mod http;
 mod rejection;
 #[cfg(feature = "serde")]
 pub mod settings;
+pub mod telemetry;
 mod time;
 
 pub use crate::backoff::{Backoff, BackoffBuilder, BackoffSchedule, Jitter, Strategy};

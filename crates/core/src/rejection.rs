@@ -223,6 +223,18 @@ pub enum Rejection<'a> {
 }
 
 impl Rejection<'_> {
+    /// A stable lower-case name for the kind of rejection, used as the `error.type` span field
+    /// and in metric labels: `breaker_open`, `bulkhead_full`, `deadline_expired`,
+    /// `rate_limited`.
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            Rejection::BreakerOpen(_) => "breaker_open",
+            Rejection::BulkheadFull(_) => "bulkhead_full",
+            Rejection::DeadlineExpired(_) => "deadline_expired",
+            Rejection::RateLimited(_) => "rate_limited",
+        }
+    }
+
     /// When the rejecting layer expects to accept calls again, if it knows.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -97,8 +97,8 @@
 //! - `http`: [`FallbackPolicy::http`] (status rules, the [`Fallback`] extension).
 //! - `serde`: [`FallbackConfig`] from and to any serde format; `Serialize` for
 //!   [`FallbackMetrics`].
-//! - `metrics`: the counters `staunch_fallback_total{name, reason}` and
-//!   `staunch_fallback_failed_total{name, cause}` (cause `panicked` or `backup_error`)
+//! - `metrics`: the counters `staunch.fallback.used{name, reason}` and
+//!   `staunch.fallback.failed{name, cause}` (cause `panicked` or `backup_error`)
 //!   through the `metrics` crate. [`FallbackPolicy::metrics`] reads the same counts without
 //!   it.
 //!

@@ -12,6 +12,8 @@ use staunch_core::{BoxError, ConfigError, rejection_of};
 use crate::error::{Callback, FallbackPanicked};
 use crate::status::{StatusRange, StatusSet};
 use crate::{Cause, Fallback, Reason, RejectionKind, Rejections};
+#[cfg(feature = "metrics")]
+use staunch_core::telemetry::{label, metric};
 
 /// The error rule: which errors (that are not a chosen rejection) the fallback answers.
 pub(crate) type ErrorRule = Arc<dyn Fn(&(dyn Error + Send + Sync + 'static)) -> bool + Send + Sync>;
@@ -269,9 +271,9 @@ impl<Res> FallbackPolicy<Res> {
         tracing::debug!(fallback = %inner.name, %reason, "answering with the fallback");
         #[cfg(feature = "metrics")]
         metrics::counter!(
-            "staunch_fallback_total",
-            "name" => inner.name.to_string(),
-            "reason" => reason.as_str()
+            metric::FALLBACK_USED,
+            label::DEPENDENCY => inner.name.to_string(),
+            label::REASON => reason.as_str()
         )
         .increment(1);
         Verdict::Fallback { reason, cause }
@@ -290,9 +292,9 @@ impl<Res> FallbackPolicy<Res> {
         tracing::error!(fallback = %inner.name, %error, "fallback callback panicked");
         #[cfg(feature = "metrics")]
         metrics::counter!(
-            "staunch_fallback_failed_total",
-            "name" => inner.name.to_string(),
-            "cause" => "panicked"
+            metric::FALLBACK_FAILED,
+            label::DEPENDENCY => inner.name.to_string(),
+            label::REASON => "panicked"
         )
         .increment(1);
         error
@@ -306,9 +308,9 @@ impl<Res> FallbackPolicy<Res> {
         tracing::debug!(fallback = %inner.name, %reason, error = %source, "fallback backup failed");
         #[cfg(feature = "metrics")]
         metrics::counter!(
-            "staunch_fallback_failed_total",
-            "name" => inner.name.to_string(),
-            "cause" => "backup_error"
+            metric::FALLBACK_FAILED,
+            label::DEPENDENCY => inner.name.to_string(),
+            label::REASON => "backup_error"
         )
         .increment(1);
         crate::FallbackFailed::new(&inner.name, reason, source)
@@ -456,6 +458,8 @@ impl<Res> FallbackPolicyBuilder<Res> {
     /// range whose first status is past its last), or statuses with no way to read them;
     /// `rejections` when no rule is left at all (the fallback would never answer).
     pub fn build(self) -> Result<FallbackPolicy<Res>, ConfigError> {
+        #[cfg(feature = "metrics")]
+        staunch_core::telemetry::describe_metrics();
         let statuses = StatusSet::of(&self.statuses)?;
         let status_of = if statuses.is_empty() {
             None

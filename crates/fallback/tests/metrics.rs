@@ -120,19 +120,19 @@ fn fallbacks_are_counted_by_name_and_reason() {
     let seen = capture.0.lock().unwrap().clone();
     let get = |key: &str| seen.get(key).copied().unwrap_or(0.0);
     assert_eq!(
-        get("staunch_fallback_total{name=payment,reason=breaker_open}"),
+        get("staunch.fallback.used{staunch.dependency=payment,staunch.reason=breaker_open}"),
         3.0
     );
     assert_eq!(
-        get("staunch_fallback_total{name=payment,reason=error}"),
+        get("staunch.fallback.used{staunch.dependency=payment,staunch.reason=error}"),
         2.0
     );
     assert_eq!(
-        get("staunch_fallback_failed_total{name=payment,cause=panicked}"),
+        get("staunch.fallback.failed{staunch.dependency=payment,staunch.reason=panicked}"),
         1.0
     );
     assert_eq!(
-        get("staunch_fallback_failed_total{name=payment,cause=backup_error}"),
+        get("staunch.fallback.failed{staunch.dependency=payment,staunch.reason=backup_error}"),
         1.0
     );
     assert_eq!(seen.len(), 4, "{seen:?}");

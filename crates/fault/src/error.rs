@@ -19,7 +19,7 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    /// The kind as the `kind` label of `staunch_fault_injected_total` spells it: `latency`,
+    /// The kind as the `kind` label of `staunch.fault.injected` spells it: `latency`,
     /// `error` or `abort`.
     pub fn as_str(self) -> &'static str {
         match self {

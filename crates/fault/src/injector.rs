@@ -10,6 +10,8 @@ use staunch_core::ConfigError;
 
 use crate::config::{Latency, Plan};
 use crate::{FaultConfig, FaultInjected, FaultKind};
+#[cfg(feature = "metrics")]
+use staunch_core::telemetry::{label, metric};
 
 /// Decides, call by call, whether a call is delayed, failed with an error, or aborted, at the
 /// rates of its [`FaultConfig`], from a seeded random sequence.
@@ -103,11 +105,8 @@ impl Shared {
             "fault injection switched"
         );
         #[cfg(feature = "metrics")]
-        metrics::gauge!("staunch_fault_active", "name" => self.name.to_string()).set(if active {
-            1.0
-        } else {
-            0.0
-        });
+        metrics::gauge!(metric::FAULT_ACTIVE, label::DEPENDENCY => self.name.to_string())
+            .set(if active { 1.0 } else { 0.0 });
     }
 }
 
@@ -367,9 +366,9 @@ impl Counters {
 #[cfg(feature = "metrics")]
 fn emit(name: &Arc<str>, kind: FaultKind) {
     metrics::counter!(
-        "staunch_fault_injected_total",
-        "name" => name.to_string(),
-        "kind" => kind.as_str()
+        metric::FAULT_INJECTED,
+        label::DEPENDENCY => name.to_string(),
+        label::FAULT_KIND => kind.as_str()
     )
     .increment(1);
 }
@@ -377,7 +376,7 @@ fn emit(name: &Arc<str>, kind: FaultKind) {
 #[cfg(not(feature = "metrics"))]
 fn emit(_: &Arc<str>, _: FaultKind) {}
 
-/// A snapshot of an injector's counters, as `staunch_fault_injected_total{kind}` counts them
+/// A snapshot of an injector's counters, as `staunch.fault.injected{kind}` counts them
 /// with feature `metrics`.
 ///
 /// Calls made while the injector is inactive are not counted: that path reads one atomic
@@ -460,6 +459,8 @@ impl FaultInjectorBuilder {
     /// `latency.min`, an `error.status` outside 400 to 599, or `error.rate + abort.rate`
     /// over 1 (`error.rate`).
     pub fn build(self) -> Result<FaultInjector, ConfigError> {
+        #[cfg(feature = "metrics")]
+        staunch_core::telemetry::describe_metrics();
         let plan = self.config.plan()?;
         let rng = match self.config.seed {
             Some(seed) => fastrand::Rng::with_seed(seed),

@@ -72,8 +72,8 @@
 //!
 //! [`FaultInjector::metrics`] counts the calls decided while active and the faults of each
 //! kind; with feature `metrics` the same go to the `metrics` crate as
-//! `staunch_fault_injected_total{name, kind = latency | error | abort}`, with the gauge
-//! `staunch_fault_active{name}` (1 while faults can be injected). Every injected fault is a
+//! `staunch.fault.injected{name, kind = latency | error | abort}`, with the gauge
+//! `staunch.fault.active{name}` (1 while faults can be injected). Every injected fault is a
 //! `tracing` debug event, and so is every switch.
 
 #![deny(missing_docs)]

@@ -1,5 +1,5 @@
 //! With the `metrics` feature, every injected fault reaches the recorder as
-//! `staunch_fault_injected_total{name, kind}`, and switches as `staunch_fault_active{name}`.
+//! `staunch.fault.injected{name, kind}`, and switches as `staunch.fault.active{name}`.
 #![cfg(feature = "metrics")]
 
 use std::collections::HashMap;
@@ -108,11 +108,14 @@ fn every_kind_of_fault_reaches_the_recorder() {
         assert!(count > 0);
         assert_eq!(
             get(&format!(
-                "staunch_fault_injected_total{{name=payment,kind={kind}}}"
+                "staunch.fault.injected{{staunch.dependency=payment,staunch.fault.kind={kind}}}"
             )),
             Some(count as f64),
             "{seen:?}"
         );
     }
-    assert_eq!(get("staunch_fault_active{name=payment}"), Some(0.0));
+    assert_eq!(
+        get("staunch.fault.active{staunch.dependency=payment}"),
+        Some(0.0)
+    );
 }

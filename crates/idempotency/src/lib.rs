@@ -53,7 +53,7 @@
 //!
 //! - `sqlite`: [`SqliteStore`]. `postgres`: [`PostgresStore`]. Both through `sqlx`.
 //! - `serde`: [`IdempotencyConfig`] for settings files.
-//! - `metrics`: the counter `staunch_idempotency_lease_lost_total` through the `metrics`
+//! - `metrics`: the counter `staunch.idempotency.leases_lost` through the `metrics`
 //!   facade.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]

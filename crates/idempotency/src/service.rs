@@ -542,7 +542,8 @@ impl<St: IdempotencyStore> ReleaseOnDrop<St> {
                     "idempotency lease lost before the response was stored: the key was taken over, so this request may have run twice; make the lease longer than the slowest handler"
                 );
                 #[cfg(feature = "metrics")]
-                metrics::counter!("staunch_idempotency_lease_lost_total").increment(1);
+                metrics::counter!(staunch_core::telemetry::metric::IDEMPOTENCY_LEASES_LOST)
+                    .increment(1);
             }
             Err(e) => {
                 // The request ran; its mark stays in flight until the lease ends, so repeats

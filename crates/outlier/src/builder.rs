@@ -132,6 +132,8 @@ impl<K, S, C> BalancerBuilder<K, S, C> {
     where
         K: PartialEq + fmt::Debug,
     {
+        #[cfg(feature = "metrics")]
+        staunch_core::telemetry::describe_metrics();
         let settings = self.settings.build()?;
         for (i, (key, _)) in self.endpoints.iter().enumerate() {
             if self.endpoints[..i].iter().any(|(k, _)| k == key) {

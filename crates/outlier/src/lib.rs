@@ -91,10 +91,10 @@
 //!
 //! - `serde`: [`OutlierConfig`] from and to any serde format (durations in human form);
 //!   `Serialize` for [`OutlierMetrics`].
-//! - `metrics`: the counters `staunch_outlier_ejections_total{name, reason}` (reason
-//!   `consecutive_failures` or `failure_rate`) and `staunch_outlier_returns_total{name}`,
-//!   and the gauges `staunch_outlier_ejected_endpoints{name}` and
-//!   `staunch_outlier_endpoints{name}`, through the `metrics` crate.
+//! - `metrics`: the counters `staunch.outlier.ejections{name, reason}` (reason
+//!   `consecutive_failures` or `failure_rate`) and `staunch.outlier.returns{name}`,
+//!   and the gauges `staunch.outlier.ejected{name}` and
+//!   `staunch.outlier.endpoints{name}`, through the `metrics` crate.
 //!   [`Balancer::metrics`] reads the same counts without it.
 //!
 //! Ejections and returns are `debug` tracing events (with the endpoint's key, the reason,

@@ -1,10 +1,12 @@
-//! The `metrics` feature: counters and gauges through the `metrics` facade, labelled `name`.
+//! The `metrics` feature: counters and gauges through the `metrics` facade, labelled
+//! `staunch.dependency` (names in [`staunch_core::telemetry`]).
 //!
 //! Handles are registered when the detector is made, so install the recorder first. Calls are
 //! not counted one by one (that would put the recorder on every call's path): only ejections,
 //! returns and the gauges they change.
 
 use metrics::{Counter, Gauge, counter, gauge};
+use staunch_core::telemetry::{label, metric};
 
 #[derive(Debug)]
 pub(crate) struct Handles {
@@ -17,13 +19,13 @@ pub(crate) struct Handles {
 
 impl Handles {
     pub(crate) fn new(name: &str) -> Self {
-        let label = name.to_owned();
+        let name = name.to_owned();
         Self {
-            ejections: counter!("staunch_outlier_ejections_total", "name" => label.clone(), "reason" => "consecutive_failures"),
-            failure_rate_ejections: counter!("staunch_outlier_ejections_total", "name" => label.clone(), "reason" => "failure_rate"),
-            returns: counter!("staunch_outlier_returns_total", "name" => label.clone()),
-            ejected: gauge!("staunch_outlier_ejected_endpoints", "name" => label.clone()),
-            endpoints: gauge!("staunch_outlier_endpoints", "name" => label),
+            ejections: counter!(metric::OUTLIER_EJECTIONS, label::DEPENDENCY => name.clone(), label::REASON => "consecutive_failures"),
+            failure_rate_ejections: counter!(metric::OUTLIER_EJECTIONS, label::DEPENDENCY => name.clone(), label::REASON => "failure_rate"),
+            returns: counter!(metric::OUTLIER_RETURNS, label::DEPENDENCY => name.clone()),
+            ejected: gauge!(metric::OUTLIER_EJECTED, label::DEPENDENCY => name.clone()),
+            endpoints: gauge!(metric::OUTLIER_ENDPOINTS, label::DEPENDENCY => name),
         }
     }
 

@@ -161,12 +161,23 @@ mod metrics_feature {
         let seen = capture.0.lock().unwrap().clone();
         let get = |key: &str| seen.get(key).copied().unwrap_or(-1.0);
         assert_eq!(
-            get("staunch_outlier_ejections_total{name=catalog,reason=consecutive_failures}"),
+            get(
+                "staunch.outlier.ejections{staunch.dependency=catalog,staunch.reason=consecutive_failures}"
+            ),
             1.0
         );
-        assert_eq!(get("staunch_outlier_returns_total{name=catalog}"), 1.0);
-        assert_eq!(get("staunch_outlier_ejected_endpoints{name=catalog}"), 0.0);
-        assert_eq!(get("staunch_outlier_endpoints{name=catalog}"), 3.0);
+        assert_eq!(
+            get("staunch.outlier.returns{staunch.dependency=catalog}"),
+            1.0
+        );
+        assert_eq!(
+            get("staunch.outlier.ejected{staunch.dependency=catalog}"),
+            0.0
+        );
+        assert_eq!(
+            get("staunch.outlier.endpoints{staunch.dependency=catalog}"),
+            3.0
+        );
         let m = detector.metrics();
         assert_eq!(
             (m.ejections, m.returns, m.held_by_cap, m.ejected),

@@ -95,6 +95,8 @@ impl RateLimiterBuilder {
     ///
     /// As [`build`](Self::build), and for a zero `max_keys`.
     pub fn build_keyed<K: Hash + Eq>(self) -> Result<KeyedRateLimiter<K>, ConfigError> {
+        #[cfg(feature = "metrics")]
+        staunch_core::telemetry::describe_metrics();
         let settings = self.settings()?;
         let per_shard = self.keys().div_ceil(SHARDS).max(1);
         let shards = (0..SHARDS)

@@ -14,6 +14,8 @@ use tokio::time::{Instant, Sleep};
 
 use crate::gcra::{Cell, Quota, Take};
 use crate::hint::RateHint;
+#[cfg(feature = "metrics")]
+use staunch_core::telemetry::{label, metric};
 
 /// Nanoseconds since a limiter was made, on tokio's clock (so paused time drives it).
 #[derive(Debug, Clone, Copy)]
@@ -82,7 +84,7 @@ impl Counters {
         let retry_after = Duration::from_nanos(retry_after);
         tracing::debug!(limiter = %name, ?retry_after, "call rate limited");
         #[cfg(feature = "metrics")]
-        metrics::counter!("staunch_rate_limit_rejected_total", "name" => name.to_string())
+        metrics::counter!(metric::RATE_LIMIT_REJECTIONS, label::DEPENDENCY => name.to_string())
             .increment(1);
         RateLimited::new(Arc::clone(name), retry_after)
     }
@@ -91,7 +93,7 @@ impl Counters {
         self.delayed.fetch_add(1, Ordering::Relaxed);
         tracing::trace!(limiter = %name, wait = ?Duration::from_nanos(wait), "call delayed");
         #[cfg(feature = "metrics")]
-        metrics::counter!("staunch_rate_limit_delayed_total", "name" => name.to_string())
+        metrics::counter!(metric::RATE_LIMIT_DELAYED, label::DEPENDENCY => name.to_string())
             .increment(1);
         #[cfg(not(feature = "metrics"))]
         let _ = name;
@@ -101,7 +103,7 @@ impl Counters {
         self.hints.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(limiter = %name, ?hint, "server asked to slow down");
         #[cfg(feature = "metrics")]
-        metrics::counter!("staunch_rate_limit_hints_total", "name" => name.to_string())
+        metrics::counter!(metric::RATE_LIMIT_HINTS, label::DEPENDENCY => name.to_string())
             .increment(1);
     }
 }
@@ -571,6 +573,8 @@ impl RateLimiterBuilder {
     /// call per nanosecond, a per-second rate that is not a finite positive number, a zero
     /// burst, or a burst so large the bucket would not fit the clock.
     pub fn build(self) -> Result<RateLimiter, ConfigError> {
+        #[cfg(feature = "metrics")]
+        staunch_core::telemetry::describe_metrics();
         let settings = self.settings()?;
         Ok(RateLimiter {
             inner: Arc::new(Inner {

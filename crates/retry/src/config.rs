@@ -15,6 +15,8 @@ use crate::classify::{RetryClassify, RetryOn, RetryResponse};
 use crate::engine::{ClassifiedPolicy, Machine};
 use crate::future::{FnAttempts, RetryCall};
 use crate::metrics::{GiveUp, RetryMetrics, Retrying};
+#[cfg(feature = "metrics")]
+use staunch_core::telemetry::{label, metric};
 
 type Hook<T> = Arc<dyn Fn(&T) + Send + Sync>;
 
@@ -56,6 +58,8 @@ pub(crate) struct Limits {
     /// The backoff has a `max_elapsed`: a call that may be retried reads the clock when it
     /// starts, so that the first attempt's time counts.
     pub(crate) clock_from_start: bool,
+    /// Each call records a `staunch.retry` span ([`RetryPolicyBuilder::spans`]).
+    pub(crate) spans: bool,
 }
 
 impl Limits {
@@ -81,6 +85,8 @@ pub(crate) struct Shared {
     retries: AtomicU64,
     hedges: AtomicU64,
     gave_up: AtomicU64,
+    #[cfg(feature = "metrics")]
+    pub(crate) meter: Arc<crate::telemetry::CallMeter>,
 }
 
 impl fmt::Debug for RetryPolicy {
@@ -203,7 +209,8 @@ impl RetryPolicy {
             make: f,
             deadline: None,
         };
-        RetryCall::new(Machine::idle(attempts, policy))
+        let telemetry = crate::telemetry::CallTelemetry::start(&self.shared, self.limits.spans);
+        RetryCall::new(Machine::idle(attempts, policy).with_telemetry(telemetry))
     }
 }
 
@@ -217,8 +224,11 @@ impl Shared {
             "retrying"
         );
         #[cfg(feature = "metrics")]
-        metrics::counter!("staunch_retry_retries_total", "name" => self.name.to_string())
-            .increment(1);
+        {
+            metrics::counter!(metric::RETRY_RETRIES, label::DEPENDENCY => self.name.to_string())
+                .increment(1);
+            self.emit_budget();
+        }
         if let Some(hook) = &self.on_retry {
             hook(event);
         }
@@ -234,13 +244,27 @@ impl Shared {
         );
         #[cfg(feature = "metrics")]
         metrics::counter!(
-            "staunch_retry_gave_up_total",
-            "name" => self.name.to_string(),
-            "reason" => event.reason.as_str()
+            metric::RETRY_GAVE_UP,
+            label::DEPENDENCY => self.name.to_string(),
+            label::REASON => event.reason.as_str()
         )
         .increment(1);
+        #[cfg(feature = "metrics")]
+        self.emit_budget();
         if let Some(hook) = &self.on_give_up {
             hook(&event);
+        }
+    }
+
+    /// Sets `staunch.retry.budget.balance` (a budget without limits reports none).
+    #[cfg(feature = "metrics")]
+    fn emit_budget(&self) {
+        if let Some(left) = self.budget.remaining() {
+            metrics::gauge!(
+                metric::RETRY_BUDGET_BALANCE,
+                label::DEPENDENCY => self.name.to_string()
+            )
+            .set(left as f64);
         }
     }
 
@@ -248,7 +272,7 @@ impl Shared {
         self.hedges.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(name = %self.name, "sending a hedge");
         #[cfg(feature = "metrics")]
-        metrics::counter!("staunch_retry_hedges_total", "name" => self.name.to_string())
+        metrics::counter!(metric::RETRY_HEDGES, label::DEPENDENCY => self.name.to_string())
             .increment(1);
     }
 }
@@ -267,6 +291,7 @@ pub struct RetryPolicyBuilder {
     budget: Option<RetryBudget>,
     on_retry: Option<Hook<Retrying>>,
     on_give_up: Option<Hook<GiveUp>>,
+    spans: bool,
 }
 
 impl fmt::Debug for RetryPolicyBuilder {
@@ -292,6 +317,7 @@ impl Default for RetryPolicyBuilder {
             budget: None,
             on_retry: None,
             on_give_up: None,
+            spans: false,
         }
     }
 }
@@ -363,6 +389,17 @@ impl RetryPolicyBuilder {
         self
     }
 
+    /// Wraps each call in a `staunch.retry` span (default `false`), at `INFO` level, whose
+    /// fields are recorded as the call proceeds: `staunch.dependency` (this policy's name),
+    /// `http.request.resend_count` (attempts sent again), `staunch.retry.backoff_ms` (the
+    /// last wait before a retry) and, when the call failed, `error.type`. The attempts run
+    /// inside it, so the spans of the service below are its children. Off, a call creates
+    /// no span and costs what it did before.
+    pub fn spans(mut self, yes: bool) -> Self {
+        self.spans = yes;
+        self
+    }
+
     /// Also retries HTTP requests with non-idempotent methods and no `Idempotency-Key`
     /// (default `false`: a retried POST may charge a card twice).
     pub fn retry_non_idempotent(mut self, yes: bool) -> Self {
@@ -401,6 +438,8 @@ impl RetryPolicyBuilder {
     /// A [`ConfigError`] naming the field when `max_attempts` is 0, or `max_total_time`,
     /// `attempt_timeout`, `attempts_cut_by` or `max_retry_after` is zero.
     pub fn build(self) -> Result<RetryPolicy, ConfigError> {
+        #[cfg(feature = "metrics")]
+        staunch_core::telemetry::describe_metrics();
         if self.max_attempts == 0 {
             return Err(ConfigError::new(
                 "max_attempts",
@@ -423,6 +462,8 @@ impl RetryPolicyBuilder {
     /// Builds the policy from settings known to be valid.
     fn assemble(self) -> RetryPolicy {
         let shared = Arc::new(Shared {
+            #[cfg(feature = "metrics")]
+            meter: Arc::new(crate::telemetry::CallMeter::new(&self.name)),
             name: self.name,
             max_attempts: self.max_attempts,
             backoff: self.backoff,
@@ -445,6 +486,7 @@ impl RetryPolicyBuilder {
             attempts_cut_by: shared.attempts_cut_by,
             retry_non_idempotent: shared.retry_non_idempotent,
             clock_from_start: shared.backoff.max_elapsed().is_some(),
+            spans: self.spans,
         };
         RetryPolicy { shared, limits }
     }

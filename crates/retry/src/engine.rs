@@ -27,6 +27,7 @@ use crate::classify::{RetryClassify, Verdict};
 use crate::config::{Limits, RetryPolicy};
 use crate::error::RetryExhausted;
 use crate::metrics::{GiveUp, GiveUpReason, Retrying};
+use crate::telemetry::{CallOutcome, CallTelemetry};
 
 /// The source of attempts: a service and a copy of the request, or a closure.
 pub(crate) trait Attempts<Fut> {
@@ -95,6 +96,7 @@ pin_project! {
         policy: Option<Arc<ClassifiedPolicy<C>>>,
         started: Option<Instant>,
         schedule: Schedule,
+        telemetry: CallTelemetry,
     }
 }
 
@@ -134,7 +136,15 @@ impl<A, Fut, C> Machine<A, Fut, C> {
             policy,
             started,
             schedule: None,
+            telemetry: CallTelemetry::default(),
         }
+    }
+
+    /// Sets what the call reports (its span, its metrics).
+    #[inline]
+    pub(crate) fn with_telemetry(mut self, telemetry: CallTelemetry) -> Self {
+        self.telemetry = telemetry;
+        self
     }
 
     /// The attempts source, to configure before the first poll.
@@ -156,6 +166,7 @@ impl<A, Fut, C> Machine<A, Fut, C> {
             policy: Some(policy),
             started,
             schedule: None,
+            telemetry: CallTelemetry::default(),
         }
     }
 }
@@ -175,9 +186,19 @@ where
         if self.timer == Timer::Finished {
             return Poll::Ready(Err("a retry future was polled after it completed".into()));
         }
-        let out = self.as_mut().poll_attempts(cx);
-        if out.is_ready() {
+        let out = match self.telemetry.span() {
+            None => self.as_mut().poll_attempts(cx),
+            Some(span) => {
+                let span = span.clone();
+                let _entered = span.enter();
+                self.as_mut().poll_attempts(cx)
+            }
+        };
+        if let Poll::Ready(result) = &out {
             let this = self.project();
+            if this.telemetry.is_active() {
+                report(this.telemetry, *this.made, result);
+            }
             *this.timer = Timer::Finished;
             // A finished call lets go of the policy (its hooks, its classifier) at once,
             // whenever the future itself is dropped.
@@ -273,6 +294,10 @@ where
                 match next {
                     Next::Return(result) => return Poll::Ready(result),
                     Next::Wait(until) => {
+                        if this.telemetry.span().is_some() {
+                            let backoff = until.saturating_duration_since(Instant::now());
+                            this.telemetry.retrying(*this.made, backoff);
+                        }
                         set_sleep(this.sleep.as_mut(), until);
                         *this.timer = Timer::Backoff;
                     }
@@ -327,6 +352,18 @@ where
             }
         }
     }
+}
+
+/// Reports how a call ended to its span and metrics.
+fn report<T>(telemetry: &mut CallTelemetry, made: u32, result: &Result<T, BoxError>) {
+    let (outcome, error) = match result {
+        // A response is not classified again (each attempt's is classified once): a call
+        // that returned one counts as a success.
+        Ok(_) => (CallOutcome::Success, None),
+        Err(e) if rejection_of(&**e).is_some() => (CallOutcome::Rejected, Some(e)),
+        Err(e) => (CallOutcome::Failure, Some(e)),
+    };
+    telemetry.finish(made, outcome, error);
 }
 
 /// When a call starts: read only when the backoff's `max_elapsed` needs the first

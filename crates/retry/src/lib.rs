@@ -152,8 +152,8 @@
 //! snapshot ([`RetryMetrics`]); hooks [`on_retry`](RetryPolicyBuilder::on_retry) and
 //! [`on_give_up`](RetryPolicyBuilder::on_give_up), whose [`GiveUpReason`] says, among
 //! others, when the budget refused a retry. With the `metrics` feature, counters
-//! `staunch_retry_retries_total`, `staunch_retry_gave_up_total` (label `reason`) and
-//! `staunch_retry_hedges_total`, labelled with the policy's `name`.
+//! `staunch.retry.retries`, `staunch.retry.gave_up` (label `reason`) and
+//! `staunch.retry.hedges`, labelled with the policy's `name`.
 //!
 //! # Features
 //!
@@ -184,6 +184,7 @@ mod metrics;
 mod request;
 mod service;
 mod settings;
+mod telemetry;
 
 pub use crate::body::{DEFAULT_REPLAY_CAP, ReplayBody, buffer_request};
 pub use crate::budget::{RetryBudget, RetryBudgetBuilder};

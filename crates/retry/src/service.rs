@@ -124,13 +124,20 @@ where
         {
             limits.attempts_cut_by = Some(own);
         }
-        let first = self.inner.call(req);
+        let telemetry =
+            crate::telemetry::CallTelemetry::start(&self.policy.policy.shared, limits.spans);
+        let first = match telemetry.span() {
+            Some(span) => span.in_scope(|| self.inner.call(req)),
+            None => self.inner.call(req),
+        };
         // Cloned after the call, as tower does: the clone is of the service that made it, and
         // inherits no readiness (the retry polls it ready before its attempt). Only a request
         // with a copy can be retried, so only then is the service cloned.
         let service = backup.as_ref().map(|_| self.inner.clone());
         let attempts = ServiceAttempts { service, backup };
-        ResponseFuture::new(Machine::running(first, attempts, limits, policy))
+        ResponseFuture::new(
+            Machine::running(first, attempts, limits, policy).with_telemetry(telemetry),
+        )
     }
 }
 

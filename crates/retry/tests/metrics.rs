@@ -1,4 +1,4 @@
-//! The `metrics` feature: counters emitted through the `metrics` facade with a `name` label.
+//! The `metrics` feature: counters emitted through the `metrics` facade with a `staunch.dependency` label.
 #![cfg(feature = "metrics")]
 
 mod support;
@@ -90,16 +90,27 @@ fn retries_and_give_ups_are_counted_with_the_policy_name() {
     let name = |n: &str| {
         log.iter()
             .filter(|(k, labels, _)| {
-                k == n && labels.contains(&("name".to_owned(), "payment".to_owned()))
+                k == n && labels.contains(&("staunch.dependency".to_owned(), "payment".to_owned()))
             })
             .map(|(_, _, v)| v)
             .sum::<u64>()
     };
-    assert_eq!(name("staunch_retry_retries_total"), 2);
-    assert_eq!(name("staunch_retry_gave_up_total"), 1);
-    assert!(
+    assert_eq!(name("staunch.retry.retries"), 2);
+    assert_eq!(name("staunch.retry.gave_up"), 1);
+    // The call itself, counted once by outcome after its attempts.
+    let calls = |outcome: &str| {
         log.iter()
-            .any(|(k, labels, _)| k == "staunch_retry_gave_up_total"
-                && labels.contains(&("reason".to_owned(), "max_attempts".to_owned())))
-    );
+            .filter(|(k, labels, _)| {
+                k == "staunch.calls"
+                    && labels.contains(&("staunch.layer".to_owned(), "retry".to_owned()))
+                    && labels.contains(&("staunch.dependency".to_owned(), "payment".to_owned()))
+                    && labels.contains(&("staunch.outcome".to_owned(), outcome.to_owned()))
+            })
+            .map(|(_, _, v)| v)
+            .sum::<u64>()
+    };
+    assert_eq!(calls("failure"), 1);
+    assert_eq!(calls("success"), 0);
+    assert!(log.iter().any(|(k, labels, _)| k == "staunch.retry.gave_up"
+        && labels.contains(&("staunch.reason".to_owned(), "max_attempts".to_owned()))));
 }

@@ -148,6 +148,8 @@ impl SagaEngineBuilder {
     /// `outcome_poll_interval`, a zero `retention`, or `retention_statuses` naming a status
     /// that has not ended (or given without `retention`).
     pub fn build(self) -> Result<SagaEngine, ConfigError> {
+        #[cfg(feature = "metrics")]
+        staunch_core::telemetry::describe_metrics();
         fn cap(field: &'static str, n: usize) -> Result<(), ConfigError> {
             if n == 0 {
                 Err(ConfigError::new(field, "must be at least 1 (got 0)"))

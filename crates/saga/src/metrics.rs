@@ -3,6 +3,9 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+#[cfg(feature = "metrics")]
+use staunch_core::telemetry::{label, metric};
+
 /// A snapshot of an engine's counters since it was created.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -86,30 +89,35 @@ pub(crate) enum Count {
 
 impl Counters {
     pub(crate) fn count(&self, what: Count, definition: &str) {
-        let (counter, metric) = match what {
-            Count::Started => (&self.started, "staunch_saga_started_total"),
-            Count::Resumed => (&self.resumed, "staunch_saga_resumed_total"),
-            Count::Completed => (&self.completed, "staunch_saga_completed_total"),
-            Count::Compensated => (&self.compensated, "staunch_saga_compensated_total"),
-            Count::Stuck => (&self.stuck, "staunch_saga_stuck_total"),
-            Count::Resolved => (&self.resolved, "staunch_saga_resolved_total"),
-            Count::Cancelled => (&self.cancelled, "staunch_saga_cancelled_total"),
-            Count::Paused => (&self.paused, "staunch_saga_paused_total"),
-            Count::Quarantined => (&self.quarantined, "staunch_saga_quarantined_total"),
-            Count::LeaseLost => (&self.leases_lost, "staunch_saga_leases_lost_total"),
+        let (counter, status) = match what {
+            Count::Started => (&self.started, "started"),
+            Count::Resumed => (&self.resumed, "resumed"),
+            Count::Completed => (&self.completed, "completed"),
+            Count::Compensated => (&self.compensated, "compensated"),
+            Count::Stuck => (&self.stuck, "stuck"),
+            Count::Resolved => (&self.resolved, "resolved"),
+            Count::Cancelled => (&self.cancelled, "cancelled"),
+            Count::Paused => (&self.paused, "paused"),
+            Count::Quarantined => (&self.quarantined, "quarantined"),
+            Count::LeaseLost => (&self.leases_lost, "lease_lost"),
         };
         counter.fetch_add(1, Relaxed);
         #[cfg(feature = "metrics")]
-        metrics::counter!(metric, "name" => definition.to_owned()).increment(1);
+        metrics::counter!(
+            metric::SAGAS,
+            label::SAGA_NAME => definition.to_owned(),
+            label::SAGA_STATUS => status
+        )
+        .increment(1);
         #[cfg(not(feature = "metrics"))]
-        let _ = (definition, metric);
+        let _ = (definition, status);
     }
 
     /// Counts `n` sagas purged (all definitions: a purge does not read their names).
     pub(crate) fn purged(&self, n: u64) {
         self.purged.fetch_add(n, Relaxed);
         #[cfg(feature = "metrics")]
-        metrics::counter!("staunch_saga_purged_total").increment(n);
+        metrics::counter!(metric::SAGA_PURGED).increment(n);
     }
 
     pub(crate) fn attempt(&self, definition: &str, step: &str, elapsed: Duration, failed: bool) {
@@ -124,16 +132,17 @@ impl Counters {
         #[cfg(feature = "metrics")]
         {
             metrics::histogram!(
-                "staunch_saga_step_duration_seconds",
-                "name" => definition.to_owned(),
-                "step" => step.to_owned()
+                metric::SAGA_STEP_DURATION,
+                label::SAGA_NAME => definition.to_owned(),
+                label::SAGA_STEP => step.to_owned(),
+                label::OUTCOME => if failed { "failure" } else { "success" }
             )
             .record(elapsed.as_secs_f64());
             if failed {
                 metrics::counter!(
-                    "staunch_saga_step_failures_total",
-                    "name" => definition.to_owned(),
-                    "step" => step.to_owned()
+                    metric::SAGA_STEP_FAILURES,
+                    label::SAGA_NAME => definition.to_owned(),
+                    label::SAGA_STEP => step.to_owned()
                 )
                 .increment(1);
             }
@@ -145,7 +154,7 @@ impl Counters {
     pub(crate) fn in_flight(&self, definition: &str, delta: i64) {
         self.in_flight.fetch_add(delta, Relaxed);
         #[cfg(feature = "metrics")]
-        metrics::gauge!("staunch_saga_in_flight", "name" => definition.to_owned())
+        metrics::gauge!(metric::SAGA_IN_FLIGHT, label::SAGA_NAME => definition.to_owned())
             .increment(delta as f64);
         #[cfg(not(feature = "metrics"))]
         let _ = definition;

@@ -1,5 +1,5 @@
 //! The `metrics` feature: counters, the in-flight gauge and the step histogram are emitted
-//! with the definition's name as the `name` label.
+//! with the definition's name as the `staunch.saga.name` label.
 #![cfg(feature = "metrics")]
 
 mod support;
@@ -88,18 +88,27 @@ fn saga_metrics_are_emitted_with_the_definition_name() {
             tokio::task::yield_now().await;
         });
     });
-    assert_eq!(capture.get("staunch_saga_started_total{name=orders}"), 3);
-    assert_eq!(capture.get("staunch_saga_completed_total{name=orders}"), 3);
     assert_eq!(
-        capture.get("staunch_saga_compensated_total{name=orders-bad}"),
-        1
-    );
-    assert_eq!(
-        capture.get("staunch_saga_step_duration_seconds{name=orders,step=s1}"),
+        capture.get("staunch.saga.sagas{staunch.saga.name=orders,staunch.saga.status=started}"),
         3
     );
     assert_eq!(
-        capture.get("staunch_saga_step_failures_total{name=orders-bad,step=s1}"),
+        capture.get("staunch.saga.sagas{staunch.saga.name=orders,staunch.saga.status=completed}"),
+        3
+    );
+    assert_eq!(
+        capture.get(
+            "staunch.saga.sagas{staunch.saga.name=orders-bad,staunch.saga.status=compensated}"
+        ),
+        1
+    );
+    assert_eq!(
+        capture.get("staunch.saga.step.duration{staunch.saga.name=orders,staunch.saga.step=s1,staunch.outcome=success}"),
+        3
+    );
+    assert_eq!(
+        capture
+            .get("staunch.saga.step.failures{staunch.saga.name=orders-bad,staunch.saga.step=s1}"),
         1
     );
     // The in-flight gauge went up and back down to zero (stored as f64 bits).
@@ -108,10 +117,10 @@ fn saga_metrics_are_emitted_with_the_definition_name() {
             .values
             .lock()
             .unwrap()
-            .contains_key("staunch_saga_in_flight{name=orders}")
+            .contains_key("staunch.saga.in_flight{staunch.saga.name=orders}")
     );
     assert_eq!(
-        f64::from_bits(capture.get("staunch_saga_in_flight{name=orders}")),
+        f64::from_bits(capture.get("staunch.saga.in_flight{staunch.saga.name=orders}")),
         0.0
     );
 }

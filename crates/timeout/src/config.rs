@@ -61,6 +61,8 @@ impl TimeLimitBuilder {
     ///
     /// A [`ConfigError`] naming `limit` when it is missing or zero, or `name` when it is empty.
     pub fn build(self) -> Result<TimeLimit, ConfigError> {
+        #[cfg(feature = "metrics")]
+        staunch_core::telemetry::describe_metrics();
         let limit = self
             .limit
             .ok_or_else(|| ConfigError::new("limit", "must be set"))?;

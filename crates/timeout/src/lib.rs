@@ -144,7 +144,7 @@
 //! its deadline had passed and when a malformed header is ignored. A named [`TimeLimit`] keeps
 //! counters ([`TimeLimit::metrics`]: timers armed, calls cut off, calls refused because their
 //! deadline had passed) and, with the `metrics` feature, increments
-//! `staunch_timeout_elapsed_total{name}` and `staunch_timeout_refused_total{name}`.
+//! `staunch.timeout.elapsed{name}` and `staunch.timeout.refused{name}`.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

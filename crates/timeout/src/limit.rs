@@ -16,6 +16,8 @@ use crate::deadline::Deadline;
 use crate::error::Elapsed;
 use crate::request::RequestLimits;
 use crate::wheel::{Key, Wheel};
+#[cfg(feature = "metrics")]
+use staunch_core::telemetry::{label, metric};
 
 /// A time limit for calls: the engine behind [`Timeout`](crate::Timeout), usable on any future
 /// without tower.
@@ -205,7 +207,7 @@ impl TimeLimit {
         if let Some(counters) = &self.shared.counters {
             counters.refused.fetch_add(1, Ordering::Relaxed);
             #[cfg(feature = "metrics")]
-            metrics::counter!("staunch_timeout_refused_total", "name" => counters.name.to_string())
+            metrics::counter!(metric::TIMEOUT_REFUSED, label::DEPENDENCY => counters.name.to_string())
                 .increment(1);
         }
     }
@@ -352,7 +354,7 @@ fn report_elapsed(counters: Option<&Counters>, limit: Duration) {
         counters.elapsed.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(name = &*counters.name, ?limit, "call timed out");
         #[cfg(feature = "metrics")]
-        metrics::counter!("staunch_timeout_elapsed_total", "name" => counters.name.to_string())
+        metrics::counter!(metric::TIMEOUT_ELAPSED, label::DEPENDENCY => counters.name.to_string())
             .increment(1);
     } else {
         tracing::debug!(?limit, "call timed out");

@@ -81,7 +81,7 @@ fn named_timeouts_are_counted_with_their_name() {
         });
     });
     assert_eq!(
-        recorder.total("staunch_timeout_elapsed_total{name=search}"),
+        recorder.total("staunch.timeout.elapsed{staunch.dependency=search}"),
         3
     );
 }
