@@ -560,7 +560,7 @@
 //!
 //! | metric | type | unit | labels (beside `staunch.dependency`) | emitted |
 //! | --- | --- | --- | --- | --- |
-//! | `staunch.calls` | counter | call | `staunch.layer` (`retry`), `staunch.outcome` (`success`: a response, `failure`: an error, `rejected`: a staunch rejection) | once per call through a retry policy, after its last attempt |
+//! | `staunch.calls` | counter | call | `staunch.layer` (`retry`), `staunch.outcome` (`success`: a response the classifier accepted, `failure`: an error or a response it still wanted retried, `rejected`: a staunch rejection) | once per call through a retry policy with `call_metrics(true)` (off by default: it reads the clock twice a call), after its last attempt |
 //! | `staunch.call.duration` | histogram | seconds | as `staunch.calls` | as `staunch.calls` |
 //! | `staunch.circuit_breaker.state` | gauge | | | on each transition and `emit_metrics` (0 closed, 1 open, 2 half-open, 3 forced open, 4 disabled, 5 metrics-only) |
 //! | `staunch.circuit_breaker.transitions` | counter | | `staunch.circuit_breaker.state` (the state entered) | on each transition |

@@ -60,6 +60,9 @@ pub(crate) struct Limits {
     pub(crate) clock_from_start: bool,
     /// Each call records a `staunch.retry` span ([`RetryPolicyBuilder::spans`]).
     pub(crate) spans: bool,
+    /// Each call is counted and timed in `staunch.calls` / `staunch.call.duration`
+    /// ([`RetryPolicyBuilder::call_metrics`]).
+    pub(crate) call_metrics: bool,
 }
 
 impl Limits {
@@ -209,7 +212,7 @@ impl RetryPolicy {
             make: f,
             deadline: None,
         };
-        let telemetry = crate::telemetry::CallTelemetry::start(&self.shared, self.limits.spans);
+        let telemetry = crate::telemetry::CallTelemetry::start(&self.shared, &self.limits);
         RetryCall::new(Machine::idle(attempts, policy).with_telemetry(telemetry))
     }
 }
@@ -292,6 +295,7 @@ pub struct RetryPolicyBuilder {
     on_retry: Option<Hook<Retrying>>,
     on_give_up: Option<Hook<GiveUp>>,
     spans: bool,
+    call_metrics: bool,
 }
 
 impl fmt::Debug for RetryPolicyBuilder {
@@ -318,6 +322,7 @@ impl Default for RetryPolicyBuilder {
             on_retry: None,
             on_give_up: None,
             spans: false,
+            call_metrics: false,
         }
     }
 }
@@ -397,6 +402,17 @@ impl RetryPolicyBuilder {
     /// no span and costs what it did before.
     pub fn spans(mut self, yes: bool) -> Self {
         self.spans = yes;
+        self
+    }
+
+    /// Counts each call by outcome in `staunch.calls` and times it in the
+    /// `staunch.call.duration` histogram (default `false`; needs the `metrics` feature to
+    /// record anything). Off, a call reads no clock for them and costs what it did before;
+    /// on, it reads the clock when it starts and when it ends. A call that returned a
+    /// response its classifier still wanted retried (a `503` when the attempts ran out)
+    /// counts as `failure`.
+    pub fn call_metrics(mut self, yes: bool) -> Self {
+        self.call_metrics = yes;
         self
     }
 
@@ -487,6 +503,7 @@ impl RetryPolicyBuilder {
             retry_non_idempotent: shared.retry_non_idempotent,
             clock_from_start: shared.backoff.max_elapsed().is_some(),
             spans: self.spans,
+            call_metrics: self.call_metrics,
         };
         RetryPolicy { shared, limits }
     }

@@ -197,7 +197,7 @@ where
         if let Poll::Ready(result) = &out {
             let this = self.project();
             if this.telemetry.is_active() {
-                report(this.telemetry, *this.made, result);
+                report(this.telemetry, *this.made, result, this.policy.as_deref());
             }
             *this.timer = Timer::Finished;
             // A finished call lets go of the policy (its hooks, its classifier) at once,
@@ -355,11 +355,20 @@ where
 }
 
 /// Reports how a call ended to its span and metrics.
-fn report<T>(telemetry: &mut CallTelemetry, made: u32, result: &Result<T, BoxError>) {
+fn report<T, C: RetryClassify<T>>(
+    telemetry: &mut CallTelemetry,
+    made: u32,
+    result: &Result<T, BoxError>,
+    policy: Option<&ClassifiedPolicy<C>>,
+) {
     let (outcome, error) = match result {
-        // A response is not classified again (each attempt's is classified once): a call
-        // that returned one counts as a success.
-        Ok(_) => (CallOutcome::Success, None),
+        // A response the classifier still wanted retried (the attempts ran out on a 503) is
+        // a failed call; classified again only here, when the call is observed. A call that
+        // could not be retried has no classifier: its response counts as a success.
+        Ok(response) => match policy.map(|p| p.classify.classify(Ok(response))) {
+            Some(Verdict::Done) | None => (CallOutcome::Success, None),
+            Some(_) => (CallOutcome::Failure, None),
+        },
         Err(e) if rejection_of(&**e).is_some() => (CallOutcome::Rejected, Some(e)),
         Err(e) => (CallOutcome::Failure, Some(e)),
     };

@@ -124,8 +124,7 @@ where
         {
             limits.attempts_cut_by = Some(own);
         }
-        let telemetry =
-            crate::telemetry::CallTelemetry::start(&self.policy.policy.shared, limits.spans);
+        let telemetry = crate::telemetry::CallTelemetry::start(&self.policy.policy.shared, &limits);
         let first = match telemetry.span() {
             Some(span) => span.in_scope(|| self.inner.call(req)),
             None => self.inner.call(req),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tracing::Span;
 
 use crate::BoxError;
-use crate::config::Shared;
+use crate::config::{Limits, Shared};
 use staunch_timeout::Elapsed;
 
 /// The span's fields, declared up front (names in `staunch_core::telemetry::span`).
@@ -41,17 +41,19 @@ pub(crate) enum CallOutcome {
 }
 
 impl CallTelemetry {
-    /// Starts a call's telemetry: a span when the policy has spans on, a clock when metrics
-    /// are compiled in.
+    /// Starts a call's telemetry: a span when the policy has spans on, a clock when it has
+    /// call metrics on (and the `metrics` feature is compiled in).
     #[inline]
-    pub(crate) fn start(shared: &Shared, spans: bool) -> Self {
+    pub(crate) fn start(shared: &Shared, limits: &Limits) -> Self {
         Self {
-            span: spans.then(|| span(&shared.name)),
+            span: limits.spans.then(|| span(&shared.name)),
             #[cfg(feature = "metrics")]
-            meter: Some((
-                std::sync::Arc::clone(&shared.meter),
-                tokio::time::Instant::now(),
-            )),
+            meter: limits.call_metrics.then(|| {
+                (
+                    std::sync::Arc::clone(&shared.meter),
+                    tokio::time::Instant::now(),
+                )
+            }),
         }
     }
 
