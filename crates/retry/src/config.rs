@@ -61,7 +61,8 @@ pub(crate) struct Limits {
     /// Each call records a `staunch.retry` span ([`RetryPolicyBuilder::spans`]).
     pub(crate) spans: bool,
     /// Each call is counted and timed in `staunch.calls` / `staunch.call.duration`
-    /// ([`RetryPolicyBuilder::call_metrics`]).
+    /// ([`RetryPolicyBuilder::call_metrics`]); read only with the `metrics` feature.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) call_metrics: bool,
 }
 
